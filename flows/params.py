@@ -1,0 +1,117 @@
+"""``params.yaml`` -> one frozen, validated ``Params``; ``-S section.key=value`` overrides (dvc exp run spelling)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tasks.errors import UserError
+from tasks.ingest import DataParams
+from tasks.plan import PlanParams
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Params(BaseModel):
+    """Every knob of the pipeline, one section per step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: DataParams = DataParams()
+    plan: PlanParams = PlanParams()
+
+
+class ParamsError(UserError):
+    """params.yaml or an override is invalid; the message names the key and what is allowed."""
+
+
+def load_params(path: Path | None = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
+    """Read ``path`` (missing default file: all defaults), apply overrides in order, validate."""
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None and Path(path).exists():
+        origin = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ParamsError(f"{path}: expected a mapping of sections (data, plan, ...), got {type(raw).__name__}")
+    elif path is not None and Path(path) != DEFAULT_PARAMS:
+        raise ParamsError(f"{path}: params file not found")
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError("\n".join(_describe(err, origin) for err in exc.errors())) from None
+
+
+def apply_override(raw: dict[str, Any], text: str) -> None:
+    """Set ``section.key[.sub]=value`` in ``raw``; the value is parsed as YAML (``3`` int, ``null`` None)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r}: expected section.key=value, e.g. -S model.family=gan")
+    *parents, leaf = key.strip().split(".")
+    if not parents:
+        raise ParamsError(f"override {text!r}: name a key inside a section, e.g. -S data.source=/path")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {text!r}: {part!r} is a value, not a section")
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[leaf] = value
+    # Paths like "a:b" or numbers-as-names stay strings where the field wants a string (pydantic coerces int->str no).
+    if isinstance(node[leaf], int | float) and not isinstance(node[leaf], bool) and _is_str_field(key):
+        node[leaf] = value
+
+
+def _field_type(model: Any, name: str) -> Any:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        field = model.model_fields.get(name)
+        return field.annotation if field else None
+    if dataclasses.is_dataclass(model):
+        return {f.name: f.type for f in dataclasses.fields(model)}.get(name)
+    return None
+
+
+def _allowed(model: Any) -> list[str]:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    if dataclasses.is_dataclass(model):
+        return sorted(f.name for f in dataclasses.fields(model))
+    return []
+
+
+def _model_at(loc: Sequence[str | int]) -> Any:
+    model: Any = Params
+    for part in loc:
+        model = _field_type(model, str(part))
+    return model
+
+
+def _is_str_field(dotted: str) -> bool:
+    annotation = _model_at(dotted.split("."))
+    return annotation is str or annotation == (str | None)
+
+
+def _describe(err: dict[str, Any], origin: str) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        allowed = ", ".join(_allowed(_model_at(loc[:-1])))
+        return f"{origin}: unknown key '{key}'; allowed keys here: {allowed}"
+    return f"{origin}: {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def dump_params(params: Params) -> str:
+    """The resolved params as YAML, for outputs that must name exactly what produced them."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)

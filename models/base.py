@@ -1,0 +1,73 @@
+"""The interface every generator family implements, and the training options they share.
+
+Conventions (all families):
+- images are float32 tensors (N, C, H, W) scaled to [-1, 1]; labels are int64 class indices 0..K-1;
+- ``sample(labels, seeds)`` is deterministic per image: image i depends only on the weights,
+  ``labels[i]`` and ``seeds[i]`` (one RNG per image), never on batch size or position in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Options of the shared training driver (``models.training.fit``); every family config extends it.
+
+    Args:
+        steps: optimizer steps of one training run.
+        batch_size: images per step.
+        lr: learning rate of the (first) optimizer.
+        ema_decay: decay of the exponential moving average of the weights used for sampling.
+        checkpoint_every: steps between resumable checkpoints (0: only at the end).
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@runtime_checkable
+class GeneratorFamily(Protocol):
+    """A class-conditional image generator. One implementation per file in ``models/``.
+
+    Constructed as ``Family(config, image_shape=(C, H, W), num_classes=K, device=...)``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[TrainConfig]]
+    config: TrainConfig
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+        """One optimisation step on a batch already on the device; returns named losses.
+
+        ``generator`` is the training RNG (on the device): use it for all noise so runs are reproducible.
+        """
+        ...
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """Images for ``labels`` (N,) with one RNG per image seeded by ``seeds``; (N, C, H, W) in [-1, 1] on the CPU."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume training: weights, EMA weights, optimizer states (tensors and numbers only)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -1,0 +1,80 @@
+"""The few pieces every family shares: per-image noise, EMA weights, device and precision setup."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU; ``cpu``/``cuda`` force one (``cuda`` fails without a GPU)."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be one of auto, cpu, cuda; got {preference!r}")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(preference)
+    if device.type == "cuda":
+        # TF32 matmuls/convolutions: ~2x on Ampere+ at no visible cost for image generators.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def per_image_normal(seeds: Sequence[int], shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Standard normal noise of ``shape`` for each seed, stacked to (N, *shape).
+
+    Each image gets its own CPU generator, so its noise is the same whatever batch it lands in
+    and whatever the device: the determinism contract of DESIGN.md.
+    """
+    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(device)
+
+
+def per_image_streams(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, for samplers that draw fresh noise at every step (ancestral / DDPM)."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def stream_normal(streams: Sequence[torch.Generator], shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The next normal draw of ``shape`` from each per-image stream, stacked to (N, *shape)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in streams]).to(device)
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a module's weights (Polyak averaging); sample from ``ema.module``."""
+
+    def __init__(self, module: nn.Module, *, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for ema_p, p in zip(self.module.parameters(), module.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.module.buffers(), module.buffers(), strict=True):
+            ema_b.copy_(b)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run ``module`` in eval mode and restore its previous mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

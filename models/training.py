@@ -1,0 +1,103 @@
+"""The one training driver all families share, and checkpoints (state_dict + config.json, no pickled classes).
+
+A checkpoint directory holds ``config.json`` (family, config, image shape, class names, step) and
+``weights.pt`` (tensors and plain numbers only, loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.base import GeneratorFamily
+from models.registry import get_family
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def save_checkpoint(model: GeneratorFamily, directory: Path, *, step: int, class_names: list[str],
+                    rng_state: torch.Tensor | None = None) -> None:
+    """Write ``weights.pt`` then ``config.json`` atomically (temp file + rename), so a kill leaves the old pair."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "step": step}
+    if rng_state is not None:
+        state["rng"] = rng_state
+    tmp = directory / "weights.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(directory / "weights.pt")
+    meta = {
+        "family": model.name,
+        "config": dataclasses.asdict(model.config),
+        "image_shape": list(model.image_shape),
+        "class_names": class_names,
+        "step": step,
+    }
+    tmp = directory / "config.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(directory / "config.json")
+
+
+def load_checkpoint(directory: Path, device: torch.device,
+                    config_override: Any | None = None) -> tuple[GeneratorFamily, dict[str, Any], dict[str, Any]]:
+    """Rebuild a model from a checkpoint directory: returns (model, meta, raw state).
+
+    ``config_override`` (a config of the same family) replaces the stored config, e.g. a new step count
+    when fine-tuning; the network shape must still match the stored weights.
+    """
+    cfg_file, weights_file = directory / "config.json", directory / "weights.pt"
+    for f in (cfg_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: no checkpoint here (expected config.json and weights.pt)")
+    meta = json.loads(cfg_file.read_text())
+    family = get_family(meta["family"])
+    config = config_override if config_override is not None else family.Config(**meta["config"])
+    model = family(config, image_shape=tuple(meta["image_shape"]), num_classes=len(meta["class_names"]),
+                   device=device)
+    state = torch.load(weights_file, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    return model, meta, state
+
+
+def checkpoint_hash(directory: Path) -> str:
+    """sha256 of the weights file: the ``checkpoint`` column of the manifest."""
+    digest = hashlib.sha256()
+    with open(directory / "weights.pt", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, seed: int,
+        class_names: list[str], checkpoint_dir: Path | None = None, start_step: int = 0,
+        rng_state: torch.Tensor | None = None, on_step: StepCallback | None = None) -> int:
+    """Train ``model`` for ``model.config.steps`` steps on a dataset held on the device as one tensor.
+
+    Small datasets fit in device memory, so batches are index draws from one tensor (no loader overhead).
+    Resumes at ``start_step`` with the saved batch-RNG state; checkpoints every ``config.checkpoint_every``
+    steps and at the end. Returns the final step.
+    """
+    device = images.device
+    cfg = model.config
+    batch_rng = torch.Generator().manual_seed(seed)  # CPU: the same batches on every device
+    if rng_state is not None:
+        batch_rng.set_state(rng_state)
+    noise_rng = torch.Generator(device=device).manual_seed(seed + start_step)
+    n = images.shape[0]
+    step = start_step
+    while step < cfg.steps:
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=batch_rng).to(device)
+        losses = model.train_step(images[idx], labels[idx], noise_rng)
+        step += 1
+        if on_step is not None:
+            on_step(step, losses)
+        done = step == cfg.steps
+        if checkpoint_dir is not None and (done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+            save_checkpoint(model, checkpoint_dir, step=step, class_names=class_names,
+                            rng_state=batch_rng.get_state())
+    return step
