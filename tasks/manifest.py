@@ -80,4 +80,6 @@ def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise UserError(f"{path}: manifest not found; run the step that writes it first (e.g. `synthaug ingest`)")
     table = pq.read_table(path)
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    return table.to_pandas(), (json.loads(raw) if raw else {})
+    # Int64 keeps the nullable seed column an integer (a plain to_pandas makes it float64).
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return frame, (json.loads(raw) if raw else {})
