@@ -53,6 +53,27 @@ def plan(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: 
     make_plan(workdir / "ingest" / "manifest.parquet", params.plan, workdir / "plan")
 
 
+@app.command()
+def train(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
+    """Train (or fine-tune, with model.init_from) the model.family generator; writes <workdir>/model."""
+    from tasks.train import train as run_train
+
+    params = _params(params_file, overrides)
+    result = run_train(workdir / "ingest" / "manifest.parquet", params.model, workdir / "model")
+    console.print(f"checkpoint: {result.checkpoint_dir} (sha256 {result.checkpoint_hash[:12]}, {result.steps} steps)")
+
+
+@app.command()
+def generate(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
+    """Sample the planned number of images per class; writes <workdir>/generate (images + manifest.parquet)."""
+    from tasks.generate import generate_from_plan
+
+    params = _params(params_file, overrides)
+    manifest = generate_from_plan(workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", params.generate,
+                                  workdir / "generate")
+    console.print(f"manifest: {manifest}")
+
+
 def main() -> None:
     """Console entry point: user errors print one line and exit 1 (SYNTHAUG_DEBUG=1 shows the traceback)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -1,4 +1,4 @@
-"""``params.yaml`` -> one frozen, validated ``Params``; ``-S section.key=value`` overrides (dvc exp run spelling)."""
+"""``params.yaml`` -> one frozen, validated ``Params``; ``-S section.key=value`` overrides (as ``dvc exp run -S``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tasks.errors import UserError
+from tasks.generate import GenerateParams
 from tasks.ingest import DataParams
 from tasks.plan import PlanParams
+from tasks.train import ModelParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -24,6 +26,8 @@ class Params(BaseModel):
 
     data: DataParams = DataParams()
     plan: PlanParams = PlanParams()
+    model: ModelParams = ModelParams()
+    generate: GenerateParams = GenerateParams()
 
 
 class ParamsError(UserError):

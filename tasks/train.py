@@ -1,0 +1,149 @@
+"""Train (or fine-tune) the chosen generator family on the real train split of a manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from models.diffusion import DiffusionConfig
+from models.gan import GANConfig
+from models.vae import VAEConfig
+from pydantic import Field, field_validator
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from models.base import TrainConfig
+from models.common import pick_device
+from models.registry import family_names, get_family
+from models.training import checkpoint_hash, fit, load_checkpoint
+from tasks.errors import UserError
+from tasks.images import load_images, save_grid
+from tasks.manifest import read_manifest
+from tasks.params_base import Section
+
+GRID_PER_CLASS = 8
+
+
+class ModelParams(Section):
+    """``model`` section: which family, where it runs, and each family's own config (one sub-section each).
+
+    init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
+      training from scratch, e.g. the model of the last published version when new source data lands.
+    grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
+    """
+
+    family: str = "diffusion"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    init_from: str | None = None
+    grid_every: int = Field(0, ge=0)
+    diffusion: DiffusionConfig = DiffusionConfig()
+    gan: GANConfig = GANConfig()
+    vae: VAEConfig = VAEConfig()
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, name: str) -> str:
+        if name not in family_names():
+            raise ValueError(f"unknown family {name!r}; allowed: {', '.join(family_names())}")
+        return name
+
+    def family_config(self) -> TrainConfig:
+        return getattr(self, self.family)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint_dir: Path
+    checkpoint_hash: str
+    steps: int
+    resumed_from: int
+
+
+def train_split(manifest_path: Path) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Real ``train`` images of a manifest as one tensor, their labels, and the sorted class names."""
+    frame, _ = read_manifest(manifest_path)
+    rows = frame[(frame["split"] == "train") & (frame["source"] == "real")]
+    if rows.empty:
+        raise UserError(f"{manifest_path}: no real train images to train on")
+    channels = int(rows["channels"].iloc[0])
+    images = load_images(manifest_path.parent, list(rows["path"]), channels)
+    return images, list(rows["label"]), sorted(set(rows["label"]), key=_natural)
+
+
+def _natural(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.isdigit() else (1, label)
+
+
+def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResult:
+    """Train ``params.family`` on the manifest's real train split into ``out_dir/checkpoint``.
+
+    An interrupted run resumes from its last checkpoint when the family, config and classes match;
+    with ``init_from`` the model starts from that checkpoint (fine-tuning) instead of from scratch.
+    """
+    device = pick_device(params.device)
+    images, labels, class_names = train_split(manifest_path)
+    config = params.family_config()
+    ckpt_dir = out_dir / "checkpoint"
+    model, start, rng_state = None, 0, None
+    if _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])):
+        model, _, state = load_checkpoint(ckpt_dir, device)
+        start, rng_state = state["step"], state.get("rng")
+    elif params.init_from:
+        model, class_names = _finetune_start(Path(params.init_from), device, config, class_names)
+    if model is None:
+        model = get_family(params.family)(config, image_shape=tuple(images.shape[1:]),
+                                          num_classes=len(class_names), device=device)
+    index = {name: i for i, name in enumerate(class_names)}
+    targets = torch.tensor([index[label] for label in labels], device=device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "train_log.jsonl"
+    if start == 0:
+        log_path.unlink(missing_ok=True)
+    columns = (TextColumn("[bold]train {task.fields[family]}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns) as bar, open(log_path, "a") as log:
+        task = bar.add_task("train", total=config.steps, completed=start, family=params.family, loss="")
+        t0 = time.perf_counter()
+
+        def on_step(step: int, losses: dict[str, float]) -> None:
+            log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - t0, 3), **losses}) + "\n")
+            bar.update(task, completed=step, loss=" ".join(f"{k}={v:.4f}" for k, v in losses.items()))
+            if step == config.steps or (params.grid_every and step % params.grid_every == 0):
+                _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
+
+        fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
+            start_step=start, rng_state=rng_state, on_step=on_step)
+    return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
+
+
+def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: list[str],
+               image_shape: tuple[int, ...]) -> bool:
+    cfg_file = ckpt_dir / "config.json"
+    if not cfg_file.is_file():
+        return False
+    meta = json.loads(cfg_file.read_text())
+    return (meta["family"] == family and meta["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
+            and meta["class_names"] == class_names and tuple(meta["image_shape"]) == image_shape)
+
+
+def _finetune_start(init_from: Path, device: torch.device, config: TrainConfig,
+                    class_names: list[str]):
+    """Load the checkpoint to fine-tune; its class list must cover every class of the new data."""
+    model, meta, _ = load_checkpoint(init_from, device, config_override=config)
+    new = [c for c in class_names if c not in meta["class_names"]]
+    if new:
+        raise UserError(f"model.init_from={init_from}: classes {new} are not in that checkpoint "
+                        f"(it knows {meta['class_names']}); a new class needs training from scratch "
+                        "(-S model.init_from=null)")
+    return model, list(meta["class_names"])
+
+
+def _write_grid(model, num_classes: int, path: Path) -> None:
+    labels = torch.arange(num_classes).repeat_interleave(GRID_PER_CLASS)
+    save_grid(model.sample(labels, list(range(len(labels)))), GRID_PER_CLASS, path)

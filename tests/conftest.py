@@ -1,0 +1,11 @@
+"""Test-wide environment: nothing calls the network or writes outside temp dirs."""
+
+import os
+import tempfile
+
+# Before prefect/albumentations/dvc are imported anywhere (ENVIRONMENT.md).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="synthaug-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from flows.params import Params, ParamsError, dump_params, load_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_yaml_is_valid_and_complete():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "example:digits"
+    assert params.model.family in ("diffusion", "gan", "vae")
+    # Every section of Params appears in params.yaml, so the file documents every knob.
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw) == set(Params.model_fields)
+
+
+def test_unknown_key_names_key_and_allowed_keys(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("plan:\n  stratgy: target\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(f)
+    msg = str(err.value)
+    assert "plan.stratgy" in msg and "strategy" in msg and "overgenerate" in msg
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    with pytest.raises(ParamsError, match="unknown key 'datta'.*data"):
+        load_params(None, ["datta.source=x"])
+
+
+def test_wrong_type_and_bad_choice_name_the_key():
+    with pytest.raises(ParamsError, match=r"data.image_size: .*integer.*'big'"):
+        load_params(None, ["data.image_size=big"])
+    with pytest.raises(ParamsError, match=r"plan.strategy: .*'match_majority', 'target' or 'ratio'"):
+        load_params(None, ["plan.strategy=most"])
+    with pytest.raises(ParamsError, match=r"model.family.*diffusion, gan, vae"):
+        load_params(None, ["model.family=flow"])
+
+
+def test_overrides_apply_in_order_with_yaml_typing():
+    params = load_params(None, ["data.source=/tmp/x", "plan.target=7", "plan.target=9", "data.rev=123",
+                                "data.repo=null", "model.family=gan"])
+    assert params.data.source == "/tmp/x"
+    assert params.plan.target == 9
+    assert params.data.rev == "123"  # a string field keeps a numeric-looking revision as text
+    assert params.data.repo is None
+    assert params.model.family == "gan"
+
+
+def test_nested_family_override_reaches_the_family_config():
+    params = load_params(None, ["model.family=vae", "model.vae.steps=3"])
+    assert params.model.family_config().steps == 3
+    with pytest.raises(ParamsError, match=r"unknown key 'model.vae.stepz'.*steps"):
+        load_params(None, ["model.vae.stepz=3"])
+
+
+@pytest.mark.parametrize("bad", ["data.source", "=3", "source=x"])
+def test_malformed_override_is_explained(bad):
+    with pytest.raises(ParamsError, match="override"):
+        load_params(None, [bad])
+
+
+def test_params_are_frozen_and_dump_round_trips(tmp_path):
+    params = load_params(None, ["plan.target=5"])
+    with pytest.raises(Exception, match="frozen"):
+        params.plan.target = 6
+    f = tmp_path / "resolved.yaml"
+    f.write_text(dump_params(params))
+    assert load_params(f) == params
+
+
+def test_missing_explicit_params_file_is_an_error(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
