@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from flows.dag import STEPS
 from flows.params import DEFAULT_PARAMS, Params, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -34,44 +35,45 @@ def example(directory: Path = typer.Argument(..., help="Folder to write the exam
     console.print(summary)
 
 
-@app.command()
-def ingest(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
-    """Read the source dataset into <workdir>/ingest: normalized images, manifest.parquet, quarantine.parquet."""
-    from tasks.ingest import ingest as run_ingest
+def _add_step_command(name: str, help_text: str) -> None:
+    """One CLI command per pipeline step, from the single DAG declaration (dvc.yaml runs these)."""
 
-    params = _params(params_file, overrides)
-    result = run_ingest(params.data, workdir / "ingest", cache_dir=workdir / "sources")
-    console.print(f"manifest: {result.manifest_path}")
+    def command(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
+        from flows.dag import step
+
+        record = step(name).run(_params(params_file, overrides), workdir)
+        for key, value in record.items():
+            console.print(f"{key}: {value}")
+
+    app.command(name=name, help=help_text)(command)
 
 
-@app.command()
-def plan(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
-    """Decide how many synthetic images each class gets; writes <workdir>/plan/plan.csv."""
-    from tasks.plan import make_plan
-
-    params = _params(params_file, overrides)
-    make_plan(workdir / "ingest" / "manifest.parquet", params.plan, workdir / "plan")
+for _step in STEPS:
+    _add_step_command(_step.name, _step.help)
 
 
 @app.command()
-def train(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
-    """Train (or fine-tune, with model.init_from) the model.family generator; writes <workdir>/model."""
-    from tasks.train import train as run_train
+def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
+    """Run the whole pipeline as the Prefect flow `augment` (a temporary local Prefect server; nothing to start)."""
+    from flows.augment import NOT_BUILT, augment
 
-    params = _params(params_file, overrides)
-    result = run_train(workdir / "ingest" / "manifest.parquet", params.model, workdir / "model")
-    console.print(f"checkpoint: {result.checkpoint_dir} (sha256 {result.checkpoint_hash[:12]}, {result.steps} steps)")
+    records = augment(_params(params_file, overrides), str(workdir))
+    for name, record in records.items():
+        console.print(f"[bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in record.items()))
+    if NOT_BUILT:
+        console.print(f"[yellow]not built yet, so not run:[/] {', '.join(NOT_BUILT)}")
 
 
 @app.command()
-def generate(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
-    """Sample the planned number of images per class; writes <workdir>/generate (images + manifest.parquet)."""
-    from tasks.generate import generate_from_plan
+def dag(write: bool = typer.Option(False, help="Write dvc.yaml instead of printing it.")) -> None:
+    """Print (or write) dvc.yaml: the same stages as the flow, each running one step through the CLI."""
+    from flows.dag import dvc_yaml
 
-    params = _params(params_file, overrides)
-    manifest = generate_from_plan(workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", params.generate,
-                                  workdir / "generate")
-    console.print(f"manifest: {manifest}")
+    text = dvc_yaml()
+    if write:
+        Path("dvc.yaml").write_text(text)
+    else:
+        typer.echo(text)
 
 
 def main() -> None:
