@@ -18,6 +18,7 @@ from tasks.errors import UserError
 from tasks.images import file_sha256, to_uint8, write_png
 from tasks.manifest import COLUMNS, write_manifest
 from tasks.params_base import Section
+from tasks.plan import read_plan
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
 
@@ -89,9 +90,7 @@ def requests_from_plan(plan: pd.DataFrame, class_names: list[str], base_seed: in
 
 def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GenerateParams, out_dir: Path) -> Path:
     """The ``generate`` step: read the plan, sample, write ``out_dir/manifest.parquet``."""
-    if not plan_csv.is_file():
-        raise UserError(f"{plan_csv}: no plan; run `synthaug plan` first")
+    plan = read_plan(plan_csv)
     class_names = json.loads((checkpoint_dir / "config.json").read_text())["class_names"]
-    plan = pd.read_csv(plan_csv, dtype={"class": str})
     frame = generate(checkpoint_dir, requests_from_plan(plan, class_names, params.seed), params, out_dir)
     return write_manifest(frame, out_dir / "manifest.parquet")

@@ -10,20 +10,21 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from models.diffusion import DiffusionConfig
-from models.gan import GANConfig
-from models.vae import VAEConfig
 from pydantic import Field, field_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.base import TrainConfig
 from models.common import pick_device
+from models.diffusion import DiffusionConfig
+from models.gan import GANConfig
 from models.registry import family_names, get_family
 from models.training import checkpoint_hash, fit, load_checkpoint
+from models.vae import VAEConfig
 from tasks.errors import UserError
 from tasks.images import load_images, save_grid
 from tasks.manifest import read_manifest
 from tasks.params_base import Section
+from tasks.plan import natural_key
 
 GRID_PER_CLASS = 8
 
@@ -72,11 +73,7 @@ def train_split(manifest_path: Path) -> tuple[torch.Tensor, list[str], list[str]
         raise UserError(f"{manifest_path}: no real train images to train on")
     channels = int(rows["channels"].iloc[0])
     images = load_images(manifest_path.parent, list(rows["path"]), channels)
-    return images, list(rows["label"]), sorted(set(rows["label"]), key=_natural)
-
-
-def _natural(label: str) -> tuple[int, int | str]:
-    return (0, int(label)) if label.isdigit() else (1, label)
+    return images, list(rows["label"]), sorted(set(rows["label"]), key=natural_key)
 
 
 def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResult:
