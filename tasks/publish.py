@@ -1,0 +1,597 @@
+"""Publish: put an assembled dataset folder into a DVC data registry as version ``<name>/v<N>``.
+
+The registry is a git repository initialised for DVC. Each dataset lives at ``datasets/<name>/`` (tracked by
+``datasets/<name>.dvc``); each version is an annotated git tag ``<name>/v<N>`` on the commit that tracks it, and its
+files live in the registry's default DVC remote. Consumers need nothing but DVC::
+
+    dvc get  <registry> datasets/<name> --rev <name>/v<N> -o <name>-v<N>
+    dvc import <registry> datasets/<name> --rev <name>/v<N> -o data/<name>
+
+Atomicity (a version is published whole or not at all). The order is: copy the dataset into the working copy,
+``dvc add`` it, ``dvc push`` its objects, then ``git commit`` + ``git tag``, then (for a cloned registry) one
+``git push --atomic`` of the branch and the tag together. DVC's remote is content-addressed, so objects pushed by a run
+that fails later are harmless orphans that a re-run finds already there. Until the tag exists nothing names the new
+version; on any failure the working copy goes back to the commit it started from (a local registry: tag deleted,
+``git reset --hard``; a cloned one: the throw-away clone is deleted; the origin changed only if the atomic push
+succeeded). A re-run therefore starts from the last good state and creates the version once; a re-run whose content
+equals the latest version publishes nothing and returns that version with ``new=False``.
+
+Registry kinds (``publish.registry``): a git URL, or a local path to a bare repository, is cloned afresh into a
+temporary working copy under ``workdir`` for each run and pushed back; a local path to a non-bare repository is used
+in place; a local path that does not exist (or an empty folder) is created there (git + DVC, default remote
+``publish.remote``, initial commit). Relative local paths are relative to the current directory (the project root).
+Credentials are never in params: DVC reads them from its own config (``dvc remote modify --local|--global``) or the
+environment (for S3: ``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ...); git from its own helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import field_validator
+
+from tasks.errors import UserError
+from tasks.params_base import Section
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml")
+REQUIRED_DIRS = ("images",)
+DATASETS_DIR = "datasets"
+REMOTE_NAME = "storage"  # name given to the default DVC remote of a registry this module creates
+SITE_CACHE = ".dvc/tmp/site_cache"  # DVC's index/state for the registry, kept inside it (never /var/tmp)
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SCP_LIKE_RE = re.compile(r"^[\w.-]+@[\w.-]+:")  # user@host:path, the ssh short form git accepts
+_USERINFO_PASSWORD_RE = re.compile(r"^[a-zA-Z][\w+.-]*://[^/@]*:[^/@]*@")  # scheme://user:secret@host
+
+
+class PublishParams(Section):
+    """``publish`` section of params.yaml.
+
+    name: dataset name; the registry path is ``datasets/<name>`` and versions are tagged ``<name>/v<N>``.
+      Letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; at most 100 characters.
+    registry: the data registry: a git URL (``https://…``, ``ssh://…``, ``git@host:org/repo.git``), a local bare
+      repository (cloned like a URL), or a local working repository, created with git + DVC on first use if absent.
+    remote: URL of the registry's default DVC remote (``s3://bucket/prefix``, ``gs://…``, ``ssh://…``, a local
+      folder, ...). Set as the default remote when the registry is created; for an existing registry it must equal
+      the registry's default remote. Credentials go into DVC's config or the environment, never here.
+    push: push the data to ``remote`` and the commit + tag to the registry's origin. ``false`` commits and tags in a
+      local registry only (an offline trial); a later run with ``true`` pushes the same content.
+    """
+
+    name: str = "digits-balanced"
+    registry: str = "registry/repo"
+    remote: str = "registry/remote"
+    push: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        check_name(value)
+        return value
+
+    @field_validator("registry", "remote")
+    @classmethod
+    def _no_secrets(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if _USERINFO_PASSWORD_RE.match(value):
+            raise ValueError(f"{_redact(value)!r} embeds a password; put credentials in DVC's or git's own config "
+                             "or in the environment, never in params.yaml")
+        return value
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What ``publish`` did.
+
+    tag: ``<name>/v<N>``; version: N; commit: sha of the commit the tag points to; registry: the registry as used
+    (URL, or absolute path); path: the dataset's path inside the registry; new: False when the content equalled the
+    latest version and nothing was published; content_hash: DVC's hash of the dataset folder (``<md5>.dir``).
+    """
+
+    tag: str
+    version: int
+    commit: str
+    registry: str
+    path: str
+    new: bool
+    content_hash: str
+
+
+class PublishError(UserError):
+    """A step that talks to the registry or its remote failed; the message says what, and that re-running is safe."""
+
+
+def check_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is safe as a folder name and as one component of a git tag."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
+        raise ValueError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_', '-', start with a "
+                         "letter or digit, no '..', not ending in '.' or '.lock', at most 100 characters")
+
+
+def tag_for(name: str, version: int) -> str:
+    return f"{name}/v{version}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# publish
+
+
+def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path) -> PublishResult:
+    """Publish ``dataset_dir`` as the next version ``<name>/v<N>`` of the data registry ``params.registry``.
+
+    Args:
+        dataset_dir: the assembled dataset (``images/<label>/…``, ``manifest.parquet``, ``metrics.json``,
+            ``report.html``, ``card.md``, ``params.yaml``); copied whole, never modified.
+        params: the ``publish`` section.
+        workdir: the pipeline's work folder; a cloned registry's temporary working copy goes under it.
+
+    Returns the new version, or the latest one with ``new=False`` when its content is identical.
+    Raises UserError for a missing file, a registry that cannot be used as is, or a failed push (nothing published).
+    """
+    dataset_dir = Path(dataset_dir)
+    check_dataset(dataset_dir)
+    name = params.name
+    remote = _normalize_location(params.remote)
+    location = _normalize_location(params.registry)
+    if _is_url(location) or _is_bare_repo(Path(location)):
+        if not params.push:
+            raise UserError(f"publish.push is false but {_redact(location)} is a remote registry (a URL or a bare "
+                            "repository): an unpushed version would be lost; use a local registry path or push")
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        wc = Path(tempfile.mkdtemp(prefix="registry-", dir=workdir))
+        try:
+            return _publish_cloned(location, wc, dataset_dir, name, remote)
+        finally:
+            _rmtree(wc)
+    return _publish_in_place(Path(location), dataset_dir, name, remote, push=params.push)
+
+
+def check_dataset(dataset_dir: Path) -> None:
+    """Raise UserError naming the first required file or folder missing from ``dataset_dir``."""
+    if not dataset_dir.is_dir():
+        raise UserError(f"{dataset_dir}: dataset folder not found; assemble the dataset before publishing")
+    for sub in REQUIRED_DIRS:
+        if not (dataset_dir / sub).is_dir():
+            raise UserError(f"{dataset_dir / sub}: required folder missing from the dataset; nothing was published")
+    for file in REQUIRED_FILES:
+        if not (dataset_dir / file).is_file():
+            raise UserError(f"{dataset_dir / file}: required file missing from the dataset; nothing was published")
+
+
+def _publish_cloned(url: str, wc: Path, dataset_dir: Path, name: str, remote: str) -> PublishResult:
+    """Clone ``url`` into ``wc`` (a fresh, throw-away folder), publish there, push branch + tag atomically."""
+    _git(["clone", "--quiet", url, str(wc)], cwd=wc.parent)
+    _ensure_identity(wc)
+    branch = _current_branch(wc)
+    _ensure_registry(wc, remote, bootstrap_message="Initialise the data registry (git + DVC)")
+
+    def push_refs(tag: str) -> None:  # one atomic push: the origin gets both refs or neither
+        _git(["push", "--atomic", "--quiet", "origin", f"HEAD:refs/heads/{branch}", f"refs/tags/{tag}"], cwd=wc,
+             what=f"pushing the commit and tag to {_redact(url)} (the data is in the DVC remote; "
+                  "nothing names it yet: re-run to publish)")
+
+    # Nothing to roll back here: the working copy is deleted by the caller, the origin changes only in push_refs.
+    return _publish_in(wc, url, dataset_dir, name, push=True, after_tag=push_refs)
+
+
+def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, push: bool) -> PublishResult:
+    """Publish into the local working repository ``root`` (created if absent); roll back to the start on failure."""
+    if not (root.exists() and _is_repo_root(root)):
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise UserError(f"{root}: publish.registry exists but is not a git repository; point it at a registry "
+                            "repository, a git URL, or a path that does not exist yet (it is then created)")
+        log.info("creating data registry %s", root)
+        root.mkdir(parents=True, exist_ok=True)
+        _git(["init", "--quiet", "-b", "main"], cwd=root)
+    _ensure_identity(root)
+    if _git(["symbolic-ref", "-q", "HEAD"], cwd=root, check=False).returncode != 0:
+        raise UserError(f"{root}: the registry has a detached HEAD; check out its branch (git checkout main)")
+    _restore_own_paths(root, name)
+    dirty = _git(["status", "--porcelain", "--untracked-files=all"], cwd=root).stdout.strip()
+    if dirty:
+        raise UserError(f"{root}: the registry has uncommitted changes ({dirty.splitlines()[0].strip()} ...); "
+                        "commit or discard them, then re-run")
+    _ensure_registry(root, remote, bootstrap_message="Initialise the data registry (git + DVC)")
+    base = _git(["rev-parse", "HEAD"], cwd=root).stdout.strip()
+    created: list[str] = []
+    try:
+        return _publish_in(root, str(root), dataset_dir, name, push=push, after_tag=None, created_tags=created)
+    except BaseException:
+        log.warning("publishing %s failed; resetting %s to %s", name, root, base[:12])
+        for tag in created:
+            _git(["tag", "-d", tag], cwd=root, check=False)
+        _git(["reset", "--quiet", "--hard", base], cwd=root, check=False)
+        _restore_own_paths(root, name)
+        raise
+
+
+def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: bool,
+                after_tag: Callable[[str], None] | None, created_tags: list[str] | None = None) -> PublishResult:
+    """The steps shared by both registry kinds, run in the working copy ``wc``."""
+    rel = f"{DATASETS_DIR}/{name}"
+    latest = _latest_version(wc, name)
+    target = wc / rel
+    src, dst = dataset_dir.resolve(), target.resolve()
+    if src == dst or src in dst.parents or dst in src.parents:
+        raise UserError(f"{dataset_dir}: the dataset folder overlaps the registry's {rel}; assemble it elsewhere")
+    _rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(dataset_dir, target, symlinks=False)
+    _dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
+    content_hash = _dvc_hash(wc / f"{rel}.dvc")
+
+    if latest is not None and _dvc_hash_at(wc, latest, name) == content_hash:
+        tag = tag_for(name, latest)
+        log.info("%s: content identical to %s (%s); nothing new published", name, tag, content_hash)
+        if push:  # make sure the data is there (idempotent: uploads nothing when it is)
+            _dvc_push(wc, rel)
+        commit = _git(["rev-parse", f"refs/tags/{tag}^{{commit}}"], cwd=wc).stdout.strip()
+        return PublishResult(tag, latest, commit, registry, rel, False, content_hash)
+
+    version = (latest or 0) + 1
+    tag = tag_for(name, version)
+    if push:
+        _dvc_push(wc, rel)
+    _git(["add", "--", f"{rel}.dvc", f"{DATASETS_DIR}/.gitignore"], cwd=wc)
+    if _git(["diff", "--cached", "--quiet"], cwd=wc, check=False).returncode != 0:
+        _git(["commit", "--quiet", "-m", f"Publish {tag}\n\ncontent: {content_hash}"], cwd=wc)
+    # else: HEAD already tracks this content (an earlier run stopped between commit and tag); tag it.
+    _git(["tag", "-a", tag, "-m", f"{tag}\n\ncontent: {content_hash}"], cwd=wc)
+    if created_tags is not None:
+        created_tags.append(tag)
+    if after_tag is not None:
+        after_tag(tag)
+    commit = _git(["rev-parse", "HEAD"], cwd=wc).stdout.strip()
+    log.info("published %s (%s) at %s", tag, content_hash, commit[:12])
+    return PublishResult(tag, version, commit, registry, rel, True, content_hash)
+
+
+def _ensure_registry(wc: Path, remote: str, *, bootstrap_message: str) -> None:
+    """Make ``wc`` a DVC registry with a default remote equal to ``remote``; commit what that changed."""
+    if not (wc / ".dvc").is_dir():
+        _dvc(["init", "--quiet"], cwd=wc, what="dvc init")
+    _set_site_cache(wc)
+    configured = _default_remote_url(wc)
+    if configured is None:
+        if not _is_url(remote):
+            if Path(remote).exists() and not Path(remote).is_dir():
+                raise UserError(f"{remote}: publish.remote exists and is not a folder")
+            Path(remote).mkdir(parents=True, exist_ok=True)
+        _dvc(["remote", "add", "--default", "--force", REMOTE_NAME, remote], cwd=wc, what="dvc remote add")
+    elif not _same_location(configured, remote):
+        raise UserError(f"publish.remote is {_redact(remote)!r} but the registry's default DVC remote is "
+                        f"{_redact(configured)!r}; set publish.remote to the registry's remote (or change the "
+                        "registry's remote with `dvc remote modify` and commit it there)")
+    _git(["add", "--all", "--", ".dvc", ".dvcignore"], cwd=wc)
+    has_head = _git(["rev-parse", "-q", "--verify", "HEAD"], cwd=wc, check=False).returncode == 0
+    if not has_head or _git(["diff", "--cached", "--quiet"], cwd=wc, check=False).returncode != 0:
+        _git(["commit", "--quiet", "--allow-empty", "-m", bootstrap_message], cwd=wc)
+
+
+def _restore_own_paths(root: Path, name: str) -> None:
+    """Undo what an interrupted run may have left in the paths this module writes (and only those)."""
+    rel = f"{DATASETS_DIR}/{name}"
+    if _git(["rev-parse", "-q", "--verify", "HEAD"], cwd=root, check=False).returncode != 0:
+        return
+    for path in (f"{rel}.dvc", f"{DATASETS_DIR}/.gitignore"):
+        tracked = _git(["cat-file", "-e", f"HEAD:{path}"], cwd=root, check=False).returncode == 0
+        if tracked:
+            _git(["checkout", "--quiet", "HEAD", "--", path], cwd=root)
+        else:
+            _git(["rm", "--quiet", "--cached", "--ignore-unmatch", "--", path], cwd=root)
+            (root / path).unlink(missing_ok=True)
+    _rmtree(root / rel)  # the workspace copy; `dvc checkout` brings back the committed version
+
+
+def _latest_version(wc: Path, name: str) -> int | None:
+    pattern = re.compile(rf"{re.escape(name)}/v([1-9][0-9]*)")
+    tags = _git(["tag", "--list", f"{name}/v*"], cwd=wc).stdout.split()
+    versions = [int(m.group(1)) for t in tags if (m := pattern.fullmatch(t))]
+    return max(versions, default=None)
+
+
+def _dvc_hash(dvc_file: Path) -> str:
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", ""))
+
+
+def _dvc_hash_at(wc: Path, version: int, name: str) -> str | None:
+    shown = _git(["show", f"refs/tags/{tag_for(name, version)}:{DATASETS_DIR}/{name}.dvc"], cwd=wc, check=False)
+    if shown.returncode != 0:
+        return None
+    outs = (yaml.safe_load(shown.stdout) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", ""))
+
+
+def _dvc_push(wc: Path, rel: str) -> None:
+    remote = _default_remote_url(wc) or "?"
+    _dvc(["push", "--quiet", f"{rel}.dvc"], cwd=wc,
+         what=f"dvc push to {_redact(remote)} (nothing was published; fix the remote and re-run)")
+
+
+def _default_remote_url(wc: Path) -> str | None:
+    from dvc.config import Config
+
+    config = Config(dvc_dir=str(wc / ".dvc"))
+    name = config["core"].get("remote")
+    if not name:
+        return None
+    remote = config["remote"].get(name)
+    return None if remote is None else str(remote["url"])
+
+
+def _set_site_cache(wc: Path) -> None:
+    from dvc.config import Config
+
+    config = Config(dvc_dir=str(wc / ".dvc"), validate=False)
+    wanted = str((wc / SITE_CACHE).resolve())
+    if config.load_one("local").get("core", {}).get("site_cache_dir") != wanted:
+        with config.edit("local") as conf:
+            conf.setdefault("core", {})["site_cache_dir"] = wanted
+
+
+def _ensure_identity(wc: Path) -> None:
+    """A repo-local committer identity when git has none configured (fresh machines, CI)."""
+    for key, value in (("user.name", "synthaug"), ("user.email", "synthaug@localhost")):
+        if not _git(["config", key], cwd=wc, check=False).stdout.strip():
+            _git(["config", "--local", key, value], cwd=wc)
+
+
+def _current_branch(wc: Path) -> str:
+    out = _git(["symbolic-ref", "--short", "-q", "HEAD"], cwd=wc, check=False).stdout.strip()
+    if not out:
+        raise UserError(f"{wc}: the registry's default branch is not checked out (detached HEAD)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fetch
+
+
+def fetch(registry: str, name: str, version: int | str, out: Path) -> Path:
+    """Download version ``version`` of dataset ``name`` from ``registry`` into the new folder ``out``.
+
+    Plain DVC, the same as ``dvc get <registry> datasets/<name> --rev <name>/v<N> -o <out>``.
+    ``version`` is N, ``"vN"``, ``"<name>/vN"`` or ``"latest"``. ``out`` must not exist (or be an empty folder);
+    it appears only when complete.
+    """
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    location = _normalize_location(registry)
+    tag = _resolve_tag(location, name, version)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists; fetch into a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="dvc-site-") as site:
+            _dvc(["get", "--quiet", location, f"{DATASETS_DIR}/{name}", "--rev", tag, "-o", str(partial)],
+                 cwd=out.parent, site_cache=Path(site), what=f"dvc get {tag} from {_redact(location)}")
+        if out.exists():
+            out.rmdir()
+        partial.rename(out)
+    finally:
+        _rmtree(partial)
+    return out
+
+
+def _resolve_tag(location: str, name: str, version: int | str) -> str:
+    text = str(version).strip()
+    if text == "latest":
+        listed = _git(["ls-remote", "--tags", "--refs", location, f"refs/tags/{name}/v*"], cwd=Path.cwd(),
+                      what=f"listing the versions of {name} in {_redact(location)}").stdout
+        pattern = re.compile(rf"refs/tags/{re.escape(name)}/v([1-9][0-9]*)")
+        versions = [int(m.group(1)) for line in listed.splitlines() if (m := pattern.search(line.split()[-1]))]
+        if not versions:
+            raise UserError(f"{_redact(location)}: no published version of {name!r}")
+        return tag_for(name, max(versions))
+    text = text.removeprefix(f"{name}/").removeprefix("v")
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"version {version!r}: expected N, 'vN', '{name}/vN' or 'latest' (N >= 1)")
+    return tag_for(name, int(text))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dataset card
+
+
+def code_version() -> str:
+    """The pipeline code's version: ``git describe`` (full sha, ``-dirty`` when modified) of the synthaug checkout,
+    or the installed package version when the code is not a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    top = _run(["git", "rev-parse", "--show-toplevel"], cwd=root, check=False)
+    if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
+        described = _run(["git", "describe", "--tags", "--always", "--dirty", "--abbrev=40"], cwd=root, check=False)
+        if described.returncode == 0 and described.stdout.strip():
+            return f"git {described.stdout.strip()}"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"synthaug {version('synthaug')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str, code_version: str,
+               checkpoint: str | None, metrics: Mapping[str, Any]) -> Path:
+    """Write ``dataset_dir/card.md``: lineage (source, code version, checkpoint), contents, metrics and params.
+
+    Args:
+        dataset_dir: the assembled dataset folder.
+        source: where the real images came from, e.g. ``{"repo": ..., "rev": ..., "path": ..., "hash": ...}``.
+        params_yaml: the resolved params.yaml text the dataset was made with.
+        code_version: the pipeline code's version (see ``code_version()``).
+        checkpoint: sha256 of the generator weights; None when the dataset has no synthetic images.
+        metrics: the evaluation metrics (nested mappings are flattened to dotted keys).
+
+    The card holds no timestamp: the same inputs give the same bytes, so republishing them is not a new version.
+    """
+    dataset_dir = Path(dataset_dir)
+    name = dataset_dir.name
+    lines = [f"# Dataset card: {name}", "",
+             "Real images plus class-conditional synthetic images made by the synthaug pipeline. "
+             "Every image is listed in `manifest.parquet` with its label, split, source (real or synthetic), "
+             "generator, checkpoint and seed.", "",
+             "## Lineage", "", "| | |", "|---|---|"]
+    for key, value in source.items():
+        lines.append(f"| source {_cell(key)} | {_cell(value)} |")
+    if not source:
+        lines.append("| source | (not recorded) |")
+    lines.append(f"| pipeline code | {_cell(code_version)} |")
+    lines.append(f"| generator checkpoint (sha256) | {_cell(checkpoint or 'none (no synthetic images)')} |")
+    lines.append("")
+    contents = _contents_table(dataset_dir / "manifest.parquet")
+    if contents:
+        lines += ["## Contents (accepted images)", "", *contents, ""]
+    lines += ["## Metrics", ""]
+    flat = _flatten(metrics)
+    if flat:
+        lines += ["| metric | value |", "|---|---|", *(f"| {_cell(k)} | {_cell(_fmt(v))} |" for k, v in flat)]
+    else:
+        lines.append("(none recorded)")
+    lines += ["", "## Params", "", "The resolved `params.yaml` (also stored next to this card):", "",
+              "```yaml", params_yaml.rstrip("\n"), "```", ""]
+    path = dataset_dir / "card.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _contents_table(manifest: Path) -> list[str]:
+    if not manifest.is_file():
+        return []
+    from tasks.manifest import read_manifest
+
+    frame, _ = read_manifest(manifest)
+    frame = frame[frame["accepted"]]
+    if frame.empty:
+        return []
+    counts = frame.groupby(["label", "source"]).size().unstack(fill_value=0)
+    sources = [s for s in ("real", "synthetic") if s in counts.columns]
+    rows = ["| label | " + " | ".join(sources) + " |", "|---" * (len(sources) + 1) + "|"]
+    for label, row in counts.sort_index().iterrows():
+        rows.append(f"| {_cell(label)} | " + " | ".join(str(int(row[s])) for s in sources) + " |")
+    return rows
+
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in metrics.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            items += _flatten(value, f"{full}.")
+        else:
+            items.append((full, value))
+    return items
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# locations and processes
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location or bool(_SCP_LIKE_RE.match(location))
+
+
+def _normalize_location(location: str) -> str:
+    """URLs as given (trailing '/' dropped); local paths made absolute against the current directory."""
+    if _is_url(location):
+        return location.rstrip("/")
+    return str(Path(location).expanduser().absolute())
+
+
+def _same_location(a: str, b: str) -> bool:
+    if _is_url(a) or _is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _is_bare_repo(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    out = _run(["git", "rev-parse", "--is-bare-repository"], cwd=path, check=False)
+    return out.returncode == 0 and out.stdout.strip() == "true"
+
+
+def _is_repo_root(path: Path) -> bool:
+    out = _run(["git", "rev-parse", "--show-toplevel"], cwd=path, check=False)
+    return out.returncode == 0 and Path(out.stdout.strip()).resolve() == path.resolve()
+
+
+def _redact(location: str) -> str:
+    return re.sub(r"(://[^/@]*?):[^/@]*@", r"\1:***@", location)
+
+
+def _git(args: Sequence[str], *, cwd: Path, check: bool = True, what: str | None = None) -> subprocess.CompletedProcess:
+    return _run(["git", *args], cwd=cwd, check=check, what=what)
+
+
+def _dvc(args: Sequence[str], *, cwd: Path, what: str, site_cache: Path | None = None) -> None:
+    """Run DVC from this interpreter. Its site cache (index, state) goes to ``site_cache`` (default: the registry's
+    ``.dvc/tmp/site_cache``, a temporary folder before ``dvc init``), unless DVC_SITE_CACHE_DIR is already set."""
+    with tempfile.TemporaryDirectory(prefix="dvc-site-") as scratch:
+        if site_cache is None:
+            site_cache = cwd / SITE_CACHE if (cwd / ".dvc").is_dir() else Path(scratch)
+        env = {"DVC_SITE_CACHE_DIR": os.environ.get("DVC_SITE_CACHE_DIR", str(site_cache))}
+        _run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, what=what)
+
+
+def _run(cmd: Sequence[str], *, cwd: Path, check: bool = True, env: Mapping[str, str] | None = None,
+         what: str | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0", **(env or {})}
+    log.debug("running %s in %s", " ".join(cmd), cwd)
+    done = subprocess.run(list(cmd), cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        detail = " | ".join(line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip())
+        detail = _redact(detail[-600:]) or f"exit status {done.returncode}"
+        if what is not None:
+            raise PublishError(f"{what} failed: {detail}")
+        raise RuntimeError(f"`{' '.join(_redact(c) for c in cmd)}` in {cwd} failed: {detail}")
+    return done
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=_force_remove)
+
+
+def _force_remove(func: Any, path: str, _exc: Any) -> None:
+    for p in (os.path.dirname(path), path):  # DVC makes cache files (and some folders) read-only
+        if os.path.lexists(p) and not os.path.islink(p):
+            os.chmod(p, 0o700)
+    func(path)
+
