@@ -1,12 +1,63 @@
-"""Ingest: read a source dataset into a normalized working copy plus ``manifest.parquet``."""
+"""Ingest: read a source dataset into a normalized working copy plus ``manifest.parquet``.
+
+Sources (see ``tasks.sources``): an image folder ``<root>/<label>/*.png|jpg|jpeg|tif|tiff|bmp`` (splits from an
+optional ``<root>/splits.csv`` with columns path,split), a CSV/parquet table ``path,label[,split]``, a MedMNIST-style
+``.npz``, the bundled example (``example:digits``), or any of these at a revision of a git/DVC repository.
+
+Normalization, in this order, for every image:
+
+1. An EXIF orientation (photos) is applied. Images narrower or shorter than ``data.min_size`` pixels are
+   quarantined (checked on the source size).
+2. 16-bit images (Pillow modes ``I;16*`` and ``I``) are scaled to 8 bits by the full 16-bit range,
+   ``round(v * 255 / 65535)``, so one intensity means the same in every image (no per-image stretching).
+3. Conversion to ``data.channels``: 1 -> Pillow ``L`` (ITU-R 601-2 luma), 3 -> ``RGB``; an alpha channel is dropped;
+   other modes go through Pillow's ``convert``.
+4. Resizing to ``data.image_size`` squared with Pillow's bilinear filter, which widens its support when
+   downscaling (antialiased). Non-square images are stretched, not cropped.
+5. Stored as an 8-bit PNG ``images/<label>/<image_id>.png``; ``image_id`` is the sha256 of the PNG bytes.
+   An image identical to one already stored is quarantined as a duplicate (it would leak across splits).
+
+Images without a split get one: each class is split on its own (stratified) into train/val/test with
+``data.val_fraction`` and ``data.test_fraction``, seeded by ``data.split_seed``; a class too small for the
+fractions keeps at least one training image. A split given by the source is kept.
+
+Bad input never stops the run midway: each bad item goes to ``quarantine.parquet`` (source_path, reason). The run
+stops with a ``UserError`` only when no usable image remains or a class would have no training image.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+import io
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
 from pydantic import Field
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
 
+from tasks.errors import UserError
+from tasks.manifest import SPLITS, write_manifest
 from tasks.params_base import Section
+from tasks.sources import Item, content_hash, fetch_dvc, read_source
+
+EXAMPLE = "example:digits"
+INTERPOLATION = "bilinear (Pillow, antialiased on downscale)"
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("source_path", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+])
 
 
 class DataParams(Section):
@@ -25,3 +76,197 @@ class DataParams(Section):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Where ingest wrote its tables, and how many images each class has per split."""
+
+    manifest_path: Path
+    quarantine_path: Path
+    counts: dict[str, dict[str, int]]  # label -> split -> images
+    quarantined: int
+
+
+class Quarantined(Exception):
+    """An item cannot be used; the message is the reason recorded in quarantine.parquet."""
+
+
+def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResult:
+    """Read ``params.source`` into ``out_dir``: ``images/<label>/<id>.png``, manifest.parquet, quarantine.parquet.
+
+    ``cache_dir`` keeps what is fetched or generated (the example, DVC copies keyed by commit) between runs.
+    """
+    console = Console(stderr=True)
+    path, lineage = locate(params, cache_dir, console)
+    source = read_source(path)
+    lineage["content_hash"] = content_hash(source)
+
+    # Stale images of an earlier run must not survive next to the new manifest.
+    shutil.rmtree(out_dir / "images", ignore_errors=True)
+    (out_dir / "manifest.parquet").unlink(missing_ok=True)
+    rows: list[dict[str, Any]] = []
+    rejected: list[tuple[str, str]] = []
+    first_ref: dict[str, str] = {}  # image_id -> the item it came from
+    for item in track(source.items, description="reading images", console=console, transient=True):
+        try:
+            data = png(normalize(open_image(item), params))
+            image_id = hashlib.sha256(data).hexdigest()
+            if image_id in first_ref:
+                raise Quarantined(f"duplicate of {first_ref[image_id]}")
+        except Quarantined as exc:
+            rejected.append((item.ref, str(exc)))
+            continue
+        first_ref[image_id] = item.ref
+        rel = f"images/{item.label}/{image_id}.png"
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / rel).write_bytes(data)
+        rows.append({"image_id": image_id, "path": rel, "label": item.label, "split": item.split})
+
+    quarantine_path = out_dir / "quarantine.parquet"
+    write_quarantine(rejected, quarantine_path)
+    frame = manifest_frame(rows, params)
+    check_usable(frame, params.source, quarantine_path, len(rejected))
+    manifest_path = write_manifest(frame, out_dir / "manifest.parquet",
+                                   {**lineage, "interpolation": INTERPOLATION, "params": params.model_dump()})
+    counts = {label: dict(Counter(group)) for label, group in frame.groupby("label")["split"]}
+    print_summary(console, counts, rejected)
+    return IngestResult(manifest_path, quarantine_path, counts, len(rejected))
+
+
+def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path, dict[str, Any]]:
+    """The local path of the source, fetching or writing it first, and its lineage for the manifest metadata."""
+    lineage: dict[str, Any] = {"source": params.source, "repo": params.repo, "rev": params.rev, "resolved_rev": None}
+    if params.repo is not None:
+        console.print(f"fetching {params.source} from {params.repo} at {params.rev or 'HEAD'}")
+        path, lineage["resolved_rev"] = fetch_dvc(params.repo, params.rev, params.source, cache_dir)
+        return path, lineage
+    if params.rev is not None:
+        raise UserError(f"data.rev is {params.rev!r} but data.repo is null; set data.repo or set data.rev: null")
+    if params.source == EXAMPLE:
+        path = cache_dir / "example"
+        if not path.exists():
+            from tasks.example import write_example
+
+            console.print(f"writing the bundled example to {path}")
+            partial = cache_dir / "example.partial"  # renamed when complete: an interrupted write is never reused
+            shutil.rmtree(partial, ignore_errors=True)
+            write_example(partial)
+            partial.replace(path)
+        return path, lineage
+    path = Path(params.source).expanduser()
+    if not path.exists():
+        raise UserError(f"data.source: {path} not found; set data.source to an image folder, a .csv/.parquet "
+                        f"table, a .npz file or {EXAMPLE}")
+    return path, lineage
+
+
+def open_image(item: Item) -> Image.Image:
+    """Decode an item's pixels; anything unreadable raises Quarantined with the reason."""
+    if item.pixels is None:  # refused by the reader
+        raise Quarantined(str(item.problem))
+    if isinstance(item.pixels, np.ndarray):
+        pixels = item.pixels
+        return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
+    if item.pixels.stat().st_size == 0:
+        raise Quarantined("empty file (0 bytes)")
+    try:
+        with Image.open(item.pixels) as image:
+            image.load()  # decode now: a truncated file fails here, not later
+            return ImageOps.exif_transpose(image)  # an upright copy (cameras store rotation in EXIF)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise Quarantined(f"unreadable image: {exc}") from None
+
+
+def normalize(image: Image.Image, params: DataParams) -> Image.Image:
+    """Size check, 16 -> 8 bit, channel conversion, square resize (see the module docstring)."""
+    if min(image.size) < params.min_size:
+        raise Quarantined(f"image is {image.width}x{image.height} px, smaller than data.min_size={params.min_size}")
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.round(np.clip(wide, 0, 65535) * (255 / 65535)).astype(np.uint8))
+    image = image.convert("L" if params.channels == 1 else "RGB")
+    size = (params.image_size, params.image_size)
+    return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def assign_splits(labels: Sequence[str], *, val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """A stratified train/val/test split: each class is cut on its own with the same fractions.
+
+    Cutting per class (rather than sklearn's ``stratify``, which refuses a class of one image) lets a tiny class
+    keep all its images in train; every class keeps at least one training image.
+    """
+    splits = ["train"] * len(labels)
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        members[label].append(i)
+    rng = np.random.default_rng(seed)
+    for label in sorted(members):
+        n = len(members[label])
+        n_test = min(int(n * test_fraction + 0.5), n - 1)
+        n_val = min(int(n * val_fraction + 0.5), n - 1 - n_test)
+        order = rng.permutation(members[label])
+        for i in order[:n_test]:
+            splits[i] = "test"
+        for i in order[n_test:n_test + n_val]:
+            splits[i] = "val"
+    return splits
+
+
+def manifest_frame(rows: list[dict[str, Any]], params: DataParams) -> pd.DataFrame:
+    """Manifest rows for the stored real images; items without a split get one from ``assign_splits``."""
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "label", "split"])
+    unsplit = frame["split"].isna().to_numpy()
+    frame.loc[unsplit, "split"] = assign_splits(list(frame.loc[unsplit, "label"]), val_fraction=params.val_fraction,
+                                                test_fraction=params.test_fraction, seed=params.split_seed)
+    frame["source"] = "real"
+    for column in ("generator", "checkpoint", "reject_reason"):
+        frame[column] = pd.Series([None] * len(frame), dtype=object)
+    frame["seed"] = pd.Series([pd.NA] * len(frame), dtype="Int64")
+    frame["accepted"] = True
+    frame["height"] = frame["width"] = params.image_size
+    frame["channels"] = params.channels
+    return frame
+
+
+def check_usable(frame: pd.DataFrame, source: str, quarantine_path: Path, quarantined: int) -> None:
+    """Stop when nothing usable is left or a class has no training image; the message names the fix."""
+    if frame.empty:
+        raise UserError(f"data.source {source}: no usable image ({quarantined} quarantined, reasons in "
+                        f"{quarantine_path}); point data.source at <root>/<label>/*.png, a path,label table or "
+                        f"a MedMNIST .npz")
+    no_train = sorted(set(frame["label"]) - set(frame.loc[frame["split"] == "train", "label"]))
+    if no_train:
+        names = ", ".join(repr(label) for label in no_train)
+        raise UserError(f"data.source {source}: no training image for class {names} (its images are all in "
+                        f"val/test/heldback or quarantined, see {quarantine_path}); mark at least one of its "
+                        f"images split=train in the source, or remove the class")
+
+
+def write_quarantine(rejected: list[tuple[str, str]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {"source_path": [ref for ref, _ in rejected], "reason": [reason for _, reason in rejected]}
+    pq.write_table(pa.table(columns, schema=QUARANTINE_SCHEMA), path)
+
+
+def print_summary(console: Console, counts: dict[str, dict[str, int]], rejected: list[tuple[str, str]],
+                  shown: int = 20) -> None:
+    table = Table(title="ingested images", show_footer=True)
+    table.add_column("class", footer="total")
+    for split in SPLITS:
+        table.add_column(split, justify="right", footer=str(sum(c.get(split, 0) for c in counts.values())))
+    for label, per_split in sorted(counts.items()):
+        table.add_row(label, *(str(per_split.get(split, 0)) for split in SPLITS))
+    console.print(table)
+    if rejected:
+        console.print(f"[yellow]{len(rejected)} quarantined[/] (all in quarantine.parquet):")
+        for ref, reason in rejected[:shown]:
+            console.print(f"  {ref}: {reason}", highlight=False, markup=False)
+        if len(rejected) > shown:
+            console.print(f"  ... and {len(rejected) - shown} more")

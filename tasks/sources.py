@@ -1,0 +1,223 @@
+"""Source readers: an image folder, a CSV/parquet table or a MedMNIST-style ``.npz`` -> a list of items.
+
+A reader decodes no image. It says where each image is, its label and its split (None: the source gives none),
+or why the item is refused before anything is read (``problem``; ingest quarantines it with that reason).
+``fetch_dvc`` brings a path of a git/DVC repository at a revision into a local cache first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import UserError
+from tasks.manifest import SPLITS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+TABLE_SUFFIXES = (".csv", ".parquet")
+SPLITS_FILE = "splits.csv"  # optional path,split table at the root of an image folder
+NPZ_SPLITS = ("train", "val", "test")  # MedMNIST keys: <split>_images, <split>_labels
+ESCAPES = "path escapes the source root"
+
+
+@dataclass(frozen=True, eq=False)
+class Item:
+    """One image of a source, or one refused entry."""
+
+    ref: str  # how reports name it: path relative to the source root, or ``file.npz:train[3]``
+    label: str | None
+    split: str | None  # None: ingest assigns one
+    pixels: Path | np.ndarray | None  # a file or an (H, W[, C]) array; None when refused
+    problem: str | None = None  # reason to quarantine without reading
+
+
+@dataclass(frozen=True)
+class Source:
+    root: Path  # folder that ``Item.ref`` paths and the content hash are relative to
+    items: list[Item]
+    files: list[Path] = field(default_factory=list)  # every file whose bytes make up the source
+
+
+def read_source(path: Path) -> Source:
+    """Dispatch on what ``path`` is: a folder, a ``.csv``/``.parquet`` table or a ``.npz`` archive."""
+    if path.is_dir():
+        return read_folder(path)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return read_table(path)
+    if path.suffix.lower() == ".npz":
+        return read_npz(path)
+    raise UserError(f"data.source: {path} is not an image folder, a .csv/.parquet table or a .npz file")
+
+
+def read_folder(root: Path) -> Source:
+    """``<root>/<label>/**/<image>``; splits from ``<root>/splits.csv`` (path,split) when present."""
+    splits = _read_splits_file(root) if (root / SPLITS_FILE).is_file() else {}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    items = []
+    for path in files:
+        ref = path.relative_to(root).as_posix()
+        parts = PurePosixPath(ref).parts
+        if len(parts) == 1:
+            # Loose files at the root (splits.csv, a README) are not images of any class; loose images are reported.
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                items.append(Item(ref, None, None, None, "not inside a class folder (<root>/<label>/...)"))
+            continue
+        split, split_problem = splits.pop(ref, (None, None))
+        items.append(_file_item(ref, parts[0], split, path, split_problem))
+    # Whatever splits.csv still lists has no file behind it.
+    items += [Item(ref, None, None, None, "listed in splits.csv but file not found") for ref in sorted(splits)]
+    return Source(root, items, files)
+
+
+def read_table(table: Path) -> Source:
+    """Rows ``path,label[,split]``; paths relative to the table's folder, which they may not leave."""
+    table = table.resolve()  # the rows' paths are resolved too: both sides must match for relative_to
+    frame = _read_frame(table, required=("path", "label"))
+    root = table.parent
+    items, files = [], {table}
+    for row in frame.to_dict("records"):
+        ref, label = _text(row["path"]), _text(row["label"])
+        split, problem = _split(row.get("split"))
+        path = _inside(root, ref)
+        if path is not None and path.is_file():
+            files.add(path)  # hashed even when the row is quarantined: the file's bytes decide that too
+        if not ref:
+            problem = "no path"
+        elif path is None:
+            problem = ESCAPES
+        elif not label:
+            problem = "no label"
+        elif label in (".", "..") or "/" in label or "\\" in label:
+            problem = f"label {label!r} cannot be a folder name"
+        elif problem is None and not path.is_file():
+            problem = "file not found"
+        items.append(_file_item(ref, label or None, split, path, problem))
+    return Source(root, items, sorted(files))
+
+
+def read_npz(path: Path) -> Source:
+    """MedMNIST layout: ``<split>_images`` uint8 (N, H, W[, C]) with ``<split>_labels`` (N,) or (N, 1)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UserError(f"data.source: {path} is not a readable .npz archive ({exc})") from None
+    items = []
+    for split in NPZ_SPLITS:
+        if f"{split}_images" not in arrays:
+            continue
+        images, labels = arrays[f"{split}_images"], arrays.get(f"{split}_labels")
+        where = f"data.source: {path}: {split}_images"
+        if labels is None or labels.size != len(images):
+            raise UserError(f"{where} needs {split}_labels with one label per image, shape (N,) or (N, 1)")
+        if images.dtype not in (np.uint8, np.uint16) or images.ndim not in (3, 4):
+            raise UserError(f"{where} must be uint8 or uint16 (N, H, W[, C]); got {images.dtype} {images.shape}")
+        if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
+            raise UserError(f"{where} has {images.shape[-1]} channels; expected 1, 3 or 4")
+        for i, (image, label) in enumerate(zip(images, labels.reshape(-1), strict=True)):
+            items.append(Item(f"{path.name}:{split}[{i}]", str(label.item()), split, image))
+    if not items:
+        keys = ", ".join(f"{s}_images" for s in NPZ_SPLITS)
+        raise UserError(f"data.source: {path} holds none of {keys} (found: {', '.join(arrays) or 'nothing'})")
+    return Source(path.parent, items, [path])
+
+
+def content_hash(source: Source) -> str:
+    """sha256 over the sorted (path relative to the root, file sha256) pairs of the source's files."""
+    digest = hashlib.sha256()
+    for rel, sha in sorted((p.relative_to(source.root).as_posix(), _file_sha256(p)) for p in source.files):
+        digest.update(f"{rel}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def fetch_dvc(repo: str, rev: str | None, path: str, cache_dir: Path) -> tuple[Path, str]:
+    """Copy ``path`` of the git/DVC repository ``repo`` at ``rev`` (None: HEAD) into ``cache_dir``.
+
+    The copy is keyed by the resolved commit, so a moving branch never serves stale data and a fixed commit is
+    fetched once. A table brings its whole folder, since its rows point at files beside it.
+    Returns the local path of ``path`` and the full commit sha.
+    """
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+
+    inner = PurePosixPath(path)
+    if inner.is_absolute() or ".." in inner.parts:
+        raise UserError(f"data.source: {path!r} must be a path inside data.repo, relative to its root")
+    fetched = inner.parent if inner.suffix.lower() in TABLE_SUFFIXES else inner
+    at = f"{repo} at {rev or 'HEAD'}"
+    try:
+        with contextlib.closing(DVCFileSystem(repo, rev=rev or "HEAD")) as fs:
+            resolved = fs.repo.scm.resolve_rev(rev or "HEAD")
+            # One folder per (commit, fetched path), not one shared tree: fetching `data` after `data/scans` must
+            # not mistake the `data` folder holding only `scans` for a complete copy.
+            key = cache_dir / "dvc" / resolved / hashlib.sha256(str(fetched).encode()).hexdigest()[:16]
+            if not key.exists():
+                partial = key.with_name(key.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                fs.get(str(fetched), str(partial / fetched), recursive=True)
+                partial.replace(key)
+    except (DvcException, FileNotFoundError) as exc:
+        raise UserError(f"cannot fetch {path} from {at}: {exc}; check data.repo, data.rev, data.source and that the "
+                        f"repository's DVC remote holds the data (dvc push)") from None
+    if not (key / inner).exists():  # a table's folder came, but not the table
+        raise UserError(f"data.source: {path} not found in {at}")
+    return key / inner, resolved
+
+
+def _file_item(ref: str, label: str | None, split: str | None, path: Path | None, problem: str | None) -> Item:
+    if problem is None and path is not None and path.suffix.lower() not in IMAGE_SUFFIXES:
+        problem = f"unknown extension {path.suffix or '(none)'!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
+    return Item(ref, label, split, None if problem else path, problem)
+
+
+def _read_splits_file(root: Path) -> dict[str, tuple[str | None, str | None]]:
+    """splits.csv -> {normalized path: (split, problem)}."""
+    frame = _read_frame(root / SPLITS_FILE, required=("path", "split"))
+    return {PurePosixPath(_text(row["path"])).as_posix(): _split(row["split"]) for row in frame.to_dict("records")}
+
+
+def _read_frame(table: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        # keep_default_na=False: an empty cell stays "", so "NA" or "null" can be a real label.
+        frame = (pd.read_csv(table, dtype=str, keep_default_na=False) if table.suffix.lower() == ".csv"
+                 else pd.read_parquet(table))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"data.source: cannot read the table {table} ({exc})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise UserError(f"data.source: the table {table} needs columns {', '.join(required)}; missing {missing}")
+    return frame
+
+
+def _split(value: Any) -> tuple[str | None, str | None]:
+    """A table cell -> (split or None when empty, problem when it is not an allowed split)."""
+    text = _text(value)
+    if text and text not in SPLITS:
+        return None, f"unknown split {text!r}; allowed: {', '.join(SPLITS)}"
+    return text or None, None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip()
+
+
+def _inside(root: Path, ref: str) -> Path | None:
+    """``root / ref`` when it stays inside ``root`` (after ``..`` and symlinks), else None; reads no file."""
+    path = (root / ref).resolve()
+    return path if path.is_relative_to(root.resolve()) else None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
