@@ -14,6 +14,7 @@ from tasks.errors import UserError
 from tasks.generate import GenerateParams
 from tasks.ingest import DataParams
 from tasks.plan import PlanParams
+from tasks.publish import PublishParams
 from tasks.train import ModelParams
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -28,6 +29,7 @@ class Params(BaseModel):
     plan: PlanParams = PlanParams()
     model: ModelParams = ModelParams()
     generate: GenerateParams = GenerateParams()
+    publish: PublishParams = PublishParams()
 
 
 class ParamsError(UserError):
