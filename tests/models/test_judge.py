@@ -1,0 +1,206 @@
+"""The judge classifier on scikit-learn's bundled digits (8x8, upsampled to 16x16), and external extractors."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from models.judge import (
+    Judge,
+    JudgeConfig,
+    _shift,
+    balanced_class_weights,
+    fit_temperature,
+    load_feature_extractor,
+    load_judge,
+    save_judge,
+    train_judge,
+)
+
+# Small enough for ~5 s on one CPU thread, large enough for > 90% held-out accuracy on digits.
+FAST = JudgeConfig(steps=200, width=16, feature_dim=64, batch_size=64, lr=5e-3, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, torch.Tensor]:
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0  # 0..16 -> [-1, 1]
+    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    tr, va = perm[:1300], perm[1300:]
+    return {"x": x[tr], "y": y[tr], "vx": x[va], "vy": y[va]}
+
+
+@pytest.fixture(scope="module")
+def trained(digits) -> tuple[Judge, float]:
+    start = time.perf_counter()
+    judge = train_judge(digits["x"], digits["y"], num_classes=10, config=FAST, device="cpu",
+                        val_images=digits["vx"], val_labels=digits["vy"])
+    return judge, time.perf_counter() - start
+
+
+def test_judge_learns_digits_quickly(trained, digits) -> None:
+    judge, seconds = trained
+    acc = (judge.predict_proba(digits["vx"]).argmax(1) == digits["vy"]).float().mean().item()
+    assert acc > 0.90, f"val accuracy {acc:.3f}"
+    assert seconds < 30, f"training took {seconds:.1f} s"
+    assert not judge.training
+
+
+def test_temperature_keeps_argmax_and_does_not_raise_val_nll(trained, digits) -> None:
+    judge, _ = trained
+    t = float(judge.temperature)
+    assert t > 0 and t != 1.0  # it was fitted
+    logits = judge.predict_logits(digits["vx"])
+    proba = judge.predict_proba(digits["vx"])
+    assert torch.equal(proba.argmax(1), logits.argmax(1))
+    torch.testing.assert_close(proba, torch.softmax(logits / t, 1))
+    nll_raw = F.cross_entropy(logits, digits["vy"]).item()
+    nll_cal = F.nll_loss(proba.log(), digits["vy"]).item()
+    assert nll_cal <= nll_raw + 1e-6
+    # Refitting on the same data lands on the same optimum.
+    assert fit_temperature(judge, digits["vx"], digits["vy"]) == pytest.approx(t, rel=1e-3)
+
+
+def test_features_are_the_embedding_and_batch_independent(trained, digits) -> None:
+    judge, _ = trained
+    x = digits["vx"][:40]
+    emb = judge.embed(x)
+    assert emb.shape == (40, FAST.feature_dim) and emb.dtype == torch.float32
+    torch.testing.assert_close(judge.embed(x, batch_size=7), emb, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(judge.head(judge.features(x)), judge(x))
+    with pytest.raises(ValueError, match=r"\(N, 1, 16, 16\)"):
+        judge.embed(torch.zeros(2, 1, 8, 8))
+
+
+def test_save_load_gives_identical_logits(trained, digits, tmp_path) -> None:
+    judge, _ = trained
+    path = tmp_path / "judge.pt"
+    save_judge(judge, path)
+    payload = torch.load(path, weights_only=True)  # plain data only: no pickled classes
+    assert payload["config"] == dataclasses.asdict(FAST)
+    loaded = load_judge(path)
+    assert loaded.config == judge.config and not loaded.training
+    assert float(loaded.temperature) == float(judge.temperature)
+    x = digits["vx"][:64]
+    assert torch.equal(loaded.predict_logits(x), judge.predict_logits(x))
+    assert torch.equal(loaded.predict_proba(x), judge.predict_proba(x))
+    with pytest.raises(ValueError, match="not a judge checkpoint"):
+        torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+        load_judge(tmp_path / "other.pt")
+
+
+def test_training_is_deterministic_and_leaves_global_rng_alone(digits) -> None:
+    cfg = dataclasses.replace(FAST, steps=4)
+    x, y = digits["x"][:200], digits["y"][:200]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = train_judge(x, y, num_classes=10, config=cfg, device="cpu")
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(456)  # the caller's global RNG must not matter
+    b = train_judge(x, y, num_classes=10, config=cfg, device="cpu")
+    c = train_judge(x, y, num_classes=10, config=dataclasses.replace(cfg, seed=1), device="cpu")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert not torch.equal(a.head[1].weight, c.head[1].weight)
+    assert float(a.temperature) == 1.0  # no val set: left uncalibrated
+
+
+def test_class_weights_and_step_callback(digits) -> None:
+    y = torch.tensor([0, 0, 0, 1, 2, 2])
+    torch.testing.assert_close(balanced_class_weights(y, 4), torch.tensor([6 / 12, 6 / 4, 6 / 8, 0.0]))
+    cfg = dataclasses.replace(FAST, steps=3)
+    x, y = digits["x"][:100], digits["y"][:100]
+    seen: list[int] = []
+    plain = train_judge(x, y, num_classes=10, config=cfg, device="cpu", on_step=lambda s, _: seen.append(s))
+    weighted = train_judge(x, y, num_classes=10, config=cfg, device="cpu",
+                           class_weights=torch.linspace(0.1, 2.0, 10))
+    assert seen == [1, 2, 3]
+    assert not torch.equal(plain.head[1].weight, weighted.head[1].weight)
+    with pytest.raises(ValueError, match="class_weights"):
+        train_judge(x, y, num_classes=10, config=cfg, device="cpu", class_weights=torch.ones(3))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 16, 16), (3, 28, 28), (3, 32, 32), (1, 64, 48)])
+def test_network_is_sized_to_the_images(shape) -> None:
+    judge = Judge(shape, 4, config=JudgeConfig(width=8, feature_dim=16))
+    x = torch.zeros(2, *shape)
+    assert judge(x).shape == (2, 4) and judge.features(x).shape == (2, 16)
+    spatial = judge.body(x).shape[-2:]
+    assert 2 <= min(spatial) <= 7  # downsampled to a few pixels, whatever the input size
+
+
+def test_shift_translates_with_edge_padding() -> None:
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    out = _shift(x, torch.tensor([1]), torch.tensor([-1]), 1)
+    # Down one row, left one column; the vacated top row / right column repeat the edge.
+    expected = torch.tensor([[1.0, 2, 3, 3], [1, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11]])
+    assert torch.equal(out[0, 0], expected)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script/save: the user's side of the format
+def test_torchscript_feature_extractor(tmp_path) -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1))
+    scripted = torch.jit.script(net)
+    path = tmp_path / "extractor.ts"
+    torch.jit.save(scripted, str(path))
+    extract = load_feature_extractor(path)
+    x = torch.randn(10, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    feats = extract(x, batch_size=3)
+    assert feats.shape == (10, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, net(x).flatten(1))
+    torch.save({"not": "torchscript"}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="TorchScript"):
+        load_feature_extractor(tmp_path / "plain.pt")
+    with pytest.raises(FileNotFoundError):
+        load_feature_extractor(tmp_path / "missing.ts")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: JudgeConfig(steps=0), "steps must be >= 1, got 0"),
+        (lambda: JudgeConfig(dropout=1.0), "dropout"),
+        (lambda: JudgeConfig(lr=-1.0), "-1.0"),
+        (lambda: Judge((1, 4, 4), 3), r"\(1, 4, 4\)"),
+        (lambda: Judge((1, 16, 16), 1), "num_classes"),
+        (lambda: train_judge(torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 2, 5]), num_classes=3,
+                             config=FAST, device="cpu"), r"\[0, 5\]"),
+        (lambda: train_judge(torch.zeros(4, 1, 16, 16), torch.zeros(3, dtype=torch.int64), num_classes=3,
+                             config=FAST, device="cpu"), "labels must be"),
+        (lambda: train_judge(torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.int64), num_classes=3,
+                             config=FAST, device="cpu", val_images=torch.zeros(2, 1, 16, 16)), "together"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_it(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_torch_export_feature_extractor(tmp_path) -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 64, 6))
+    example = torch.randn(2, 1, 8, 8)
+    program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = tmp_path / "extractor.pt2"
+    torch.export.save(program, str(path))
+    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    feats = load_feature_extractor(path)(x, batch_size=4)
+    assert feats.shape == (7, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, net(x))
