@@ -1,0 +1,83 @@
+"""The command line as a user runs it: a real subprocess, real files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.manifest import COLUMNS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def synthaug(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The real entry point in a fresh interpreter, as a user calls it."""
+    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for command in ("example", "ingest", "plan", "train", "generate", "run", "dag"):
+        assert command in out.output
+        assert runner.invoke(app, [command, "--help"]).exit_code == 0
+
+
+def test_bad_param_exits_nonzero_with_one_line_reason(tmp_path):
+    out = synthaug("plan", "-w", str(tmp_path), "-S", "plan.strategy=most")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "plan.strategy" in out.stderr and "match_majority" in out.stderr
+
+
+def test_missing_source_names_the_path_and_the_key(tmp_path):
+    out = synthaug("ingest", "-w", str(tmp_path / "w"), "-S", f"data.source={tmp_path / 'nope'}")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "nope" in out.stderr and "data.source" in out.stderr
+
+
+def test_example_then_ingest_writes_contract_manifest(tmp_path):
+    example = tmp_path / "x"
+    assert synthaug("example", str(example)).returncode == 0
+    out = synthaug("ingest", "-w", str(tmp_path / "w"), "-S", f"data.source={example}")
+    assert out.returncode == 0, out.stderr
+    manifest = tmp_path / "w" / "ingest" / "manifest.parquet"
+    assert tuple(pq.read_schema(manifest).names[: len(COLUMNS)]) == COLUMNS
+    frame = pd.read_parquet(manifest)
+    assert set(frame["split"]) == {"train", "val", "test", "heldback"}
+    assert (frame["source"] == "real").all()
+    assert all((manifest.parent / p).is_file() for p in frame["path"])
+
+
+def test_corrupt_and_zero_byte_images_are_quarantined_and_named(tmp_path):
+    example = tmp_path / "x"
+    assert synthaug("example", str(example)).returncode == 0
+    (example / "3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (example / "5" / "empty.png").write_bytes(b"")
+    out = synthaug("ingest", "-w", str(tmp_path / "w"), "-S", f"data.source={example}")
+    assert out.returncode == 0, out.stderr
+    assert "corrupt.png" in out.stderr + out.stdout and "empty.png" in out.stderr + out.stdout
+    quarantine = pd.read_parquet(tmp_path / "w" / "ingest" / "quarantine.parquet")
+    named = " ".join(quarantine.astype(str).agg(" ".join, axis=1))
+    assert "corrupt.png" in named and "empty.png" in named
+    assert len(quarantine) == 2
+
+
+def test_default_ingest_then_plan_in_process(tmp_path):
+    """No configuration: the bundled example is written on first use, then planned with each strategy."""
+    runner = CliRunner()
+    work = str(tmp_path / "w")
+    assert runner.invoke(app, ["ingest", "-w", work]).exit_code == 0
+    for strategy, total in (("match_majority", 1220), ("target", 1300), ("ratio", 1712)):
+        out = runner.invoke(app, ["plan", "-w", work, "-S", f"plan.strategy={strategy}", "-S", "plan.target=130"])
+        assert out.exit_code == 0, out.output
+        plan = pd.read_csv(tmp_path / "w" / "plan" / "plan.csv", dtype={"class": str})
+        assert list(plan.columns) == ["class", "real", "target", "to_generate"]
+        assert plan["target"].sum() == total

@@ -1,0 +1,356 @@
+"""Schedules against a real Prefect server: ``prefect server start`` in a subprocess, deployments served by
+``flows.serve`` in other subprocesses, runs triggered and read back through the API.
+
+One server for the module (its own PREFECT_HOME, analytics off, scheduler every second). This process talks to it
+only inside ``api(url)`` (``temporary_settings``), so the rest of the test session keeps its temporary server.
+Every subprocess runs in its own process group and is killed with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+SERVER_START_S = 120  # a fresh PREFECT_HOME migrates its database first; slow on a busy 2-core machine
+DATASET = "digits-sched"
+TINY = ["model.family=vae", "model.vae.steps=2", "model.vae.batch_size=8", "model.vae.latent_dim=4",
+        "model.vae.channels=8", "model.vae.embed_dim=4", "model.vae.kl_warmup=2", "model.vae.checkpoint_every=0",
+        "model.device=cpu", "generate.device=cpu", "plan.strategy=ratio", "plan.ratio=0.02", "plan.cap=2",
+        "plan.overgenerate=1.0"]
+
+# Stand-in flows for the guard and the schedule: written to a temp folder and imported by the serve subprocess.
+STANDIN = '''
+import time
+
+from prefect import flow
+
+from flows.serve import dataset_lock
+
+
+@flow(name="standin-guarded")
+def guarded(log: str, sleep_s: float = 2.0, dataset: str = "standin") -> None:
+    """Holds the dataset lock for sleep_s seconds and appends "start end" of that span to log."""
+    with dataset_lock(dataset):
+        start = time.time()
+        time.sleep(sleep_s)
+        end = time.time()
+    with open(log, "a") as f:
+        f.write(f"{start} {end}\\n")
+
+
+@flow(name="standin-tick")
+def tick() -> str:
+    return "tick"
+'''
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", NO_ALBUMENTATIONS_UPDATE="1",
+               DVC_NO_ANALYTICS="1", PYTHONPATH=str(REPO), PREFECT_LOGGING_LEVEL="INFO", **extra)
+    return env
+
+
+@contextmanager
+def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 10)):
+            if proc.poll() is not None:
+                break
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        with suppress(ProcessLookupError):  # the flow-run children of a runner live in the same group
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _tail(log: Path, n: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.exists() else "(no log)"
+
+
+def _wait(what: str, check, timeout: float, log: Path | None = None, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + (_tail(log) if log else ""))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """A real `prefect server start` on a free loopback port; yields its API URL."""
+    import httpx
+
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = _env(root / "home", PREFECT_SERVER_UI_ENABLED="false", PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
+               PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1")
+    log = root / "server.log"
+    with _process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log) as proc:
+        url = f"http://127.0.0.1:{port}/api"
+
+        def healthy() -> bool:
+            assert proc.poll() is None, f"prefect server exited ({proc.returncode}):\n{_tail(log)}"
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait("the Prefect server's /api/health", healthy, SERVER_START_S, log)
+        yield url
+
+
+@contextmanager
+def api(url: str):
+    """This process's Prefect client talks to ``url`` inside the block (settings restored afterwards)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+@contextmanager
+def serving(url: str, tmp: Path, script: str, name: str) -> Iterator[Path]:
+    """Run ``script`` (which serves deployments) in a subprocess pointed at the server; yields its log."""
+    log = tmp / f"{name}.log"
+    env = _env(tmp / f"{name}-home", PREFECT_API_URL=url, PREFECT_RUNNER_POLL_FREQUENCY="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(tmp)]))
+    with _process([PYTHON, "-c", textwrap.dedent(script)], env, log):
+        yield log
+
+
+def _deployment(client, name: str, log: Path, timeout: float = 90):
+    from prefect.exceptions import ObjectNotFound
+
+    def found():
+        try:
+            return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+
+    return _wait(f"deployment {name} to be registered", found, timeout, log)
+
+
+def _runs(client, deployment_id=None, flow_name: str | None = None) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
+
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])) if deployment_id else None,
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])) if flow_name else None, limit=200)
+
+
+def _final(client, run_ids: list, log: Path, timeout: float) -> list:
+    def done():
+        runs = [client.read_flow_run(i) for i in run_ids]
+        return runs if all(r.state is not None and r.state.is_final() for r in runs) else None
+
+    return _wait(f"runs {[str(i)[:8] for i in run_ids]} to finish", done, timeout, log, every=1)
+
+
+def _artifact_markdown(client, run_id) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    only_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+    return "\n".join(str(a.data) for a in client.read_artifacts(artifact_filter=only_run))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tests
+
+
+def test_serve_refuses_without_a_reachable_server(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"publish:\n  name: {DATASET}\n")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), pytest.raises(ServeError) as err:
+        serve_command(params, [], tmp_path / "work", cron="*/5 * * * *")
+    assert "PREFECT_API_URL is not set" in str(err.value) and "never runs its schedule" in str(err.value)
+    assert "prefect server start" in str(err.value)
+
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{_free_port()}/api"}), \
+            pytest.raises(ServeError, match=r"no Prefect server answers at .*prefect server start"):
+        serve_command(params, [], tmp_path / "work")
+    with pytest.raises(ServeError, match=r"'61 \* \* \* \*' is not a valid cron"):
+        serve_command(params, [], tmp_path / "work", cron="61 * * * *")
+
+
+def test_prefect_yaml_matches_params_and_the_flow():
+    """prefect.yaml parses as Prefect 3.8's deploy config and agrees with params.yaml and the flow's signature."""
+    import inspect
+
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    from flows.params import load_params
+    from flows.serve import scheduled_augment
+
+    raw = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    model = PrefectYamlModel.model_validate(raw)
+    params = load_params(REPO / "params.yaml")
+    (deployment,) = model.deployments
+    assert deployment.name == params.publish.name
+    assert deployment.entrypoint == "flows/serve.py:scheduled_augment"
+    assert (deployment.schedules or [])[0].cron == getattr(params.publish, "schedule", DEFAULT_CRON)
+    assert deployment.concurrency_limit.limit == 1 and deployment.concurrency_limit.collision_strategy == "ENQUEUE"
+    assert deployment.work_pool.name == "gpu"
+    assert set(deployment.parameters) <= set(inspect.signature(scheduled_augment.fn).parameters)
+
+
+def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path):
+    """`prefect deploy --all` accepts prefect.yaml: cron schedule, concurrency limit 1, the gpu pool."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with api(server), get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="gpu", type="process"))
+        log = tmp_path / "deploy.log"
+        done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, capture_output=True, text=True,
+                              env=_env(tmp_path / "home", PREFECT_API_URL=server), timeout=120)
+        log.write_text(done.stdout + done.stderr)
+        assert done.returncode == 0, _tail(log)
+        params = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]
+        deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{params['name']}")
+        assert deployment.work_pool_name == "gpu"
+        assert [s.schedule.cron for s in deployment.schedules] == [params["schedules"][0]["cron"]]
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.entrypoint == "flows/serve.py:scheduled_augment"
+
+
+def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
+    """The real flow, served: the first run executes the pipeline (and publishes once publish is wired into augment);
+    a second run with nothing changed records "no change" and runs nothing. The cron gives scheduled runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    import flows.augment
+    from flows.dag import STEPS
+
+    workdir, registry = tmp_path / "work", tmp_path / "registry"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"publish": {"name": DATASET, "registry": str(registry / "repo"),
+                                                  "remote": str(registry / "remote")}}))
+    script = f"""
+        from pathlib import Path
+        from flows.serve import serve_command
+        serve_command(Path({str(params)!r}), {TINY!r}, Path({str(workdir)!r}), cron="0 3 * * *")
+    """
+    with serving(server, tmp_path, script, "serve-augment") as log, api(server), \
+            get_client(sync_client=True) as client:
+        deployment = _deployment(client, f"{FLOW_NAME}/{DATASET}", log)
+        assert deployment.global_concurrency_limit.limit == 1
+
+        first = run_deployment(deployment.id, timeout=150, poll_interval=1)
+        assert first.state.is_completed(), f"{first.state}\n{_tail(log, 80)}"
+        for step in STEPS:  # the pipeline ran: every step left its outputs
+            for out in step.outs:
+                assert (workdir / out).exists(), f"{step.name} wrote no {out}\n{_tail(log, 80)}"
+        recorded = read_recorded(workdir, DATASET)
+        assert recorded is not None and recorded["flow_run_id"] == str(first.id)
+        assert recorded["parts"]["source"]["content_hash"] and recorded["parts"]["code_version"]
+        assert "pipeline run" in _artifact_markdown(client, first.id)
+
+        second = run_deployment(deployment.id, timeout=60, poll_interval=1)
+        assert second.state.is_completed(), f"{second.state}\n{_tail(log, 80)}"
+        assert "no change" in _artifact_markdown(client, second.id)
+        assert read_recorded(workdir, DATASET) == recorded
+        assert len(_runs(client, flow_name="augment")) == 1  # the second run started no pipeline
+
+        tags = subprocess.run(["git", "tag", "--list"], cwd=registry / "repo", capture_output=True, text=True,
+                              check=False).stdout.split() if (registry / "repo").is_dir() else []
+        if "publish" in getattr(flows.augment, "NOT_BUILT", ()):
+            assert tags == []  # nothing can be published before the publish step is part of augment
+        else:
+            assert tags == [f"{DATASET}/v1"], tags  # published once: the unchanged run added no version
+            assert recorded["publish"]["tag"] == f"{DATASET}/v1"
+
+        # The server's scheduler turned the cron into scheduled runs, each at 03:00 UTC.
+        scheduled = _wait("scheduled runs of the cron", lambda: [
+            r for r in _runs(client, deployment.id) if r.state_type == StateType.SCHEDULED and r.auto_scheduled], 30)
+        assert all((r.expected_start_time.hour, r.expected_start_time.minute) == (3, 0) for r in scheduled)
+
+
+def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
+    """Two runs of one deployment and one of another deployment of the same dataset, triggered at once, never
+    overlap: the deployment limit queues the second run of `a` (AwaitingConcurrencySlot), the dataset lock makes the
+    run of `b` wait inside. An interval schedule makes the server create runs that the served process executes."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    (tmp_path / "standin_flows.py").write_text(STANDIN)
+    spans = tmp_path / "spans.txt"
+    script = f"""
+        from flows.serve import one_at_a_time, serve_deployments
+        from standin_flows import guarded, tick
+        serve_deployments(one_at_a_time(guarded, "a", parameters={{"log": {str(spans)!r}}}),
+                          one_at_a_time(guarded, "b", parameters={{"log": {str(spans)!r}}}),
+                          one_at_a_time(tick, "every-3s", interval=3))
+    """
+    with serving(server, tmp_path, script, "serve-standin") as log, api(server), \
+            get_client(sync_client=True) as client:
+        a = _deployment(client, "standin-guarded/a", log)
+        b = _deployment(client, "standin-guarded/b", log)
+        ticker = _deployment(client, "standin-tick/every-3s", log)
+
+        runs = [run_deployment(d.id, timeout=0) for d in (a, a, b)]
+        finished = _final(client, [r.id for r in runs], log, timeout=120)
+        assert all(r.state.is_completed() for r in finished), [r.state for r in finished] + [_tail(log)]
+
+        # Runs of one deployment: the API's start/end times never overlap, and one of them was held back.
+        of_a = sorted((r for r in finished if r.deployment_id == a.id), key=lambda r: r.start_time)
+        assert of_a[0].end_time <= of_a[1].start_time, [(r.start_time, r.end_time) for r in of_a]
+        waited = [s.name for r in of_a for s in client.read_flow_run_states(r.id)]
+        assert "AwaitingConcurrencySlot" in waited, waited
+        # All three held the dataset lock one after another.
+        held = sorted(tuple(map(float, line.split())) for line in spans.read_text().splitlines())
+        assert len(held) == 3
+        assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(held)), held
+        assert client.read_global_concurrency_limit_by_name(lock_name("standin")).active_slots == 0
+
+        # The interval schedule: the server's scheduler creates runs and the served process executes them.
+        _wait("scheduled runs of the interval schedule", lambda: [
+            r for r in _runs(client, ticker.id) if r.state_type == StateType.SCHEDULED and r.auto_scheduled], 30, log)
+        _wait("a scheduled run to complete", lambda: [
+            r for r in _runs(client, ticker.id) if r.auto_scheduled and r.state_type == StateType.COMPLETED], 60, log)
+        client.pause_deployment(ticker.id)
+
