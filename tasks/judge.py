@@ -1,0 +1,191 @@
+"""The ``judge`` step: train the judge classifier on the real train split, calibrate it on val, save it.
+
+The judge (``models.judge``) is the label-consistency test of the filter and, through its penultimate features,
+the default feature space of every distance, realism and distribution metric. ``embed`` is the one way the later
+steps (filter, evaluate, report) turn images into features, so they all measure in the same space: the judge's,
+or a user-supplied local extractor file when one is configured (nothing is downloaded).
+
+Outputs in ``<out_dir>``: ``judge.pt`` (``models.judge.save_judge``) and ``judge.json`` (class names in index order,
+train and val sizes, val accuracy, NLL and ECE before and after temperature scaling, the temperature, the config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from models.common import pick_device
+from models.judge import (
+    Judge,
+    JudgeConfig,
+    balanced_class_weights,
+    fit_temperature,
+    load_feature_extractor,
+    load_judge,
+    save_judge,
+    train_judge,
+)
+from tasks.errors import UserError
+from tasks.images import load_images
+from tasks.manifest import read_manifest
+from tasks.plan import natural_key
+
+JUDGE_FILE = "judge.pt"
+INFO_FILE = "judge.json"
+ECE_BINS = 10
+
+
+def train_judge_step(ingest_manifest: Path, config: JudgeConfig, out_dir: Path, *, device: str = "auto",
+                     console: Console | None = None) -> Path:
+    """Train the judge on the real train split of ``ingest_manifest``; calibrate on val; write ``out_dir``.
+
+    Classes are indexed in natural order of the train labels (the planner's and the generators' order).
+    The loss uses balanced class weights (n / (K * count_k)): the data this project serves is imbalanced, and an
+    unweighted judge would doubt every image of a scarce class. The temperature is fitted on the real val images
+    of the judge's classes; without any, the judge stays uncalibrated (T = 1) and ``judge.json`` says so.
+
+    Args:
+        ingest_manifest: the ingest step's ``manifest.parquet`` (images are read relative to its folder).
+        config: network size and recipe (the ``filter.judge`` section).
+        out_dir: folder for ``judge.pt`` and ``judge.json`` (created when absent).
+        device: ``auto``, ``cpu`` or ``cuda``: where the judge trains.
+        console: where the summary line is printed (stderr by default).
+
+    Returns:
+        The path of ``judge.pt``.
+
+    Raises:
+        UserError: the manifest is missing, or its train split has fewer than two classes.
+    """
+    console = console or Console(stderr=True)
+    frame, _ = read_manifest(ingest_manifest)
+    real = frame[frame["source"] == "real"]
+    train = real[real["split"] == "train"]
+    class_names = sorted({str(v) for v in train["label"]}, key=natural_key)
+    if len(class_names) < 2:
+        raise UserError(f"{ingest_manifest}: the judge needs real train images of at least two classes, "
+                        f"found {class_names}")
+    index = {name: i for i, name in enumerate(class_names)}
+    channels = int(train["channels"].iloc[0])
+    root = ingest_manifest.parent
+    x = load_images(root, list(train["path"]), channels)
+    y = torch.tensor([index[str(v)] for v in train["label"]], dtype=torch.int64)
+    val = real[(real["split"] == "val") & real["label"].astype(str).isin(index)]
+    torch_device = pick_device(device)
+
+    start = time.perf_counter()
+    judge = train_judge(x, y, num_classes=len(class_names), config=config, device=torch_device,
+                        class_weights=balanced_class_weights(y, len(class_names)))
+    seconds = time.perf_counter() - start
+    info: dict = {
+        "class_names": class_names,
+        "image_shape": list(judge.image_shape),
+        "train_size": len(y),
+        "train_per_class": {name: int((y == i).sum()) for i, name in enumerate(class_names)},
+        "val_size": len(val),
+        "config": dataclasses.asdict(config),
+        "device": str(torch_device),
+        "train_seconds": round(seconds, 2),
+        "temperature": 1.0,
+        "calibrated": False,
+    }
+    if len(val):
+        vx = load_images(root, list(val["path"]), channels)
+        vy = torch.tensor([index[str(v)] for v in val["label"]], dtype=torch.int64)
+        before = _calibration_stats(judge, vx, vy)
+        temperature = fit_temperature(judge, vx, vy)
+        after = _calibration_stats(judge, vx, vy)
+        info.update(temperature=temperature, calibrated=True,
+                    val_before={k: round(v, 6) for k, v in before.items()},
+                    val_after={k: round(v, 6) for k, v in after.items()})
+    else:
+        console.print(f"[yellow]warning:[/] {ingest_manifest}: no real val images of the judge's classes; "
+                      "the judge is not calibrated (temperature 1), so filter.min_confidence reads raw softmax")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / JUDGE_FILE
+    save_judge(judge.cpu(), path)
+    tmp = out_dir / (INFO_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(out_dir / INFO_FILE)
+    acc = info.get("val_after", {}).get("accuracy")
+    console.print(f"judge: {len(class_names)} classes, {len(y)} train images, {seconds:.1f} s"
+                  + (f", val accuracy {acc:.3f}, temperature {info['temperature']:.3f}" if acc is not None else ""))
+    return path
+
+
+def _calibration_stats(judge: Judge, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, NLL and expected calibration error (ECE, 10 equal-width confidence bins) of calibrated probs."""
+    proba = judge.predict_proba(images).double()
+    conf, pred = proba.max(dim=1)
+    correct = (pred == labels).double()
+    nll = F.nll_loss(proba.clamp_min(1e-12).log(), labels).item()
+    bins = (conf * ECE_BINS).ceil().clamp(1, ECE_BINS)  # bin b holds confidences in ((b-1)/B, b/B]
+    ece = 0.0
+    for b in range(1, ECE_BINS + 1):
+        inside = bins == b
+        if inside.any():
+            ece += float(inside.double().mean() * (conf[inside].mean() - correct[inside].mean()).abs())
+    return {"accuracy": float(correct.mean()), "nll": nll, "ece": ece}
+
+
+def load_judge_step(out_dir: Path, *, device: str | torch.device = "cpu") -> tuple[Judge, list[str]]:
+    """The judge written by ``train_judge_step`` into ``out_dir`` and its class names (index order).
+
+    Raises:
+        UserError: ``judge.pt`` or ``judge.json`` is missing, or they disagree on the number of classes.
+    """
+    path, info_path = out_dir / JUDGE_FILE, out_dir / INFO_FILE
+    if not path.is_file() or not info_path.is_file():
+        raise UserError(f"{out_dir}: no trained judge ({JUDGE_FILE} + {INFO_FILE}); run `synthaug judge` first")
+    class_names = [str(c) for c in json.loads(info_path.read_text())["class_names"]]
+    judge = load_judge(path, device=device)
+    if judge.num_classes != len(class_names):
+        raise UserError(f"{out_dir}: {JUDGE_FILE} has {judge.num_classes} classes but {INFO_FILE} names "
+                        f"{len(class_names)}; rerun `synthaug judge`")
+    return judge, class_names
+
+
+@functools.lru_cache(maxsize=4)
+def _extractor(path: str, mtime_ns: int, device: str):
+    del mtime_ns  # part of the cache key only: a rewritten file is loaded again
+    return load_feature_extractor(path, device=device)
+
+
+def embed(images: torch.Tensor, judge: Judge, *, extractor: str | Path | None = None,
+          batch_size: int = 256) -> torch.Tensor:
+    """Features (N, F) float32 on the CPU: the judge's penultimate embedding, or ``extractor``'s output.
+
+    Args:
+        images: (N, C, H, W) in [-1, 1].
+        judge: the trained judge (``load_judge_step``); its features are the default space.
+        extractor: a local TorchScript or ``torch.export`` (``.pt2``) file (``filter.extractor``); it runs on the
+          judge's device and takes the images as they are (see ``models.judge.load_feature_extractor``).
+        batch_size: images per forward pass.
+
+    Raises:
+        UserError: ``extractor`` names a file that does not exist or is not a network file.
+    """
+    if extractor is None:
+        return judge.embed(images, batch_size=batch_size)
+    path = Path(extractor)
+    if not path.is_file():
+        raise UserError(f"filter.extractor={extractor}: no such file (a local TorchScript or .pt2 network file; "
+                        "nothing is downloaded)")
+    device = str(judge.temperature.device)
+    try:
+        module = _extractor(str(path.resolve()), path.stat().st_mtime_ns, device)
+    except ValueError as err:
+        raise UserError(f"filter.extractor={extractor}: {err}") from None
+    feats = module(images, batch_size=batch_size)
+    if feats.shape[0] != images.shape[0] or not bool(torch.isfinite(feats).all()):
+        raise UserError(f"filter.extractor={extractor}: returned {tuple(feats.shape)} features for "
+                        f"{images.shape[0]} images, or non-finite values")
+    return feats
