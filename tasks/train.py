@@ -93,8 +93,11 @@ def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResul
     elif params.init_from:
         model, class_names = _finetune_start(Path(params.init_from), device, config, class_names)
     if model is None:
-        model = get_family(params.family)(config, image_shape=tuple(images.shape[1:]),
-                                          num_classes=len(class_names), device=device)
+        # Initial weights come from the global RNG: seed a forked copy so a run is a function of model.seed.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(params.seed)
+            model = get_family(params.family)(config, image_shape=tuple(images.shape[1:]),
+                                              num_classes=len(class_names), device=device)
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.tensor([index[label] for label in labels], device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
