@@ -1,0 +1,705 @@
+"""The ``evaluate`` step: is the accepted synthetic data any good, and does it help a classifier?
+
+Two kinds of evidence go into ``<out_dir>/metrics.json`` (plus three PNG charts beside it):
+
+**Set quality** in the filter's feature space (``tasks.judge.embed``: the judge's penultimate embedding, or the
+local extractor the filter used): FID, KID, improved precision/recall (k=3), density/coverage (k=5) and
+within-class diversity, overall and per class. The *reference* set is the real ``train`` + ``val`` images (train
+rows then val rows, in manifest order; KID's random subsets depend on the order): the images the generator and the
+judge learnt from plus the real images kept aside for calibration. The test split is never looked at here (it
+scores the classifiers) and ``heldback`` images are an oracle the pipeline does not have.
+Overall metrics pool the classes that have both real and accepted synthetic images, on both sides, so a class the
+plan gave no synthetic images does not count as "missed"; ``macro`` averages the per-class values. When the
+manifest has ``heldback`` rows, ``quality.vs_heldback`` repeats the set metrics against them (an oracle reference,
+usually the only real set of a scarce class large enough for FID). Every value carries the sample counts it was
+computed on; where a set is too small for the estimator (FID below ``fid_min_samples`` images per side, fewer than
+k+1 images for the k-NN metrics, fewer than 2 for KID or diversity) the value is null and ``reason`` says why.
+
+**Downstream utility**: the same classifier network as the judge (``models.judge.train_judge``), trained from
+scratch under each condition with one fixed recipe (``classifier``: same steps, batch size, plain unweighted
+cross-entropy), so that the training set is the only difference:
+
+- ``real_only``: the real train split as it is (imbalanced);
+- ``real_classical_aug``: every class filled up to the largest class count with augmented copies of its own
+  images (albumentations: small shift/scale/rotation, brightness/contrast; seeded per run);
+- ``real_oversampled``: every class filled up to the largest class count by repeating its images;
+- ``real_synthetic``: real train + accepted synthetic images, then any class still short filled by repetition;
+- ``synthetic_only``: the accepted synthetic images alone (train on synthetic, test on real);
+- ``real_oracle`` (only when the manifest has ``heldback`` rows): real train + the heldback real images, the
+  best the scarce classes could have been with the real images they lost.
+
+Each is trained ``seeds`` times (classifier seed ``classifier.seed + i``; the augmentation seed too) and scored on
+the real ``test`` split: balanced accuracy, macro-F1, per-class recall and minority recall (the mean recall over
+``minority_classes``). Means, sample standard deviations (ddof=1) and the per-seed values are stored, with the
+seed-paired difference real_synthetic - best real baseline and its 95% t-interval, and the share of the
+real_only -> real_oracle gap that real_synthetic closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from models import metrics as M
+from models.common import pick_device
+from models.judge import JudgeConfig, train_judge
+from tasks.errors import UserError
+from tasks.images import load_images, to_uint8
+from tasks.judge import embed, load_judge_step
+from tasks.manifest import read_manifest
+from tasks.params_base import Section
+from tasks.plan import natural_key
+
+METRICS_FILE = "metrics.json"
+FORMAT = "synthaug-metrics/1"
+PLOT_UTILITY = "utility.png"
+PLOT_COUNTS = "class_counts.png"
+PLOT_RECALL = "per_class_recall.png"
+FILTER_SUMMARY = "filter_summary.json"
+
+CONDITIONS = ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "synthetic_only",
+              "real_oracle")
+BASELINES = ("real_only", "real_classical_aug", "real_oversampled")  # what real_synthetic has to beat
+PR_K = 3  # improved precision/recall neighbourhood (Kynkäänniemi et al. 2019)
+DC_K = 5  # density/coverage neighbourhood (Naeem et al. 2020)
+MIN_GAP = 0.01  # gap_closed is null when the oracle is less than this above real_only: the ratio would be noise
+REFERENCE = "real train + val"
+REFERENCE_HELDBACK = "real heldback (oracle; classes with heldback images only)"
+
+# A CPU-friendly recipe: 6 conditions x 3 seeds on the ~1000 16x16 digits images take about 2 minutes on 2 cores.
+DEFAULT_CLASSIFIER = JudgeConfig(width=16, feature_dim=64, steps=300, batch_size=64)
+
+
+class EvaluateParams(Section):
+    """``evaluate`` section of params.yaml.
+
+    seeds: training runs per condition (>= 3: the paired t-interval needs at least two degrees of freedom).
+    classifier: the downstream classifier recipe (the judge's network, ``models.judge.JudgeConfig``), trained from
+      scratch for every condition and seed; its ``seed`` is the base of the per-run seeds.
+    kid_subsets: random subsets KID averages over.
+    kid_subset_size: images drawn from each set per KID subset; capped at the smaller set.
+    fid_min_samples: FID is reported only when both sets have at least this many images (null with a reason
+      otherwise): below that its small-sample bias swamps the value.
+    minority_classes: the classes minority recall averages over; null: the classes whose real train count is
+      below half the largest.
+    device: where the classifiers train and the features are computed.
+    """
+
+    seeds: int = Field(3, ge=3)
+    classifier: JudgeConfig = DEFAULT_CLASSIFIER
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    fid_min_samples: int = Field(50, ge=2)
+    minority_classes: list[str] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("minority_classes")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"minority_classes has repeated names: {value}")
+        return value
+
+
+# ------------------------------------------------------------------------------------------------------ inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """Everything the step reads, as tensors: images (N, C, H, W) in [-1, 1] and int64 class indices."""
+
+    class_names: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    heldback_x: torch.Tensor
+    heldback_y: torch.Tensor
+    syn_x: torch.Tensor  # accepted synthetic
+    syn_y: torch.Tensor
+    synthetic: pd.DataFrame  # every synthetic row of the filter manifest (accepted or not)
+
+
+def synthetic_rows(filter_dir: Path) -> pd.DataFrame:
+    """The synthetic rows of the filter step's manifest (images relative to ``filter_dir``), accepted or not."""
+    frame, _ = read_manifest(filter_dir / "manifest.parquet")
+    rows = frame[frame["source"] == "synthetic"].copy()
+    rows["label"] = rows["label"].astype(str)
+    return rows.reset_index(drop=True)
+
+
+def real_rows(ingest_dir: Path) -> pd.DataFrame:
+    """The real rows of the ingest step's manifest (images relative to ``ingest_dir``)."""
+    frame, _ = read_manifest(ingest_dir / "manifest.parquet")
+    rows = frame[frame["source"] == "real"].copy()
+    rows["label"] = rows["label"].astype(str)
+    return rows.reset_index(drop=True)
+
+
+def _load(root: Path, rows: pd.DataFrame, index: Mapping[str, int], shape: tuple[int, int, int]):
+    c, h, w = shape
+    if rows.empty:
+        return torch.empty(0, c, h, w), torch.empty(0, dtype=torch.int64)
+    x = load_images(root, list(rows["path"]), c)
+    if tuple(x.shape[1:]) != shape:
+        raise UserError(f"{root}: images are {tuple(x.shape[1:])} but the judge was trained on {shape}; "
+                        "rerun the judge step on this data")
+    return x, torch.tensor([index[v] for v in rows["label"]], dtype=torch.int64)
+
+
+def _read_inputs(ingest_dir: Path, filter_dir: Path, class_names: list[str],
+                 image_shape: tuple[int, int, int]) -> _Data:
+    real = real_rows(ingest_dir)
+    synthetic = synthetic_rows(filter_dir)
+    index = {name: i for i, name in enumerate(class_names)}
+    for what, frame in (("real", real), ("synthetic", synthetic)):
+        unknown = sorted(set(frame["label"]) - set(index), key=natural_key)
+        if unknown:
+            raise UserError(f"{what} images of classes {unknown} are not among the judge's classes {class_names}; "
+                            "rerun the judge step on this data")
+    split = {s: real[real["split"] == s] for s in ("train", "val", "test", "heldback")}
+    if split["test"].empty:
+        raise UserError(f"{ingest_dir / 'manifest.parquet'}: no real test images; utility is scored on the test "
+                        "split (set data.test_fraction > 0 or give the source a test split)")
+    loaded = {s: _load(ingest_dir, rows, index, image_shape) for s, rows in split.items()}
+    syn_x, syn_y = _load(filter_dir, synthetic[synthetic["accepted"].astype(bool)], index, image_shape)
+    return _Data(class_names, *loaded["train"], *loaded["val"], *loaded["test"], *loaded["heldback"],
+                 syn_x, syn_y, synthetic)
+
+
+def default_minority(train_counts: Mapping[str, int]) -> list[str]:
+    """Classes whose real train count is below half the largest."""
+    largest = max(train_counts.values(), default=0)
+    return [name for name, n in train_counts.items() if n < largest / 2]
+
+
+# ------------------------------------------------------------------------------------------------- set quality
+
+
+def _entry(value: float | None, n_real: int, n_synthetic: int, reason: str | None = None, **extra: Any) -> dict:
+    value = _finite(value)
+    return {"value": value, "n_real": n_real, "n_synthetic": n_synthetic,
+            "reason": None if value is not None else (reason or "the estimate is not finite"), **extra}
+
+
+def set_metrics(real: torch.Tensor, fake: torch.Tensor, params: EvaluateParams) -> dict[str, dict]:
+    """FID, KID, precision, recall, density, coverage and within-set diversity of ``fake`` against ``real``.
+
+    Each entry is ``{"value" (or "mean"/"std" for KID), "n_real", "n_synthetic", "reason", ...}``; a value the
+    sample counts cannot support is null and ``reason`` says what was missing.
+
+    Args:
+        real: reference features (N, F).
+        fake: synthetic features (M, F).
+        params: the ``evaluate`` section (KID subsets, FID minimum).
+    """
+    n, m = int(real.shape[0]), int(fake.shape[0])
+    out: dict[str, dict] = {}
+    need = params.fid_min_samples
+    if min(n, m) >= need:
+        out["fid"] = _entry(M.fid(real, fake), n, m)
+    else:
+        out["fid"] = _entry(None, n, m, f"FID needs >= {need} images per set (fid_min_samples); "
+                                        f"got {n} real, {m} synthetic")
+    if min(n, m) >= 2:
+        size = min(params.kid_subset_size, n, m)
+        k = M.kid(real, fake, subsets=params.kid_subsets, subset_size=size, seed=0)
+        out["kid"] = {"mean": _finite(k.mean), "std": _finite(k.std), "subset_size": k.subset_size,
+                      "subsets": k.subsets, "n_real": n, "n_synthetic": m, "reason": None}
+    else:
+        out["kid"] = {"mean": None, "std": None, "subset_size": None, "subsets": params.kid_subsets,
+                      "n_real": n, "n_synthetic": m, "reason": f"KID needs >= 2 images per set; got {n} real, {m} "
+                                                              "synthetic"}
+    if min(n, m) > PR_K:
+        pr = M.precision_recall(real, fake, k=PR_K)
+        out["precision"] = _entry(pr.precision, n, m, k=PR_K)
+        out["recall"] = _entry(pr.recall, n, m, k=PR_K)
+    else:
+        why = f"needs > {PR_K} images per set (k={PR_K}); got {n} real, {m} synthetic"
+        out["precision"] = _entry(None, n, m, why, k=PR_K)
+        out["recall"] = _entry(None, n, m, why, k=PR_K)
+    if n > DC_K and m >= 1:
+        dc = M.density_coverage(real, fake, k=DC_K)
+        out["density"] = _entry(dc.density, n, m, k=DC_K)
+        out["coverage"] = _entry(dc.coverage, n, m, k=DC_K)
+    else:
+        why = f"needs > {DC_K} real images (k={DC_K}) and >= 1 synthetic; got {n} real, {m} synthetic"
+        out["density"] = _entry(None, n, m, why, k=DC_K)
+        out["coverage"] = _entry(None, n, m, why, k=DC_K)
+    return out
+
+
+def _diversity(real: torch.Tensor, fake: torch.Tensor) -> dict:
+    n, m = int(real.shape[0]), int(fake.shape[0])
+    syn = M.within_class_diversity(fake) if m >= 2 else None
+    ref = M.within_class_diversity(real) if n >= 2 else None
+    missing = [f"{what} has {k} (< 2) images" for what, k in (("real", n), ("synthetic", m)) if k < 2]
+    return {"synthetic": _finite(syn), "real": _finite(ref), "n_real": n, "n_synthetic": m,
+            "reason": "; ".join(missing) or None}
+
+
+def quality_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor, syn_y: torch.Tensor,
+                    class_names: Sequence[str], params: EvaluateParams, *,
+                    reference: str = REFERENCE) -> dict[str, Any]:
+    """``overall`` (pooled over the classes with both real and synthetic images), ``per_class`` (classes with
+    real images) and ``macro`` (means of the per-class values that exist)."""
+    per_class: dict[str, dict] = {}
+    for i, name in enumerate(class_names):
+        r, s = real_f[real_y == i], syn_f[syn_y == i]
+        if r.shape[0] == 0:
+            continue
+        entry = set_metrics(r, s, params)
+        entry["within_class_diversity"] = _diversity(r, s)
+        per_class[name] = entry
+    both_sides = torch.from_numpy(np.intersect1d(real_y.numpy(), syn_y.numpy()))
+    in_ref, in_syn = torch.isin(real_y, both_sides), torch.isin(syn_y, both_sides)
+    overall = set_metrics(real_f[in_ref], syn_f[in_syn], params)
+    overall["classes"] = [class_names[int(i)] for i in both_sides]
+    # Within-class diversity does not pool: overall it is the mean over classes where both sides have a value.
+    both = [v["within_class_diversity"] for v in per_class.values()
+            if v["within_class_diversity"]["synthetic"] is not None and v["within_class_diversity"]["real"] is not None]
+    overall["within_class_diversity"] = {
+        "synthetic": _finite(float(np.mean([d["synthetic"] for d in both]))) if both else None,
+        "real": _finite(float(np.mean([d["real"] for d in both]))) if both else None,
+        "n_real": int(in_ref.sum()), "n_synthetic": int(in_syn.sum()), "classes": len(both),
+        "reason": None if both else "no class has >= 2 real and >= 2 synthetic images"}
+    macro: dict[str, dict] = {}
+    for key in ("fid", "precision", "recall", "density", "coverage"):
+        vals = [v[key]["value"] for v in per_class.values() if v[key]["value"] is not None]
+        macro[key] = {"value": _finite(float(np.mean(vals))) if vals else None, "classes": len(vals),
+                      "reason": None if vals else "no class has enough images"}
+    kids = [v["kid"]["mean"] for v in per_class.values() if v["kid"]["mean"] is not None]
+    macro["kid"] = {"value": _finite(float(np.mean(kids))) if kids else None, "classes": len(kids),
+                    "reason": None if kids else "no class has enough images"}
+    return {"reference": reference, "overall": overall, "macro": macro, "per_class": per_class}
+
+
+# ---------------------------------------------------------------------------------------------- training sets
+
+
+def fill_indices(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows that fill every present class up to the largest class count, repeating its rows cyclically in order.
+
+    The classes' own rows plus these make a balanced set; absent classes stay absent. Deterministic.
+    """
+    counts = np.bincount(labels, minlength=num_classes)
+    target = int(counts.max(initial=0))
+    parts = [np.resize(np.flatnonzero(labels == k), target)[counts[k]:] for k in range(num_classes) if counts[k]]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+
+def classical_augmentation(seed: int):
+    """The albumentations pipeline of ``real_classical_aug``: small affine jitter, brightness/contrast.
+
+    Edges are replicated (no black borders a classifier could learn as a cue of augmented images).
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls the network at import otherwise
+    import albumentations as A
+    import cv2
+
+    return A.Compose([
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-10, 10),
+                 border_mode=cv2.BORDER_REPLICATE, p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.8),
+    ], seed=seed)
+
+
+def augment_images(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each image once through ``classical_augmentation(seed)``, in order; (N, C, H, W) in [-1, 1] both ways."""
+    if images.shape[0] == 0:
+        return images.clone()
+    pipeline = classical_augmentation(seed)
+    pixels = to_uint8(images)  # (N, H, W, C) uint8
+    out = np.stack([pipeline(image=p)["image"].reshape(p.shape) for p in pixels])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images and labels of one condition (see the module docstring)."""
+    k = len(data.class_names)
+    x, y = data.train_x, data.train_y
+    if condition == "real_only":
+        return x, y
+    if condition == "real_oversampled":
+        fill = torch.from_numpy(fill_indices(y.numpy(), k))
+        return torch.cat([x, x[fill]]), torch.cat([y, y[fill]])
+    if condition == "real_classical_aug":
+        fill = torch.from_numpy(fill_indices(y.numpy(), k))
+        return torch.cat([x, augment_images(x[fill], seed)]), torch.cat([y, y[fill]])
+    if condition == "real_synthetic":
+        xs, ys = torch.cat([x, data.syn_x]), torch.cat([y, data.syn_y])
+        fill = torch.from_numpy(fill_indices(ys.numpy(), k))
+        return torch.cat([xs, xs[fill]]), torch.cat([ys, ys[fill]])
+    if condition == "synthetic_only":
+        return data.syn_x, data.syn_y
+    if condition == "real_oracle":
+        return torch.cat([x, data.heldback_x]), torch.cat([y, data.heldback_y])
+    raise ValueError(f"unknown condition {condition!r}; conditions: {', '.join(CONDITIONS)}")
+
+
+# ------------------------------------------------------------------------------------------------------ utility
+
+
+def score(pred: np.ndarray, truth: np.ndarray, class_names: Sequence[str], minority: Sequence[str]) -> dict:
+    """Balanced accuracy, macro-F1, per-class recall and minority recall of predictions on the test split.
+
+    Classes without test images are left out (their recall is undefined); balanced accuracy is then the mean
+    recall over the classes present, as ``sklearn.metrics.balanced_accuracy_score`` computes it.
+    """
+    from sklearn.metrics import f1_score, recall_score
+
+    present = [i for i in range(len(class_names)) if (truth == i).any()]
+    recall = recall_score(truth, pred, labels=present, average=None, zero_division=0)
+    per_class = {class_names[i]: float(r) for i, r in zip(present, recall, strict=True)}
+    minority_present = [per_class[c] for c in minority if c in per_class]
+    return {
+        "balanced_accuracy": float(np.mean(recall)),
+        "macro_f1": float(f1_score(truth, pred, labels=present, average="macro", zero_division=0)),
+        "minority_recall": float(np.mean(minority_present)) if minority_present else None,
+        "per_class_recall": per_class,
+    }
+
+
+def _summary(values: Sequence[float | None]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "values": [], "reason": "undefined (no minority class in the test split)"}
+    arr = np.asarray(vals, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "values": [float(v) for v in arr]}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> dict:
+    """Mean of the per-seed differences a_i - b_i and its t-interval (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size < 2:
+        raise ValueError(f"a paired t-interval needs >= 2 pairs, got {d.size}")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * sd / math.sqrt(d.size)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "std": sd, "values": [float(v) for v in d]}
+
+
+def _gap_closed(results: Mapping[str, dict], metric: str) -> dict:
+    if "real_oracle" not in results:
+        return {"value": None, "reason": "no heldback images, so no real_oracle condition"}
+    means = {c: results[c][metric]["mean"] for c in ("real_only", "real_synthetic", "real_oracle")}
+    if any(v is None for v in means.values()):
+        return {"value": None, "reason": f"{metric} is undefined for some condition", **means}
+    gap = means["real_oracle"] - means["real_only"]
+    if gap < MIN_GAP:
+        return {"value": None, "reason": f"real_oracle is only {gap:+.4f} above real_only (< {MIN_GAP}): no gap "
+                                         "to close", **means}
+    return {"value": (means["real_synthetic"] - means["real_only"]) / gap, "reason": None, **means}
+
+
+def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str], device: torch.device, *,
+                    console: Console | None = None) -> dict[str, Any]:
+    """Train the classifier under every condition and seed; score on the real test split (see the module doc)."""
+    conditions = [c for c in CONDITIONS if c != "real_oracle" or data.heldback_x.shape[0] > 0]
+    skipped: dict[str, str] = {}
+    if data.heldback_x.shape[0] == 0:
+        skipped["real_oracle"] = "the manifest has no heldback rows"
+    if data.syn_x.shape[0] == 0:
+        conditions.remove("synthetic_only")
+        skipped["synthetic_only"] = "no accepted synthetic images"
+    k = len(data.class_names)
+    truth = data.test_y.numpy()
+    runs: dict[str, list[dict]] = {c: [] for c in conditions}
+    sizes: dict[str, dict[str, int]] = {}
+    seconds: dict[str, float] = {}
+    columns = (TextColumn("[bold]evaluate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console or Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("", total=len(conditions) * params.seeds)
+        for condition in conditions:
+            start = time.perf_counter()
+            for i in range(params.seeds):
+                bar.update(task, description=f"{condition} seed {i + 1}/{params.seeds}")
+                seed = params.classifier.seed + i
+                x, y = training_set(condition, data, seed)
+                sizes[condition] = {name: int((y == j).sum()) for j, name in enumerate(data.class_names)}
+                config = dataclasses.replace(params.classifier, seed=seed)
+                model = train_judge(x, y, num_classes=k, config=config, device=device)
+                pred = model.predict_logits(data.test_x).argmax(dim=1).numpy()
+                runs[condition].append(score(pred, truth, data.class_names, minority))
+                bar.advance(task)
+            seconds[condition] = round(time.perf_counter() - start, 2)
+
+    out: dict[str, Any] = {}
+    for condition, scores in runs.items():
+        out[condition] = {m: _summary([s[m] for s in scores])
+                          for m in ("balanced_accuracy", "macro_f1", "minority_recall")}
+        out[condition]["per_class_recall"] = {
+            name: _summary([s["per_class_recall"][name] for s in scores])
+            for name in data.class_names if name in scores[0]["per_class_recall"]}
+    ran = [c for c in BASELINES if c in out]
+    best = max(ran, key=lambda c: out[c]["balanced_accuracy"]["mean"])
+    paired: dict[str, Any] = {"baseline": best, "condition": "real_synthetic",
+                              "chosen_by": "highest mean balanced accuracy among " + ", ".join(ran)}
+    for metric in ("balanced_accuracy", "minority_recall"):
+        a, b = out["real_synthetic"][metric]["values"], out[best][metric]["values"]
+        paired[metric] = (paired_difference(a, b) if len(a) == len(b) == params.seeds else
+                          {"mean": None, "ci95": None, "values": [], "reason": f"{metric} is undefined"})
+    out["paired_difference"] = paired
+    out["gap_closed"] = {m: _gap_closed(out, m) for m in ("balanced_accuracy", "minority_recall")}
+    out["setup"] = {
+        "conditions": conditions, "skipped": skipped, "seeds": params.seeds, "test_size": int(truth.shape[0]),
+        "test_per_class": {name: int((truth == j).sum()) for j, name in enumerate(data.class_names)},
+        "minority_classes": list(minority), "train_per_class": sizes, "train_seconds": seconds,
+        "classifier": dataclasses.asdict(params.classifier), "device": str(device),
+        "std": "sample standard deviation over seeds (ddof=1)",
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- plots
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # object API: no pyplot state, the Agg canvas renders the PNG
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def plot_utility(utility: Mapping[str, Any], path: Path) -> Path:
+    """Bars of mean balanced accuracy and minority recall per condition, std error bars, per-seed dots."""
+    conditions = utility["setup"]["conditions"]
+    metrics = (("balanced_accuracy", "balanced accuracy", "#4C72B0"), ("minority_recall", "minority recall",
+                                                                        "#DD8452"))
+    fig = _figure(max(6.0, 1.3 * len(conditions) + 2), 4.2)
+    ax = fig.add_subplot()
+    xs = np.arange(len(conditions))
+    width = 0.38
+    for j, (key, label, colour) in enumerate(metrics):
+        pos = xs + (j - 0.5) * width
+        means = [utility[c][key]["mean"] if utility[c][key]["mean"] is not None else np.nan for c in conditions]
+        stds = [utility[c][key]["std"] if utility[c][key]["std"] is not None else 0.0 for c in conditions]
+        ax.bar(pos, means, width, yerr=stds, capsize=4, label=label, color=colour, alpha=0.85)
+        for p, c in zip(pos, conditions, strict=True):
+            vals = utility[c][key]["values"]
+            ax.scatter([p] * len(vals), vals, s=9, color="black", zorder=3)
+    ax.set_xticks(xs, [c.replace("_", "\n", 1) for c in conditions])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("on the real test split")
+    ax.set_title(f"Downstream utility (mean ± std over {utility['setup']['seeds']} seeds; dots: seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
+def plot_counts(counts: Mapping[str, Any], class_names: Sequence[str], path: Path) -> Path:
+    """Stacked bars per class: real train images, plus accepted synthetic ones (after)."""
+    fig = _figure(max(5.0, 0.55 * len(class_names) + 2), 3.6)
+    ax = fig.add_subplot()
+    xs = np.arange(len(class_names))
+    real = [counts["before"][c] for c in class_names]
+    syn = [counts["synthetic_accepted"][c] for c in class_names]
+    ax.bar(xs, real, 0.7, label="real train (before)", color="#4C72B0")
+    ax.bar(xs, syn, 0.7, bottom=real, label="+ accepted synthetic (after)", color="#55A868")
+    ax.set_xticks(xs, list(class_names))
+    ax.set_xlabel("class")
+    ax.set_ylabel("images")
+    ax.set_title("Class counts before / after")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def plot_per_class_recall(utility: Mapping[str, Any], class_names: Sequence[str], minority: Sequence[str],
+                          path: Path) -> Path:
+    """Heat map of mean test recall, conditions x classes; minority classes marked with *."""
+    conditions = utility["setup"]["conditions"]
+    grid = np.array([[utility[c]["per_class_recall"].get(n, {}).get("mean", np.nan) for n in class_names]
+                     for c in conditions], dtype=np.float64)
+    fig = _figure(max(5.0, 0.6 * len(class_names) + 2.5), 0.45 * len(conditions) + 1.6)
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(np.arange(len(class_names)), [f"{n}*" if n in minority else n for n in class_names])
+    ax.set_yticks(np.arange(len(conditions)), list(conditions))
+    for (r, c), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+    ax.set_title("Per-class test recall (mean over seeds; * minority)")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.savefig(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- the step
+
+
+_FILTER_CLASS_FIELDS = ("acceptance_rate", "needed", "shortfall", "met", "generated_topup")
+_FILTER_TOP_FIELDS = ("met", "shortfall", "thresholds", "totals", "rounds_used", "feature_space")
+
+
+def acceptance(synthetic: pd.DataFrame, class_names: Sequence[str], summary: Mapping[str, Any] | None) -> dict:
+    """Per class: generated, accepted (kept), kept share and rejection reasons counted from the filter manifest,
+    with the filter's own per-class view from ``filter_summary.json`` (``acceptance_rate``: the share that passed
+    every test, before surplus images were dropped; ``needed``, ``shortfall``, ...) and its thresholds."""
+    summary = summary or {}
+    filter_classes = summary.get("classes", {}) if isinstance(summary.get("classes"), Mapping) else {}
+    per_class = {}
+    for name in class_names:
+        rows = synthetic[synthetic["label"] == name]
+        accepted = int(rows["accepted"].astype(bool).sum())
+        reasons = rows.loc[~rows["accepted"].astype(bool), "reject_reason"].fillna("(none given)").astype(str)
+        entry: dict[str, Any] = {
+            "generated": len(rows), "accepted": accepted, "kept_rate": accepted / len(rows) if len(rows) else None,
+            "reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().sort_index().items()}}
+        from_filter = filter_classes.get(name, {})
+        entry.update({k: from_filter[k] for k in _FILTER_CLASS_FIELDS if k in from_filter})
+        per_class[name] = entry
+    return {"per_class": per_class, "source": FILTER_SUMMARY if summary else "filter manifest only",
+            **{k: summary[k] for k in _FILTER_TOP_FIELDS if k in summary}}
+
+
+def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams, out_dir: Path, *,
+                  extractor: str | Path | None = None, console: Console | None = None) -> Path:
+    """Measure the accepted synthetic images (set quality, downstream utility); write ``out_dir/metrics.json``.
+
+    Also writes ``utility.png``, ``class_counts.png`` and ``per_class_recall.png`` into ``out_dir``.
+
+    Args:
+        ingest_dir: the ingest step's folder (``manifest.parquet`` and the real images).
+        filter_dir: the filter step's folder (``manifest.parquet`` with the synthetic rows and their images,
+            ``filter_summary.json``).
+        judge_dir: the judge step's folder (``judge.pt`` + ``judge.json``): the feature space and class order.
+        params: the ``evaluate`` section.
+        out_dir: where the metrics and the charts go (created when absent).
+        extractor: a local feature-extractor file (``filter.extractor``); None: the one the filter used (the
+            ``feature_space`` of ``filter_summary.json``), else the judge's features.
+        console: where the progress bar goes (stderr by default).
+
+    Returns:
+        The path of ``metrics.json``.
+
+    Raises:
+        UserError: a manifest or the judge is missing, there are no real test images, a class is unknown to the
+            judge, or a ``minority_classes`` name is not a class.
+    """
+    console = console or Console(stderr=True)
+    device = pick_device(params.device)
+    judge, class_names = load_judge_step(judge_dir, device=device)
+    data = _read_inputs(ingest_dir, filter_dir, class_names, judge.image_shape)
+    train_counts = {name: int((data.train_y == i).sum()) for i, name in enumerate(class_names)}
+    if params.minority_classes is None:
+        minority = default_minority(train_counts)
+    else:
+        unknown = [c for c in params.minority_classes if c not in class_names]
+        if unknown:
+            raise UserError(f"evaluate.minority_classes: {unknown} are not classes of this dataset "
+                            f"({class_names})")
+        minority = sorted(params.minority_classes, key=natural_key)
+    summary_path = filter_dir / FILTER_SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if extractor is None and summary and summary.get("feature_space") not in (None, "judge"):
+        extractor = summary["feature_space"]  # measure in the space the filter used
+
+    ref_x, ref_y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+    ref_f = embed(ref_x, judge, extractor=extractor)
+    syn_f = embed(data.syn_x, judge, extractor=extractor) if data.syn_x.shape[0] else torch.empty(0, ref_f.shape[1])
+    quality = quality_metrics(ref_f, ref_y, syn_f, data.syn_y, class_names, params)
+    if data.heldback_x.shape[0]:
+        # The oracle's view: the real images the scarce classes lost are the distribution the synthetic ones stand
+        # in for, and often the only real set large enough for FID in those classes.
+        held_f = embed(data.heldback_x, judge, extractor=extractor)
+        quality["vs_heldback"] = quality_metrics(held_f, data.heldback_y, syn_f, data.syn_y, class_names, params,
+                                                 reference=REFERENCE_HELDBACK)
+    del judge
+
+    syn_counts = {name: int((data.syn_y == i).sum()) for i, name in enumerate(class_names)}
+    counts = {
+        "before": train_counts,
+        "after": {n: train_counts[n] + syn_counts[n] for n in class_names},
+        "synthetic_accepted": syn_counts,
+        "synthetic_generated": {n: int((data.synthetic["label"] == n).sum()) for n in class_names},
+        "real_val": {n: int((data.val_y == i).sum()) for i, n in enumerate(class_names)},
+        "real_test": {n: int((data.test_y == i).sum()) for i, n in enumerate(class_names)},
+        "real_heldback": {n: int((data.heldback_y == i).sum()) for i, n in enumerate(class_names)},
+    }
+    utility = utility_metrics(data, params, minority, device, console=console)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {"utility": plot_utility(utility, out_dir / PLOT_UTILITY).name,
+             "class_counts": plot_counts(counts, class_names, out_dir / PLOT_COUNTS).name,
+             "per_class_recall": plot_per_class_recall(utility, class_names, minority, out_dir / PLOT_RECALL).name}
+    result = {
+        "format": FORMAT,
+        "classes": class_names,
+        "minority_classes": minority,
+        "feature_space": {"extractor": str(extractor) if extractor is not None else "judge penultimate features",
+                          "dim": int(ref_f.shape[1]), "judge_dir": str(judge_dir)},
+        "counts": counts,
+        "acceptance": acceptance(data.synthetic, class_names, summary),
+        "quality": quality,
+        "utility": utility,
+        "plots": plots,
+    }
+    path = out_dir / METRICS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False))
+    tmp.replace(path)
+    _print_summary(console, utility)
+    return path
+
+
+def read_metrics(evaluate_dir: Path) -> dict[str, Any]:
+    """The ``metrics.json`` written by ``evaluate_step`` into ``evaluate_dir``."""
+    path = evaluate_dir / METRICS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: metrics not found; run `synthaug evaluate` first")
+    return json.loads(path.read_text())
+
+
+def _print_summary(console: Console, utility: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="utility on the real test split (mean ± std)")
+    for column in ("condition", "balanced accuracy", "macro-F1", "minority recall"):
+        table.add_column(column, justify="left" if column == "condition" else "right")
+
+    def fmt(s: Mapping[str, Any]) -> str:
+        return "—" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+    for c in utility["setup"]["conditions"]:
+        table.add_row(c, fmt(utility[c]["balanced_accuracy"]), fmt(utility[c]["macro_f1"]),
+                      fmt(utility[c]["minority_recall"]))
+    console.print(table)
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null, numpy scalars become Python numbers."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return _finite(float(obj))
+    return obj

@@ -1,0 +1,419 @@
+"""The evaluate step on a tiny digits workdir: every metrics.json key, consistent counts, utility in [0, 1], the
+paired-difference interval, the FID/KID wiring against models.metrics, the charts; and its helpers one by one."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+from rich.console import Console
+from scipy import stats
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from models import metrics as M
+from models.judge import JudgeConfig
+from tasks.errors import UserError
+from tasks.evaluate import (
+    BASELINES,
+    CONDITIONS,
+    DEFAULT_CLASSIFIER,
+    MIN_GAP,
+    EvaluateParams,
+    _gap_closed,
+    augment_images,
+    default_minority,
+    evaluate_step,
+    fill_indices,
+    paired_difference,
+    score,
+)
+from tasks.images import load_images, write_png
+from tasks.judge import embed, load_judge_step, train_judge_step
+from tasks.manifest import read_manifest, write_manifest
+
+CLASSES = ("0", "1", "2", "3")
+TRAIN = {"0": 25, "1": 25, "2": 25, "3": 4}  # "3" is the scarce class
+VAL, TEST, HELDBACK = 4, 12, 20  # per class; heldback only for "3"
+NASTY_REASON = 'label: <script>alert("x")</script> & co'  # must come out escaped in the report
+TINY = JudgeConfig(width=8, feature_dim=16, steps=40, batch_size=32)
+SEEDS = 3
+
+
+def tiny_params(**overrides: Any) -> EvaluateParams:
+    return EvaluateParams(**{"seeds": SEEDS, "classifier": TINY, "kid_subsets": 10, "fid_min_samples": 10,
+                             "device": "cpu", **overrides})
+
+
+def _real_row(path: str, image_id: str, label: str, split: str) -> dict:
+    return {"image_id": image_id, "path": path, "label": label, "split": split, "source": "real", "generator": None,
+            "checkpoint": None, "seed": None, "accepted": True, "reject_reason": None, "height": 16, "width": 16,
+            "channels": 1}
+
+
+def _upscale(digit: np.ndarray) -> np.ndarray:
+    """One 8x8 scikit-learn digit (0..16) -> 16x16x1 uint8."""
+    pixels = np.round(digit * 255 / 16).astype(np.uint8)
+    return np.kron(pixels, np.ones((2, 2), dtype=np.uint8))[..., None]
+
+
+def build_workdir(root: Path) -> dict[str, Path]:
+    """A tiny pipeline workdir: ``ingest`` (real digits 0-3, "3" scarce with heldback rows), ``judge`` (trained by
+    the judge step with a tiny config) and ``filter`` (synthetic rows made by perturbing heldback "3" images and
+    train "1" images, one exact copy of a train image, accepted and rejected ones, ``filter_summary.json``)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits(n_class=len(CLASSES))
+    ingest, filt = root / "ingest", root / "filter"
+    rows = []
+    kept: dict[str, dict[str, list[np.ndarray]]] = {c: {} for c in CLASSES}
+    for label in CLASSES:
+        order = np.flatnonzero(digits.target == int(label))
+        quota = [("test", TEST), ("val", VAL), ("train", TRAIN[label]), ("heldback", HELDBACK if label == "3" else 0)]
+        pos = 0
+        for split, n in quota:
+            for index in order[pos:pos + n]:
+                pixels = _upscale(digits.images[index])
+                path = f"images/{label}/d{index:04d}.png"
+                rows.append(_real_row(path, write_png(pixels, ingest / path), label, split))
+                kept[label].setdefault(split, []).append(pixels)
+            pos += n
+    frame = pd.DataFrame(rows)
+    frame["seed"] = frame["seed"].astype("Int64")
+    write_manifest(frame, ingest / "manifest.parquet")
+
+    rng = np.random.default_rng(0)
+    sources = [("3", p) for p in kept["3"]["heldback"][:16]] + [("1", p) for p in kept["1"]["train"][:6]]
+    syn_rows, synthetic = [], []
+    for label, pixels in sources:
+        moved = np.roll(pixels.astype(np.float64), 1, axis=1) + rng.normal(0, 12, pixels.shape)
+        synthetic.append((label, np.clip(np.round(moved), 0, 255).astype(np.uint8)))
+    synthetic.append(("1", kept["1"]["train"][7]))  # an exact copy: the top memorization pair
+    # The filter's reasons (tasks.filter.REJECT_REASONS), and one with markup that must come out escaped.
+    reasons = {3: "memorized_pixel", 7: "unrealistic", 11: NASTY_REASON, 20: "near_duplicate"}
+    train_px = torch.from_numpy(np.stack([p for c in CLASSES for p in kept[c]["train"]])).float()
+    for seed, (label, pixels) in enumerate(synthetic):
+        path = f"images/{label}/{label}_s{seed}.png"
+        corr = float(M.nearest_correlation(torch.from_numpy(pixels[None]).float(), train_px).correlation[0])
+        syn_rows.append({"image_id": write_png(pixels, filt / path), "path": path, "label": label, "split": "train",
+                         "source": "synthetic", "generator": "diffusion", "checkpoint": "ab" * 32, "seed": seed,
+                         "accepted": seed not in reasons, "reject_reason": reasons.get(seed), "height": 16,
+                         "width": 16, "channels": 1, "score_nn_pixel_corr": corr})
+    syn = pd.DataFrame(syn_rows)
+    syn["seed"] = syn["seed"].astype("Int64")
+    write_manifest(syn, filt / "manifest.parquet")
+    summary = {"met": True, "shortfall": {}, "feature_space": "judge", "thresholds": {"min_confidence": 0.5},
+               "classes": {c: {"generated": int((syn["label"] == c).sum()), "accepted": int(syn["accepted"][
+                   syn["label"] == c].sum()), "acceptance_rate": 0.75 if c in ("1", "3") else None, "needed": 0,
+                   "shortfall": 0, "met": True} for c in CLASSES}}  # the fields evaluate reads, as the filter writes
+    (filt / "filter_summary.json").write_text(json.dumps(summary))
+    train_judge_step(ingest / "manifest.parquet", TINY, root / "judge", device="cpu",
+                     console=Console(file=io.StringIO()))
+    return {"ingest": ingest, "filter": filt, "judge": root / "judge", "evaluate": root / "evaluate",
+            "report": root / "report"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    dirs = build_workdir(tmp_path_factory.mktemp("evaluate"))
+    log = io.StringIO()
+    evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], tiny_params(), dirs["evaluate"],
+                  console=Console(file=log, width=120))
+    dirs["log"] = log  # type: ignore[assignment]
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def metrics(workdir: dict[str, Path]) -> dict[str, Any]:
+    return json.loads((workdir["evaluate"] / "metrics.json").read_text())
+
+
+SET_METRIC_KEYS = {
+    "fid": {"value", "n_real", "n_synthetic", "reason"},
+    "kid": {"mean", "std", "subset_size", "subsets", "n_real", "n_synthetic", "reason"},
+    "precision": {"value", "k", "n_real", "n_synthetic", "reason"},
+    "recall": {"value", "k", "n_real", "n_synthetic", "reason"},
+    "density": {"value", "k", "n_real", "n_synthetic", "reason"},
+    "coverage": {"value", "k", "n_real", "n_synthetic", "reason"},
+    "within_class_diversity": {"synthetic", "real", "n_real", "n_synthetic", "reason"},
+}
+SUMMARY_KEYS = {"mean", "std", "values"}
+
+
+def _check_set_block(block: dict, where: str) -> None:
+    for name, keys in SET_METRIC_KEYS.items():
+        assert name in block, f"{where}: missing {name}"
+        missing = keys - set(block[name])
+        assert not missing, f"{where}.{name}: missing {missing}"
+        entry = block[name]
+        value = entry["mean"] if name == "kid" else entry.get("value", entry.get("synthetic"))
+        if value is None:
+            assert isinstance(entry["reason"], str) and entry["reason"], f"{where}.{name}: null without a reason"
+        else:
+            assert math.isfinite(value), f"{where}.{name} = {value}"
+
+
+def test_metrics_json_has_every_key(metrics: dict) -> None:
+    for key in ("format", "classes", "minority_classes", "feature_space", "counts", "acceptance", "quality",
+                "utility", "plots"):
+        assert key in metrics, key
+    assert metrics["classes"] == list(CLASSES)
+    assert metrics["minority_classes"] == ["3"]
+    for key in ("before", "after", "synthetic_accepted", "synthetic_generated", "real_val", "real_test",
+                "real_heldback"):
+        assert set(metrics["counts"][key]) == set(CLASSES), key
+    quality = metrics["quality"]
+    assert quality["reference"] == "real train + val"
+    _check_set_block(quality["overall"], "quality.overall")
+    assert set(quality["per_class"]) == set(CLASSES)
+    for name, block in quality["per_class"].items():
+        _check_set_block(block, f"quality.per_class.{name}")
+    assert set(quality["macro"]) == {"fid", "kid", "precision", "recall", "density", "coverage"}
+    held = quality["vs_heldback"]
+    assert set(held["per_class"]) == {"3"}  # only the class with heldback images
+    _check_set_block(held["overall"], "quality.vs_heldback.overall")
+
+    utility = metrics["utility"]
+    assert utility["setup"]["conditions"] == list(CONDITIONS)
+    assert utility["setup"]["skipped"] == {}
+    for condition in CONDITIONS:
+        for metric in ("balanced_accuracy", "macro_f1", "minority_recall"):
+            assert set(utility[condition][metric]) >= SUMMARY_KEYS, (condition, metric)
+        assert set(utility[condition]["per_class_recall"]) == set(CLASSES)
+        for summary in utility[condition]["per_class_recall"].values():
+            assert set(summary) >= SUMMARY_KEYS
+    paired = utility["paired_difference"]
+    assert paired["baseline"] in BASELINES and paired["condition"] == "real_synthetic"
+    for metric in ("balanced_accuracy", "minority_recall"):
+        assert {"mean", "ci95", "values"} <= set(paired[metric])
+        assert {"value", "reason"} <= set(utility["gap_closed"][metric])
+    acceptance = metrics["acceptance"]
+    assert set(acceptance["per_class"]) == set(CLASSES)
+    assert acceptance["source"] == "filter_summary.json" and acceptance["thresholds"] == {"min_confidence": 0.5}
+    assert acceptance["per_class"]["3"]["acceptance_rate"] == 0.75  # the filter's own per-class view
+    assert {"generated", "accepted", "kept_rate", "reject_reasons", "shortfall"} <= set(acceptance["per_class"]["3"])
+    assert metrics["plots"] == {"utility": "utility.png", "class_counts": "class_counts.png",
+                                "per_class_recall": "per_class_recall.png"}
+
+
+def test_counts_are_consistent(workdir: dict[str, Path], metrics: dict) -> None:
+    real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")
+    syn, _ = read_manifest(workdir["filter"] / "manifest.parquet")
+    counts = metrics["counts"]
+    accepted = syn[syn["accepted"]]
+    for c in CLASSES:
+        assert counts["before"][c] == TRAIN[c] == ((real["label"] == c) & (real["split"] == "train")).sum()
+        assert counts["synthetic_accepted"][c] == (accepted["label"] == c).sum()
+        assert counts["synthetic_generated"][c] == (syn["label"] == c).sum()
+        assert counts["after"][c] == counts["before"][c] + counts["synthetic_accepted"][c]
+        assert counts["real_test"][c] == TEST
+        per_class = metrics["quality"]["per_class"][c]
+        for entry in per_class.values():  # every metric says what it was computed on
+            assert entry["n_real"] == TRAIN[c] + VAL
+            assert entry["n_synthetic"] == counts["synthetic_accepted"][c]
+        acc = metrics["acceptance"]["per_class"][c]
+        assert acc["generated"] == counts["synthetic_generated"][c]
+        assert acc["accepted"] == counts["synthetic_accepted"][c]
+        assert sum(acc["reject_reasons"].values()) == acc["generated"] - acc["accepted"]
+    overall = metrics["quality"]["overall"]
+    assert overall["classes"] == ["1", "3"]  # pooled over the classes that have accepted synthetic images
+    assert overall["fid"]["n_real"] == TRAIN["1"] + TRAIN["3"] + 2 * VAL
+    assert overall["fid"]["n_synthetic"] == len(accepted)
+    setup = metrics["utility"]["setup"]
+    assert setup["train_per_class"]["real_only"] == TRAIN
+    for condition in ("real_oversampled", "real_classical_aug"):
+        assert setup["train_per_class"][condition] == {c: max(TRAIN.values()) for c in CLASSES}, condition
+    # real + synthetic, then filled by repetition up to the largest class after adding ("1": 25 real + 6 accepted)
+    assert setup["train_per_class"]["real_synthetic"] == {c: max(counts["after"].values()) for c in CLASSES}
+    assert setup["train_per_class"]["synthetic_only"] == counts["synthetic_accepted"]
+    assert setup["train_per_class"]["real_oracle"] == {c: TRAIN[c] + (HELDBACK if c == "3" else 0) for c in CLASSES}
+
+
+def test_too_small_sets_are_null_with_reasons(metrics: dict) -> None:
+    per_class = metrics["quality"]["per_class"]
+    # "3": 8 real (< fid_min_samples=10) -> no FID; "0" has no synthetic images at all.
+    assert per_class["3"]["fid"]["value"] is None and "got 8 real" in per_class["3"]["fid"]["reason"]
+    assert per_class["3"]["kid"]["mean"] is not None
+    for name in ("fid", "precision", "recall", "density", "coverage"):
+        assert per_class["0"][name]["value"] is None and per_class["0"][name]["reason"]
+    assert per_class["0"]["within_class_diversity"]["real"] is not None
+    assert per_class["0"]["within_class_diversity"]["synthetic"] is None
+    # Against the 20 heldback images of "3" there is enough for FID.
+    assert metrics["quality"]["vs_heldback"]["per_class"]["3"]["fid"]["value"] is not None
+
+
+def test_utility_numbers_are_rates_over_the_seeds(metrics: dict) -> None:
+    utility = metrics["utility"]
+    for condition in CONDITIONS:
+        summaries = [utility[condition][m] for m in ("balanced_accuracy", "macro_f1", "minority_recall")]
+        summaries += list(utility[condition]["per_class_recall"].values())
+        for s in summaries:
+            assert len(s["values"]) == SEEDS
+            assert all(0.0 <= v <= 1.0 for v in s["values"]), (condition, s)
+            assert s["mean"] == pytest.approx(np.mean(s["values"]))
+            assert s["std"] == pytest.approx(np.std(s["values"], ddof=1))
+        # minority recall is the mean recall over the minority classes ("3" alone here)
+        assert utility[condition]["minority_recall"]["values"] == utility[condition]["per_class_recall"]["3"]["values"]
+        # balanced accuracy is the mean per-class recall
+        per_seed = np.mean([utility[condition]["per_class_recall"][c]["values"] for c in CLASSES], axis=0)
+        assert utility[condition]["balanced_accuracy"]["values"] == pytest.approx(per_seed)
+
+
+def test_paired_difference_and_gap_closed(metrics: dict) -> None:
+    utility = metrics["utility"]
+    paired = utility["paired_difference"]
+    best = max(BASELINES, key=lambda c: utility[c]["balanced_accuracy"]["mean"])
+    assert paired["baseline"] == best
+    for metric in ("balanced_accuracy", "minority_recall"):
+        d = paired[metric]
+        expected = np.subtract(utility["real_synthetic"][metric]["values"], utility[best][metric]["values"])
+        assert d["values"] == pytest.approx(expected)
+        assert d["mean"] == pytest.approx(expected.mean())
+        lo, hi = d["ci95"]
+        assert lo <= d["mean"] <= hi
+        half = stats.t.ppf(0.975, SEEDS - 1) * np.std(expected, ddof=1) / math.sqrt(SEEDS)
+        assert (lo, hi) == pytest.approx((expected.mean() - half, expected.mean() + half))
+        gap = utility["gap_closed"][metric]
+        means = {c: utility[c][metric]["mean"] for c in ("real_only", "real_synthetic", "real_oracle")}
+        if gap["value"] is None:
+            assert means["real_oracle"] - means["real_only"] < MIN_GAP and gap["reason"]
+        else:
+            assert gap["value"] == pytest.approx((means["real_synthetic"] - means["real_only"])
+                                                 / (means["real_oracle"] - means["real_only"]))
+
+
+def test_fid_kid_wiring_matches_models_metrics(workdir: dict[str, Path], metrics: dict) -> None:
+    """Recompute the features of the same sets independently and compare with models.metrics."""
+    judge, class_names = load_judge_step(workdir["judge"])
+    real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")
+    syn, _ = read_manifest(workdir["filter"] / "manifest.parquet")
+    # The reference is the train rows then the val rows, in manifest order (KID's subsets depend on row order).
+    ref = pd.concat([real[real["split"] == "train"], real[real["split"] == "val"]])
+    accepted = syn[syn["accepted"]]
+    feats = {}
+    for what, root, rows in (("real", workdir["ingest"], ref), ("syn", workdir["filter"], accepted)):
+        feats[what] = embed(load_images(root, list(rows["path"]), 1), judge)
+        feats[what + "_labels"] = np.asarray(rows["label"], dtype=str)
+    overall = metrics["quality"]["overall"]
+    pooled = np.isin(feats["real_labels"], ["1", "3"])
+    real_f, syn_f = feats["real"][torch.from_numpy(pooled)], feats["syn"]
+    assert overall["fid"]["value"] == pytest.approx(M.fid(real_f, syn_f), rel=1e-6)
+    k = M.kid(real_f, syn_f, subsets=10, subset_size=overall["kid"]["subset_size"], seed=0)
+    assert overall["kid"]["mean"] == pytest.approx(k.mean, rel=1e-6, abs=1e-12)
+    assert overall["kid"]["std"] == pytest.approx(k.std, rel=1e-6, abs=1e-12)
+    pr = M.precision_recall(real_f, syn_f, k=3)
+    assert (overall["precision"]["value"], overall["recall"]["value"]) == pytest.approx((pr.precision, pr.recall))
+    dc = M.density_coverage(real_f, syn_f, k=5)
+    assert (overall["density"]["value"], overall["coverage"]["value"]) == pytest.approx((dc.density, dc.coverage))
+    one = torch.from_numpy(feats["real_labels"] == "1")
+    syn_one = torch.from_numpy(feats["syn_labels"] == "1")
+    k1 = M.kid(feats["real"][one], feats["syn"][syn_one], subsets=10,
+               subset_size=min(1000, int(one.sum()), int(syn_one.sum())), seed=0)
+    assert metrics["quality"]["per_class"]["1"]["kid"]["mean"] == pytest.approx(k1.mean, rel=1e-6, abs=1e-12)
+    assert metrics["quality"]["per_class"]["1"]["within_class_diversity"]["synthetic"] == pytest.approx(
+        M.within_class_diversity(feats["syn"][syn_one]))
+    assert class_names == list(CLASSES)
+
+
+def test_plots_are_pngs_with_content(workdir: dict[str, Path]) -> None:
+    for name in ("utility.png", "class_counts.png", "per_class_recall.png"):
+        with Image.open(workdir["evaluate"] / name) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
+            colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+            assert colours is not None and len(colours) > 20, name
+
+
+def test_progress_and_summary_are_printed(workdir: dict[str, Path]) -> None:
+    log = workdir["log"].getvalue()  # type: ignore[attr-defined]
+    assert "evaluate" in log and f"{len(CONDITIONS) * SEEDS}/{len(CONDITIONS) * SEEDS}" in log
+    assert "real_synthetic" in log
+
+
+def test_unknown_minority_class_is_a_user_error(workdir: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="minority_classes"):
+        evaluate_step(workdir["ingest"], workdir["filter"], workdir["judge"], tiny_params(minority_classes=["7"]),
+                      tmp_path / "out", console=Console(file=io.StringIO()))
+
+
+# ------------------------------------------------------------------------------------------------- the helpers
+
+
+def test_params_defaults_and_validation() -> None:
+    p = EvaluateParams()
+    assert p.seeds == 3 and p.classifier == DEFAULT_CLASSIFIER and p.minority_classes is None
+    assert EvaluateParams.model_validate({"classifier": {"steps": 10}}).classifier.steps == 10
+    for bad in ({"seeds": 2}, {"unknown": 1}, {"classifier": {"steps": 0}}, {"minority_classes": ["3", "3"]}):
+        with pytest.raises(ValidationError):
+            EvaluateParams.model_validate(bad)
+
+
+def test_score_matches_sklearn() -> None:
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    pred = np.array([0, 1, 0, 1, 1, 2, 0, 2, 3, 3])
+    s = score(pred, truth, ["a", "b", "c", "d"], ["b", "d"])
+    assert s["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, pred))
+    assert s["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert s["per_class_recall"] == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 0.5, "d": 1.0})
+    assert s["minority_recall"] == pytest.approx(1.0)
+    assert score(pred, truth, ["a", "b", "c", "d"], [])["minority_recall"] is None
+
+
+def test_paired_difference_interval() -> None:
+    d = paired_difference([0.9, 0.8, 0.85], [0.8, 0.8, 0.75])
+    assert d["values"] == pytest.approx([0.1, 0.0, 0.1])
+    half = stats.t.ppf(0.975, 2) * np.std([0.1, 0.0, 0.1], ddof=1) / math.sqrt(3)
+    assert d["ci95"] == pytest.approx([d["mean"] - half, d["mean"] + half])
+    same = paired_difference([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert same["mean"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="pairs"):
+        paired_difference([0.5], [0.4])
+
+
+def test_gap_closed_edge_cases() -> None:
+    def cond(mean: float) -> dict:
+        return {"m": {"mean": mean}}
+
+    assert _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7)}, "m")["value"] is None
+    flat = _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7), "real_oracle": cond(0.505)}, "m")
+    assert flat["value"] is None and "no gap" in flat["reason"]
+    half = _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7), "real_oracle": cond(0.9)}, "m")
+    assert half["value"] == pytest.approx(0.5)
+
+
+def test_fill_indices_balance_and_keep_order() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    fill = fill_indices(labels, 4)
+    counts = np.bincount(np.concatenate([labels, labels[fill]]), minlength=4)
+    assert counts.tolist() == [4, 4, 4, 0]
+    assert fill.tolist() == [4, 4, 4, 5, 6]  # class 1 repeats its one image, class 2 cycles 5, 6
+    assert fill_indices(np.array([1, 1]), 2).size == 0
+
+
+def test_default_minority() -> None:
+    assert default_minority({"a": 100, "b": 49, "c": 50, "d": 6}) == ["b", "d"]
+    assert default_minority({"a": 10, "b": 10}) == []
+
+
+def test_augmentation_is_seeded_and_small() -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 1, 16, 16, generator=gen) * 2 - 1
+    a, b, c = augment_images(images, 1), augment_images(images, 1), augment_images(images, 2)
+    assert a.shape == images.shape and float(a.min()) >= -1.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.allclose(a, images, atol=0.02)
+
+
+def test_default_classifier_is_the_judge_network() -> None:
+    assert dataclasses.asdict(DEFAULT_CLASSIFIER).keys() == dataclasses.asdict(JudgeConfig()).keys()
+    assert DEFAULT_CLASSIFIER.steps == 300 and DEFAULT_CLASSIFIER.width == 16

@@ -1,0 +1,207 @@
+"""report.html: one self-contained, escaped page; images inline and decodable; the memorization pairs; and a
+render in headless Chromium (skipped only off CI when there is no chromium binary)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+from tasks.errors import UserError
+from tasks.evaluate import evaluate_step
+from tasks.images import write_png
+from tasks.manifest import read_manifest, write_manifest
+from tasks.report import report_step
+
+
+def _sibling(name: str):
+    """A sibling test module, loaded by path (pytest runs with --import-mode=importlib: tests are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_synthaug_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fixtures = _sibling("test_evaluate")  # the tiny digits workdir builder shared with the evaluate tests
+NASTY_REASON, TRAIN, build_workdir, tiny_params = (
+    _fixtures.NASTY_REASON, _fixtures.TRAIN, _fixtures.build_workdir, _fixtures.tiny_params)
+
+
+def load_png(path: Path):
+    """A stored 1-channel PNG as (H, W, 1) uint8."""
+    import numpy as np
+
+    return np.asarray(Image.open(path).convert("L"))[..., None]
+
+
+IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", re.IGNORECASE)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+UTILITY_BAR = (103, 135, 188)  # the balanced-accuracy bar colour (#4C72B0 at alpha 0.85 on white) in utility.png
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    dirs = build_workdir(tmp_path_factory.mktemp("report"))
+    evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], tiny_params(), dirs["evaluate"],
+                  console=Console(file=io.StringIO()))
+    report_step(dirs["ingest"], dirs["filter"], dirs["evaluate"], dirs["report"], thumbs=6, pairs=4)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def page(workdir: dict[str, Path]) -> str:
+    return (workdir["report"] / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_is_self_contained(page: str) -> None:
+    assert page.startswith("<!DOCTYPE html>")
+    lowered = page.lower()
+    for needle in ("<script", "<link", "http://", "https://", "file:", "url(", "@import"):
+        assert needle not in lowered, needle
+    sources = IMG.findall(page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    for src in sources:  # every inline image decodes as a PNG
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            image.verify()
+
+
+def test_report_has_every_section(workdir: dict[str, Path], page: str) -> None:
+    for anchor in ("utility", "recall", "counts", "quality", "samples", "memorization"):
+        assert f'id="{anchor}"' in page, anchor
+    for condition in ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "synthetic_only",
+                      "real_oracle"):
+        assert f'<td class="l">{condition}</td>' in page
+    charts = [base64.b64encode((workdir["evaluate"] / n).read_bytes()).decode()
+              for n in ("utility.png", "class_counts.png", "per_class_recall.png")]
+    assert all(c in page for c in charts)
+    assert "image-rendering: pixelated" in page
+    assert "class 3" in page and "overall (pooled)" in page and "heldback" in page
+
+
+def test_text_is_escaped(page: str) -> None:
+    assert NASTY_REASON not in page
+    assert html.escape(NASTY_REASON, quote=True) in page
+
+
+def test_sample_rows_show_real_accepted_and_rejected(workdir: dict[str, Path], page: str) -> None:
+    syn, _ = read_manifest(workdir["filter"] / "manifest.parquet")
+    rejected = syn[~syn["accepted"]]
+    for _, row in rejected.iterrows():  # every rejected image of the fixture is shown with its reason
+        data = base64.b64encode((workdir["filter"] / row["path"]).read_bytes()).decode()
+        assert data in page, row["path"]
+    for reason in ("memorized_pixel", "unrealistic", "near_duplicate", html.escape(NASTY_REASON, quote=True)):
+        assert f'<div class="reason">{reason} ×1</div>' in page, reason  # grouped under the reason, with its count
+    samples = page[page.index('id="samples"'):page.index('id="memorization"')]
+    real_shown = sum(min(6, n) for n in TRAIN.values())
+    assert samples.count("<img") == real_shown + 6 + 6 + len(rejected)  # accepted: 6 of "1", 6 of "3"
+
+
+def test_memorization_pairs_show_the_nearest_training_image(workdir: dict[str, Path], page: str) -> None:
+    syn, _ = read_manifest(workdir["filter"] / "manifest.parquet")
+    real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")
+    accepted = syn[syn["accepted"]].sort_values("score_nn_pixel_corr", ascending=False)
+    top = accepted.iloc[0]  # the exact copy of a training image, score 1
+    assert top["score_nn_pixel_corr"] == pytest.approx(1.0)
+    section = page[page.index('id="memorization"'):]
+    assert section.count('class="pair"') == 4
+    first = section[section.index('class="pair"'):]
+    first = first[:first.index("</div></div>")]
+    copied = real[(real["split"] == "train") & (real["image_id"] == top["image_id"])]
+    assert len(copied) == 1  # same bytes as the training image it copies
+    train_data = base64.b64encode((workdir["ingest"] / copied["path"].iloc[0]).read_bytes()).decode()
+    assert train_data in first and "correlation <b>1.000</b>" in first
+
+
+def test_missing_metrics_is_a_user_error(workdir: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="metrics"):
+        report_step(workdir["ingest"], workdir["filter"], tmp_path, tmp_path / "out")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_report_renders_in_headless_chromium(workdir: dict[str, Path], tmp_path: Path) -> None:
+    binary = _chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but no chromium binary was found: .ci/run installs Debian's chromium")
+        pytest.skip("no chromium binary (install Debian's chromium to run this test)")
+    url = (workdir["report"] / "report.html").resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    base = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,2000", url],
+                   check=True, capture_output=True, timeout=90)
+    dom = subprocess.run([*base, "--dump-dom", url], check=True, capture_output=True, timeout=90, text=True).stdout
+    sources = IMG.findall(dom)
+    page_sources = IMG.findall((workdir["report"] / "report.html").read_text(encoding="utf-8"))
+    assert len(sources) == len(page_sources) > 10
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    with Image.open(shot) as image:
+        rgb = image.convert("RGB")
+        assert rgb.size == (1200, 2000)
+        colours = rgb.getcolors(maxcolors=1 << 22)
+        assert colours is not None and len(colours) > 50  # not blank, not a single colour
+        # The utility chart decoded and was drawn: its bar colour is on screen.
+        hits = sum(n for n, c in colours if all(abs(a - b) <= 3 for a, b in zip(c, UTILITY_BAR, strict=True)))
+        assert hits > 500, hits
+
+
+def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str, Path], tmp_path: Path) -> None:
+    """The real filter step (no top-up) on perturbed heldback images; evaluate and report take its output as is."""
+    filter_mod = pytest.importorskip("tasks.filter")
+    import json
+
+    import pandas as pd
+
+    from models.judge import JudgeConfig
+    from tasks.generate import GenerateParams
+
+    real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")
+    held = real[real["split"] == "heldback"].head(12)
+    gen = tmp_path / "generate"
+    rows = []
+    for seed, (_, row) in enumerate(held.iterrows()):
+        pixels = (load_png(workdir["ingest"] / row["path"]).astype(int) + 8 * (seed % 3)).clip(0, 255)
+        path = f"images/{row['label']}/{row['label']}_s{seed}.png"
+        rows.append({**row.to_dict(), "path": path, "image_id": write_png(pixels.astype("uint8"), gen / path),
+                     "split": "train", "source": "synthetic", "generator": "test", "checkpoint": "none",
+                     "seed": seed})
+    write_manifest(pd.DataFrame(rows).astype({"seed": "Int64"}), gen / "manifest.parquet")
+    counts = real[real["split"] == "train"]["label"].value_counts()
+    plan = pd.DataFrame([(c, int(counts[c]), int(counts[c]) + (8 if c == "3" else 0), 12 if c == "3" else 0)
+                         for c in sorted(counts.index)], columns=["class", "real", "target", "to_generate"])
+    plan.to_csv(tmp_path / "plan.csv", index=False)
+    quiet = Console(file=io.StringIO())
+    filter_mod.filter_step(workdir["ingest"], gen, workdir["judge"], tmp_path / "plan.csv", tmp_path / "none",
+                           filter_mod.FilterParams(topup_rounds=0, device="cpu"), GenerateParams(device="cpu"),
+                           tmp_path / "filter", console=quiet)
+    fast = tiny_params(classifier=JudgeConfig(width=8, feature_dim=16, steps=5, batch_size=32))
+    evaluate_step(workdir["ingest"], tmp_path / "filter", workdir["judge"], fast, tmp_path / "evaluate", console=quiet)
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "filter" / "filter_summary.json").read_text())
+    for c, v in summary["classes"].items():
+        mine = metrics["acceptance"]["per_class"][c]
+        assert (mine["generated"], mine["accepted"]) == (v["generated"], v["accepted"])
+        assert mine["acceptance_rate"] == v["acceptance_rate"] and mine["shortfall"] == v["shortfall"]
+        assert sum(mine["reject_reasons"].values()) == v["generated"] - v["accepted"]
+        assert set(mine["reject_reasons"]) <= set(filter_mod.REJECT_REASONS)
+    assert metrics["acceptance"]["thresholds"] == summary["thresholds"]
+    page = report_step(workdir["ingest"], tmp_path / "filter", tmp_path / "evaluate", tmp_path / "report")
+    assert IMG.findall(page.read_text(encoding="utf-8"))
