@@ -16,9 +16,6 @@ from prefect.context import TaskRunContext
 from flows.dag import STEPS, Record, Step, cache_key
 from flows.params import Params
 
-# Steps the pipeline will have that are not built yet; `synthaug run` names them instead of faking them.
-NOT_BUILT = ("filter", "evaluate", "publish")
-
 
 def _key(step: Step):
     def key_fn(_: TaskRunContext, args: dict[str, Any]) -> str:
@@ -28,7 +25,7 @@ def _key(step: Step):
 
 
 def _step_task(step: Step, workdir: Path):
-    missing = [o for o in step.outs if not (workdir / o).exists()]
+    missing = [o for o in step.outputs if not (workdir / o).exists()]
 
     def run(params: Params, workdir: str) -> Record:
         return step.run(params, Path(workdir))
@@ -49,8 +46,6 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
         records[step.name] = state.result()
         if state.name == "Cached":
             logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
-    if NOT_BUILT:
-        logger.warning("not built yet, so not run: %s", ", ".join(NOT_BUILT))
     lines = [f"- **{name}**: " + ", ".join(f"{k} = `{v}`" for k, v in rec.items()) for name, rec in records.items()]
     create_markdown_artifact("# synthaug augment\n\n" + "\n".join(lines), key="augment-summary")
     return records

@@ -55,13 +55,11 @@ for _step in STEPS:
 @app.command()
 def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
     """Run the whole pipeline as the Prefect flow `augment` (a temporary local Prefect server; nothing to start)."""
-    from flows.augment import NOT_BUILT, augment
+    from flows.augment import augment
 
     records = augment(_params(params_file, overrides), str(workdir))
     for name, record in records.items():
         console.print(f"[bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in record.items()))
-    if NOT_BUILT:
-        console.print(f"[yellow]not built yet, so not run:[/] {', '.join(NOT_BUILT)}")
 
 
 @app.command()

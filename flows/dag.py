@@ -33,6 +33,12 @@ class Step:
     deps: tuple[str, ...]
     outs: tuple[str, ...]
     code: tuple[str, ...]
+    metrics: tuple[str, ...] = ()  # small files DVC shows with `dvc metrics` (kept in git, not the cache)
+    plots: tuple[str, ...] = ()  # CSV tables DVC draws with `dvc plots`
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.outs + self.metrics + self.plots
 
 
 def _ingest(p: Params, workdir: Path) -> Record:
@@ -64,6 +70,48 @@ def _generate(p: Params, workdir: Path) -> Record:
     return {"manifest": str(manifest)}
 
 
+def _judge(p: Params, workdir: Path) -> Record:
+    from tasks.judge import train_judge_step
+
+    out = train_judge_step(workdir / "ingest" / "manifest.parquet", p.filter.judge, workdir / "judge",
+                           device=p.filter.device)
+    return {"judge": str(out)}
+
+
+def _filter(p: Params, workdir: Path) -> Record:
+    from tasks.filter import filter_step
+
+    result = filter_step(workdir / "ingest", workdir / "generate", workdir / "judge", workdir / "plan" / "plan.csv",
+                         workdir / "model" / "checkpoint", p.filter, p.generate, workdir / "filter")
+    return {"manifest": str(result.manifest_path), "accepted": result.accepted, "needed": result.needed,
+            "shortfall": result.shortfall}
+
+
+def _evaluate(p: Params, workdir: Path) -> Record:
+    from tasks.evaluate import evaluate_step
+
+    path = evaluate_step(workdir / "ingest", workdir / "filter", workdir / "judge", p.evaluate, workdir / "evaluate")
+    return {"metrics": str(path)}
+
+
+def _report(p: Params, workdir: Path) -> Record:
+    from tasks.report import report_step
+
+    return {"report": str(report_step(workdir / "ingest", workdir / "filter", workdir / "evaluate",
+                                      workdir / "report"))}
+
+
+def _publish(p: Params, workdir: Path) -> Record:
+    from flows.params import dump_params
+    from tasks.publish import publish
+    from tasks.release import assemble
+
+    dataset = assemble(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "report",
+                       dump_params(p), workdir / "dataset")
+    result = publish(dataset, p.publish, workdir=workdir)
+    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
+
+
 STEPS: tuple[Step, ...] = (
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
          _ingest, params=("data",), deps=(), outs=("ingest",),
@@ -77,6 +125,26 @@ STEPS: tuple[Step, ...] = (
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
          code=("tasks/generate.py", "models")),
+    Step("judge", "Train the judge classifier on the real train split, calibrated on val.",
+         _judge, params=("filter.judge", "filter.device"), deps=("ingest/manifest.parquet",), outs=("judge",),
+         code=("tasks/judge.py", "models/judge.py")),
+    Step("filter", "Score every synthetic image, reject with reasons, top up short classes.",
+         _filter, params=("filter", "generate"), deps=("ingest", "generate", "judge", "plan/plan.csv",
+                                                        "model/checkpoint"), outs=("filter",),
+         code=("tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "models")),
+    Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
+         _evaluate, params=("evaluate",), deps=("ingest", "filter", "judge"),
+         outs=("evaluate/utility.png", "evaluate/class_counts.png", "evaluate/per_class_recall.png"),
+         code=("tasks/evaluate.py", "tasks/judge.py", "models"),
+         metrics=("evaluate/metrics.json",), plots=("evaluate/utility.csv", "evaluate/per_class.csv")),
+    Step("report", "Write the self-contained report.html.",
+         _report, params=(), deps=("ingest", "filter", "evaluate/metrics.json", "evaluate/utility.png",
+                                 "evaluate/class_counts.png", "evaluate/per_class_recall.png"), outs=("report",),
+         code=("tasks/report.py", "tasks/evaluate.py")),
+    Step("publish", "Assemble the dataset and publish it to the DVC data registry as <name>/v<N>.",
+         _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report"),
+         outs=("dataset",),
+         code=("tasks/release.py", "tasks/publish.py")),
 )
 
 
@@ -90,15 +158,22 @@ def step(name: str) -> Step:
 def _hash_path(digest: hashlib._Hash, path: Path) -> None:
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
     for f in files:
-        if f.is_file():
+        if f.is_file() and "__pycache__" not in f.parts:  # bytecode changes when Python compiles, not the code
             digest.update(f.relative_to(path.parent).as_posix().encode())
             digest.update(hashlib.sha256(f.read_bytes()).digest())
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def cache_key(s: Step, params: Params, workdir: Path, extra: str = "") -> str:
     """Content hash of what the step reads: its params sections, its input files and its code."""
     digest = hashlib.sha256(s.name.encode())
-    sections = {name: params.model_dump(mode="json")[name] for name in s.params}
+    dumped = params.model_dump(mode="json")
+    sections = {name: _lookup(dumped, name) for name in s.params}
     digest.update(json.dumps(sections, sort_keys=True).encode())
     for dep in s.deps:
         _hash_path(digest, workdir / dep)
@@ -113,10 +188,15 @@ def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
     stages = {}
     for s in STEPS:
         stage: dict[str, Any] = {"cmd": f"synthaug {s.name} --workdir {workdir.as_posix()}"}
-        deps = [c for c in s.code if (REPO_ROOT / c).exists()] + [(workdir / d).as_posix() for d in s.deps]
+        deps = list(s.code) + [(workdir / d).as_posix() for d in s.deps]
         stage["deps"] = deps
-        stage["params"] = list(s.params)
+        if s.params:
+            stage["params"] = list(s.params)
         stage["outs"] = [(workdir / o).as_posix() for o in s.outs]
+        if s.metrics:
+            stage["metrics"] = [{(workdir / m).as_posix(): {"cache": False}} for m in s.metrics]
+        if s.plots:
+            stage["plots"] = [{(workdir / m).as_posix(): {"cache": False}} for m in s.plots]
         stages[s.name] = stage
     header = "# Generated from flows/dag.py by `synthaug dag --write`; a test keeps the two identical.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False)

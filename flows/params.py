@@ -11,6 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tasks.errors import UserError
+from tasks.evaluate import EvaluateParams
+from tasks.filter import FilterParams
 from tasks.generate import GenerateParams
 from tasks.ingest import DataParams
 from tasks.plan import PlanParams
@@ -29,6 +31,8 @@ class Params(BaseModel):
     plan: PlanParams = PlanParams()
     model: ModelParams = ModelParams()
     generate: GenerateParams = GenerateParams()
+    filter: FilterParams = FilterParams()
+    evaluate: EvaluateParams = EvaluateParams()
     publish: PublishParams = PublishParams()
 
 

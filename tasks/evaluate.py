@@ -68,6 +68,8 @@ FORMAT = "synthaug-metrics/1"
 PLOT_UTILITY = "utility.png"
 PLOT_COUNTS = "class_counts.png"
 PLOT_RECALL = "per_class_recall.png"
+TABLE_UTILITY = "utility.csv"
+TABLE_PER_CLASS = "per_class.csv"
 FILTER_SUMMARY = "filter_summary.json"
 
 CONDITIONS = ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "synthetic_only",
@@ -657,8 +659,25 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False))
     tmp.replace(path)
+    write_tables(counts, result["acceptance"], utility, class_names, out_dir)
     _print_summary(console, utility)
     return path
+
+
+def write_tables(counts: Mapping[str, Any], accepted: Mapping[str, Any], utility: Mapping[str, Any],
+                 class_names: Sequence[str], out_dir: Path) -> None:
+    """``utility.csv`` (one row per condition) and ``per_class.csv`` (one row per class): the tables
+    ``dvc plots`` draws and compares across experiments."""
+    conditions = [c for c in CONDITIONS if c in utility]
+    metrics = ("balanced_accuracy", "macro_f1", "minority_recall")
+    rows = [{"condition": c, **{f"{m}_{k}": utility[c][m][k] for m in metrics for k in ("mean", "std")}}
+            for c in conditions]
+    pd.DataFrame(rows).to_csv(out_dir / TABLE_UTILITY, index=False)
+    rows = [{"class": name, "real": counts["before"][name], "synthetic_accepted": counts["synthetic_accepted"][name],
+             "kept_rate": accepted["per_class"][name]["kept_rate"],
+             **{f"recall_{c}": utility[c]["per_class_recall"].get(name, {}).get("mean") for c in conditions}}
+            for name in class_names]
+    pd.DataFrame(rows).to_csv(out_dir / TABLE_PER_CLASS, index=False)
 
 
 def read_metrics(evaluate_dir: Path) -> dict[str, Any]:
