@@ -158,6 +158,7 @@ def ensure_lock(name: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.logging import get_logger
 
     with get_client(sync_client=True) as client:
         try:
@@ -167,6 +168,9 @@ def ensure_lock(name: str) -> None:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1, active=True))
             return
         if current.limit != 1 or not current.active:
+            get_logger("synthaug.serve").warning(
+                "concurrency limit %s had limit=%s active=%s; set back to one active slot (to stop the schedule, "
+                "pause the deployment instead)", name, current.limit, current.active)
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
 
 
@@ -226,7 +230,7 @@ def scheduled_augment(params_file: str = "params.yaml", overrides: list[str] | N
         lock_timeout_s: how long to wait for another run of the same dataset to finish (None: as long as it takes).
 
     Returns ``status`` ("unchanged" or "ran"), the dataset name, the fingerprint, the changed parts and, after a run,
-    the ``publish`` step's record when the pipeline has one.
+    the ``publish`` step's record (its tag, and ``new=False`` when the content equalled the latest version).
     """
     from prefect.artifacts import create_markdown_artifact
     from prefect.runtime import flow_run
@@ -286,7 +290,7 @@ def _no_change_markdown(name: str, fp: Fingerprint, recorded: dict[str, Any]) ->
 def _ran_markdown(name: str, fp: Fingerprint, why: str, records: dict[str, Any]) -> str:
     published = records.get("publish")
     outcome = (", ".join(f"{k} = `{v}`" for k, v in published.items()) if isinstance(published, dict)
-               else "the pipeline has no publish step yet")
+               else "(no publish record)")
     return "\n".join([f"# {name}: pipeline run", "", f"Why: {why}.", "", f"Published: {outcome}.", "",
                       *_lineage_lines(fp)])
 
