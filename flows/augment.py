@@ -46,6 +46,7 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
         records[step.name] = state.result()
         if state.name == "Cached":
             logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
+            records[step.name] = {"reused": "cached result of an earlier run", **records[step.name]}
     lines = [f"- **{name}**: " + ", ".join(f"{k} = `{v}`" for k, v in rec.items()) for name, rec in records.items()]
     create_markdown_artifact("# synthaug augment\n\n" + "\n".join(lines), key="augment-summary")
     return records

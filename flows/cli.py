@@ -57,9 +57,24 @@ def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: P
     """Run the whole pipeline as the Prefect flow `augment` (a temporary local Prefect server; nothing to start)."""
     from flows.augment import augment
 
-    records = augment(_params(params_file, overrides), str(workdir))
+    params = _params(params_file, overrides)
+    records = augment(params, str(workdir))
     for name, record in records.items():
         console.print(f"[bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in record.items()))
+    published = records["publish"]
+    console.print(f"\n[bold]dataset[/]  {published['registry']} @ {published['tag']} "
+                  f"(working copy {published['dataset']})\n[bold]report[/]   {records['report']['report']}\n"
+                  f"[bold]metrics[/]  {records['evaluate']['metrics']}\n"
+                  f"fetch it: dvc get {published['registry']} datasets/{params.publish.name} --rev {published['tag']}")
+
+
+@app.command()
+def serve(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
+          cron: str | None = typer.Option(None, help="Cron schedule (default: publish.schedule).")) -> None:
+    """Serve the pipeline on a schedule (needs a Prefect server); a run publishes only when something changed."""
+    from flows.serve import serve_command
+
+    serve_command(params_file, overrides, workdir, cron=cron)
 
 
 @app.command()

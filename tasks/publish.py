@@ -70,12 +70,27 @@ class PublishParams(Section):
       the registry's default remote. Credentials go into DVC's config or the environment, never here.
     push: push the data to ``remote`` and the commit + tag to the registry's origin. ``false`` commits and tags in a
       local registry only (an offline trial); a later run with ``true`` pushes the same content.
+    schedule: cron (UTC) of ``synthaug serve`` and ``prefect.yaml``; a scheduled run that finds the source, params
+      and code unchanged publishes nothing.
     """
 
     name: str = "digits-balanced"
     registry: str = "registry/repo"
     remote: str = "registry/remote"
     push: bool = True
+    schedule: str = "0 3 * * *"
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday), "
+                             "e.g. '0 3 * * *'") from None
+        return value
 
     @field_validator("name")
     @classmethod
