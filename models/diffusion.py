@@ -1,0 +1,416 @@
+"""Class-conditional diffusion: a MONAI UNet trained on the DDPM epsilon objective, sampled with guidance.
+
+Read top to bottom: config → network → objective → samplers → the ``Diffusion`` family that ties them together.
+
+- Network: MONAI ``DiffusionModelUNet`` with ``num_classes + 1`` class embeddings; the extra index is the "null"
+  class used for classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598).
+- Objective: predict the noise added at a random timestep (Ho et al. 2020, arXiv:2006.11239, eq. 14), with the
+  label replaced by the null class with probability ``label_dropout``.
+- Samplers, all on one timestep grid over the training schedule's ``alphas_cumprod``:
+  ``ddim`` (Song et al. 2021, arXiv:2010.02502, eta = 0: deterministic from the initial noise),
+  ``dpm`` (DPM-Solver++ 2M, Lu et al. 2022, arXiv:2211.01095: second order, same cost per step as DDIM) and
+  ``ddpm`` (ancestral sampling of Ho et al.; with ``sample_steps == timesteps`` it is the original slow sampler).
+
+Determinism: image i depends only on (weights, ``labels[i]``, ``seeds[i]``). Initial and per-step noise come from
+one CPU generator per image (``models.common``), and the network always runs on micro-batches of exactly
+``sample_batch_size`` images (the last one padded with zeros), so every image goes through kernels of the same
+shapes whatever the request size, its position or the shard split. Why the padding: on the CPU the convolutions
+(oneDNN) and GroupNorm are batch-invariant bitwise, but MKL's sgemm takes another kernel (another summation
+order) for matrices of at most 3 rows, so the time-embedding MLP of a 1-image request differs in the last bits
+from the same image in a batch of 64; after 20 guided steps that was up to 5e-5 in the output, enough to flip a
+uint8 pixel now and then. On CUDA, cuDNN and cuBLAS also choose kernels by shape (keep ``cudnn.benchmark`` off).
+Changing ``sample_batch_size`` may change the last bits of the images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDPMScheduler
+
+from models.base import TrainConfig
+from models.common import EMA, autocast, per_image_normal, per_image_streams, stream_normal
+
+SAMPLERS = ("ddim", "dpm", "ddpm")
+SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionConfig(TrainConfig):
+    """Options of the diffusion family. Defaults train the bundled 16x16 digits example in minutes on a 2-core CPU.
+
+    Args:
+        steps: optimizer steps of one training run.
+        batch_size: images per step.
+        lr: AdamW learning rate.
+        ema_decay: upper bound of the EMA decay; early in training the decay is ``(1 + n) / (10 + n)`` after ``n``
+            updates, so short runs are not dominated by their first, untrained weights.
+        checkpoint_every: steps between resumable checkpoints (0: only at the end).
+        channels: UNet feature channels per resolution level; the image side must be divisible by
+            ``2 ** (len(channels) - 1)``.
+        attention_levels: per level, whether the UNet adds self-attention; same length as ``channels``.
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
+        num_head_channels: channels per attention head; must divide the channels of every attention level.
+        timesteps: length of the training noise schedule.
+        schedule: noise schedule of MONAI's ``DDPMScheduler`` (``linear_beta``, ``scaled_linear_beta``,
+            ``sigmoid_beta`` or ``cosine``).
+        label_dropout: probability of training on the null class instead of the image's label (needed for
+            guidance).
+        guidance_scale: classifier-free guidance weight w in eps_u + w * (eps_c - eps_u); 1 is plain conditional
+            sampling (one network call per step), 0 unconditional, > 1 trades diversity for label fidelity.
+        sampler: ``ddim`` (eta = 0), ``dpm`` (DPM-Solver++ 2M) or ``ddpm`` (ancestral, fresh noise every step).
+        sample_steps: network evaluations per image (times two with guidance); at most ``timesteps``.
+        sample_batch_size: images per network call when sampling; requests are split and padded to it.
+        weight_decay: AdamW weight decay.
+        grad_clip: maximum gradient norm (0: no clipping).
+        compile: ``torch.compile`` the training forward on CUDA; ignored on the CPU, where compiling costs more
+            than it saves for nets this small.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    channels: tuple[int, ...] = (32, 64)
+    attention_levels: tuple[bool, ...] = (False, True)
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+    num_head_channels: int = 32
+    timesteps: int = 1000
+    schedule: str = "cosine"
+    label_dropout: float = 0.1
+    guidance_scale: float = 2.0
+    sampler: str = "dpm"
+    sample_steps: int = 20
+    sample_batch_size: int = 64
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # config.json gives lists back; keep tuples so configs compare and hash the same after a round trip.
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {self.channels}")
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError(f"attention_levels {self.attention_levels} must have one entry per level of "
+                             f"channels {self.channels}")
+        for name in ("num_res_blocks", "norm_num_groups", "num_head_channels", "timesteps", "sample_steps",
+                     "sample_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every entry of "
+                             f"channels={self.channels}")
+        for c, attn in zip(self.channels, self.attention_levels, strict=True):
+            if attn and c % self.num_head_channels:
+                raise ValueError(f"num_head_channels={self.num_head_channels} must divide the channels ({c}) of "
+                                 f"every attention level")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
+        if self.sample_steps > self.timesteps:
+            raise ValueError(f"sample_steps={self.sample_steps} cannot exceed timesteps={self.timesteps}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.guidance_scale < 0.0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.guidance_scale != 1.0 and self.label_dropout == 0.0:
+            raise ValueError(f"guidance_scale={self.guidance_scale} needs the null class, which "
+                             f"label_dropout={self.label_dropout} never trains; use label_dropout > 0 or "
+                             f"guidance_scale=1")
+        if self.lr <= 0.0 or self.weight_decay < 0.0 or self.grad_clip < 0.0:
+            raise ValueError(f"need lr > 0, weight_decay >= 0 and grad_clip >= 0; got lr={self.lr}, "
+                             f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}")
+
+    @classmethod
+    def tiny(cls) -> DiffusionConfig:
+        """A config for CPU tests: a few steps of a 45k-parameter UNet, 4-step sampling."""
+        return cls(steps=3, batch_size=8, checkpoint_every=2, channels=(8, 16), attention_levels=(False, True),
+                   norm_num_groups=4, num_head_channels=8, sample_steps=4, sample_batch_size=4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Network
+
+
+def build_unet(config: DiffusionConfig, *, channels_in: int, num_classes: int) -> DiffusionModelUNet:
+    """The noise predictor eps(x_t, t, y); class index ``num_classes`` is the null class of guidance."""
+    return DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=channels_in,
+        out_channels=channels_in,
+        channels=config.channels,
+        attention_levels=config.attention_levels,
+        num_res_blocks=config.num_res_blocks,
+        norm_num_groups=config.norm_num_groups,
+        num_head_channels=config.num_head_channels,
+        num_class_embeds=num_classes + 1,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Objective
+
+
+def epsilon_loss(net: Callable[..., torch.Tensor], x0: torch.Tensor, labels: torch.Tensor,
+                 alphas_cumprod: torch.Tensor, *, null_class: int, label_dropout: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """DDPM "simple" loss ||eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t, y)||^2 (Ho et al. 2020, eq. 14).
+
+    Labels are swapped for the null class with probability ``label_dropout`` so that one network also learns the
+    unconditional score needed by classifier-free guidance (Ho & Salimans 2022, Alg. 1).
+    """
+    n, device = x0.shape[0], x0.device
+    t = torch.randint(0, alphas_cumprod.shape[0], (n,), generator=generator, device=device)
+    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+    drop = torch.rand(n, generator=generator, device=device) < label_dropout
+    labels = torch.where(drop, torch.full_like(labels, null_class), labels)
+    a = alphas_cumprod[t].view(n, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+    with autocast(device):
+        eps = net(x_t, t, class_labels=labels)
+    return F.mse_loss(eps.float(), noise)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Samplers. Each takes x0_fn(x, t) -> clipped x0 prediction at integer timestep t, the initial noise x_T, the
+# training schedule and a descending timestep grid; the last step always lands on the clean image (a = 1).
+
+X0Fn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def timestep_grid(timesteps: int, steps: int) -> list[int]:
+    """``steps`` descending timesteps, "trailing" spacing: the first is always the noisiest, ``timesteps - 1``.
+
+    Starting at the last training timestep matters with few steps: a grid that starts lower begins from a signal
+    level the network never saw at pure noise (Lin et al. 2024, arXiv:2305.08891, sec. 3.3).
+    With ``steps == timesteps`` the grid is every timestep.
+    """
+    return [round(timesteps - i * timesteps / steps) - 1 for i in range(steps)]
+
+
+def _alpha_sigma(alphas_cumprod: Sequence[float], t: int) -> tuple[float, float]:
+    """Signal and noise scales at timestep t; t = -1 is the clean image."""
+    a = 1.0 if t < 0 else alphas_cumprod[t]
+    return math.sqrt(a), math.sqrt(1.0 - a)
+
+
+def dpm_solver_pp(x0_fn: X0Fn, x: torch.Tensor, alphas_cumprod: Sequence[float], grid: Sequence[int], *,
+                  order: int) -> torch.Tensor:
+    """Multistep DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095, Alg. 2) in data prediction.
+
+    ``order=1`` is exactly DDIM with eta = 0 (x_t = a_t x0 + s_t eps with eps re-derived from the clipped x0);
+    ``order=2`` is the 2M solver: it reuses the previous x0 prediction as a linear extrapolation in
+    lambda = log(a/s), second order at no extra network call. The final step to the clean image is first order
+    (lambda is infinite there; "lower_order_final").
+    """
+    prev_x0, prev_h = None, None
+    for i, t in enumerate(grid):
+        t_next = grid[i + 1] if i + 1 < len(grid) else -1
+        a_s, s_s = _alpha_sigma(alphas_cumprod, t)
+        a_t, s_t = _alpha_sigma(alphas_cumprod, t_next)
+        x0 = x0_fn(x, t)
+        if s_t == 0.0:
+            return x0
+        h = math.log(a_t / s_t) - math.log(a_s / s_s)
+        d = x0
+        if order == 2 and prev_x0 is not None:
+            r = prev_h / h
+            d = x0 + (x0 - prev_x0) / (2.0 * r)
+        # eq. (9) of the paper: x_t = (s_t / s_s) x_s - a_t (e^{-h} - 1) D
+        x = (s_t / s_s) * x - (a_t * math.expm1(-h)) * d
+        prev_x0, prev_h = x0, h
+    raise AssertionError("unreachable: the grid always ends on the clean image")
+
+
+def ddpm_ancestral(x0_fn: X0Fn, x: torch.Tensor, alphas_cumprod: Sequence[float], grid: Sequence[int], *,
+                   noise_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Ancestral sampling from the posterior q(x_t' | x_t, x0) (Ho et al. 2020, eqs. 6-7, "fixed small" variance).
+
+    Works on any descending grid (the step's beta is 1 - a_s / a_t); with every timestep it is the original
+    1000-step DDPM sampler. ``noise_fn`` draws the fresh per-image noise of each step.
+    """
+    for i, t in enumerate(grid):
+        t_next = grid[i + 1] if i + 1 < len(grid) else -1
+        a_s = alphas_cumprod[t]
+        a_t = 1.0 if t_next < 0 else alphas_cumprod[t_next]
+        beta = 1.0 - a_s / a_t
+        x0 = x0_fn(x, t)
+        x = (math.sqrt(a_t) * beta / (1.0 - a_s)) * x0 + (math.sqrt(1.0 - beta) * (1.0 - a_t) / (1.0 - a_s)) * x
+        if t_next >= 0:
+            x = x + math.sqrt(beta * (1.0 - a_t) / (1.0 - a_s)) * noise_fn()
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The family
+
+
+class Diffusion:
+    """Class-conditional DDPM with classifier-free guidance; implements ``models.base.GeneratorFamily``.
+
+    Args:
+        config: a ``DiffusionConfig``.
+        image_shape: (C, H, W) of the training images; H and W divisible by ``2 ** (len(config.channels) - 1)``.
+        num_classes: number of real classes K (labels 0..K-1); index K is the null class.
+        device: where the networks live and train.
+    """
+
+    name: ClassVar[str] = "diffusion"
+    Config: ClassVar[type[DiffusionConfig]] = DiffusionConfig
+
+    def __init__(self, config: DiffusionConfig, *, image_shape: tuple[int, int, int], num_classes: int,
+                 device: torch.device) -> None:
+        if not isinstance(config, DiffusionConfig):
+            raise ValueError(f"config must be a DiffusionConfig, got {type(config).__name__}")
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {image_shape}")
+        factor = 2 ** (len(config.channels) - 1)
+        if image_shape[1] % factor or image_shape[2] % factor:
+            raise ValueError(f"image_shape {tuple(image_shape)}: height and width must be divisible by {factor} "
+                             f"for a UNet with {len(config.channels)} levels (channels={config.channels})")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.config = config
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        self.steps_done = 0
+
+        self.net = build_unet(config, channels_in=self.image_shape[0], num_classes=num_classes).to(self.device)
+        if self.device.type == "cuda":
+            # channels_last lets cuDNN use its NHWC tensor-core kernels for the convolutions.
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.net, decay=config.ema_decay)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        use_compile = config.compile and self.device.type == "cuda"
+        self._train_net = torch.compile(self.net) if use_compile else self.net
+        schedule = DDPMScheduler(num_train_timesteps=config.timesteps, schedule=config.schedule)
+        # float64 on the host for the sampler's scalar coefficients; float32 on the device for training.
+        self._alphas_cumprod = schedule.alphas_cumprod.double().tolist()
+        self._alphas_cumprod_dev = schedule.alphas_cumprod.float().to(self.device)
+
+    # -- training ------------------------------------------------------------------------------------------------
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+        """One AdamW step on the epsilon loss; timesteps, noise and label dropout all come from ``generator``."""
+        cfg = self.config
+        self.net.train()
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = epsilon_loss(self._train_net, images, labels, self._alphas_cumprod_dev, null_class=self.num_classes,
+                            label_dropout=cfg.label_dropout, generator=generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        # EMA warm-up (as TensorFlow's ExponentialMovingAverage with num_updates): short runs average recent weights.
+        self.steps_done += 1
+        self.ema.decay = min(cfg.ema_decay, (1.0 + self.steps_done) / (10.0 + self.steps_done))
+        self.ema.update(self.net)
+        return {"loss": loss.item()}
+
+    # -- sampling ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """Guided samples of the EMA net for ``labels`` (N,), one RNG per image; (N, C, H, W) float32 on the CPU."""
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} {labels.dtype}")
+        if len(seeds) != labels.shape[0]:
+            raise ValueError(f"need one seed per label: {len(seeds)} seeds for {labels.shape[0]} labels")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes - 1}], got min {labels.min().item()} "
+                             f"max {labels.max().item()}")
+        labels = labels.long().cpu()
+        seeds = [int(s) for s in seeds]
+        chunk = self.config.sample_batch_size
+        parts = [self._sample_chunk(labels[i:i + chunk], seeds[i:i + chunk]) for i in range(0, len(seeds), chunk)]
+        if not parts:
+            return torch.empty((0, *self.image_shape), dtype=torch.float32)
+        return torch.cat(parts)
+
+    def _sample_chunk(self, labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """Sample at most ``sample_batch_size`` images, padded to exactly that many rows (see module docstring)."""
+        cfg, n, pad = self.config, len(seeds), self.config.sample_batch_size - len(seeds)
+
+        def padded(x: torch.Tensor) -> torch.Tensor:
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
+            return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and x.is_cuda else x
+
+        y = padded(labels).to(self.device)
+        x0_fn = self._guided_x0_fn(y)
+        grid = timestep_grid(cfg.timesteps, cfg.sample_steps)
+        if cfg.sampler == "ddpm":
+            streams = per_image_streams(seeds)  # the first draw equals per_image_normal(seeds): same x_T as DDIM
+            x = padded(stream_normal(streams, self.image_shape, self.device))
+            x = ddpm_ancestral(x0_fn, x, self._alphas_cumprod, grid,
+                               noise_fn=lambda: padded(stream_normal(streams, self.image_shape, self.device)))
+        else:
+            x = padded(per_image_normal(seeds, self.image_shape, self.device))
+            x = dpm_solver_pp(x0_fn, x, self._alphas_cumprod, grid, order=2 if cfg.sampler == "dpm" else 1)
+        return x[:n].clamp(-1.0, 1.0).float().cpu().contiguous()
+
+    def _guided_x0_fn(self, labels: torch.Tensor) -> X0Fn:
+        """x0 prediction from the guided noise eps_u + w (eps_c - eps_u) (Ho & Salimans 2022, eq. 6) of the EMA net.
+
+        The prediction is clipped to the data range [-1, 1], as in Ho et al. 2020.
+        """
+        net, w = self.ema.module, self.config.guidance_scale
+        n = labels.shape[0]
+        both = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+
+        def x0_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+            a, s = _alpha_sigma(self._alphas_cumprod, t)
+            with autocast(self.device):
+                if w == 1.0:
+                    eps = net(x, torch.full((n,), t, device=self.device), class_labels=labels).float()
+                else:  # one call on [cond; uncond] rows: half the kernel launches of two calls
+                    out = net(torch.cat([x, x]), torch.full((2 * n,), t, device=self.device), class_labels=both)
+                    eps_c, eps_u = out.float().chunk(2)
+                    eps = eps_u + w * (eps_c - eps_u)
+            return ((x - s * eps) / a).clamp(-1.0, 1.0)
+
+        return x0_fn
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "steps_done": self.steps_done,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore weights, EMA and optimizer; the learning rate and weight decay of the current config win
+        (fine-tuning may change them)."""
+        missing = {"net", "ema", "optimizer", "steps_done"} - set(state)
+        if missing:
+            raise ValueError(f"diffusion state is missing {sorted(missing)}; keys present: {sorted(state)}")
+        self.net.load_state_dict(state["net"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+            group["weight_decay"] = self.config.weight_decay
+        self.steps_done = int(state["steps_done"])
