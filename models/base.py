@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import torch
 
@@ -33,6 +33,15 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 500
 
+    @classmethod
+    def tiny(cls) -> Self:
+        """A config for CPU tests: a few optimizer steps on 16x16 images in well under a second.
+
+        Every family overrides it; the registry contract test (tests/models/test_families.py) builds each family
+        from ``Config.tiny()`` plus generic overrides (steps, checkpoint_every) and nothing else.
+        """
+        raise NotImplementedError(f"{cls.__name__} must define tiny() for the family contract test")
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
@@ -45,7 +54,8 @@ class TrainConfig:
 class GeneratorFamily(Protocol):
     """A class-conditional image generator. One implementation per file in ``models/``.
 
-    Constructed as ``Family(config, image_shape=(C, H, W), num_classes=K, device=...)``.
+    Constructed as ``Family(config, image_shape=(C, H, W), num_classes=K, device=...)``. Its ``Config``
+    defines ``tiny()`` and survives the ``config.json`` round trip (``Config(**asdict(cfg)) == cfg``).
     """
 
     name: ClassVar[str]

@@ -24,21 +24,13 @@ import pytest
 import yaml
 
 from flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
+from tests.toy import TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 SERVER_START_S = 120  # a fresh PREFECT_HOME migrates its database first; slow on a busy 2-core machine
 DATASET = "digits-sched"
-TINY = [  # every step at toy size (the families' and the judge's tiny configs); seconds per run on one CPU thread
-    "model.family=vae", "model.vae.steps=2", "model.vae.batch_size=8", "model.vae.latent_dim=4", "model.vae.channels=8",
-    "model.vae.embed_dim=4", "model.vae.kl_warmup=2", "model.vae.checkpoint_every=0", "model.device=cpu",
-    "generate.device=cpu", "plan.strategy=ratio", "plan.ratio=0.1", "plan.cap=2", "plan.overgenerate=1.0",
-    "filter.judge.width=8", "filter.judge.feature_dim=16", "filter.judge.steps=10", "filter.judge.batch_size=32",
-    "filter.topup_rounds=0", "filter.device=cpu", "evaluate.classifier.width=8", "evaluate.classifier.feature_dim=16",
-    "evaluate.classifier.steps=5", "evaluate.classifier.batch_size=32", "evaluate.kid_subsets=2",
-    "evaluate.kid_subset_size=20", "evaluate.fid_min_samples=10", "evaluate.device=cpu"]
-COUNTS = {"0": 30, "1": 30, "2": 30, "3": 8}  # a small digits folder; "3" is the scarce class
 
 # Stand-in flows for the guard and the schedule: written to a temp folder and imported by the serve subprocess.
 STANDIN = '''
@@ -207,20 +199,6 @@ def _artifact_markdown(client, run_id) -> str:
     return "\n".join(str(a.data) for a in client.read_artifacts(artifact_filter=only_run))
 
 
-def _digits_folder(root: Path, counts: dict[str, int] = COUNTS) -> Path:
-    """``<root>/<label>/<i>.png`` from scikit-learn's bundled digits (8x8, 17 grey levels, scaled to 0-255)."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for label, n in counts.items():
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(digits.images[digits.target == int(label)][:n]):
-            Image.fromarray((image * 255 / 16).astype(np.uint8)).save(root / label / f"{i}.png")
-    return root
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # tests
 
@@ -230,7 +208,7 @@ def test_fingerprint_names_what_changed(tmp_path):
     from flows.params import load_params
     from flows.serve import fingerprint
 
-    source = _digits_folder(tmp_path / "source", {"0": 3, "1": 3})
+    source = digits_folder(tmp_path / "source", {"0": 3, "1": 3})
     params = load_params(None, [f"data.source={source}"])
     first = fingerprint(params, tmp_path / "work")
     assert first.parts["source"]["content_hash"] and first.parts["source"]["resolved_rev"] is None
@@ -315,7 +293,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
 
     workdir, registry = tmp_path / "work", tmp_path / "registry"
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"source": str(_digits_folder(tmp_path / "source"))},
+    params.write_text(yaml.safe_dump({"data": {"source": str(digits_folder(tmp_path / "source"))},
                                       "publish": {"name": DATASET, "registry": str(registry / "repo"),
                                                   "remote": str(registry / "remote")}}))
     script = f"""

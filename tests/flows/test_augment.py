@@ -1,0 +1,84 @@
+"""The augment flow end to end at toy size: publish v1, a cached re-run that publishes nothing, a changed
+param that re-runs only what depends on it, and `dvc repro` of dvc.yaml giving the flow's outputs."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from flows.augment import augment
+from flows.dag import REPO_ROOT, STEPS
+from flows.params import load_params
+from tests.toy import TINY, digits_folder
+
+
+def _tags(registry: Path) -> list[str]:
+    out = subprocess.run(["git", "-C", str(registry), "tag", "--list"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("augment")
+    source = digits_folder(root / "source")
+    overrides = [*TINY, f"data.source={source}", f"publish.registry={root / 'registry'}",
+                 f"publish.remote={root / 'remote'}", "publish.name=toy"]
+    return root, overrides
+
+
+@pytest.mark.slow
+def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup):
+    root, overrides = setup
+    work = root / "work"
+    first = augment(load_params(None, overrides), str(work))
+    assert list(first) == [s.name for s in STEPS]
+    assert first["publish"]["tag"] == "toy/v1" and first["publish"]["new"] is True
+    assert _tags(root / "registry") == ["toy/v1"]
+    dataset = Path(first["publish"]["dataset"])
+    for name in ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml"):
+        assert (dataset / name).is_file()
+    manifest = pd.read_parquet(dataset / "manifest.parquet")
+    assert all((dataset / p).is_file() for p in manifest["path"])
+
+    again = augment(load_params(None, overrides), str(work))
+    assert all("reused" in again[s.name] for s in STEPS), {k: v.get("reused") for k, v in again.items()}
+    assert _tags(root / "registry") == ["toy/v1"]
+
+    changed = augment(load_params(None, [*overrides, "generate.seed=7"]), str(work))
+    assert "reused" in changed["train"] and "reused" not in changed["generate"]
+    assert changed["publish"]["tag"] == "toy/v2"
+    assert _tags(root / "registry") == ["toy/v1", "toy/v2"]
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_same_dag_as_the_flow(setup, tmp_path):
+    """dvc.yaml's stages, run by `dvc repro` through the CLI, give the flow's images and filter decisions."""
+    _, overrides = setup
+    project = tmp_path / "project"
+    project.mkdir()
+    for item in ("flows", "tasks", "models", "dvc.yaml", ".dvcignore"):
+        src = REPO_ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, project / item)
+    params = load_params(None, [*overrides, f"publish.registry={tmp_path / 'registry'}",
+                                f"publish.remote={tmp_path / 'remote'}"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(project)}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
+                [sys.executable, "-m", "dvc", "init", "-q"], [sys.executable, "-m", "dvc", "repro", "-q"]):
+        done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    flow_work = tmp_path / "flow"
+    augment(params, str(flow_work))
+    for manifest in ("generate/manifest.parquet", "filter/manifest.parquet"):
+        by_dvc = pd.read_parquet(project / "data" / "work" / manifest)
+        by_flow = pd.read_parquet(flow_work / manifest)
+        cols = ["path", "image_id", "accepted", "reject_reason"]
+        pd.testing.assert_frame_equal(by_dvc[cols], by_flow[cols])
+    assert (project / "dvc.lock").is_file()
