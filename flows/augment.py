@@ -6,11 +6,13 @@ sections, input files and code) and says so; a step whose outputs were deleted i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from flows.dag import STEPS, Record, Step, cache_key
@@ -32,7 +34,7 @@ def _step_task(step: Step, workdir: Path):
 
     return task(run, name=step.name, cache_key_fn=_key(step), persist_result=True,
                 result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing),
-                retries=2 if step.name == "ingest" else 0, retry_delay_seconds=[2, 10])
+                retries=step.retries, retry_delay_seconds=[5, 30])
 
 
 @flow(name="augment", log_prints=True)
@@ -47,6 +49,35 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
         if state.name == "Cached":
             logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
             records[step.name] = {"reused": "cached result of an earlier run", **records[step.name]}
-    lines = [f"- **{name}**: " + ", ".join(f"{k} = `{v}`" for k, v in rec.items()) for name, rec in records.items()]
-    create_markdown_artifact("# synthaug augment\n\n" + "\n".join(lines), key="augment-summary")
+    _summary_artifacts(root, records)
     return records
+
+
+def _summary_artifacts(workdir: Path, records: dict[str, Record]) -> None:
+    """The run at a glance in the Prefect UI: a markdown summary and a per-class table."""
+    plan = pd.read_csv(workdir / "plan" / "plan.csv", dtype={"class": str})
+    per_class = pd.read_csv(workdir / "evaluate" / "per_class.csv", dtype={"class": str})
+    table = plan.merge(per_class.drop(columns=["real"]), on="class", how="left")
+    metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+    utility = metrics["utility"]
+    published = records["publish"]
+    shortfall = records["filter"].get("shortfall") or {}
+    lines = [
+        "# synthaug augment", "",
+        f"**Dataset:** `{published['registry']}` @ `{published['tag']}`"
+        + ("" if published.get("new") and "reused" not in published else " (nothing new to publish)"), "",
+        f"**Plan:** {int(plan['to_generate'].sum())} synthetic images to generate over {len(plan)} classes.", "",
+        "**Shortfall after top-up:** " + (", ".join(f"{k}: {v}" for k, v in shortfall.items()) or "none"), "",
+        "| condition | balanced accuracy | minority recall |", "|---|---|---|",
+        *(f"| {c} | {utility[c]['balanced_accuracy']['mean']:.3f} ± {utility[c]['balanced_accuracy']['std']:.3f} | "
+          f"{_fmt(utility[c]['minority_recall']['mean'])} |"
+          for c in utility["setup"]["conditions"]),
+        "", f"Report: `{records['report']['report']}`; metrics: `{records['evaluate']['metrics']}`.",
+    ]
+    create_markdown_artifact("\n".join(lines), key="augment-summary", description="plan, acceptance, utility")
+    create_table_artifact(json.loads(table.to_json(orient="records")), key="augment-per-class",
+                          description="per class: plan, accepted synthetic images, recall per condition")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -35,6 +35,7 @@ class Step:
     code: tuple[str, ...]
     metrics: tuple[str, ...] = ()  # small files DVC shows with `dvc metrics` (kept in git, not the cache)
     plots: tuple[str, ...] = ()  # CSV tables DVC draws with `dvc plots`
+    retries: int = 0  # steps that touch remote storage (DVC fetch, push) retry with backoff
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -62,11 +63,22 @@ def _train(p: Params, workdir: Path) -> Record:
     return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash}
 
 
+def _progress_artifact(key: str) -> Callable[[int, int], None] | None:
+    """A Prefect progress artifact when the step runs as a flow's task; nothing from the CLI or `dvc repro`."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:
+        return None
+    artifact = create_progress_artifact(0.0, key=key, description="share of the planned images generated")
+    return lambda done, total: update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+
+
 def _generate(p: Params, workdir: Path) -> Record:
     from tasks.generate import generate_from_plan
 
     manifest = generate_from_plan(workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", p.generate,
-                                  workdir / "generate")
+                                  workdir / "generate", on_progress=_progress_artifact("generate-progress"))
     return {"manifest": str(manifest)}
 
 
@@ -115,7 +127,7 @@ def _publish(p: Params, workdir: Path) -> Record:
 STEPS: tuple[Step, ...] = (
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
          _ingest, params=("data",), deps=(), outs=("ingest",),
-         code=("tasks/ingest.py", "tasks/sources.py", "tasks/example.py", "tasks/manifest.py")),
+         code=("tasks/ingest.py", "tasks/sources.py", "tasks/example.py", "tasks/manifest.py"), retries=2),
     Step("plan", "Decide how many synthetic images each class gets (plan.csv).",
          _plan, params=("plan",), deps=("ingest/manifest.parquet",), outs=("plan",),
          code=("tasks/plan.py",)),
@@ -144,7 +156,7 @@ STEPS: tuple[Step, ...] = (
     Step("publish", "Assemble the dataset and publish it to the DVC data registry as <name>/v<N>.",
          _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report"),
          outs=("dataset",),
-         code=("tasks/release.py", "tasks/publish.py")),
+         code=("tasks/release.py", "tasks/publish.py"), retries=2),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,7 +53,11 @@ def image_path(label: str, seed: int) -> str:
     return f"images/{label}/{label}_s{seed}.png"
 
 
-def generate(checkpoint_dir: Path, requests: list[Request], params: GenerateParams, out_dir: Path) -> pd.DataFrame:
+Progress = Callable[[int, int], None]  # (images done, images to do)
+
+
+def generate(checkpoint_dir: Path, requests: list[Request], params: GenerateParams, out_dir: Path, *,
+             on_progress: Progress | None = None) -> pd.DataFrame:
     """Sample every (label, seed) asked for into ``out_dir``; returns the manifest rows (not yet filtered).
 
     An image whose file already exists is not sampled again, so an interrupted run resumes where it stopped.
@@ -67,11 +72,13 @@ def generate(checkpoint_dir: Path, requests: list[Request], params: GeneratePara
     jobs = [(r.label, s) for r in requests for s in r.seeds]
     todo = [(label, s) for label, s in jobs if not (out_dir / image_path(label, s)).exists()]
     batches = [todo[i: i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
-    for batch in track(batches, description=f"generate {len(todo)} images", transient=True):
+    for done, batch in enumerate(track(batches, description=f"generate {len(todo)} images", transient=True)):
         labels = torch.tensor([index[label] for label, _ in batch])
         pixels = to_uint8(model.sample(labels, [s for _, s in batch]))
         for (label, s), img in zip(batch, pixels, strict=True):
             write_png(img, out_dir / image_path(label, s))
+        if on_progress is not None:
+            on_progress(min((done + 1) * params.batch_size, len(todo)), len(todo))
     c, h, w = meta["image_shape"]
     rows = [{
         "image_id": file_sha256(out_dir / image_path(label, s)), "path": image_path(label, s), "label": label,
@@ -88,9 +95,11 @@ def requests_from_plan(plan: pd.DataFrame, class_names: list[str], base_seed: in
             for _, row in plan.iterrows() if int(row["to_generate"]) > 0]
 
 
-def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GenerateParams, out_dir: Path) -> Path:
+def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GenerateParams, out_dir: Path, *,
+                       on_progress: Progress | None = None) -> Path:
     """The ``generate`` step: read the plan, sample, write ``out_dir/manifest.parquet``."""
     plan = read_plan(plan_csv)
     class_names = json.loads((checkpoint_dir / "config.json").read_text())["class_names"]
-    frame = generate(checkpoint_dir, requests_from_plan(plan, class_names, params.seed), params, out_dir)
+    frame = generate(checkpoint_dir, requests_from_plan(plan, class_names, params.seed), params, out_dir,
+                     on_progress=on_progress)
     return write_manifest(frame, out_dir / "manifest.parquet")
