@@ -21,12 +21,15 @@ from flows.params import Params
 
 def _key(step: Step):
     def key_fn(_: TaskRunContext, args: dict[str, Any]) -> str:
-        return cache_key(step, args["params"], Path(args["workdir"]))
+        # The workdir is part of the key: another workdir's cached record would point at files not here.
+        workdir = Path(args["workdir"]).resolve()
+        return cache_key(step, args["params"], workdir, extra=str(workdir))
 
     return key_fn
 
 
-def _step_task(step: Step, workdir: Path):
+def step_task(step: Step, workdir: Path):
+    """The Prefect task running ``step`` in ``workdir``, cached on its content key (re-run when outputs are gone)."""
     missing = [o for o in step.outputs if not (workdir / o).exists()]
 
     def run(params: Params, workdir: str) -> Record:
@@ -44,7 +47,7 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
     root = Path(workdir)
     records: dict[str, Record] = {}
     for step in STEPS:
-        state = _step_task(step, root)(params, workdir, return_state=True)
+        state = step_task(step, root)(params, workdir, return_state=True)
         records[step.name] = state.result()
         if state.name == "Cached":
             logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)

@@ -69,6 +69,16 @@ def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: P
 
 
 @app.command()
+def compare(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt,
+            workdir: Path = typer.Option(Path("data/work/compare"), "--workdir", "-w",
+                                         help="Where each family's outputs go (<workdir>/<family>).")) -> None:
+    """Train and evaluate every generator family on the same data; one comparison table (nothing published)."""
+    from flows.compare import compare as run_compare
+
+    console.print(f"comparison: {run_compare(_params(params_file, overrides), str(workdir))}")
+
+
+@app.command()
 def serve(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
           cron: str | None = typer.Option(None, help="Cron schedule (default: publish.schedule).")) -> None:
     """Serve the pipeline on a schedule (needs a Prefect server); a run publishes only when something changed."""

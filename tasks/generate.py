@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,10 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
     """The ``generate`` step: read the plan, sample, write ``out_dir/manifest.parquet``."""
     plan = read_plan(plan_csv)
     class_names = json.loads((checkpoint_dir / "config.json").read_text())["class_names"]
+    start = time.perf_counter()
     frame = generate(checkpoint_dir, requests_from_plan(plan, class_names, params.seed), params, out_dir,
                      on_progress=on_progress)
+    # Sampling cost, for comparing families (`synthaug compare`); a resumed run times only what it sampled.
+    (out_dir / "timing.json").write_text(json.dumps({"images": len(frame),
+                                                     "seconds": round(time.perf_counter() - start, 3)}))
     return write_manifest(frame, out_dir / "manifest.parquet")

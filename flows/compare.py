@@ -1,0 +1,75 @@
+"""The ``compare`` flow: every registered generator family trained and evaluated on the same data.
+
+One table (quality, utility, training and sampling time) per family: the GAN vs VAE vs diffusion survey,
+for the user's own data. Each family runs the augment steps up to the report in ``<workdir>/<family>``;
+nothing is published.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from flows.augment import step_task
+from flows.dag import STEPS
+from flows.params import Params
+from models.registry import family_names
+
+
+@flow(name="compare", log_prints=True)
+def compare(params: Params, workdir: str = "data/work/compare") -> Path:
+    """Run every family on ``params``' data; writes and returns ``<workdir>/compare.csv`` (+ ``compare.md``)."""
+    rows = []
+    for family in family_names():
+        family_params = params.model_copy(update={"model": params.model.model_copy(update={"family": family})})
+        family_dir = Path(workdir) / family
+        for step in STEPS:
+            if step.name != "publish":
+                step_task(step, family_dir)(family_params, str(family_dir))
+        rows.append(family_row(family, family_dir))
+    table = pd.DataFrame(rows)
+    out = Path(workdir) / "compare.csv"
+    table.to_csv(out, index=False)
+    (Path(workdir) / "compare.md").write_text(_markdown(table))
+    create_table_artifact(json.loads(table.to_json(orient="records")), key="compare-families",
+                          description="generator families on the same data")
+    print(table.to_string(index=False))
+    return out
+
+
+def family_row(family: str, workdir: Path) -> dict[str, Any]:
+    """One family's line of the comparison, read from the files its steps wrote."""
+    metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+    overall = metrics["quality"]["overall"]
+    utility = metrics["utility"]
+    log = (workdir / "model" / "train_log.jsonl").read_text().splitlines()
+    timing = json.loads((workdir / "generate" / "timing.json").read_text())
+    accepted = sum(c["accepted"] for c in metrics["acceptance"]["per_class"].values())
+    generated = sum(c["generated"] for c in metrics["acceptance"]["per_class"].values())
+    return {
+        "family": family,
+        "fid": overall["fid"]["value"],
+        "kid": overall["kid"]["mean"],
+        "precision": overall["precision"]["value"],
+        "recall": overall["recall"]["value"],
+        "density": overall["density"]["value"],
+        "coverage": overall["coverage"]["value"],
+        "acceptance": accepted / generated if generated else None,
+        "balanced_accuracy_real_synthetic": utility["real_synthetic"]["balanced_accuracy"]["mean"],
+        "minority_recall_real_synthetic": utility["real_synthetic"]["minority_recall"]["mean"],
+        "gap_closed_balanced_accuracy": utility["gap_closed"]["balanced_accuracy"]["value"],
+        "train_seconds": json.loads(log[-1])["time_s"] if log else None,
+        "sample_images_per_second": timing["images"] / timing["seconds"] if timing["seconds"] else None,
+    }
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    cells = table.map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
