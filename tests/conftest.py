@@ -3,9 +3,19 @@
 import os
 import tempfile
 
+import pytest
+
 # Before prefect/albumentations/dvc are imported anywhere (ENVIRONMENT.md).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="synthaug-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Test nets are tiny: threads gain nothing, and on a shared 2-core machine they mostly wait on each other."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -70,15 +70,6 @@ def request() -> tuple[torch.Tensor, list[int]]:
     return labels, seeds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from threads, and on a shared 2-core machine OpenMP threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=family_names())
 def trained(request, tmp_path_factory) -> tuple[str, GeneratorFamily, Path]:
     """Each family trained with ``fit`` for its tiny step count, with a finished checkpoint."""

@@ -26,12 +26,6 @@ from models.judge import (
 FAST = JudgeConfig(steps=200, width=16, feature_dim=64, batch_size=64, lr=5e-3, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,6 @@ from models import metrics
 CHUNKS = (1, 3, 7, 4096)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: one thread avoids oversubscribing the shared CI cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gauss(n: int, f: int, *, seed: int, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:

@@ -124,7 +124,6 @@ def build_workdir(root: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch.set_num_threads(1)
     dirs = build_workdir(tmp_path_factory.mktemp("evaluate"))
     log = io.StringIO()
     evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], tiny_params(), dirs["evaluate"],

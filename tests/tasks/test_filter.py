@@ -53,12 +53,6 @@ TINY_JUDGE = JudgeConfig(width=16, feature_dim=64, steps=200, batch_size=32, lr=
 GEN = GenerateParams(device="cpu", batch_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _manifest_rows(images: torch.Tensor, labels: list[str], splits: list[str], root, names: list[str]) -> list[dict]:

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from rich.console import Console
 
@@ -53,7 +52,6 @@ UTILITY_BAR = (103, 135, 188)  # the balanced-accuracy bar colour (#4C72B0 at al
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch.set_num_threads(1)
     dirs = build_workdir(tmp_path_factory.mktemp("report"))
     evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], tiny_params(), dirs["evaluate"],
                   console=Console(file=io.StringIO()))
