@@ -107,7 +107,7 @@ def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResul
     columns = (TextColumn("[bold]train {task.fields[family]}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar, open(log_path, "a") as log:
+    with Progress(*columns) as bar, open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
         task = bar.add_task("train", total=config.steps, completed=start, family=params.family, loss="")
         t0 = time.perf_counter()
 
