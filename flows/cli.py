@@ -103,6 +103,7 @@ def main() -> None:
     """Console entry point: user errors print one line and exit 1 (SYNTHAUG_DEBUG=1 shows the traceback)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls (and errors) offline
     try:
         app(standalone_mode=False)
     except SystemExit:
