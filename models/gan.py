@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.base import TrainConfig
-from models.common import EMA, autocast, per_image_normal
+from models.common import EMA, autocast, fixed_shape_batches, per_image_normal
 
 SUPPORTED_SIZES = (8, 16, 32, 64)
 AUGMENTATIONS = ("color", "translation", "cutout")
@@ -338,24 +338,6 @@ def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, labels: torch.Tensor)
     image_dist = (flat[:, None] - flat[None]).abs().mean(dim=2)[same]
     latent_dist = (z[:, None] - z[None]).abs().mean(dim=2)[same]
     return 1.0 / ((image_dist / latent_dist).mean() + 1e-5)
-
-
-# ------------------------------------------------------------------------------------------------- sampler
-
-
-def fixed_shape_batches(n: int, size: int, device: torch.device) -> list[tuple[torch.Tensor, int]]:
-    """Row indices of forward passes of exactly ``size`` rows covering 0..n-1, the last padded with row 0 copies.
-
-    Matmul and convolution kernels are picked by tensor shape (measured on the CPU: a batch of 1 to 3 rows takes
-    another kernel than 64 and moves pixels by ~1e-6). With one fixed shape, an image's pixels do not depend on
-    how many images were asked for at once.
-    """
-    passes = []
-    for start in range(0, n, size):
-        keep = min(size, n - start)
-        rows = torch.arange(start, start + keep, device=device)
-        passes.append((torch.cat([rows, rows.new_full((size - keep,), start)]), keep))
-    return passes
 
 
 # ------------------------------------------------------------------------------------------------- family

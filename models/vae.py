@@ -23,7 +23,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 from models.base import TrainConfig
-from models.common import EMA, autocast, per_image_normal
+from models.common import EMA, autocast, fixed_shape_batches, per_image_normal
 
 RECONSTRUCTIONS = ("mse", "bce")
 
@@ -189,24 +189,6 @@ def reconstruction_loss(logits: torch.Tensor, images: torch.Tensor, reconstructi
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dimensions, averaged over images."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
-
-
-# ------------------------------------------------------------------------------------------------- sampler
-
-
-def fixed_shape_batches(n: int, size: int, device: torch.device) -> list[tuple[torch.Tensor, int]]:
-    """Row indices of forward passes of exactly ``size`` rows covering 0..n-1, the last padded with row 0 copies.
-
-    Matmul and convolution kernels are picked by tensor shape (measured on the CPU: a batch of 1 to 3 rows takes
-    another kernel than 64 and moves pixels by ~1e-6). With one fixed shape, an image's pixels do not depend on
-    how many images were asked for at once.
-    """
-    passes = []
-    for start in range(0, n, size):
-        keep = min(size, n - start)
-        rows = torch.arange(start, start + keep, device=device)
-        passes.append((torch.cat([rows, rows.new_full((size - keep,), start)]), keep))
-    return passes
 
 
 # ------------------------------------------------------------------------------------------------- family
