@@ -11,14 +11,6 @@ from models.vae import VAE, VAEConfig, kl_beta
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_diff_augment_is_differentiable_and_keeps_shape():
     x = (torch.rand(6, 3, 16, 16) * 2 - 1).requires_grad_()
     out = diff_augment(x, ("color", "translation", "cutout"), torch.Generator().manual_seed(0))
