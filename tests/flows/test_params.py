@@ -16,6 +16,8 @@ def test_repo_params_yaml_is_valid_and_complete():
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert set(raw) == set(Params.model_fields)
+    # The committed file shows the code's defaults, so neither drifts from the other.
+    assert params == Params()
 
 
 def test_unknown_key_names_key_and_allowed_keys(tmp_path):
