@@ -1,0 +1,56 @@
+"""``python -m bench [--only train|sample|quality] [--family NAME] [--device auto|cpu|cuda] [--quick]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from bench import speed
+from models.registry import family_names
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KINDS = ("train", "sample", "quality")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", action="append", choices=KINDS, help="benchmark to run (repeatable; default all)")
+    parser.add_argument("--family", action="append", choices=family_names(), help="family (repeatable; default all)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="device of the speed benchmarks (quality always runs on the CPU)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few steps and images, numbers meaningless")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch CPU threads (default: the cores this process may use)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    families = args.family or family_names()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
+
+    for kind in args.only or KINDS:
+        print(f"## {kind}", flush=True)
+        if kind == "quality":
+            from bench import quality  # imports tasks/ (pandas, pillow, ...): not needed on a bare GPU host
+
+            path = args.out / f"quality-cpu-{stamp}.json"
+            record = quality.run(families, quick=args.quick, out_dir=args.out,
+                                 save=lambda r, path=path: quality.dump(r, path))
+            print(quality.table(record))
+        else:
+            record = speed.run(kind, families, args.device, quick=args.quick)
+            device = "cpu" if record["machine"]["device"] == "cpu" else "cuda"
+            path = args.out / f"{kind}-{device}-{stamp}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2))
+            columns = speed.TRAIN_COLUMNS if kind == "train" else speed.SAMPLE_COLUMNS
+            print(speed.markdown_table(record["rows"], columns))
+        print(f"machine: {json.dumps(record['machine'])}\nresults: {path}\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
