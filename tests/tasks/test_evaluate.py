@@ -232,8 +232,9 @@ def test_counts_are_consistent(workdir: dict[str, Path], metrics: dict) -> None:
     assert setup["train_per_class"]["real_only"] == TRAIN
     for condition in ("real_oversampled", "real_classical_aug"):
         assert setup["train_per_class"][condition] == {c: max(TRAIN.values()) for c in CLASSES}, condition
-    # real + synthetic, then filled by repetition up to the largest class after adding ("1": 25 real + 6 accepted)
-    assert setup["train_per_class"]["real_synthetic"] == {c: max(counts["after"].values()) for c in CLASSES}
+    # the oversampled real set + synthetic, then filled by repetition up to the largest class after adding
+    most_synthetic = max(counts["synthetic_accepted"].values())
+    assert setup["train_per_class"]["real_synthetic"] == {c: max(TRAIN.values()) + most_synthetic for c in CLASSES}
     assert setup["train_per_class"]["synthetic_only"] == counts["synthetic_accepted"]
     assert setup["train_per_class"]["real_oracle"] == {c: TRAIN[c] + (HELDBACK if c == "3" else 0) for c in CLASSES}
 
