@@ -51,7 +51,10 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
         records[step.name] = state.result()
         if state.name == "Cached":
             logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
-            records[step.name] = {"reused": "cached result of an earlier run", **records[step.name]}
+            record = {"reused": "cached result of an earlier run", **records[step.name]}
+            if "new" in record:  # the earlier run published that version; this one published nothing
+                record["new"] = False
+            records[step.name] = record
     _summary_artifacts(root, records)
     return records
 
@@ -68,7 +71,7 @@ def _summary_artifacts(workdir: Path, records: dict[str, Record]) -> None:
     lines = [
         "# synthaug augment", "",
         f"**Dataset:** `{published['registry']}` @ `{published['tag']}`"
-        + ("" if published.get("new") and "reused" not in published else " (nothing new to publish)"), "",
+        + ("" if published.get("new") else " (nothing new to publish)"), "",
         f"**Plan:** {int(plan['to_generate'].sum())} synthetic images to generate over {len(plan)} classes.", "",
         "**Shortfall after top-up:** " + (", ".join(f"{k}: {v}" for k, v in shortfall.items()) or "none"), "",
         "| condition | balanced accuracy | minority recall |", "|---|---|---|",

@@ -62,8 +62,9 @@ def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: P
     for name, record in records.items():
         console.print(f"[bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in record.items()))
     published = records["publish"]
+    fresh = "" if published.get("new") else ", nothing new published"
     console.print(f"\n[bold]dataset[/]  {published['registry']} @ {published['tag']} "
-                  f"(working copy {published['dataset']})\n[bold]report[/]   {records['report']['report']}\n"
+                  f"(working copy {published['dataset']}{fresh})\n[bold]report[/]   {records['report']['report']}\n"
                   f"[bold]metrics[/]  {records['evaluate']['metrics']}\n"
                   f"fetch it: dvc get {published['registry']} datasets/{params.publish.name} --rev {published['tag']}")
 

@@ -19,3 +19,13 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logging_at_exit():
+    """Prefect stops its temporary server at interpreter exit and logs that to pytest's already-closed capture
+    stream; logging would print a 'closed file' traceback for each such record."""
+    import logging
+
+    yield
+    logging.raiseExceptions = False

@@ -47,6 +47,7 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup):
 
     again = augment(load_params(None, overrides), str(work))
     assert all("reused" in again[s.name] for s in STEPS), {k: v.get("reused") for k, v in again.items()}
+    assert again["publish"]["tag"] == "toy/v1" and again["publish"]["new"] is False
     assert _tags(root / "registry") == ["toy/v1"]
 
     changed = augment(load_params(None, [*overrides, "generate.seed=7"]), str(work))
