@@ -101,8 +101,8 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
         shutil.rmtree(out_dir)
     rows = export_release(filter_dir, synthetic[[*COLUMNS, *RELEASED_SCORES]].reset_index(drop=True),
                           params.release_format, out_dir, intensity=lineage.get("intensity"))
-    source = {"content_hash": lineage.get("content_hash"), "resolved_rev": lineage.get("resolved_rev"),
-              "location": WITHHELD}
+    source = {k: lineage[k] for k in ("content_hash", "resolved_rev") if lineage.get(k) is not None}
+    source["location"] = WITHHELD
     metadata = {"release": "synthetic only (anonymized)", "format": params.release_format, **source,
                 "intensity": lineage.get("intensity"), "privacy_passed": True}
     write_manifest(rows, out_dir / "manifest.parquet", metadata=metadata)
