@@ -249,14 +249,15 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
                      "holdout": closeness(holdout, train) if len(holdout) else {s: np.zeros(0) for s in SPACES}}
     memorization = memorization_check(distributions["released"], thresholds)
     failures: list[str] = []
-    for space, what, measured in (("pixel", "correlate >=", "highest_correlation"),
-                                  ("feature", "lie within feature distance", "smallest_distance")):
-        entry = memorization[space]
-        if not entry["passed"]:
-            limit = thresholds.pixel_correlation if space == "pixel" else thresholds.feature_distance
-            failures.append(f"memorization ({space}): {entry['within']} of {len(release)} released images {what} "
-                            f"{limit:.4g} of a training image (the threshold; {measured.replace('_', ' ')} "
-                            f"{entry[measured]:.4g})")
+    pixel, feature = memorization["pixel"], memorization["feature"]
+    if not pixel["passed"]:
+        failures.append(f"memorization (pixel): {pixel['within']} of {len(release)} released images correlate with a "
+                        f"training image at or above the threshold {thresholds.pixel_correlation:.4g} (highest "
+                        f"{pixel['highest_correlation']:.4g})")
+    if not feature["passed"]:
+        failures.append(f"memorization (feature): {feature['within']} of {len(release)} released images lie within "
+                        f"the threshold feature distance {thresholds.feature_distance:.4g} of a training image "
+                        f"(nearest {feature['smallest_distance']:.4g})")
 
     classes = sorted(set(release.labels.tolist()), key=natural_key)
     attack: dict[str, Any] = {"method": "distance to the closest released image; AUC over same-class "
