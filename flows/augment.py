@@ -7,6 +7,7 @@ sections, input files and code) and says so; a step whose outputs were deleted i
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,12 @@ def step_task(step: Step, workdir: Path):
                 retries=step.retries, retry_delay_seconds=[5, 30])
 
 
-@flow(name="augment", log_prints=True)
-def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
-    """Run every step in order; returns each step's record."""
+def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, Record]:
+    """Run ``steps`` in order as cached tasks (inside a flow); returns each step's record. A failing step raises."""
     logger = get_run_logger()
     root = Path(workdir)
     records: dict[str, Record] = {}
-    for step in STEPS:
+    for step in steps:
         state = step_task(step, root)(params, workdir, return_state=True)
         records[step.name] = state.result()
         if state.name == "Cached":
@@ -55,7 +55,14 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
             if "new" in record:  # the earlier run published that version; this one published nothing
                 record["new"] = False
             records[step.name] = record
-    _summary_artifacts(root, records)
+    return records
+
+
+@flow(name="augment", log_prints=True)
+def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
+    """Run every step in order; returns each step's record."""
+    records = run_steps(STEPS, params, workdir)
+    _summary_artifacts(Path(workdir), records)
     return records
 
 

@@ -1,4 +1,4 @@
-"""The ``synthaug`` command line: one command per pipeline step, plus ``example`` and ``run``."""
+"""The ``synthaug`` command line: one command per pipeline step, plus ``example``, ``run`` and ``anonymize``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from flows.dag import STEPS
+from flows.dag import PRIVACY_STEPS, STEPS
 from flows.params import DEFAULT_PARAMS, Params, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -48,8 +48,16 @@ def _add_step_command(name: str, help_text: str) -> None:
     app.command(name=name, help=help_text)(command)
 
 
-for _step in STEPS:
+for _step in STEPS + PRIVACY_STEPS:
     _add_step_command(_step.name, _step.help)
+
+
+def _run_flow(flow_fn, params: Params, workdir: Path) -> dict[str, dict]:
+    """Run a pipeline flow and print each step's record, one line per step."""
+    records = flow_fn(params, str(workdir))
+    for name, record in records.items():
+        console.print(f"[bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in record.items()))
+    return records
 
 
 @app.command()
@@ -58,15 +66,29 @@ def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: P
     from flows.augment import augment
 
     params = _params(params_file, overrides)
-    records = augment(params, str(workdir))
-    for name, record in records.items():
-        console.print(f"[bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in record.items()))
+    records = _run_flow(augment, params, workdir)
     published = records["publish"]
     fresh = "" if published.get("new") else ", nothing new published"
     console.print(f"\n[bold]dataset[/]  {published['registry']} @ {published['tag']} "
                   f"(working copy {published['dataset']}{fresh})\n[bold]report[/]   {records['report']['report']}\n"
                   f"[bold]metrics[/]  {records['evaluate']['metrics']}\n"
                   f"fetch it: dvc get {published['registry']} datasets/{params.publish.name} --rev {published['tag']}")
+
+
+@app.command()
+def anonymize(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
+    """Publish synthetic images only, gated by privacy (memorization, membership attack): the flow `anonymize`.
+
+    A failed gate publishes nothing and exits 1 naming each failed check, its measured value and its threshold.
+    """
+    from flows.anonymize import anonymize as anonymize_flow
+
+    params = _params(params_file, overrides)
+    released = _run_flow(anonymize_flow, params, workdir)["release"]
+    name = params.privacy.release_name(params.publish.name)
+    console.print(f"\n[bold]release[/]  {released['registry']} @ {released['tag']} (synthetic images only; working "
+                  f"copy {released['dataset']})\n[bold]privacy[/]  {workdir / 'privacy' / 'privacy.json'}\n"
+                  f"fetch it: dvc get {released['registry']} datasets/{name} --rev {released['tag']}")
 
 
 @app.command()

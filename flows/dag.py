@@ -3,6 +3,10 @@
 
 A step reads params sections, files of earlier steps (``deps``, relative to the workdir) and code
 (``code``); it writes ``outs`` (relative to the workdir). Its cache key is the hash of all three.
+
+``STEPS`` is the ``augment`` DAG (and ``dvc.yaml``). The ``anonymize`` flow runs ``ANONYMIZE``: the same steps up to
+the filter, then the privacy gate, the evaluation and the synthetic-only release (``PRIVACY_STEPS``). Those two are
+not stages of ``dvc.yaml``: `dvc repro` would otherwise publish an anonymized release beside every augmented one.
 """
 
 from __future__ import annotations
@@ -124,6 +128,29 @@ def _publish(p: Params, workdir: Path) -> Record:
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
 
 
+def _privacy(p: Params, workdir: Path) -> Record:
+    from tasks.privacy import privacy_gate
+
+    result = privacy_gate(workdir / "ingest", workdir / "filter", workdir / "judge", p.privacy, p.filter,
+                          workdir / "privacy")
+    result.raise_if_failed()
+    attack = result.report["attack"]
+    return {"privacy": str(result.path), "passed": True, "released": result.report["release"]["images"],
+            **{f"attack_auc_{s}": round(attack[s]["auc"], 4) for s in ("pixel", "feature")}}
+
+
+def _release(p: Params, workdir: Path) -> Record:
+    from flows.params import dump_params
+    from tasks.publish import publish
+    from tasks.release import assemble_anonymized
+
+    dataset = assemble_anonymized(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "privacy",
+                                  dump_params(p), p.privacy, workdir / "release")
+    target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
+    result = publish(dataset, target, workdir=workdir)
+    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
+
+
 STEPS: tuple[Step, ...] = (
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
          _ingest, params=("data",), deps=(), outs=("ingest",),
@@ -160,11 +187,26 @@ STEPS: tuple[Step, ...] = (
 )
 
 
+PRIVACY_STEPS: tuple[Step, ...] = (
+    Step("privacy", "Privacy gate on the accepted synthetic images: memorization, membership attack, DCR.",
+         _privacy, params=("privacy", "filter.extractor", "filter.device", "filter.memorization_quantile"),
+         deps=("ingest", "filter", "judge"), outs=("privacy",),
+         code=("tasks/privacy.py", "tasks/filter.py", "tasks/judge.py", "models")),
+    Step("release", "Assemble the synthetic-only release (gate passed) and publish it as <privacy name>/v<N>.",
+         _release, params=("privacy", "publish"),
+         deps=("ingest/manifest.parquet", "filter", "evaluate/metrics.json", "evaluate/utility.png",
+               "evaluate/class_counts.png", "evaluate/per_class_recall.png", "privacy"), outs=("release",),
+         code=("tasks/release.py", "tasks/report.py", "tasks/privacy.py", "tasks/publish.py"), retries=2),
+)
+ANONYMIZE: tuple[str, ...] = ("ingest", "plan", "train", "generate", "judge", "filter", "privacy", "evaluate",
+                              "release")
+
+
 def step(name: str) -> Step:
-    for s in STEPS:
+    for s in STEPS + PRIVACY_STEPS:
         if s.name == name:
             return s
-    raise ValueError(f"unknown step {name!r}; steps: {', '.join(s.name for s in STEPS)}")
+    raise ValueError(f"unknown step {name!r}; steps: {', '.join(s.name for s in STEPS + PRIVACY_STEPS)}")
 
 
 def _hash_path(digest: hashlib._Hash, path: Path) -> None:

@@ -16,6 +16,7 @@ from tasks.filter import FilterParams
 from tasks.generate import GenerateParams
 from tasks.ingest import DataParams
 from tasks.plan import PlanParams
+from tasks.privacy import PrivacyParams
 from tasks.publish import PublishParams
 from tasks.train import ModelParams
 
@@ -34,6 +35,7 @@ class Params(BaseModel):
     filter: FilterParams = FilterParams()
     evaluate: EvaluateParams = EvaluateParams()
     publish: PublishParams = PublishParams()
+    privacy: PrivacyParams = PrivacyParams()
 
 
 class ParamsError(UserError):

@@ -447,7 +447,8 @@ def code_version() -> str:
 
 
 def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str, code_version: str,
-               checkpoint: str | None, metrics: Mapping[str, Any]) -> Path:
+               checkpoint: str | None, metrics: Mapping[str, Any], summary: str | None = None,
+               sections: Sequence[tuple[str, Sequence[str]]] = ()) -> Path:
     """Write ``dataset_dir/card.md``: lineage (source, code version, checkpoint), contents, metrics and params.
 
     Args:
@@ -457,15 +458,17 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
         code_version: the pipeline code's version (see ``code_version()``).
         checkpoint: sha256 of the generator weights; None when the dataset has no synthetic images.
         metrics: the evaluation metrics (nested mappings are flattened to dotted keys).
+        summary: the paragraph under the title; None: real plus synthetic images, as ``assemble`` publishes.
+        sections: more ``(title, markdown lines)`` sections, placed after the metrics (e.g. the privacy gate).
 
     The card holds no timestamp: the same inputs give the same bytes, so republishing them is not a new version.
     """
     dataset_dir = Path(dataset_dir)
     name = dataset_dir.name
-    lines = [f"# Dataset card: {name}", "",
-             "Real images plus class-conditional synthetic images made by the synthaug pipeline. "
-             "Every image is listed in `manifest.parquet` with its label, split, source (real or synthetic), "
-             "generator, checkpoint and seed.", "",
+    summary = summary or ("Real images plus class-conditional synthetic images made by the synthaug pipeline. "
+                          "Every image is listed in `manifest.parquet` with its label, split, source (real or "
+                          "synthetic), generator, checkpoint and seed.")
+    lines = [f"# Dataset card: {name}", "", summary, "",
              "## Lineage", "", "| | |", "|---|---|"]
     for key, value in source.items():
         lines.append(f"| source {_cell(key)} | {_cell(value)} |")
@@ -483,6 +486,8 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
         lines += ["| metric | value |", "|---|---|", *(f"| {_cell(k)} | {_cell(_fmt(v))} |" for k, v in flat)]
     else:
         lines.append("(none recorded)")
+    for title, body in sections:
+        lines += ["", f"## {title}", "", *body]
     lines += ["", "## Params", "", "The resolved `params.yaml` (also stored next to this card):", "",
               "```yaml", params_yaml.rstrip("\n"), "```", ""]
     path = dataset_dir / "card.md"

@@ -1,8 +1,13 @@
 """Assemble the dataset a version publishes (DESIGN.md "Published dataset") from the steps' outputs.
 
-It holds the real images the source gave for training and evaluation (``train``/``val``/``test``; images a
-source held back stay out) and the accepted synthetic images, all under ``images/<label>/``, with one
-manifest, the metrics, the report, the resolved params and a card naming the lineage.
+``assemble`` (the ``augment`` flow): the real images the source gave for training and evaluation
+(``train``/``val``/``test``; images a source held back stay out) and the accepted synthetic images, all under
+``images/<label>/``, with one manifest, the metrics, the report, the resolved params and a card naming the lineage.
+
+``assemble_anonymized`` (the ``anonymize`` flow): the accepted synthetic images only, and only after the privacy
+gate passed for exactly this filter result. No real image, no real path: the manifest lists synthetic rows without
+the scores measured against real images, the report embeds no real (or rejected) image, and the released
+``params.yaml`` and card withhold the source location.
 """
 
 from __future__ import annotations
@@ -14,13 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from tasks.manifest import read_manifest, write_manifest
+from tasks.errors import UserError
+from tasks.evaluate import synthetic_rows
+from tasks.manifest import COLUMNS, read_manifest, write_manifest
+from tasks.privacy import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
 from tasks.publish import code_version, write_card
+from tasks.report import report_step
 
 # The headline numbers the card lists; metrics.json beside it has everything.
 CARD_METRICS = ("quality.overall", "utility.real_only", "utility.real_synthetic", "utility.paired_difference",
                 "utility.gap_closed")
+# Scores an anonymized release keeps: the others are measured against real images (nearest training image, real
+# k-NN balls) and say something about records that are not released.
+RELEASED_SCORES = ("score_confidence", "score_duplicate")
+WITHHELD = "withheld (anonymized release)"
 
 
 def assemble(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, report_dir: Path, params_yaml: str,
@@ -66,3 +80,72 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
         if node is not None:
             picked[dotted] = {k: v for k, v in node.items() if k != "values"} if isinstance(node, dict) else node
     return picked
+
+
+def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, privacy_dir: Path, params_yaml: str,
+                        params: PrivacyParams, out_dir: Path) -> Path:
+    """Build the synthetic-only release in ``out_dir`` from scratch.
+
+    Refuses (``UserError``) unless ``privacy_dir/privacy.json`` passed for the filter manifest now in
+    ``filter_dir``, and (a second lock) when an accepted synthetic file is byte-identical to a real one.
+    """
+    privacy = read_privacy(privacy_dir, filter_dir)
+    real, lineage = read_manifest(ingest_dir / "manifest.parquet")
+    synthetic = synthetic_rows(filter_dir)
+    synthetic = synthetic[synthetic["accepted"].astype(bool)]
+    copies = sorted(set(synthetic["image_id"]) & set(real["image_id"]))
+    if copies:
+        raise UserError(f"{filter_dir / 'manifest.parquet'}: {len(copies)} accepted synthetic images are copies of "
+                        f"real images (e.g. image_id {copies[0][:12]}); nothing is released")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    rows = export_release(filter_dir, synthetic[[*COLUMNS, *RELEASED_SCORES]].reset_index(drop=True),
+                          params.release_format, out_dir, intensity=lineage.get("intensity"))
+    source = {k: lineage[k] for k in ("content_hash", "resolved_rev") if lineage.get(k) is not None}
+    source["location"] = WITHHELD
+    metadata = {"release": "synthetic only (anonymized)", "format": params.release_format, **source,
+                "intensity": lineage.get("intensity"), "privacy_passed": True}
+    write_manifest(rows, out_dir / "manifest.parquet", metadata=metadata)
+    metrics = json.loads((evaluate_dir / "metrics.json").read_text())
+    shutil.copyfile(evaluate_dir / "metrics.json", out_dir / "metrics.json")
+    shutil.copyfile(privacy_dir / PRIVACY_FILE, out_dir / PRIVACY_FILE)
+    shutil.copyfile(privacy_dir / DCR_PLOT, out_dir / DCR_PLOT)
+    report_step(ingest_dir, filter_dir, evaluate_dir, out_dir, privacy_dir=privacy_dir)
+    released_params = withhold_source(params_yaml)
+    (out_dir / "params.yaml").write_text(released_params)
+    checkpoints = sorted(set(synthetic["checkpoint"].dropna()))
+    write_card(out_dir, source=source, params_yaml=released_params, code_version=code_version(),
+               checkpoint=", ".join(checkpoints) or None, metrics=_headline(metrics),
+               summary="Synthetic images only: an anonymized release of class-conditional synthetic images made by "
+                       "the synthaug pipeline, published after its privacy gate passed. Every image is listed in "
+                       "`manifest.parquet` with its label, generator, checkpoint and seed.",
+               sections=[("Privacy", card_section(privacy))])
+    return out_dir
+
+
+def withhold_source(params_yaml: str) -> str:
+    """The resolved params with the source location (``data.source``, ``data.repo``) replaced: a path or URL can
+    name a hospital, a study or a patient."""
+    params = yaml.safe_load(params_yaml)
+    data = params.get("data", {})
+    for key in ("source", "repo"):
+        if data.get(key) is not None:
+            data[key] = WITHHELD
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+def export_release(root: Path, rows: pd.DataFrame, fmt: str, out_dir: Path, *, intensity: Any) -> pd.DataFrame:
+    """The released image files in ``fmt``: ``png`` links the generated PNGs; other formats go through
+    ``tasks.export.export_images`` (the medical image writers), which returns the rows with their new paths."""
+    if fmt == "png":
+        for rel in rows["path"]:
+            _link(root / rel, out_dir / rel)
+        return rows
+    try:
+        from tasks.export import export_images
+    except ModuleNotFoundError as err:
+        if err.name != "tasks.export":
+            raise
+        raise UserError(f"privacy.release_format={fmt}: this installation has no image writer for {fmt} "
+                        "(tasks/export.py); use png") from None
+    return export_images(root, rows, fmt, out_dir, intensity=intensity)

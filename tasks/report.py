@@ -9,12 +9,17 @@ share of the gap closed); per-class recall; class counts and acceptance; set-qua
 class); per class a row of real | accepted synthetic | rejected images with their reasons; and a memorization
 audit: the accepted synthetic images most correlated with a training image (``score_nn_pixel_corr``, from the
 filter), each shown beside that training image, found again with ``models.metrics.nearest_correlation``.
+
+The report of an anonymized release (``privacy_dir`` given) embeds accepted synthetic images only: no real image
+and no rejected one (a rejected image may be a copy of a training image). Its memorization audit is the privacy
+section instead: the gate's checks, the distance-to-closest-record histogram and the attack's per-class AUCs.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from tasks.errors import UserError
 from tasks.evaluate import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, read_metrics, real_rows, synthetic_rows
 from tasks.images import load_images
 from tasks.plan import natural_key
+from tasks.privacy import DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
 
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"
@@ -280,7 +286,8 @@ def _round_robin(rows: pd.DataFrame, key: str, n: int) -> pd.DataFrame:
 
 
 def _samples(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
-             filter_dir: Path, n: int) -> str:
+             filter_dir: Path, n: int, *, accepted_only: bool = False) -> str:
+    """Per class a row of real | accepted synthetic | rejected images; ``accepted_only``: the accepted column only."""
     train = real[real["split"] == "train"]
     syn = synthetic.sort_values("seed", kind="stable") if "seed" in synthetic else synthetic
     accepted, rejected = syn[syn["accepted"].astype(bool)], syn[~syn["accepted"].astype(bool)]
@@ -288,17 +295,20 @@ def _samples(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataF
     for name in metrics["classes"]:
         r, a = train[train["label"] == name], accepted[accepted["label"] == name]
         j = rejected[rejected["label"] == name]
-        rows.append(
-            f'<tr><td class="cls">{_esc(name)}</td>'
-            f'<td>{_thumbs(ingest_dir, r.head(n))}<div class="note">{len(r)} real train</div></td>'
-            f'<td>{_thumbs(filter_dir, a.head(n))}<div class="note">{len(a)} accepted</div></td>'
-            f'<td>{_rejected(filter_dir, j, n)}<div class="note">{len(j)} rejected</div></td></tr>')
+        cells = [f'<td>{_thumbs(filter_dir, a.head(n))}<div class="note">{len(a)} accepted</div></td>']
+        if not accepted_only:
+            cells = [f'<td>{_thumbs(ingest_dir, r.head(n))}<div class="note">{len(r)} real train</div></td>', *cells,
+                     f'<td>{_rejected(filter_dir, j, n)}<div class="note">{len(j)} rejected</div></td>']
+        rows.append(f'<tr><td class="cls">{_esc(name)}</td>{"".join(cells)}</tr>')
+    head = ['<th class="l">accepted synthetic</th>']
+    if not accepted_only:
+        head = ['<th class="l">real (train)</th>', *head, '<th class="l">rejected, with reasons</th>']
+    note = ("Accepted synthetic images only: this report belongs to an anonymized release." if accepted_only else
+            "Rejected images are grouped by reason and picked across the reasons, so that each shows.")
     return "\n".join([
         '<h2 id="samples">Samples per class</h2>',
-        f'<p class="note">Up to {n} images per cell (hover for the file); rejected images are grouped by reason and '
-        "picked across the reasons, so that each shows.</p>",
-        '<table class="samples"><tr><th>class</th><th class="l">real (train)</th><th class="l">accepted synthetic</th>'
-        '<th class="l">rejected, with reasons</th></tr>', *rows, "</table>"])
+        f'<p class="note">Up to {n} images per cell (hover for the file). {note}</p>',
+        f'<table class="samples"><tr><th>class</th>{"".join(head)}</tr>', *rows, "</table>"])
 
 
 def _memorization(real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path, filter_dir: Path, n: int) -> str:
@@ -333,31 +343,79 @@ def _memorization(real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
     return "\n".join(out)
 
 
+def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
+    """The privacy gate: verdict, checks, the DCR histogram and table, the attack's per-class AUCs."""
+    verdict = ('<b class="good">passed</b>' if report["passed"] else '<b class="bad">failed</b>: '
+               + "; ".join(_esc(f) for f in report["failures"]))
+    checks = "".join(f'<tr><td class="l">{_esc(c)}</td><td>{_esc(m)}</td><td>{_esc(t)}</td>'
+                     f'<td class="{"good" if ok else "bad"}">{"pass" if ok else "FAIL"}</td></tr>'
+                     for c, m, t, ok in check_rows(report))
+    dcr_rows, attack_rows = [], []
+    for space in SPACES:
+        for key, name in (("released_to_train", "released → train"), ("holdout_to_train", "held-out real → train")):
+            st = report["dcr"][space][key]
+            dcr_rows.append(f'<tr><td class="l">{space}</td><td class="l">{name}</td><td>{st["n"]}</td>'
+                            + "".join(_cell(st[q], digits=4) for q in ("min", "p05", "median", "p95", "max"))
+                            + "</tr>")
+        for label, entry in report["attack"][space].get("per_class", {}).items():
+            attack_rows.append(f'<tr><td class="l">{space}</td><td class="l">{_esc(label)}</td>'
+                               f'<td>{entry["auc"]:.3f}</td><td>{entry["members"]}</td>'
+                               f'<td>{entry["non_members"]}</td></tr>')
+    attack = report["attack"]
+    return "\n".join([
+        '<h2 id="privacy">Privacy</h2>',
+        f"<p>Privacy gate: {verdict}. Feature space: {_esc(report['feature_space'])}.</p>",
+        "<table><tr><th class='l'>check</th><th>measured</th><th>threshold</th><th>result</th></tr>", checks,
+        "</table>",
+        f'<p class="note">Membership attack: {_esc(attack["method"])}; members: {_esc(attack["members"])}, '
+        f'non-members: {_esc(attack["non_members"])}; {attack["confidence"]:.0%} bootstrap interval over '
+        f'{attack["bootstrap"]} resamples. An AUC near 0.5: the release does not tell who was trained on.</p>',
+        '<h3 id="dcr">Distance to the closest training record</h3>',
+        _img(privacy_dir / DCR_PLOT, "distance to the closest training record", css="chart"),
+        "<table><tr><th class='l'>measure</th><th class='l'>set</th><th>n</th><th>min</th><th>p05</th>"
+        "<th>median</th><th>p95</th><th>max</th></tr>", *dcr_rows, "</table>",
+        '<p class="note">pixel: highest Pearson correlation with a training image (1: a copy); feature: smallest '
+        "feature distance to a training image (0: a copy). Released images should look like held-out real ones: "
+        "no closer to the training images than real images that were never trained on.</p>",
+        "<h3>Attack AUC per class</h3><table><tr><th class='l'>space</th><th class='l'>class</th><th>AUC</th>"
+        "<th>members</th><th>non-members</th></tr>", *attack_rows, "</table>"])
+
+
 def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
-                  filter_dir: Path, evaluate_dir: Path, *, thumbs: int = 12, pairs: int = 12) -> str:
-    """The report as one HTML string (see the module docstring)."""
+                  filter_dir: Path, evaluate_dir: Path, *, thumbs: int = 12, pairs: int = 12,
+                  privacy_dir: Path | None = None) -> str:
+    """The report as one HTML string (see the module docstring); ``privacy_dir``: an anonymized release's."""
+    last = ("memorization", "memorization") if privacy_dir is None else ("privacy", "privacy")
     nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
-        ("samples", "samples"), ("memorization", "memorization")))
+        ("samples", "samples"), last))
+    if privacy_dir is None:
+        title = "synthaug report"
+        lead = "Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?"
+        audit = _memorization(real, synthetic, ingest_dir, filter_dir, pairs)
+    else:
+        title, lead = ("synthaug anonymized release", "Synthetic images only, released after the privacy gate: "
+                                                      "are they useful, and do they give away who was trained on?")
+        audit = _privacy(json.loads((privacy_dir / PRIVACY_FILE).read_text()), privacy_dir)
     body: Iterable[str] = (
-        "<h1>synthaug report</h1>",
-        '<p class="lead">Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?</p>',
+        f"<h1>{title}</h1>",
+        f'<p class="lead">{lead}</p>',
         f"<nav>{nav}</nav>",
         _summary(metrics),
         _utility(metrics, evaluate_dir),
         _counts(metrics, evaluate_dir),
         _quality(metrics),
-        _samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs),
-        _memorization(real, synthetic, ingest_dir, filter_dir, pairs),
+        _samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs, accepted_only=privacy_dir is not None),
+        audit,
     )
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>synthaug report</title><style>{CSS}</style></head>\n<body>\n"
+            f"<title>{title}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 
 
 def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir: Path, *, thumbs: int = 12,
-                pairs: int = 12) -> Path:
+                pairs: int = 12, privacy_dir: Path | None = None) -> Path:
     """Write ``out_dir/report.html`` from the ingest, filter and evaluate steps' outputs.
 
     Args:
@@ -367,6 +425,8 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
         out_dir: where ``report.html`` goes (created when absent).
         thumbs: images per cell of the per-class sample rows.
         pairs: synthetic/training pairs in the memorization audit.
+        privacy_dir: the privacy step's folder (``privacy.json``, ``dcr.png``): the report of an anonymized release,
+            with a privacy section and no real or rejected image.
 
     Returns:
         The path of ``report.html``.
@@ -381,7 +441,7 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
     if missing:
         raise UserError(f"{evaluate_dir}: charts {missing} are missing; rerun `synthaug evaluate`")
     page = render_report(metrics, real_rows(ingest_dir), synthetic_rows(filter_dir), ingest_dir, filter_dir,
-                         evaluate_dir, thumbs=thumbs, pairs=pairs)
+                         evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
     tmp = path.with_name(path.name + ".tmp")

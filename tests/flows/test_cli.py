@@ -24,7 +24,7 @@ def test_every_command_has_help():
     runner = CliRunner()
     out = runner.invoke(app, ["--help"])
     assert out.exit_code == 0
-    for command in ("example", "ingest", "plan", "train", "generate", "run", "dag"):
+    for command in ("example", "ingest", "plan", "train", "generate", "run", "dag", "anonymize", "privacy", "release"):
         assert command in out.output
         assert runner.invoke(app, [command, "--help"]).exit_code == 0
 

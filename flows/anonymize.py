@@ -1,0 +1,48 @@
+"""The ``anonymize`` flow: a release of synthetic images only, published only when the privacy gate passes.
+
+It runs ``flows.dag.ANONYMIZE``: the ``augment`` steps up to the filter (the same cached tasks: a workdir the
+``augment`` flow already filled is reused), then the privacy gate (``tasks.privacy``), the evaluation and the
+release step, which assembles the accepted synthetic images with their manifest, metrics, privacy report, card and
+report and publishes them as ``<privacy name>/v<N>``. A failed gate raises ``PrivacyGateError`` naming each failed
+check with its measured value and threshold; nothing after it runs and nothing is published.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.augment import run_steps
+from flows.dag import ANONYMIZE, Record, step
+from flows.params import Params
+
+
+@flow(name="anonymize", log_prints=True)
+def anonymize(params: Params, workdir: str = "data/work") -> dict[str, Record]:
+    """Run the anonymize steps in order; returns each step's record (a failed gate raises)."""
+    records = run_steps([step(name) for name in ANONYMIZE], params, workdir)
+    _summary_artifact(Path(workdir), records)
+    return records
+
+
+def _summary_artifact(workdir: Path, records: dict[str, Record]) -> None:
+    """The release at a glance in the Prefect UI: where it went, what the gate measured."""
+    report = json.loads((workdir / "privacy" / "privacy.json").read_text())
+    released = records["release"]
+    attack, memorization = report["attack"], report["memorization"]
+    lines = ["# synthaug anonymize", "",
+             f"**Release:** `{released['registry']}` @ `{released['tag']}`"
+             + ("" if released.get("new") else " (nothing new to publish)"), "",
+             f"**Synthetic images released:** {report['release']['images']} (of {report['release']['generated']} "
+             "generated); no real image.", "",
+             "| check | measured | threshold |", "|---|---|---|",
+             f"| memorization, pixel | {memorization['pixel']['within']} within | "
+             f"{memorization['thresholds']['pixel_correlation']:.4f} |",
+             f"| memorization, feature | {memorization['feature']['within']} within | "
+             f"{memorization['thresholds']['feature_distance']:.4g} |",
+             *(f"| membership attack AUC, {s} | {attack[s]['auc']:.3f} [{attack[s]['ci'][0]:.3f}, "
+               f"{attack[s]['ci'][1]:.3f}] | CI lower bound <= {attack['max_auc']} |" for s in ("pixel", "feature"))]
+    create_markdown_artifact("\n".join(lines), key="anonymize-summary", description="privacy gate and release")

@@ -1,0 +1,472 @@
+"""The ``privacy`` step: the gate an anonymized release (``synthaug anonymize``) has to pass.
+
+The release is the filter's *accepted* synthetic images and nothing else. Three checks, all on real images the
+pipeline already has (the real ``train`` split: the records to protect; ``val``, ``test`` and ``heldback``: real
+images no model was trained on):
+
+(a) **Memorization.** Every released image is compared again with *every* training image: its highest Pearson
+    pixel correlation and its smallest feature distance (the filter's feature space: the judge's, or
+    ``filter.extractor``'s). The thresholds are calibrated exactly as the filter's
+    (``tasks.filter.memorization_thresholds`` on the real val -> train nearest distances), at
+    ``privacy.memorization_quantile``. No released image may lie within either threshold. With
+    ``privacy.memorization_quantile <= filter.memorization_quantile`` the filter has already rejected every image
+    this check would flag; the gate holds the line when the filter is loosened, and re-measures the files actually
+    released.
+(b) **Membership inference.** A distance-based attack (the "distance to closest record" attack of GAN-Leaks, Chen et
+    al. 2020): it scores each real image by how close it is to the release (highest pixel correlation, or minus the
+    smallest feature distance, to any released image) and guesses "trained on" for the closest. Members are the
+    real train images, non-members the held-out real ones. Its AUC is computed within each class and pooled over
+    same-class (member, non-member) pairs (the Mann-Whitney U identity, AUC = U / (n_members n_non_members)), so the
+    different class mix of members, non-members and release cannot pass for leakage; classes without released
+    images are left out. A stratified bootstrap (``scipy.stats.bootstrap``, percentile) gives its confidence
+    interval. The release fails when the interval's lower bound is above ``privacy.max_attack_auc`` (0.5: the
+    attack does clearly better than a coin), in either space.
+(c) **Distance-to-closest-record distributions**: released -> train against held-out real -> train, in both
+    spaces, as summary statistics in ``privacy.json`` and a histogram (``dcr.png``) for the card and the report.
+
+``<out_dir>/privacy.json`` holds every number, the thresholds, the params and ``passed`` with one line per failed
+check (what, measured value, threshold). A failed gate raises ``PrivacyGateError`` with those lines; the release
+step refuses to assemble anything unless ``privacy.json`` passed for the very filter manifest it releases.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+from scipy import stats
+
+from models.common import pick_device
+from models.judge import Judge
+from models.metrics import nearest_correlation, nearest_distance
+from tasks.errors import UserError
+from tasks.evaluate import real_rows, synthetic_rows
+from tasks.filter import FilterParams, MemorizationThresholds, memorization_thresholds
+from tasks.images import file_sha256, load_images
+from tasks.judge import embed, load_judge_step
+from tasks.params_base import Section
+from tasks.plan import natural_key
+from tasks.publish import check_name
+
+PRIVACY_FILE = "privacy.json"
+DCR_PLOT = "dcr.png"
+FORMAT = "synthaug-privacy/1"
+HOLDOUT_SPLITS = ("val", "test", "heldback")  # real images no generator, judge or filter threshold trained on
+SPACES = ("pixel", "feature")
+QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
+
+
+class PrivacyParams(Section):
+    """``privacy`` section: the gate of ``synthaug anonymize`` and what its release looks like.
+
+    name: registry name of the anonymized release (versions tagged ``<name>/v<N>``); null: ``<publish.name>-
+      anonymized``, so a release never lands among the versions of the augmented dataset (which hold real images).
+    memorization_quantile: the memorization thresholds flag this share of real unseen (val) images, as the filter's
+      do; no released image may lie within them. Keep it <= ``filter.memorization_quantile``, or the filter keeps
+      images the gate then blocks.
+    max_attack_auc: the release fails when the membership attack's AUC interval lies wholly above this (0.5:
+      clearly better than chance).
+    confidence: confidence level of the attack's bootstrap interval.
+    bootstrap: bootstrap resamples of that interval.
+    seed: seed of the bootstrap resampling.
+    release_format: file format of the released images: ``png`` (as generated), or ``png16``, ``nifti``, ``dicom``
+      (converted by ``tasks.export``; see README "Medical images (DICOM, NIfTI)").
+    """
+
+    name: str | None = None
+    memorization_quantile: float = Field(0.01, ge=0.0, le=0.5)
+    max_attack_auc: float = Field(0.5, ge=0.5, le=1.0)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    bootstrap: int = Field(1000, ge=100)
+    seed: int = Field(0, ge=0)
+    release_format: Literal["png", "png16", "nifti", "dicom"] = "png"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_name(value)
+        return value
+
+    def release_name(self, dataset_name: str) -> str:
+        """The registry name of the release: ``name``, or ``<dataset_name>-anonymized``."""
+        return self.name or f"{dataset_name}-anonymized"
+
+
+class PrivacyGateError(UserError):
+    """The release failed the privacy gate; the message lists each failed check with its value and threshold."""
+
+
+@dataclass(frozen=True)
+class Records:
+    """One set of images as the gate compares them.
+
+    pixels: (N, C, H, W) in [-1, 1] (or already flattened (N, D)).
+    feats: (N, F) features in the filter's feature space.
+    labels: (N,) class names.
+    """
+
+    pixels: torch.Tensor
+    feats: torch.Tensor
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------- the checks
+
+
+def closeness(query: Records, reference: Records) -> dict[str, np.ndarray]:
+    """Per query image, how close its nearest reference image is: ``pixel`` (highest Pearson correlation) and
+    ``feature`` (smallest Euclidean feature distance). The same measures as the filter's memorization scores."""
+    return {"pixel": nearest_correlation(query.pixels, reference.pixels).correlation,
+            "feature": nearest_distance(query.feats, reference.feats).distance}
+
+
+def memorization_check(release_to_train: Mapping[str, np.ndarray], thresholds: MemorizationThresholds) -> dict:
+    """Check (a): how many released images lie within the memorization thresholds of a training image.
+
+    Args:
+        release_to_train: ``closeness(release, train)``.
+        thresholds: from ``tasks.filter.memorization_thresholds`` (inclusive, as the filter applies them).
+    """
+    corr, dist = release_to_train["pixel"], release_to_train["feature"]
+    pixel_within = int((corr >= thresholds.pixel_correlation).sum())
+    feature_within = int((dist <= thresholds.feature_distance).sum())
+    return {
+        "thresholds": {"pixel_correlation": thresholds.pixel_correlation,
+                       "feature_distance": thresholds.feature_distance, "quantile": thresholds.quantile,
+                       "calibration": "real val -> train nearest distances", "n_calibration": thresholds.n_holdout},
+        "pixel": {"within": pixel_within, "highest_correlation": _stat(corr, np.max), "passed": pixel_within == 0},
+        "feature": {"within": feature_within, "smallest_distance": _stat(dist, np.min),
+                    "passed": feature_within == 0},
+        "released": int(corr.shape[0]),
+    }
+
+
+def _stat(values: np.ndarray, fn) -> float | None:
+    return float(fn(values)) if values.size else None
+
+
+def _pooled_auc(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC over same-class pairs: ``samples`` are (members, non-members) score arrays per class, in turn.
+
+    Sum over classes of the Mann-Whitney U of members vs non-members (pairs where the member scores higher, ties
+    half) over the sum of pair counts: the probability that a member outscores a non-member of its class.
+    """
+    wins, pairs = 0.0, 0
+    for members, non_members in zip(samples[::2], samples[1::2], strict=True):
+        wins = wins + stats.mannwhitneyu(members, non_members, axis=axis, method="asymptotic").statistic
+        pairs += members.shape[axis] * non_members.shape[axis]
+    return np.asarray(wins) / pairs
+
+
+def membership_attack(member_scores: np.ndarray, member_labels: np.ndarray, non_member_scores: np.ndarray,
+                      non_member_labels: np.ndarray, classes: Sequence[str], *, confidence: float = 0.95,
+                      bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Check (b): AUC of "higher score = trained on" with a stratified bootstrap interval.
+
+    Args:
+        member_scores: attack score of each real train image (higher: closer to the release).
+        member_labels: their class names.
+        non_member_scores: the same for held-out real images.
+        non_member_labels: their class names.
+        classes: the classes attacked (those with released images); a class lacking members or non-members is
+            skipped and named in ``skipped``.
+        confidence: level of the percentile interval.
+        bootstrap: resamples; members and non-members are resampled within each class.
+        seed: seed of the resampling.
+
+    Returns ``{"auc", "ci", "per_class", "members", "non_members", "skipped"}``; ``auc`` is None (with
+    ``reason``) when no class has both members and non-members.
+    """
+    samples: list[np.ndarray] = []
+    per_class: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    for c in classes:
+        m, n = member_scores[member_labels == c], non_member_scores[non_member_labels == c]
+        if m.size == 0 or n.size == 0:
+            skipped[c] = f"{m.size} members, {n.size} non-members"
+            continue
+        samples += [m, n]
+        per_class[c] = {"auc": float(_pooled_auc(m, n)), "members": int(m.size), "non_members": int(n.size)}
+    out: dict[str, Any] = {"members": sum(v["members"] for v in per_class.values()),
+                           "non_members": sum(v["non_members"] for v in per_class.values()),
+                           "per_class": per_class, "skipped": skipped}
+    if not samples:
+        return {**out, "auc": None, "ci": None,
+                "reason": "no released class has both real train and held-out real images"}
+    boot = stats.bootstrap(tuple(samples), _pooled_auc, n_resamples=bootstrap, confidence_level=confidence,
+                           method="percentile", vectorized=True, paired=False, rng=np.random.default_rng(seed),
+                           batch=max(1, 2**22 // max(s.size for s in samples)))  # bounded memory per batch
+    ci = boot.confidence_interval
+    return {**out, "auc": float(_pooled_auc(*samples)), "ci": [float(ci.low), float(ci.high)]}
+
+
+def attack_scores(closeness_to_release: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Higher = closer to the release: the pixel correlation as it is, minus the feature distance."""
+    return {"pixel": closeness_to_release["pixel"], "feature": -closeness_to_release["feature"]}
+
+
+def summarize(values: np.ndarray) -> dict[str, float | int | None]:
+    """Count, mean and quantiles (min, p05, p25, median, p75, p95, max) of one distance distribution."""
+    if values.size == 0:
+        return {"n": 0, "mean": None, **dict.fromkeys(QUANTILES)}
+    qs = np.quantile(values, list(QUANTILES.values()))
+    return {"n": int(values.size), "mean": float(values.mean()), **{k: float(q) for k, q in zip(QUANTILES, qs,
+                                                                                                 strict=True)}}
+
+
+def audit(release: Records, train: Records, holdout: Records, calibration: Records, params: PrivacyParams,
+          *, feature_space: str = "judge") -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """All three checks on tensors.
+
+    Args:
+        release: the images to be released (accepted synthetic); at least one.
+        train: the real training images (the members; every released image is compared with all of them).
+        holdout: real images no model trained on (the non-members; the DCR reference).
+        calibration: the real images the memorization thresholds are calibrated on (the filter's: val).
+        params: the ``privacy`` section.
+        feature_space: what the features are, for the record.
+
+    Returns the body of ``privacy.json`` (``passed`` and ``failures`` included) and the DCR distributions
+    (``{"released" | "holdout": {"pixel" | "feature": values}}``) for the histogram.
+    """
+    if len(release) == 0:
+        raise ValueError("release is empty: there is nothing to audit")
+    thresholds = memorization_thresholds(calibration.feats, train.feats, calibration.pixels, train.pixels,
+                                         params.memorization_quantile)
+    distributions = {"released": closeness(release, train),
+                     "holdout": closeness(holdout, train) if len(holdout) else {s: np.zeros(0) for s in SPACES}}
+    memorization = memorization_check(distributions["released"], thresholds)
+    failures: list[str] = []
+    pixel, feature = memorization["pixel"], memorization["feature"]
+    if not pixel["passed"]:
+        failures.append(f"memorization (pixel): {pixel['within']} of {len(release)} released images correlate with a "
+                        f"training image at or above the threshold {thresholds.pixel_correlation:.4g} (highest "
+                        f"{pixel['highest_correlation']:.4g})")
+    if not feature["passed"]:
+        failures.append(f"memorization (feature): {feature['within']} of {len(release)} released images lie within "
+                        f"the threshold feature distance {thresholds.feature_distance:.4g} of a training image "
+                        f"(nearest {feature['smallest_distance']:.4g})")
+
+    classes = sorted(set(release.labels.tolist()), key=natural_key)
+    attack: dict[str, Any] = {"method": "distance to the closest released image; AUC over same-class "
+                                        "(member, non-member) pairs", "members": "real train",
+                              "non_members": "real " + ", ".join(HOLDOUT_SPLITS), "classes": classes,
+                              "max_auc": params.max_attack_auc, "confidence": params.confidence,
+                              "bootstrap": params.bootstrap}
+    member = attack_scores(closeness(train, release))
+    non_member = attack_scores(closeness(holdout, release)) if len(holdout) else {s: np.zeros(0) for s in SPACES}
+    for space in SPACES:
+        result = membership_attack(member[space], train.labels, non_member[space], holdout.labels, classes,
+                                   confidence=params.confidence, bootstrap=params.bootstrap, seed=params.seed)
+        result["passed"] = result["auc"] is not None and result["ci"][0] <= params.max_attack_auc
+        attack[space] = result
+        if result["auc"] is None:
+            failures.append(f"membership inference ({space}): cannot be measured: {result['reason']}")
+        elif not result["passed"]:
+            lo, hi = result["ci"]
+            failures.append(f"membership inference ({space}): AUC {result['auc']:.3f}, {params.confidence:.0%} CI "
+                            f"[{lo:.3f}, {hi:.3f}], wholly above privacy.max_attack_auc={params.max_attack_auc}")
+    dcr = {space: {"released_to_train": summarize(distributions["released"][space]),
+                   "holdout_to_train": summarize(distributions["holdout"][space])} for space in SPACES}
+    report = {"format": FORMAT, "passed": not failures, "failures": failures, "feature_space": feature_space,
+              "memorization": memorization, "attack": attack,
+              "dcr": {"measures": {"pixel": "highest Pearson correlation with a training image (1: a copy)",
+                                   "feature": "smallest Euclidean feature distance to a training image (0: a copy)"},
+                      **dcr}}
+    return report, distributions
+
+
+# ------------------------------------------------------------------------------------------------------ the step
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    failures: list[str]  # one line per failed check: what, the measured value, the threshold
+    advice: list[str]
+    path: Path  # privacy.json
+    report: dict[str, Any]
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            lines = "\n".join(f"- {f}" for f in self.failures + self.advice)
+            raise PrivacyGateError(f"privacy gate failed, nothing was published:\n{lines}\ndetails: {self.path}")
+
+
+def _records(root: Path, rows: pd.DataFrame, judge: Judge, extractor: str | None) -> Records:
+    labels = rows["label"].astype(str).to_numpy()
+    if rows.empty:
+        return Records(torch.empty(0, *judge.image_shape), torch.empty(0, 1, dtype=torch.float64), labels)
+    x = load_images(root, list(rows["path"]), judge.image_shape[0])
+    return Records(x, embed(x, judge, extractor=extractor).double(), labels)
+
+
+def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: PrivacyParams,
+                 filter_params: FilterParams, out_dir: Path) -> GateResult:
+    """Run the gate on the filter's accepted images; write ``privacy.json`` (and ``dcr.png``) into ``out_dir``.
+
+    Args:
+        ingest_dir: the ingest step's folder (real images and their splits).
+        filter_dir: the filter step's folder (the synthetic rows; the accepted ones are the release).
+        judge_dir: the judge step's folder (the feature space, unless ``filter.extractor`` names another).
+        params: the ``privacy`` section.
+        filter_params: the ``filter`` section: its feature extractor and device, and its memorization quantile
+            (for the advice when the gate is stricter than the filter).
+        out_dir: where ``privacy.json`` and ``dcr.png`` go.
+
+    Returns the verdict; ``raise_if_failed()`` turns a failure into a ``PrivacyGateError``.
+
+    Raises:
+        UserError: a missing input, or no real val images to calibrate the thresholds on.
+    """
+    judge, class_names = load_judge_step(judge_dir, device=pick_device(filter_params.device))
+    real = real_rows(ingest_dir)
+    real = real[real["label"].isin(class_names)]
+    synthetic = synthetic_rows(filter_dir)
+    accepted = synthetic[synthetic["accepted"].astype(bool)]
+    extractor = filter_params.extractor
+    sets = {name: _records(ingest_dir, real[real["split"].isin(splits)], judge, extractor)
+            for name, splits in (("train", ("train",)), ("calibration", ("val",)), ("holdout", HOLDOUT_SPLITS))}
+    if len(sets["calibration"]) == 0:
+        raise UserError(f"{ingest_dir / 'manifest.parquet'}: no real val images; the memorization thresholds are "
+                        "calibrated on real val -> train distances, so the source needs a val split")
+    rejected = Counter(synthetic["reject_reason"].dropna().astype(str))
+    advice: list[str] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DCR_PLOT).unlink(missing_ok=True)
+    if accepted.empty:
+        detail = ", ".join(f"{r}: {n}" for r, n in rejected.most_common()) or "nothing was generated"
+        report: dict[str, Any] = {"format": FORMAT, "passed": False, "feature_space": extractor or "judge",
+                                  "failures": [f"release: no synthetic image to release: the filter accepted none "
+                                               f"of the {len(synthetic)} generated ({detail})"]}
+    else:
+        release = _records(filter_dir, accepted, judge, extractor)
+        report, distributions = audit(release, sets["train"], sets["holdout"], sets["calibration"], params,
+                                      feature_space=extractor or "judge")
+        report["dcr"]["plot"] = plot_dcr(distributions, report["memorization"]["thresholds"],
+                                         out_dir / DCR_PLOT).name
+        memorized = any(f.startswith("memorization") for f in report["failures"])
+        if memorized and params.memorization_quantile > filter_params.memorization_quantile:
+            advice.append(
+                f"the filter rejects only within its own, looser thresholds (filter.memorization_quantile="
+                f"{filter_params.memorization_quantile} < privacy.memorization_quantile="
+                f"{params.memorization_quantile}); set -S filter.memorization_quantile={params.memorization_quantile}")
+    report["release"] = {"images": len(accepted), "per_class": dict(Counter(accepted["label"].tolist())),
+                         "generated": len(synthetic), "rejected_by_filter": dict(rejected),
+                         "filter_manifest_sha256": file_sha256(filter_dir / "manifest.parquet")}
+    report["advice"] = advice
+    report["params"] = params.model_dump(mode="json")
+    path = out_dir / PRIVACY_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
+    tmp.replace(path)
+    return GateResult(passed=report["passed"], failures=report["failures"], advice=advice, path=path, report=report)
+
+
+def read_privacy(privacy_dir: Path, filter_dir: Path) -> dict[str, Any]:
+    """``privacy.json``, only when it passed for the filter manifest now in ``filter_dir``; else a UserError."""
+    path = privacy_dir / PRIVACY_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: no privacy gate result; run `synthaug privacy` before releasing")
+    report = json.loads(path.read_text())
+    if not report.get("passed"):
+        raise PrivacyGateError(f"{path}: the privacy gate failed ({'; '.join(report.get('failures', []))}); "
+                               "nothing is released")
+    if report["release"]["filter_manifest_sha256"] != file_sha256(filter_dir / "manifest.parquet"):
+        raise UserError(f"{path}: the gate checked another filter result than {filter_dir}; rerun `synthaug "
+                        "privacy`")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------- presentation
+
+
+def plot_dcr(distributions: Mapping[str, Mapping[str, np.ndarray]], thresholds: Mapping[str, Any],
+             path: Path) -> Path:
+    """Histograms of the closest-training-record distances, released vs held-out real, with the thresholds."""
+    from matplotlib.figure import Figure  # object API: no pyplot state
+
+    fig = Figure(figsize=(9.0, 3.4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, space, limit, label in ((axes[0], "pixel", thresholds["pixel_correlation"],
+                                     "highest pixel correlation with a training image"),
+                                    (axes[1], "feature", thresholds["feature_distance"],
+                                     "feature distance to the closest training image")):
+        released, holdout = distributions["released"][space], distributions["holdout"][space]
+        values = np.concatenate([released, holdout])
+        bins = np.linspace(values.min(), values.max(), 31) if values.size and np.ptp(values) > 0 else 10
+        for data, name, colour in ((holdout, "held-out real -> train", "#4C72B0"),
+                                   (released, "released synthetic -> train", "#DD8452")):
+            if data.size:
+                ax.hist(data, bins=bins, density=True, alpha=0.55, color=colour, label=f"{name} (n={data.size})")
+        ax.axvline(limit, color="#b42318", linestyle="--", label="memorization threshold")
+        ax.set_xlabel(label)
+        ax.set_ylabel("density")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Distance to the closest training record")
+    fig.savefig(path)
+    return path
+
+
+def check_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The gate as (check, measured, threshold, passed) rows, for the card and the report."""
+    mem, attack = report["memorization"], report["attack"]
+    t = mem["thresholds"]
+    rows = [
+        ("memorization, pixel: released images correlating with a training image at or above the threshold",
+         f"{mem['pixel']['within']} (highest {_fmt(mem['pixel']['highest_correlation'])})",
+         f"0 at >= {_fmt(t['pixel_correlation'])}", mem["pixel"]["passed"]),
+        ("memorization, feature: released images within the threshold distance of a training image",
+         f"{mem['feature']['within']} (nearest {_fmt(mem['feature']['smallest_distance'])})",
+         f"0 at <= {_fmt(t['feature_distance'])}", mem["feature"]["passed"]),
+    ]
+    for space in SPACES:
+        a = attack[space]
+        measured = "n/a" if a["auc"] is None else f"AUC {a['auc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
+        rows.append((f"membership inference, {space} (members {attack[space].get('members', 0)}, non-members "
+                     f"{attack[space].get('non_members', 0)})", measured,
+                     f"CI lower bound <= {attack['max_auc']}", a["passed"]))
+    return rows
+
+
+def card_section(report: Mapping[str, Any]) -> list[str]:
+    """The card's privacy section (markdown lines): the verdict, the checks, the DCR distributions."""
+    attack = report["attack"]
+    lines = ["Synthetic images only: no real image and no source path is in this release. It was published "
+             "because it passed every check of the privacy gate (`privacy.json` has every number).", "",
+             f"Feature space: {_esc(report['feature_space'])}. Memorization thresholds: calibrated on "
+             f"{report['memorization']['thresholds']['n_calibration']} real val images (quantile "
+             f"{report['memorization']['thresholds']['quantile']}). Membership attack: {attack['method']}; "
+             f"members: {attack['members']}, non-members: {attack['non_members']}; "
+             f"{attack['confidence']:.0%} bootstrap interval over {attack['bootstrap']} resamples.", "",
+             "| check | measured | threshold | result |", "|---|---|---|---|"]
+    lines += [f"| {_esc(c)} | {_esc(m)} | {_esc(t)} | {'pass' if ok else 'FAIL'} |" for c, m, t, ok in
+              check_rows(report)]
+    lines += ["", "Distance to the closest training record (DCR):", "",
+              "| measure | set | n | min | p05 | median | p95 | max |", "|---|---|---|---|---|---|---|---|"]
+    for space in SPACES:
+        for key, name in (("released_to_train", "released -> train"), ("holdout_to_train", "held-out real -> train")):
+            s = report["dcr"][space][key]
+            lines.append(f"| {space} | {name} | {s['n']} | " + " | ".join(_fmt(s[q]) for q in ("min", "p05", "median",
+                                                                                                 "p95", "max")) + " |")
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _esc(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")

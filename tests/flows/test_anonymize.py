@@ -1,0 +1,168 @@
+"""The anonymize flow end to end at toy size, with a real generator checkpoint (a VAE trained a few steps).
+
+The generate step's output is written from real images before the flow runs (the generate step keeps files that
+exist and lists them in its manifest with the checkpoint's hash and the seeds): a generator that returns copies of
+its training images, and an honest one whose samples are real digits of the same distribution that no step ever
+saw. The copying one is blocked and publishes nothing; the honest one passes and publishes synthetic images only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from flows.anonymize import anonymize
+from flows.dag import ANONYMIZE, STEPS, step
+from flows.params import Params, load_params
+from tasks.generate import image_path, requests_from_plan
+from tasks.ingest import normalize, png
+from tasks.manifest import read_manifest
+from tasks.plan import read_plan
+from tasks.privacy import PrivacyGateError
+from tests.toy import COUNTS, TINY, digits_folder
+
+REPO = Path(__file__).resolve().parents[2]
+ANON = [*TINY, "plan.ratio=1.0", "plan.cap=12", "filter.judge.steps=60", "filter.min_confidence=0.0",
+        "privacy.bootstrap=200"]
+
+
+def _tags(registry: Path) -> list[str]:
+    if not registry.exists():
+        return []
+    out = subprocess.run(["git", "-C", str(registry), "tag", "--list"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return digits_folder(tmp_path_factory.mktemp("anonymize") / "source")
+
+
+def overrides(source: Path, root: Path) -> list[str]:
+    return [*ANON, f"data.source={source}", f"publish.registry={root / 'registry'}",
+            f"publish.remote={root / 'remote'}", "publish.name=toy"]
+
+
+def prepare(params: Params, work: Path, sampler) -> None:
+    """Run ingest, plan and train, then write the generate step's output: ``sampler(params, work)(label, k)`` (PNG
+    bytes) for the k-th planned image of each class, at the path of its seed."""
+    for name in ("ingest", "plan", "train"):
+        step(name).run(params, work)
+    sample = sampler(params, work)
+    class_names = json.loads((work / "model" / "checkpoint" / "config.json").read_text())["class_names"]
+    for request in requests_from_plan(read_plan(work / "plan" / "plan.csv"), class_names, params.generate.seed):
+        for k, seed in enumerate(request.seeds):
+            path = work / "generate" / image_path(request.label, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(sample(request.label, k))
+
+
+def copies_of_training_images(params: Params, work: Path):
+    real, _ = read_manifest(work / "ingest" / "manifest.parquet")
+    train = real[real["split"] == "train"]
+
+    def sample(label: str, k: int) -> bytes:
+        paths = list(train["path"][train["label"] == label])
+        return (work / "ingest" / paths[k % len(paths)]).read_bytes()
+
+    return sample
+
+
+def unseen_digits(params: Params, work: Path):
+    """Real digits of the same collection that the source does not hold, normalized as ingest normalizes."""
+    digits = load_digits()
+
+    def sample(label: str, k: int) -> bytes:
+        pixels = digits.images[digits.target == int(label)][COUNTS[label] + k]
+        return png(normalize(Image.fromarray((pixels * 255 / 16).astype(np.uint8)), params.data))
+
+    return sample
+
+
+def real_hashes(work: Path) -> set[str]:
+    real, _ = read_manifest(work / "ingest" / "manifest.parquet")
+    return set(real["image_id"])
+
+
+@pytest.mark.slow
+def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp_path) -> None:
+    params = load_params(None, overrides(source, tmp_path))
+    work = tmp_path / "work"
+    prepare(params, work, unseen_digits)
+    records = anonymize(params, str(work))
+
+    assert list(records) == list(ANONYMIZE)
+    assert records["privacy"]["passed"] is True
+    assert records["release"]["tag"] == "toy-anonymized/v1"
+    assert _tags(tmp_path / "registry") == ["toy-anonymized/v1"]
+
+    release = Path(records["release"]["dataset"])
+    manifest, metadata = read_manifest(release / "manifest.parquet")
+    filtered, _ = read_manifest(work / "filter" / "manifest.parquet")
+    assert len(manifest) == int(filtered["accepted"].sum()) > 0
+    assert (manifest["source"] == "synthetic").all() and manifest["accepted"].all()
+    assert not [c for c in manifest.columns if c in ("score_nn_feature", "score_nn_pixel_corr", "score_realism")]
+    files = {p.relative_to(release).as_posix() for p in (release / "images").rglob("*") if p.is_file()}
+    assert files == set(manifest["path"])
+    released = {hashlib.sha256((release / p).read_bytes()).hexdigest() for p in files}
+    assert not released & real_hashes(work)
+
+    privacy = json.loads((release / "privacy.json").read_text())
+    assert privacy["passed"] and privacy["release"]["images"] == len(manifest)
+    card = (release / "card.md").read_text()
+    assert card.startswith("# Dataset card: release\n\nSynthetic images only")
+    assert "## Privacy" in card and "membership inference, pixel" in card and "released -> train" in card
+    page = (release / "report.html").read_text()
+    assert 'id="privacy"' in page and "Attack AUC per class" in page and 'id="memorization"' not in page
+    embedded = {hashlib.sha256(base64.b64decode(uri)).hexdigest()
+                for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', page)}
+    assert embedded & released and not embedded & real_hashes(work)
+    # no trace of where the real images came from
+    for text in [card, page, (release / "params.yaml").read_text(), json.dumps(metadata),
+                 (release / "privacy.json").read_text(), (release / "metrics.json").read_text()]:
+        assert str(source) not in text
+
+
+@pytest.mark.slow
+def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) -> None:
+    params = load_params(None, overrides(source, tmp_path))
+    work = tmp_path / "work"
+    prepare(params, work, copies_of_training_images)
+    with pytest.raises(PrivacyGateError, match=r"(?s)nothing was published.*the filter accepted none of the \d+ "
+                                               r"generated \(memorized_pixel: \d+\)"):
+        anonymize(params, str(work))
+    assert _tags(tmp_path / "registry") == []
+    assert not (work / "release").exists() and not (work / "evaluate").exists()
+    privacy = json.loads((work / "privacy" / "privacy.json").read_text())
+    generated, _ = read_manifest(work / "generate" / "manifest.parquet")
+    assert not privacy["passed"] and set(generated["image_id"]) <= real_hashes(work)
+
+    # the command line says the same in one message, and exits 1
+    cli = subprocess.run([sys.executable, "-m", "flows", "anonymize", "-w", str(work),
+                          *(a for o in overrides(source, tmp_path) for a in ("-S", o))],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 1
+    assert "error: privacy gate failed, nothing was published" in cli.stderr
+    assert "memorized_pixel" in cli.stderr and _tags(tmp_path / "registry") == []
+
+
+def test_anonymize_steps_are_the_dag_steps_up_to_the_filter_then_gate_evaluate_release() -> None:
+    names = [s.name for s in STEPS]
+    assert list(ANONYMIZE[:6]) == names[: names.index("filter") + 1]
+    assert list(ANONYMIZE[6:]) == ["privacy", "evaluate", "release"]
+    produced: set[str] = set()
+    for name in ANONYMIZE:
+        for dep in step(name).deps:
+            assert any(dep == p or dep.startswith(p + "/") for p in produced), f"{name} reads {dep} too early"
+        produced.update(step(name).outputs)
+    assert {"privacy", "release"}.isdisjoint(names)  # the augment DAG (and dvc.yaml) stays as it is

@@ -1,0 +1,347 @@
+"""The privacy gate on constructed releases of real digits (scikit-learn's, classes 0-3 at 16x16).
+
+The answer is known for each: copies of training images are memorized and give membership away; real digits no model
+saw ("honest" samples of the distribution) pass; blends of two training images slip under the memorization
+thresholds yet still give membership away. Then the gate as a step: the real filter in front of it, a forged filter
+result behind its back, and the release refusing anything the gate did not pass.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pydantic import ValidationError
+from rich.console import Console
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+
+from models.judge import JudgeConfig
+from tasks.errors import UserError
+from tasks.filter import FilterParams, filter_step, memorization_thresholds
+from tasks.generate import GenerateParams, image_path
+from tasks.images import file_sha256, write_png
+from tasks.judge import train_judge_step
+from tasks.manifest import COLUMNS, write_manifest
+from tasks.privacy import (
+    PRIVACY_FILE,
+    PrivacyGateError,
+    PrivacyParams,
+    Records,
+    audit,
+    closeness,
+    membership_attack,
+    privacy_gate,
+    read_privacy,
+    summarize,
+)
+from tasks.release import assemble_anonymized, withhold_source
+
+CLASSES = ("0", "1", "2", "3")
+TRAIN, HOLDOUT, FRESH = 40, 40, 40  # per class: members, non-members, never-seen digits for honest releases
+PARAMS = PrivacyParams(bootstrap=500)
+
+
+def _upscale(digits: np.ndarray) -> np.ndarray:
+    """scikit-learn digits (N, 8, 8) in 0..16 -> (N, 16, 16) uint8."""
+    return np.kron(np.round(digits * 255 / 16), np.ones((2, 2))).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per role (train, holdout, fresh) real digits (N, 16, 16) uint8 and their labels, disjoint."""
+    d = load_digits(n_class=len(CLASSES))
+    rng = np.random.default_rng(0)
+    order = {c: rng.permutation(np.flatnonzero(d.target == int(c))) for c in CLASSES}
+    out = {}
+    for role, (lo, hi) in (("train", (0, TRAIN)), ("holdout", (TRAIN, TRAIN + HOLDOUT)),
+                           ("fresh", (TRAIN + HOLDOUT, TRAIN + HOLDOUT + FRESH))):
+        idx = np.concatenate([order[c][lo:hi] for c in CLASSES])
+        out[role] = (_upscale(d.images[idx]), d.target[idx].astype(str))
+    return out
+
+
+PROJECTION = torch.randn(256, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def records(pixels: np.ndarray, labels: np.ndarray) -> Records:
+    """Images in [-1, 1]; the feature space here is a fixed random projection of the pixels (the gate takes any)."""
+    x = torch.from_numpy(pixels).double()[:, None] / 127.5 - 1.0
+    return Records(x.float(), x.reshape(len(x), -1) @ PROJECTION, np.asarray(labels))
+
+
+@pytest.fixture(scope="module")
+def sets(digits) -> dict[str, Records]:
+    out = {role: records(*digits[role]) for role in digits}
+    out["calibration"] = records(digits["holdout"][0][::4], digits["holdout"][1][::4])
+    return out
+
+
+def as_filtered(release: Records, sets: dict[str, Records]) -> Records:
+    """What the filter keeps of ``release``: the images outside the memorization thresholds (same calibration)."""
+    t = memorization_thresholds(sets["calibration"].feats, sets["train"].feats, sets["calibration"].pixels,
+                                sets["train"].pixels, PARAMS.memorization_quantile)
+    near = closeness(release, sets["train"])
+    keep = (near["pixel"] < t.pixel_correlation) & (near["feature"] > t.feature_distance)
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    return Records(release.pixels[idx], release.feats[idx], release.labels[keep])
+
+
+def run_audit(release: Records, sets: dict[str, Records]) -> dict:
+    report, _ = audit(release, sets["train"], sets["holdout"], sets["calibration"], PARAMS)
+    return report
+
+
+# ------------------------------------------------------------------------------------------- constructed releases
+
+
+def test_copies_of_training_images_fail_memorization_and_the_attack(sets) -> None:
+    report = run_audit(sets["train"], sets)
+    assert not report["passed"]
+    n = len(sets["train"])
+    assert report["memorization"]["pixel"]["within"] == n and report["memorization"]["feature"]["within"] == n
+    assert report["memorization"]["pixel"]["highest_correlation"] == pytest.approx(1.0)
+    for space in ("pixel", "feature"):
+        attack = report["attack"][space]
+        assert attack["auc"] == pytest.approx(1.0) and attack["ci"][0] > 0.5 and not attack["passed"]
+    assert any(f.startswith("memorization (pixel)") and f"{n} of {n}" in f for f in report["failures"])
+    assert any(f.startswith("membership inference (feature)") and "AUC 1.000" in f for f in report["failures"])
+
+
+def test_half_the_training_set_copied_still_shows_in_the_attack(sets, digits) -> None:
+    """Copies of every other training image: members' AUC near 0.75 (half of them found exactly)."""
+    half = records(digits["train"][0][::2], digits["train"][1][::2])
+    attack = run_audit(half, sets)["attack"]
+    for space in ("pixel", "feature"):
+        assert 0.7 < attack[space]["auc"] < 0.8 and attack[space]["ci"][0] > 0.5
+
+
+def test_honest_samples_pass(sets) -> None:
+    """Real digits no model saw, as the filter leaves them: no memorization, attack AUC within chance."""
+    release = as_filtered(sets["fresh"], sets)
+    assert len(release) > 0.9 * len(sets["fresh"])
+    report = run_audit(release, sets)
+    assert report["passed"], report["failures"]
+    for space in ("pixel", "feature"):
+        lo, hi = report["attack"][space]["ci"]
+        assert lo <= 0.5 <= hi
+    dcr = report["dcr"]["feature"]
+    # honest samples are as far from the training set as held-out real images are
+    assert dcr["released_to_train"]["median"] == pytest.approx(dcr["holdout_to_train"]["median"], rel=0.15)
+
+
+def test_blends_of_training_images_pass_memorization_but_not_the_attack(sets, digits) -> None:
+    """Each released image averages two training images of its class: the filter drops the blends closest to a
+    training image, the rest lie outside the memorization thresholds, yet members are still given away."""
+    pixels, labels = digits["train"]
+    order = np.concatenate([np.flatnonzero(labels == c) for c in CLASSES])
+    partner = np.concatenate([np.roll(np.flatnonzero(labels == c), 1) for c in CLASSES])
+    blends = records(np.round((pixels[order].astype(float) + pixels[partner]) / 2).astype(np.uint8), labels[order])
+    release = as_filtered(blends, sets)
+    assert len(release) > 0.8 * len(blends)
+    report = run_audit(release, sets)
+    assert report["memorization"]["pixel"]["passed"] and report["memorization"]["feature"]["passed"]
+    assert not report["passed"]
+    for space in ("pixel", "feature"):
+        assert report["attack"][space]["ci"][0] > 0.6
+
+
+def test_attack_auc_is_roc_auc_within_each_class_pooled_over_same_class_pairs() -> None:
+    rng = np.random.default_rng(1)
+    m_labels = np.array(["a"] * 30 + ["b"] * 7)
+    n_labels = np.array(["a"] * 12 + ["b"] * 25)
+    members = rng.normal(0.3, 1, m_labels.size).round(1)  # rounding makes ties, which count one half
+    non_members = rng.normal(0, 1, n_labels.size).round(1)
+    result = membership_attack(members, m_labels, non_members, n_labels, ["a", "b", "c"], bootstrap=200)
+    expected = {}
+    for c in ("a", "b"):
+        m, n = members[m_labels == c], non_members[n_labels == c]
+        expected[c] = roc_auc_score(np.r_[np.ones(m.size), np.zeros(n.size)], np.r_[m, n])
+        assert result["per_class"][c]["auc"] == pytest.approx(expected[c])
+    pairs = {"a": 30 * 12, "b": 7 * 25}
+    assert result["auc"] == pytest.approx(sum(expected[c] * pairs[c] for c in pairs) / sum(pairs.values()))
+    assert result["skipped"] == {"c": "0 members, 0 non-members"}
+    assert result["members"] == 37 and result["non_members"] == 37
+    lo, hi = result["ci"]
+    assert lo < result["auc"] < hi
+    again = membership_attack(members, m_labels, non_members, n_labels, ["a", "b"], bootstrap=200)
+    assert again["ci"] == result["ci"]  # seeded
+
+
+def test_a_different_class_mix_of_members_and_non_members_is_not_leakage(sets, digits) -> None:
+    """Members mostly of class 3, non-members mostly of other classes, an honest release of class 3 only: a
+    pooled ROC AUC over all records is far above chance from the class mix alone; the same-class AUC is not."""
+    train_px, train_y = digits["train"]
+    hold_px, hold_y = digits["holdout"]
+    m_idx = np.r_[np.flatnonzero(train_y == "3"), np.flatnonzero(train_y != "3")[::6]]
+    n_idx = np.r_[np.flatnonzero(hold_y == "3")[:6], np.flatnonzero(hold_y != "3")]
+    members, non_members = records(train_px[m_idx], train_y[m_idx]), records(hold_px[n_idx], hold_y[n_idx])
+    fresh_px, fresh_y = digits["fresh"]
+    release = as_filtered(records(fresh_px[fresh_y == "3"], fresh_y[fresh_y == "3"]), sets)
+    report, _ = audit(release, members, non_members, sets["calibration"], PARAMS)
+    to_release = np.r_[closeness(members, release)["pixel"], closeness(non_members, release)["pixel"]]
+    naive = roc_auc_score(np.r_[np.ones(len(members)), np.zeros(len(non_members))], to_release)
+    assert naive > 0.7
+    assert report["attack"]["classes"] == ["3"]
+    assert report["attack"]["pixel"]["ci"][0] <= 0.5 and report["passed"], report["failures"]
+
+
+def test_no_held_out_images_means_the_attack_cannot_pass(sets) -> None:
+    empty = Records(torch.empty(0, 1, 16, 16), torch.empty(0, 32, dtype=torch.float64), np.array([], dtype=str))
+    report, _ = audit(as_filtered(sets["fresh"], sets), sets["train"], empty, sets["calibration"], PARAMS)
+    assert not report["passed"]
+    assert any("membership inference (pixel): cannot be measured" in f for f in report["failures"])
+    assert report["dcr"]["pixel"]["holdout_to_train"]["n"] == 0
+
+
+def test_summarize_matches_numpy() -> None:
+    values = np.random.default_rng(2).gamma(2.0, size=501)
+    s = summarize(values)
+    assert s["n"] == 501 and s["median"] == pytest.approx(np.median(values))
+    assert s["p05"] == pytest.approx(np.quantile(values, 0.05)) and s["max"] == values.max()
+    assert summarize(np.zeros(0))["median"] is None
+
+
+def test_params_are_checked() -> None:
+    assert PrivacyParams().release_name("xray") == "xray-anonymized"
+    assert PrivacyParams(name="xray-public").release_name("xray") == "xray-public"
+    with pytest.raises(ValidationError, match="max_attack_auc"):
+        PrivacyParams(max_attack_auc=0.4)
+    with pytest.raises(ValidationError, match="not allowed"):
+        PrivacyParams(name="../x")
+    with pytest.raises(ValidationError, match="release_format"):
+        PrivacyParams(release_format="jpeg")
+
+
+def test_released_params_withhold_the_source_location() -> None:
+    text = "data:\n  source: /hospital/study-17/patients\n  repo: git@host:radiology/scans.git\n  rev: v3\n"
+    released = withhold_source(text)
+    assert "hospital" not in released and "radiology" not in released and "v3" in released
+
+
+# ------------------------------------------------------------------------------------------------- the step
+
+
+def _rows(images: np.ndarray, labels, root: Path, names, *, split=None, seeds=None) -> pd.DataFrame:
+    rows = []
+    for i, (img, label, name) in enumerate(zip(images, labels, names, strict=True)):
+        synthetic = seeds is not None
+        path = image_path(label, seeds[i]) if synthetic else f"images/{label}/{name}.png"
+        rows.append({"image_id": write_png(img[..., None], root / path), "path": path, "label": str(label),
+                     "split": "train" if synthetic else split[i], "source": "synthetic" if synthetic else "real",
+                     "generator": "vae" if synthetic else None, "checkpoint": "ab" * 32 if synthetic else None,
+                     "seed": seeds[i] if synthetic else None, "accepted": True, "reject_reason": None,
+                     "height": 16, "width": 16, "channels": 1})
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, digits) -> dict[str, Path]:
+    """ingest (train / val / test real digits) and a judge trained on it."""
+    root = tmp_path_factory.mktemp("privacy")
+    train_px, train_y = digits["train"]
+    hold_px, hold_y = digits["holdout"]
+    splits = ["val" if i % 4 == 0 else "test" for i in range(len(hold_y))]
+    frame = pd.concat([_rows(train_px, train_y, root / "ingest", [f"t{i}" for i in range(len(train_y))],
+                             split=["train"] * len(train_y)),
+                       _rows(hold_px, hold_y, root / "ingest", [f"h{i}" for i in range(len(hold_y))], split=splits)])
+    write_manifest(frame, root / "ingest" / "manifest.parquet")
+    train_judge_step(root / "ingest" / "manifest.parquet", JudgeConfig(width=8, feature_dim=16, steps=60,
+                                                                     batch_size=32), root / "judge", device="cpu",
+                     console=Console(file=io.StringIO()))
+    return {"root": root, "ingest": root / "ingest", "judge": root / "judge"}
+
+
+FILTER = FilterParams(judge=JudgeConfig(width=8, feature_dim=16, steps=60, batch_size=32), device="cpu",
+                      min_confidence=0.0, topup_rounds=0)
+
+
+def filtered(workdir, name: str, images: np.ndarray, labels: np.ndarray) -> Path:
+    """``images`` as a generate step's output, then the real filter step over them; returns the filter folder."""
+    root = workdir["root"] / name
+    seeds = list(range(len(labels)))
+    write_manifest(_rows(images, labels, root / "generate", seeds, seeds=seeds), root / "generate" /
+                   "manifest.parquet")
+    counts = pd.Series(labels).value_counts()
+    pd.DataFrame([(c, TRAIN, TRAIN + int(counts.get(c, 0)), int(counts.get(c, 0))) for c in CLASSES],
+                 columns=["class", "real", "target", "to_generate"]).to_csv(root / "plan.csv", index=False)
+    filter_step(workdir["ingest"], root / "generate", workdir["judge"], root / "plan.csv", root / "no-checkpoint",
+                FILTER, GenerateParams(device="cpu"), root / "filter", console=Console(file=io.StringIO()))
+    return root / "filter"
+
+
+def test_gate_step_passes_what_the_filter_kept_of_honest_samples(workdir, digits) -> None:
+    filter_dir = filtered(workdir, "honest", *digits["fresh"])
+    result = privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], PARAMS, FILTER, workdir["root"] / "p1")
+    assert result.passed, result.failures
+    result.raise_if_failed()
+    written = json.loads((workdir["root"] / "p1" / PRIVACY_FILE).read_text())
+    accepted = pd.read_parquet(filter_dir / "manifest.parquet")["accepted"]
+    assert written["passed"] and written["release"]["images"] == int(accepted.sum()) > 0
+    assert written["memorization"]["thresholds"]["n_calibration"] == HOLDOUT * len(CLASSES) // 4
+    assert written["dcr"]["plot"] == "dcr.png" and (workdir["root"] / "p1" / "dcr.png").stat().st_size > 1000
+    assert read_privacy(workdir["root"] / "p1", filter_dir)["passed"]
+
+
+def test_gate_step_blocks_copies_and_says_why(workdir, digits) -> None:
+    """The real filter rejects copies of training images, leaving nothing to release; a forged filter result that
+    accepts them anyway is caught by the gate's own checks."""
+    filter_dir = filtered(workdir, "copies", *digits["train"])
+    result = privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], PARAMS, FILTER, workdir["root"] / "p2")
+    assert not result.passed
+    assert result.failures == [f"release: no synthetic image to release: the filter accepted none of the "
+                               f"{len(digits['train'][1])} generated (memorized_pixel: {len(digits['train'][1])})"]
+
+    manifest = pd.read_parquet(filter_dir / "manifest.parquet")
+    manifest["accepted"], manifest["reject_reason"] = True, None
+    write_manifest(manifest.astype({"seed": "Int64"}), filter_dir / "manifest.parquet")
+    result = privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], PARAMS, FILTER, workdir["root"] / "p2")
+    assert [f.split(" (")[0] for f in result.failures] == ["memorization", "memorization", "membership inference",
+                                                           "membership inference"]
+    with pytest.raises(PrivacyGateError, match=r"(?s)nothing was published.*memorization \(pixel\): 160 of 160.*"
+                                               r"AUC 1\.000.*privacy\.json"):
+        result.raise_if_failed()
+    with pytest.raises(PrivacyGateError, match="nothing is released"):
+        read_privacy(workdir["root"] / "p2", filter_dir)
+    with pytest.raises(PrivacyGateError):
+        assemble_anonymized(workdir["ingest"], filter_dir, workdir["root"] / "no-evaluate", workdir["root"] / "p2",
+                            "data: {}\n", PARAMS, workdir["root"] / "release")
+    assert not (workdir["root"] / "release").exists()
+
+
+def test_a_stricter_gate_than_filter_names_the_param_to_change(workdir, digits) -> None:
+    filter_dir = filtered(workdir, "strict", *digits["fresh"])
+    strict = PrivacyParams(bootstrap=100, memorization_quantile=0.3)
+    result = privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], strict, FILTER, workdir["root"] / "p3")
+    assert not result.passed and result.failures[0].startswith("memorization")
+    assert result.advice == [f"the filter rejects only within its own, looser thresholds (filter.memorization_"
+                             f"quantile={FILTER.memorization_quantile} < privacy.memorization_quantile=0.3); set "
+                             "-S filter.memorization_quantile=0.3"]
+
+
+def test_release_refuses_a_gate_result_of_another_filter_run_and_real_copies(workdir, digits) -> None:
+    filter_dir = filtered(workdir, "stale", *digits["fresh"])
+    privacy_dir = workdir["root"] / "p4"
+    assert privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], PARAMS, FILTER, privacy_dir).passed
+    manifest = pd.read_parquet(filter_dir / "manifest.parquet").astype({"seed": "Int64"})
+    real = pd.read_parquet(workdir["ingest"] / "manifest.parquet")
+    # a real image slipped in as accepted after the gate ran: the manifest changed, so the gate result is stale
+    copy = manifest.index[manifest["accepted"]][0]
+    manifest.loc[copy, "image_id"] = real["image_id"].iloc[0]
+    write_manifest(manifest, filter_dir / "manifest.parquet")
+    with pytest.raises(UserError, match="rerun `synthaug privacy`"):
+        read_privacy(privacy_dir, filter_dir)
+    # and were the gate result forged to match, the release still finds the real image among the accepted ones
+    report = json.loads((privacy_dir / PRIVACY_FILE).read_text())
+    report["release"]["filter_manifest_sha256"] = file_sha256(filter_dir / "manifest.parquet")
+    (privacy_dir / PRIVACY_FILE).write_text(json.dumps(report))
+    with pytest.raises(UserError, match="1 accepted synthetic images are copies of real images"):
+        assemble_anonymized(workdir["ingest"], filter_dir, workdir["root"] / "no-evaluate", privacy_dir,
+                            "data: {}\n", PARAMS, workdir["root"] / "release")
