@@ -71,7 +71,7 @@ class Volume:
     values: np.ndarray  # float64 (rows, cols) or (rows, cols, slices)
     spacing: Spacing
     stored_range: tuple[float, float] | None  # physical values of the lowest and highest storable value; None: floats
-    unit: str | None  # "HU" for CT, a DICOM RescaleType, None when unknown
+    unit: str | None  # "HU" for CT, a DICOM RescaleType ("US": unspecified), None when unknown (NIfTI)
     modality: str | None  # DICOM Modality; None for NIfTI
 
 
@@ -88,6 +88,11 @@ class Window:
         # Multiply before dividing: integer values in an integer window then give exact halves, rounded to even.
         scaled = (values - self.low) * 255.0 / (self.high - self.low)
         return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+    def agrees(self, other: Window) -> bool:
+        """The same map; an unknown unit (NIfTI) agrees with any."""
+        same_unit = self.unit == other.unit or None in (self.unit, other.unit)
+        return (self.low, self.high, self.source) == (other.low, other.high, other.source) and same_unit
 
     def describe(self) -> str:
         return f"{self.low:g}..{self.high:g}{' ' + self.unit if self.unit else ''} ({self.source})"
@@ -152,11 +157,13 @@ class MedicalReader:
         planes = cut_slices(volume, self.slice_axis, self.slices)
         if self.window is None:
             self.window, self.window_ref = window, ref
-        elif window != self.window:
+        elif not window.agrees(self.window):
             fix = ("ingest one modality per dataset" if window.unit != self.window.unit
                    else "set data.window or data.window_center and data.window_width")
             raise Quarantined(f"maps to {window.describe()}, not the dataset's {self.window.describe()} (fixed by "
                               f"{self.window_ref}); {fix}")
+        elif self.window.unit is None:
+            self.window = window  # the unit, unknown so far, is known now
         return [(ref + suffix, window.to_uint8(values), spacing) for suffix, values, spacing in planes]
 
     def record(self, pixel_spacing: list[float] | None) -> dict[str, Any] | None:
@@ -218,14 +225,14 @@ def read_dicom(path: Path) -> Volume:
     if photometric == "MONOCHROME1":
         values = low + high - values  # minimum is white in MONOCHROME1
     in_plane = first.get("PixelSpacing") or first.get("ImagerPixelSpacing")
-    spacing: Spacing = tuple(float(s) for s in in_plane) if in_plane else (None, None)
+    spacing: Spacing = tuple(float(s) for s in in_plane) if in_plane and len(in_plane) == 2 else (None, None)
     if values.ndim == 3:
         has_positions = len(headers) > 1 and all("ImagePositionPatient" in h for h in headers)
         between = float(np.linalg.norm(affine[:3, 2])) if has_positions else first.get("SpacingBetweenSlices")
         spacing += (None if between is None else float(between),)
     rescale_type = str(first.get("RescaleType", "")) or None
     modality = str(first.get("Modality", "")) or None
-    unit = rescale_type if rescale_type not in (None, "US") else ("HU" if modality == "CT" else None)
+    unit = "HU" if rescale_type in (None, "US") and modality == "CT" else rescale_type or "US"
     return Volume(values, spacing, (low, high), unit, modality)
 
 

@@ -75,7 +75,8 @@ def test_mr_with_an_explicit_window_resized_with_its_spacing(tmp_path: Path) -> 
     (image,) = stored(tmp_path, frame)
     values = physical(bundled(MR))  # no rescale in this file: the stored values themselves
     assert np.array_equal(image, resized(windowed(values, 0, 2000), 32))
-    assert meta["intensity"]["unit"] is None and meta["intensity"]["window"]["source"] == "data.window_center/width"
+    assert meta["intensity"]["unit"] == "US"  # DICOM's "unspecified": MR values have no physical unit
+    assert meta["intensity"]["window"]["source"] == "data.window_center/width"
     assert meta["intensity"]["pixel_spacing"] == [0.625, 0.625]  # 0.3125 mm x 64 px over 32 px
 
 
@@ -129,6 +130,21 @@ def test_series_folder_is_one_volume_in_instance_number_order(tmp_path: Path) ->
     assert reasons(quarantine) == {f"chest/series1[x={i}]": "image is 3x128 px, smaller than data.min_size=8"
                                    for i in (60, 61)}
     assert frame["label"].tolist() == ["head"]
+
+
+def test_multi_frame_file_is_a_volume_with_frames_along_axis_2(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(bundled(MR))
+    frames = np.stack([np.roll(ds.pixel_array, 6 * k, axis=0) for k in range(3)])
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.tobytes()
+    (tmp_path / "src" / "mr").mkdir(parents=True)
+    ds.save_as(tmp_path / "src" / "mr" / "frames.dcm")
+
+    frame, _, _ = run_ingest(tmp_path, tmp_path / "src", image_size=64, window_center=1000, window_width=2000,
+                             slices="1:3")
+
+    expected = [windowed(frames[k], 0, 2000) for k in (1, 2)]
+    assert [np.array_equal(a, b) for a, b in zip(stored(tmp_path, frame), expected, strict=True)] == [True, True]
 
 
 def test_nifti_slices_by_axis_and_range(tmp_path: Path) -> None:
@@ -210,12 +226,20 @@ def test_an_image_needing_another_window_is_quarantined(tmp_path: Path) -> None:
 
     assert frame["label"].tolist() == ["ct"]
     reason = reasons(quarantine)["mr/mr.dcm"]
-    assert reason == ("maps to -32768..32767 (stored bit range), not the dataset's -33792..31743 HU (stored bit "
+    assert reason == ("maps to -32768..32767 US (stored bit range), not the dataset's -33792..31743 HU (stored bit "
                       "range) (fixed by ct/ct.dcm); ingest one modality per dataset")
 
     _, _, quarantine = run_ingest(tmp_path, tmp_path / "src", name="lung", image_size=16, window="lung")
     assert reasons(quarantine) == {"mr/mr.dcm": "data.window=lung is a CT window (HU) but this image is MR; use "
                                                 "data.window_center and data.window_width"}
+
+    # Under one explicit window, CT and MR still differ in unit; a NIfTI (unit unknown) agrees with the CT.
+    hu = np.roll(physical(bundled(CT)), 3, axis=1)[..., None].astype(np.int16)
+    write_nifti(tmp_path / "src" / "a" / "vol.nii.gz", hu, (CT_SPACING, CT_SPACING, 5.0))
+    frame, meta, quarantine = run_ingest(tmp_path, tmp_path / "src", name="explicit", image_size=16,
+                                         window_center=40, window_width=400)
+    assert frame["label"].tolist() == ["a", "ct"] and meta["intensity"]["unit"] == "HU"  # learned from the CT
+    assert reasons(quarantine)["mr/mr.dcm"].endswith("ingest one modality per dataset")
 
 
 def test_series_folders_without_one_ordered_series_are_quarantined(tmp_path: Path) -> None:
