@@ -154,7 +154,8 @@ def _release(p: Params, workdir: Path) -> Record:
 STEPS: tuple[Step, ...] = (
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
          _ingest, params=("data",), deps=(), outs=("ingest",),
-         code=("tasks/ingest.py", "tasks/sources.py", "tasks/example.py", "tasks/manifest.py"), retries=2),
+         code=("tasks/ingest.py", "tasks/sources.py", "tasks/medical.py", "tasks/example.py", "tasks/manifest.py"),
+         retries=2),
     Step("plan", "Decide how many synthetic images each class gets (plan.csv).",
          _plan, params=("plan",), deps=("ingest/manifest.parquet",), outs=("plan",),
          code=("tasks/plan.py",)),

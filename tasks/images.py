@@ -32,7 +32,11 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 def write_png(pixels: np.ndarray, path: Path) -> str:
     """Write one image atomically; returns the sha256 of the file (the manifest's ``image_id``)."""
-    data = png_bytes(pixels)
+    return write_atomic(png_bytes(pixels), path)
+
+
+def write_atomic(data: bytes, path: Path) -> str:
+    """Write ``data`` through a temp file and a rename (never half a file); returns its sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)

@@ -1,13 +1,15 @@
 """Ingest: read a source dataset into a normalized working copy plus ``manifest.parquet``.
 
-Sources (see ``tasks.sources``): an image folder ``<root>/<label>/*.png|jpg|jpeg|tif|tiff|bmp`` (splits from an
-optional ``<root>/splits.csv`` with columns path,split), a CSV/parquet table ``path,label[,split]``, a MedMNIST-style
-``.npz``, the bundled example (``example:digits``), or any of these at a revision of a git/DVC repository.
+Sources (see ``tasks.sources``): an image folder ``<root>/<label>/*.png|jpg|jpeg|tif|tiff|bmp|dcm|dicom|nii|nii.gz``
+and DICOM series folders (splits from an optional ``<root>/splits.csv`` with columns path,split), a CSV/parquet table
+``path,label[,split]``, a MedMNIST-style ``.npz``, the bundled example (``example:digits``), or any of these at a
+revision of a git/DVC repository.
 
 Normalization, in this order, for every image:
 
-1. An EXIF orientation (photos) is applied. Images narrower or shorter than ``data.min_size`` pixels are
-   quarantined (checked on the source size).
+1. An EXIF orientation (photos) is applied. DICOM and NIfTI sources become 8-bit slices first (``tasks.medical``:
+   modality LUT, MONOCHROME1 inverted, one window for the dataset, one image per selected slice of a volume).
+   Images narrower or shorter than ``data.min_size`` pixels are quarantined (checked on the source size).
 2. 16-bit images (Pillow modes ``I;16*`` and ``I``) are scaled to 8 bits by the full 16-bit range,
    ``round(v * 255 / 65535)``, so one intensity means the same in every image (no per-image stretching).
 3. Conversion to ``data.channels``: 1 -> Pillow ``L`` (ITU-R 601-2 luma), 3 -> ``RGB``; an alpha channel is dropped;
@@ -16,6 +18,10 @@ Normalization, in this order, for every image:
    downscaling (antialiased). Non-square images are stretched, not cropped.
 5. Stored as an 8-bit PNG ``images/<label>/<image_id>.png``; ``image_id`` is the sha256 of the PNG bytes.
    An image identical to one already stored is quarantined as a duplicate (it would leak across splits).
+
+The manifest metadata records, for medical sources, ``intensity`` (stored pixel -> physical value, the window, the
+unit and the common pixel spacing; ``MedicalReader.record``) and ``pixel_spacing`` (image_id -> (row, column) mm of
+each stored image whose source gives its spacing).
 
 Images without a split get one: each class is split on its own (stratified) into train/val/test with
 ``data.val_fraction`` and ``data.test_fraction``, seeded by ``data.split_seed``; a class too small for the
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -41,13 +48,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from tasks.errors import UserError
+from tasks.errors import Quarantined, UserError
 from tasks.manifest import SPLITS, write_manifest
+from tasks.medical import MedicalReader, Spacing, WindowPreset, is_medical
 from tasks.params_base import Section
 from tasks.sources import Item, content_hash, fetch_dvc, read_source
 
@@ -65,6 +73,11 @@ class DataParams(Section):
 
     source: ``example:digits`` (the bundled example, written on first use), a local path (image folder,
       CSV/parquet table or ``.npz``), or a path inside the DVC/git repository ``repo`` at revision ``rev``.
+    window: a CT window preset (``tasks.medical.WINDOW_PRESETS``) for DICOM/NIfTI sources, or null.
+    window_center, window_width: an explicit window in physical units (both or neither; not with ``window``).
+      With neither, the physical range of the stored bits is the window.
+    slice_axis: the array axis a 3D volume (NIfTI, DICOM series) is cut into 2D slices along.
+    slices: ``all`` or ``start:stop`` (first slice, one past the last) along ``slice_axis``.
     """
 
     source: str = "example:digits"
@@ -76,6 +89,37 @@ class DataParams(Section):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
+    window: WindowPreset | None = None
+    window_center: float | None = None
+    window_width: float | None = Field(None, gt=0, validate_default=True)
+    slice_axis: Literal[0, 1, 2] = 2
+    slices: str = "all"
+
+    @field_validator("window_width")
+    @classmethod
+    def _one_window(cls, width: float | None, info: ValidationInfo) -> float | None:
+        if (width is None) != (info.data.get("window_center") is None):
+            raise ValueError("set data.window_center and data.window_width together, or neither")
+        if width is not None and info.data.get("window") is not None:
+            raise ValueError("data.window (a preset) and data.window_center/width exclude each other; keep one")
+        return width
+
+    @field_validator("slices", mode="before")
+    @classmethod
+    def _slice_range(cls, value: Any) -> str:
+        # YAML reads an unquoted 10:20 as the base-60 number 620, hence the hint.
+        match = re.fullmatch(r"(\d+):(\d+)", value.strip()) if isinstance(value, str) else None
+        if value != "all" and (match is None or int(match[1]) >= int(match[2])):
+            raise ValueError("expected 'all' or 'start:stop' with start < stop (quoted in YAML: '10:20')")
+        return value.strip()
+
+    @property
+    def slice_range(self) -> tuple[int, int] | None:
+        """``slices`` as (start, stop); None for all."""
+        if self.slices == "all":
+            return None
+        start, stop = self.slices.split(":")
+        return int(start), int(stop)
 
 
 @dataclass(frozen=True)
@@ -86,10 +130,6 @@ class IngestResult:
     quarantine_path: Path
     counts: dict[str, dict[str, int]]  # label -> split -> images
     quarantined: int
-
-
-class Quarantined(Exception):
-    """An item cannot be used; the message is the reason recorded in quarantine.parquet."""
 
 
 def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResult:
@@ -105,30 +145,45 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     # Stale images of an earlier run must not survive next to the new manifest.
     shutil.rmtree(out_dir / "images", ignore_errors=True)
     (out_dir / "manifest.parquet").unlink(missing_ok=True)
+    medical = None
+    if any(isinstance(item.pixels, Path) and is_medical(item.pixels) for item in source.items):
+        medical = MedicalReader(preset=params.window, center=params.window_center, width=params.window_width,
+                                slice_axis=params.slice_axis, slices=params.slice_range)
     rows: list[dict[str, Any]] = []
     rejected: list[tuple[str, str]] = []
     first_ref: dict[str, str] = {}  # image_id -> the item it came from
+    spacings: dict[str, list[float]] = {}  # image_id -> (row, column) mm of the stored image
     for item in track(source.items, description="reading images", console=console, transient=True):
         try:
-            data = png(normalize(open_image(item), params))
-            image_id = hashlib.sha256(data).hexdigest()
-            if image_id in first_ref:
-                raise Quarantined(f"duplicate of {first_ref[image_id]}")
+            images = open_images(item, medical)
         except Quarantined as exc:
             rejected.append((item.ref, str(exc)))
             continue
-        first_ref[image_id] = item.ref
-        rel = f"images/{item.label}/{image_id}.png"
-        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out_dir / rel).write_bytes(data)
-        rows.append({"image_id": image_id, "path": rel, "label": item.label, "split": item.split})
+        for ref, image, spacing in images:
+            try:
+                data = png(normalize(image, params))
+                image_id = hashlib.sha256(data).hexdigest()
+                if image_id in first_ref:
+                    raise Quarantined(f"duplicate of {first_ref[image_id]}")
+            except Quarantined as exc:
+                rejected.append((ref, str(exc)))
+                continue
+            first_ref[image_id] = ref
+            rel = f"images/{item.label}/{image_id}.png"
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out_dir / rel).write_bytes(data)
+            rows.append({"image_id": image_id, "path": rel, "label": item.label, "split": item.split})
+            if None not in spacing:  # resizing stretches each axis on its own
+                spacings[image_id] = [s * n / params.image_size for s, n in zip(spacing, image.size[::-1], strict=True)]
 
     quarantine_path = out_dir / "quarantine.parquet"
     write_quarantine(rejected, quarantine_path)
     frame = manifest_frame(rows, params)
     check_usable(frame, params.source, quarantine_path, len(rejected))
+    intensity = None if medical is None else medical.record(common_spacing(spacings, len(frame)))
     manifest_path = write_manifest(frame, out_dir / "manifest.parquet",
-                                   {**lineage, "interpolation": INTERPOLATION, "params": params.model_dump()})
+                                   {**lineage, "interpolation": INTERPOLATION, "params": params.model_dump(),
+                                    "intensity": intensity, "pixel_spacing": spacings})
     counts = {label: dict(Counter(group)) for label, group in frame.groupby("label")["split"]}
     print_summary(console, counts, rejected)
     return IngestResult(manifest_path, quarantine_path, counts, len(rejected))
@@ -159,6 +214,29 @@ def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path,
         raise UserError(f"data.source: {path} not found; set data.source to an image folder, a .csv/.parquet "
                         f"table, a .npz file or {EXAMPLE}")
     return path, lineage
+
+
+def open_images(item: Item, medical: MedicalReader | None) -> list[tuple[str, Image.Image, Spacing]]:
+    """(ref, image, spacing in mm per image axis) per image of the item: one, or a volume's selected slices.
+
+    ``medical`` is None when the source holds no DICOM/NIfTI; when it does, ordinary images are refused, since
+    their pixels have no physical unit to share the dataset's window.
+    """
+    if medical is not None and item.pixels is not None:
+        if isinstance(item.pixels, Path) and is_medical(item.pixels):
+            return [(ref, Image.fromarray(pixels), spacing)
+                    for ref, pixels, spacing in medical.read(item.pixels, item.ref)]
+        raise Quarantined("an ordinary image among DICOM/NIfTI images has no physical unit; convert it to DICOM or "
+                          "NIfTI, or ingest it in a dataset of its own")
+    return [(item.ref, open_image(item), (None, None))]
+
+
+def common_spacing(spacings: dict[str, list[float]], images: int) -> list[float] | None:
+    """The (row, column) spacing every stored image shares, or None when some differ or are unknown."""
+    values = list(spacings.values())
+    if len(values) != images or not values or not np.allclose(values, values[0], rtol=1e-6, atol=0):
+        return None
+    return values[0]
 
 
 def open_image(item: Item) -> Image.Image:

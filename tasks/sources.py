@@ -1,5 +1,10 @@
 """Source readers: an image folder, a CSV/parquet table or a MedMNIST-style ``.npz`` -> a list of items.
 
+Images are ordinary files (PNG, JPEG, TIFF, BMP) or medical ones (``tasks.medical``): DICOM files, NIfTI files and
+DICOM *series folders*. In the folder layout a series folder is a folder below the class folder that holds DICOM
+files (``<root>/<label>/<series>/*.dcm``, read as one volume); DICOM files directly in the class folder are single
+images. In a table, a ``path`` that is a folder is a series folder.
+
 A reader decodes no image. It says where each image is, its label and its split (None: the source gives none),
 or why the item is refused before anything is read (``problem``; ingest quarantines it with that reason).
 ``fetch_dvc`` brings a path of a git/DVC repository at a revision into a local cache first.
@@ -20,8 +25,10 @@ import pandas as pd
 
 from tasks.errors import UserError
 from tasks.manifest import SPLITS
+from tasks.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+KNOWN_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
 TABLE_SUFFIXES = (".csv", ".parquet")
 SPLITS_FILE = "splits.csv"  # optional path,split table at the root of an image folder
 NPZ_SPLITS = ("train", "val", "test")  # MedMNIST keys: <split>_images, <split>_labels
@@ -35,7 +42,7 @@ class Item:
     ref: str  # how reports name it: path relative to the source root, or ``file.npz:train[3]``
     label: str | None
     split: str | None  # None: ingest assigns one
-    pixels: Path | np.ndarray | None  # a file or an (H, W[, C]) array; None when refused
+    pixels: Path | np.ndarray | None  # a file, a series folder or an (H, W[, C]) array; None when refused
     problem: str | None = None  # reason to quarantine without reading
 
 
@@ -62,16 +69,25 @@ def read_folder(root: Path) -> Source:
     splits = _read_splits_file(root) if (root / SPLITS_FILE).is_file() else {}
     files = sorted(p for p in root.rglob("*") if p.is_file())
     items = []
+    series: set[Path] = set()
     for path in files:
         ref = path.relative_to(root).as_posix()
         parts = PurePosixPath(ref).parts
         if len(parts) == 1:
             # Loose files at the root (splits.csv, a README) are not images of any class; loose images are reported.
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if _known(path):
                 items.append(Item(ref, None, None, None, "not inside a class folder (<root>/<label>/...)"))
+            continue
+        if len(parts) > 2 and is_dicom(path):
+            series.add(path.parent)  # one item for the folder, below
             continue
         split, split_problem = splits.pop(ref, (None, None))
         items.append(_file_item(ref, parts[0], split, path, split_problem))
+    for folder in series:
+        ref = folder.relative_to(root).as_posix()
+        split, split_problem = splits.pop(ref, (None, None))
+        items.append(_file_item(ref, PurePosixPath(ref).parts[0], split, folder, split_problem))
+    items.sort(key=lambda item: PurePosixPath(item.ref).parts)  # series folders among the files, in path order
     # Whatever splits.csv still lists has no file behind it.
     items += [Item(ref, None, None, None, "listed in splits.csv but file not found") for ref in sorted(splits)]
     return Source(root, items, files)
@@ -89,6 +105,8 @@ def read_table(table: Path) -> Source:
         path = _inside(root, ref)
         if path is not None and path.is_file():
             files.add(path)  # hashed even when the row is quarantined: the file's bytes decide that too
+        elif path is not None and path.is_dir():
+            files.update(p for p in path.iterdir() if p.is_file())  # a series folder
         if not ref:
             problem = "no path"
         elif path is None:
@@ -97,7 +115,7 @@ def read_table(table: Path) -> Source:
             problem = "no label"
         elif label in (".", "..") or "/" in label or "\\" in label:
             problem = f"label {label!r} cannot be a folder name"
-        elif problem is None and not path.is_file():
+        elif problem is None and not path.exists():
             problem = "file not found"
         items.append(_file_item(ref, label or None, split, path, problem))
     return Source(root, items, sorted(files))
@@ -173,9 +191,14 @@ def fetch_dvc(repo: str, rev: str | None, path: str, cache_dir: Path) -> tuple[P
 
 
 def _file_item(ref: str, label: str | None, split: str | None, path: Path | None, problem: str | None) -> Item:
-    if problem is None and path is not None and path.suffix.lower() not in IMAGE_SUFFIXES:
-        problem = f"unknown extension {path.suffix or '(none)'!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
+    if problem is None and path is not None and not path.is_dir() and not _known(path):
+        problem = f"unknown extension {path.suffix or '(none)'!r}; expected one of {', '.join(KNOWN_SUFFIXES)}"
     return Item(ref, label, split, None if problem else path, problem)
+
+
+def _known(path: Path) -> bool:
+    """An image ingest can read: by its suffix, or a DICOM file without one."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_nifti(path) or is_dicom(path)
 
 
 def _read_splits_file(root: Path) -> dict[str, tuple[str | None, str | None]]:

@@ -22,6 +22,7 @@ from tasks.ingest import DataParams, assign_splits, ingest, locate
 from tasks.manifest import COLUMNS, read_manifest
 
 RNG_SEED = 1234
+KNOWN = ".png, .jpg, .jpeg, .tif, .tiff, .bmp, .dcm, .dicom, .nii, .nii.gz"  # what ingest reads, in its message
 
 
 def noise(path: Path, seed: int, size: tuple[int, int] = (12, 12), mode: str = "L") -> Path:
@@ -135,7 +136,7 @@ def test_csv_table_quarantines_bad_rows_and_refuses_escaping_paths(tmp_path: Pat
         "img/missing.png": "file not found",
         "img/unlabelled.png": "no label",
         "img/oddsplit.png": "unknown split 'training'; allowed: train, val, test, heldback",
-        "img/notes.txt": "unknown extension '.txt'; expected one of .png, .jpg, .jpeg, .tif, .tiff, .bmp",
+        "img/notes.txt": f"unknown extension '.txt'; expected one of {KNOWN}",
         "img/a0.png": "label '../x' cannot be a folder name",
     }
     assert sorted(frame["label"]) == ["a"] * 3 + ["b"] * 3  # a2 has no split of its own: it gets one
@@ -258,7 +259,7 @@ def test_corrupt_zero_byte_tiny_and_unknown_files(tmp_path: Path, capsys: pytest
     assert found.pop("b/garbage.jpg").startswith("unreadable image:")
     assert found == {
         "b/empty.png": "empty file (0 bytes)",
-        "b/data.gif": "unknown extension '.gif'; expected one of .png, .jpg, .jpeg, .tif, .tiff, .bmp",
+        "b/data.gif": f"unknown extension '.gif'; expected one of {KNOWN}",
         "b/tiny.png": "image is 20x5 px, smaller than data.min_size=8",
         "b/sideways.jpg": "image is 6x30 px, smaller than data.min_size=8",  # measured upright
         "b/copy.png": "duplicate of b/0.png",
