@@ -23,6 +23,7 @@ import yaml
 
 from tasks.errors import UserError
 from tasks.evaluate import synthetic_rows
+from tasks.export import export_images
 from tasks.manifest import COLUMNS, read_manifest, write_manifest
 from tasks.privacy import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
 from tasks.publish import code_version, write_card
@@ -99,7 +100,7 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
                         f"real images (e.g. image_id {copies[0][:12]}); nothing is released")
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    rows = export_release(filter_dir, synthetic[[*COLUMNS, *RELEASED_SCORES]].reset_index(drop=True),
+    rows = export_images(filter_dir, synthetic[[*COLUMNS, *RELEASED_SCORES]].reset_index(drop=True),
                           params.release_format, out_dir, intensity=lineage.get("intensity"))
     source = {k: lineage[k] for k in ("content_hash", "resolved_rev") if lineage.get(k) is not None}
     source["location"] = WITHHELD
@@ -132,20 +133,3 @@ def withhold_source(params_yaml: str) -> str:
         if data.get(key) is not None:
             data[key] = WITHHELD
     return yaml.safe_dump(params, sort_keys=False)
-
-
-def export_release(root: Path, rows: pd.DataFrame, fmt: str, out_dir: Path, *, intensity: Any) -> pd.DataFrame:
-    """The released image files in ``fmt``: ``png`` links the generated PNGs; other formats go through
-    ``tasks.export.export_images`` (the medical image writers), which returns the rows with their new paths."""
-    if fmt == "png":
-        for rel in rows["path"]:
-            _link(root / rel, out_dir / rel)
-        return rows
-    try:
-        from tasks.export import export_images
-    except ModuleNotFoundError as err:
-        if err.name != "tasks.export":
-            raise
-        raise UserError(f"privacy.release_format={fmt}: this installation has no image writer for {fmt} "
-                        "(tasks/export.py); use png") from None
-    return export_images(root, rows, fmt, out_dir, intensity=intensity)

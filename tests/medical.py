@@ -3,13 +3,16 @@ series folders and NIfTI volumes the tests write from their pixel data."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel
 import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
@@ -75,3 +78,51 @@ def run_ingest(tmp_path: Path, source: Path, name: str = "out", **params) -> tup
     result = ingest(DataParams(source=str(source), **params), tmp_path / name, cache_dir=tmp_path / "cache")
     frame, meta = read_manifest(result.manifest_path)
     return frame, meta, pd.read_parquet(result.quarantine_path)
+
+
+# Value representations that carry names, IDs, dates, times, UIDs, institutions, devices and free text.
+IDENTIFYING_VRS = {"PN", "LO", "SH", "DA", "DT", "TM", "UI", "AE", "LT", "ST", "UT", "UC"}
+STANDARD_UIDS = "1.2.840.10008."  # SOP classes and transfer syntaxes the standard defines: they identify nothing
+
+
+def element_values(ds: pydicom.Dataset) -> Iterator[tuple[Any, str]]:
+    """(element, value as text) for every value of every element: file meta, private tags, nested sequences."""
+    for dataset in (ds.file_meta, ds):
+        for elem in dataset.iterall():  # walks into every sequence item, private elements included
+            if elem.VR == "SQ" or isinstance(elem.value, bytes | bytearray):
+                continue
+            for value in elem.value if isinstance(elem.value, MultiValue) else [elem.value]:
+                if value is not None:
+                    yield elem, str(value).strip()
+
+
+def identifying(path: Path) -> set[str]:
+    """Every value of a source file that could point back at it: all values of the identifying VRs and of private
+    tags. Values shorter than four characters (a sex, a route 'IV', a unit 'OD') name no one and occur in any text."""
+    return {text for elem, text in element_values(pydicom.dcmread(path))
+            if (elem.VR in IDENTIFYING_VRS or elem.tag.is_private) and len(text) >= 4
+            and not text.startswith(STANDARD_UIDS)}
+
+
+def leaked(written: pydicom.Dataset, secrets: set[str]) -> set[tuple[str, str]]:
+    """(element, secret) for every identifying source value found inside any value of ``written``."""
+    return {(elem.keyword or str(elem.tag), secret) for elem, text in element_values(written) for secret in secrets
+            if secret in text}
+
+
+def dicom_digits_folder(root: Path, counts: dict[str, int]) -> Path:
+    """``<root>/<label>/<i>.dcm``: scikit-learn's digits as CT images in HU (-1000 + 100 * grey level, 8x8), each
+    file a copy of pydicom's CT_small with its patient name, IDs, dates and private tags and new pixels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label, n in counts.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(digits.images[digits.target == int(label)][:n]):
+            ds = pydicom.dcmread(bundled(CT))
+            ds.Rows, ds.Columns = image.shape
+            ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 1, 1, 0
+            ds.PixelData = (image * 100 - 1000).astype(np.int16).tobytes()
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(root / label / f"{i}.dcm")
+    return root

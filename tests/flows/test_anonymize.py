@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.pixels import apply_modality_lut
 from sklearn.datasets import load_digits
 
 from flows.anonymize import anonymize
@@ -29,6 +31,7 @@ from tasks.ingest import normalize, png
 from tasks.manifest import read_manifest
 from tasks.plan import read_plan
 from tasks.privacy import PrivacyGateError
+from tests.medical import dicom_digits_folder, identifying, leaked
 from tests.toy import COUNTS, TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,3 +169,29 @@ def test_anonymize_steps_are_the_dag_steps_up_to_the_filter_then_gate_evaluate_r
             assert any(dep == p or dep.startswith(p + "/") for p in produced), f"{name} reads {dep} too early"
         produced.update(step(name).outputs)
     assert {"privacy", "release"}.isdisjoint(names)  # the augment DAG (and dvc.yaml) stays as it is
+
+
+@pytest.mark.slow
+def test_dicom_folder_in_anonymized_dicom_release_out(tmp_path) -> None:
+    """README's medical walkthrough: CT files carrying a patient's name, IDs and dates in, synthetic DICOM out."""
+    source = dicom_digits_folder(tmp_path / "scans", COUNTS)
+    secrets = identifying(source / "0" / "0.dcm")
+    window = ["data.window_center=-200", "data.window_width=1600"]  # -1000 .. 600 HU: the digits' range
+    params = load_params(None, [*overrides(source, tmp_path), *window, "privacy.release_format=dicom"])
+    work = tmp_path / "work"
+    prepare(params, work, unseen_digits)
+    records = anonymize(params, str(work))
+
+    release = Path(records["release"]["dataset"])
+    manifest, metadata = read_manifest(release / "manifest.parquet")
+    assert metadata["format"] == "dicom" and metadata["intensity"]["unit"] == "HU"
+    assert len(manifest) > 0 and all(p.endswith(".dcm") for p in manifest["path"])
+    for rel, label, seed in manifest[["path", "label", "seed"]].itertuples(index=False):
+        written = pydicom.dcmread(release / rel)
+        assert leaked(written, secrets) == set()
+        assert written.PatientIdentityRemoved == "YES" and "SYNTHETIC" in written.SeriesDescription
+        assert f"{label}" in written.ImageComments and f"{seed}" in written.ImageComments
+        hu = apply_modality_lut(written.pixel_array, written)
+        assert hu.min() >= -1000 - 1e-6 and hu.max() <= 600 + 1e-6  # stored values map back into the window
+    assert not {p.suffix for p in (release / "images").rglob("*") if p.is_file()} - {".dcm"}
+    assert _tags(tmp_path / "registry") == ["toy-anonymized/v1"]

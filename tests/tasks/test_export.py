@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +15,26 @@ import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from tasks.errors import UserError
 from tasks.export import export_images
-from tests.medical import CR, CT, MR, bundled, mr_volume, physical, run_ingest, write_nifti, write_series
+from tests.medical import (
+    CR,
+    CT,
+    MR,
+    bundled,
+    element_values,
+    identifying,
+    leaked,
+    mr_volume,
+    physical,
+    run_ingest,
+    write_nifti,
+    write_series,
+)
 from tests.toy import digits_folder
-
-# Value representations that carry names, IDs, dates, times, UIDs, institutions, devices and free text.
-IDENTIFYING_VRS = {"PN", "LO", "SH", "DA", "DT", "TM", "UI", "AE", "LT", "ST", "UT", "UC"}
-STANDARD_UIDS = "1.2.840.10008."  # SOP classes and transfer syntaxes the standard defines: they identify nothing
-
-
-def element_values(ds: pydicom.Dataset) -> Iterator[tuple[Any, str]]:
-    """(element, value as text) for every value of every element: file meta, private tags, nested sequences."""
-    for dataset in (ds.file_meta, ds):
-        for elem in dataset.iterall():  # walks into every sequence item, private elements included
-            if elem.VR == "SQ" or isinstance(elem.value, bytes | bytearray):
-                continue
-            for value in elem.value if isinstance(elem.value, MultiValue) else [elem.value]:
-                if value is not None:
-                    yield elem, str(value).strip()
-
-
-def identifying(path: Path) -> set[str]:
-    """Every value of a source file that could point back at it: all values of the identifying VRs and of private
-    tags. Values shorter than four characters (a sex, a route 'IV', a unit 'OD') name no one and occur in any text."""
-    return {text for elem, text in element_values(pydicom.dcmread(path))
-            if (elem.VR in IDENTIFYING_VRS or elem.tag.is_private) and len(text) >= 4
-            and not text.startswith(STANDARD_UIDS)}
 
 
 def as_synthetic(frame: pd.DataFrame, seed: int = 42) -> pd.DataFrame:
@@ -81,9 +69,7 @@ def test_dicom_export_holds_no_source_identifier_and_new_uids(tmp_path: Path, na
 
     path = tmp_path / "release" / out["path"].iloc[0]
     written = pydicom.dcmread(path)  # a valid Part 10 file: no force needed
-    leaks = {(elem.keyword or str(elem.tag), secret) for elem, text in element_values(written) for secret in secrets
-             if secret in text}
-    assert leaks == set()
+    assert leaked(written, secrets) == set()
     assert not any(elem.tag.is_private for elem in written.iterall())
     source_uids = {text for elem, text in element_values(source) if elem.VR == "UI"}
     new_uids = [written.StudyInstanceUID, written.SeriesInstanceUID, written.SOPInstanceUID]
