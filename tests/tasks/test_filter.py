@@ -35,6 +35,9 @@ from tasks.filter import (
     class_radii,
     filter_step,
     memorization_thresholds,
+    nearest_feature,
+    nearest_pixel_correlation,
+    pixels_uint8,
     reject_reasons,
     sanity_reason,
     topup_count,
@@ -180,6 +183,27 @@ def test_memorization_thresholds_are_holdout_quantiles() -> None:
     assert copy.feature_distance > 0 and copy.pixel_correlation < 1
     with pytest.raises(ValueError, match="quantile"):
         memorization_thresholds(holdout_feats, train_feats, holdout_pixels, train_pixels, 0.7)
+
+
+def test_reference_searches_in_blocks_equal_brute_force() -> None:
+    """The filter's nearest searches take the reference a block at a time; any block size gives the full answer,
+    and uint8 reference rows (as the shards read them) give what their decoded images give."""
+    g = torch.Generator().manual_seed(3)
+    q, r = torch.randn(13, 5, generator=g, dtype=torch.float64), torch.randn(37, 5, generator=g, dtype=torch.float64)
+    brute = torch.cdist(q, r).min(dim=1).values.numpy()
+    images = torch.randint(0, 256, (37, 1, 4, 4), generator=g, dtype=torch.uint8)
+    decoded = images.float() / 127.5 - 1.0
+    query = decoded[:9] + 0.05 * torch.randn(9, 1, 4, 4, generator=g)
+    flat_q, flat_r = query.reshape(9, -1).double(), decoded.reshape(37, -1).double()
+    brute_corr = torch.corrcoef(torch.cat([flat_q, flat_r]))[:9, 9:].max(dim=1).values
+    stored = pixels_uint8(decoded)
+    assert np.array_equal(stored, images.reshape(37, -1).numpy())
+    for block in (1, 4, 36, 37, 1000):
+        np.testing.assert_allclose(nearest_feature(q, r, block=block), brute, rtol=1e-12)
+        np.testing.assert_allclose(nearest_pixel_correlation(query, stored, block=block), brute_corr.numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(nearest_pixel_correlation(query, decoded, block=block), brute_corr.numpy(),
+                                   rtol=1e-12)
 
 
 def test_topup_count_learns_from_the_acceptance_rate() -> None:
