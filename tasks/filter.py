@@ -72,7 +72,13 @@ from rich.text import Text
 
 from models.common import pick_device
 from models.judge import Judge, JudgeConfig
-from models.metrics import knn_radii, nearest_correlation, nearest_distance, pairwise_near_duplicates, realism_score
+from models.metrics import (
+    knn_radii,
+    nearest_correlation_streamed,
+    nearest_distance_streamed,
+    pairwise_near_duplicates,
+    realism_score,
+)
 from models.training import checkpoint_hash
 from tasks.errors import UserError
 from tasks.generate import DEFAULT_SHARD_SIZE, GenerateParams, Request, generate_sharded, seeds_for
@@ -101,7 +107,6 @@ REJECT_REASONS = ("sanity", "label", "memorized_pixel", "memorized_feature", "un
 SCORE_COLUMNS = ("score_confidence", "score_realism", "score_nn_feature", "score_nn_pixel_corr", "score_duplicate")
 MIN_ACCEPTANCE_RATE = 0.05  # floor of the observed rate when sizing a top-up (0 accepted would ask for infinity)
 REALISM_CAP = 1e3
-REFERENCE_BLOCK = 16_384  # reference rows a nearest search converts to float64 at once
 EMBED_BLOCK = 1024  # images decoded at once when embedding the real reference
 CONSTANT_RANGE = 1 / 127.5  # max - min at or below one 8-bit grey level: a constant image
 RANGE_TOLERANCE = 1e-6
@@ -218,13 +223,13 @@ def memorization_thresholds(holdout_feats: torch.Tensor | np.ndarray, train_feat
         holdout_feats: features (M, F) of real holdout images.
         train_feats: features (N, F) of the real training images.
         holdout_pixels: the same holdout images (M, ...) in [-1, 1] (flattened here).
-        train_pixels: the training images (N, ...) in [-1, 1], or as stored: uint8 (N, D) (``pixels_uint8``).
+        train_pixels: the training images (N, ...) in [-1, 1], or their 8-bit levels uint8 (N, D) (``pixels_uint8``).
         quantile: in [0, 0.5]; the share of real holdout images the thresholds would flag.
     """
     if not 0.0 <= quantile <= 0.5:
         raise ValueError(f"quantile must be in [0, 0.5], got {quantile}")
-    nn_feat = nearest_feature(holdout_feats, train_feats)
-    nn_corr = nearest_pixel_correlation(holdout_pixels, train_pixels)
+    nn_feat = nearest_distance_streamed(holdout_feats, train_feats)
+    nn_corr = nearest_correlation_streamed(holdout_pixels, train_pixels)
     if nn_feat.shape[0] != nn_corr.shape[0]:
         raise ValueError(f"holdout_feats has {nn_feat.shape[0]} rows but holdout_pixels {nn_corr.shape[0]}")
     feat = float(np.quantile(nn_feat, quantile))
@@ -235,45 +240,11 @@ def memorization_thresholds(holdout_feats: torch.Tensor | np.ndarray, train_feat
                                   n_holdout=int(nn_feat.shape[0]))
 
 
-def nearest_feature(query: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, *,
-                    block: int = REFERENCE_BLOCK) -> np.ndarray:
-    """Per query row: Euclidean distance to the nearest reference row, the reference ``block`` rows at a time
-    (``models.metrics.nearest_distance`` per block, itself blocked): memory O(block x F) for any reference size,
-    on the query's device."""
-    return _best_over_blocks(query, reference, block, lambda q, r: nearest_distance(q, r).distance, np.minimum)
-
-
-def nearest_pixel_correlation(query: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, *,
-                              block: int = REFERENCE_BLOCK) -> np.ndarray:
-    """Per query image: the highest Pearson pixel correlation with any reference image, ``block`` reference images
-    at a time. ``reference`` is images in [-1, 1] or uint8 rows (N, D) as stored (``pixels_uint8``)."""
-    return _best_over_blocks(query, reference, block,
-                             lambda q, r: nearest_correlation(q, _unit_range(r)).correlation, np.maximum)
-
-
-def _best_over_blocks(query, reference, block: int, search, better) -> np.ndarray:
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
-    if len(reference) == 0:
-        raise ValueError("the reference set is empty")
-    best = None
-    for start in range(0, len(reference), block):
-        values = search(query, reference[start:start + block])
-        best = values if best is None else better(best, values)
-    return best
-
-
 def pixels_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images (N, C, H, W) in [-1, 1] as stored 8-bit levels, uint8 (N, C*H*W): an eighth of float64's memory."""
+    """Images (N, C, H, W) in [-1, 1] as their stored 8-bit levels, uint8 (N, C*H*W): an eighth of float64's
+    memory, and the same Pearson correlations (a correlation does not change under v -> v / 127.5 - 1)."""
     return ((images.detach().cpu().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).reshape(
         images.shape[0], -1).numpy()
-
-
-def _unit_range(rows: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """uint8 rows back to [-1, 1] exactly as ``tasks.images.load_images`` decodes them; other input as it is."""
-    if isinstance(rows, np.ndarray) and rows.dtype == np.uint8:
-        return torch.from_numpy(np.array(rows, dtype=np.float32)) / 127.5 - 1.0
-    return rows
 
 
 def topup_count(shortfall: int, accepted: int, generated: int, budget_left: int) -> int:
@@ -400,7 +371,7 @@ def _reference(ingest_manifest: Path, judge: Judge, class_names: list[str],
     feats, pixels = _embed_files(root, [p for p, _ in train], judge, params.extractor)
     val_feats, val_pixels = _embed_files(root, [p for p, _ in val], judge, params.extractor)
     device = judge.temperature.device  # the searches run where the judge does: the GPU when there is one
-    memo = memorization_thresholds(val_feats.to(device), feats, _unit_range(val_pixels).to(device), pixels,
+    memo = memorization_thresholds(val_feats.to(device), feats, torch.from_numpy(val_pixels).to(device), pixels,
                                    params.memorization_quantile)
     median_nn = float(np.median(knn_radii(feats.to(device), 1)))
     thresholds = Thresholds(min_confidence=params.min_confidence, memorization=memo, realism_k=params.realism_k,
@@ -500,8 +471,9 @@ def _score(rows: pd.DataFrame, root: Path, ref: _Reference) -> tuple[pd.DataFram
             out["score_realism"][sel[mine]] = np.minimum(
                 realism_score(ref.feats[torch.from_numpy(real)].to(device), ref.radii[real], f[torch.from_numpy(mine)]),
                 REALISM_CAP)
-        out["score_nn_feature"][sel] = nearest_feature(f.to(device), ref.feats)
-        out["score_nn_pixel_corr"][sel] = nearest_pixel_correlation(x.reshape(len(idx), -1).to(device), ref.pixels)
+        out["score_nn_feature"][sel] = nearest_distance_streamed(f.to(device), ref.feats)
+        out["score_nn_pixel_corr"][sel] = nearest_correlation_streamed(x.reshape(len(idx), -1).to(device),
+                                                                       ref.pixels)
     scores = pd.DataFrame(out, index=rows.index)
     scores.insert(0, "sanity", pd.Series(sanity, index=rows.index, dtype=object))
     return scores, feats

@@ -35,7 +35,7 @@ from tasks.shards import (
 )
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
-DEFAULT_SHARD_SIZE = 256
+DEFAULT_SHARD_SIZE = 1024  # each filter shard streams the whole real reference once: larger shards are faster
 CHECKPOINT_FILE = ".checkpoint"  # sha256 of the checkpoint the images in the folder were sampled with
 
 
