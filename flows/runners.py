@@ -1,10 +1,10 @@
 """Where the generate and filter steps run their shards: a Prefect task runner chosen by the ``runner`` params.
 
-``shard_runner(params, name)`` returns a ``tasks.shards.RunShards``: each call becomes one Prefect task run of a
-flow named ``name``, submitted to threads in this process (``ThreadPoolTaskRunner``), a Dask cluster
-(``prefect-dask``'s ``DaskTaskRunner``: a ``LocalCluster`` or an existing scheduler) or a Ray cluster
-(``prefect-ray``'s ``RayTaskRunner``). Called inside a running flow (the ``augment`` flow's step task) it is a
-nested flow run; called from the CLI or ``dvc repro`` it is a flow run of its own.
+``with shard_runner(params, name) as run_shards`` gives a ``tasks.shards.RunShards``: each call becomes one Prefect
+task run of a flow named ``name``, submitted to threads in this process (``ThreadPoolTaskRunner``), a Dask cluster
+(``prefect-dask``'s ``DaskTaskRunner``: a ``LocalCluster`` living as long as the ``with`` block, or an existing
+scheduler) or a Ray cluster (``prefect-ray``'s ``RayTaskRunner``). Called inside a running flow (the ``augment``
+flow's step task) it is a nested flow run; called from the CLI or ``dvc repro`` it is a flow run of its own.
 
 The runner never changes what a step writes (a synthetic image is a function of checkpoint, class and seed), so the
 ``runner`` section is in no step's cache key.
@@ -77,7 +77,9 @@ def task_runner(params: RunnerParams, address: str | None = None):
         raise UserError("runner.kind=ray needs prefect-ray: pip install 'synthaug[ray]'") from None
     if params.address:
         return RayTaskRunner(address=params.address)
-    return RayTaskRunner(init_kwargs={"num_cpus": local_workers(params), "include_dashboard": False})
+    api = _api_url()  # as for Dask: the local Ray workers report to this process's temporary server
+    return RayTaskRunner(init_kwargs={"num_cpus": local_workers(params), "include_dashboard": False,
+                                      "runtime_env": {"env_vars": {"PREFECT_API_URL": api}} if api else {}})
 
 
 @contextlib.contextmanager

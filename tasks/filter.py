@@ -45,6 +45,12 @@ scores), ``images/<label>/<label>_s<seed>.png`` (hard links to the generate step
 are impossible; top-up images are sampled straight into it) and ``filter_summary.json``. Re-running resumes: files
 already there are neither linked nor sampled again (top-up images sampled with another checkpoint are dropped
 first), and at the end images the manifest does not list are removed, so the folder is exactly the dataset.
+
+Scale: scoring and top-up sampling run in shards (``tasks.shards``) wherever ``run_shards`` sends them. The real
+reference (features float64, pixels as stored uint8, class radii) is saved once per run to ``out_dir/reference/``
+and memory-mapped by each shard; each shard writes its scores and features to ``out_dir/shards/`` and is skipped
+by a re-run once finished. The nearest searches read the reference a block at a time
+(``models.metrics.nearest_distance_streamed`` / ``nearest_correlation_streamed``) on the filter's device.
 """
 
 from __future__ import annotations
@@ -509,7 +515,7 @@ class _Scorer:
     def __call__(self, frame: pd.DataFrame, prefix: str) -> tuple[pd.DataFrame, torch.Tensor, list[Path]]:
         """Scores (index of ``frame``) and features of ``frame``'s rows, shard by shard; and the shard tables."""
         items = list(zip(frame["path"], frame["label"].astype(str), frame["image_id"], strict=True))
-        shards = cut(items, self.shard_size, self.root / SHARDS_DIR, prefix, self.reference_key)
+        shards = cut(items, self.shard_size, self.root / SHARDS_DIR, prefix, [self.reference_key, self.device])
         calls = [{"root": self.root, "rows": [(p, label) for p, label, _ in items[s.start:s.stop]],
                   "reference_dir": self.reference_dir, "reference_key": self.reference_key,
                   "judge_dir": self.judge_dir, "extractor": self.extractor, "device": self.device,

@@ -1,4 +1,9 @@
-"""Generate the planned synthetic images: one PNG per (class, seed), plus a manifest of what was made."""
+"""Generate the planned synthetic images: one PNG per (class, seed), plus a manifest of what was made.
+
+The (class, seed) list is cut into shards (``tasks.shards``) that run wherever ``run_shards`` sends them (a Prefect
+task runner from ``flows.runners``, or this process); each writes its images and then its manifest atomically, and
+a re-run skips the shards already finished.
+"""
 
 from __future__ import annotations
 
