@@ -1,4 +1,4 @@
-"""``python -m bench [--only train|sample|quality] [--family NAME] [--device auto|cpu|cuda] [--quick]``."""
+"""``python -m bench [--only train|sample|quality|scale] [--family NAME] [--device auto|cpu|cuda] [--quick]``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bench import speed
 from models.registry import family_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KINDS = ("train", "sample", "quality")
+KINDS = ("train", "sample", "quality", "scale")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", choices=KINDS, help="benchmark to run (repeatable; default all)")
     parser.add_argument("--family", action="append", choices=family_names(), help="family (repeatable; default all)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="device of the speed benchmarks (quality always runs on the CPU)")
+                        help="device of the speed and scale benchmarks (quality always runs on the CPU)")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps and images, numbers meaningless")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch CPU threads (default: the cores this process may use)")
@@ -41,6 +41,15 @@ def main(argv: list[str] | None = None) -> None:
             record = quality.run(families, quick=args.quick, out_dir=args.out,
                                  save=lambda r, path=path: quality.dump(r, path))
             print(quality.table(record))
+        elif kind == "scale":
+            from bench import scale
+
+            record = scale.run(args.device, quick=args.quick, threads=args.threads)
+            device = "cpu" if record["machine"]["device"] == "cpu" else "cuda"
+            path = args.out / f"scale-{device}-{stamp}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2))
+            print(scale.tables(record))
         else:
             record = speed.run(kind, families, args.device, quick=args.quick)
             device = "cpu" if record["machine"]["device"] == "cpu" else "cuda"

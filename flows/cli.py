@@ -35,17 +35,29 @@ def example(directory: Path = typer.Argument(..., help="Folder to write the exam
     console.print(summary)
 
 
+def _run_step(name: str, params: Params, workdir: Path) -> None:
+    from flows.dag import step
+
+    record = step(name).run(params, workdir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+        for key, value in record.items():
+            console.print(f"{key}: {value}")
+
+
 def _add_step_command(name: str, help_text: str) -> None:
     """One CLI command per pipeline step, from the single DAG declaration (dvc.yaml runs these)."""
 
     def command(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
-        from flows.dag import step
+        _run_step(name, _params(params_file, overrides), workdir)
 
-        record = step(name).run(_params(params_file, overrides), workdir)
-        for key, value in record.items():
-            console.print(f"{key}: {value}")
+    def train_command(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
+                      processes: int | None = typer.Option(
+                          None, min=1, help="Train in N processes (torch DDP through torchrun); the same as "
+                                            "-S model.processes=N.")) -> None:
+        extra = [] if processes is None else [f"model.processes={processes}"]
+        _run_step(name, _params(params_file, [*overrides, *extra]), workdir)
 
-    app.command(name=name, help=help_text)(command)
+    app.command(name=name, help=help_text)(train_command if name == "train" else command)
 
 
 for _step in STEPS + PRIVACY_STEPS:

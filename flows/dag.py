@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,28 +63,39 @@ def _plan(p: Params, workdir: Path) -> Record:
 
 
 def _train(p: Params, workdir: Path) -> Record:
+    from models.training import checkpoint_hash
     from tasks.train import train
 
+    if p.model.processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside torchrun: launch it
+        from flows.launch import torchrun_step
+
+        torchrun_step("train", p, workdir, p.model.processes)
+        checkpoint = workdir / "model" / "checkpoint"
+        return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint)}
     result = train(workdir / "ingest" / "manifest.parquet", p.model, workdir / "model")
     return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash}
 
 
-def _progress_artifact(key: str) -> Callable[[int, int], None] | None:
-    """A Prefect progress artifact when the step runs as a flow's task; nothing from the CLI or `dvc repro`."""
+def _progress(key: str) -> Callable[[int, int], None]:
+    """Images done so far, as shards finish: a Prefect progress artifact when the step runs as a flow's task, a
+    log line otherwise (the CLI, `dvc repro`)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.context import TaskRunContext
 
     if TaskRunContext.get() is None:
-        return None
+        return lambda done, total: print(f"{key}: {done}/{total} images", file=sys.stderr, flush=True)
     artifact = create_progress_artifact(0.0, key=key, description="share of the planned images generated")
     return lambda done, total: update_progress_artifact(artifact, 100.0 * done / max(total, 1))
 
 
 def _generate(p: Params, workdir: Path) -> Record:
+    from flows.runners import shard_runner
     from tasks.generate import generate_from_plan
 
-    manifest = generate_from_plan(workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", p.generate,
-                                  workdir / "generate", on_progress=_progress_artifact("generate-progress"))
+    with shard_runner(p.runner, "generate-shards") as run_shards:
+        manifest = generate_from_plan(workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", p.generate,
+                                      workdir / "generate", shard_size=p.runner.shard_size, run_shards=run_shards,
+                                      on_progress=_progress("generate-progress"))
     return {"manifest": str(manifest)}
 
 
@@ -95,10 +108,13 @@ def _judge(p: Params, workdir: Path) -> Record:
 
 
 def _filter(p: Params, workdir: Path) -> Record:
+    from flows.runners import shard_runner
     from tasks.filter import filter_step
 
-    result = filter_step(workdir / "ingest", workdir / "generate", workdir / "judge", workdir / "plan" / "plan.csv",
-                         workdir / "model" / "checkpoint", p.filter, p.generate, workdir / "filter")
+    with shard_runner(p.runner, "filter-shards") as run_shards:
+        result = filter_step(workdir / "ingest", workdir / "generate", workdir / "judge",
+                             workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", p.filter, p.generate,
+                             workdir / "filter", shard_size=p.runner.shard_size, run_shards=run_shards)
     return {"manifest": str(result.manifest_path), "accepted": result.accepted, "needed": result.needed,
             "shortfall": result.shortfall}
 
@@ -164,14 +180,14 @@ STEPS: tuple[Step, ...] = (
          code=("tasks/train.py", "models")),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
-         code=("tasks/generate.py", "models")),
+         code=("tasks/generate.py", "tasks/shards.py", "models")),
     Step("judge", "Train the judge classifier on the real train split, calibrated on val.",
          _judge, params=("filter.judge", "filter.device"), deps=("ingest/manifest.parquet",), outs=("judge",),
          code=("tasks/judge.py", "models/judge.py")),
     Step("filter", "Score every synthetic image, reject with reasons, top up short classes.",
          _filter, params=("filter", "generate"), deps=("ingest", "generate", "judge", "plan/plan.csv",
                                                         "model/checkpoint"), outs=("filter",),
-         code=("tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "models")),
+         code=("tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/shards.py", "models")),
     Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
          _evaluate, params=("evaluate",), deps=("ingest", "filter", "judge"),
          outs=("evaluate/utility.png", "evaluate/class_counts.png", "evaluate/per_class_recall.png"),

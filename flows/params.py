@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flows.runners import RunnerParams
 from tasks.errors import UserError
 from tasks.evaluate import EvaluateParams
 from tasks.filter import FilterParams
@@ -36,6 +37,7 @@ class Params(BaseModel):
     evaluate: EvaluateParams = EvaluateParams()
     publish: PublishParams = PublishParams()
     privacy: PrivacyParams = PrivacyParams()
+    runner: RunnerParams = RunnerParams()
 
 
 class ParamsError(UserError):

@@ -8,11 +8,12 @@ Conventions (all families):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +69,15 @@ class GeneratorFamily(Protocol):
         """One optimisation step on a batch already on the device; returns named losses.
 
         ``generator`` is the training RNG (on the device): use it for all noise so runs are reproducible.
+        """
+        ...
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Run the training forward passes of every trained network through ``wrap(network)``.
+
+        The training driver passes ``DistributedDataParallel`` here under ``torchrun``, so gradients are averaged
+        over processes during ``backward``. Only the forward calls of ``train_step`` go through the wrapper; the
+        EMA, ``sample`` and ``state_dict`` keep using the bare networks (the wrapper shares their parameters).
         """
         ...
 

@@ -10,15 +10,21 @@ import torch
 from torch import nn
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU; ``cpu``/``cuda`` force one (``cuda`` fails without a GPU)."""
+def pick_device(preference: str = "auto", rank: int = 0) -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU; ``cpu``/``cuda`` force one (``cuda`` fails without a GPU).
+
+    ``rank`` (a worker's or a process's index) picks the GPU ``rank % device count``, so workers sharing a host
+    each get their own; a worker that sees one GPU (its scheduler set ``CUDA_VISIBLE_DEVICES``) always gets it.
+    """
     if preference not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be one of auto, cpu, cuda; got {preference!r}")
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0, got {rank}")
     if preference == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(preference)
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if preference == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         # TF32 matmuls/convolutions: ~2x on Ampere+ at no visible cost for image generators.
         torch.backends.cuda.matmul.allow_tf32 = True

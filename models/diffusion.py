@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
+from torch import nn
 
 from models.base import TrainConfig
 from models.common import EMA, autocast, per_image_normal, per_image_streams, stream_normal
@@ -326,6 +327,9 @@ class Diffusion:
         self.ema.decay = min(cfg.ema_decay, (1.0 + self.steps_done) / (10.0 + self.steps_done))
         self.ema.update(self.net)
         return {"loss": loss.item()}
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self._train_net = wrap(self._train_net)
 
     # -- sampling ------------------------------------------------------------------------------------------------
 

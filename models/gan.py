@@ -20,7 +20,7 @@ sampler, the family (training step, sampling, state).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -377,11 +377,14 @@ class GAN:
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.d_lr, betas=betas)
         self.step = 0
         self._format = fmt
+        # The forwards of train_step (DDP-wrapped under torchrun); EMA, sampling and state use the bare networks.
+        self._g_train: nn.Module = self.generator
+        self._d_train: nn.Module = self.discriminator
 
     def _fake(self, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn((labels.shape[0], self.config.z_dim), generator=generator, device=generator.device)
         z = z.to(self.device)
-        return self.generator(z, labels), z
+        return self._g_train(z, labels), z
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         """One discriminator update, then one generator update, both on augmented real and generated batches."""
@@ -394,7 +397,7 @@ class GAN:
             fake, z = self._fake(labels, generator)
             both = torch.cat([diff_augment(images, self.policy, generator),
                               diff_augment(fake.detach(), self.policy, generator)])
-            d_real, d_fake = self.discriminator(both, torch.cat([labels, labels])).float().chunk(2)
+            d_real, d_fake = self._d_train(both, torch.cat([labels, labels])).float().chunk(2)
             d_loss = d_hinge_loss(d_real, d_fake)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -403,7 +406,7 @@ class GAN:
         # Generator: the same fake batch (one G forward per step) scored by the updated D, freshly augmented;
         # the gradient flows back through the augmentation into G.
         with autocast(self.device):
-            g_logits = self.discriminator(diff_augment(fake, self.policy, generator), labels)
+            g_logits = self._d_train(diff_augment(fake, self.policy, generator), labels)
             g_loss = g_hinge_loss(g_logits.float())
             if self.config.mode_seeking:
                 g_loss = g_loss + self.config.mode_seeking * mode_seeking_loss(fake, z, labels)
@@ -416,6 +419,11 @@ class GAN:
         self.ema.decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
         self.ema.update(self.generator)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        # One G forward and two D forward/backward pairs per step: each wrapper sees a backward before its next
+        # forward, as DistributedDataParallel requires.
+        self._g_train, self._d_train = wrap(self._g_train), wrap(self._d_train)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:

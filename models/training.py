@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from models.base import GeneratorFamily
 from models.registry import get_family
 
 StepCallback = Callable[[int, dict[str, float]], None]
+RANK_SEED_STRIDE = 1_000_003  # noise seed of process r: seed + start_step + r * stride (rank 0: as one process)
 
 
 def save_checkpoint(model: GeneratorFamily, directory: Path, *, step: int, class_names: list[str],
@@ -81,23 +84,55 @@ def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, s
     Small datasets fit in device memory, so batches are index draws from one tensor (no loader overhead).
     Resumes at ``start_step`` with the saved batch-RNG state; checkpoints every ``config.checkpoint_every``
     steps and at the end. Returns the final step.
+
+    Under an initialised ``torch.distributed`` process group of P processes (``torchrun``), every process draws
+    the same global batch of ``batch_size`` indices from the same seed and trains on its own 1/P slice of it, the
+    networks wrapped in ``DistributedDataParallel`` (gradients averaged over processes, so a step sees the global
+    batch as one process would); the noise differs per process. Only rank 0 calls ``on_step`` (with the losses
+    averaged over processes) and writes checkpoints.
     """
     device = images.device
     cfg = model.config
-    batch_rng = torch.Generator().manual_seed(seed)  # CPU: the same batches on every device
+    rank, world = _process_group()
+    batch = cfg.batch_size // world
+    if batch * world != cfg.batch_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} training processes")
+    if world > 1:
+        model.distribute(lambda net: DistributedDataParallel(net, device_ids=[device] if device.type == "cuda"
+                                                             else None))
+    batch_rng = torch.Generator().manual_seed(seed)  # CPU: the same batches on every device and process
     if rng_state is not None:
         batch_rng.set_state(rng_state)
-    noise_rng = torch.Generator(device=device).manual_seed(seed + start_step)
+    noise_rng = torch.Generator(device=device).manual_seed(seed + start_step + rank * RANK_SEED_STRIDE)
     n = images.shape[0]
     step = start_step
     while step < cfg.steps:
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=batch_rng).to(device)
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=batch_rng)[rank * batch:(rank + 1) * batch]
+        idx = idx.to(device)
         losses = model.train_step(images[idx], labels[idx], noise_rng)
         step += 1
-        if on_step is not None:
+        if world > 1:
+            losses = _mean_over_processes(losses, device)
+        if on_step is not None and rank == 0:
             on_step(step, losses)
         done = step == cfg.steps
-        if checkpoint_dir is not None and (done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+        if checkpoint_dir is not None and rank == 0 and (
+                done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
             save_checkpoint(model, checkpoint_dir, step=step, class_names=class_names,
                             rng_state=batch_rng.get_state())
+    if world > 1:
+        dist.barrier()  # every process returns once rank 0's final checkpoint is written
     return step
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_over_processes(losses: dict[str, float], device: torch.device) -> dict[str, float]:
+    values = torch.tensor(list(losses.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(values)  # SUM: the one reduction every backend (gloo, nccl) supports
+    return dict(zip(losses, (values / dist.get_world_size()).tolist(), strict=True))

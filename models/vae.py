@@ -13,7 +13,7 @@ Read top to bottom: config, networks (encoder, decoder), objective, sampler, the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -159,6 +159,14 @@ class ConditionalVAE(nn.Module):
         h = self.from_latent(torch.cat([z, self.embed(labels).to(z.dtype)], dim=1))
         return self.decoder(F.leaky_relu(h, 0.2).view(-1, *self.grid))
 
+    def forward(self, x: torch.Tensor, labels: torch.Tensor,
+                eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training pass: (decoder logits, mean, logvar) for z = mean + sigma * eps (reparameterisation)."""
+        mean, logvar = self.encode(x, labels)
+        mean, logvar = mean.float(), logvar.float()
+        z = mean + (0.5 * logvar).exp() * eps.to(mean.device)
+        return self.decode(z, labels).float(), mean, logvar
+
 
 # ----------------------------------------------------------------------------------------------- objective
 
@@ -221,6 +229,7 @@ class VAE:
                                   embed_dim=config.embed_dim).to(device, memory_format=self._format)
         self.ema = EMA(self.net, decay=config.ema_decay)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self._train_net: nn.Module = self.net  # the forward of train_step (DDP-wrapped under torchrun)
         self.step = 0
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
@@ -229,13 +238,10 @@ class VAE:
         images = images.to(self.device, memory_format=self._format)
         labels = labels.to(self.device)
         beta = cfg.kl_weight * kl_beta(self.step, cfg.kl_warmup)
+        # eps of the reparameterisation comes from the training RNG (reproducible runs).
+        eps = torch.randn((images.shape[0], cfg.latent_dim), generator=generator, device=generator.device)
         with autocast(self.device):
-            mean, logvar = self.net.encode(images, labels)
-            mean, logvar = mean.float(), logvar.float()
-            # Reparameterisation z = mean + sigma * eps, eps from the training RNG (reproducible runs).
-            eps = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device)
-            z = mean + (0.5 * logvar).exp() * eps
-            logits = self.net.decode(z, labels).float()
+            logits, mean, logvar = self._train_net(images, labels, eps)
         recon = reconstruction_loss(logits, images, cfg.reconstruction)
         kl = kl_divergence(mean, logvar)
         loss = recon + beta * kl
@@ -247,6 +253,9 @@ class VAE:
         self.ema.decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
         self.ema.update(self.net)
         return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(), "beta": beta}
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self._train_net = wrap(self._train_net)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, seeds: Sequence[int], *, temperature: float | None = None) -> torch.Tensor:

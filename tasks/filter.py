@@ -45,10 +45,17 @@ scores), ``images/<label>/<label>_s<seed>.png`` (hard links to the generate step
 are impossible; top-up images are sampled straight into it) and ``filter_summary.json``. Re-running resumes: files
 already there are neither linked nor sampled again (top-up images sampled with another checkpoint are dropped
 first), and at the end images the manifest does not list are removed, so the folder is exactly the dataset.
+
+Scale: scoring and top-up sampling run in shards (``tasks.shards``) wherever ``run_shards`` sends them. The real
+reference (features float64, pixels as stored uint8, class radii) is saved once per run to ``out_dir/reference/``
+and memory-mapped by each shard; each shard writes its scores and features to ``out_dir/shards/`` and is skipped
+by a re-run once finished. The nearest searches read the reference a block at a time
+(``models.metrics.nearest_distance_streamed`` / ``nearest_correlation_streamed``) on the filter's device.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -61,6 +68,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 from rich.console import Console
@@ -69,15 +78,32 @@ from rich.text import Text
 
 from models.common import pick_device
 from models.judge import Judge, JudgeConfig
-from models.metrics import knn_radii, nearest_correlation, nearest_distance, pairwise_near_duplicates, realism_score
+from models.metrics import (
+    knn_radii,
+    nearest_correlation_streamed,
+    nearest_distance_streamed,
+    pairwise_near_duplicates,
+    realism_score,
+)
 from models.training import checkpoint_hash
 from tasks.errors import UserError
-from tasks.generate import GenerateParams, Request, generate, seeds_for
+from tasks.generate import DEFAULT_SHARD_SIZE, GenerateParams, Request, generate_sharded, seeds_for
 from tasks.images import file_sha256, load_images
-from tasks.judge import embed, load_judge_step
-from tasks.manifest import COLUMNS, read_manifest, write_manifest
+from tasks.judge import JUDGE_FILE, embed, load_judge_step
+from tasks.manifest import COLUMNS, iter_manifest, read_manifest, read_manifests, write_manifest
 from tasks.params_base import Section
 from tasks.plan import natural_key, read_plan
+from tasks.shards import (
+    SHARDS_DIR,
+    RunShards,
+    cut,
+    digest,
+    finished,
+    remove_stale,
+    remove_temporaries,
+    run_in_process,
+    write_table,
+)
 
 SUMMARY_FILE = "filter_summary.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -87,6 +113,7 @@ REJECT_REASONS = ("sanity", "label", "memorized_pixel", "memorized_feature", "un
 SCORE_COLUMNS = ("score_confidence", "score_realism", "score_nn_feature", "score_nn_pixel_corr", "score_duplicate")
 MIN_ACCEPTANCE_RATE = 0.05  # floor of the observed rate when sizing a top-up (0 accepted would ask for infinity)
 REALISM_CAP = 1e3
+EMBED_BLOCK = 1024  # images decoded at once when embedding the real reference
 CONSTANT_RANGE = 1 / 127.5  # max - min at or below one 8-bit grey level: a constant image
 RANGE_TOLERANCE = 1e-6
 
@@ -202,13 +229,13 @@ def memorization_thresholds(holdout_feats: torch.Tensor | np.ndarray, train_feat
         holdout_feats: features (M, F) of real holdout images.
         train_feats: features (N, F) of the real training images.
         holdout_pixels: the same holdout images (M, ...) in [-1, 1] (flattened here).
-        train_pixels: the training images (N, ...).
+        train_pixels: the training images (N, ...) in [-1, 1], or their 8-bit levels uint8 (N, D) (``pixels_uint8``).
         quantile: in [0, 0.5]; the share of real holdout images the thresholds would flag.
     """
     if not 0.0 <= quantile <= 0.5:
         raise ValueError(f"quantile must be in [0, 0.5], got {quantile}")
-    nn_feat = nearest_distance(holdout_feats, train_feats).distance
-    nn_corr = nearest_correlation(holdout_pixels, train_pixels).correlation
+    nn_feat = nearest_distance_streamed(holdout_feats, train_feats)
+    nn_corr = nearest_correlation_streamed(holdout_pixels, train_pixels)
     if nn_feat.shape[0] != nn_corr.shape[0]:
         raise ValueError(f"holdout_feats has {nn_feat.shape[0]} rows but holdout_pixels {nn_corr.shape[0]}")
     feat = float(np.quantile(nn_feat, quantile))
@@ -217,6 +244,13 @@ def memorization_thresholds(holdout_feats: torch.Tensor | np.ndarray, train_feat
     return MemorizationThresholds(feature_distance=max(feat, 1e-6 * scale, 1e-12),
                                   pixel_correlation=min(corr, 1.0 - 1e-9), quantile=quantile,
                                   n_holdout=int(nn_feat.shape[0]))
+
+
+def pixels_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (N, C, H, W) in [-1, 1] as their stored 8-bit levels, uint8 (N, C*H*W): an eighth of float64's
+    memory, and the same Pearson correlations (a correlation does not change under v -> v / 127.5 - 1)."""
+    return ((images.detach().cpu().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).reshape(
+        images.shape[0], -1).numpy()
 
 
 def topup_count(shortfall: int, accepted: int, generated: int, budget_left: int) -> int:
@@ -297,37 +331,90 @@ class _Reference:
     judge: Judge
     class_names: list[str]
     extractor: str | None
-    feats: torch.Tensor
-    pixels: torch.Tensor
+    feats: torch.Tensor  # (N, F) float64
+    pixels: np.ndarray  # (N, D) uint8, as stored
     labels: np.ndarray  # class name of each real train row
     radii: np.ndarray  # class-conditional k-NN radius of each real train row
-    thresholds: Thresholds
 
 
-def _reference(ingest_manifest: Path, judge: Judge, class_names: list[str], params: FilterParams) -> _Reference:
-    frame, _ = read_manifest(ingest_manifest)
-    real = frame[(frame["source"] == "real") & frame["label"].astype(str).isin(class_names)]
-    train, val = real[real["split"] == "train"], real[real["split"] == "val"]
+REFERENCE_DIR = "reference"
+REFERENCE_ARRAYS = ("feats", "pixels", "labels", "radii")
+
+
+def _embed_files(root: Path, paths: list[str], judge: Judge, extractor: str | None) -> tuple[torch.Tensor,
+                                                                                           np.ndarray]:
+    """Features (N, F) float64 and uint8 pixels (N, D) of stored images, read ``EMBED_BLOCK`` images at a time."""
+    feats, pixels = [torch.empty(0, 0, dtype=torch.float64)], [np.empty((0, 0), dtype=np.uint8)]
+    for start in range(0, len(paths), EMBED_BLOCK):
+        x = load_images(root, paths[start:start + EMBED_BLOCK], judge.image_shape[0])
+        feats.append(embed(x, judge, extractor=extractor).double())
+        pixels.append(pixels_uint8(x))
+    return torch.cat(feats[1:]) if len(feats) > 1 else feats[0], np.concatenate(pixels[1:] or pixels)
+
+
+def _reference(ingest_manifest: Path, judge: Judge, class_names: list[str],
+               params: FilterParams) -> tuple[_Reference, Thresholds]:
+    """The real train set's features, pixels and class k-NN radii, and the thresholds calibrated on real val.
+
+    The manifest is read in chunks and the images in blocks: what stays in memory is O(N (F + D)) for N real
+    images (features float64, pixels uint8), never a matrix over pairs of images.
+    """
+    rows: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+    known = set(class_names)
+    for chunk in iter_manifest(ingest_manifest, columns=["path", "label", "split", "source"]):
+        chunk = chunk[(chunk["source"] == "real") & chunk["label"].astype(str).isin(known)]
+        for split, items in rows.items():
+            part = chunk[chunk["split"] == split]
+            items.extend(zip(part["path"], part["label"].astype(str), strict=True))
+    train, val = rows["train"], rows["val"]
     if len(train) <= params.realism_k:
         raise UserError(f"{ingest_manifest}: {len(train)} real train images; filter.realism_k={params.realism_k} "
                         "needs more than k")
-    if val.empty:
+    if not val:
         raise UserError(f"{ingest_manifest}: no real val images; the memorization thresholds are calibrated on "
                         "real val -> train distances, so the source needs a val split")
-    channels = judge.image_shape[0]
-    train_x = load_images(ingest_manifest.parent, list(train["path"]), channels)
-    val_x = load_images(ingest_manifest.parent, list(val["path"]), channels)
-    feats = embed(train_x, judge, extractor=params.extractor).double()
-    val_feats = embed(val_x, judge, extractor=params.extractor).double()
-    memo = memorization_thresholds(val_feats, feats, val_x, train_x, params.memorization_quantile)
-    median_nn = float(np.median(knn_radii(feats, 1)))
+    root = ingest_manifest.parent
+    feats, pixels = _embed_files(root, [p for p, _ in train], judge, params.extractor)
+    val_feats, val_pixels = _embed_files(root, [p for p, _ in val], judge, params.extractor)
+    device = judge.temperature.device  # the searches run where the judge does: the GPU when there is one
+    memo = memorization_thresholds(val_feats.to(device), feats, torch.from_numpy(val_pixels).to(device), pixels,
+                                   params.memorization_quantile)
+    median_nn = float(np.median(knn_radii(feats.to(device), 1)))
     thresholds = Thresholds(min_confidence=params.min_confidence, memorization=memo, realism_k=params.realism_k,
                             duplicate_distance=params.duplicate_fraction * median_nn,
                             median_real_nn_distance=median_nn)
-    labels = train["label"].astype(str).to_numpy()
-    return _Reference(judge=judge, class_names=class_names, extractor=params.extractor, feats=feats,
-                      pixels=train_x.reshape(train_x.shape[0], -1).double(), labels=labels,
-                      radii=class_radii(feats, labels, params.realism_k), thresholds=thresholds)
+    labels = np.array([label for _, label in train])
+    ref = _Reference(judge=judge, class_names=class_names, extractor=params.extractor, feats=feats, pixels=pixels,
+                     labels=labels, radii=class_radii(feats.to(device), labels, params.realism_k))
+    return ref, thresholds
+
+
+def _save_reference(ref: _Reference, directory: Path, judge_dir: Path) -> str:
+    """Write the arrays the scoring shards read (each file atomically); returns their key (a content hash that
+    also covers the judge and the extractor, which score the synthetic side)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {"feats": ref.feats.cpu().numpy(), "pixels": ref.pixels, "labels": ref.labels, "radii": ref.radii}
+    hashes = []
+    for name in REFERENCE_ARRAYS:
+        tmp = directory / f"{name}.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, arrays[name])
+        tmp.replace(directory / f"{name}.npy")
+        hashes.append(file_sha256(directory / f"{name}.npy"))
+    extractor = file_sha256(Path(ref.extractor)) if ref.extractor else None
+    return digest(hashes, file_sha256(judge_dir / JUDGE_FILE), extractor, ref.class_names)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_reference(directory: Path, key: str, judge_dir: Path, extractor: str | None, device: str) -> _Reference:
+    """The reference a shard scores against, read once per worker process (``key`` keys the cache). The arrays
+    are memory-mapped: a worker pages in what its searches touch."""
+    del key
+    judge, class_names = load_judge_step(judge_dir, device=device)
+    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="c") for name in REFERENCE_ARRAYS}
+    return _Reference(judge=judge, class_names=class_names, extractor=extractor,
+                      feats=torch.from_numpy(arrays["feats"]), pixels=arrays["pixels"],
+                      labels=np.asarray(arrays["labels"]), radii=np.asarray(arrays["radii"]))
 
 
 def class_radii(feats: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
@@ -384,16 +471,72 @@ def _score(rows: pd.DataFrame, root: Path, ref: _Reference) -> tuple[pd.DataFram
         sel = idx.numpy()
         out["score_confidence"][sel] = proba.gather(1, target[:, None])[:, 0].double().numpy()
         wanted = rows["label"].astype(str).to_numpy()[sel]
+        device = ref.judge.temperature.device  # the searches run where the judge does: the GPU when there is one
         for label in pd.unique(wanted):
             mine, real = wanted == label, ref.labels == label
             out["score_realism"][sel[mine]] = np.minimum(
-                realism_score(ref.feats[torch.from_numpy(real)], ref.radii[real], f[torch.from_numpy(mine)]),
+                realism_score(ref.feats[torch.from_numpy(real)].to(device), ref.radii[real], f[torch.from_numpy(mine)]),
                 REALISM_CAP)
-        out["score_nn_feature"][sel] = nearest_distance(f, ref.feats).distance
-        out["score_nn_pixel_corr"][sel] = nearest_correlation(x.reshape(len(idx), -1), ref.pixels).correlation
+        out["score_nn_feature"][sel] = nearest_distance_streamed(f.to(device), ref.feats)
+        out["score_nn_pixel_corr"][sel] = nearest_correlation_streamed(x.reshape(len(idx), -1).to(device),
+                                                                       ref.pixels)
     scores = pd.DataFrame(out, index=rows.index)
     scores.insert(0, "sanity", pd.Series(sanity, index=rows.index, dtype=object))
     return scores, feats
+
+
+def score_shard(root: Path, rows: list[tuple[str, str]], reference_dir: Path, reference_key: str, judge_dir: Path,
+                extractor: str | None, device: str, table: Path, key: str, rank: int = 0) -> int:
+    """Score one shard of images (``rows``: (path under ``root``, intended label)) against the saved reference;
+    write the scores and features as the shard's table, atomically, with its key."""
+    ref = _load_reference(reference_dir, reference_key, judge_dir, extractor, str(pick_device(device, rank)))
+    scores, feats = _score(pd.DataFrame(rows, columns=["path", "label"]), root, ref)
+    columns = {"sanity": pa.array(scores["sanity"].tolist(), pa.string())}
+    columns |= {c: pa.array(scores[c].to_numpy(), pa.float64()) for c in scores.columns if c != "sanity"}
+    flat = pa.array(feats.numpy().reshape(-1), pa.float64())
+    columns["feature"] = pa.FixedSizeListArray.from_arrays(flat, feats.shape[1])
+    write_table(pa.table(columns), table, key)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """Everything the scoring shards need, as paths and plain values (nothing here is sent as a tensor)."""
+
+    root: Path
+    reference_dir: Path
+    reference_key: str
+    judge_dir: Path
+    extractor: str | None
+    device: str
+    shard_size: int
+    run_shards: RunShards
+
+    def __call__(self, frame: pd.DataFrame, prefix: str) -> tuple[pd.DataFrame, torch.Tensor, list[Path]]:
+        """Scores (index of ``frame``) and features of ``frame``'s rows, shard by shard; and the shard tables."""
+        items = list(zip(frame["path"], frame["label"].astype(str), frame["image_id"], strict=True))
+        shards = cut(items, self.shard_size, self.root / SHARDS_DIR, prefix, [self.reference_key, self.device])
+        calls = [{"root": self.root, "rows": [(p, label) for p, label, _ in items[s.start:s.stop]],
+                  "reference_dir": self.reference_dir, "reference_key": self.reference_key,
+                  "judge_dir": self.judge_dir, "extractor": self.extractor, "device": self.device,
+                  "table": s.path, "key": s.key} for s in shards if not finished(s)]
+        self.run_shards(score_shard, calls)
+        tables = [pq.read_table(s.path) for s in shards]
+        scores = pd.concat([t.drop(["feature"]).to_pandas() for t in tables], ignore_index=True) if tables else \
+            pd.DataFrame(columns=["sanity", *(c for c in SCORE_COLUMNS if c != "score_duplicate")])
+        scores = scores.astype({c: "float64" for c in scores.columns if c != "sanity"}).set_index(frame.index)
+        scores["sanity"] = pd.Series([v if isinstance(v, str) else None for v in scores["sanity"]],
+                                     index=frame.index, dtype=object)
+        dim = self._dim(tables)
+        feats = torch.from_numpy(np.concatenate(
+            [t.column("feature").combine_chunks().flatten().to_numpy().reshape(-1, dim) for t in tables]
+            or [np.empty((0, dim))]))
+        return scores, feats, [s.path for s in shards]
+
+    def _dim(self, tables: list[pa.Table]) -> int:
+        if tables:
+            return tables[0].schema.field("feature").type.list_size
+        return int(np.load(self.reference_dir / "feats.npy", mmap_mode="r").shape[1])
 
 
 # ------------------------------------------------------------------------------------------------------ files
@@ -442,6 +585,7 @@ def _prepare_topup_dir(out_dir: Path, digest: str, linked: set[str]) -> None:
 
 def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv: Path, checkpoint_dir: Path,
                 params: FilterParams, generate_params: GenerateParams, out_dir: Path, *,
+                shard_size: int = DEFAULT_SHARD_SIZE, run_shards: RunShards = run_in_process,
                 console: Console | None = None) -> FilterResult:
     """Score, reject with reasons, top up short classes and write the filtered dataset into ``out_dir``.
 
@@ -453,7 +597,10 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
         checkpoint_dir: the generator checkpoint the top-up samples from (read only when a class is short).
         params: the ``filter`` section.
         generate_params: the ``generate`` section (seed base, batch size, device of the top-up).
-        out_dir: the filtered dataset root (``manifest.parquet``, ``images/``, ``filter_summary.json``).
+        out_dir: the filtered dataset root (``manifest.parquet``, ``images/``, ``filter_summary.json``), with the
+            saved reference (``reference/``) and the shard tables (``shards/``) a re-run resumes from.
+        shard_size: images per scoring or top-up shard.
+        run_shards: where the shards run (``tasks.shards.RunShards``; in this process by default).
         console: where the table and warnings are printed (stderr by default).
 
     Raises:
@@ -471,9 +618,12 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
                         f"{class_names}; rerun `synthaug judge` on the same ingest")
     if frame["seed"].isna().any():
         raise UserError(f"{generate_dir / MANIFEST_FILE}: synthetic rows without a seed")
-    ref = _reference(ingest_dir / MANIFEST_FILE, judge, class_names, params)
+    ref, thresholds = _reference(ingest_dir / MANIFEST_FILE, judge, class_names, params)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out_dir)
+    scorer = _Scorer(out_dir, out_dir / REFERENCE_DIR, _save_reference(ref, out_dir / REFERENCE_DIR, judge_dir),
+                     judge_dir, params.extractor, params.device, shard_size, run_shards)
     for row in frame.itertuples(index=False):
         _link(generate_dir / row.path, out_dir / row.path, row.image_id)
     linked = set(frame["path"])
@@ -481,13 +631,13 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
     needed = {str(r["class"]): max(int(r["target"]) - int(r["real"]), 0) for _, r in plan.iterrows()}
     planned = {str(r["class"]): int(r["to_generate"]) for _, r in plan.iterrows()}
     budget = {c: math.floor(round(params.topup_budget * planned[c], 9)) for c in planned}
-    scores, feats = _score(frame, out_dir, ref)
+    scores, feats, tables = scorer(frame, "score")
     frame = pd.concat([frame, scores], axis=1)
     topup: Counter[str] = Counter()
     rounds, digest, gen_classes = 0, None, None
     log: list[dict[str, Any]] = []  # per top-up round: what each class asked for and why
     while True:
-        reasons, _ = reject_reasons(frame, feats, ref.thresholds)
+        reasons, _ = reject_reasons(frame, feats, thresholds)
         accepted = Counter(frame["label"].to_numpy()[np.array([r is None for r in reasons], dtype=bool)])
         generated = Counter(frame["label"].astype(str))
         asks = {c: topup_count(needed[c] - accepted[c], accepted[c], generated[c], budget[c] - topup[c])
@@ -512,12 +662,16 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
             "asked": len(r.seeds), "seeds": [r.seeds[0], r.seeds[-1]], "accepted_before": accepted[r.label],
             "generated_before": generated[r.label], "needed": needed[r.label]} for r in requests}})
         console.print(f"filter: top-up round {rounds}: " + ", ".join(f"{r.label}: {len(r.seeds)}" for r in requests))
-        new = generate(checkpoint_dir, requests, generate_params, out_dir)
-        new_scores, new_feats = _score(new, out_dir, ref)
+        made = generate_sharded(checkpoint_dir, [(r.label, s) for r in requests for s in r.seeds], generate_params,
+                                out_dir, prefix=f"topup{rounds}", shard_size=shard_size, run_shards=run_shards)
+        new = read_manifests(made)
+        new_scores, new_feats, scored = scorer(new, f"score-topup{rounds}")
+        tables += made + scored
         frame = pd.concat([frame, pd.concat([new, new_scores], axis=1)], ignore_index=True)
         feats = torch.cat([feats, new_feats])
 
-    reasons, duplicate = reject_reasons(frame, feats, ref.thresholds)
+    remove_stale(out_dir / SHARDS_DIR, "*", tables)
+    reasons, duplicate = reject_reasons(frame, feats, thresholds)
     frame["score_duplicate"] = duplicate
     frame["reject_reason"] = pd.Series(reasons, dtype=object)
     rate_accepted = Counter(frame["label"][frame["reject_reason"].isna()].astype(str))
@@ -527,7 +681,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
                                                      int(frame["seed"].iloc[i])))
     frame = frame.iloc[order].reset_index(drop=True)
 
-    summary = _summary(frame, plan, needed, planned, budget, topup, rate_accepted, log, params, ref)
+    summary = _summary(frame, plan, needed, planned, budget, topup, rate_accepted, log, params, thresholds)
     metadata = {"thresholds": summary["thresholds"], "feature_space": summary["feature_space"],
                 "rounds_used": rounds, "judge_temperature": float(judge.temperature)}
     manifest_path = write_manifest(frame[[*COLUMNS, *SCORE_COLUMNS]], out_dir / MANIFEST_FILE, metadata=metadata)
@@ -551,7 +705,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
                         accepted={c: v["accepted"] for c, v in classes.items()},
                         needed={c: v["needed"] for c, v in classes.items()}, shortfall=shortfall,
                         generated={c: v["generated"] for c, v in classes.items()}, rounds_used=rounds,
-                        thresholds=ref.thresholds, rejected={c: v["rejected"] for c, v in classes.items()})
+                        thresholds=thresholds, rejected={c: v["rejected"] for c, v in classes.items()})
 
 
 def _topup_source(checkpoint_dir: Path, frame: pd.DataFrame) -> tuple[str, list[str]]:
@@ -578,7 +732,7 @@ def _mark_surplus(frame: pd.DataFrame, needed: dict[str, int]) -> None:
 
 def _summary(frame: pd.DataFrame, plan: pd.DataFrame, needed: dict[str, int], planned: dict[str, int],
              budget: dict[str, int], topup: Counter[str], rate_accepted: Counter[str], log: list[dict[str, Any]],
-             params: FilterParams, ref: _Reference) -> dict[str, Any]:
+             params: FilterParams, t: Thresholds) -> dict[str, Any]:
     labels = sorted(set(needed) | set(frame["label"].astype(str)), key=natural_key)
     real = {str(r["class"]): int(r["real"]) for _, r in plan.iterrows()}
     target = {str(r["class"]): int(r["target"]) for _, r in plan.iterrows()}
@@ -596,7 +750,6 @@ def _summary(frame: pd.DataFrame, plan: pd.DataFrame, needed: dict[str, int], pl
             "shortfall": max(needed.get(c, 0) - accepted, 0),
         }
         classes[c]["met"] = classes[c]["shortfall"] == 0
-    t = ref.thresholds
     total = {k: sum(v[k] for v in classes.values()) for k in ("needed", "generated", "generated_topup", "accepted",
                                                                "shortfall")}
     return {

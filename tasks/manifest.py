@@ -7,6 +7,7 @@ content hash, ...) go into the parquet file's key-value metadata under ``synthau
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -83,3 +84,21 @@ def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     # Int64 keeps the nullable seed column an integer (a plain to_pandas makes it float64).
     frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     return frame, (json.loads(raw) if raw else {})
+
+
+def iter_manifest(path: Path, columns: Sequence[str] | None = None,
+                  batch_rows: int = 65_536) -> Iterator[pd.DataFrame]:
+    """The manifest's rows in chunks of at most ``batch_rows`` (pyarrow ``iter_batches``), only ``columns``:
+    a step walking a large manifest holds one chunk at a time."""
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found; run the step that writes it first (e.g. `synthaug ingest`)")
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        yield batch.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def read_manifests(paths: Iterable[Path]) -> pd.DataFrame:
+    """The rows of several manifests (e.g. shard manifests), concatenated in order."""
+    frames = [read_manifest(p)[0] for p in paths]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="Int64" if c == "seed" else object) for c in COLUMNS})
+    return pd.concat(frames, ignore_index=True)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import Field, field_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -35,6 +39,8 @@ class ModelParams(Section):
     init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
       training from scratch, e.g. the model of the last published version when new source data lands.
     grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
+    processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
+      CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
     """
 
     family: str = "diffusion"
@@ -42,6 +48,7 @@ class ModelParams(Section):
     seed: int = 0
     init_from: str | None = None
     grid_every: int = Field(0, ge=0)
+    processes: int = Field(1, ge=1)
     diffusion: DiffusionConfig = DiffusionConfig()
     gan: GANConfig = GANConfig()
     vae: VAEConfig = VAEConfig()
@@ -81,8 +88,35 @@ def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResul
 
     An interrupted run resumes from its last checkpoint when the family, config and classes match;
     with ``init_from`` the model starts from that checkpoint (fine-tuning) instead of from scratch.
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), each process joins the process group and trains its share of
+    every batch (``models.training.fit``); rank 0 alone writes the checkpoint, the log and the sample grids.
     """
-    device = pick_device(params.device)
+    with _process_group(params) as (device, rank):
+        return _train(manifest_path, params, out_dir, device, rank)
+
+
+@contextlib.contextmanager
+def _process_group(params: ModelParams) -> Iterator[tuple[torch.device, int]]:
+    """(device, rank) of this process: a DDP process group under torchrun (nccl on CUDA, gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield pick_device(params.device), 0
+        return
+    device = pick_device(params.device, rank=int(os.environ.get("LOCAL_RANK", "0")))
+    config = params.family_config()
+    if config.batch_size % world:
+        raise UserError(f"model.{params.family}.batch_size={config.batch_size} is the global batch; it must be "
+                        f"divisible by the {world} training processes")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device, dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torch.device, rank: int) -> TrainResult:
     images, labels, class_names = train_split(manifest_path)
     config = params.family_config()
     ckpt_dir = out_dir / "checkpoint"
@@ -100,6 +134,10 @@ def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResul
                                               num_classes=len(class_names), device=device)
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.tensor([index[label] for label in labels], device=device)
+    if rank > 0:  # logs, progress and grids come from rank 0 only
+        fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
+            start_step=start, rng_state=rng_state)
+        return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.jsonl"
     if start == 0:

@@ -31,10 +31,15 @@ def setup(tmp_path_factory):
     return root, overrides
 
 
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASYNTHAUGTEST7Q3Z", "AWS_SECRET_ACCESS_KEY": "synthaug-test-secret-9f2c41"}
+
+
 @pytest.mark.slow
-def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup):
+def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     root, overrides = setup
     work = root / "work"
+    for key, value in SECRETS.items():  # credentials as DVC reads them: only from the environment
+        monkeypatch.setenv(key, value)
     first = augment(load_params(None, overrides), str(work))
     assert list(first) == [s.name for s in STEPS]
     assert first["publish"]["tag"] == "toy/v1" and first["publish"]["new"] is True
@@ -44,6 +49,10 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup):
         assert (dataset / name).is_file()
     manifest = pd.read_parquet(dataset / "manifest.parquet")
     assert all((dataset / p).is_file() for p in manifest["path"])
+    written = [f for f in root.rglob("*") if f.is_file()]  # work dir (logs, manifests), dataset, card, registry
+    assert any(f.name == "card.md" for f in written) and any(f.name == "train_log.jsonl" for f in written)
+    leaked = [f for f in written if any(v.encode() in f.read_bytes() for v in SECRETS.values())]
+    assert not leaked, f"credentials from the environment were written to {leaked}"
 
     again = augment(load_params(None, overrides), str(work))
     assert all("reused" in again[s.name] for s in STEPS), {k: v.get("reused") for k, v in again.items()}

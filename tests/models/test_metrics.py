@@ -230,6 +230,25 @@ def test_nearest_distance_matches_brute_force_on_features_and_pixels() -> None:
     assert np.array_equal(got.index, [5, 2]) and np.array_equal(got.distance, [0.0, 0.0])
 
 
+def test_streamed_searches_equal_brute_force_for_every_block_and_dtype() -> None:
+    """The reference read a block at a time (any block size) gives the whole search's answer; uint8 reference
+    pixels (a memmap of stored levels) give the correlations of the decoded images."""
+    g = torch.Generator().manual_seed(3)
+    q, r = torch.randn(13, 5, generator=g, dtype=torch.float64), torch.randn(37, 5, generator=g, dtype=torch.float64)
+    brute = torch.cdist(q, r).min(dim=1).values.numpy()
+    levels = torch.randint(0, 256, (37, 16), generator=g, dtype=torch.uint8).numpy()
+    decoded = levels.astype(np.float64) / 127.5 - 1.0
+    query = decoded[:9] + 0.05 * torch.randn(9, 16, generator=g, dtype=torch.float64).numpy()
+    brute_corr = np.corrcoef(np.concatenate([query, decoded]))[:9, 9:].max(axis=1)
+    for block in (1, 4, 36, 37, 1000):
+        np.testing.assert_allclose(metrics.nearest_distance_streamed(q, r, block=block, chunk=3), brute, rtol=1e-12)
+        for reference in (levels, decoded):
+            got = metrics.nearest_correlation_streamed(query, reference, block=block, chunk=5)
+            np.testing.assert_allclose(got, brute_corr, rtol=1e-12)
+    with pytest.raises(ValueError, match="at least 1 row"):
+        metrics.nearest_distance_streamed(q, r[:0])
+
+
 def test_nearest_correlation_matches_brute_force_and_finds_copies() -> None:
     q, r = _gauss(21, 16, seed=23), _gauss(34, 16, seed=24)
     corr = np.corrcoef(q, r)[: len(q), len(q):]

@@ -35,6 +35,7 @@ from tasks.filter import (
     class_radii,
     filter_step,
     memorization_thresholds,
+    pixels_uint8,
     reject_reasons,
     sanity_reason,
     topup_count,
@@ -180,6 +181,12 @@ def test_memorization_thresholds_are_holdout_quantiles() -> None:
     assert copy.feature_distance > 0 and copy.pixel_correlation < 1
     with pytest.raises(ValueError, match="quantile"):
         memorization_thresholds(holdout_feats, train_feats, holdout_pixels, train_pixels, 0.7)
+
+
+def test_pixels_uint8_are_the_stored_levels() -> None:
+    levels = torch.randint(0, 256, (5, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    decoded = levels.float() / 127.5 - 1.0  # as tasks.images.load_images decodes a PNG
+    assert np.array_equal(pixels_uint8(decoded), levels.reshape(5, -1).numpy())
 
 
 def test_topup_count_learns_from_the_acceptance_rate() -> None:
