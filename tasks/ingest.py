@@ -23,7 +23,8 @@ The manifest metadata records, for medical sources, ``intensity`` (stored pixel 
 unit and the common pixel spacing; ``MedicalReader.record``) and ``pixel_spacing`` (image_id -> (row, column) mm of
 each stored image whose source gives its spacing).
 
-Images without a split get one: each class is split on its own (stratified) into train/val/test with
+Images without a split get one, drawn per source item (all slices of one volume or series share a split, so no
+patient is on both sides): each class is split on its own (stratified) into train/val/test with
 ``data.val_fraction`` and ``data.test_fraction``, seeded by ``data.split_seed``; a class too small for the
 fractions keeps at least one training image. A split given by the source is kept.
 
@@ -172,7 +173,8 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
             rel = f"images/{item.label}/{image_id}.png"
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (out_dir / rel).write_bytes(data)
-            rows.append({"image_id": image_id, "path": rel, "label": item.label, "split": item.split})
+            rows.append({"image_id": image_id, "path": rel, "label": item.label, "split": item.split,
+                         "item": item.ref})
             if None not in spacing:  # resizing stretches each axis on its own
                 spacings[image_id] = [s * n / params.image_size for s, n in zip(spacing, image.size[::-1], strict=True)]
 
@@ -298,11 +300,21 @@ def assign_splits(labels: Sequence[str], *, val_fraction: float, test_fraction: 
 
 
 def manifest_frame(rows: list[dict[str, Any]], params: DataParams) -> pd.DataFrame:
-    """Manifest rows for the stored real images; items without a split get one from ``assign_splits``."""
-    frame = pd.DataFrame(rows, columns=["image_id", "path", "label", "split"])
+    """Manifest rows for the stored real images; items without a split get one from ``assign_splits``.
+
+    ``rows[i]["item"]`` names the source item an image came from. Splits are drawn per item, not per image: the
+    slices of one volume (one patient) share a split, or val and test would hold near-copies of training slices
+    and every score calibrated or measured on them (memorization thresholds, utility, the membership audit)
+    would be wrong.
+    """
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "label", "split", "item"])
     unsplit = frame["split"].isna().to_numpy()
-    frame.loc[unsplit, "split"] = assign_splits(list(frame.loc[unsplit, "label"]), val_fraction=params.val_fraction,
-                                                test_fraction=params.test_fraction, seed=params.split_seed)
+    items = frame.loc[unsplit, ["item", "label"]].drop_duplicates("item")
+    split_of = dict(zip(items["item"], assign_splits(list(items["label"]), val_fraction=params.val_fraction,
+                                                     test_fraction=params.test_fraction, seed=params.split_seed),
+                        strict=True))
+    frame.loc[unsplit, "split"] = frame.loc[unsplit, "item"].map(split_of)
+    frame = frame.drop(columns="item")
     frame["source"] = "real"
     for column in ("generator", "checkpoint", "reject_reason"):
         frame[column] = pd.Series([None] * len(frame), dtype=object)

@@ -18,7 +18,7 @@ from PIL import Image
 from rich.console import Console
 
 from tasks.errors import UserError
-from tasks.ingest import DataParams, assign_splits, ingest, locate
+from tasks.ingest import DataParams, assign_splits, ingest, locate, manifest_frame
 from tasks.manifest import COLUMNS, read_manifest
 
 RNG_SEED = 1234
@@ -369,3 +369,15 @@ def test_dvc_source_at_two_revisions(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     with pytest.raises(UserError, match=r"cannot fetch data/scans from .* at nope.*data.rev"):
         ingest(DataParams(source="data/scans", repo=str(repo), rev="nope"), tmp_path / "x", cache_dir=tmp_path / "c")
+
+
+def test_slices_of_one_volume_share_a_split() -> None:
+    """Splits are drawn per source item: a volume's slices never land in train and test at once."""
+    rows = [{"image_id": f"{v}-{z}", "path": f"images/{label}/{v}-{z}.png", "label": label, "split": None,
+             "item": f"{label}/vol{v}.nii.gz"}
+            for label in ("a", "b") for v in range(8) for z in range(5)]
+    frame = manifest_frame(rows, DataParams(val_fraction=0.25, test_fraction=0.25))
+    per_volume = frame.assign(volume=[r["item"] for r in rows]).groupby("volume")["split"].nunique()
+    assert (per_volume == 1).all()
+    assert set(frame["split"]) == {"train", "val", "test"}  # the volumes, not the slices, were split
+    assert list(frame["split"]).count("test") == 2 * 2 * 5  # 25% of each class's 8 volumes, 5 slices each
