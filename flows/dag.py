@@ -167,40 +167,47 @@ def _release(p: Params, workdir: Path) -> Record:
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
 
 
+# Code a step's result depends on (its cache key and dvc.yaml deps); tests/flows/test_dag.py checks that every
+# module a step imports, directly or not, is listed. Nearly every step imports these:
+COMMON_CODE = ("tasks/errors.py", "tasks/params_base.py", "tasks/manifest.py", "tasks/images.py", "tasks/plan.py")
+# The report, privacy, publish and release steps reach most of tasks/ and models/ (metrics, filter, judge, export).
+ALL_CODE = ("tasks", "models")
+
+
 STEPS: tuple[Step, ...] = (
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
          _ingest, params=("data",), deps=(), outs=("ingest",),
-         code=("tasks/ingest.py", "tasks/sources.py", "tasks/medical.py", "tasks/example.py", "tasks/manifest.py"),
+         code=(*COMMON_CODE, "tasks/ingest.py", "tasks/sources.py", "tasks/medical.py", "tasks/example.py"),
          retries=2),
     Step("plan", "Decide how many synthetic images each class gets (plan.csv).",
          _plan, params=("plan",), deps=("ingest/manifest.parquet",), outs=("plan",),
-         code=("tasks/plan.py",)),
+         code=COMMON_CODE),
     Step("train", "Train or fine-tune the model.family generator on the real train split.",
          _train, params=("model",), deps=("ingest/manifest.parquet",), outs=("model",),
-         code=("tasks/train.py", "models")),
+         code=(*COMMON_CODE, "tasks/train.py", "models")),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
-         code=("tasks/generate.py", "tasks/shards.py", "models")),
+         code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),
     Step("judge", "Train the judge classifier on the real train split, calibrated on val.",
          _judge, params=("filter.judge", "filter.device"), deps=("ingest/manifest.parquet",), outs=("judge",),
-         code=("tasks/judge.py", "models/judge.py")),
+         code=(*COMMON_CODE, "tasks/judge.py", "models")),
     Step("filter", "Score every synthetic image, reject with reasons, top up short classes.",
          _filter, params=("filter", "generate"), deps=("ingest", "generate", "judge", "plan/plan.csv",
                                                         "model/checkpoint"), outs=("filter",),
-         code=("tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/shards.py", "models")),
+         code=(*COMMON_CODE, "tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/shards.py", "models")),
     Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
          _evaluate, params=("evaluate",), deps=("ingest", "filter", "judge"),
          outs=("evaluate/utility.png", "evaluate/class_counts.png", "evaluate/per_class_recall.png"),
-         code=("tasks/evaluate.py", "tasks/judge.py", "models"),
+         code=(*COMMON_CODE, "tasks/evaluate.py", "tasks/judge.py", "models"),
          metrics=("evaluate/metrics.json",), plots=("evaluate/utility.csv", "evaluate/per_class.csv")),
     Step("report", "Write the self-contained report.html.",
          _report, params=(), deps=("ingest", "filter", "evaluate/metrics.json", "evaluate/utility.png",
                                  "evaluate/class_counts.png", "evaluate/per_class_recall.png"), outs=("report",),
-         code=("tasks/report.py", "tasks/evaluate.py")),
+         code=ALL_CODE),
     Step("publish", "Assemble the dataset and publish it to the DVC data registry as <name>/v<N>.",
          _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report"),
          outs=("dataset",),
-         code=("tasks/release.py", "tasks/publish.py"), retries=2),
+         code=ALL_CODE, retries=2),
 )
 
 
@@ -208,12 +215,12 @@ PRIVACY_STEPS: tuple[Step, ...] = (
     Step("privacy", "Privacy gate on the accepted synthetic images: memorization, membership attack, DCR.",
          _privacy, params=("privacy", "filter.extractor", "filter.device", "filter.memorization_quantile"),
          deps=("ingest", "filter", "judge"), outs=("privacy",),
-         code=("tasks/privacy.py", "tasks/filter.py", "tasks/judge.py", "models")),
+         code=ALL_CODE),
     Step("release", "Assemble the synthetic-only release (gate passed) and publish it as <privacy name>/v<N>.",
          _release, params=("privacy", "publish"),
          deps=("ingest/manifest.parquet", "filter", "evaluate/metrics.json", "evaluate/utility.png",
                "evaluate/class_counts.png", "evaluate/per_class_recall.png", "privacy"), outs=("release",),
-         code=("tasks/release.py", "tasks/report.py", "tasks/privacy.py", "tasks/publish.py"), retries=2),
+         code=ALL_CODE, retries=2),
 )
 ANONYMIZE: tuple[str, ...] = ("ingest", "plan", "train", "generate", "judge", "filter", "privacy", "evaluate",
                               "release")

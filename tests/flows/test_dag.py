@@ -1,10 +1,18 @@
 """One DAG: dvc.yaml, the CLI and the Prefect flow all come from flows.dag.STEPS."""
 
+import ast
+import inspect
+import textwrap
+from pathlib import Path
+
+import pytest
 import yaml
 
 from flows.cli import app
-from flows.dag import REPO_ROOT, STEPS, dvc_yaml
+from flows.dag import PRIVACY_STEPS, REPO_ROOT, STEPS, dvc_yaml
 from flows.params import Params
+
+PROJECT = ("tasks", "models")
 
 
 def test_committed_dvc_yaml_matches_the_declared_steps():
@@ -42,3 +50,36 @@ def test_every_input_is_an_earlier_output():
             assert any(dep == p or dep.startswith(p + "/") for p in produced), \
                 f"{s.name} reads {dep} before any step writes it"
         produced.update(s.outputs)
+
+
+def _project_imports(source: str) -> set[str]:
+    """The ``tasks``/``models`` modules a piece of code imports (the code a step's result depends on)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PROJECT:
+            found |= {f"{node.module}.{a.name}" if node.module in PROJECT else node.module for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] in PROJECT}
+    return found
+
+
+def _module_file(module: str) -> Path:
+    path = REPO_ROOT / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+@pytest.mark.parametrize("s", STEPS + PRIVACY_STEPS, ids=lambda s: s.name)
+def test_code_deps_cover_every_module_the_step_runs(s) -> None:
+    """A module a step imports (directly or through other modules) but does not list would leave a stale cache
+    entry after that module changes."""
+    todo, seen = _project_imports(textwrap.dedent(inspect.getsource(s.run))), set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo |= _project_imports(_module_file(module).read_text())
+    files = {_module_file(m).relative_to(REPO_ROOT).as_posix() for m in seen}
+    files -= {"tasks/__init__.py", "models/__init__.py"}
+    missing = sorted(f for f in files if not any(f == c or f.startswith(c + "/") for c in s.code))
+    assert not missing, f"step {s.name}: add {missing} to its code deps in flows/dag.py"
