@@ -270,10 +270,19 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
     for space in SPACES:
         result = membership_attack(member[space], train.labels, non_member[space], holdout.labels, classes,
                                    confidence=params.confidence, bootstrap=params.bootstrap, seed=params.seed)
-        result["passed"] = result["auc"] is not None and result["ci"][0] <= params.max_attack_auc
+        # Fail closed: a released class the audit cannot measure (no real train or no held-out image of it) is
+        # typically the scarce one, the class most at risk of being memorized.
+        result["passed"] = (result["auc"] is not None and result["ci"][0] <= params.max_attack_auc
+                            and not result["skipped"])
         attack[space] = result
         if result["auc"] is None:
             failures.append(f"membership inference ({space}): cannot be measured: {result['reason']}")
+        elif result["skipped"]:
+            failures.append(f"membership inference ({space}): released classes without both real train and held-out "
+                            f"real images cannot be audited: " + ", ".join(f"{c} ({why})" for c, why in
+                                                                         result["skipped"].items())
+                            + "; give them val/test images (data.val_fraction, data.test_fraction) or leave them "
+                              "out of the release")
         elif not result["passed"]:
             lo, hi = result["ci"]
             failures.append(f"membership inference ({space}): AUC {result['auc']:.3f}, {params.confidence:.0%} CI "

@@ -199,6 +199,20 @@ def test_no_held_out_images_means_the_attack_cannot_pass(sets) -> None:
     assert report["dcr"]["pixel"]["holdout_to_train"]["n"] == 0
 
 
+def test_a_released_class_without_held_out_images_fails_closed(sets) -> None:
+    """Honest samples, but one released class has no held-out real image: its leakage cannot be measured."""
+    holdout = sets["holdout"]
+    first = CLASSES[0]
+    keep = holdout.labels != first
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    partial = Records(holdout.pixels[idx], holdout.feats[idx], holdout.labels[keep])
+    report, _ = audit(as_filtered(sets["fresh"], sets), sets["train"], partial, sets["calibration"], PARAMS)
+    assert not report["passed"]
+    assert report["attack"]["pixel"]["skipped"] == {first: f"{TRAIN} members, 0 non-members"}
+    assert any(f.startswith("membership inference (pixel): released classes without") and f"{first} (" in f
+               for f in report["failures"])
+
+
 def test_summarize_matches_numpy() -> None:
     values = np.random.default_rng(2).gamma(2.0, size=501)
     s = summarize(values)
