@@ -147,7 +147,9 @@ def generate_sharded(checkpoint_dir: Path, jobs: list[Job], params: GeneratePara
     shard_dir = out_dir / SHARDS_DIR
     context = {"checkpoint": checkpoint_hash(checkpoint_dir), "params": params.model_dump(mode="json")}
     shards = cut(jobs, shard_size, shard_dir, prefix, context)
-    todo = [s for s in shards if not finished(s)]
+    # A shard counts as done only while its images are there too: a deleted image is sampled again (same pixels).
+    todo = [s for s in shards if not finished(s)
+            or not all((out_dir / image_path(label, seed)).exists() for label, seed in jobs[s.start:s.stop])]
     done = len(jobs) - sum(s.stop - s.start for s in todo)
     if on_progress is not None:
         on_progress(done, len(jobs))

@@ -112,14 +112,18 @@ def test_rerun_skips_finished_shards_and_redoes_the_rest(checkpoints, tmp_path):
     tables = sorted((out / "shards").glob("*.parquet"))
     stamps = {t: t.stat().st_mtime_ns for t in tables}
     tables[1].unlink()  # as if killed before that shard finished
-    next(iter((out / "images" / "c").glob("*.png"))).unlink()
+    lost = out / first["path"].iloc[6]  # an image of the finished shard 2, deleted by hand
+    pixels = lost.read_bytes()
+    lost.unlink()
     progress: list[tuple[int, int]] = []
     again = generate_from_plan(plan, root / "ckpt0", params, out, shard_size=3,
                                on_progress=lambda done, total: progress.append((done, total)))
     pd.testing.assert_frame_equal(pd.read_parquet(again), first)
-    assert progress[0] == (11 - 3, 11) and progress[-1] == (11, 11)  # only the missing shard ran
-    assert {t: t.stat().st_mtime_ns for t in tables if t != tables[1]} == \
-        {t: s for t, s in stamps.items() if t != tables[1]}
+    assert lost.read_bytes() == pixels  # sampled again, the same pixels
+    assert progress[0] == (11 - 6, 11) and progress[-1] == (11, 11)  # only shards 1 and 2 ran
+    redone = {tables[1], tables[2]}
+    assert {t: t.stat().st_mtime_ns for t in tables if t not in redone} == \
+        {t: s for t, s in stamps.items() if t not in redone}
 
 
 def test_another_checkpoint_replaces_every_image(checkpoints, tmp_path):
