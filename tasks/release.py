@@ -36,6 +36,9 @@ CARD_METRICS = ("quality.overall", "utility.real_only", "utility.real_synthetic"
 # k-NN balls) and say something about records that are not released.
 RELEASED_SCORES = ("score_confidence", "score_duplicate")
 WITHHELD = "withheld (anonymized release)"
+# Params that hold a path or URL: the source, a checkpoint to fine-tune from, a feature extractor, the registry.
+WITHHELD_PARAMS = ("data.source", "data.repo", "model.init_from", "filter.extractor", "publish.registry",
+                   "publish.remote")
 
 
 def assemble(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, report_dir: Path, params_yaml: str,
@@ -108,8 +111,15 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
                 "intensity": lineage.get("intensity"), "privacy_passed": True}
     write_manifest(rows, out_dir / "manifest.parquet", metadata=metadata)
     metrics = json.loads((evaluate_dir / "metrics.json").read_text())
-    shutil.copyfile(evaluate_dir / "metrics.json", out_dir / "metrics.json")
-    shutil.copyfile(privacy_dir / PRIVACY_FILE, out_dir / PRIVACY_FILE)
+    privacy_report = json.loads((privacy_dir / PRIVACY_FILE).read_text())
+    # Local paths (the judge's folder, a feature extractor's file) can name a site or a study: withheld.
+    metrics["feature_space"] = {**metrics.get("feature_space", {}), "judge_dir": WITHHELD}
+    if metrics["feature_space"].get("extractor") != "judge penultimate features":
+        metrics["feature_space"]["extractor"] = WITHHELD
+    if privacy_report.get("feature_space") != "judge":
+        privacy_report["feature_space"] = WITHHELD
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / PRIVACY_FILE).write_text(json.dumps(privacy_report, indent=2))
     shutil.copyfile(privacy_dir / DCR_PLOT, out_dir / DCR_PLOT)
     report_step(ingest_dir, filter_dir, evaluate_dir, out_dir, privacy_dir=privacy_dir)
     released_params = withhold_source(params_yaml)
@@ -125,11 +135,14 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
 
 
 def withhold_source(params_yaml: str) -> str:
-    """The resolved params with the source location (``data.source``, ``data.repo``) replaced: a path or URL can
-    name a hospital, a study or a patient."""
+    """The resolved params with every location replaced (``WITHHELD_PARAMS``): a path or URL can name a hospital, a
+    study or a patient."""
     params = yaml.safe_load(params_yaml)
-    data = params.get("data", {})
-    for key in ("source", "repo"):
-        if data.get(key) is not None:
-            data[key] = WITHHELD
+    for dotted in WITHHELD_PARAMS:
+        *parents, key = dotted.split(".")
+        node = params
+        for part in parents:
+            node = node.get(part) or {}
+        if node.get(key) is not None:
+            node[key] = WITHHELD
     return yaml.safe_dump(params, sort_keys=False)

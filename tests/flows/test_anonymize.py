@@ -130,10 +130,10 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
     embedded = {hashlib.sha256(base64.b64decode(uri)).hexdigest()
                 for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', page)}
     assert embedded & released and not embedded & real_hashes(work)
-    # no trace of where the real images came from
+    # no trace of where the real images came from, nor of the local folders that made the release
     for text in [card, page, (release / "params.yaml").read_text(), json.dumps(metadata),
                  (release / "privacy.json").read_text(), (release / "metrics.json").read_text()]:
-        assert str(source) not in text
+        assert str(source) not in text and str(tmp_path) not in text
 
 
 @pytest.mark.slow

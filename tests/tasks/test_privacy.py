@@ -233,9 +233,12 @@ def test_params_are_checked() -> None:
 
 
 def test_released_params_withhold_the_source_location() -> None:
-    text = "data:\n  source: /hospital/study-17/patients\n  repo: git@host:radiology/scans.git\n  rev: v3\n"
+    text = ("data:\n  source: /hospital/study-17/patients\n  repo: git@host:radiology/scans.git\n  rev: v3\n"
+            "model:\n  init_from: /hospital/models/v2\nfilter:\n  extractor: /hospital/dino.pt\n"
+            "publish:\n  registry: git@host:hospital/registry.git\n  remote: s3://hospital-bucket\n  name: ct\n")
     released = withhold_source(text)
-    assert "hospital" not in released and "radiology" not in released and "v3" in released
+    assert "hospital" not in released and "radiology" not in released
+    assert "v3" in released and "name: ct" in released  # what names no place stays
 
 
 # ------------------------------------------------------------------------------------------------- the step
