@@ -46,7 +46,7 @@ from scipy import stats
 
 from models.common import pick_device
 from models.judge import Judge
-from models.metrics import nearest_correlation, nearest_distance
+from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
 from tasks.errors import UserError
 from tasks.evaluate import real_rows, synthetic_rows
 from tasks.filter import FilterParams, MemorizationThresholds, memorization_thresholds
@@ -128,8 +128,9 @@ class Records:
 def closeness(query: Records, reference: Records) -> dict[str, np.ndarray]:
     """Per query image, how close its nearest reference image is: ``pixel`` (highest Pearson correlation) and
     ``feature`` (smallest Euclidean feature distance). The same measures as the filter's memorization scores."""
-    return {"pixel": nearest_correlation(query.pixels, reference.pixels).correlation,
-            "feature": nearest_distance(query.feats, reference.feats).distance}
+    # The streamed searches: working memory bounded by their blocks whatever the sizes (README "Scaling out").
+    return {"pixel": nearest_correlation_streamed(query.pixels, reference.pixels),
+            "feature": nearest_distance_streamed(query.feats, reference.feats)}
 
 
 def memorization_check(release_to_train: Mapping[str, np.ndarray], thresholds: MemorizationThresholds) -> dict:
