@@ -19,9 +19,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from tasks.errors import UserError
-from tasks.generate import DEFAULT_SHARD_SIZE
 from tasks.params_base import Section
-from tasks.shards import RunShards
+from tasks.shards import DEFAULT_SHARD_SIZE, RunShards
 
 DASK_MISSING = "runner.kind=dask needs prefect-dask: pip install 'synthaug[dask]'"
 

@@ -87,13 +87,14 @@ from models.metrics import (
 )
 from models.training import checkpoint_hash
 from tasks.errors import UserError
-from tasks.generate import DEFAULT_SHARD_SIZE, GenerateParams, Request, generate_sharded, seeds_for
+from tasks.generate import GenerateParams, Request, generate_sharded, seeds_for
 from tasks.images import file_sha256, load_images
 from tasks.judge import JUDGE_FILE, embed, load_judge_step
 from tasks.manifest import COLUMNS, iter_manifest, read_manifest, read_manifests, write_manifest
 from tasks.params_base import Section
 from tasks.plan import natural_key, read_plan
 from tasks.shards import (
+    DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
     RunShards,
     cut,

@@ -28,6 +28,7 @@ from tasks.manifest import COLUMNS, SCHEMA, check_rows
 from tasks.params_base import Section
 from tasks.plan import read_plan
 from tasks.shards import (
+    DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
     RunShards,
     concat_tables,
@@ -40,7 +41,6 @@ from tasks.shards import (
 )
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
-DEFAULT_SHARD_SIZE = 1024  # each filter shard streams the whole real reference once: larger shards are faster
 CHECKPOINT_FILE = ".checkpoint"  # sha256 of the checkpoint the images in the folder were sampled with
 
 

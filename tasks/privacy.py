@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,7 @@ from models.judge import Judge
 from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
 from tasks.errors import UserError
 from tasks.evaluate import real_rows, synthetic_rows
+from tasks.export import ReleaseFormat
 from tasks.filter import FilterParams, MemorizationThresholds, memorization_thresholds
 from tasks.images import file_sha256, load_images
 from tasks.judge import embed, load_judge_step
@@ -87,7 +88,7 @@ class PrivacyParams(Section):
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     bootstrap: int = Field(1000, ge=100)
     seed: int = Field(0, ge=0)
-    release_format: Literal["png", "png16", "nifti", "dicom"] = "png"
+    release_format: ReleaseFormat = "png"
 
     @field_validator("name")
     @classmethod

@@ -27,6 +27,10 @@ from tasks.manifest import METADATA_KEY
 
 SHARDS_DIR = "shards"
 
+# The generate and filter steps' default. Each filter shard streams the whole real reference once: larger shards
+# are faster, smaller ones lose less to a kill.
+DEFAULT_SHARD_SIZE = 1024
+
 
 class RunShards(Protocol):
     """Call ``fn(**kwargs, rank=...)`` for every kwargs of ``calls`` and return the results in call order.
