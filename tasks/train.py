@@ -108,6 +108,10 @@ def _process_group(params: ModelParams) -> Iterator[tuple[torch.device, int]]:
         raise UserError(f"model.{params.family}.batch_size={config.batch_size} is the global batch; it must be "
                         f"divisible by the {world} training processes")
     if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        if local > torch.cuda.device_count():  # NCCL cannot put two ranks on one GPU
+            raise UserError(f"model.processes={local} on this host but it has {torch.cuda.device_count()} GPUs; "
+                            "start at most one process per GPU")
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
