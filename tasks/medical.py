@@ -220,6 +220,9 @@ def read_dicom(path: Path) -> Volume:
     values, affine = _load(path, reader, "DICOM")
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
         values = np.moveaxis(values, 0, -1)  # a multi-frame file reads (frames, rows, cols); frames go last
+    if values.ndim > 3:
+        raise Quarantined(f"reads as a {values.ndim}D array {values.shape}; a series folder of multi-frame files "
+                          "is not supported (give each file on its own)")
     ranges = [_stored_range(h) for h in headers]
     low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
     if photometric == "MONOCHROME1":

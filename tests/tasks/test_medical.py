@@ -254,6 +254,12 @@ def test_series_folders_without_one_ordered_series_are_quarantined(tmp_path: Pat
     unordered.save_as(src / "unordered" / "a.dcm")
     (src / "broken").mkdir()
     (src / "broken" / "x.dcm").write_bytes(b"\0" * 300)
+    (src / "frames").mkdir()
+    for k in range(2):  # a series of multi-frame files would be 4D
+        ds = pydicom.dcmread(bundled(MR))
+        ds.NumberOfFrames, ds.PixelData, ds.InstanceNumber = 2, np.stack([ds.pixel_array] * 2).tobytes(), k + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(src / "frames" / f"f{k}.dcm")
     copy(CT, src / "ct.dcm")
 
     frame, _, quarantine = run_ingest(tmp_path, src.parent, image_size=16)
@@ -261,6 +267,7 @@ def test_series_folders_without_one_ordered_series_are_quarantined(tmp_path: Pat
     assert len(frame) == 1
     found = reasons(quarantine)
     assert found.pop("a/broken").startswith("unreadable DICOM file x.dcm: ")
+    assert found.pop("a/frames").startswith("reads as a 4D array")
     assert found == {"a/two": "series folder holds 2 series (SeriesInstanceUID); give each its own folder",
                      "a/unordered": "series folder: every file needs its own InstanceNumber (the slice order)"}
 
