@@ -111,17 +111,17 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
                 "intensity": lineage.get("intensity"), "privacy_passed": True}
     write_manifest(rows, out_dir / "manifest.parquet", metadata=metadata)
     metrics = json.loads((evaluate_dir / "metrics.json").read_text())
-    privacy_report = json.loads((privacy_dir / PRIVACY_FILE).read_text())
-    # Local paths (the judge's folder, a feature extractor's file) can name a site or a study: withheld.
+    # Local paths (the judge's folder, a feature extractor's file) can name a site or a study: withheld. The
+    # released privacy.json is the one the report and the card below show.
     metrics["feature_space"] = {**metrics.get("feature_space", {}), "judge_dir": WITHHELD}
     if metrics["feature_space"].get("extractor") != "judge penultimate features":
         metrics["feature_space"]["extractor"] = WITHHELD
-    if privacy_report.get("feature_space") != "judge":
-        privacy_report["feature_space"] = WITHHELD
+    if privacy.get("feature_space") != "judge":
+        privacy = {**privacy, "feature_space": WITHHELD}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out_dir / PRIVACY_FILE).write_text(json.dumps(privacy_report, indent=2))
+    (out_dir / PRIVACY_FILE).write_text(json.dumps(privacy, indent=2))
     shutil.copyfile(privacy_dir / DCR_PLOT, out_dir / DCR_PLOT)
-    report_step(ingest_dir, filter_dir, evaluate_dir, out_dir, privacy_dir=privacy_dir)
+    report_step(ingest_dir, filter_dir, evaluate_dir, out_dir, privacy_dir=out_dir)
     released_params = withhold_source(params_yaml)
     (out_dir / "params.yaml").write_text(released_params)
     checkpoints = sorted(set(synthetic["checkpoint"].dropna()))
