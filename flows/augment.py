@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from flows.dag import STEPS, Record, Step, cache_key
@@ -36,6 +37,8 @@ def step_task(step: Step, workdir: Path):
     def run(params: Params, workdir: str) -> Record:
         return step.run(params, Path(workdir))
 
+    if step.always_changed:
+        return task(run, name=step.name, cache_policy=NO_CACHE, retries=step.retries, retry_delay_seconds=[5, 30])
     return task(run, name=step.name, cache_key_fn=_key(step), persist_result=True,
                 result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing),
                 retries=step.retries, retry_delay_seconds=[5, 30])

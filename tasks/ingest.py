@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import shutil
 from collections import Counter, defaultdict
@@ -58,9 +59,10 @@ from tasks.errors import Quarantined, UserError
 from tasks.manifest import SPLITS, write_manifest
 from tasks.medical import MedicalReader, Spacing, WindowPreset, is_medical
 from tasks.params_base import Section
-from tasks.sources import Item, content_hash, fetch_dvc, read_source
+from tasks.sources import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
 EXAMPLE = "example:digits"
+HASH_CACHE = "hashes.json"  # <cache_dir>/hashes.json: source files' sha256 by size, mtime and inode
 INTERPOLATION = "bilinear (Pillow, antialiased on downscale)"
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 QUARANTINE_SCHEMA = pa.schema([
@@ -141,7 +143,7 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     console = Console(stderr=True)
     path, lineage = locate(params, cache_dir, console)
     source = read_source(path)
-    lineage["content_hash"] = content_hash(source)
+    lineage["content_hash"] = content_hash(source, HashCache(cache_dir / HASH_CACHE))
 
     # Stale images of an earlier run must not survive next to the new manifest.
     shutil.rmtree(out_dir / "images", ignore_errors=True)
@@ -191,6 +193,24 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     return IngestResult(manifest_path, quarantine_path, counts, len(rejected))
 
 
+def fingerprint_source(params: DataParams, out: Path, *, cache_dir: Path) -> dict[str, Any]:
+    """Write ``out`` (JSON): the source's lineage and content hash, which ingest's cache key and dvc.yaml depend on.
+
+    Cheap on an unchanged source: files whose size, mtime and inode are as last seen are not read again
+    (``HashCache``). A DVC source is fetched first (once per resolved commit; ingest reuses the copy). The file holds
+    nothing that changes while the source does not, so an unchanged source leaves ingest and every later step cached.
+    """
+    path, lineage = locate(params, cache_dir, Console(stderr=True))
+    source = read_source(path)
+    lineage["content_hash"] = content_hash(source, HashCache(cache_dir / HASH_CACHE))
+    lineage["files"] = len(source.files)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(lineage, sort_keys=True, indent=1) + "\n")
+    tmp.replace(out)
+    return lineage
+
+
 def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path, dict[str, Any]]:
     """The local path of the source, fetching or writing it first, and its lineage for the manifest metadata."""
     lineage: dict[str, Any] = {"source": params.source, "repo": params.repo, "rev": params.rev, "resolved_rev": None}
@@ -224,6 +244,9 @@ def open_images(item: Item, medical: MedicalReader | None) -> list[tuple[str, Im
     ``medical`` is None when the source holds no DICOM/NIfTI; when it does, ordinary images are refused, since
     their pixels have no physical unit to share the dataset's window.
     """
+    problem = label_problem(item.label) if item.pixels is not None else None
+    if problem is not None:  # before anything is decoded or written: the label becomes a folder name
+        raise Quarantined(problem)
     if medical is not None and item.pixels is not None:
         if isinstance(item.pixels, Path) and is_medical(item.pixels):
             return [(ref, Image.fromarray(pixels), spacing)

@@ -137,7 +137,7 @@ def test_csv_table_quarantines_bad_rows_and_refuses_escaping_paths(tmp_path: Pat
         "img/unlabelled.png": "no label",
         "img/oddsplit.png": "unknown split 'training'; allowed: train, val, test, heldback",
         "img/notes.txt": f"unknown extension '.txt'; expected one of {KNOWN}",
-        "img/a0.png": "label '../x' cannot be a folder name",
+        "img/a0.png": "label '../x' holds a path separator; a label is one folder name",
     }
     assert sorted(frame["label"]) == ["a"] * 3 + ["b"] * 3  # a2 has no split of its own: it gets one
     assert frame.loc[frame["label"] == "b", "split"].tolist().count("test") == 1
