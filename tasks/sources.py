@@ -131,6 +131,8 @@ def read_table(table: Path) -> Source:
             problem = "no label"
         elif problem is None and not path.exists():
             problem = "file not found"
+        elif problem is None and path.is_dir() and not any(is_dicom(p) for p in path.iterdir() if p.is_file()):
+            problem = "a folder, not an image file (a row may name a folder only when it is a DICOM series)"
         items.append(_file_item(ref, label or None, split, path, problem))
     return Source(root, items, sorted(files))
 
