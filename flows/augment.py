@@ -19,6 +19,7 @@ from prefect.context import TaskRunContext
 
 from flows.dag import STEPS, Record, Step, cache_key
 from flows.params import Params
+from tasks.locks import workdir_lock
 
 
 def _key(step: Step):
@@ -49,15 +50,16 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
     logger = get_run_logger()
     root = Path(workdir)
     records: dict[str, Record] = {}
-    for step in steps:
-        state = step_task(step, root)(params, workdir, return_state=True)
-        records[step.name] = state.result()
-        if state.name == "Cached":
-            logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
-            record = {"reused": "cached result of an earlier run", **records[step.name]}
-            if "new" in record:  # the earlier run published that version; this one published nothing
-                record["new"] = False
-            records[step.name] = record
+    with workdir_lock(root):  # the whole run: another writer would delete files between our steps
+        for step in steps:
+            state = step_task(step, root)(params, workdir, return_state=True)
+            records[step.name] = state.result()
+            if state.name == "Cached":
+                logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
+                record = {"reused": "cached result of an earlier run", **records[step.name]}
+                if "new" in record:  # the earlier run published that version; this one published nothing
+                    record["new"] = False
+                records[step.name] = record
     return records
 
 

@@ -107,6 +107,15 @@ class DataParams(Section):
             raise ValueError("data.window (a preset) and data.window_center/width exclude each other; keep one")
         return width
 
+    @field_validator("test_fraction")
+    @classmethod
+    def _room_for_train(cls, test: float, info: ValidationInfo) -> float:
+        val = info.data.get("val_fraction")
+        if val is not None and val + test >= 1.0:
+            raise ValueError(f"data.val_fraction={val} + data.test_fraction={test} leaves no share for train; keep "
+                             "their sum below 1 (e.g. 0.15 each)")
+        return test
+
     @field_validator("slices", mode="before")
     @classmethod
     def _slice_range(cls, value: Any) -> str:
