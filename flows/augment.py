@@ -19,6 +19,7 @@ from prefect.context import TaskRunContext
 
 from flows.dag import STEPS, Record, Step, cache_key
 from flows.params import Params
+from flows.preflight import preflight
 from tasks.locks import workdir_lock
 
 
@@ -46,7 +47,10 @@ def step_task(step: Step, workdir: Path):
 
 
 def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, Record]:
-    """Run ``steps`` in order as cached tasks (inside a flow); returns each step's record. A failing step raises."""
+    """Run ``steps`` in order as cached tasks (inside a flow); returns each step's record. A failing step raises.
+
+    The workdir is locked for the whole run; after ingest, ``flows.preflight`` checks what later steps will need.
+    """
     logger = get_run_logger()
     root = Path(workdir)
     records: dict[str, Record] = {}
@@ -60,6 +64,9 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
                 if "new" in record:  # the earlier run published that version; this one published nothing
                     record["new"] = False
                 records[step.name] = record
+            if step.name == "ingest" and "train" in [s.name for s in steps]:
+                for note in preflight(params, root / "ingest" / "manifest.parquet"):
+                    logger.warning("preflight: %s", note)
     return records
 
 

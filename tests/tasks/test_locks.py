@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -75,17 +76,23 @@ def test_two_runs_on_one_workdir_in_parallel_are_serialized(tmp_path: Path) -> N
     """Two `synthaug run` with different sources on one workdir (one crashed on a missing file): both finish,
     one after the other, and both versions are on the registry's branch."""
     work = tmp_path / "work"
-    runs = []
-    for i, counts in enumerate(({"0": 20, "1": 20, "2": 6}, {"0": 20, "1": 6, "2": 20})):
-        source = digits_folder(tmp_path / f"source{i}", counts)
-        cmd = [sys.executable, "-m", "flows", "run", "--workdir", str(work),
-               *(f"-S{o}" for o in [*TINY, f"data.source={source}", f"publish.registry={tmp_path / 'registry'}",
-                                   f"publish.remote={tmp_path / 'remote'}", "publish.name=toy"])]
-        runs.append(subprocess.Popen(cmd, cwd=tmp_path, env={**env(), "PREFECT_HOME": str(tmp_path / f"ph{i}")},
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [(p.communicate(timeout=900), p.returncode) for p in runs]
-    for (_, err), code in outs:
-        assert code == 0, err[-3000:]
-    assert any(f"waiting for workdir {work}" in err for (_, err), _ in outs)
+    runs, logs = [], []
+    with workdir_lock(work):  # both runs start while the workdir is busy, so they contend for it when it frees
+        for i, counts in enumerate(({"0": 20, "1": 20, "2": 6}, {"0": 20, "1": 6, "2": 20})):
+            source = digits_folder(tmp_path / f"source{i}", counts)
+            overrides = [*TINY, f"data.source={source}", f"publish.registry={tmp_path / 'registry'}",
+                         f"publish.remote={tmp_path / 'remote'}", "publish.name=toy"]
+            cmd = [sys.executable, "-m", "flows", "run", "--workdir", str(work), *(f"-S{o}" for o in overrides)]
+            logs.append(tmp_path / f"run{i}.log")
+            runs.append(subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=logs[-1].open("w"),
+                                         env={**env(), "PREFECT_HOME": str(tmp_path / f"prefect{i}"),
+                                              "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}))
+        deadline = time.monotonic() + 600
+        while not all(f"waiting for workdir {work}" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline and all(r.poll() is None for r in runs), [
+                log.read_text()[-2000:] for log in logs]
+            time.sleep(1)
+    codes = [r.wait(timeout=900) for r in runs]
+    assert codes == [0, 0], [log.read_text()[-3000:] for log in logs]
     assert git("tag", "--list", cwd=tmp_path / "registry").split() == ["toy/v1", "toy/v2"]
     assert all(on_branch(tmp_path / "registry", t) for t in ("toy/v1", "toy/v2"))
