@@ -39,6 +39,7 @@ import io
 import json
 import re
 import shutil
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,12 +321,17 @@ def open_image(item: Item) -> Image.Image:
     if item.pixels.stat().st_size == 0:
         raise Quarantined("empty file (0 bytes)")
     try:
-        with Image.open(item.pixels) as image:
-            image.load()  # decode now: a truncated file fails here, not later
-            check_pixel_format(image)
-            return ImageOps.exif_transpose(image)  # an upright copy (cameras store rotation in EXIF)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise Quarantined(f"unreadable image: {exc}") from None
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(item.pixels) as image:
+                image.load()  # decode now: a truncated file fails here, not later
+                check_pixel_format(image)
+                return ImageOps.exif_transpose(image)  # an upright copy (cameras store rotation in EXIF)
+    except Quarantined:
+        raise
+    except Exception as exc:  # a damaged file can fail anywhere in a decoder (struct, index, EOF, ... errors)
+        raise Quarantined(f"unreadable image: {type(exc).__name__}: {exc}") from None
 
 
 def check_pixel_format(image: Image.Image) -> None:

@@ -155,7 +155,13 @@ class MedicalReader:
 
     def read(self, path: Path, ref: str) -> list[tuple[str, np.ndarray, Spacing]]:
         """(ref, uint8 (H, W) image, spacing in mm per image axis) per selected slice of ``path``."""
-        volume = read_nifti(path) if is_nifti(path) else read_dicom(path)
+        kind = "NIfTI" if is_nifti(path) else "DICOM"
+        try:
+            volume = read_nifti(path) if is_nifti(path) else read_dicom(path)
+        except Quarantined:
+            raise
+        except Exception as exc:  # a damaged header can fail anywhere: a bad value, a missing tag, a wrong type
+            raise Quarantined(f"unreadable {kind}: {type(exc).__name__}: {exc}") from None
         window = choose_window(volume, self.preset, self.center, self.width)
         planes = cut_slices(volume, self.slice_axis, self.slices)
         if self.window is None:

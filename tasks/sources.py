@@ -118,6 +118,9 @@ def read_table(table: Path) -> Source:
     for row in frame.to_dict("records"):
         ref, label = _text(row["path"]), _text(row["label"])
         split, problem = _split(row.get("split"))
+        if "\0" in ref:  # no file system path holds one (and os functions raise on it)
+            items.append(Item(ref, label or None, split, None, "path holds a NUL byte"))
+            continue
         path = _inside(root, ref)
         if path is not None and path.is_file():
             files.add(path)  # hashed even when the row is quarantined: the file's bytes decide that too
