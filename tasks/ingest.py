@@ -28,8 +28,14 @@ patient is on both sides): each class is split on its own (stratified) into trai
 ``data.val_fraction`` and ``data.test_fraction``, seeded by ``data.split_seed``; a class too small for the
 fractions keeps at least one training image. A split given by the source is kept.
 
-Bad input never stops the run midway: each bad item goes to ``quarantine.parquet`` (source_path, reason). The run
-stops with a ``UserError`` only when no usable image remains or a class would have no training image.
+Bad input never stops the run midway: each bad item goes to ``quarantine.parquet`` (source_path, reason), before
+anything of it is written: a label that cannot be a folder name (``tasks.sources.label_problem``), pixels without a
+fixed 8-bit mapping (float, signed or 32-bit integers: ``check_pixel_format``), a decompression bomb, the minority
+kind in a folder mixing ordinary and medical images, and both copies of one image under two labels. The run stops
+with a ``UserError`` only when no usable image remains, a class named by the source lost every image, or a class
+would have no training image.
+
+``fingerprint_source`` (the DAG's first step) hashes the source on every run, so a changed source re-runs ingest.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import re
 import shutil
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -421,14 +427,14 @@ def manifest_frame(rows: list[dict[str, Any]], params: DataParams) -> pd.DataFra
 
 
 def check_usable(frame: pd.DataFrame, source: str, quarantine_path: Path, quarantined: int,
-                 labels: set[str] = frozenset()) -> None:
+                 labels: Collection[str] = ()) -> None:
     """Stop when nothing usable is left, a class of ``labels`` lost every image, or a class has no training image;
     the message names the class and the fix."""
     if frame.empty:
         raise UserError(f"data.source {source}: no usable image ({quarantined} quarantined, reasons in "
                         f"{quarantine_path}); point data.source at <root>/<label>/*.png, a path,label table or "
                         f"a MedMNIST .npz")
-    lost = sorted(labels - set(frame["label"]))
+    lost = sorted(set(labels) - set(frame["label"]))
     if lost:
         names = ", ".join(repr(label) for label in lost)
         raise UserError(f"data.source {source}: no usable image of class {names} (every file quarantined, reasons in "
