@@ -2,7 +2,7 @@
 
 Two processes writing one workdir (two runs, a run and a `synthaug <step>`) would delete each other's files midway;
 two publishes into one registry would race on its branch and tags. Each writer first takes an OS file lock
-(``filelock``, the lock DVC and torch use; ``flock`` on POSIX, so a killed process frees it at once and no stale lock
+(``filelock``, a dependency of torch; ``flock`` on POSIX, so a killed process frees it at once and no stale lock
 is ever left). The second writer waits, saying who holds the lock, and gives up after ``SYNTHAUG_LOCK_TIMEOUT``
 seconds (default ``DEFAULT_TIMEOUT``) with a one-line error naming the holder and what to do.
 
