@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.dag import REPO_ROOT
-from tasks.locks import TIMEOUT_ENV, workdir_lock
+from tasks.locks import TIMEOUT_ENV, registry_lock, workdir_lock
 from tests.tasks.test_publish import NAME, git, hermetic, make_dataset, tags  # noqa: F401  (hermetic: a fixture)
 from tests.toy import TINY, digits_folder
 
@@ -31,6 +31,15 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "DVC_NO_ANALYTICS": "1"}
 
 
+def wait_until_all_wait(procs: list[subprocess.Popen], logs: list[Path], said: str, seconds: float = 600) -> None:
+    """Until every process has said ``said`` in its stderr log (it is blocked on the lock the test holds)."""
+    deadline = time.monotonic() + seconds
+    while not all(said in " ".join(log.read_text().split()) for log in logs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+            log.read_text()[-2000:] for log in logs]
+        time.sleep(0.5)
+
+
 def on_branch(repo: Path, tag: str, branch: str = "main") -> bool:
     done = subprocess.run(["git", "merge-base", "--is-ancestor", tag, branch], cwd=repo, capture_output=True)
     return done.returncode == 0
@@ -43,19 +52,21 @@ def test_two_publishes_in_parallel_processes_are_serialized_and_every_tag_is_on_
     if kind == "bare":
         subprocess.run(["git", "init", "--quiet", "--bare", "-b", "main", str(registry)], check=True)
     datasets = [make_dataset(tmp_path / f"ds{i}", f"variant {i}") for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", PUBLISH, NAME, str(registry), str(remote), str(ds),
-                               str(tmp_path / f"work{i}")], env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i, ds in enumerate(datasets)]
-    outs = [(p.communicate(timeout=300), p.returncode) for p in procs]
+    logs = [tmp_path / f"publish{i}.err" for i in range(2)]
+    with registry_lock(str(registry)):  # both start while the registry is busy, so they contend when it frees
+        procs = [subprocess.Popen([sys.executable, "-c", PUBLISH, NAME, str(registry), str(remote),
+                                   str(datasets[i]), str(tmp_path / f"work{i}")], env=env(), stdout=subprocess.PIPE,
+                                  stderr=logs[i].open("w"), text=True) for i in range(2)]
+        wait_until_all_wait(procs, logs, f"waiting for registry {registry}")
+    outs = [(p.communicate(timeout=300)[0], p.returncode) for p in procs]
 
-    for (_, err), code in outs:
-        assert code == 0, err
-    published = sorted(out.split()[0] for (out, _), _ in outs)
+    for (_, code), log in zip(outs, logs, strict=True):
+        assert code == 0, log.read_text()
+    published = sorted(out.split()[0] for out, _ in outs)
     assert published == [f"{NAME}/v1", f"{NAME}/v2"]
-    assert len({out.split()[1] for (out, _), _ in outs}) == 2  # two contents, two versions
+    assert len({out.split()[1] for out, _ in outs}) == 2  # two contents, two versions
     assert tags(registry) == published
     assert all(on_branch(registry, tag) for tag in published)
-    assert any("waiting for registry" in err for (_, err), _ in outs)  # the second one waited, and said so
 
 
 def test_a_second_writer_of_a_workdir_waits_then_stops_naming_the_holder(tmp_path: Path) -> None:
@@ -87,11 +98,7 @@ def test_two_runs_on_one_workdir_in_parallel_are_serialized(tmp_path: Path) -> N
             runs.append(subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=logs[-1].open("w"),
                                          env={**env(), "PREFECT_HOME": str(tmp_path / f"prefect{i}"),
                                               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}))
-        deadline = time.monotonic() + 600
-        while not all(f"waiting for workdir {work}" in log.read_text() for log in logs):
-            assert time.monotonic() < deadline and all(r.poll() is None for r in runs), [
-                log.read_text()[-2000:] for log in logs]
-            time.sleep(1)
+        wait_until_all_wait(runs, logs, f"waiting for workdir {work}")
     codes = [r.wait(timeout=900) for r in runs]
     assert codes == [0, 0], [log.read_text()[-3000:] for log in logs]
     assert git("tag", "--list", cwd=tmp_path / "registry").split() == ["toy/v1", "toy/v2"]
