@@ -14,10 +14,13 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from flows.dag import STEPS, Record, Step, cache_key
 from flows.params import Params
+from flows.preflight import preflight
+from tasks.locks import workdir_lock
 
 
 def _key(step: Step):
@@ -36,25 +39,34 @@ def step_task(step: Step, workdir: Path):
     def run(params: Params, workdir: str) -> Record:
         return step.run(params, Path(workdir))
 
+    if step.always_changed:
+        return task(run, name=step.name, cache_policy=NO_CACHE, retries=step.retries, retry_delay_seconds=[5, 30])
     return task(run, name=step.name, cache_key_fn=_key(step), persist_result=True,
                 result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing),
                 retries=step.retries, retry_delay_seconds=[5, 30])
 
 
 def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, Record]:
-    """Run ``steps`` in order as cached tasks (inside a flow); returns each step's record. A failing step raises."""
+    """Run ``steps`` in order as cached tasks (inside a flow); returns each step's record. A failing step raises.
+
+    The workdir is locked for the whole run; after ingest, ``flows.preflight`` checks what later steps will need.
+    """
     logger = get_run_logger()
     root = Path(workdir)
     records: dict[str, Record] = {}
-    for step in steps:
-        state = step_task(step, root)(params, workdir, return_state=True)
-        records[step.name] = state.result()
-        if state.name == "Cached":
-            logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
-            record = {"reused": "cached result of an earlier run", **records[step.name]}
-            if "new" in record:  # the earlier run published that version; this one published nothing
-                record["new"] = False
-            records[step.name] = record
+    with workdir_lock(root):  # the whole run: another writer would delete files between our steps
+        for step in steps:
+            state = step_task(step, root)(params, workdir, return_state=True)
+            records[step.name] = state.result()
+            if state.name == "Cached":
+                logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
+                record = {"reused": "cached result of an earlier run", **records[step.name]}
+                if "new" in record:  # the earlier run published that version; this one published nothing
+                    record["new"] = False
+                records[step.name] = record
+            if step.name == "ingest" and "train" in [s.name for s in steps]:
+                for note in preflight(params, root / "ingest" / "manifest.parquet"):
+                    logger.warning("preflight: %s", note)
     return records
 
 

@@ -37,8 +37,13 @@ def example(directory: Path = typer.Argument(..., help="Folder to write the exam
 
 def _run_step(name: str, params: Params, workdir: Path) -> None:
     from flows.dag import step
+    from tasks.locks import workdir_lock
 
-    record = step(name).run(params, workdir)
+    if "WORLD_SIZE" in os.environ:  # a torchrun process: the command that launched it holds the workdir lock
+        record = step(name).run(params, workdir)
+    else:
+        with workdir_lock(workdir):
+            record = step(name).run(params, workdir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         for key, value in record.items():
             console.print(f"{key}: {value}")
@@ -153,7 +158,9 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, Abort):
             sys.exit(130)
+        from tasks.errors import mask_secrets
+
         first = str(exc).strip().splitlines()
-        detail = "\n".join(first) if first else type(exc).__name__
+        detail = mask_secrets("\n".join(first)) if first else type(exc).__name__
         console.print(f"[bold red]error:[/] {detail}", highlight=False)
         sys.exit(1)

@@ -19,6 +19,7 @@ from flows.augment import step_task
 from flows.dag import STEPS
 from flows.params import Params
 from models.registry import family_names
+from tasks.locks import workdir_lock
 
 
 @flow(name="compare", log_prints=True)
@@ -28,9 +29,10 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
     for family in family_names():
         family_params = params.model_copy(update={"model": params.model.model_copy(update={"family": family})})
         family_dir = Path(workdir) / family
-        for step in STEPS:
-            if step.name != "publish":
-                step_task(step, family_dir)(family_params, str(family_dir))
+        with workdir_lock(family_dir):
+            for step in STEPS:
+                if step.name != "publish":
+                    step_task(step, family_dir)(family_params, str(family_dir))
         rows.append(family_row(family, family_dir))
     table = pd.DataFrame(rows)
     out = Path(workdir) / "compare.csv"

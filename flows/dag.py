@@ -42,10 +42,18 @@ class Step:
     metrics: tuple[str, ...] = ()  # small files DVC shows with `dvc metrics` (kept in git, not the cache)
     plots: tuple[str, ...] = ()  # CSV tables DVC draws with `dvc plots`
     retries: int = 0  # steps that touch remote storage (DVC fetch, push) retry with backoff
+    always_changed: bool = False  # reads what no dep can name (the source): runs every time, never cached
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots
+
+
+def _fingerprint(p: Params, workdir: Path) -> Record:
+    from tasks.ingest import fingerprint_source
+
+    lineage = fingerprint_source(p.data, workdir / "fingerprint" / "source.json", cache_dir=workdir / "sources")
+    return {"content_hash": lineage["content_hash"], "resolved_rev": lineage["resolved_rev"]}
 
 
 def _ingest(p: Params, workdir: Path) -> Record:
@@ -172,12 +180,19 @@ def _release(p: Params, workdir: Path) -> Record:
 COMMON_CODE = ("tasks/errors.py", "tasks/params_base.py", "tasks/manifest.py", "tasks/images.py", "tasks/plan.py")
 # The report, privacy, publish and release steps reach most of tasks/ and models/ (metrics, filter, judge, export).
 ALL_CODE = ("tasks", "models")
+INGEST_CODE = (*COMMON_CODE, "tasks/ingest.py", "tasks/sources.py", "tasks/medical.py", "tasks/example.py")
 
 
 STEPS: tuple[Step, ...] = (
+    # The source lives outside the workdir (a folder, a table, a DVC repository at a moving revision): this step
+    # hashes it on every run, and ingest depends on the hash, so a changed source re-runs ingest and what follows.
+    Step("fingerprint", "Hash the source dataset (stat-cached, as DVC does) so that a changed source re-runs ingest.",
+         _fingerprint, params=("data",), deps=(), outs=("fingerprint",),
+         code=INGEST_CODE,
+         retries=2, always_changed=True),
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
-         _ingest, params=("data",), deps=(), outs=("ingest",),
-         code=(*COMMON_CODE, "tasks/ingest.py", "tasks/sources.py", "tasks/medical.py", "tasks/example.py"),
+         _ingest, params=("data",), deps=("fingerprint/source.json",), outs=("ingest",),
+         code=INGEST_CODE,
          retries=2),
     Step("plan", "Decide how many synthetic images each class gets (plan.csv).",
          _plan, params=("plan",), deps=("ingest/manifest.parquet",), outs=("plan",),
@@ -222,8 +237,8 @@ PRIVACY_STEPS: tuple[Step, ...] = (
                "evaluate/class_counts.png", "evaluate/per_class_recall.png", "privacy"), outs=("release",),
          code=ALL_CODE, retries=2),
 )
-ANONYMIZE: tuple[str, ...] = ("ingest", "plan", "train", "generate", "judge", "filter", "privacy", "evaluate",
-                              "release")
+ANONYMIZE: tuple[str, ...] = ("fingerprint", "ingest", "plan", "train", "generate", "judge", "filter", "privacy",
+                              "evaluate", "release")
 
 
 def step(name: str) -> Step:
@@ -270,6 +285,8 @@ def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
         stage["deps"] = deps
         if s.params:
             stage["params"] = list(s.params)
+        if s.always_changed:
+            stage["always_changed"] = True
         stage["outs"] = [(workdir / o).as_posix() for o in s.outs]
         if s.metrics:
             stage["metrics"] = [{(workdir / m).as_posix(): {"cache": False}} for m in s.metrics]

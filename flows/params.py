@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.runners import RunnerParams
-from tasks.errors import UserError
+from tasks.errors import UserError, mask_secrets
 from tasks.evaluate import EvaluateParams
 from tasks.filter import FilterParams
 from tasks.generate import GenerateParams
@@ -60,6 +61,7 @@ def load_params(path: Path | None = DEFAULT_PARAMS, overrides: Sequence[str] = (
         raise ParamsError(f"{path}: params file not found")
     for override in overrides:
         apply_override(raw, override)
+    _refuse_odd_scalars(raw, [], origin)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
@@ -117,13 +119,31 @@ def _is_str_field(dotted: str) -> bool:
     return annotation is str or annotation == (str | None)
 
 
+def _refuse_odd_scalars(node: Any, loc: list[str], origin: str) -> None:
+    """Refuse what pydantic's lax mode would coerce silently: ``true``/``false`` for a number (``steps: true`` would
+    be one step) and non-finite numbers (``.nan``, ``.inf``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_odd_scalars(value, [*loc, str(key)], origin)
+        return
+    key = ".".join(loc)
+    if isinstance(node, bool):
+        annotation = _model_at(loc) if loc else None
+        names = (annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+                 or repr(annotation).replace("typing.", ""))
+        if annotation is not None and "bool" not in names and "Any" not in names:
+            raise ParamsError(f"{origin}: {key}: expected {names}, got {str(node).lower()} (a YAML boolean)")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ParamsError(f"{origin}: {key}: {node} is not a finite number")
+
+
 def _describe(err: dict[str, Any], origin: str) -> str:
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc)
     if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         allowed = ", ".join(_allowed(_model_at(loc[:-1])))
         return f"{origin}: unknown key '{key}'; allowed keys here: {allowed}"
-    return f"{origin}: {key}: {err['msg']} (got {err.get('input')!r})"
+    return mask_secrets(f"{origin}: {key}: {err['msg']} (got {err.get('input')!r})")
 
 
 def dump_params(params: Params) -> str:

@@ -40,6 +40,7 @@ from models.common import EMA, autocast, per_image_normal, per_image_streams, st
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
 SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
+MAX_GUIDANCE = 50.0  # classifier-free guidance papers use 1 to ~10; 50 leaves room, 1e9 is a typo
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,7 +70,8 @@ class DiffusionConfig(TrainConfig):
         label_dropout: probability of training on the null class instead of the image's label (needed for
             guidance).
         guidance_scale: classifier-free guidance weight w in eps_u + w * (eps_c - eps_u); 1 is plain conditional
-            sampling (one network call per step), 0 unconditional, > 1 trades diversity for label fidelity.
+            sampling (one network call per step), 0 unconditional, > 1 trades diversity for label fidelity; at most
+            ``MAX_GUIDANCE``.
         sampler: ``ddim`` (eta = 0), ``dpm`` (DPM-Solver++ 2M) or ``ddpm`` (ancestral, fresh noise every step).
         sample_steps: network evaluations per image (times two with guidance); at most ``timesteps``.
         sample_batch_size: images per network call when sampling; requests are split and padded to it.
@@ -129,8 +131,9 @@ class DiffusionConfig(TrainConfig):
             raise ValueError(f"sample_steps={self.sample_steps} cannot exceed timesteps={self.timesteps}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.guidance_scale < 0.0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not 0.0 <= self.guidance_scale <= MAX_GUIDANCE:  # far above it, eps_c - eps_u is amplified into noise
+            raise ValueError(f"guidance_scale must be in [0, {MAX_GUIDANCE}], got {self.guidance_scale} (useful "
+                             "values are 1 to about 10)")
         if self.guidance_scale != 1.0 and self.label_dropout == 0.0:
             raise ValueError(f"guidance_scale={self.guidance_scale} needs the null class, which "
                              f"label_dropout={self.label_dropout} never trains; use label_dropout > 0 or "

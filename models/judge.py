@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,30 +428,44 @@ class FeatureExtractor:
 
 
 def load_feature_extractor(path: Path | str, *, device: torch.device | str = "cpu") -> FeatureExtractor:
-    """Load a local network file as a feature extractor: TorchScript, or a ``torch.export`` archive (``.pt2``).
+    """Load a local TorchScript network file as a feature extractor.
 
     TorchScript files come from ``torch.jit.save`` of a scripted or traced network (deprecated by recent torch
-    but still loaded). A ``.pt2`` file comes from ``torch.export.save``; export it with a dynamic batch dimension,
-    since images are fed in batches of varying size. The network takes the project's images (N, C, H, W) in
-    [-1, 1] as they are: build any resizing, channel repetition or normalisation it needs into it before saving.
-    Nothing is downloaded.
+    but still loaded); torch reads them with its own restricted loader, which builds tensors and TorchScript code but
+    never runs Python pickles. ``torch.export`` archives (``.pt2``) are refused: ``torch.export.load`` unpickles
+    weights stored with ``use_pickle``, so a crafted file runs arbitrary code when loaded. The network takes the
+    project's images (N, C, H, W) in [-1, 1] as they are: build any resizing, channel repetition or normalisation
+    it needs into it before saving. Nothing is downloaded.
 
     Args:
-        path: the TorchScript (any suffix) or ``torch.export`` (``.pt2``) file.
+        path: the TorchScript file (any suffix but ``.pt2``).
         device: where to run it.
+
+    Raises:
+        ValueError: a ``.pt2`` archive, or a file that is not TorchScript.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no feature extractor file here")
     device = torch.device(device)
-    if path.suffix == ".pt2":
-        module = torch.export.load(str(path)).module().to(device)
-        return FeatureExtractor(module, device)
+    if path.suffix.lower() == ".pt2" or _is_export_archive(path):
+        raise ValueError(f"{path} is a torch.export archive, which can hold pickled data that runs code when "
+                         "loaded; refused. Save the network as TorchScript instead: "
+                         "torch.jit.save(torch.jit.trace(net, example), 'extractor.ts')")
     try:
         with warnings.catch_warnings():  # the user's file format, not something they can act on here
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as err:
-        raise ValueError(f"{path} is not a TorchScript file; save the network with torch.jit.save (TorchScript) "
-                         f"or torch.export.save to a .pt2 file ({err})") from err
+        raise ValueError(f"{path} is not a TorchScript file; save the network with torch.jit.save "
+                         f"(TorchScript) ({err})") from err
     return FeatureExtractor(module.eval(), device)
+
+
+def _is_export_archive(path: Path) -> bool:
+    """A ``torch.export.save`` zip under another suffix: its top folder holds ``archive_format``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/archive_format") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

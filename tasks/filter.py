@@ -124,8 +124,9 @@ class FilterParams(Section):
 
     judge: network and recipe of the judge classifier (trained by the ``judge`` step); the default trains in about
       15 s on ~900 16x16 images on one CPU core.
-    extractor: a local TorchScript / ``.pt2`` feature-extractor file replacing the judge's features for every
-      distance (nothing is downloaded); null: the judge's penultimate features.
+    extractor: a local TorchScript feature-extractor file replacing the judge's features for every distance
+      (nothing is downloaded; ``torch.export`` ``.pt2`` archives are refused, since loading one can run pickled
+      code); null: the judge's penultimate features.
     device: where the judge trains and runs.
     min_confidence: least calibrated judge probability of the intended class (label consistency).
     realism_k: neighbour rank of the real k-NN balls of the realism test.

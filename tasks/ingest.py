@@ -28,18 +28,26 @@ patient is on both sides): each class is split on its own (stratified) into trai
 ``data.val_fraction`` and ``data.test_fraction``, seeded by ``data.split_seed``; a class too small for the
 fractions keeps at least one training image. A split given by the source is kept.
 
-Bad input never stops the run midway: each bad item goes to ``quarantine.parquet`` (source_path, reason). The run
-stops with a ``UserError`` only when no usable image remains or a class would have no training image.
+Bad input never stops the run midway: each bad item goes to ``quarantine.parquet`` (source_path, reason), before
+anything of it is written: a label that cannot be a folder name (``tasks.sources.label_problem``), pixels without a
+fixed 8-bit mapping (float, signed or 32-bit integers: ``check_pixel_format``), a decompression bomb, the minority
+kind in a folder mixing ordinary and medical images, and both copies of one image under two labels. The run stops
+with a ``UserError`` only when no usable image remains, a class named by the source lost every image, or a class
+would have no training image.
+
+``fingerprint_source`` (the DAG's first step) hashes the source on every run, so a changed source re-runs ingest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import shutil
+import warnings
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -58,9 +66,10 @@ from tasks.errors import Quarantined, UserError
 from tasks.manifest import SPLITS, write_manifest
 from tasks.medical import MedicalReader, Spacing, WindowPreset, is_medical
 from tasks.params_base import Section
-from tasks.sources import Item, content_hash, fetch_dvc, read_source
+from tasks.sources import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
 EXAMPLE = "example:digits"
+HASH_CACHE = "hashes.json"  # <cache_dir>/hashes.json: source files' sha256 by size, mtime and inode
 INTERPOLATION = "bilinear (Pillow, antialiased on downscale)"
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 QUARANTINE_SCHEMA = pa.schema([
@@ -105,6 +114,15 @@ class DataParams(Section):
             raise ValueError("data.window (a preset) and data.window_center/width exclude each other; keep one")
         return width
 
+    @field_validator("test_fraction")
+    @classmethod
+    def _room_for_train(cls, test: float, info: ValidationInfo) -> float:
+        val = info.data.get("val_fraction")
+        if val is not None and val + test >= 1.0:
+            raise ValueError(f"data.val_fraction={val} + data.test_fraction={test} leaves no share for train; keep "
+                             "their sum below 1 (e.g. 0.15 each)")
+        return test
+
     @field_validator("slices", mode="before")
     @classmethod
     def _slice_range(cls, value: Any) -> str:
@@ -141,18 +159,19 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     console = Console(stderr=True)
     path, lineage = locate(params, cache_dir, console)
     source = read_source(path)
-    lineage["content_hash"] = content_hash(source)
+    lineage["content_hash"] = content_hash(source, HashCache(cache_dir / HASH_CACHE))
 
     # Stale images of an earlier run must not survive next to the new manifest.
     shutil.rmtree(out_dir / "images", ignore_errors=True)
     (out_dir / "manifest.parquet").unlink(missing_ok=True)
     medical = None
-    if any(isinstance(item.pixels, Path) and is_medical(item.pixels) for item in source.items):
+    if medical_majority(source.items):
         medical = MedicalReader(preset=params.window, center=params.window_center, width=params.window_width,
                                 slice_axis=params.slice_axis, slices=params.slice_range)
     rows: list[dict[str, Any]] = []
     rejected: list[tuple[str, str]] = []
-    first_ref: dict[str, str] = {}  # image_id -> the item it came from
+    first: dict[str, tuple[str, str]] = {}  # image_id -> (ref, label) of the image stored under it
+    conflicts: dict[str, str] = {}  # image_id -> why the first image stored under it is withdrawn
     spacings: dict[str, list[float]] = {}  # image_id -> (row, column) mm of the stored image
     for item in track(source.items, description="reading images", console=console, transient=True):
         try:
@@ -164,12 +183,12 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
             try:
                 data = png(normalize(image, params))
                 image_id = hashlib.sha256(data).hexdigest()
-                if image_id in first_ref:
-                    raise Quarantined(f"duplicate of {first_ref[image_id]}")
+                if image_id in first:
+                    raise Quarantined(_duplicate(image_id, first[image_id], item.label, ref, conflicts))
             except Quarantined as exc:
                 rejected.append((ref, str(exc)))
                 continue
-            first_ref[image_id] = ref
+            first[image_id] = (ref, str(item.label))
             rel = f"images/{item.label}/{image_id}.png"
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (out_dir / rel).write_bytes(data)
@@ -177,11 +196,16 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
                          "item": item.ref})
             if None not in spacing:  # resizing stretches each axis on its own
                 spacings[image_id] = [s * n / params.image_size for s, n in zip(spacing, image.size[::-1], strict=True)]
+    for row in [r for r in rows if r["image_id"] in conflicts]:  # one image, two labels: neither label is trusted
+        rows.remove(row)
+        spacings.pop(row["image_id"], None)
+        (out_dir / row["path"]).unlink()
+        rejected.append((first[row["image_id"]][0], conflicts[row["image_id"]]))
 
     quarantine_path = out_dir / "quarantine.parquet"
     write_quarantine(rejected, quarantine_path)
     frame = manifest_frame(rows, params)
-    check_usable(frame, params.source, quarantine_path, len(rejected))
+    check_usable(frame, params.source, quarantine_path, len(rejected), expected_labels(source.items))
     intensity = None if medical is None else medical.record(common_spacing(spacings, len(frame)))
     manifest_path = write_manifest(frame, out_dir / "manifest.parquet",
                                    {**lineage, "interpolation": INTERPOLATION, "params": params.model_dump(),
@@ -189,6 +213,24 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     counts = {label: dict(Counter(group)) for label, group in frame.groupby("label")["split"]}
     print_summary(console, counts, rejected)
     return IngestResult(manifest_path, quarantine_path, counts, len(rejected))
+
+
+def fingerprint_source(params: DataParams, out: Path, *, cache_dir: Path) -> dict[str, Any]:
+    """Write ``out`` (JSON): the source's lineage and content hash, which ingest's cache key and dvc.yaml depend on.
+
+    Cheap on an unchanged source: files whose size, mtime and inode are as last seen are not read again
+    (``HashCache``). A DVC source is fetched first (once per resolved commit; ingest reuses the copy). The file holds
+    nothing that changes while the source does not, so an unchanged source leaves ingest and every later step cached.
+    """
+    path, lineage = locate(params, cache_dir, Console(stderr=True))
+    source = read_source(path)
+    lineage["content_hash"] = content_hash(source, HashCache(cache_dir / HASH_CACHE))
+    lineage["files"] = len(source.files)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(lineage, sort_keys=True, indent=1) + "\n")
+    tmp.replace(out)
+    return lineage
 
 
 def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path, dict[str, Any]]:
@@ -218,18 +260,52 @@ def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path,
     return path, lineage
 
 
+def medical_majority(items: Sequence[Item]) -> bool:
+    """Whether the source is a medical one: DICOM/NIfTI items are at least as many as ordinary images.
+
+    One kind per dataset (ordinary images have no physical unit to share a window with); the fewer kind is
+    quarantined, so one stray or corrupt file of the other kind never costs the whole dataset.
+    """
+    files = [item.pixels for item in items if isinstance(item.pixels, Path)]
+    medical = sum(is_medical(path) for path in files)
+    return medical > 0 and 2 * medical >= len(files)
+
+
+def expected_labels(items: Sequence[Item]) -> set[str]:
+    """Classes the source names for at least one file it does not refuse unread: each must end up with images."""
+    return {item.label for item in items
+            if item.label and item.pixels is not None and label_problem(item.label) is None}
+
+
+def _duplicate(image_id: str, stored: tuple[str, str], label: str | None, ref: str, conflicts: dict[str, str]) -> str:
+    """Why an image equal to one already stored is quarantined; same bytes under another label withdraw both."""
+    first_ref, first_label = stored
+    if label == first_label:
+        return f"duplicate of {first_ref}"
+    conflicts.setdefault(image_id, f"the same image as {ref} (label {label!r}) under label {first_label!r}: "
+                                   "conflicting labels, both quarantined; keep it in one class")
+    return (f"the same image as {first_ref} (label {first_label!r}) under label {label!r}: conflicting labels, "
+            "both quarantined; keep it in one class")
+
+
 def open_images(item: Item, medical: MedicalReader | None) -> list[tuple[str, Image.Image, Spacing]]:
     """(ref, image, spacing in mm per image axis) per image of the item: one, or a volume's selected slices.
 
     ``medical`` is None when the source holds no DICOM/NIfTI; when it does, ordinary images are refused, since
     their pixels have no physical unit to share the dataset's window.
     """
+    problem = label_problem(item.label) if item.pixels is not None else None
+    if problem is not None:  # before anything is decoded or written: the label becomes a folder name
+        raise Quarantined(problem)
     if medical is not None and item.pixels is not None:
         if isinstance(item.pixels, Path) and is_medical(item.pixels):
             return [(ref, Image.fromarray(pixels), spacing)
                     for ref, pixels, spacing in medical.read(item.pixels, item.ref)]
         raise Quarantined("an ordinary image among DICOM/NIfTI images has no physical unit; convert it to DICOM or "
                           "NIfTI, or ingest it in a dataset of its own")
+    if isinstance(item.pixels, Path) and is_medical(item.pixels):
+        raise Quarantined("a DICOM/NIfTI image among more ordinary images; ingest medical images in a dataset of "
+                          "their own")
     return [(item.ref, open_image(item), (None, None))]
 
 
@@ -251,11 +327,32 @@ def open_image(item: Item) -> Image.Image:
     if item.pixels.stat().st_size == 0:
         raise Quarantined("empty file (0 bytes)")
     try:
-        with Image.open(item.pixels) as image:
-            image.load()  # decode now: a truncated file fails here, not later
-            return ImageOps.exif_transpose(image)  # an upright copy (cameras store rotation in EXIF)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise Quarantined(f"unreadable image: {exc}") from None
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(item.pixels) as image:
+                image.load()  # decode now: a truncated file fails here, not later
+                check_pixel_format(image)
+                return ImageOps.exif_transpose(image)  # an upright copy (cameras store rotation in EXIF)
+    except Quarantined:
+        raise
+    except Exception as exc:  # a damaged file can fail anywhere in a decoder (struct, index, EOF, ... errors)
+        raise Quarantined(f"unreadable image: {type(exc).__name__}: {exc}") from None
+
+
+def check_pixel_format(image: Image.Image) -> None:
+    """Refuse pixels without one fixed mapping to 8 bits: floats (no range, maybe NaN), signed or 32-bit integers.
+
+    Pillow opens unsigned 16-bit files as ``I;16*`` (scaled by the full range, see ``normalize``); its mode ``I``
+    holds signed or 32-bit integers, except from PNG, which has no signed samples.
+    """
+    if image.mode == "F":
+        nan = " and holds NaN" if np.isnan(np.asarray(image)).any() else ""
+        raise Quarantined(f"floating-point pixels have no fixed range{nan}; save the image as 8- or 16-bit unsigned "
+                          "integers (the mapping is yours to choose)")
+    if image.mode == "I" and image.format != "PNG":
+        raise Quarantined("signed or 32-bit integer pixels have no fixed 8-bit mapping; save the image as 8- or "
+                          "16-bit unsigned integers (the mapping is yours to choose)")
 
 
 def normalize(image: Image.Image, params: DataParams) -> Image.Image:
@@ -265,7 +362,11 @@ def normalize(image: Image.Image, params: DataParams) -> Image.Image:
     if image.mode in SIXTEEN_BIT_MODES:
         wide = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.round(np.clip(wide, 0, 65535) * (255 / 65535)).astype(np.uint8))
-    image = image.convert("L" if params.channels == 1 else "RGB")
+    try:
+        image = image.convert("L" if params.channels == 1 else "RGB")
+    except ValueError as exc:  # modes Pillow cannot convert (LAB, CMYK to L, ...)
+        raise Quarantined(f"pixel mode {image.mode} cannot be converted ({exc}); save the image as RGB or "
+                          "grayscale") from None
     size = (params.image_size, params.image_size)
     return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
 
@@ -325,12 +426,19 @@ def manifest_frame(rows: list[dict[str, Any]], params: DataParams) -> pd.DataFra
     return frame
 
 
-def check_usable(frame: pd.DataFrame, source: str, quarantine_path: Path, quarantined: int) -> None:
-    """Stop when nothing usable is left or a class has no training image; the message names the fix."""
+def check_usable(frame: pd.DataFrame, source: str, quarantine_path: Path, quarantined: int,
+                 labels: Collection[str] = ()) -> None:
+    """Stop when nothing usable is left, a class of ``labels`` lost every image, or a class has no training image;
+    the message names the class and the fix."""
     if frame.empty:
         raise UserError(f"data.source {source}: no usable image ({quarantined} quarantined, reasons in "
                         f"{quarantine_path}); point data.source at <root>/<label>/*.png, a path,label table or "
                         f"a MedMNIST .npz")
+    lost = sorted(set(labels) - set(frame["label"]))
+    if lost:
+        names = ", ".join(repr(label) for label in lost)
+        raise UserError(f"data.source {source}: no usable image of class {names} (every file quarantined, reasons in "
+                        f"{quarantine_path}); fix or replace its files, or remove the class")
     no_train = sorted(set(frame["label"]) - set(frame.loc[frame["split"] == "train", "label"]))
     if no_train:
         names = ", ".join(repr(label) for label in no_train)

@@ -166,7 +166,7 @@ def embed(images: torch.Tensor, judge: Judge, *, extractor: str | Path | None = 
     Args:
         images: (N, C, H, W) in [-1, 1].
         judge: the trained judge (``load_judge_step``); its features are the default space.
-        extractor: a local TorchScript or ``torch.export`` (``.pt2``) file (``filter.extractor``); it runs on the
+        extractor: a local TorchScript file (``filter.extractor``; ``.pt2`` archives are refused); it runs on the
           judge's device and takes the images as they are (see ``models.judge.load_feature_extractor``).
         batch_size: images per forward pass.
 
@@ -177,7 +177,7 @@ def embed(images: torch.Tensor, judge: Judge, *, extractor: str | Path | None = 
         return judge.embed(images, batch_size=batch_size)
     path = Path(extractor)
     if not path.is_file():
-        raise UserError(f"filter.extractor={extractor}: no such file (a local TorchScript or .pt2 network file; "
+        raise UserError(f"filter.extractor={extractor}: no such file (a local TorchScript network file; "
                         "nothing is downloaded)")
     device = str(judge.temperature.device)
     try:

@@ -42,6 +42,9 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
 }
 AXIS_NAMES = "xyz"
+# A volume is refused from its header before its pixels are read: a few MB of .nii.gz can inflate to gigabytes.
+# The limit is Pillow's DecompressionBombError threshold (2 x Image.MAX_IMAGE_PIXELS), in voxels.
+MAX_VOXELS = 2 * 89_478_485
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 Spacing = tuple[float | None, ...]  # mm per array axis; None where the source does not say
@@ -152,7 +155,13 @@ class MedicalReader:
 
     def read(self, path: Path, ref: str) -> list[tuple[str, np.ndarray, Spacing]]:
         """(ref, uint8 (H, W) image, spacing in mm per image axis) per selected slice of ``path``."""
-        volume = read_nifti(path) if is_nifti(path) else read_dicom(path)
+        kind = "NIfTI" if is_nifti(path) else "DICOM"
+        try:
+            volume = read_nifti(path) if is_nifti(path) else read_dicom(path)
+        except Quarantined:
+            raise
+        except Exception as exc:  # a damaged header can fail anywhere: a bad value, a missing tag, a wrong type
+            raise Quarantined(f"unreadable {kind}: {type(exc).__name__}: {exc}") from None
         window = choose_window(volume, self.preset, self.center, self.width)
         planes = cut_slices(volume, self.slice_axis, self.slices)
         if self.window is None:
@@ -207,6 +216,8 @@ def read_dicom(path: Path) -> Volume:
         raise Quarantined("series folder holds no DICOM file")
     headers = [_header(p, path.is_dir()) for p in files]
     first = headers[0]
+    _check_voxels([int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0),
+                   int(first.get("NumberOfFrames", 1) or 1), len(headers)])
     if len(headers) > 1:
         _check_series(headers)
     photometric = str(first.get("PhotometricInterpretation", ""))
@@ -248,6 +259,7 @@ def read_nifti(path: Path) -> Volume:
         image = nibabel.load(path)  # the header only: the pixels come through MONAI below
     except Exception as exc:  # nibabel raises its own errors, gzip's, numpy's on a broken header
         raise Quarantined(f"unreadable NIfTI: {exc}") from None
+    _check_voxels(list(image.header.get_data_shape()))
     values, _ = _load(path, NibabelReader(), "NIfTI")
     if values.ndim == 4 and values.shape[3] == 1:
         values = values[..., 0]
@@ -262,6 +274,14 @@ def read_nifti(path: Path) -> Volume:
         slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
         stored = tuple(sorted((info.min * slope + inter, info.max * slope + inter)))
     return Volume(values, spacing, stored, None, None)
+
+
+def _check_voxels(shape: list[int]) -> None:
+    """Refuse a volume whose header declares more than ``MAX_VOXELS`` voxels (a decompression bomb)."""
+    voxels = int(np.prod(np.array(shape, dtype=object))) if shape else 0
+    if voxels > MAX_VOXELS:
+        raise Quarantined(f"declares {' x '.join(map(str, shape))} = {voxels} voxels, more than the limit of "
+                          f"{MAX_VOXELS} (a decompression bomb?); crop or split the volume")
 
 
 def _header(path: Path, in_series: bool) -> Any:

@@ -44,6 +44,7 @@ import yaml
 from pydantic import field_validator
 
 from tasks.errors import UserError
+from tasks.locks import with_registry_lock
 from tasks.params_base import Section
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def tag_for(name: str, version: int) -> str:
 # publish
 
 
+@with_registry_lock  # one publisher per registry at a time (tasks/locks.py)
 def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path) -> PublishResult:
     """Publish ``dataset_dir`` as the next version ``<name>/v<N>`` of the data registry ``params.registry``.
 
@@ -231,7 +233,12 @@ def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, 
         log.warning("publishing %s failed; resetting %s to %s", name, root, base[:12])
         for tag in created:
             _git(["tag", "-d", tag], cwd=root, check=False)
-        _git(["reset", "--quiet", "--hard", base], cwd=root, check=False)
+        # Never move the branch back past a commit that a tag names: that version would fall off the branch.
+        foreign = _git(["tag", "--merged", "HEAD", "--no-merged", base], cwd=root, check=False).stdout.split()
+        if foreign:
+            log.warning("not resetting %s: tags %s were made after this run started", root, foreign)
+        else:
+            _git(["reset", "--quiet", "--hard", base], cwd=root, check=False)
         _restore_own_paths(root, name)
         raise
 

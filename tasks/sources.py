@@ -8,12 +8,24 @@ images. In a table, a ``path`` that is a folder is a series folder.
 A reader decodes no image. It says where each image is, its label and its split (None: the source gives none),
 or why the item is refused before anything is read (``problem``; ingest quarantines it with that reason).
 ``fetch_dvc`` brings a path of a git/DVC repository at a revision into a local cache first.
+
+Labels become folder names (``images/<label>/``) in the working copy and in the published dataset, so every label
+is checked (``label_problem``) before anything is written: no path separator, ``..``, NUL or control character, no
+leading ``.`` (git and DVC skip ``.git``/``.dvc`` folders, so such a class would silently vanish from a published
+version), no Windows device name, at most ``MAX_LABEL_BYTES``. Symlinks in a folder source are followed only while
+they stay inside the source root (a table's rows are held to the same rule).
+
+``content_hash`` is the source's identity: sha256 over every file's path and bytes. ``HashCache`` remembers each
+file's hash with its size, mtime and inode (as DVC's state database does), so a re-run reads only changed files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -33,6 +45,10 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 SPLITS_FILE = "splits.csv"  # optional path,split table at the root of an image folder
 NPZ_SPLITS = ("train", "val", "test")  # MedMNIST keys: <split>_images, <split>_labels
 ESCAPES = "path escapes the source root"
+MAX_LABEL_BYTES = 200  # UTF-8 bytes; file systems allow 255 per name, and the label is one
+# Device names Windows reserves in any case and with any extension: a dataset holding one cannot be checked out there.
+_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,8 +83,8 @@ def read_source(path: Path) -> Source:
 def read_folder(root: Path) -> Source:
     """``<root>/<label>/**/<image>``; splits from ``<root>/splits.csv`` (path,split) when present."""
     splits = _read_splits_file(root) if (root / SPLITS_FILE).is_file() else {}
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    items = []
+    files, escaping = _walk(root)
+    items = [Item(ref, None, None, None, ESCAPES) for ref in escaping]
     series: set[Path] = set()
     for path in files:
         ref = path.relative_to(root).as_posix()
@@ -102,6 +118,9 @@ def read_table(table: Path) -> Source:
     for row in frame.to_dict("records"):
         ref, label = _text(row["path"]), _text(row["label"])
         split, problem = _split(row.get("split"))
+        if "\0" in ref:  # no file system path holds one (and os functions raise on it)
+            items.append(Item(ref, label or None, split, None, "path holds a NUL byte"))
+            continue
         path = _inside(root, ref)
         if path is not None and path.is_file():
             files.add(path)  # hashed even when the row is quarantined: the file's bytes decide that too
@@ -113,10 +132,10 @@ def read_table(table: Path) -> Source:
             problem = ESCAPES
         elif not label:
             problem = "no label"
-        elif label in (".", "..") or "/" in label or "\\" in label:
-            problem = f"label {label!r} cannot be a folder name"
         elif problem is None and not path.exists():
             problem = "file not found"
+        elif problem is None and path.is_dir() and not any(is_dicom(p) for p in path.iterdir() if p.is_file()):
+            problem = "a folder, not an image file (a row may name a folder only when it is a DICOM series)"
         items.append(_file_item(ref, label or None, split, path, problem))
     return Source(root, items, sorted(files))
 
@@ -148,11 +167,73 @@ def read_npz(path: Path) -> Source:
     return Source(path.parent, items, [path])
 
 
-def content_hash(source: Source) -> str:
-    """sha256 over the sorted (path relative to the root, file sha256) pairs of the source's files."""
+def label_problem(label: str | None) -> str | None:
+    """Why ``label`` cannot name a class folder, or None when it can (see the module docstring)."""
+    if not label:
+        return "no label"
+    shown = repr(label if len(label) <= 60 else label[:60] + "...")
+    if _CONTROL.search(label):
+        return f"label {shown} holds a NUL or control character; rename the class"
+    if "/" in label or "\\" in label:
+        return f"label {shown} holds a path separator; a label is one folder name"
+    if label.startswith("."):
+        return (f"label {shown} starts with '.': hidden folders ('.git', '.dvc', '..') are skipped or special in git "
+                "and DVC; rename the class")
+    if label != label.strip() or label.endswith("."):
+        return f"label {shown} ends in a space or '.', which some file systems drop; rename the class"
+    if _RESERVED.fullmatch(label):
+        return f"label {shown} is a reserved device name on Windows; rename the class"
+    if len(label.encode()) > MAX_LABEL_BYTES:
+        return f"label {shown} is {len(label.encode())} bytes long; at most {MAX_LABEL_BYTES} (a folder name)"
+    return None
+
+
+class HashCache:
+    """sha256 of files, reused while a file's size, mtime and inode are unchanged (DVC's state database idea).
+
+    ``path``: the JSON file the hashes are kept in between runs; None keeps them in memory only.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.changed = False
+        if path is not None and path.is_file():
+            with contextlib.suppress(OSError, ValueError):  # a damaged cache only costs hashing again
+                loaded = json.loads(path.read_text())
+                self.entries = loaded if isinstance(loaded, dict) else {}
+
+    def sha256(self, file: Path) -> str:
+        stat = file.stat()
+        key, state = str(file.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        entry = self.entries.get(key)
+        if isinstance(entry, list) and entry[:3] == state and len(entry) == 4:
+            return str(entry[3])
+        sha = _file_sha256(file)
+        self.entries[key] = [*state, sha]
+        self.changed = True
+        return sha
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries))
+        tmp.replace(self.path)
+        self.changed = False
+
+
+def content_hash(source: Source, cache: HashCache | None = None) -> str:
+    """sha256 over the sorted (path relative to the root, file sha256) pairs of the source's files.
+
+    ``cache``: reuse the hashes of files whose stat is unchanged (and remember the new ones).
+    """
+    cache = cache or HashCache()
     digest = hashlib.sha256()
-    for rel, sha in sorted((p.relative_to(source.root).as_posix(), _file_sha256(p)) for p in source.files):
+    for rel, sha in sorted((p.relative_to(source.root).as_posix(), cache.sha256(p)) for p in source.files):
         digest.update(f"{rel}\0{sha}\n".encode())
+    cache.save()
     return digest.hexdigest()
 
 
@@ -230,6 +311,35 @@ def _split(value: Any) -> tuple[str | None, str | None]:
 
 def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip()
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """The files under ``root``, following symlinks while they stay inside it; and the refs of links that leave it.
+
+    A folder reached twice (a link to a folder inside the root, or a link loop) is read once.
+    """
+    inside = root.resolve()
+    files, escaping, seen = [], [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        if here.resolve() in seen:
+            dirnames[:] = []
+            continue
+        seen.add(here.resolve())
+        kept = []
+        for name in sorted(dirnames):
+            if (here / name).resolve().is_relative_to(inside):
+                kept.append(name)
+            else:
+                escaping.append((here / name).relative_to(root).as_posix())
+        dirnames[:] = kept
+        for name in filenames:
+            path = here / name
+            if not path.resolve().is_relative_to(inside):
+                escaping.append(path.relative_to(root).as_posix())
+            elif path.is_file():
+                files.append(path)
+    return sorted(files), sorted(escaping)
 
 
 def _inside(root: Path, ref: str) -> Path | None:

@@ -31,6 +31,7 @@ from tasks.params_base import Section
 from tasks.plan import natural_key
 
 GRID_PER_CLASS = 8
+START_FILE = "start.json"  # <out_dir>/start.json: what the checkpoint beside it started from (scratch or init_from)
 
 
 class ModelParams(Section):
@@ -86,7 +87,8 @@ def train_split(manifest_path: Path) -> tuple[torch.Tensor, list[str], list[str]
 def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResult:
     """Train ``params.family`` on the manifest's real train split into ``out_dir/checkpoint``.
 
-    An interrupted run resumes from its last checkpoint when the family, config and classes match;
+    An interrupted run resumes from its last checkpoint when the family, config, classes and starting point
+    (scratch or the same ``init_from`` weights, ``start.json``) match;
     with ``init_from`` the model starts from that checkpoint (fine-tuning) instead of from scratch.
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), each process joins the process group and trains its share of
     every batch (``models.training.fit``); rank 0 alone writes the checkpoint, the log and the sample grids.
@@ -125,11 +127,16 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     config = params.family_config()
     ckpt_dir = out_dir / "checkpoint"
     model, start, rng_state = None, 0, None
-    if _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])):
+    origin = _start_record(params)
+    if (_resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:]))
+            and _read_start(out_dir) == origin):
         model, _, state = load_checkpoint(ckpt_dir, device)
         start, rng_state = state["step"], state.get("rng")
     elif params.init_from:
         model, class_names = _finetune_start(Path(params.init_from), device, config, class_names)
+    if start == 0 and rank == 0:  # what this checkpoint starts from: a later init_from must not resume it
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / START_FILE).write_text(json.dumps(origin))
     if model is None:
         # Initial weights come from the global RNG: seed a forked copy so a run is a function of model.seed.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -162,6 +169,22 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
         fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
             start_step=start, rng_state=rng_state, on_step=on_step)
     return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
+
+
+def _start_record(params: ModelParams) -> dict[str, str | None]:
+    """What training starts from: scratch, or ``init_from`` (its resolved path and weights hash)."""
+    if not params.init_from:
+        return {"init_from": None, "init_hash": None}
+    init = Path(params.init_from)
+    weights = init / "weights.pt"
+    return {"init_from": str(init.resolve()), "init_hash": checkpoint_hash(init) if weights.is_file() else None}
+
+
+def _read_start(out_dir: Path) -> dict[str, str | None]:
+    try:
+        return json.loads((out_dir / START_FILE).read_text())
+    except (OSError, ValueError):  # a checkpoint from before start.json existed was trained from scratch
+        return {"init_from": None, "init_hash": None}
 
 
 def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: list[str],

@@ -161,8 +161,9 @@ def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) ->
 
 def test_anonymize_steps_are_the_dag_steps_up_to_the_filter_then_gate_evaluate_release() -> None:
     names = [s.name for s in STEPS]
-    assert list(ANONYMIZE[:6]) == names[: names.index("filter") + 1]
-    assert list(ANONYMIZE[6:]) == ["privacy", "evaluate", "release"]
+    upto = names.index("filter") + 1
+    assert list(ANONYMIZE[:upto]) == names[:upto]
+    assert list(ANONYMIZE[upto:]) == ["privacy", "evaluate", "release"]
     produced: set[str] = set()
     for name in ANONYMIZE:
         for dep in step(name).deps:

@@ -187,14 +187,52 @@ def test_bad_input_raises_value_error_naming_it(make, message: str) -> None:
         make()
 
 
-def test_torch_export_feature_extractor(tmp_path) -> None:
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 64, 6))
-    example = torch.randn(2, 1, 8, 8)
-    program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    path = tmp_path / "extractor.pt2"
-    torch.export.save(program, str(path))
-    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    feats = load_feature_extractor(path)(x, batch_size=4)
-    assert feats.shape == (7, 6)
-    with torch.no_grad():
-        torch.testing.assert_close(feats, net(x))
+class _WritesMarker:
+    """Unpickled, it opens (creates) the marker file: a stand-in for any code a crafted file could run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted_export_archive(path, marker) -> None:
+    """A real ``torch.export.save`` archive whose bias is switched to ``use_pickle`` with a hostile pickle."""
+    import json
+    import pickle
+    import zipfile
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1))
+
+    honest = path.with_name("honest.pt2")
+    torch.export.save(torch.export.export(Net(), (torch.zeros(2, 1, 2, 2),)), str(honest))
+    with zipfile.ZipFile(honest) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("weights/model_weights_config.json"):
+                config = json.loads(data)
+                entry = next(e for e in config["config"].values() if e["path_name"] == "weight_1")
+                entry["use_pickle"] = True
+                data = json.dumps(config).encode()
+            elif name.endswith("weights/weight_1"):
+                data = pickle.dumps(_WritesMarker(str(marker)), protocol=2)
+            dst.writestr(name, data)
+
+
+@pytest.mark.parametrize("name", ["extractor.pt2", "extractor.ts"])  # the suffix of the file does not matter
+def test_crafted_export_archive_is_refused_without_running_its_pickle(tmp_path, name) -> None:
+    marker = tmp_path / "MARKER"
+    path = tmp_path / name
+    _crafted_export_archive(path, marker)
+    with pytest.raises(ValueError, match=r"torch\.export archive.*refused.*torch\.jit\.save"):
+        load_feature_extractor(path)
+    assert not marker.exists(), "loading the extractor unpickled the crafted payload"
+    with pytest.raises(ValueError, match=r"torch\.export archive"):  # an honest archive is refused all the same
+        load_feature_extractor(tmp_path / "honest.pt2")

@@ -18,7 +18,7 @@ from PIL import Image
 from rich.console import Console
 
 from tasks.errors import UserError
-from tasks.ingest import DataParams, assign_splits, ingest, locate, manifest_frame
+from tasks.ingest import DataParams, assign_splits, fingerprint_source, ingest, locate, manifest_frame
 from tasks.manifest import COLUMNS, read_manifest
 
 RNG_SEED = 1234
@@ -137,7 +137,7 @@ def test_csv_table_quarantines_bad_rows_and_refuses_escaping_paths(tmp_path: Pat
         "img/unlabelled.png": "no label",
         "img/oddsplit.png": "unknown split 'training'; allowed: train, val, test, heldback",
         "img/notes.txt": f"unknown extension '.txt'; expected one of {KNOWN}",
-        "img/a0.png": "label '../x' cannot be a folder name",
+        "img/a0.png": "label '../x' holds a path separator; a label is one folder name",
     }
     assert sorted(frame["label"]) == ["a"] * 3 + ["b"] * 3  # a2 has no split of its own: it gets one
     assert frame.loc[frame["label"] == "b", "split"].tolist().count("test") == 1
@@ -366,6 +366,13 @@ def test_dvc_source_at_two_revisions(tmp_path: Path, monkeypatch: pytest.MonkeyP
     _, meta = read_manifest(result.manifest_path)
     assert meta["resolved_rev"] == metas["v2"]["resolved_rev"] and meta["rev"] is None
     assert meta["content_hash"] == metas["v2"]["content_hash"]
+
+    # The fingerprint step names the resolved commit and the fetched content: HEAD (v2) and v1 differ in both.
+    prints = {rev: fingerprint_source(DataParams(source="data/scans", repo=str(repo), rev=rev),
+                                      tmp_path / f"fingerprint-{rev}.json", cache_dir=tmp_path / "cache")
+              for rev in ("v1", None)}
+    assert prints["v1"]["resolved_rev"] == metas["v1"]["resolved_rev"] != prints[None]["resolved_rev"]
+    assert prints["v1"]["content_hash"] == metas["v1"]["content_hash"] != prints[None]["content_hash"]
 
     with pytest.raises(UserError, match=r"cannot fetch data/scans from .* at nope.*data.rev"):
         ingest(DataParams(source="data/scans", repo=str(repo), rev="nope"), tmp_path / "x", cache_dir=tmp_path / "c")
