@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.base import TrainConfig
 from models.common import EMA, autocast, per_image_normal, per_image_streams, stream_normal
@@ -77,6 +78,8 @@ class DiffusionConfig(TrainConfig):
         grad_clip: maximum gradient norm (0: no clipping).
         compile: ``torch.compile`` the training forward on CUDA; ignored on the CPU, where compiling costs more
             than it saves for nets this small.
+        gradient_checkpointing: recompute each UNet block's activations in the backward pass instead of keeping
+            them: less training memory (large images, large batches) for about a third more compute.
     """
 
     steps: int = 1000
@@ -99,6 +102,7 @@ class DiffusionConfig(TrainConfig):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     compile: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,6 +167,23 @@ def build_unet(config: DiffusionConfig, *, channels_in: int, num_classes: int) -
         num_head_channels=config.num_head_channels,
         num_class_embeds=num_classes + 1,
     )
+
+
+def checkpoint_blocks(net: DiffusionModelUNet) -> None:
+    """Activation checkpointing per down, middle and up block of ``net`` while it trains with gradients.
+
+    The blocks keep their parameters and state-dict keys: only their ``forward`` is routed through
+    ``torch.utils.checkpoint``. Apply it after any deep copy (the EMA): a copy would share the patched closures.
+    """
+    for block in [*net.down_blocks, net.middle_block, *net.up_blocks]:
+        plain = block.forward
+
+        def forward(*args: Any, plain: Callable[..., Any] = plain, block: nn.Module = block, **kwargs: Any) -> Any:
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(plain, *args, use_reentrant=False, **kwargs)
+            return plain(*args, **kwargs)
+
+        block.forward = forward
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,6 +296,8 @@ class Diffusion:
 
     name: ClassVar[str] = "diffusion"
     Config: ClassVar[type[DiffusionConfig]] = DiffusionConfig
+    # x0 predictions are clipped to the data range (Ho et al. 2020); a latent space has no fixed range (None).
+    x0_clip: ClassVar[float | None] = 1.0
 
     def __init__(self, config: DiffusionConfig, *, image_shape: tuple[int, int, int], num_classes: int,
                  device: torch.device) -> None:
@@ -282,10 +305,6 @@ class Diffusion:
             raise ValueError(f"config must be a DiffusionConfig, got {type(config).__name__}")
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {image_shape}")
-        factor = 2 ** (len(config.channels) - 1)
-        if image_shape[1] % factor or image_shape[2] % factor:
-            raise ValueError(f"image_shape {tuple(image_shape)}: height and width must be divisible by {factor} "
-                             f"for a UNet with {len(config.channels)} levels (channels={config.channels})")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.config = config
@@ -293,12 +312,20 @@ class Diffusion:
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.steps_done = 0
+        self.space_shape = self.diffusion_space(self.image_shape)  # (C, H, W) the UNet denoises
+        factor = 2 ** (len(config.channels) - 1)
+        if self.space_shape[1] % factor or self.space_shape[2] % factor:
+            raise ValueError(f"{self.name}: the UNet input {self.space_shape} (image {self.image_shape}) needs "
+                             f"height and width divisible by {factor} for a UNet with {len(config.channels)} "
+                             f"levels (channels={config.channels})")
 
-        self.net = build_unet(config, channels_in=self.image_shape[0], num_classes=num_classes).to(self.device)
+        self.net = build_unet(config, channels_in=self.space_shape[0], num_classes=num_classes).to(self.device)
         if self.device.type == "cuda":
             # channels_last lets cuDNN use its NHWC tensor-core kernels for the convolutions.
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = EMA(self.net, decay=config.ema_decay)
+        if config.gradient_checkpointing:
+            checkpoint_blocks(self.net)  # after the EMA copy, which must keep the plain forwards
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         use_compile = config.compile and self.device.type == "cuda"
         self._train_net = torch.compile(self.net) if use_compile else self.net
@@ -306,6 +333,14 @@ class Diffusion:
         # float64 on the host for the sampler's scalar coefficients; float32 on the device for training.
         self._alphas_cumprod = schedule.alphas_cumprod.double().tolist()
         self._alphas_cumprod_dev = schedule.alphas_cumprod.float().to(self.device)
+
+    def diffusion_space(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Shape of what the UNet denoises: the image itself here (a latent family overrides it)."""
+        return image_shape
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from the sampler's output (identity here: the sampler works on pixels)."""
+        return x.clamp(-1.0, 1.0)
 
     # -- training ------------------------------------------------------------------------------------------------
 
@@ -365,20 +400,20 @@ class Diffusion:
         grid = timestep_grid(cfg.timesteps, cfg.sample_steps)
         if cfg.sampler == "ddpm":
             streams = per_image_streams(seeds)  # the first draw equals per_image_normal(seeds): same x_T as DDIM
-            x = padded(stream_normal(streams, self.image_shape, self.device))
+            x = padded(stream_normal(streams, self.space_shape, self.device))
             x = ddpm_ancestral(x0_fn, x, self._alphas_cumprod, grid,
-                               noise_fn=lambda: padded(stream_normal(streams, self.image_shape, self.device)))
+                               noise_fn=lambda: padded(stream_normal(streams, self.space_shape, self.device)))
         else:
-            x = padded(per_image_normal(seeds, self.image_shape, self.device))
+            x = padded(per_image_normal(seeds, self.space_shape, self.device))
             x = dpm_solver_pp(x0_fn, x, self._alphas_cumprod, grid, order=2 if cfg.sampler == "dpm" else 1)
-        return x[:n].clamp(-1.0, 1.0).float().cpu().contiguous()
+        return self.decode(x)[:n].float().cpu().contiguous()  # decoded at the padded, fixed shape
 
     def _guided_x0_fn(self, labels: torch.Tensor) -> X0Fn:
         """x0 prediction from the guided noise eps_u + w (eps_c - eps_u) (Ho & Salimans 2022, eq. 6) of the EMA net.
 
-        The prediction is clipped to the data range [-1, 1], as in Ho et al. 2020.
+        The prediction is clipped to the data range [-1, 1] (``x0_clip``), as in Ho et al. 2020.
         """
-        net, w = self.ema.module, self.config.guidance_scale
+        net, w, clip = self.ema.module, self.config.guidance_scale, self.x0_clip
         n = labels.shape[0]
         both = torch.cat([labels, torch.full_like(labels, self.num_classes)])
 
@@ -391,7 +426,8 @@ class Diffusion:
                     out = net(torch.cat([x, x]), torch.full((2 * n,), t, device=self.device), class_labels=both)
                     eps_c, eps_u = out.float().chunk(2)
                     eps = eps_u + w * (eps_c - eps_u)
-            return ((x - s * eps) / a).clamp(-1.0, 1.0)
+            x0 = (x - s * eps) / a
+            return x0 if clip is None else x0.clamp(-clip, clip)
 
         return x0_fn
 

@@ -83,7 +83,9 @@ def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, s
 
     Small datasets fit in device memory, so batches are index draws from one tensor (no loader overhead).
     Resumes at ``start_step`` with the saved batch-RNG state; checkpoints every ``config.checkpoint_every``
-    steps and at the end. Returns the final step.
+    steps, at the end, and at every step of a family's optional ``stage_ends`` (the last step of a training stage,
+    e.g. latent diffusion's autoencoder, so a resumed run never trains a finished stage again). Returns the final
+    step.
 
     Under an initialised ``torch.distributed`` process group of P processes (``torchrun``), every process draws
     the same global batch of ``batch_size`` indices from the same seed and trains on its own 1/P slice of it, the
@@ -105,6 +107,7 @@ def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, s
         batch_rng.set_state(rng_state)
     noise_rng = torch.Generator(device=device).manual_seed(seed + start_step + rank * RANK_SEED_STRIDE)
     n = images.shape[0]
+    stage_ends = set(getattr(model, "stage_ends", ()))
     step = start_step
     while step < cfg.steps:
         idx = torch.randint(0, n, (cfg.batch_size,), generator=batch_rng)[rank * batch:(rank + 1) * batch]
@@ -117,7 +120,7 @@ def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, s
             on_step(step, losses)
         done = step == cfg.steps
         if checkpoint_dir is not None and rank == 0 and (
-                done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                done or step in stage_ends or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
             save_checkpoint(model, checkpoint_dir, step=step, class_names=class_names,
                             rng_state=batch_rng.get_state())
     if world > 1:

@@ -21,6 +21,7 @@ from models.base import TrainConfig
 from models.common import pick_device
 from models.diffusion import DiffusionConfig
 from models.gan import GANConfig
+from models.latent_diffusion import LatentDiffusionConfig
 from models.registry import family_names, get_family
 from models.training import checkpoint_hash, fit, load_checkpoint
 from models.vae import VAEConfig
@@ -52,6 +53,7 @@ class ModelParams(Section):
     diffusion: DiffusionConfig = DiffusionConfig()
     gan: GANConfig = GANConfig()
     vae: VAEConfig = VAEConfig()
+    latent_diffusion: LatentDiffusionConfig = LatentDiffusionConfig()
 
     @field_validator("family")
     @classmethod
