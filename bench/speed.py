@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import os
 import platform
-import re
 import statistics
 import subprocess
 import time
@@ -45,7 +44,7 @@ from unittest import mock
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.common import pick_device
+from models.common import peak_memory_mib, pick_device, reset_peak_memory
 from models.registry import get_family
 from models.training import fit
 
@@ -158,32 +157,6 @@ def fake_dataset(image_shape: tuple[int, int, int] = IMAGE_SHAPE,
     return images, torch.randint(0, NUM_CLASSES, (num_images,), generator=g)
 
 
-def _reset_peak(device: torch.device) -> float | None:
-    """Start a new peak-memory window (CUDA's allocator peak, or the process's peak RSS through Linux's
-    ``clear_refs``); returns the memory held at its start in MiB."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return _proc_status_mib("VmRSS")
-    return None
-
-
-def _peak_mib(device: torch.device) -> float | None:
-    """Peak memory since ``_reset_peak`` in MiB: CUDA tensors allocated, or the process's resident set on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError):
-        return _proc_status_mib("VmHWM")
-    return None
-
-
-def _proc_status_mib(field: str) -> float | None:
-    found = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    return int(found.group(1)) / 1024 if found else None
-
-
 def measure(arms: dict[str, Callable[[], object]], *, repeats: int,
             device: torch.device) -> tuple[dict[str, list[float]], dict[str, tuple[float, float] | None]]:
     """Seconds per repeat of each arm (the arms alternating within every repeat) and each arm's highest peak memory
@@ -192,9 +165,9 @@ def measure(arms: dict[str, Callable[[], object]], *, repeats: int,
     peaks: dict[str, tuple[float, float] | None] = dict.fromkeys(arms)
     for _ in range(repeats):
         for arm, fn in arms.items():
-            start = _reset_peak(device)
+            start = reset_peak_memory(device)
             seconds[arm].append(timed(fn, device))
-            peak = _peak_mib(device)
+            peak = peak_memory_mib(device)
             if peak is not None and start is not None and (peaks[arm] is None or peak > peaks[arm][0]):
                 peaks[arm] = (peak, start)
     return seconds, peaks

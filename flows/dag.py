@@ -71,9 +71,21 @@ def _train(p: Params, workdir: Path) -> Record:
 
         torchrun_step("train", p, workdir, p.model.processes)
         checkpoint = workdir / "model" / "checkpoint"
-        return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint)}
+        return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
+                **_train_facts(workdir)}
     result = train(workdir / "ingest" / "manifest.parquet", p.model, workdir / "model")
-    return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash}
+    return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash,
+            **_train_facts(workdir)}
+
+
+def _train_facts(workdir: Path) -> Record:
+    """Peak memory and, for a latent family, the autoencoder checkpoint and its val reconstruction (train.json)."""
+    summary = json.loads((workdir / "model" / "train.json").read_text())
+    facts = {"peak_mib": summary["peak_mib"]}
+    if "autoencoder" in summary:
+        ae = summary["autoencoder"]
+        facts |= {"autoencoder_hash": ae["sha256"], "autoencoder_psnr_db": ae["reconstruction"]["psnr_db"]}
+    return facts
 
 
 def _progress(key: str) -> Callable[[int, int], None]:
@@ -184,7 +196,7 @@ STEPS: tuple[Step, ...] = (
          code=COMMON_CODE),
     Step("train", "Train or fine-tune the model.family generator on the real train split.",
          _train, params=("model",), deps=("ingest/manifest.parquet",), outs=("model",),
-         code=(*COMMON_CODE, "tasks/train.py", "models")),
+         code=(*COMMON_CODE, "tasks/train.py", "tasks/pretrained.py", "models")),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
          code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),

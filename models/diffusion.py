@@ -431,6 +431,39 @@ class Diffusion:
 
         return x0_fn
 
+    # -- pretrained starting points ------------------------------------------------------------------------------
+
+    def pretrained_networks(self) -> dict[str, nn.Module]:
+        """The networks a pretrained folder can fill, by the names its parts carry (``unet``: the EMA weights)."""
+        return {"unet": self.ema.module}
+
+    def load_pretrained(self, parts: dict[str, dict[str, torch.Tensor]], *, source_classes: list[str] | None,
+                        classes: list[str], metadata: dict[str, Any]) -> list[str]:
+        """Start training from pretrained weights; returns one line per decision, for the log.
+
+        ``parts`` maps names of ``pretrained_networks`` to state dicts whose keys and shapes must match, except the
+        UNet's class embedding (``class_embedding.weight``, one row per class plus the null class last): its rows
+        are mapped by class name when ``source_classes`` names them, kept as they are when the class count matches
+        and no names are given, and re-initialised otherwise. ``metadata`` is the folder's description
+        (a latent family reads its latent scale from it).
+        """
+        targets = self.pretrained_networks()
+        unknown = sorted(set(parts) - set(targets))
+        if unknown:
+            raise ValueError(f"networks {unknown} do not fit the {self.name} family, which has {sorted(targets)}")
+        notes = []
+        for name, state in parts.items():
+            state = dict(state)
+            if name == "unet":
+                notes.append(_map_class_rows(state, self.ema.module.state_dict()["class_embedding.weight"],
+                                             source_classes, classes))
+            _check_state(name, state, targets[name].state_dict())
+            targets[name].load_state_dict(state)
+            notes.append(f"{name}: {len(state)} tensors loaded")
+        # Training and sampling both start from the loaded weights: copy the (EMA) UNet into the trained one.
+        self.net.load_state_dict(self.ema.module.state_dict())
+        return notes
+
     # -- state ---------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -454,3 +487,45 @@ class Diffusion:
             group["lr"] = self.config.lr
             group["weight_decay"] = self.config.weight_decay
         self.steps_done = int(state["steps_done"])
+
+
+def _check_state(name: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Same keys and shapes as the network's own state, or a ValueError naming the first differences."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{name}: the pretrained weights do not fit this network's architecture (missing "
+                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                         f"{'...' if len(unexpected) > 3 else ''}); set the model config to the pretrained one")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(f"{name}: {key} has shape {tuple(value.shape)} in the pretrained weights but "
+                             f"{tuple(own[key].shape)} here; set the model config to the pretrained one")
+
+
+def _map_class_rows(state: dict[str, torch.Tensor], own: torch.Tensor, source_classes: list[str] | None,
+                    classes: list[str]) -> str:
+    """Fill ``state['class_embedding.weight']`` for ``classes`` (+ null row) from the pretrained rows; says how."""
+    key = "class_embedding.weight"
+    source = state.get(key)
+    if source is None or source.shape[1:] != own.shape[1:]:
+        state[key] = own.clone()
+        return "class-conditioning head re-initialised: the pretrained UNet has no class embedding of this width"
+    if source_classes is not None:
+        if len(source_classes) + 1 != source.shape[0]:
+            raise ValueError(f"the pretrained folder names {len(source_classes)} classes but its class embedding "
+                             f"has {source.shape[0]} rows (classes + the null class)")
+        rows = own.clone()
+        mapped = [c for c in classes if c in source_classes]
+        for i, c in enumerate(classes):
+            if c in source_classes:
+                rows[i] = source[source_classes.index(c)]
+        rows[-1] = source[-1]  # the null class of guidance
+        state[key] = rows
+        new = [c for c in classes if c not in source_classes]
+        return (f"classes mapped by name: {len(mapped)} of {len(classes)} ({', '.join(mapped) or 'none'}); "
+                f"re-initialised: {', '.join(new) or 'none'}; the null class kept")
+    if source.shape == own.shape:
+        return "classes taken by index: the pretrained folder names no classes and has as many as the data"
+    state[key] = own.clone()
+    return (f"class-conditioning head re-initialised: the pretrained UNet has {source.shape[0] - 1} classes, the "
+            f"data {len(classes)}, and the folder names none")

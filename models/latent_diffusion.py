@@ -302,6 +302,27 @@ class LatentDiffusion(Diffusion):
         mse = sq_err / n
         return {"l1": abs_err / n, "mse": mse, "psnr_db": 10.0 * math.log10(4.0 / max(mse, 1e-12))}
 
+    # -- pretrained starting points ------------------------------------------------------------------------------
+
+    def pretrained_networks(self) -> dict[str, nn.Module]:
+        return {**super().pretrained_networks(), "autoencoder": self.autoencoder}
+
+    def load_pretrained(self, parts: dict[str, dict[str, torch.Tensor]], *, source_classes: list[str] | None,
+                        classes: list[str], metadata: dict[str, Any]) -> list[str]:
+        """As ``Diffusion.load_pretrained``; with a pretrained autoencoder the folder's ``latent_scale`` is kept."""
+        notes = super().load_pretrained(parts, source_classes=source_classes, classes=classes, metadata=metadata)
+        if "autoencoder" in parts:
+            if metadata.get("latent_scale") is not None:
+                self.latent_scale = float(metadata["latent_scale"])
+                notes.append(f"latent scale {self.latent_scale:.6g} from the pretrained folder")
+            steps = self.config.autoencoder_steps
+            notes.append(f"the autoencoder trains {steps} more steps first (model.latent_diffusion.autoencoder_steps"
+                         f"; 0 keeps it as loaded)" if steps else "the autoencoder is kept as loaded")
+        elif "unet" in parts:
+            notes.append("warning: a UNet without its autoencoder: it was trained in another latent space unless "
+                         "this autoencoder is the one it was trained with")
+        return notes
+
     # -- state ---------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

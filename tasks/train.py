@@ -15,10 +15,11 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from pydantic import Field, field_validator
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.base import TrainConfig
-from models.common import pick_device
+from models.common import peak_memory_mib, pick_device, reset_peak_memory
 from models.diffusion import DiffusionConfig
 from models.gan import GANConfig
 from models.latent_diffusion import LatentDiffusionConfig
@@ -30,6 +31,7 @@ from tasks.images import load_images, save_grid
 from tasks.manifest import read_manifest
 from tasks.params_base import Section
 from tasks.plan import natural_key
+from tasks.pretrained import apply_pretrained, read_pretrained, write_bundle
 
 GRID_PER_CLASS = 8
 
@@ -39,6 +41,10 @@ class ModelParams(Section):
 
     init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
       training from scratch, e.g. the model of the last published version when new source data lands.
+    pretrained: a local pretrained folder to start from (a MONAI bundle: ``configs/`` + ``models/model.pt``; or a
+      diffusers-format folder: ``config.json`` + ``*.safetensors``) holding weights of this family's networks
+      (``tasks.pretrained``); classes are mapped by name or the conditioning head is re-initialised, as the log
+      and ``train.json`` say. Loaded as tensors only (``weights_only``, safetensors), never unpickled.
     grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
@@ -48,6 +54,7 @@ class ModelParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     init_from: str | None = None
+    pretrained: str | None = None
     grid_every: int = Field(0, ge=0)
     processes: int = Field(1, ge=1)
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -68,18 +75,21 @@ class ModelParams(Section):
 
 @dataclass(frozen=True)
 class TrainResult:
+    """Where the model went and what the run cost; ``summary`` is what ``<out>/train.json`` holds."""
+
     checkpoint_dir: Path
     checkpoint_hash: str
     steps: int
     resumed_from: int
+    summary: dict | None = None
 
 
-def train_split(manifest_path: Path) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Real ``train`` images of a manifest as one tensor, their labels, and the sorted class names."""
+def train_split(manifest_path: Path, split: str = "train") -> tuple[torch.Tensor, list[str], list[str]]:
+    """Real images of one split of a manifest as one tensor, their labels, and the sorted class names."""
     frame, _ = read_manifest(manifest_path)
-    rows = frame[(frame["split"] == "train") & (frame["source"] == "real")]
+    rows = frame[(frame["split"] == split) & (frame["source"] == "real")]
     if rows.empty:
-        raise UserError(f"{manifest_path}: no real train images to train on")
+        raise UserError(f"{manifest_path}: no real {split} images" + (" to train on" if split == "train" else ""))
     channels = int(rows["channels"].iloc[0])
     images = load_images(manifest_path.parent, list(rows["path"]), channels)
     return images, list(rows["label"]), sorted(set(rows["label"]), key=natural_key)
@@ -126,7 +136,10 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     images, labels, class_names = train_split(manifest_path)
     config = params.family_config()
     ckpt_dir = out_dir / "checkpoint"
-    model, start, rng_state = None, 0, None
+    model, start, rng_state, notes = None, 0, None, []
+    if params.init_from and params.pretrained:
+        raise UserError("model.init_from and model.pretrained both set: fine-tune a checkpoint (init_from) or start "
+                        "from a pretrained folder (pretrained), not both")
     if _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])):
         model, _, state = load_checkpoint(ckpt_dir, device)
         start, rng_state = state["step"], state.get("rng")
@@ -138,8 +151,14 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
             torch.manual_seed(params.seed)
             model = get_family(params.family)(config, image_shape=tuple(images.shape[1:]),
                                               num_classes=len(class_names), device=device)
+        if params.pretrained:
+            notes = apply_pretrained(model, read_pretrained(Path(params.pretrained)), class_names)
+            if rank == 0:
+                for note in notes:
+                    Console(stderr=True).print(f"train: {note}", highlight=False, markup=False)
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.tensor([index[label] for label in labels], device=device)
+    reset_peak_memory(device)
     if rank > 0:  # logs, progress and grids come from rank 0 only
         fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
             start_step=start, rng_state=rng_state)
@@ -156,14 +175,48 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
         t0 = time.perf_counter()
 
         def on_step(step: int, losses: dict[str, float]) -> None:
-            log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - t0, 3), **losses}) + "\n")
+            peak = peak_memory_mib(device)
+            log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - t0, 3), **losses,
+                                  "peak_mib": None if peak is None else round(peak, 1)}) + "\n")
             bar.update(task, completed=step, loss=" ".join(f"{k}={v:.4f}" for k, v in losses.items()))
             if step == config.steps or (params.grid_every and step % params.grid_every == 0):
                 _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
 
         fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
             start_step=start, rng_state=rng_state, on_step=on_step)
-    return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
+        seconds = time.perf_counter() - t0
+    summary = {"family": params.family, "device": str(device), "steps": config.steps, "resumed_from": start,
+               "seconds": round(seconds, 3), "peak_mib": _round(peak_memory_mib(device)),
+               "checkpoint_sha256": checkpoint_hash(ckpt_dir)}
+    if notes:
+        summary["pretrained"] = notes
+    if hasattr(model, "reconstruction_quality"):
+        summary["autoencoder"] = _autoencoder_outputs(model, manifest_path, out_dir / "autoencoder")
+    (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(ckpt_dir, summary["checkpoint_sha256"], config.steps, start, summary)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _autoencoder_outputs(model, manifest_path: Path, folder: Path) -> dict:
+    """The trained autoencoder as its own checkpoint (a MONAI bundle folder, usable as ``model.pretrained``) and
+    its reconstruction quality on the real val images (the train images when there is no val split)."""
+    try:
+        images, _, _ = train_split(manifest_path, "val")
+        split = "val"
+    except UserError:
+        images, _, _ = train_split(manifest_path, "train")
+        split = "train"
+    quality = model.reconstruction_quality(images)
+    digest = write_bundle(folder, {"autoencoder": model.autoencoder.state_dict()},
+                          {"family": model.name, "image_shape": list(model.image_shape),
+                           "latent_scale": model.latent_scale, "autoencoder_steps": model.ae_steps_done,
+                           "config": dataclasses.asdict(model.config)})
+    return {"path": folder.name, "sha256": digest, "steps": model.ae_steps_done, "latent_scale": model.latent_scale,
+            "reconstruction": {"split": split, "images": int(images.shape[0]),
+                               **{k: round(v, 6) for k, v in quality.items()}}}
 
 
 def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: list[str],
