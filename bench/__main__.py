@@ -1,4 +1,4 @@
-"""``python -m bench [--only train|sample|quality|scale] [--family NAME] [--device auto|cpu|cuda] [--quick]``.
+"""``python -m bench [--only train|sample|quality|scale|finetune] [--family NAME] [--device auto|cpu|cuda] [--quick]``.
 
 With ``--size S`` (repeatable) the train and sample benchmarks compare pixel and latent diffusion on S x S images
 (``bench.sizes``) instead of timing every family on the bundled example's 16 x 16 shape. Every benchmark writes its
@@ -19,7 +19,7 @@ from bench import speed
 from models.registry import family_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KINDS = ("train", "sample", "quality", "scale")
+KINDS = ("train", "sample", "quality", "scale", "finetune")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels", type=int, default=3, help="image channels of the --size comparison")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown results")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.size:
         _sizes(args)
         return
-    torch.set_num_threads(args.threads)
     families = args.family or family_names()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
 
@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> None:
             record = quality.run(families, quick=args.quick, out_dir=args.out,
                                  save=lambda r, path=path: quality.dump(r, path))
             print(quality.table(record))
+        elif kind == "finetune":
+            from bench import finetune, quality  # import tasks/ (pandas, pillow, ...)
+
+            path = args.out / f"finetune-cpu-{stamp}.json"
+            record = finetune.run(quick=args.quick, save=lambda r, path=path: quality.dump(r, path))
+            path.with_suffix(".md").write_text(finetune.table(record) + "\n")
+            print(finetune.table(record))
         elif kind == "scale":
             from bench import scale
 
