@@ -55,10 +55,10 @@ def _judged(model: Diffusion, judge: Any, classes: list[str], per_class: int) ->
 
 
 def run(*, quick: bool, save: Any) -> dict[str, Any]:
-    per_class = 8 if quick else 30
+    per_class = 8 if quick else 20
     config = DiffusionConfig(steps=6) if quick else DiffusionConfig()
-    checkpoints = [2, 4, 6] if quick else [50, 100, 200, 300, 500, 750, 1000]
-    scratch_points = [6] if quick else [250, 500, 1000]
+    checkpoints = [2, 4, 6] if quick else [100, 200, 400, 700, 1000]
+    scratch_points = [6] if quick else [1000]
     with tempfile.TemporaryDirectory(prefix="synthaug-bench-") as tmp:
         splits, classes = load_example(Path(tmp))
         seen = [splits[s] for s in ("train", "val", "heldback")]

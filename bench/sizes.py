@@ -47,6 +47,7 @@ class SizePlan:
     sample_repeats: int
     sample_steps: int
     width: float = 1.0
+    baseline: bool = True  # also time the plain fp32 DataLoader loop
 
     @classmethod
     def for_device(cls, device: torch.device, *, quick: bool) -> SizePlan:
@@ -56,8 +57,9 @@ class SizePlan:
         if device.type == "cuda":
             return cls(warmup_steps=5, steps=20, repeats=3, batch_size=32, num_images=512, sample_images=64,
                        sample_repeats=3, sample_steps=20)
-        return cls(warmup_steps=1, steps=2, repeats=3, batch_size=8, num_images=64, sample_images=8,
-                   sample_repeats=2, sample_steps=20)
+        # The CPU path is fp32 either way, so the fp32 loop is left out: the CPU time goes to pixel vs latent.
+        return cls(warmup_steps=1, steps=1, repeats=2, batch_size=4, num_images=32, sample_images=2,
+                   sample_repeats=1, sample_steps=20, baseline=False)
 
 
 def unet_levels(side: int) -> int:
@@ -134,7 +136,7 @@ def _train(name: str, config: Any, shape: tuple[int, int, int], device: torch.de
     rows = []
     for stage, cfg in stages:
         for row in speed.bench_train(name, device, plan, config=cfg, image_shape=shape, num_images=plan.num_images,
-                                     compile_arm=stage != "autoencoder"):
+                                     compile_arm=stage != "autoencoder", baseline_arm=plan.baseline):
             rows.append({**row, "size": side, "stage": stage, "unet_input": _unet_input(name, config, shape)})
     return rows
 

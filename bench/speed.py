@@ -192,10 +192,11 @@ def _rows(family: str, measured: tuple[dict[str, list[float]], dict[str, tuple[f
 
 def bench_train(name: str, device: torch.device, plan: Plan, *, config: Any = None,
                 image_shape: tuple[int, int, int] = IMAGE_SHAPE, num_images: int = NUM_IMAGES,
-                compile_arm: bool = True) -> list[dict[str, Any]]:
+                compile_arm: bool = True, baseline_arm: bool = True) -> list[dict[str, Any]]:
     """Training throughput of ``name``: fit on a device-resident tensor vs. the fp32 DataLoader baseline.
 
-    ``config`` defaults to the family's default config; ``compile_arm`` adds ``ours + compile`` on CUDA.
+    ``config`` defaults to the family's default config; ``compile_arm`` adds ``ours + compile`` on CUDA;
+    without ``baseline_arm`` only ``ours`` (and compile) run, and ``vs_baseline`` is None.
     """
     config = get_family(name).Config() if config is None else config
     images, labels = fake_dataset(image_shape, num_images)
@@ -221,8 +222,8 @@ def bench_train(name: str, device: torch.device, plan: Plan, *, config: Any = No
                 xb, yb = next(batches)
                 baseline_model.train_step(xb.to(device), yb.to(device), noise)
 
-    arms: dict[str, Callable[[int], object]] = {"baseline": baseline,
-                                                "ours": ours(build(name, config, device, image_shape))}
+    arms: dict[str, Callable[[int], object]] = {"baseline": baseline} if baseline_arm else {}
+    arms["ours"] = ours(build(name, config, device, image_shape))
     if compile_arm and device.type == "cuda" and "compile" in {f.name for f in dataclasses.fields(config)}:
         arms["ours + compile"] = ours(build(name, dataclasses.replace(config, compile=True), device, image_shape))
     for run in arms.values():
@@ -233,9 +234,12 @@ def bench_train(name: str, device: torch.device, plan: Plan, *, config: Any = No
     extra = {"baseline": {"data": "DataLoader", "precision": "fp32"},
              "ours": {"data": "device tensor (fit)", "precision": precision},
              "ours + compile": {"data": "device tensor (fit)", "precision": precision + " + compile"}}
-    rows = _rows(name, measured, dict.fromkeys(arms, plan.steps * config.batch_size), "baseline", extra)
+    rows = _rows(name, measured, dict.fromkeys(arms, plan.steps * config.batch_size),
+                 "baseline" if baseline_arm else "ours", extra)
     for row in rows:
         row["batch_size"] = config.batch_size
+        if not baseline_arm:
+            row["vs_baseline"] = None
     return rows
 
 

@@ -46,6 +46,9 @@ class ModelParams(Section):
       (``tasks.pretrained``); classes are mapped by name or the conditioning head is re-initialised, as the log
       and ``train.json`` say. Loaded as tensors only (``weights_only``, safetensors), never unpickled.
     grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
+    device_dataset_mb: training images up to this many MiB (as float32) are held on the training device as one
+      tensor; a larger set stays in host memory as 8-bit pixels (a quarter of the size; pinned on CUDA) and each
+      batch is copied over and converted there (``models.training.fit``).
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
     """
@@ -56,6 +59,7 @@ class ModelParams(Section):
     init_from: str | None = None
     pretrained: str | None = None
     grid_every: int = Field(0, ge=0)
+    device_dataset_mb: float = Field(2048, ge=0)
     processes: int = Field(1, ge=1)
     diffusion: DiffusionConfig = DiffusionConfig()
     gan: GANConfig = GANConfig()
@@ -158,9 +162,11 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
                     Console(stderr=True).print(f"train: {note}", highlight=False, markup=False)
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.tensor([index[label] for label in labels], device=device)
+    data, held = _training_data(images, device, params.device_dataset_mb)
+    del images
     reset_peak_memory(device)
     if rank > 0:  # logs, progress and grids come from rank 0 only
-        fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
+        fit(model, data, targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir, device=device,
             start_step=start, rng_state=rng_state)
         return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,10 +188,11 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
             if step == config.steps or (params.grid_every and step % params.grid_every == 0):
                 _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
 
-        fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
+        fit(model, data, targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir, device=device,
             start_step=start, rng_state=rng_state, on_step=on_step)
         seconds = time.perf_counter() - t0
-    summary = {"family": params.family, "device": str(device), "steps": config.steps, "resumed_from": start,
+    summary = {"family": params.family, "device": str(device), "dataset": held, "steps": config.steps,
+               "resumed_from": start,
                "seconds": round(seconds, 3), "peak_mib": _round(peak_memory_mib(device)),
                "checkpoint_sha256": checkpoint_hash(ckpt_dir)}
     if notes:
@@ -194,6 +201,19 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
         summary["autoencoder"] = _autoencoder_outputs(model, manifest_path, out_dir / "autoencoder")
     (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(ckpt_dir, summary["checkpoint_sha256"], config.steps, start, summary)
+
+
+def _training_data(images: torch.Tensor, device: torch.device, limit_mb: float) -> tuple[torch.Tensor, str]:
+    """The training images as ``fit`` takes them: float32 on the device up to ``limit_mb``, else 8-bit in host memory
+    (pinned for CUDA); and where they are held, for train.json."""
+    mib = images.numel() * 4 / 2**20
+    if mib <= limit_mb:
+        return images.to(device), f"on {device.type} as float32 ({mib:.1f} MiB)"
+    # The stored PNGs are 8-bit: (x + 1) * 127.5 gives back their integer levels exactly.
+    pixels = ((images + 1.0) * 127.5).round().to(torch.uint8)
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
+    return pixels, f"streamed from host memory as uint8 ({mib / 4:.1f} MiB; over model.device_dataset_mb={limit_mb:g})"
 
 
 def _round(value: float | None) -> float | None:

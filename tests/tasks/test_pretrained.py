@@ -151,6 +151,6 @@ def test_train_step_starts_from_a_pretrained_folder_and_says_so(tmp_path) -> Non
         return json.loads((tmp_path / out / "train_log.jsonl").read_text().splitlines()[0])["loss"]
 
     assert first_loss("tuned") < 0.8 * first_loss("scratch"), (first_loss("tuned"), first_loss("scratch"))
-    with pytest.raises(UserError, match="model.init_from and model.pretrained both set"):
+    with pytest.raises(UserError, match=r"model\.init_from and model\.pretrained both set"):
         train(manifest, ModelParams(family="diffusion", device="cpu", diffusion=short, init_from=str(tmp_path),
                                     pretrained=str(tmp_path / "bundle")), tmp_path / "both")
