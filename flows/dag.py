@@ -71,16 +71,17 @@ def _train(p: Params, workdir: Path) -> Record:
 
         torchrun_step("train", p, workdir, p.model.processes)
         checkpoint = workdir / "model" / "checkpoint"
+        summary = json.loads((workdir / "model" / "train.json").read_text())  # rank 0 wrote it
         return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
-                **_train_facts(workdir)}
+                **_train_facts(summary)}
     result = train(workdir / "ingest" / "manifest.parquet", p.model, workdir / "model")
+    # A torchrun process of rank > 0 has no summary: rank 0 alone writes train.json.
     return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash,
-            **_train_facts(workdir)}
+            **(_train_facts(result.summary) if result.summary else {})}
 
 
-def _train_facts(workdir: Path) -> Record:
+def _train_facts(summary: dict[str, Any]) -> Record:
     """Peak memory and, for a latent family, the autoencoder checkpoint and its val reconstruction (train.json)."""
-    summary = json.loads((workdir / "model" / "train.json").read_text())
     facts = {"peak_mib": summary["peak_mib"]}
     if "autoencoder" in summary:
         ae = summary["autoencoder"]
