@@ -159,6 +159,12 @@ def summary(train_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]],
         row: dict[str, Any] = {"size": side}
         if pixel and unet and ae:
             whole = ae_share * ae["s_per_image"] + (1 - ae_share) * unet["s_per_image"]
+            whole_cpu = ae_share * ae["cpu_s_per_image"] + (1 - ae_share) * unet["cpu_s_per_image"]
+            row |= {"pixel_cpu_s_per_train_image": pixel["cpu_s_per_image"],
+                    "latent_unet_cpu_s_per_train_image": unet["cpu_s_per_image"],
+                    "latent_ae_cpu_s_per_train_image": ae["cpu_s_per_image"],
+                    "unet_stage_cheaper_cpu_x": pixel["cpu_s_per_image"] / unet["cpu_s_per_image"],
+                    "whole_run_cheaper_cpu_x": pixel["cpu_s_per_image"] / whole_cpu}
             row |= {"pixel_s_per_train_image": pixel["s_per_image"], "latent_unet_s_per_train_image":
                     unet["s_per_image"], "latent_ae_s_per_train_image": ae["s_per_image"],
                     "latent_whole_s_per_train_image": whole,
@@ -182,13 +188,19 @@ def summary(train_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]],
 
 TRAIN_COLUMNS = [("size", "size"), ("family", "family"), ("stage", "stage"), ("UNet input", "unet_input"),
                  ("arm", "arm"), ("precision", "precision"), ("batch", "batch_size"),
-                 ("s / training image", "s_per_image"), ("images/s", "images_per_s"), ("repeats", "repeats"),
+                 ("s / training image", "s_per_image"), ("CPU s / training image", "cpu_s_per_image"),
+                 ("images/s", "images_per_s"), ("repeats", "repeats"),
                  ("× fp32 loop", "vs_baseline"), ("peak MiB", "peak_mib"), ("over start MiB", "peak_over_start_mib")]
 SAMPLE_COLUMNS = [("size", "size"), ("family", "family"), ("UNet input", "unet_input"), ("sampler", "sampler"),
                   ("precision", "precision"), ("images timed", "images_per_repeat"), ("images/s", "images_per_s"),
                   ("repeats", "repeats"), ("× fp32", "vs_baseline"), ("peak MiB", "peak_mib"),
                   ("over start MiB", "peak_over_start_mib")]
-SUMMARY_COLUMNS = [("size", "size"), ("pixel s/img", "pixel_s_per_train_image"),
+SUMMARY_COLUMNS = [("size", "size"), ("pixel CPU s/img", "pixel_cpu_s_per_train_image"),
+                   ("latent UNet CPU s/img", "latent_unet_cpu_s_per_train_image"),
+                   ("latent AE CPU s/img", "latent_ae_cpu_s_per_train_image"),
+                   ("UNet stage × cheaper (CPU s)", "unet_stage_cheaper_cpu_x"),
+                   ("whole run × cheaper (CPU s)", "whole_run_cheaper_cpu_x"),
+                   ("pixel s/img", "pixel_s_per_train_image"),
                    ("latent UNet s/img", "latent_unet_s_per_train_image"),
                    ("latent AE s/img", "latent_ae_s_per_train_image"),
                    ("latent whole-run s/img", "latent_whole_s_per_train_image"),

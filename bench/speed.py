@@ -160,13 +160,16 @@ def fake_dataset(image_shape: tuple[int, int, int] = IMAGE_SHAPE,
 def measure(arms: dict[str, Callable[[], object]], *, repeats: int,
             device: torch.device) -> tuple[dict[str, list[float]], dict[str, tuple[float, float] | None]]:
     """Seconds per repeat of each arm (the arms alternating within every repeat) and each arm's highest peak memory
-    with the memory held when that repeat started (MiB)."""
-    seconds: dict[str, list[float]] = {arm: [] for arm in arms}
+    with the memory held when that repeat started (MiB). CPU seconds of the process per repeat are kept under the
+    key ``(arm, "cpu")``: on a loaded shared machine they measure the work where wall time measures the queue."""
+    seconds: dict[Any, list[float]] = {arm: [] for arm in arms}
     peaks: dict[str, tuple[float, float] | None] = dict.fromkeys(arms)
     for _ in range(repeats):
         for arm, fn in arms.items():
             start = reset_peak_memory(device)
+            cpu = time.process_time()
             seconds[arm].append(timed(fn, device))
+            seconds.setdefault((arm, "cpu"), []).append(time.process_time() - cpu)
             peak = peak_memory_mib(device)
             if peak is not None and start is not None and (peaks[arm] is None or peak > peaks[arm][0]):
                 peaks[arm] = (peak, start)
@@ -177,11 +180,12 @@ def _rows(family: str, measured: tuple[dict[str, list[float]], dict[str, tuple[f
           images: dict[str, int], baseline: str, extra: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One result row per arm: median images/s, spread over the repeats, the ratio to the baseline arm, peak memory."""
     seconds, peaks = measured
-    rates = {arm: [images[arm] / s for s in times] for arm, times in seconds.items()}
+    rates = {arm: [images[arm] / s for s in times] for arm, times in seconds.items() if isinstance(arm, str)}
+    cpu = {arm: statistics.median(seconds[(arm, "cpu")]) / images[arm] for arm in rates if (arm, "cpu") in seconds}
     base = statistics.median(rates[baseline])
     return [{"family": family, "arm": arm, **extra.get(arm, {}), "images_per_repeat": images[arm],
              "repeats": len(r), "images_per_s": statistics.median(r), "min_images_per_s": min(r),
-             "max_images_per_s": max(r), "s_per_image": 1.0 / statistics.median(r),
+             "max_images_per_s": max(r), "s_per_image": 1.0 / statistics.median(r), "cpu_s_per_image": cpu.get(arm),
              "vs_baseline": statistics.median(r) / base,
              "peak_mib": peaks[arm][0] if peaks[arm] else None,
              "peak_over_start_mib": peaks[arm][0] - peaks[arm][1] if peaks[arm] else None} for arm, r in rates.items()]
