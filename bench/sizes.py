@@ -58,10 +58,8 @@ class SizePlan:
             return cls(warmup_steps=5, steps=20, repeats=3, batch_size=32, num_images=512, sample_images=64,
                        sample_repeats=3, sample_steps=20)
         # The CPU path is fp32 either way, so the fp32 loop is left out: the CPU time goes to pixel vs latent.
-        # 5 sampler steps, not the default 20: a step costs the same either way (one guided UNet call), and 256 px
-        # pixel sampling at 20 steps takes tens of minutes on a shared 2-core CPU.
         return cls(warmup_steps=1, steps=1, repeats=2, batch_size=2, num_images=16, sample_images=2,
-                   sample_repeats=1, sample_steps=5, baseline=False)
+                   sample_repeats=1, sample_steps=20, baseline=False)
 
 
 def unet_levels(side: int) -> int:
