@@ -22,7 +22,8 @@ def test_uint8_images_train_exactly_like_their_float_copy() -> None:
         torch.manual_seed(0)
         model = VAE(VAEConfig.tiny(), image_shape=(1, 16, 16), num_classes=3, device=torch.device("cpu"))
         seen: list[dict[str, float]] = []
-        fit(model, images, labels, seed=3, class_names=["a", "b", "c"], on_step=lambda s, loss: seen.append(loss))
+        fit(model, images, labels, seed=3, class_names=["a", "b", "c"],
+            on_step=lambda s, loss, seen=seen: seen.append(loss))
         losses.append(seen)
     assert losses[0] == losses[1]
 
