@@ -17,6 +17,12 @@ The arms of one family alternate repeat by repeat, so a load change on a shared 
 steps are excluded and the median repeat is reported. The data are random images of the bundled example's shape
 (856 images, 1x16x16, 10 classes): throughput does not depend on pixel values or on how well a model is trained.
 
+Every row also has the arm's peak memory in MiB over its timed repeats: on CUDA the allocator's peak of tensors
+(weights, optimizer state, the dataset on the device and activations), on the CPU the process's peak resident set
+(VmHWM, reset before each repeat through ``/proc/self/clear_refs``; it includes the interpreter, torch and the
+dataset, about the same for every arm); ``peak_over_start_mib`` is that peak less what was held when the repeat
+started (on CUDA: activations, gradients and workspace; on the CPU it misses memory the allocator kept from before).
+
 Imports only torch and ``models``: runs on a bare GPU host.
 """
 
@@ -38,7 +44,7 @@ from unittest import mock
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.common import pick_device
+from models.common import peak_memory_mib, pick_device, reset_peak_memory
 from models.registry import get_family
 from models.training import fit
 
@@ -137,45 +143,67 @@ def plain_fp32(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def build(name: str, config: Any, device: torch.device) -> Any:
+def build(name: str, config: Any, device: torch.device, image_shape: tuple[int, int, int] = IMAGE_SHAPE) -> Any:
     """A family model with initial weights seeded by 0 (every arm starts from the same weights)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
-        return get_family(name)(config, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, device=device)
+        return get_family(name)(config, image_shape=image_shape, num_classes=NUM_CLASSES, device=device)
 
 
-def fake_dataset() -> tuple[torch.Tensor, torch.Tensor]:
+def fake_dataset(image_shape: tuple[int, int, int] = IMAGE_SHAPE,
+                 num_images: int = NUM_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    images = torch.rand((NUM_IMAGES, *IMAGE_SHAPE), generator=g) * 2 - 1
-    return images, torch.randint(0, NUM_CLASSES, (NUM_IMAGES,), generator=g)
+    images = torch.rand((num_images, *image_shape), generator=g) * 2 - 1
+    return images, torch.randint(0, NUM_CLASSES, (num_images,), generator=g)
 
 
-def measure(arms: dict[str, Callable[[], object]], *, repeats: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per repeat of each arm, the arms alternating within every repeat."""
-    seconds: dict[str, list[float]] = {arm: [] for arm in arms}
+def measure(arms: dict[str, Callable[[], object]], *, repeats: int,
+            device: torch.device) -> tuple[dict[str, list[float]], dict[str, tuple[float, float] | None]]:
+    """Seconds per repeat of each arm (the arms alternating within every repeat) and each arm's highest peak memory
+    with the memory held when that repeat started (MiB). CPU seconds of the process per repeat are kept under the
+    key ``(arm, "cpu")``: on a loaded shared machine they measure the work where wall time measures the queue."""
+    seconds: dict[Any, list[float]] = {arm: [] for arm in arms}
+    peaks: dict[str, tuple[float, float] | None] = dict.fromkeys(arms)
     for _ in range(repeats):
         for arm, fn in arms.items():
+            start = reset_peak_memory(device)
+            cpu = time.process_time()
             seconds[arm].append(timed(fn, device))
-    return seconds
+            seconds.setdefault((arm, "cpu"), []).append(time.process_time() - cpu)
+            peak = peak_memory_mib(device)
+            if peak is not None and start is not None and (peaks[arm] is None or peak > peaks[arm][0]):
+                peaks[arm] = (peak, start)
+    return seconds, peaks
 
 
-def _rows(family: str, seconds: dict[str, list[float]], images: dict[str, int], baseline: str,
-          extra: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One result row per arm: median images/s, spread over the repeats and the ratio to the baseline arm."""
-    rates = {arm: [images[arm] / s for s in times] for arm, times in seconds.items()}
+def _rows(family: str, measured: tuple[dict[str, list[float]], dict[str, tuple[float, float] | None]],
+          images: dict[str, int], baseline: str, extra: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result row per arm: median images/s, spread over the repeats, the ratio to the baseline arm, peak memory."""
+    seconds, peaks = measured
+    rates = {arm: [images[arm] / s for s in times] for arm, times in seconds.items() if isinstance(arm, str)}
+    cpu = {arm: statistics.median(seconds[(arm, "cpu")]) / images[arm] for arm in rates if (arm, "cpu") in seconds}
     base = statistics.median(rates[baseline])
     return [{"family": family, "arm": arm, **extra.get(arm, {}), "images_per_repeat": images[arm],
              "repeats": len(r), "images_per_s": statistics.median(r), "min_images_per_s": min(r),
-             "max_images_per_s": max(r), "vs_baseline": statistics.median(r) / base} for arm, r in rates.items()]
+             "max_images_per_s": max(r), "s_per_image": 1.0 / statistics.median(r), "cpu_s_per_image": cpu.get(arm),
+             "vs_baseline": statistics.median(r) / base,
+             "peak_mib": peaks[arm][0] if peaks[arm] else None,
+             "peak_over_start_mib": peaks[arm][0] - peaks[arm][1] if peaks[arm] else None} for arm, r in rates.items()]
 
 
 # ------------------------------------------------------------------------------------------------ training
 
 
-def bench_train(name: str, device: torch.device, plan: Plan) -> list[dict[str, Any]]:
-    """Training throughput of ``name``: fit on a device-resident tensor vs. the fp32 DataLoader baseline."""
-    config = get_family(name).Config()
-    images, labels = fake_dataset()
+def bench_train(name: str, device: torch.device, plan: Plan, *, config: Any = None,
+                image_shape: tuple[int, int, int] = IMAGE_SHAPE, num_images: int = NUM_IMAGES,
+                compile_arm: bool = True, baseline_arm: bool = True) -> list[dict[str, Any]]:
+    """Training throughput of ``name``: fit on a device-resident tensor vs. the fp32 DataLoader baseline.
+
+    ``config`` defaults to the family's default config; ``compile_arm`` adds ``ours + compile`` on CUDA;
+    without ``baseline_arm`` only ``ours`` (and compile) run, and ``vs_baseline`` is None.
+    """
+    config = get_family(name).Config() if config is None else config
+    images, labels = fake_dataset(image_shape, num_images)
     x, y = images.to(device), labels.to(device)
     class_names = [str(c) for c in range(NUM_CLASSES)]
 
@@ -186,7 +214,7 @@ def bench_train(name: str, device: torch.device, plan: Plan) -> list[dict[str, A
             fit(model, x, y, seed=0, class_names=class_names)
         return run
 
-    baseline_model = build(name, config, device)
+    baseline_model = build(name, config, device, image_shape)
     loader = DataLoader(TensorDataset(images, labels), batch_size=config.batch_size, shuffle=True, num_workers=0,
                         drop_last=True)
     batches = _endless(loader)
@@ -198,20 +226,24 @@ def bench_train(name: str, device: torch.device, plan: Plan) -> list[dict[str, A
                 xb, yb = next(batches)
                 baseline_model.train_step(xb.to(device), yb.to(device), noise)
 
-    arms: dict[str, Callable[[int], object]] = {"baseline": baseline, "ours": ours(build(name, config, device))}
-    if device.type == "cuda" and "compile" in {f.name for f in dataclasses.fields(config)}:
-        arms["ours + compile"] = ours(build(name, dataclasses.replace(config, compile=True), device))
+    arms: dict[str, Callable[[int], object]] = {"baseline": baseline} if baseline_arm else {}
+    arms["ours"] = ours(build(name, config, device, image_shape))
+    if compile_arm and device.type == "cuda" and "compile" in {f.name for f in dataclasses.fields(config)}:
+        arms["ours + compile"] = ours(build(name, dataclasses.replace(config, compile=True), device, image_shape))
     for run in arms.values():
         run(plan.warmup_steps)  # includes torch.compile's compilation
-    seconds = measure({arm: lambda run=run: run(plan.steps) for arm, run in arms.items()},
-                      repeats=plan.repeats, device=device)
+    measured = measure({arm: lambda run=run: run(plan.steps) for arm, run in arms.items()},
+                       repeats=plan.repeats, device=device)
     precision = "fp32" if device.type == "cpu" else "bf16 autocast"
     extra = {"baseline": {"data": "DataLoader", "precision": "fp32"},
              "ours": {"data": "device tensor (fit)", "precision": precision},
              "ours + compile": {"data": "device tensor (fit)", "precision": precision + " + compile"}}
-    rows = _rows(name, seconds, dict.fromkeys(arms, plan.steps * config.batch_size), "baseline", extra)
+    rows = _rows(name, measured, dict.fromkeys(arms, plan.steps * config.batch_size),
+                 "baseline" if baseline_arm else "ours", extra)
     for row in rows:
         row["batch_size"] = config.batch_size
+        if not baseline_arm:
+            row["vs_baseline"] = None
     return rows
 
 
@@ -262,17 +294,23 @@ def _sample_arms(model: Any, labels: torch.Tensor, seeds: list[int],
 
 def bench_sample(name: str, device: torch.device, plan: Plan) -> list[dict[str, Any]]:
     """Sampling throughput of ``name`` per sampler; on CUDA also in plain fp32 (the baseline there)."""
+    return sample_rows(name, device, sampler_variants(get_family(name).Config(), plan), IMAGE_SHAPE)
+
+
+def sample_rows(name: str, device: torch.device, variants: list[tuple[str, Any, int, int]],
+                image_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """Sampling throughput of ``name`` for each (label, config, images, repeats) variant; on CUDA also in fp32."""
     precision = "fp32" if device.type == "cpu" else "bf16 autocast"
     rows = []
-    for i, (label, config, n, repeats) in enumerate(sampler_variants(get_family(name).Config(), plan)):
-        model = build(name, config, device)
+    for i, (label, config, n, repeats) in enumerate(variants):
+        model = build(name, config, device, image_shape)
         labels, seeds = torch.arange(n) % NUM_CLASSES, list(range(n))
         if i == 0:
             model.sample(labels[:8], seeds[:8])  # warm-up: kernels, caches, CUDA context
         arms = _sample_arms(model, labels, seeds, device)
-        seconds = measure(arms, repeats=repeats, device=device)
+        measured = measure(arms, repeats=repeats, device=device)
         extra = {"ours": {"sampler": label, "precision": precision}, "fp32": {"sampler": label, "precision": "fp32"}}
-        rows += _rows(name, seconds, dict.fromkeys(arms, n), "fp32" if "fp32" in arms else "ours", extra)
+        rows += _rows(name, measured, dict.fromkeys(arms, n), "fp32" if "fp32" in arms else "ours", extra)
     for row in rows:
         # Reference: the default sampler (the first variant) as the family runs it, on as many images.
         ref = next(r for r in rows if r["arm"] == "ours" and r["images_per_repeat"] == row["images_per_repeat"])
@@ -299,11 +337,13 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 
 TRAIN_COLUMNS = [("family", "family"), ("arm", "arm"), ("data", "data"), ("precision", "precision"),
                  ("batch", "batch_size"), ("images/s (median)", "images_per_s"), ("min", "min_images_per_s"),
-                 ("max", "max_images_per_s"), ("repeats", "repeats"), ("× baseline", "vs_baseline")]
+                 ("max", "max_images_per_s"), ("repeats", "repeats"), ("× baseline", "vs_baseline"),
+                 ("peak MiB", "peak_mib")]
 SAMPLE_COLUMNS = [("family", "family"), ("sampler", "sampler"), ("precision", "precision"),
                   ("images timed", "images_per_repeat"), ("images/s (median)", "images_per_s"),
                   ("min", "min_images_per_s"), ("max", "max_images_per_s"), ("repeats", "repeats"),
-                  ("× fp32", "vs_baseline"), ("× default sampler, same images", "vs_default_sampler")]
+                  ("× fp32", "vs_baseline"), ("× default sampler, same images", "vs_default_sampler"),
+                  ("peak MiB", "peak_mib")]
 
 
 def run(kind: str, families: list[str], device_name: str, *, quick: bool) -> dict[str, Any]:

@@ -79,9 +79,22 @@ def _train(p: Params, workdir: Path) -> Record:
 
         torchrun_step("train", p, workdir, p.model.processes)
         checkpoint = workdir / "model" / "checkpoint"
-        return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint)}
+        summary = json.loads((workdir / "model" / "train.json").read_text())  # rank 0 wrote it
+        return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
+                **_train_facts(summary)}
     result = train(workdir / "ingest" / "manifest.parquet", p.model, workdir / "model")
-    return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash}
+    # A torchrun process of rank > 0 has no summary: rank 0 alone writes train.json.
+    return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash,
+            **(_train_facts(result.summary) if result.summary else {})}
+
+
+def _train_facts(summary: dict[str, Any]) -> Record:
+    """Peak memory and, for a latent family, the autoencoder checkpoint and its val reconstruction (train.json)."""
+    facts = {"peak_mib": summary["peak_mib"]}
+    if "autoencoder" in summary:
+        ae = summary["autoencoder"]
+        facts |= {"autoencoder_hash": ae["sha256"], "autoencoder_psnr_db": ae["reconstruction"]["psnr_db"]}
+    return facts
 
 
 def _progress(key: str) -> Callable[[int, int], None]:
@@ -199,7 +212,7 @@ STEPS: tuple[Step, ...] = (
          code=COMMON_CODE),
     Step("train", "Train or fine-tune the model.family generator on the real train split.",
          _train, params=("model",), deps=("ingest/manifest.parquet",), outs=("model",),
-         code=(*COMMON_CODE, "tasks/train.py", "models")),
+         code=(*COMMON_CODE, "tasks/train.py", "tasks/pretrained.py", "models")),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
          code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,6 +39,35 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def reset_peak_memory(device: torch.device) -> float | None:
+    """Start a new peak-memory window; returns the memory held at its start in MiB (None where unknown).
+
+    CUDA: the caching allocator's peak of allocated tensors. CPU: the process's peak resident set (``VmHWM``),
+    reset through Linux's ``/proc/self/clear_refs``; it includes the interpreter, torch and any data in memory.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return _proc_status_mib("VmRSS")
+    return None
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory in MiB since the last ``reset_peak_memory`` (or the process start); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        return _proc_status_mib("VmHWM")
+    return None
+
+
+def _proc_status_mib(field: str) -> float | None:
+    found = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    return int(found.group(1)) / 1024 if found else None
 
 
 def per_image_normal(seeds: Sequence[int], shape: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.base import TrainConfig
 from models.common import EMA, autocast, per_image_normal, per_image_streams, stream_normal
@@ -79,6 +80,8 @@ class DiffusionConfig(TrainConfig):
         grad_clip: maximum gradient norm (0: no clipping).
         compile: ``torch.compile`` the training forward on CUDA; ignored on the CPU, where compiling costs more
             than it saves for nets this small.
+        gradient_checkpointing: recompute each UNet block's activations in the backward pass instead of keeping
+            them: less training memory (large images, large batches) for about a third more compute.
     """
 
     steps: int = 1000
@@ -101,6 +104,7 @@ class DiffusionConfig(TrainConfig):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     compile: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -166,6 +170,23 @@ def build_unet(config: DiffusionConfig, *, channels_in: int, num_classes: int) -
         num_head_channels=config.num_head_channels,
         num_class_embeds=num_classes + 1,
     )
+
+
+def checkpoint_blocks(net: DiffusionModelUNet) -> None:
+    """Activation checkpointing per down, middle and up block of ``net`` while it trains with gradients.
+
+    The blocks keep their parameters and state-dict keys: only their ``forward`` is routed through
+    ``torch.utils.checkpoint``. Apply it after any deep copy (the EMA): a copy would share the patched closures.
+    """
+    for block in [*net.down_blocks, net.middle_block, *net.up_blocks]:
+        plain = block.forward
+
+        def forward(*args: Any, plain: Callable[..., Any] = plain, block: nn.Module = block, **kwargs: Any) -> Any:
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(plain, *args, use_reentrant=False, **kwargs)
+            return plain(*args, **kwargs)
+
+        block.forward = forward
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,6 +299,8 @@ class Diffusion:
 
     name: ClassVar[str] = "diffusion"
     Config: ClassVar[type[DiffusionConfig]] = DiffusionConfig
+    # x0 predictions are clipped to the data range (Ho et al. 2020); a latent space has no fixed range (None).
+    x0_clip: ClassVar[float | None] = 1.0
 
     def __init__(self, config: DiffusionConfig, *, image_shape: tuple[int, int, int], num_classes: int,
                  device: torch.device) -> None:
@@ -285,10 +308,6 @@ class Diffusion:
             raise ValueError(f"config must be a DiffusionConfig, got {type(config).__name__}")
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {image_shape}")
-        factor = 2 ** (len(config.channels) - 1)
-        if image_shape[1] % factor or image_shape[2] % factor:
-            raise ValueError(f"image_shape {tuple(image_shape)}: height and width must be divisible by {factor} "
-                             f"for a UNet with {len(config.channels)} levels (channels={config.channels})")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.config = config
@@ -296,12 +315,20 @@ class Diffusion:
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.steps_done = 0
+        self.space_shape = self.diffusion_space(self.image_shape)  # (C, H, W) the UNet denoises
+        factor = 2 ** (len(config.channels) - 1)
+        if self.space_shape[1] % factor or self.space_shape[2] % factor:
+            raise ValueError(f"{self.name}: the UNet input {self.space_shape} (image {self.image_shape}) needs "
+                             f"height and width divisible by {factor} for a UNet with {len(config.channels)} "
+                             f"levels (channels={config.channels})")
 
-        self.net = build_unet(config, channels_in=self.image_shape[0], num_classes=num_classes).to(self.device)
+        self.net = build_unet(config, channels_in=self.space_shape[0], num_classes=num_classes).to(self.device)
         if self.device.type == "cuda":
             # channels_last lets cuDNN use its NHWC tensor-core kernels for the convolutions.
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = EMA(self.net, decay=config.ema_decay)
+        if config.gradient_checkpointing:
+            checkpoint_blocks(self.net)  # after the EMA copy, which must keep the plain forwards
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         use_compile = config.compile and self.device.type == "cuda"
         self._train_net = torch.compile(self.net) if use_compile else self.net
@@ -309,6 +336,14 @@ class Diffusion:
         # float64 on the host for the sampler's scalar coefficients; float32 on the device for training.
         self._alphas_cumprod = schedule.alphas_cumprod.double().tolist()
         self._alphas_cumprod_dev = schedule.alphas_cumprod.float().to(self.device)
+
+    def diffusion_space(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Shape of what the UNet denoises: the image itself here (a latent family overrides it)."""
+        return image_shape
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from the sampler's output (identity here: the sampler works on pixels)."""
+        return x.clamp(-1.0, 1.0)
 
     # -- training ------------------------------------------------------------------------------------------------
 
@@ -368,20 +403,20 @@ class Diffusion:
         grid = timestep_grid(cfg.timesteps, cfg.sample_steps)
         if cfg.sampler == "ddpm":
             streams = per_image_streams(seeds)  # the first draw equals per_image_normal(seeds): same x_T as DDIM
-            x = padded(stream_normal(streams, self.image_shape, self.device))
+            x = padded(stream_normal(streams, self.space_shape, self.device))
             x = ddpm_ancestral(x0_fn, x, self._alphas_cumprod, grid,
-                               noise_fn=lambda: padded(stream_normal(streams, self.image_shape, self.device)))
+                               noise_fn=lambda: padded(stream_normal(streams, self.space_shape, self.device)))
         else:
-            x = padded(per_image_normal(seeds, self.image_shape, self.device))
+            x = padded(per_image_normal(seeds, self.space_shape, self.device))
             x = dpm_solver_pp(x0_fn, x, self._alphas_cumprod, grid, order=2 if cfg.sampler == "dpm" else 1)
-        return x[:n].clamp(-1.0, 1.0).float().cpu().contiguous()
+        return self.decode(x)[:n].float().cpu().contiguous()  # decoded at the padded, fixed shape
 
     def _guided_x0_fn(self, labels: torch.Tensor) -> X0Fn:
         """x0 prediction from the guided noise eps_u + w (eps_c - eps_u) (Ho & Salimans 2022, eq. 6) of the EMA net.
 
-        The prediction is clipped to the data range [-1, 1], as in Ho et al. 2020.
+        The prediction is clipped to the data range [-1, 1] (``x0_clip``), as in Ho et al. 2020.
         """
-        net, w = self.ema.module, self.config.guidance_scale
+        net, w, clip = self.ema.module, self.config.guidance_scale, self.x0_clip
         n = labels.shape[0]
         both = torch.cat([labels, torch.full_like(labels, self.num_classes)])
 
@@ -394,9 +429,43 @@ class Diffusion:
                     out = net(torch.cat([x, x]), torch.full((2 * n,), t, device=self.device), class_labels=both)
                     eps_c, eps_u = out.float().chunk(2)
                     eps = eps_u + w * (eps_c - eps_u)
-            return ((x - s * eps) / a).clamp(-1.0, 1.0)
+            x0 = (x - s * eps) / a
+            return x0 if clip is None else x0.clamp(-clip, clip)
 
         return x0_fn
+
+    # -- pretrained starting points ------------------------------------------------------------------------------
+
+    def pretrained_networks(self) -> dict[str, nn.Module]:
+        """The networks a pretrained folder can fill, by the names its parts carry (``unet``: the EMA weights)."""
+        return {"unet": self.ema.module}
+
+    def load_pretrained(self, parts: dict[str, dict[str, torch.Tensor]], *, source_classes: list[str] | None,
+                        classes: list[str], metadata: dict[str, Any]) -> list[str]:
+        """Start training from pretrained weights; returns one line per decision, for the log.
+
+        ``parts`` maps names of ``pretrained_networks`` to state dicts whose keys and shapes must match, except the
+        UNet's class embedding (``class_embedding.weight``, one row per class plus the null class last): its rows
+        are mapped by class name when ``source_classes`` names them, kept as they are when the class count matches
+        and no names are given, and re-initialised otherwise. ``metadata`` is the folder's description
+        (a latent family reads its latent scale from it).
+        """
+        targets = self.pretrained_networks()
+        unknown = sorted(set(parts) - set(targets))
+        if unknown:
+            raise ValueError(f"networks {unknown} do not fit the {self.name} family, which has {sorted(targets)}")
+        notes = []
+        for name, state in parts.items():
+            state = dict(state)
+            if name == "unet":
+                notes.append(_map_class_rows(state, self.ema.module.state_dict()["class_embedding.weight"],
+                                             source_classes, classes))
+            _check_state(name, state, targets[name].state_dict())
+            targets[name].load_state_dict(state)
+            notes.append(f"{name}: {len(state)} tensors loaded")
+        # Training and sampling both start from the loaded weights: copy the (EMA) UNet into the trained one.
+        self.net.load_state_dict(self.ema.module.state_dict())
+        return notes
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -421,3 +490,45 @@ class Diffusion:
             group["lr"] = self.config.lr
             group["weight_decay"] = self.config.weight_decay
         self.steps_done = int(state["steps_done"])
+
+
+def _check_state(name: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Same keys and shapes as the network's own state, or a ValueError naming the first differences."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{name}: the pretrained weights do not fit this network's architecture (missing "
+                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                         f"{'...' if len(unexpected) > 3 else ''}); set the model config to the pretrained one")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(f"{name}: {key} has shape {tuple(value.shape)} in the pretrained weights but "
+                             f"{tuple(own[key].shape)} here; set the model config to the pretrained one")
+
+
+def _map_class_rows(state: dict[str, torch.Tensor], own: torch.Tensor, source_classes: list[str] | None,
+                    classes: list[str]) -> str:
+    """Fill ``state['class_embedding.weight']`` for ``classes`` (+ null row) from the pretrained rows; says how."""
+    key = "class_embedding.weight"
+    source = state.get(key)
+    if source is None or source.shape[1:] != own.shape[1:]:
+        state[key] = own.clone()
+        return "class-conditioning head re-initialised: the pretrained UNet has no class embedding of this width"
+    if source_classes is not None:
+        if len(source_classes) + 1 != source.shape[0]:
+            raise ValueError(f"the pretrained folder names {len(source_classes)} classes but its class embedding "
+                             f"has {source.shape[0]} rows (classes + the null class)")
+        rows = own.clone()
+        mapped = [c for c in classes if c in source_classes]
+        for i, c in enumerate(classes):
+            if c in source_classes:
+                rows[i] = source[source_classes.index(c)]
+        rows[-1] = source[-1]  # the null class of guidance
+        state[key] = rows
+        new = [c for c in classes if c not in source_classes]
+        return (f"classes mapped by name: {len(mapped)} of {len(classes)} ({', '.join(mapped) or 'none'}); "
+                f"re-initialised: {', '.join(new) or 'none'}; the null class kept")
+    if source.shape == own.shape:
+        return "classes taken by index: the pretrained folder names no classes and has as many as the data"
+    state[key] = own.clone()
+    return (f"class-conditioning head re-initialised: the pretrained UNet has {source.shape[0] - 1} classes, the "
+            f"data {len(classes)}, and the folder names none")

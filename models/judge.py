@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets import ResNet
 from torch import nn
 
 from models.common import eval_mode
@@ -30,6 +31,9 @@ from models.common import eval_mode
 StepCallback = Callable[[int, dict[str, float]], None]
 
 _FORMAT = "synthaug-judge/1"
+BACKBONES = ("auto", "vgg", "resnet")
+VGG_MAX_SIDE = 64  # ``auto`` keeps the VGG stages up to this side (the bundled examples' numbers stay as they were)
+PIXELS_PER_PASS = 2**22  # inference passes hold at most this many input pixels per channel (bounded memory)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +53,9 @@ class JudgeConfig:
         max_shift: largest translation in pixels, per axis.
         hflip: also flip half of the images left-right (off by default: digits and laterality have a handedness).
         seed: seed of the weight initialisation, batch order, augmentation and dropout.
+        backbone: ``vgg`` (full-resolution conv stages, see ``Judge``), ``resnet`` (MONAI's ResNet-10 with a
+            stride-2 stem and max pooling: a quarter of the side before the first stage, so memory stays bounded
+            at 128-256 px) or ``auto``: ``vgg`` up to 64 px (the smaller side), ``resnet`` above.
     """
 
     width: int = 32
@@ -63,8 +70,11 @@ class JudgeConfig:
     max_shift: int = 2
     hflip: bool = False
     seed: int = 0
+    backbone: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {self.backbone!r}")
         for name in ("width", "feature_dim", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -96,12 +106,22 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class Judge(nn.Module):
-    """A VGG-style CNN sized to the images: stages of two 3x3 convs then 2x2 average pooling, down to about 4x4.
+def _resnet(channels_in: int, width: int) -> nn.Module:
+    """MONAI's ResNet-10 (one basic block per stage, widths w, 2w, 4w, 8w) as a feature map extractor, with
+    GroupNorm instead of BatchNorm (see ``_conv_block``); no pretrained weights."""
+    return ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[width * 2**i for i in range(4)],
+                  spatial_dims=2, n_input_channels=channels_in, conv1_t_size=7, conv1_t_stride=2,
+                  feed_forward=False, norm=("group", {"num_groups": _groups(width)}))
 
-    8 px -> 1 stage, 16 px -> 2, 32 px -> 3, 64 px -> 4 (the smaller side decides). A global average pool and a
-    linear layer give the embedding; one more linear layer gives the logits. ``temperature`` (a buffer, saved
-    with the weights) is 1 until ``fit_temperature`` sets it.
+
+class Judge(nn.Module):
+    """A CNN sized to the images, as ``config.backbone`` says.
+
+    VGG-style (up to 64 px with ``auto``): stages of two 3x3 convs then 2x2 average pooling, down to about 4x4;
+    8 px -> 1 stage, 16 px -> 2, 32 px -> 3, 64 px -> 4 (the smaller side decides). ResNet (above 64 px): MONAI's
+    ResNet-10, whose stem brings the side to a quarter before any stage, then 4 stages down to 1/32. A global
+    average pool and a linear layer give the embedding; one more linear layer gives the logits. ``temperature``
+    (a buffer, saved with the weights) is 1 until ``fit_temperature`` sets it.
 
     Args:
         image_shape: (C, H, W) of the images; H and W at least 8.
@@ -124,14 +144,21 @@ class Judge(nn.Module):
         self.num_classes = int(num_classes)
         self.config = config
 
-        n_stages = max(1, int(math.log2(min(h, w) / 4)))
-        layers: list[nn.Module] = []
-        c_in = c
-        for i in range(n_stages):
-            c_out = config.width * 2 ** min(i, 3)
-            layers += [_conv_block(c_in, c_out), nn.AvgPool2d(2)]
-            c_in = c_out
-        self.body = nn.Sequential(*layers)
+        self.backbone = config.backbone
+        if self.backbone == "auto":
+            self.backbone = "vgg" if min(h, w) <= VGG_MAX_SIDE else "resnet"
+        if self.backbone == "resnet":
+            self.body = _resnet(c, config.width)
+            c_in = config.width * 8
+        else:
+            n_stages = max(1, int(math.log2(min(h, w) / 4)))
+            layers: list[nn.Module] = []
+            c_in = c
+            for i in range(n_stages):
+                c_out = config.width * 2 ** min(i, 3)
+                layers += [_conv_block(c_in, c_out), nn.AvgPool2d(2)]
+                c_in = c_out
+            self.body = nn.Sequential(*layers)
         self.embed_layer = nn.Sequential(nn.Linear(c_in, config.feature_dim), nn.SiLU())
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.feature_dim, num_classes))
         self.register_buffer("temperature", torch.ones(()))
@@ -144,8 +171,8 @@ class Judge(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate embedding (N, feature_dim) of images (N, C, H, W)."""
         self._check(x)
-        h = self.body(x).mean(dim=(2, 3))
-        return self.embed_layer(h)
+        h = self.body(x)
+        return self.embed_layer(h if h.ndim == 2 else h.mean(dim=(2, 3)))  # the ResNet pools already
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw (uncalibrated) logits (N, K)."""
@@ -158,6 +185,8 @@ class Judge(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._check(images)
         device = self.temperature.device
+        # Large images: fewer rows per pass, so a pass holds a bounded number of pixels (GroupNorm: same outputs).
+        batch_size = max(1, min(batch_size, PIXELS_PER_PASS // (images.shape[2] * images.shape[3])))
         with eval_mode(self):
             out = [fn(images[i:i + batch_size].to(device, torch.float32)).float().cpu()
                    for i in range(0, images.shape[0], batch_size)]

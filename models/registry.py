@@ -10,6 +10,7 @@ from models.base import GeneratorFamily
 _FAMILIES: dict[str, str] = {
     "diffusion": "models.diffusion:Diffusion",
     "gan": "models.gan:GAN",
+    "latent_diffusion": "models.latent_diffusion:LatentDiffusion",
     "vae": "models.vae:VAE",
 }
 

@@ -78,12 +78,19 @@ def checkpoint_hash(directory: Path) -> str:
 
 def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, seed: int,
         class_names: list[str], checkpoint_dir: Path | None = None, start_step: int = 0,
-        rng_state: torch.Tensor | None = None, on_step: StepCallback | None = None) -> int:
-    """Train ``model`` for ``model.config.steps`` steps on a dataset held on the device as one tensor.
+        rng_state: torch.Tensor | None = None, on_step: StepCallback | None = None,
+        device: torch.device | None = None) -> int:
+    """Train ``model`` for ``model.config.steps`` steps on a dataset held as one tensor.
 
-    Small datasets fit in device memory, so batches are index draws from one tensor (no loader overhead).
+    Batches are index draws from that tensor (no loader overhead). Held on the training ``device`` (the default:
+    the images' own device), a batch never leaves it: the path for small images. Held elsewhere (host memory,
+    pinned for CUDA), each batch is gathered there and copied over: the streamed path for datasets larger than
+    the device should hold. ``images`` may be float in [-1, 1] or uint8 pixels (0..255, a quarter of the memory),
+    turned into [-1, 1] floats batch by batch on the training device.
     Resumes at ``start_step`` with the saved batch-RNG state; checkpoints every ``config.checkpoint_every``
-    steps and at the end. Returns the final step.
+    steps, at the end, and at every step of a family's optional ``stage_ends`` (the last step of a training stage,
+    e.g. latent diffusion's autoencoder, so a resumed run never trains a finished stage again). Returns the final
+    step.
 
     Under an initialised ``torch.distributed`` process group of P processes (``torchrun``), every process draws
     the same global batch of ``batch_size`` indices from the same seed and trains on its own 1/P slice of it, the
@@ -91,7 +98,7 @@ def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, s
     batch as one process would); the noise differs per process. Only rank 0 calls ``on_step`` (with the losses
     averaged over processes) and writes checkpoints.
     """
-    device = images.device
+    device = images.device if device is None else torch.device(device)
     cfg = model.config
     rank, world = _process_group()
     batch = cfg.batch_size // world
@@ -105,11 +112,12 @@ def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, s
         batch_rng.set_state(rng_state)
     noise_rng = torch.Generator(device=device).manual_seed(seed + start_step + rank * RANK_SEED_STRIDE)
     n = images.shape[0]
+    stage_ends = set(getattr(model, "stage_ends", ()))
     step = start_step
     while step < cfg.steps:
         idx = torch.randint(0, n, (cfg.batch_size,), generator=batch_rng)[rank * batch:(rank + 1) * batch]
-        idx = idx.to(device)
-        losses = model.train_step(images[idx], labels[idx], noise_rng)
+        idx = idx.to(images.device)
+        losses = model.train_step(*_batch(images, labels, idx, device), noise_rng)
         step += 1
         if world > 1:
             losses = _mean_over_processes(losses, device)
@@ -117,12 +125,21 @@ def fit(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tensor, *, s
             on_step(step, losses)
         done = step == cfg.steps
         if checkpoint_dir is not None and rank == 0 and (
-                done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                done or step in stage_ends or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
             save_checkpoint(model, checkpoint_dir, step=step, class_names=class_names,
                             rng_state=batch_rng.get_state())
     if world > 1:
         dist.barrier()  # every process returns once rank 0's final checkpoint is written
     return step
+
+
+def _batch(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of the dataset on the training device, as float images in [-1, 1]."""
+    x = images[idx].to(device, non_blocking=True)  # asynchronous from pinned host memory
+    if x.dtype == torch.uint8:
+        x = x.float() / 127.5 - 1.0
+    return x, labels[idx.to(labels.device)].to(device, non_blocking=True)
 
 
 def _process_group() -> tuple[int, int]:

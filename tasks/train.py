@@ -15,12 +15,14 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from pydantic import Field, field_validator
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.base import TrainConfig
-from models.common import pick_device
+from models.common import peak_memory_mib, pick_device, reset_peak_memory
 from models.diffusion import DiffusionConfig
 from models.gan import GANConfig
+from models.latent_diffusion import LatentDiffusionConfig
 from models.registry import family_names, get_family
 from models.training import checkpoint_hash, fit, load_checkpoint
 from models.vae import VAEConfig
@@ -29,6 +31,7 @@ from tasks.images import load_images, save_grid
 from tasks.manifest import read_manifest
 from tasks.params_base import Section
 from tasks.plan import natural_key
+from tasks.pretrained import apply_pretrained, read_pretrained, write_bundle
 
 GRID_PER_CLASS = 8
 START_FILE = "start.json"  # <out_dir>/start.json: what the checkpoint beside it started from (scratch or init_from)
@@ -39,7 +42,14 @@ class ModelParams(Section):
 
     init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
       training from scratch, e.g. the model of the last published version when new source data lands.
+    pretrained: a local pretrained folder to start from (a MONAI bundle: ``configs/`` + ``models/model.pt``; or a
+      diffusers-format folder: ``config.json`` + ``*.safetensors``) holding weights of this family's networks
+      (``tasks.pretrained``); classes are mapped by name or the conditioning head is re-initialised, as the log
+      and ``train.json`` say. Loaded as tensors only (``weights_only``, safetensors), never unpickled.
     grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
+    device_dataset_mb: training images up to this many MiB (as float32) are held on the training device as one
+      tensor; a larger set stays in host memory as 8-bit pixels (a quarter of the size; pinned on CUDA) and each
+      batch is copied over and converted there (``models.training.fit``).
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
     """
@@ -48,11 +58,14 @@ class ModelParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     init_from: str | None = None
+    pretrained: str | None = None
     grid_every: int = Field(0, ge=0)
+    device_dataset_mb: float = Field(2048, ge=0)
     processes: int = Field(1, ge=1)
     diffusion: DiffusionConfig = DiffusionConfig()
     gan: GANConfig = GANConfig()
     vae: VAEConfig = VAEConfig()
+    latent_diffusion: LatentDiffusionConfig = LatentDiffusionConfig()
 
     @field_validator("family")
     @classmethod
@@ -67,18 +80,21 @@ class ModelParams(Section):
 
 @dataclass(frozen=True)
 class TrainResult:
+    """Where the model went and what the run cost; ``summary`` is what ``<out>/train.json`` holds."""
+
     checkpoint_dir: Path
     checkpoint_hash: str
     steps: int
     resumed_from: int
+    summary: dict | None = None
 
 
-def train_split(manifest_path: Path) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Real ``train`` images of a manifest as one tensor, their labels, and the sorted class names."""
+def train_split(manifest_path: Path, split: str = "train") -> tuple[torch.Tensor, list[str], list[str]]:
+    """Real images of one split of a manifest as one tensor, their labels, and the sorted class names."""
     frame, _ = read_manifest(manifest_path)
-    rows = frame[(frame["split"] == "train") & (frame["source"] == "real")]
+    rows = frame[(frame["split"] == split) & (frame["source"] == "real")]
     if rows.empty:
-        raise UserError(f"{manifest_path}: no real train images to train on")
+        raise UserError(f"{manifest_path}: no real {split} images" + (" to train on" if split == "train" else ""))
     channels = int(rows["channels"].iloc[0])
     images = load_images(manifest_path.parent, list(rows["path"]), channels)
     return images, list(rows["label"]), sorted(set(rows["label"]), key=natural_key)
@@ -126,7 +142,10 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     images, labels, class_names = train_split(manifest_path)
     config = params.family_config()
     ckpt_dir = out_dir / "checkpoint"
-    model, start, rng_state = None, 0, None
+    model, start, rng_state, notes = None, 0, None, []
+    if params.init_from and params.pretrained:
+        raise UserError("model.init_from and model.pretrained both set: fine-tune a checkpoint (init_from) or start "
+                        "from a pretrained folder (pretrained), not both")
     origin = _start_record(params)
     if (_resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:]))
             and _read_start(out_dir) == origin):
@@ -143,10 +162,18 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
             torch.manual_seed(params.seed)
             model = get_family(params.family)(config, image_shape=tuple(images.shape[1:]),
                                               num_classes=len(class_names), device=device)
+        if params.pretrained:
+            notes = apply_pretrained(model, read_pretrained(Path(params.pretrained)), class_names)
+            if rank == 0:
+                for note in notes:
+                    Console(stderr=True).print(f"train: {note}", highlight=False, markup=False)
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.tensor([index[label] for label in labels], device=device)
+    data, held = _training_data(images, device, params.device_dataset_mb)
+    del images
+    reset_peak_memory(device)
     if rank > 0:  # logs, progress and grids come from rank 0 only
-        fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
+        fit(model, data, targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir, device=device,
             start_step=start, rng_state=rng_state)
         return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,30 +188,82 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
         t0 = time.perf_counter()
 
         def on_step(step: int, losses: dict[str, float]) -> None:
-            log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - t0, 3), **losses}) + "\n")
+            peak = peak_memory_mib(device)
+            log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - t0, 3), **losses,
+                                  "peak_mib": None if peak is None else round(peak, 1)}) + "\n")
             bar.update(task, completed=step, loss=" ".join(f"{k}={v:.4f}" for k, v in losses.items()))
             if step == config.steps or (params.grid_every and step % params.grid_every == 0):
                 _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
 
-        fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
+        fit(model, data, targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir, device=device,
             start_step=start, rng_state=rng_state, on_step=on_step)
-    return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
+        seconds = time.perf_counter() - t0
+    summary = {"family": params.family, "device": str(device), "dataset": held, "steps": config.steps,
+               "resumed_from": start,
+               "seconds": round(seconds, 3), "peak_mib": _round(peak_memory_mib(device)),
+               "checkpoint_sha256": checkpoint_hash(ckpt_dir)}
+    if notes:
+        summary["pretrained"] = notes
+    if hasattr(model, "reconstruction_quality"):
+        summary["autoencoder"] = _autoencoder_outputs(model, manifest_path, out_dir / "autoencoder")
+    (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(ckpt_dir, summary["checkpoint_sha256"], config.steps, start, summary)
+
+
+def _training_data(images: torch.Tensor, device: torch.device, limit_mb: float) -> tuple[torch.Tensor, str]:
+    """The training images as ``fit`` takes them: float32 on the device up to ``limit_mb``, else 8-bit in host memory
+    (pinned for CUDA); and where they are held, for train.json."""
+    mib = images.numel() * 4 / 2**20
+    if mib <= limit_mb:
+        return images.to(device), f"on {device.type} as float32 ({mib:.1f} MiB)"
+    # The stored PNGs are 8-bit: (x + 1) * 127.5 gives back their integer levels exactly.
+    pixels = ((images + 1.0) * 127.5).round().to(torch.uint8)
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
+    return pixels, f"streamed from host memory as uint8 ({mib / 4:.1f} MiB; over model.device_dataset_mb={limit_mb:g})"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _autoencoder_outputs(model, manifest_path: Path, folder: Path) -> dict:
+    """The trained autoencoder as its own checkpoint (a MONAI bundle folder, usable as ``model.pretrained``) and
+    its reconstruction quality on the real val images (the train images when there is no val split)."""
+    try:
+        images, _, _ = train_split(manifest_path, "val")
+        split = "val"
+    except UserError:
+        images, _, _ = train_split(manifest_path, "train")
+        split = "train"
+    quality = model.reconstruction_quality(images)
+    digest = write_bundle(folder, {"autoencoder": model.autoencoder.state_dict()},
+                          {"family": model.name, "image_shape": list(model.image_shape),
+                           "latent_scale": model.latent_scale, "autoencoder_steps": model.ae_steps_done,
+                           "config": dataclasses.asdict(model.config)})
+    return {"path": folder.name, "sha256": digest, "steps": model.ae_steps_done, "latent_scale": model.latent_scale,
+            "reconstruction": {"split": split, "images": int(images.shape[0]),
+                               **{k: round(v, 6) for k, v in quality.items()}}}
 
 
 def _start_record(params: ModelParams) -> dict[str, str | None]:
-    """What training starts from: scratch, or ``init_from`` (its resolved path and weights hash)."""
+    """What training starts from: scratch, ``init_from`` (its resolved path and weights hash) or a pretrained
+    folder (its resolved path)."""
+    pretrained = str(Path(params.pretrained).resolve()) if params.pretrained else None
     if not params.init_from:
-        return {"init_from": None, "init_hash": None}
+        return {"init_from": None, "init_hash": None, "pretrained": pretrained}
     init = Path(params.init_from)
     weights = init / "weights.pt"
-    return {"init_from": str(init.resolve()), "init_hash": checkpoint_hash(init) if weights.is_file() else None}
+    return {"init_from": str(init.resolve()), "init_hash": checkpoint_hash(init) if weights.is_file() else None,
+            "pretrained": pretrained}
 
 
 def _read_start(out_dir: Path) -> dict[str, str | None]:
+    scratch = {"init_from": None, "init_hash": None, "pretrained": None}
     try:
-        return json.loads((out_dir / START_FILE).read_text())
+        return scratch | json.loads((out_dir / START_FILE).read_text())
     except (OSError, ValueError):  # a checkpoint from before start.json existed was trained from scratch
-        return {"init_from": None, "init_hash": None}
+        return scratch
 
 
 def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: list[str],

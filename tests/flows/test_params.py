@@ -39,7 +39,7 @@ def test_wrong_type_and_bad_choice_name_the_key():
         load_params(None, ["data.image_size=big"])
     with pytest.raises(ParamsError, match=r"plan.strategy: .*'match_majority', 'target' or 'ratio'"):
         load_params(None, ["plan.strategy=most"])
-    with pytest.raises(ParamsError, match=r"model.family.*diffusion, gan, vae"):
+    with pytest.raises(ParamsError, match=r"model.family.*diffusion, gan, latent_diffusion, vae"):
         load_params(None, ["model.family=flow"])
 
 

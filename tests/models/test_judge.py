@@ -236,3 +236,48 @@ def test_crafted_export_archive_is_refused_without_running_its_pickle(tmp_path, 
     assert not marker.exists(), "loading the extractor unpickled the crafted payload"
     with pytest.raises(ValueError, match=r"torch\.export archive"):  # an honest archive is refused all the same
         load_feature_extractor(tmp_path / "honest.pt2")
+
+
+def test_auto_backbone_keeps_vgg_up_to_64_px_and_takes_monai_resnet_above() -> None:
+    """16-64 px keep the VGG stages (so existing numbers do not move); larger images get MONAI's ResNet-10."""
+    for side, backbone in ((16, "vgg"), (64, "vgg"), (65, "resnet"), (128, "resnet"), (256, "resnet")):
+        judge = Judge((3, side, side), 4)
+        assert judge.backbone == backbone, side
+    torch.manual_seed(0)
+    auto = Judge((1, 16, 16), 10, config=FAST)
+    torch.manual_seed(0)
+    vgg = Judge((1, 16, 16), 10, config=dataclasses.replace(FAST, backbone="vgg"))
+    assert all(torch.equal(a, b) for a, b in zip(auto.state_dict().values(), vgg.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="backbone must be one of auto, vgg, resnet"):
+        JudgeConfig(backbone="vit")
+
+
+def test_resnet_judge_learns_128_px_rgb_and_embeds_in_bounded_memory() -> None:
+    from models.common import peak_memory_mib, reset_peak_memory
+
+    g = torch.Generator().manual_seed(0)
+    n = 48
+    y = torch.arange(n) % 2
+    # class 0: a bright red disc; class 1: a bright blue square; both on noise, at random places
+    x = torch.rand((n, 3, 128, 128), generator=g) * 0.4 - 1.0
+    yy, xx = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    for i in range(n):
+        cy, cx = torch.randint(24, 104, (2,), generator=g).tolist()
+        if y[i] == 0:
+            x[i, 0][(yy - cy) ** 2 + (xx - cx) ** 2 < 400] = 1.0
+        else:
+            x[i, 2][((yy - cy).abs() < 18) & ((xx - cx).abs() < 18)] = 1.0
+    config = JudgeConfig(steps=30, width=8, feature_dim=32, batch_size=16, lr=5e-3, seed=0)
+    judge = train_judge(x[:32], y[:32], num_classes=2, config=config, device="cpu")
+    assert judge.backbone == "resnet"
+    assert (judge.predict_logits(x[32:]).argmax(1) == y[32:]).float().mean() >= 0.9
+    # 256 images of 256 px asked in one pass of 512: the passes are capped to bounded pixels, same features
+    big = torch.rand((256, 3, 256, 256), generator=g) * 2 - 1
+    wide = Judge((3, 256, 256), 2, config=dataclasses.replace(config, width=32))
+    start = reset_peak_memory(torch.device("cpu"))
+    features = wide.embed(big, batch_size=512)
+    peak = peak_memory_mib(torch.device("cpu"))
+    if start is not None and peak is not None:
+        # one uncapped VGG-style pass would hold 512 x 32 x 256 x 256 floats (4 GiB) in its first stage alone
+        assert peak - start < 1024, f"embedding took {peak - start:.0f} MiB above its start"
+    torch.testing.assert_close(features[:4], wide.embed(big[:4], batch_size=1), rtol=1e-4, atol=1e-5)
