@@ -31,7 +31,7 @@ from tasks.ingest import normalize, png
 from tasks.manifest import read_manifest
 from tasks.plan import read_plan
 from tasks.privacy import PrivacyGateError
-from tests.medical import dicom_digits_folder, identifying, leaked
+from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, leaked
 from tests.toy import COUNTS, TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,6 +189,7 @@ def test_dicom_folder_in_anonymized_dicom_release_out(tmp_path) -> None:
     for rel, label, seed in manifest[["path", "label", "seed"]].itertuples(index=False):
         written = pydicom.dcmread(release / rel)
         assert leaked(written, secrets) == set()
+        assert dciodvfy_errors(release / rel) == []
         assert written.PatientIdentityRemoved == "YES" and "SYNTHETIC" in written.SeriesDescription
         assert f"{label}" in written.ImageComments and f"{seed}" in written.ImageComments
         hu = apply_modality_lut(written.pixel_array, written)
