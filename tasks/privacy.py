@@ -48,7 +48,7 @@ from models.common import pick_device
 from models.judge import Judge
 from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
 from tasks.errors import UserError
-from tasks.evaluate import real_rows, synthetic_rows
+from tasks.evaluate import FILTER_SUMMARY, real_rows, synthetic_rows
 from tasks.export import ReleaseFormat
 from tasks.filter import FilterParams, MemorizationThresholds, memorization_thresholds
 from tasks.images import file_sha256, load_images
@@ -80,6 +80,8 @@ class PrivacyParams(Section):
     seed: seed of the bootstrap resampling.
     release_format: file format of the released images: ``png`` (as generated), or ``png16``, ``nifti``, ``dicom``
       (converted by ``tasks.export``; see README "Medical images (DICOM, NIfTI)").
+    release_per_class: synthetic images released per class; null: every class at its real train size (a full
+      synthetic replacement). The anonymize flow plans with it (``plan.strategy=release``), not with ``plan``.
     """
 
     name: str | None = None
@@ -89,6 +91,7 @@ class PrivacyParams(Section):
     bootstrap: int = Field(1000, ge=100)
     seed: int = Field(0, ge=0)
     release_format: ReleaseFormat = "png"
+    release_per_class: int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -374,7 +377,12 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
                 f"the filter rejects only within its own, looser thresholds (filter.memorization_quantile="
                 f"{filter_params.memorization_quantile} < privacy.memorization_quantile="
                 f"{params.memorization_quantile}); set -S filter.memorization_quantile={params.memorization_quantile}")
+    summary_path = filter_dir / FILTER_SUMMARY
+    classes = json.loads(summary_path.read_text())["classes"] if summary_path.is_file() else {}
     report["release"] = {"images": len(accepted), "per_class": dict(Counter(accepted["label"].tolist())),
+                         "planned_per_class": {c: v["needed"] for c, v in classes.items()},
+                         "real_train_per_class": dict(Counter(real[real["split"] == "train"]["label"].tolist())),
+                         "shortfall": {c: v["shortfall"] for c, v in classes.items() if v["shortfall"]},
                          "generated": len(synthetic), "rejected_by_filter": dict(rejected),
                          "filter_manifest_sha256": file_sha256(filter_dir / "manifest.parquet")}
     report["advice"] = advice

@@ -23,7 +23,7 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from sklearn.datasets import load_digits
 
-from flows.anonymize import anonymize
+from flows.anonymize import anonymize, release_params
 from flows.dag import ANONYMIZE, STEPS, step
 from flows.params import Params, load_params
 from tasks.generate import image_path, requests_from_plan
@@ -35,8 +35,9 @@ from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, lea
 from tests.toy import COUNTS, TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
-ANON = [*TINY, "plan.ratio=1.0", "plan.cap=12", "filter.judge.steps=60", "filter.min_confidence=0.0",
+ANON = [*TINY, "plan.overgenerate=2.0", "filter.judge.steps=60", "filter.min_confidence=0.0",
         "privacy.bootstrap=200"]
+BALANCED = {"4": 20, "5": 20, "6": 20}
 
 
 def _tags(registry: Path) -> list[str]:
@@ -58,7 +59,8 @@ def overrides(source: Path, root: Path) -> list[str]:
 
 def prepare(params: Params, work: Path, sampler) -> None:
     """Run ingest, plan and train, then write the generate step's output: ``sampler(params, work)(label, k)`` (PNG
-    bytes) for the k-th planned image of each class, at the path of its seed."""
+    bytes) for the k-th planned image of each class, at the path of its seed (planned as the flow plans)."""
+    params = release_params(params)
     for name in ("ingest", "plan", "train"):
         step(name).run(params, work)
     sample = sampler(params, work)
@@ -84,9 +86,10 @@ def copies_of_training_images(params: Params, work: Path):
 def unseen_digits(params: Params, work: Path):
     """Real digits of the same collection that the source does not hold, normalized as ingest normalizes."""
     digits = load_digits()
+    held = {**BALANCED, **COUNTS}  # the sources take the first images of each class
 
     def sample(label: str, k: int) -> bytes:
-        pixels = digits.images[digits.target == int(label)][COUNTS[label] + k]
+        pixels = digits.images[digits.target == int(label)][held[label] + k]
         return png(normalize(Image.fromarray((pixels * 255 / 16).astype(np.uint8)), params.data))
 
     return sample
@@ -95,6 +98,22 @@ def unseen_digits(params: Params, work: Path):
 def real_hashes(work: Path) -> set[str]:
     real, _ = read_manifest(work / "ingest" / "manifest.parquet")
     return set(real["image_id"])
+
+
+@pytest.mark.slow
+def test_balanced_source_releases_every_class_at_its_real_size(tmp_path) -> None:
+    source = digits_folder(tmp_path / "balanced", BALANCED)
+    params = load_params(None, overrides(source, tmp_path))
+    work = tmp_path / "work"
+    prepare(params, work, unseen_digits)
+    records = anonymize(params, str(work))
+
+    real, _ = read_manifest(work / "ingest" / "manifest.parquet")
+    train = real[real["split"] == "train"]["label"].value_counts().to_dict()
+    manifest, _ = read_manifest(Path(records["release"]["dataset"]) / "manifest.parquet")
+    assert manifest["label"].value_counts().to_dict() == train and set(train) == set(BALANCED)
+    assert read_plan(work / "plan" / "plan.csv")["to_generate"].tolist() == [
+        train[c] * 2 for c in sorted(train)]
 
 
 @pytest.mark.slow
@@ -113,6 +132,10 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
     manifest, metadata = read_manifest(release / "manifest.parquet")
     filtered, _ = read_manifest(work / "filter" / "manifest.parquet")
     assert len(manifest) == int(filtered["accepted"].sum()) > 0
+    # a full synthetic replacement: every class at its real train size, the scarce one included
+    real, _ = read_manifest(work / "ingest" / "manifest.parquet")
+    train = real[real["split"] == "train"]["label"].value_counts().to_dict()
+    assert manifest["label"].value_counts().to_dict() == train
     assert (manifest["source"] == "synthetic").all() and manifest["accepted"].all()
     assert not [c for c in manifest.columns if c in ("score_nn_feature", "score_nn_pixel_corr", "score_realism")]
     files = {p.relative_to(release).as_posix() for p in (release / "images").rglob("*") if p.is_file()}
