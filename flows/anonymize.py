@@ -21,6 +21,7 @@ from flows.augment import run_steps
 from flows.dag import ANONYMIZE, Record, step
 from flows.params import Params
 from tasks.plan import PlanParams
+from tasks.tstr import utility_rows
 
 
 @flow(name="anonymize", log_prints=True)
@@ -42,8 +43,8 @@ def release_params(params: Params) -> Params:
 
 def _summary_artifact(workdir: Path, records: dict[str, Record]) -> None:
     """The release at a glance in the Prefect UI: where it went, what the gate measured."""
-    report = json.loads((workdir / "privacy" / "privacy.json").read_text())
     released = records["release"]
+    report = json.loads((Path(released["dataset"]) / "privacy.json").read_text())  # the gate's, with TSTR
     attack, memorization = report["attack"], report["memorization"]
     lines = ["# synthaug anonymize", "",
              f"**Release:** `{released['registry']}` @ `{released['tag']}`"
@@ -56,5 +57,7 @@ def _summary_artifact(workdir: Path, records: dict[str, Record]) -> None:
              f"| memorization, feature | {memorization['feature']['within']} within | "
              f"{memorization['thresholds']['feature_distance']:.4g} |",
              *(f"| membership attack AUC, {s} | {attack[s]['auc']:.3f} [{attack[s]['ci'][0]:.3f}, "
-               f"{attack[s]['ci'][1]:.3f}] | CI lower bound <= {attack['max_auc']} |" for s in ("pixel", "feature"))]
+               f"{attack[s]['ci'][1]:.3f}] | CI lower bound <= {attack['max_auc']} |" for s in ("pixel", "feature")),
+             "", "**Utility (TSTR vs TRTR):**", "", "| | TSTR | TRTR | TSTR - TRTR | TSTR / TRTR |",
+             "|---|---|---|---|---|", *(f"| {' | '.join(row)} |" for row in utility_rows(report["utility"]))]
     create_markdown_artifact("\n".join(lines), key="anonymize-summary", description="privacy gate and release")

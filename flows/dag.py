@@ -164,7 +164,9 @@ def _release(p: Params, workdir: Path) -> Record:
                                   dump_params(p), p.privacy, workdir / "release")
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
     result = publish(dataset, target, workdir=workdir)
-    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
+    ratio = json.loads((dataset / "privacy.json").read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]
+    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
+            "tstr_trtr_balanced_accuracy": ratio}
 
 
 # Code a step's result depends on (its cache key and dvc.yaml deps); tests/flows/test_dag.py checks that every

@@ -82,6 +82,8 @@ class PrivacyParams(Section):
       (converted by ``tasks.export``; see README "Medical images (DICOM, NIfTI)").
     release_per_class: synthetic images released per class; null: every class at its real train size (a full
       synthetic replacement). The anonymize flow plans with it (``plan.strategy=release``), not with ``plan``.
+    min_tstr_ratio: null, or the release is refused when a classifier trained on it scores below this share of
+      one trained on the real train split (balanced accuracy on the real test split, mean over seeds; ``tasks.tstr``).
     """
 
     name: str | None = None
@@ -92,6 +94,7 @@ class PrivacyParams(Section):
     seed: int = Field(0, ge=0)
     release_format: ReleaseFormat = "png"
     release_per_class: int | None = Field(None, ge=1)
+    min_tstr_ratio: float | None = Field(None, gt=0.0)
 
     @field_validator("name")
     @classmethod

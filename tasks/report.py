@@ -33,6 +33,7 @@ from tasks.evaluate import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, read_metrics,
 from tasks.images import load_images
 from tasks.plan import natural_key
 from tasks.privacy import DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.tstr import utility_rows
 
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"
@@ -363,6 +364,7 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
                                f'<td>{entry["non_members"]}</td></tr>')
     attack = report["attack"]
     return "\n".join([
+        *_release_utility(report.get("utility")),
         '<h2 id="privacy">Privacy</h2>',
         f"<p>Privacy gate: {verdict}. Feature space: {_esc(report['feature_space'])}.</p>",
         "<table><tr><th class='l'>check</th><th>measured</th><th>threshold</th><th>result</th></tr>", checks,
@@ -381,14 +383,29 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
         "<th>members</th><th>non-members</th></tr>", *attack_rows, "</table>"])
 
 
+def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
+    """TSTR vs TRTR of an anonymized release, overall and per class (``tasks.tstr``)."""
+    if release is None:
+        return []
+    rows = "".join("<tr><td class='l'>" + _esc(what) + "</td>" + "".join(f"<td>{_esc(v)}</td>" for v in values)
+                   + "</tr>" for what, *values in utility_rows(release))
+    return ['<h2 id="tstr">Utility of the release: TSTR vs TRTR</h2>',
+            f'<p class="note">TSTR: {_esc(release["tstr"])}; TRTR: {_esc(release["trtr"])}; scored on the '
+            f'{_esc(release["scored_on"])} over {release["seeds"]} seeds; {release["confidence"]:.0%} '
+            f'{_esc(release["interval"])}.</p>',
+            "<table><tr><th class='l'></th><th>TSTR</th><th>TRTR</th><th>TSTR − TRTR</th><th>TSTR / TRTR</th></tr>",
+            rows, "</table>"]
+
+
 def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
                   filter_dir: Path, evaluate_dir: Path, *, thumbs: int = 12, pairs: int = 12,
                   privacy_dir: Path | None = None) -> str:
     """The report as one HTML string (see the module docstring); ``privacy_dir``: an anonymized release's."""
-    last = ("memorization", "memorization") if privacy_dir is None else ("privacy", "privacy")
+    last = [("memorization", "memorization")] if privacy_dir is None else [("tstr", "TSTR vs TRTR"),
+                                                                           ("privacy", "privacy")]
     nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
-        ("samples", "samples"), last))
+        ("samples", "samples"), *last))
     if privacy_dir is None:
         title = "synthaug report"
         lead = "Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?"

@@ -145,10 +145,18 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
 
     privacy = json.loads((release / "privacy.json").read_text())
     assert privacy["passed"] and privacy["release"]["images"] == len(manifest)
+    tstr = privacy["utility"]  # train on the release, test on real, against train on real: overall and per class
+    assert set(tstr["per_class_recall"]) == set(train) and tstr["seeds"] == 3
+    assert tstr["balanced_accuracy"]["ratio"]["mean"] == pytest.approx(
+        tstr["balanced_accuracy"]["tstr"]["mean"] / tstr["balanced_accuracy"]["trtr"]["mean"], rel=0.5)
+    assert json.loads((release / "metrics.json").read_text())["release_utility"] == tstr
+    assert records["release"]["tstr_trtr_balanced_accuracy"] == tstr["balanced_accuracy"]["ratio"]["mean"]
     card = (release / "card.md").read_text()
     assert card.startswith("# Dataset card: release\n\nSynthetic images only")
     assert "## Privacy" in card and "membership inference, pixel" in card and "released -> train" in card
+    assert "## Utility of the release (TSTR vs TRTR)" in card and "| recall, class 3 |" in card
     page = (release / "report.html").read_text()
+    assert 'id="tstr"' in page and "recall, class 3" in page
     assert 'id="privacy"' in page and "Attack AUC per class" in page and 'id="memorization"' not in page
     embedded = {hashlib.sha256(base64.b64decode(uri)).hexdigest()
                 for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', page)}

@@ -41,6 +41,7 @@ from tasks.privacy import (
     summarize,
 )
 from tasks.release import assemble_anonymized, withhold_source
+from tasks.tstr import ReleaseUtilityError
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN, HOLDOUT, FRESH = 40, 40, 40  # per class: members, non-members, never-seen digits for honest releases
@@ -362,3 +363,20 @@ def test_release_refuses_a_gate_result_of_another_filter_run_and_real_copies(wor
     with pytest.raises(UserError, match="1 accepted synthetic images are copies of real images"):
         assemble_anonymized(workdir["ingest"], filter_dir, workdir["root"] / "no-evaluate", privacy_dir,
                             "data: {}\n", PARAMS, workdir["root"] / "release")
+
+
+def test_release_refuses_a_tstr_ratio_below_the_minimum(workdir, digits) -> None:
+    filter_dir = filtered(workdir, "tstr", *digits["fresh"])
+    privacy_dir, evaluate_dir = workdir["root"] / "p5", workdir["root"] / "evaluate5"
+    assert privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], PARAMS, FILTER, privacy_dir).passed
+    runs = {c: {"balanced_accuracy": {"values": v}, "macro_f1": {"values": v},
+                "per_class_recall": {"0": {"values": v}}}
+            for c, v in (("synthetic_only", [0.5, 0.6, 0.7]), ("real_only", [0.9, 0.9, 0.9]))}
+    evaluate_dir.mkdir()
+    (evaluate_dir / "metrics.json").write_text(json.dumps({"utility": runs}))
+    strict = PrivacyParams(bootstrap=100, min_tstr_ratio=0.9)
+    with pytest.raises(ReleaseUtilityError, match=r"TSTR / TRTR balanced accuracy 0\.667 .* below "
+                                                  r"privacy\.min_tstr_ratio=0\.9; nothing was published"):
+        assemble_anonymized(workdir["ingest"], filter_dir, evaluate_dir, privacy_dir, "data: {}\n", strict,
+                            workdir["root"] / "release5")
+    assert not (workdir["root"] / "release5").exists()
