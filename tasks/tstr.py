@@ -83,9 +83,9 @@ def check_ratio(release: Mapping[str, Any], min_ratio: float | None) -> str | No
     if min_ratio is None or (ratio is not None and ratio >= min_ratio):
         return None
     shown = "undefined" if ratio is None else f"{ratio:.3f}"
-    return (f"release utility: TSTR / TRTR balanced accuracy {shown} (TSTR "
-            f"{release['balanced_accuracy']['tstr']['mean']:.3f}, TRTR {release['balanced_accuracy']['trtr']['mean']:.3f})"
-            f" is below privacy.min_tstr_ratio={min_ratio}")
+    ba = release["balanced_accuracy"]
+    return (f"release utility: TSTR / TRTR balanced accuracy {shown} (TSTR {ba['tstr']['mean']:.3f}, TRTR "
+            f"{ba['trtr']['mean']:.3f}) is below privacy.min_tstr_ratio={min_ratio}")
 
 
 def _ci(entry: Mapping[str, Any]) -> str:
