@@ -21,6 +21,7 @@ from flows.augment import run_steps
 from flows.dag import ANONYMIZE, Record, step
 from flows.params import Params
 from tasks.plan import PlanParams
+from tasks.privacy import ATTACKS
 from tasks.tstr import utility_rows
 
 
@@ -56,8 +57,9 @@ def _summary_artifact(workdir: Path, records: dict[str, Record]) -> None:
              f"{memorization['thresholds']['pixel_correlation']:.4f} |",
              f"| memorization, feature | {memorization['feature']['within']} within | "
              f"{memorization['thresholds']['feature_distance']:.4g} |",
-             *(f"| membership attack AUC, {s} | {attack[s]['auc']:.3f} [{attack[s]['ci'][0]:.3f}, "
-               f"{attack[s]['ci'][1]:.3f}] | CI lower bound <= {attack['max_auc']} |" for s in ("pixel", "feature")),
+             *(f"| {name} AUC, {s} | {report[key][s]['auc']:.3f} [{report[key][s]['ci'][0]:.3f}, "
+               f"{report[key][s]['ci'][1]:.3f}] | CI lower bound <= {attack['max_auc']} (pooled and per class) |"
+               for key, (name, _) in ATTACKS.items() for s in ("pixel", "feature")),
              "", "**Utility (TSTR vs TRTR):**", "", "| | TSTR | TRTR | TSTR - TRTR | TSTR / TRTR |",
              "|---|---|---|---|---|", *(f"| {' | '.join(row)} |" for row in utility_rows(report["utility"]))]
     create_markdown_artifact("\n".join(lines), key="anonymize-summary", description="privacy gate and release")

@@ -152,7 +152,9 @@ def _privacy(p: Params, workdir: Path) -> Record:
     result.raise_if_failed()
     attack = result.report["attack"]
     return {"privacy": str(result.path), "passed": True, "released": result.report["release"]["images"],
-            **{f"attack_auc_{s}": round(attack[s]["auc"], 4) for s in ("pixel", "feature")}}
+            **{f"attack_auc_{s}": round(attack[s]["auc"], 4) for s in ("pixel", "feature")},
+            **{f"density_attack_auc_{s}": round(result.report["density_attack"][s]["auc"], 4)
+               for s in ("pixel", "feature")}}
 
 
 def _release(p: Params, workdir: Path) -> Record:

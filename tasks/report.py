@@ -32,7 +32,7 @@ from tasks.errors import UserError
 from tasks.evaluate import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, read_metrics, real_rows, synthetic_rows
 from tasks.images import load_images
 from tasks.plan import natural_key
-from tasks.privacy import DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.privacy import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
 from tasks.tstr import utility_rows
 
 REPORT_FILE = "report.html"
@@ -358,10 +358,12 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
             dcr_rows.append(f'<tr><td class="l">{space}</td><td class="l">{name}</td><td>{st["n"]}</td>'
                             + "".join(_cell(st[q], digits=4) for q in ("min", "p05", "median", "p95", "max"))
                             + "</tr>")
-        for label, entry in report["attack"][space].get("per_class", {}).items():
-            attack_rows.append(f'<tr><td class="l">{space}</td><td class="l">{_esc(label)}</td>'
-                               f'<td>{entry["auc"]:.3f}</td><td>{entry["members"]}</td>'
-                               f'<td>{entry["non_members"]}</td></tr>')
+        for key, (name, _) in ATTACKS.items():
+            for label, entry in report[key][space].get("per_class", {}).items():
+                attack_rows.append(f'<tr><td class="l">{_esc(name)}</td><td class="l">{space}</td>'
+                                   f'<td class="l">{_esc(label)}</td><td>{entry["auc"]:.3f}</td>'
+                                   f'<td>[{entry["ci"][0]:.3f}, {entry["ci"][1]:.3f}]</td>'
+                                   f'<td>{entry["members"]}</td><td>{entry["non_members"]}</td></tr>')
     attack = report["attack"]
     return "\n".join([
         *_release_utility(report.get("utility")),
@@ -369,7 +371,9 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
         f"<p>Privacy gate: {verdict}. Feature space: {_esc(report['feature_space'])}.</p>",
         "<table><tr><th class='l'>check</th><th>measured</th><th>threshold</th><th>result</th></tr>", checks,
         "</table>",
-        f'<p class="note">Membership attack: {_esc(attack["method"])}; members: {_esc(attack["members"])}, '
+        '<p class="note">Membership attacks: '
+        + "; ".join(f"{_esc(name)}: {_esc(report[key]['method'])}" for key, (name, _) in ATTACKS.items())
+        + f'. Members: {_esc(attack["members"])}, '
         f'non-members: {_esc(attack["non_members"])}; {attack["confidence"]:.0%} bootstrap interval over '
         f'{attack["bootstrap"]} resamples. An AUC near 0.5: the release does not tell who was trained on.</p>',
         '<h3 id="dcr">Distance to the closest training record</h3>',
@@ -379,8 +383,9 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
         '<p class="note">pixel: highest Pearson correlation with a training image (1: a copy); feature: smallest '
         "feature distance to a training image (0: a copy). Released images should look like held-out real ones: "
         "no closer to the training images than real images that were never trained on.</p>",
-        "<h3>Attack AUC per class</h3><table><tr><th class='l'>space</th><th class='l'>class</th><th>AUC</th>"
-        "<th>members</th><th>non-members</th></tr>", *attack_rows, "</table>"])
+        "<h3>Attack AUC per class</h3><table><tr><th class='l'>attack</th><th class='l'>space</th>"
+        "<th class='l'>class</th><th>AUC</th><th>interval (Bonferroni)</th><th>members</th><th>non-members</th></tr>",
+        *attack_rows, "</table>"])
 
 
 def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
