@@ -3,14 +3,17 @@ the bundled example (``params.yaml`` defaults, planned as ``synthaug anonymize``
 privacy gate.
 
 It runs the anonymize flow's steps as plain functions (no Prefect, no publishing), with the gate *not* stopping the
-run: the evaluation runs whether it passes or not, so a failed gate still has its utility measured. The JSON holds
-the params overrides, the seconds per step, the plan, the released images per class, the gate's verdict and attack
-AUCs, TSTR vs TRTR (``tasks.tstr``) and, for a DP-trained generator, its (epsilon, delta).
+run: utility is measured whether it passes or not. To fit 2 shared CPU cores, only the two conditions TSTR vs TRTR
+compares are trained (``real_only`` and ``synthetic_only`` of ``tasks.evaluate``, with its code, recipe and seeds),
+not the evaluate step's other four. The JSON holds the params overrides, the seconds per step, the plan, the
+released images per class, the gate's verdict and attack AUCs, TSTR vs TRTR (``tasks.tstr``) and, for a DP-trained
+generator, its (epsilon, delta).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -18,14 +21,40 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from flows.anonymize import release_params
 from flows.dag import step
 from flows.params import load_params
+from models.judge import train_judge
+from tasks.evaluate import EvaluateParams, _read_inputs, score, training_set
+from tasks.judge import load_judge_step
 from tasks.privacy import privacy_gate
-from tasks.tstr import release_utility
+from tasks.tstr import METRICS, TRTR, TSTR, release_utility
 
 STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")
+
+
+def tstr_trtr(workdir: Path, params: EvaluateParams) -> dict[str, Any]:
+    """The evaluate step's ``real_only`` and ``synthetic_only`` runs alone, in its ``utility`` layout."""
+    judge, class_names = load_judge_step(workdir / "judge", device=torch.device("cpu"))
+    data = _read_inputs(workdir / "ingest", workdir / "filter", class_names, judge.image_shape)
+    truth = data.test_y.numpy()
+    out: dict[str, Any] = {}
+    for condition in (TRTR, TSTR) if data.syn_x.shape[0] else (TRTR,):
+        runs = []
+        for i in range(params.seeds):
+            seed = params.classifier.seed + i
+            x, y = training_set(condition, data, seed)
+            model = train_judge(x, y, num_classes=len(class_names),
+                                config=dataclasses.replace(params.classifier, seed=seed), device=torch.device("cpu"))
+            runs.append(score(model.predict_logits(data.test_x).argmax(dim=1).numpy(), truth, class_names, []))
+        out[condition] = {m: {"values": [r[m] for r in runs]} for m in METRICS}
+        out[condition]["per_class_recall"] = {c: {"values": [r["per_class_recall"][c] for r in runs]}
+                                              for c in runs[0]["per_class_recall"]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,9 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                         params.filter, args.workdir / "privacy")
     seconds["privacy"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    step("evaluate").run(params, args.workdir)
-    seconds["evaluate"] = round(time.perf_counter() - start, 1)
-    metrics = json.loads((args.workdir / "evaluate" / "metrics.json").read_text())
+    utility = tstr_trtr(args.workdir, params.evaluate)
+    seconds["tstr_trtr"] = round(time.perf_counter() - start, 1)
     dp_file = args.workdir / "model" / "checkpoint" / "dp.json"
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -64,13 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         "gate": {"passed": gate.passed, "failures": gate.failures,
                  "attacks": {k: v for k, v in gate.report.items() if k in ("attack", "density_attack")}},
         "dp": json.loads(dp_file.read_text()) if dp_file.is_file() else None,
-        "utility": release_utility(metrics["utility"]),
+        "utility": release_utility(utility) if TSTR in utility else "no accepted synthetic image",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    ba = result["utility"]["balanced_accuracy"]
-    print(f"TSTR {ba['tstr']['mean']:.3f} TRTR {ba['trtr']['mean']:.3f} ratio {ba['ratio']['mean']:.3f}; "
-          f"gate passed: {gate.passed}", flush=True)
+    print(f"utility: {result['utility']}; gate passed: {gate.passed}", flush=True)
 
 
 if __name__ == "__main__":
