@@ -74,12 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {seconds[name]} s", flush=True)
     start = time.perf_counter()
     gate = privacy_gate(args.workdir / "ingest", args.workdir / "filter", args.workdir / "judge", params.privacy,
-                        params.filter, args.workdir / "privacy")
+                        params.filter, args.workdir / "privacy", checkpoint_dir=args.workdir / "model" / "checkpoint")
     seconds["privacy"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     utility = tstr_trtr(args.workdir, params.evaluate)
     seconds["tstr_trtr"] = round(time.perf_counter() - start, 1)
-    dp_file = args.workdir / "model" / "checkpoint" / "dp.json"
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": os.environ.get("BENCH_COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         "real_train_per_class": gate.report["release"].get("real_train_per_class"),
         "gate": {"passed": gate.passed, "failures": gate.failures,
                  "attacks": {k: v for k, v in gate.report.items() if k in ("attack", "density_attack")}},
-        "dp": json.loads(dp_file.read_text()) if dp_file.is_file() else None,
+        "dp": gate.report["dp"],
         "utility": release_utility(utility) if TSTR in utility else "no accepted synthetic image",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

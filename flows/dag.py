@@ -148,13 +148,14 @@ def _privacy(p: Params, workdir: Path) -> Record:
     from tasks.privacy import privacy_gate
 
     result = privacy_gate(workdir / "ingest", workdir / "filter", workdir / "judge", p.privacy, p.filter,
-                          workdir / "privacy")
+                          workdir / "privacy", checkpoint_dir=workdir / "model" / "checkpoint")
     result.raise_if_failed()
     attack = result.report["attack"]
     return {"privacy": str(result.path), "passed": True, "released": result.report["release"]["images"],
             **{f"attack_auc_{s}": round(attack[s]["auc"], 4) for s in ("pixel", "feature")},
             **{f"density_attack_auc_{s}": round(result.report["density_attack"][s]["auc"], 4)
-               for s in ("pixel", "feature")}}
+               for s in ("pixel", "feature")},
+            "dp_epsilon": result.report["dp"].get("epsilon") if result.report["dp"]["claimed"] else None}
 
 
 def _release(p: Params, workdir: Path) -> Record:
@@ -218,7 +219,7 @@ STEPS: tuple[Step, ...] = (
 PRIVACY_STEPS: tuple[Step, ...] = (
     Step("privacy", "Privacy gate on the accepted synthetic images: memorization, membership attack, DCR.",
          _privacy, params=("privacy", "filter.extractor", "filter.device", "filter.memorization_quantile"),
-         deps=("ingest", "filter", "judge"), outs=("privacy",),
+         deps=("ingest", "filter", "judge", "model/checkpoint"), outs=("privacy",),
          code=ALL_CODE),
     Step("release", "Assemble the synthetic-only release (gate passed) and publish it as <privacy name>/v<N>.",
          _release, params=("privacy", "publish"),

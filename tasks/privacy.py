@@ -47,6 +47,7 @@ from scipy import stats
 from models.common import pick_device
 from models.judge import Judge
 from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
+from tasks.dp import dp_claim
 from tasks.errors import UserError
 from tasks.evaluate import FILTER_SUMMARY, real_rows, synthetic_rows
 from tasks.export import ReleaseFormat
@@ -423,7 +424,7 @@ def _records(root: Path, rows: pd.DataFrame, judge: Judge, extractor: str | None
 
 
 def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: PrivacyParams,
-                 filter_params: FilterParams, out_dir: Path) -> GateResult:
+                 filter_params: FilterParams, out_dir: Path, *, checkpoint_dir: Path | None = None) -> GateResult:
     """Run the gate on the filter's accepted images; write ``privacy.json`` (and ``dcr.png``) into ``out_dir``.
 
     Args:
@@ -434,6 +435,8 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
         filter_params: the ``filter`` section: its feature extractor and device, and its memorization quantile
             (for the advice when the gate is stricter than the filter).
         out_dir: where ``privacy.json`` and ``dcr.png`` go.
+        checkpoint_dir: the generator checkpoint the images came from; its ``dp.json`` (``tasks.dp``) decides
+            whether the release may claim differential privacy (``dp`` in ``privacy.json``). None: no claim.
 
     Returns the verdict; ``raise_if_failed()`` turns a failure into a ``PrivacyGateError``.
 
@@ -480,6 +483,8 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
                          "shortfall": {c: v["shortfall"] for c, v in classes.items() if v["shortfall"]},
                          "generated": len(synthetic), "rejected_by_filter": dict(rejected),
                          "filter_manifest_sha256": file_sha256(filter_dir / "manifest.parquet")}
+    report["dp"] = (dp_claim(checkpoint_dir, accepted) if checkpoint_dir is not None else
+                    {"claimed": False, "reason": "no generator checkpoint was given to the gate"})
     report["advice"] = advice
     report["params"] = params.model_dump(mode="json")
     path = out_dir / PRIVACY_FILE

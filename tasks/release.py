@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tasks.dp import card_lines as dp_card_lines
 from tasks.errors import UserError
 from tasks.evaluate import synthetic_rows
 from tasks.export import export_images
@@ -140,7 +141,8 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
                        "the synthaug pipeline, published after its privacy gate passed. Every image is listed in "
                        "`manifest.parquet` with its label, generator, checkpoint and seed.",
                sections=[("Utility of the release (TSTR vs TRTR)", card_lines(utility)),
-                         ("Privacy", card_section(privacy))])
+                         ("Privacy", card_section(privacy)),
+                         ("Differential privacy", dp_card_lines(privacy["dp"]))])
     return out_dir
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import nearest_correlation
+from tasks.dp import card_lines as dp_card_lines
 from tasks.errors import UserError
 from tasks.evaluate import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, read_metrics, real_rows, synthetic_rows
 from tasks.images import load_images
@@ -369,6 +370,7 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
         *_release_utility(report.get("utility")),
         '<h2 id="privacy">Privacy</h2>',
         f"<p>Privacy gate: {verdict}. Feature space: {_esc(report['feature_space'])}.</p>",
+        '<p id="dp">Differential privacy: ' + " ".join(_esc(line) for line in dp_card_lines(report["dp"])) + "</p>",
         "<table><tr><th class='l'>check</th><th>measured</th><th>threshold</th><th>result</th></tr>", checks,
         "</table>",
         '<p class="note">Membership attacks: '

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.base import TrainConfig
@@ -24,6 +24,7 @@ from models.gan import GANConfig
 from models.registry import family_names, get_family
 from models.training import checkpoint_hash, fit, load_checkpoint
 from models.vae import VAEConfig
+from tasks.dp import DP_FAMILIES, DP_FILE, DPParams, fit_private
 from tasks.errors import UserError
 from tasks.images import load_images, save_grid
 from tasks.manifest import read_manifest
@@ -41,6 +42,8 @@ class ModelParams(Section):
     grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
+    dp: differentially private training (DP-SGD with Opacus, ``tasks.dp``); ``dp.epsilon: null`` (the default)
+      trains without it. Offered for ``tasks.dp.DP_FAMILIES``, one process, from scratch.
     """
 
     family: str = "diffusion"
@@ -52,6 +55,20 @@ class ModelParams(Section):
     diffusion: DiffusionConfig = DiffusionConfig()
     gan: GANConfig = GANConfig()
     vae: VAEConfig = VAEConfig()
+    dp: DPParams = DPParams()
+
+    @model_validator(mode="after")
+    def _dp_supported(self) -> ModelParams:
+        if self.dp.epsilon is None:
+            return self
+        if self.family not in DP_FAMILIES:
+            raise ValueError(f"model.dp.epsilon is set but DP-SGD is offered for {', '.join(DP_FAMILIES)} only, not "
+                             f"{self.family!r} (README \"Differential privacy\")")
+        if self.processes > 1 or self.init_from:
+            raise ValueError("model.dp trains from scratch in one process: set model.processes=1 and "
+                             "model.init_from=null (a start from weights trained on the same images would escape "
+                             "the accounting)")
+        return self
 
     @field_validator("family")
     @classmethod
@@ -125,6 +142,10 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     config = params.family_config()
     ckpt_dir = out_dir / "checkpoint"
     model, start, rng_state = None, 0, None
+    private = params.dp.epsilon is not None
+    if private or (ckpt_dir / DP_FILE).exists():  # DP runs start over; a DP checkpoint never resumes without DP
+        (ckpt_dir / DP_FILE).unlink(missing_ok=True)
+        (ckpt_dir / "config.json").unlink(missing_ok=True)
     if _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])):
         model, _, state = load_checkpoint(ckpt_dir, device)
         start, rng_state = state["step"], state.get("rng")
@@ -159,8 +180,12 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
             if step == config.steps or (params.grid_every and step % params.grid_every == 0):
                 _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
 
-        fit(model, images.to(device), targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
-            start_step=start, rng_state=rng_state, on_step=on_step)
+        if private:
+            fit_private(model, images.to(device), targets, params.dp, seed=params.seed, class_names=class_names,
+                        checkpoint_dir=ckpt_dir, on_step=on_step)
+        else:
+            fit(model, images.to(device), targets, seed=params.seed, class_names=class_names,
+                checkpoint_dir=ckpt_dir, start_step=start, rng_state=rng_state, on_step=on_step)
     return TrainResult(ckpt_dir, checkpoint_hash(ckpt_dir), config.steps, start)
 
 

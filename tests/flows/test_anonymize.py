@@ -145,6 +145,8 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
 
     privacy = json.loads((release / "privacy.json").read_text())
     assert privacy["passed"] and privacy["release"]["images"] == len(manifest)
+    assert privacy["dp"] == {"claimed": False, "reason": "the generator was not trained with differential privacy "
+                                                        "(model.dp.epsilon is null)"}
     tstr = privacy["utility"]  # train on the release, test on real, against train on real: overall and per class
     assert set(tstr["per_class_recall"]) == set(train) and tstr["seeds"] == 3
     assert tstr["balanced_accuracy"]["ratio"]["mean"] == pytest.approx(
@@ -165,6 +167,25 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
     for text in [card, page, (release / "params.yaml").read_text(), json.dumps(metadata),
                  (release / "privacy.json").read_text(), (release / "metrics.json").read_text()]:
         assert str(source) not in text and str(tmp_path) not in text
+
+
+@pytest.mark.slow
+def test_dp_trained_release_records_epsilon_in_privacy_json_and_card(source, tmp_path) -> None:
+    params = load_params(None, [*overrides(source, tmp_path), "model.dp.epsilon=10", "model.dp.delta=1e-4"])
+    work = tmp_path / "work"
+    prepare(params, work, unseen_digits)
+    records = anonymize(params, str(work))
+
+    release = Path(records["release"]["dataset"])
+    dp = json.loads((release / "privacy.json").read_text())["dp"]
+    assert dp["claimed"] and 0 < dp["epsilon"] <= 10 and dp["delta"] == 1e-4 and dp["steps"] == 2
+    assert dp["sampling"].startswith("Poisson") and records["privacy"]["dp_epsilon"] == dp["epsilon"]
+    assert dp == json.loads((work / "model" / "checkpoint" / "dp.json").read_text()) | {
+        "claimed": True, "covers": dp["covers"], "does_not_cover": dp["does_not_cover"]}
+    card = (release / "card.md").read_text()
+    assert "## Differential privacy" in card and f"(ε, δ) = ({dp['epsilon']:.3g}, 0.0001)" in card
+    assert "**What it does not cover:**" in card
+    assert 'id="dp"' in (release / "report.html").read_text()
 
 
 @pytest.mark.slow
