@@ -189,7 +189,7 @@ STEPS: tuple[Step, ...] = (
          code=COMMON_CODE),
     Step("train", "Train or fine-tune the model.family generator on the real train split.",
          _train, params=("model",), deps=("ingest/manifest.parquet",), outs=("model",),
-         code=(*COMMON_CODE, "tasks/train.py", "models")),
+         code=(*COMMON_CODE, "tasks/train.py", "tasks/dp.py", "models")),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
          code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),

@@ -85,3 +85,20 @@ def test_refusals() -> None:
     with pytest.raises(ValidationError, match=r"model\.processes=1"):
         ModelParams(family="vae", processes=2, dp=DPParams(epsilon=1.0))
     assert ModelParams(family="gan").dp.epsilon is None  # off by default, for every family
+
+
+def test_per_sample_gradients_of_the_vae_average_to_the_batch_gradient() -> None:
+    """Opacus's per-sample gradients of every VAE parameter (the class embedding is used twice per forward pass)
+    average to the ordinary gradient of the batch-mean loss: DP-SGD clips the real per-image gradients."""
+    from opacus import GradSampleModule
+
+    from models.vae import kl_divergence, reconstruction_loss
+
+    m = model()
+    wrapped = GradSampleModule(m.net)
+    x, y = data(6)
+    logits, mean, logvar = wrapped(x, y, torch.randn(6, CONFIG.latent_dim, generator=torch.Generator().manual_seed(1)))
+    (reconstruction_loss(logits, x, "bce") + 0.5 * kl_divergence(mean, logvar)).backward()
+    for name, p in m.net.named_parameters():
+        assert p.grad_sample.shape[0] == 6, name
+        assert torch.allclose(p.grad_sample.mean(0), p.grad, atol=1e-4, rtol=1e-4), name
