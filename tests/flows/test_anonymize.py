@@ -20,10 +20,12 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from prefect import flow
 from pydicom.pixels import apply_modality_lut
 from sklearn.datasets import load_digits
 
 from flows.anonymize import anonymize, release_params
+from flows.augment import run_steps
 from flows.dag import ANONYMIZE, STEPS, step
 from flows.params import Params, load_params
 from tasks.generate import image_path, requests_from_plan
@@ -209,6 +211,28 @@ def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) ->
     assert cli.returncode == 1
     assert "error: privacy gate failed, nothing was published" in cli.stderr
     assert "memorized_pixel" in cli.stderr and _tags(tmp_path / "registry") == []
+
+
+def test_a_plan_the_other_flow_wrote_is_planned_again_not_taken_from_the_cache(source, tmp_path) -> None:
+    """augment and anonymize share a workdir but plan differently: each re-plans when the other overwrote
+    plan/plan.csv, and a run with nothing changed still takes its plan from the cache."""
+    work = tmp_path / "work"
+
+    @flow
+    def ingest_and_plan(p: Params) -> dict:
+        return run_steps([step("ingest"), step("plan")], p, str(work))
+
+    augment_params = load_params(None, overrides(source, tmp_path))
+    ingest_and_plan(augment_params)
+    augmented = read_plan(work / "plan" / "plan.csv")
+    ingest_and_plan(release_params(augment_params))
+    released = read_plan(work / "plan" / "plan.csv")
+    assert (released["target"] - released["real"]).tolist() == released["real"].tolist() != (
+        augmented["target"] - augmented["real"]).tolist()
+    again = ingest_and_plan(augment_params)
+    assert "reused" in again["ingest"] and "reused" not in again["plan"]
+    assert read_plan(work / "plan" / "plan.csv").equals(augmented)
+    assert "reused" in ingest_and_plan(augment_params)["plan"]
 
 
 def test_anonymize_steps_are_the_dag_steps_up_to_the_filter_then_gate_evaluate_release() -> None:
