@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     params = release_params(load_params(Path("params.yaml"), overrides))
     seconds: dict[str, float] = {}
     for name in STEPS:
+        done = args.workdir / "model" / "checkpoint" / "config.json"
+        if name == "train" and done.is_file() and json.loads(done.read_text())["step"] == params.model.family_config(
+                ).steps:  # an earlier attempt in this workdir finished training (and then stopped): its time
+            log = (args.workdir / "model" / "train_log.jsonl").read_text().splitlines()
+            seconds[name] = json.loads(log[-1])["time_s"]
+            print(f"train: reused the finished checkpoint ({seconds[name]} s when trained)", flush=True)
+            continue
         start = time.perf_counter()
         step(name).run(params, args.workdir)
         seconds[name] = round(time.perf_counter() - start, 1)
