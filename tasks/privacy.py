@@ -199,7 +199,7 @@ def _interval(samples: Sequence[np.ndarray], confidence: float, bootstrap: int, 
 
 def membership_attack(member_scores: np.ndarray, member_labels: np.ndarray, non_member_scores: np.ndarray,
                       non_member_labels: np.ndarray, classes: Sequence[str], *, confidence: float = 0.95,
-                      bootstrap: int = 1000, seed: int = 0) -> dict:
+                      bootstrap: int = 1000, seed: int = 0, families: int = 1) -> dict:
     """Check (b): AUC of "higher score = trained on" with a stratified bootstrap interval, pooled and per class.
 
     Args:
@@ -210,10 +210,11 @@ def membership_attack(member_scores: np.ndarray, member_labels: np.ndarray, non_
         classes: the classes attacked (those with released images); a class with fewer than
             ``MIN_PER_CLASS`` members or non-members cannot be measured: it is skipped and named in ``skipped``.
         confidence: level of the pooled percentile interval. Each class's interval is at the Bonferroni level
-            ``1 - (1 - confidence) / classes measured`` (``class_confidence``), so that an honest release with many
-            classes does not fail by chance in one of them.
+            ``1 - (1 - confidence) / (classes measured * families)`` (``class_confidence``), so that an honest
+            release with many classes does not fail by chance in one of them.
         bootstrap: resamples; members and non-members are resampled within each class.
         seed: seed of the resampling.
+        families: how many such attacks the gate runs (attacks x spaces): the per-class correction covers them all.
 
     Returns ``{"auc", "ci", "per_class", "class_confidence", "members", "non_members", "skipped"}``; ``auc`` is None
     (with ``reason``) when no class can be measured. ``per_class[c]`` has ``auc``, ``ci``, ``members``,
@@ -227,7 +228,7 @@ def membership_attack(member_scores: np.ndarray, member_labels: np.ndarray, non_
             skipped[c] = f"{m.size} members, {n.size} non-members"
             continue
         measured[c] = (m, n)
-    class_confidence = 1 - (1 - confidence) / max(len(measured), 1)
+    class_confidence = 1 - (1 - confidence) / (max(len(measured), 1) * families)
     per_class = {c: {"auc": float(_pooled_auc(m, n)), "ci": _interval((m, n), class_confidence, bootstrap, seed),
                      "members": int(m.size), "non_members": int(n.size)} for c, (m, n) in measured.items()}
     out: dict[str, Any] = {"members": sum(v["members"] for v in per_class.values()),
@@ -349,7 +350,8 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
             unmeasured = key == "density_attack" and density[space] is None
             labels = (np.zeros(0, dtype=str),) * 2 if unmeasured else (train.labels, holdout.labels)
             result = membership_attack(member[space], labels[0], non_member[space], labels[1], classes,
-                                       confidence=params.confidence, bootstrap=params.bootstrap, seed=params.seed)
+                                       confidence=params.confidence, bootstrap=params.bootstrap, seed=params.seed,
+                                       families=len(ATTACKS) * len(SPACES))
             if unmeasured:
                 result["reason"] = "fewer than 4 held-out real images or 3 released ones: no density to fit"
             failures += _attack_failures(f"{name} ({space})", result, params)
