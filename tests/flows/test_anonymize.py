@@ -173,7 +173,8 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
 
 @pytest.mark.slow
 def test_dp_trained_release_records_epsilon_in_privacy_json_and_card(source, tmp_path) -> None:
-    params = load_params(None, [*overrides(source, tmp_path), "model.dp.epsilon=10", "model.dp.delta=1e-4"])
+    params = load_params(None, [*overrides(source, tmp_path), "model.dp.epsilon=10", "model.dp.delta=1e-4",
+                                "model.vae.batch_size=16"])
     work = tmp_path / "work"
     prepare(params, work, unseen_digits)
     records = anonymize(params, str(work))

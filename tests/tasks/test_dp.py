@@ -77,7 +77,7 @@ def test_refusals() -> None:
     with pytest.raises(UserError, match=r"model.dp.delta=0.1 is not below 1 / 40"):
         fit_private(model(), x, y, DPParams(epsilon=1.0, delta=0.1), seed=0, class_names=["a", "b", "c"],
                     checkpoint_dir=Path("unused"))
-    with pytest.raises(UserError, match="batch_size=16 must be between 8 and the 12 training images"):
+    with pytest.raises(UserError, match="batch_size=16 must be between 16 and the 12 training images"):
         fit_private(model(), x[:12], y[:12], DPParams(epsilon=1.0, delta=1e-3), seed=0,
                     class_names=["a", "b", "c"], checkpoint_dir=Path("unused"))
     with pytest.raises(ValidationError, match="offered for vae only, not 'gan'"):
