@@ -32,17 +32,30 @@ def _key(step: Step):
     return key_fn
 
 
-def step_task(step: Step, workdir: Path):
-    """The Prefect task running ``step`` in ``workdir``, cached on its content key (re-run when outputs are gone)."""
+def _stamp(step: Step, workdir: Path) -> Path:
+    """Where the cache key of the run that last wrote ``step``'s outputs is kept."""
+    return workdir / ".prefect-results" / "outputs-of" / step.name
+
+
+def step_task(step: Step, workdir: Path, params: Params | None = None):
+    """The Prefect task running ``step`` in ``workdir``, cached on its content key; re-run when outputs are gone,
+    or when another run (other params: the ``anonymize`` flow plans differently) wrote them since (``_stamp``)."""
     missing = [o for o in step.outputs if not (workdir / o).exists()]
+    stamp = _stamp(step, workdir)
+    key = None if params is None else _key(step)(None, {"params": params, "workdir": str(workdir)})
+    overwritten = key is not None and stamp.is_file() and stamp.read_text() != key
 
     def run(params: Params, workdir: str) -> Record:
-        return step.run(params, Path(workdir))
+        record = step.run(params, Path(workdir))
+        if key is not None:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(key)
+        return record
 
     if step.always_changed:
         return task(run, name=step.name, cache_policy=NO_CACHE, retries=step.retries, retry_delay_seconds=[5, 30])
     return task(run, name=step.name, cache_key_fn=_key(step), persist_result=True,
-                result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing),
+                result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing) or overwritten,
                 retries=step.retries, retry_delay_seconds=[5, 30])
 
 
@@ -56,7 +69,7 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
     records: dict[str, Record] = {}
     with workdir_lock(root):  # the whole run: another writer would delete files between our steps
         for step in steps:
-            state = step_task(step, root)(params, workdir, return_state=True)
+            state = step_task(step, root, params)(params, workdir, return_state=True)
             records[step.name] = state.result()
             if state.name == "Cached":
                 logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)

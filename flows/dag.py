@@ -169,11 +169,14 @@ def _privacy(p: Params, workdir: Path) -> Record:
     from tasks.privacy import privacy_gate
 
     result = privacy_gate(workdir / "ingest", workdir / "filter", workdir / "judge", p.privacy, p.filter,
-                          workdir / "privacy")
+                          workdir / "privacy", checkpoint_dir=workdir / "model" / "checkpoint")
     result.raise_if_failed()
     attack = result.report["attack"]
     return {"privacy": str(result.path), "passed": True, "released": result.report["release"]["images"],
-            **{f"attack_auc_{s}": round(attack[s]["auc"], 4) for s in ("pixel", "feature")}}
+            **{f"attack_auc_{s}": round(attack[s]["auc"], 4) for s in ("pixel", "feature")},
+            **{f"density_attack_auc_{s}": round(result.report["density_attack"][s]["auc"], 4)
+               for s in ("pixel", "feature")},
+            "dp_epsilon": result.report["dp"].get("epsilon") if result.report["dp"]["claimed"] else None}
 
 
 def _release(p: Params, workdir: Path) -> Record:
@@ -185,7 +188,9 @@ def _release(p: Params, workdir: Path) -> Record:
                                   dump_params(p), p.privacy, workdir / "release")
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
     result = publish(dataset, target, workdir=workdir)
-    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
+    ratio = json.loads((dataset / "privacy.json").read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]
+    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
+            "tstr_trtr_balanced_accuracy": ratio}
 
 
 # Code a step's result depends on (its cache key and dvc.yaml deps); tests/flows/test_dag.py checks that every
@@ -212,7 +217,7 @@ STEPS: tuple[Step, ...] = (
          code=COMMON_CODE),
     Step("train", "Train or fine-tune the model.family generator on the real train split.",
          _train, params=("model",), deps=("ingest/manifest.parquet",), outs=("model",),
-         code=(*COMMON_CODE, "tasks/train.py", "tasks/pretrained.py", "models")),
+         code=(*COMMON_CODE, "tasks/train.py", "tasks/pretrained.py", "tasks/dp.py", "models")),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
          code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),
@@ -242,7 +247,7 @@ STEPS: tuple[Step, ...] = (
 PRIVACY_STEPS: tuple[Step, ...] = (
     Step("privacy", "Privacy gate on the accepted synthetic images: memorization, membership attack, DCR.",
          _privacy, params=("privacy", "filter.extractor", "filter.device", "filter.memorization_quantile"),
-         deps=("ingest", "filter", "judge"), outs=("privacy",),
+         deps=("ingest", "filter", "judge", "model/checkpoint"), outs=("privacy",),
          code=ALL_CODE),
     Step("release", "Assemble the synthetic-only release (gate passed) and publish it as <privacy name>/v<N>.",
          _release, params=("privacy", "publish"),

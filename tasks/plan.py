@@ -5,7 +5,9 @@ and gives each class a ``target`` total of real + kept synthetic images:
 
 - ``match_majority``: target = the largest real count;
 - ``target``: target = max(``target``, real) (classes already above it get nothing);
-- ``ratio``: synthetic = min(round(real * ``ratio``), ``cap``), rounded half up; target = real + synthetic.
+- ``ratio``: synthetic = min(round(real * ``ratio``), ``cap``), rounded half up; target = real + synthetic;
+- ``release`` (the plan of ``synthaug anonymize``, a full synthetic replacement): synthetic = ``release_per_class``,
+  or the class's real count when null; target = real + synthetic, so ``target - real`` is what is released.
 
 ``to_generate = ceil((target - real) * overgenerate)`` is how many to sample, so that what the filter rejects is
 covered. The arithmetic is exact on the decimal values as written in params.yaml (``1.1`` is 11/10, not the nearest
@@ -39,14 +41,19 @@ class PlanParams(Section):
     """``plan`` section of params.yaml.
 
     strategy: ``match_majority`` raises every class to the largest; ``target`` raises every class to
-      ``target``; ``ratio`` adds ``ratio`` synthetic images per real one, at most ``cap`` per class.
+      ``target``; ``ratio`` adds ``ratio`` synthetic images per real one, at most ``cap`` per class; ``release``
+      (set by ``synthaug anonymize``, whatever this section says) gives every class ``release_per_class`` synthetic
+      images, or as many as its real train images when null.
+    release_per_class: synthetic images per class of ``release``; the anonymize flow copies
+      ``privacy.release_per_class`` here.
     overgenerate: factor on the number to generate, to cover what the filter rejects.
     """
 
-    strategy: Literal["match_majority", "target", "ratio"] = "match_majority"
+    strategy: Literal["match_majority", "target", "ratio", "release"] = "match_majority"
     target: int = Field(100, ge=1)
     ratio: float = Field(1.0, gt=0.0)
     cap: int = Field(1000, ge=1)
+    release_per_class: int | None = Field(None, ge=1)
     overgenerate: float = Field(1.5, ge=1.0)
 
 
@@ -84,7 +91,9 @@ def plan_counts(counts: Mapping[str, int], params: PlanParams) -> pd.DataFrame:
             target = max(params.target, n)
         elif params.strategy == "ratio":
             target = n + min(math.floor(n * _exact(params.ratio) + Fraction(1, 2)), params.cap)
-        else:  # PlanParams only admits the three above; a new strategy must be added here too
+        elif params.strategy == "release":
+            target = n + (n if params.release_per_class is None else params.release_per_class)
+        else:  # PlanParams only admits the four above; a new strategy must be added here too
             raise ValueError(f"unknown plan strategy {params.strategy!r}")
         rows.append((label, n, target, math.ceil((target - n) * overgenerate)))
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS)).astype(

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tasks.dp import card_lines as dp_card_lines
 from tasks.errors import UserError
 from tasks.evaluate import synthetic_rows
 from tasks.export import export_images
@@ -28,6 +29,7 @@ from tasks.manifest import COLUMNS, read_manifest, write_manifest
 from tasks.privacy import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
 from tasks.publish import code_version, write_card
 from tasks.report import report_step
+from tasks.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
 
 # The headline numbers the card lists; metrics.json beside it has everything.
 CARD_METRICS = ("quality.overall", "utility.real_only", "utility.real_synthetic", "utility.paired_difference",
@@ -91,7 +93,9 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     """Build the synthetic-only release in ``out_dir`` from scratch.
 
     Refuses (``UserError``) unless ``privacy_dir/privacy.json`` passed for the filter manifest now in
-    ``filter_dir``, and (a second lock) when an accepted synthetic file is byte-identical to a real one.
+    ``filter_dir``, and (a second lock) when an accepted synthetic file is byte-identical to a real one; refuses
+    (``ReleaseUtilityError``) when TSTR / TRTR (``tasks.tstr``) is below ``privacy.min_tstr_ratio``. The released
+    ``privacy.json`` and ``metrics.json`` carry TSTR vs TRTR (``utility``, ``release_utility``).
     """
     privacy = read_privacy(privacy_dir, filter_dir)
     real, lineage = read_manifest(ingest_dir / "manifest.parquet")
@@ -101,6 +105,11 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     if copies:
         raise UserError(f"{filter_dir / 'manifest.parquet'}: {len(copies)} accepted synthetic images are copies of "
                         f"real images (e.g. image_id {copies[0][:12]}); nothing is released")
+    metrics = json.loads((evaluate_dir / "metrics.json").read_text())
+    utility = release_utility(metrics["utility"], confidence=params.confidence)
+    too_low = check_ratio(utility, params.min_tstr_ratio)
+    if too_low:
+        raise ReleaseUtilityError(f"{evaluate_dir / 'metrics.json'}: {too_low}; nothing was published")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     rows = export_images(filter_dir, synthetic[[*COLUMNS, *RELEASED_SCORES]].reset_index(drop=True),
@@ -110,7 +119,8 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     metadata = {"release": "synthetic only (anonymized)", "format": params.release_format, **source,
                 "intensity": lineage.get("intensity"), "privacy_passed": True}
     write_manifest(rows, out_dir / "manifest.parquet", metadata=metadata)
-    metrics = json.loads((evaluate_dir / "metrics.json").read_text())
+    metrics["release_utility"] = utility
+    privacy = {**privacy, "utility": utility}
     # Local paths (the judge's folder, a feature extractor's file) can name a site or a study: withheld. The
     # released privacy.json is the one the report and the card below show.
     metrics["feature_space"] = {**metrics.get("feature_space", {}), "judge_dir": WITHHELD}
@@ -130,7 +140,9 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
                summary="Synthetic images only: an anonymized release of class-conditional synthetic images made by "
                        "the synthaug pipeline, published after its privacy gate passed. Every image is listed in "
                        "`manifest.parquet` with its label, generator, checkpoint and seed.",
-               sections=[("Privacy", card_section(privacy))])
+               sections=[("Utility of the release (TSTR vs TRTR)", card_lines(utility)),
+                         ("Privacy", card_section(privacy)),
+                         ("Differential privacy", dp_card_lines(privacy["dp"]))])
     return out_dir
 
 

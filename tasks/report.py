@@ -28,11 +28,13 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import nearest_correlation
+from tasks.dp import card_lines as dp_card_lines
 from tasks.errors import UserError
 from tasks.evaluate import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, read_metrics, real_rows, synthetic_rows
 from tasks.images import load_images
 from tasks.plan import natural_key
-from tasks.privacy import DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.privacy import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.tstr import utility_rows
 
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"
@@ -357,17 +359,23 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
             dcr_rows.append(f'<tr><td class="l">{space}</td><td class="l">{name}</td><td>{st["n"]}</td>'
                             + "".join(_cell(st[q], digits=4) for q in ("min", "p05", "median", "p95", "max"))
                             + "</tr>")
-        for label, entry in report["attack"][space].get("per_class", {}).items():
-            attack_rows.append(f'<tr><td class="l">{space}</td><td class="l">{_esc(label)}</td>'
-                               f'<td>{entry["auc"]:.3f}</td><td>{entry["members"]}</td>'
-                               f'<td>{entry["non_members"]}</td></tr>')
+        for key, (name, _) in ATTACKS.items():
+            for label, entry in report[key][space].get("per_class", {}).items():
+                attack_rows.append(f'<tr><td class="l">{_esc(name)}</td><td class="l">{space}</td>'
+                                   f'<td class="l">{_esc(label)}</td><td>{entry["auc"]:.3f}</td>'
+                                   f'<td>[{entry["ci"][0]:.3f}, {entry["ci"][1]:.3f}]</td>'
+                                   f'<td>{entry["members"]}</td><td>{entry["non_members"]}</td></tr>')
     attack = report["attack"]
     return "\n".join([
+        *_release_utility(report.get("utility")),
         '<h2 id="privacy">Privacy</h2>',
         f"<p>Privacy gate: {verdict}. Feature space: {_esc(report['feature_space'])}.</p>",
+        '<p id="dp">Differential privacy: ' + " ".join(_esc(line) for line in dp_card_lines(report["dp"])) + "</p>",
         "<table><tr><th class='l'>check</th><th>measured</th><th>threshold</th><th>result</th></tr>", checks,
         "</table>",
-        f'<p class="note">Membership attack: {_esc(attack["method"])}; members: {_esc(attack["members"])}, '
+        '<p class="note">Membership attacks: '
+        + "; ".join(f"{_esc(name)}: {_esc(report[key]['method'])}" for key, (name, _) in ATTACKS.items())
+        + f'. Members: {_esc(attack["members"])}, '
         f'non-members: {_esc(attack["non_members"])}; {attack["confidence"]:.0%} bootstrap interval over '
         f'{attack["bootstrap"]} resamples. An AUC near 0.5: the release does not tell who was trained on.</p>',
         '<h3 id="dcr">Distance to the closest training record</h3>',
@@ -377,18 +385,34 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
         '<p class="note">pixel: highest Pearson correlation with a training image (1: a copy); feature: smallest '
         "feature distance to a training image (0: a copy). Released images should look like held-out real ones: "
         "no closer to the training images than real images that were never trained on.</p>",
-        "<h3>Attack AUC per class</h3><table><tr><th class='l'>space</th><th class='l'>class</th><th>AUC</th>"
-        "<th>members</th><th>non-members</th></tr>", *attack_rows, "</table>"])
+        "<h3>Attack AUC per class</h3><table><tr><th class='l'>attack</th><th class='l'>space</th>"
+        "<th class='l'>class</th><th>AUC</th><th>interval (Bonferroni)</th><th>members</th><th>non-members</th></tr>",
+        *attack_rows, "</table>"])
+
+
+def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
+    """TSTR vs TRTR of an anonymized release, overall and per class (``tasks.tstr``)."""
+    if release is None:
+        return []
+    rows = "".join("<tr><td class='l'>" + _esc(what) + "</td>" + "".join(f"<td>{_esc(v)}</td>" for v in values)
+                   + "</tr>" for what, *values in utility_rows(release))
+    return ['<h2 id="tstr">Utility of the release: TSTR vs TRTR</h2>',
+            f'<p class="note">TSTR: {_esc(release["tstr"])}; TRTR: {_esc(release["trtr"])}; scored on the '
+            f'{_esc(release["scored_on"])} over {release["seeds"]} seeds; {release["confidence"]:.0%} '
+            f'{_esc(release["interval"])}.</p>',
+            "<table><tr><th class='l'></th><th>TSTR</th><th>TRTR</th><th>TSTR − TRTR</th><th>TSTR / TRTR</th></tr>",
+            rows, "</table>"]
 
 
 def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
                   filter_dir: Path, evaluate_dir: Path, *, thumbs: int = 12, pairs: int = 12,
                   privacy_dir: Path | None = None) -> str:
     """The report as one HTML string (see the module docstring); ``privacy_dir``: an anonymized release's."""
-    last = ("memorization", "memorization") if privacy_dir is None else ("privacy", "privacy")
+    last = [("memorization", "memorization")] if privacy_dir is None else [("tstr", "TSTR vs TRTR"),
+                                                                           ("privacy", "privacy")]
     nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
-        ("samples", "samples"), last))
+        ("samples", "samples"), *last))
     if privacy_dir is None:
         title = "synthaug report"
         lead = "Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?"

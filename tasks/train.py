@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -26,6 +26,7 @@ from models.latent_diffusion import LatentDiffusionConfig
 from models.registry import family_names, get_family
 from models.training import checkpoint_hash, fit, load_checkpoint
 from models.vae import VAEConfig
+from tasks.dp import DP_FAMILIES, DP_FILE, DPParams, fit_private
 from tasks.errors import UserError
 from tasks.images import load_images, save_grid
 from tasks.manifest import read_manifest
@@ -52,6 +53,8 @@ class ModelParams(Section):
       batch is copied over and converted there (``models.training.fit``).
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
+    dp: differentially private training (DP-SGD with Opacus, ``tasks.dp``); ``dp.epsilon: null`` (the default)
+      trains without it. Offered for ``tasks.dp.DP_FAMILIES``, one process, from scratch.
     """
 
     family: str = "diffusion"
@@ -66,6 +69,20 @@ class ModelParams(Section):
     gan: GANConfig = GANConfig()
     vae: VAEConfig = VAEConfig()
     latent_diffusion: LatentDiffusionConfig = LatentDiffusionConfig()
+    dp: DPParams = DPParams()
+
+    @model_validator(mode="after")
+    def _dp_supported(self) -> ModelParams:
+        if self.dp.epsilon is None:
+            return self
+        if self.family not in DP_FAMILIES:
+            raise ValueError(f"model.dp.epsilon is set but DP-SGD is offered for {', '.join(DP_FAMILIES)} only, not "
+                             f"{self.family!r} (README \"Differential privacy\")")
+        if self.processes > 1 or self.init_from or self.pretrained:
+            raise ValueError("model.dp trains from scratch in one process: set model.processes=1, "
+                             "model.init_from=null and model.pretrained=null (a start from weights trained on the "
+                             "same images would escape the accounting)")
+        return self
 
     @field_validator("family")
     @classmethod
@@ -146,6 +163,10 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     if params.init_from and params.pretrained:
         raise UserError("model.init_from and model.pretrained both set: fine-tune a checkpoint (init_from) or start "
                         "from a pretrained folder (pretrained), not both")
+    private = params.dp.epsilon is not None
+    if private or (ckpt_dir / DP_FILE).exists():  # DP runs start over; a DP checkpoint never resumes without DP
+        (ckpt_dir / DP_FILE).unlink(missing_ok=True)
+        (ckpt_dir / "config.json").unlink(missing_ok=True)
     origin = _start_record(params)
     if (_resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:]))
             and _read_start(out_dir) == origin):
@@ -195,8 +216,13 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
             if step == config.steps or (params.grid_every and step % params.grid_every == 0):
                 _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
 
-        fit(model, data, targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir, device=device,
-            start_step=start, rng_state=rng_state, on_step=on_step)
+        if private:  # DP-SGD samples its own Poisson batches from the whole set: float on the device
+            pixels = data.to(device)
+            fit_private(model, pixels if pixels.is_floating_point() else pixels.float() / 127.5 - 1.0, targets,
+                        params.dp, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir, on_step=on_step)
+        else:
+            fit(model, data, targets, seed=params.seed, class_names=class_names, checkpoint_dir=ckpt_dir,
+                device=device, start_step=start, rng_state=rng_state, on_step=on_step)
         seconds = time.perf_counter() - t0
     summary = {"family": params.family, "device": str(device), "dataset": held, "steps": config.steps,
                "resumed_from": start,

@@ -3,6 +3,8 @@ series folders and NIfTI volumes the tests write from their pixel data."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import nibabel
 import numpy as np
 import pandas as pd
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
@@ -26,6 +29,16 @@ def bundled(name: str) -> Path:
     path = get_testdata_file(name)
     assert path is not None, f"pydicom's bundled test file {name} is missing"
     return Path(path)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines of dicom3tools' ``dciodvfy`` (the standard's IOD checker) on one file; fails the test when
+    the tool is missing (``.ci/run`` installs it)."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.fail("dciodvfy is not installed: apt-get install dicom3tools")
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 def physical(path: Path) -> np.ndarray:

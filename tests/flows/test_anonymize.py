@@ -20,10 +20,12 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from prefect import flow
 from pydicom.pixels import apply_modality_lut
 from sklearn.datasets import load_digits
 
-from flows.anonymize import anonymize
+from flows.anonymize import anonymize, release_params
+from flows.augment import run_steps
 from flows.dag import ANONYMIZE, STEPS, step
 from flows.params import Params, load_params
 from tasks.generate import image_path, requests_from_plan
@@ -31,12 +33,13 @@ from tasks.ingest import normalize, png
 from tasks.manifest import read_manifest
 from tasks.plan import read_plan
 from tasks.privacy import PrivacyGateError
-from tests.medical import dicom_digits_folder, identifying, leaked
+from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, leaked
 from tests.toy import COUNTS, TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
-ANON = [*TINY, "plan.ratio=1.0", "plan.cap=12", "filter.judge.steps=60", "filter.min_confidence=0.0",
+ANON = [*TINY, "plan.overgenerate=2.0", "filter.judge.steps=60", "filter.min_confidence=0.0",
         "privacy.bootstrap=200"]
+BALANCED = {"4": 20, "5": 20, "6": 20}
 
 
 def _tags(registry: Path) -> list[str]:
@@ -58,7 +61,8 @@ def overrides(source: Path, root: Path) -> list[str]:
 
 def prepare(params: Params, work: Path, sampler) -> None:
     """Run ingest, plan and train, then write the generate step's output: ``sampler(params, work)(label, k)`` (PNG
-    bytes) for the k-th planned image of each class, at the path of its seed."""
+    bytes) for the k-th planned image of each class, at the path of its seed (planned as the flow plans)."""
+    params = release_params(params)
     for name in ("ingest", "plan", "train"):
         step(name).run(params, work)
     sample = sampler(params, work)
@@ -84,9 +88,10 @@ def copies_of_training_images(params: Params, work: Path):
 def unseen_digits(params: Params, work: Path):
     """Real digits of the same collection that the source does not hold, normalized as ingest normalizes."""
     digits = load_digits()
+    held = {**BALANCED, **COUNTS}  # the sources take the first images of each class
 
     def sample(label: str, k: int) -> bytes:
-        pixels = digits.images[digits.target == int(label)][COUNTS[label] + k]
+        pixels = digits.images[digits.target == int(label)][held[label] + k]
         return png(normalize(Image.fromarray((pixels * 255 / 16).astype(np.uint8)), params.data))
 
     return sample
@@ -95,6 +100,22 @@ def unseen_digits(params: Params, work: Path):
 def real_hashes(work: Path) -> set[str]:
     real, _ = read_manifest(work / "ingest" / "manifest.parquet")
     return set(real["image_id"])
+
+
+@pytest.mark.slow
+def test_balanced_source_releases_every_class_at_its_real_size(tmp_path) -> None:
+    source = digits_folder(tmp_path / "balanced", BALANCED)
+    params = load_params(None, overrides(source, tmp_path))
+    work = tmp_path / "work"
+    prepare(params, work, unseen_digits)
+    records = anonymize(params, str(work))
+
+    real, _ = read_manifest(work / "ingest" / "manifest.parquet")
+    train = real[real["split"] == "train"]["label"].value_counts().to_dict()
+    manifest, _ = read_manifest(Path(records["release"]["dataset"]) / "manifest.parquet")
+    assert manifest["label"].value_counts().to_dict() == train and set(train) == set(BALANCED)
+    assert read_plan(work / "plan" / "plan.csv")["to_generate"].tolist() == [
+        train[c] * 2 for c in sorted(train)]
 
 
 @pytest.mark.slow
@@ -113,6 +134,10 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
     manifest, metadata = read_manifest(release / "manifest.parquet")
     filtered, _ = read_manifest(work / "filter" / "manifest.parquet")
     assert len(manifest) == int(filtered["accepted"].sum()) > 0
+    # a full synthetic replacement: every class at its real train size, the scarce one included
+    real, _ = read_manifest(work / "ingest" / "manifest.parquet")
+    train = real[real["split"] == "train"]["label"].value_counts().to_dict()
+    assert manifest["label"].value_counts().to_dict() == train
     assert (manifest["source"] == "synthetic").all() and manifest["accepted"].all()
     assert not [c for c in manifest.columns if c in ("score_nn_feature", "score_nn_pixel_corr", "score_realism")]
     files = {p.relative_to(release).as_posix() for p in (release / "images").rglob("*") if p.is_file()}
@@ -122,10 +147,20 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
 
     privacy = json.loads((release / "privacy.json").read_text())
     assert privacy["passed"] and privacy["release"]["images"] == len(manifest)
+    assert privacy["dp"] == {"claimed": False, "reason": "the generator was not trained with differential privacy "
+                                                        "(model.dp.epsilon is null)"}
+    tstr = privacy["utility"]  # train on the release, test on real, against train on real: overall and per class
+    assert set(tstr["per_class_recall"]) == set(train) and tstr["seeds"] == 3
+    assert tstr["balanced_accuracy"]["ratio"]["mean"] == pytest.approx(
+        tstr["balanced_accuracy"]["tstr"]["mean"] / tstr["balanced_accuracy"]["trtr"]["mean"], rel=0.5)
+    assert json.loads((release / "metrics.json").read_text())["release_utility"] == tstr
+    assert records["release"]["tstr_trtr_balanced_accuracy"] == tstr["balanced_accuracy"]["ratio"]["mean"]
     card = (release / "card.md").read_text()
     assert card.startswith("# Dataset card: release\n\nSynthetic images only")
     assert "## Privacy" in card and "membership inference, pixel" in card and "released -> train" in card
+    assert "## Utility of the release (TSTR vs TRTR)" in card and "| recall, class 3 |" in card
     page = (release / "report.html").read_text()
+    assert 'id="tstr"' in page and "recall, class 3" in page
     assert 'id="privacy"' in page and "Attack AUC per class" in page and 'id="memorization"' not in page
     embedded = {hashlib.sha256(base64.b64decode(uri)).hexdigest()
                 for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', page)}
@@ -134,6 +169,26 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
     for text in [card, page, (release / "params.yaml").read_text(), json.dumps(metadata),
                  (release / "privacy.json").read_text(), (release / "metrics.json").read_text()]:
         assert str(source) not in text and str(tmp_path) not in text
+
+
+@pytest.mark.slow
+def test_dp_trained_release_records_epsilon_in_privacy_json_and_card(source, tmp_path) -> None:
+    params = load_params(None, [*overrides(source, tmp_path), "model.dp.epsilon=10", "model.dp.delta=1e-4",
+                                "model.vae.batch_size=16"])
+    work = tmp_path / "work"
+    prepare(params, work, unseen_digits)
+    records = anonymize(params, str(work))
+
+    release = Path(records["release"]["dataset"])
+    dp = json.loads((release / "privacy.json").read_text())["dp"]
+    assert dp["claimed"] and 0 < dp["epsilon"] <= 10 and dp["delta"] == 1e-4 and dp["steps"] == 2
+    assert dp["sampling"].startswith("Poisson") and records["privacy"]["dp_epsilon"] == dp["epsilon"]
+    assert dp == json.loads((work / "model" / "checkpoint" / "dp.json").read_text()) | {
+        "claimed": True, "covers": dp["covers"], "does_not_cover": dp["does_not_cover"]}
+    card = (release / "card.md").read_text()
+    assert "## Differential privacy" in card and f"(ε, δ) = ({dp['epsilon']:.3g}, 0.0001)" in card
+    assert "**What it does not cover:**" in card
+    assert 'id="dp"' in (release / "report.html").read_text()
 
 
 @pytest.mark.slow
@@ -157,6 +212,28 @@ def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) ->
     assert cli.returncode == 1
     assert "error: privacy gate failed, nothing was published" in cli.stderr
     assert "memorized_pixel" in cli.stderr and _tags(tmp_path / "registry") == []
+
+
+def test_a_plan_the_other_flow_wrote_is_planned_again_not_taken_from_the_cache(source, tmp_path) -> None:
+    """augment and anonymize share a workdir but plan differently: each re-plans when the other overwrote
+    plan/plan.csv, and a run with nothing changed still takes its plan from the cache."""
+    work = tmp_path / "work"
+
+    @flow
+    def ingest_and_plan(p: Params) -> dict:
+        return run_steps([step("ingest"), step("plan")], p, str(work))
+
+    augment_params = load_params(None, overrides(source, tmp_path))
+    ingest_and_plan(augment_params)
+    augmented = read_plan(work / "plan" / "plan.csv")
+    ingest_and_plan(release_params(augment_params))
+    released = read_plan(work / "plan" / "plan.csv")
+    assert (released["target"] - released["real"]).tolist() == released["real"].tolist() != (
+        augmented["target"] - augmented["real"]).tolist()
+    again = ingest_and_plan(augment_params)
+    assert "reused" in again["ingest"] and "reused" not in again["plan"]
+    assert read_plan(work / "plan" / "plan.csv").equals(augmented)
+    assert "reused" in ingest_and_plan(augment_params)["plan"]
 
 
 def test_anonymize_steps_are_the_dag_steps_up_to_the_filter_then_gate_evaluate_release() -> None:
@@ -190,6 +267,7 @@ def test_dicom_folder_in_anonymized_dicom_release_out(tmp_path) -> None:
     for rel, label, seed in manifest[["path", "label", "seed"]].itertuples(index=False):
         written = pydicom.dcmread(release / rel)
         assert leaked(written, secrets) == set()
+        assert dciodvfy_errors(release / rel) == []
         assert written.PatientIdentityRemoved == "YES" and "SYNTHETIC" in written.SeriesDescription
         assert f"{label}" in written.ImageComments and f"{seed}" in written.ImageComments
         hu = apply_modality_lut(written.pixel_array, written)

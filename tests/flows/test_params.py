@@ -37,7 +37,7 @@ def test_unknown_section_is_rejected():
 def test_wrong_type_and_bad_choice_name_the_key():
     with pytest.raises(ParamsError, match=r"data.image_size: .*integer.*'big'"):
         load_params(None, ["data.image_size=big"])
-    with pytest.raises(ParamsError, match=r"plan.strategy: .*'match_majority', 'target' or 'ratio'"):
+    with pytest.raises(ParamsError, match=r"plan.strategy: .*'match_majority', 'target', 'ratio' or 'release'"):
         load_params(None, ["plan.strategy=most"])
     with pytest.raises(ParamsError, match=r"model.family.*diffusion, gan, latent_diffusion, vae"):
         load_params(None, ["model.family=flow"])

@@ -25,6 +25,7 @@ from tests.medical import (
     CT,
     MR,
     bundled,
+    dciodvfy_errors,
     element_values,
     identifying,
     leaked,
@@ -80,7 +81,8 @@ def test_dicom_export_holds_no_source_identifier_and_new_uids(tmp_path: Path, na
     assert written.PatientIdentityRemoved == "YES" and "no element copied" in " ".join(written.DeidentificationMethod)
     assert written.SeriesDescription == "SYNTHETIC" and written.ConversionType == "SYN"
     assert written.ImageComments == "SYNTHETIC image; class scan; seed 42"
-    assert (written.PatientName, written.PatientID, written.StudyDate) == ("", "", "")
+    assert (str(written.PatientName), written.PatientID, written.StudyDate) == ("", "SYNTHETIC", "")
+    assert dciodvfy_errors(path) == []  # the standard's validator finds nothing wrong with the file
     # Pixels are the stored image; Rescale Slope/Intercept give the physical values the manifest records.
     stored = np.asarray(Image.open(tmp_path / "out" / frame["path"].iloc[0]))
     assert np.array_equal(written.pixel_array, stored)
@@ -106,6 +108,7 @@ def test_dicom_uids_one_study_a_series_per_class_and_the_same_bytes_again(tmp_pa
     assert [(f.SeriesNumber, f.InstanceNumber) for f in files] == [(1, 1), (2, 1), (2, 2)]
     assert len({f.SOPInstanceUID for f in files}) == 3
     assert first["image_id"].tolist() == again["image_id"].tolist()  # same images, same files
+    assert [dciodvfy_errors(tmp_path / "r1" / p) for p in first["path"]] == [[], [], []]
     assert pydicom.dcmread(tmp_path / "r3" / fewer["path"].iloc[0]).StudyInstanceUID != files[0].StudyInstanceUID
 
 

@@ -49,6 +49,17 @@ def test_ratio_above_one() -> None:
     assert rows(plan) == [("a", 3, 11, 8), ("b", 40, 140, 100)]
 
 
+def test_release_gives_every_class_its_real_size_or_release_per_class() -> None:
+    # A full synthetic replacement: 1: 13 synthetic (target 26), 13 * 1.5 = 19.5 -> 20; 2: 30 -> 45; 10: 4 -> 6.
+    plan = plan_counts(COUNTS, PlanParams(strategy="release", overgenerate=1.5))
+    assert rows(plan) == [("1", 13, 26, 20), ("2", 30, 60, 45), ("10", 4, 8, 6)]
+    # A balanced source releases every class too (match_majority would plan nothing).
+    assert rows(plan_counts({"a": 5, "b": 5}, PlanParams(strategy="release", overgenerate=1.0))) == [
+        ("a", 5, 10, 5), ("b", 5, 10, 5)]
+    fixed = plan_counts(COUNTS, PlanParams(strategy="release", release_per_class=7, overgenerate=1.0))
+    assert rows(fixed) == [("1", 13, 20, 7), ("2", 30, 37, 7), ("10", 4, 11, 7)]
+
+
 @pytest.mark.parametrize(("overgenerate", "expected"), [
     (1.0, 50),
     (1.01, 51),   # 50.5 -> 51

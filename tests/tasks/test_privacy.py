@@ -34,13 +34,16 @@ from tasks.privacy import (
     PrivacyParams,
     Records,
     audit,
+    check_rows,
     closeness,
+    density_scores,
     membership_attack,
     privacy_gate,
     read_privacy,
     summarize,
 )
 from tasks.release import assemble_anonymized, withhold_source
+from tasks.tstr import ReleaseUtilityError
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN, HOLDOUT, FRESH = 40, 40, 40  # per class: members, non-members, never-seen digits for honest releases
@@ -320,8 +323,12 @@ def test_gate_step_blocks_copies_and_says_why(workdir, digits) -> None:
     manifest["accepted"], manifest["reject_reason"] = True, None
     write_manifest(manifest.astype({"seed": "Int64"}), filter_dir / "manifest.parquet")
     result = privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], PARAMS, FILTER, workdir["root"] / "p2")
-    assert [f.split(" (")[0] for f in result.failures] == ["memorization", "memorization", "membership inference",
-                                                           "membership inference"]
+    assert [f.split(" (")[0] for f in result.failures][:3] == ["memorization", "memorization",
+                                                               "membership inference"]
+    assert {f.split(" (")[0] for f in result.failures} == {"memorization", "membership inference",
+                                                           "membership inference, density ratio"}
+    for space in ("pixel", "feature"):  # and each class on its own
+        assert sum(f.startswith(f"membership inference ({space}), class ") for f in result.failures) == 4
     with pytest.raises(PrivacyGateError, match=r"(?s)nothing was published.*memorization \(pixel\): 160 of 160.*"
                                                r"AUC 1\.000.*privacy\.json"):
         result.raise_if_failed()
@@ -362,3 +369,65 @@ def test_release_refuses_a_gate_result_of_another_filter_run_and_real_copies(wor
     with pytest.raises(UserError, match="1 accepted synthetic images are copies of real images"):
         assemble_anonymized(workdir["ingest"], filter_dir, workdir["root"] / "no-evaluate", privacy_dir,
                             "data: {}\n", PARAMS, workdir["root"] / "release")
+
+
+def test_release_refuses_a_tstr_ratio_below_the_minimum(workdir, digits) -> None:
+    filter_dir = filtered(workdir, "tstr", *digits["fresh"])
+    privacy_dir, evaluate_dir = workdir["root"] / "p5", workdir["root"] / "evaluate5"
+    assert privacy_gate(workdir["ingest"], filter_dir, workdir["judge"], PARAMS, FILTER, privacy_dir).passed
+    runs = {c: {"balanced_accuracy": {"values": v}, "macro_f1": {"values": v},
+                "per_class_recall": {"0": {"values": v}}}
+            for c, v in (("synthetic_only", [0.5, 0.6, 0.7]), ("real_only", [0.9, 0.9, 0.9]))}
+    evaluate_dir.mkdir()
+    (evaluate_dir / "metrics.json").write_text(json.dumps({"utility": runs}))
+    strict = PrivacyParams(bootstrap=100, min_tstr_ratio=0.9)
+    with pytest.raises(ReleaseUtilityError, match=r"TSTR / TRTR balanced accuracy 0\.667 .* below "
+                                                  r"privacy\.min_tstr_ratio=0\.9; nothing was published"):
+        assemble_anonymized(workdir["ingest"], filter_dir, evaluate_dir, privacy_dir, "data: {}\n", strict,
+                            workdir["root"] / "release5")
+    assert not (workdir["root"] / "release5").exists()
+
+
+def test_a_leak_in_one_small_class_is_caught_per_class_though_the_pooled_attack_passes(sets, digits) -> None:
+    """Class 3 has 8 training images and its released images are blends of pairs of them (outside the memorization
+    thresholds); the other classes are honest. Pooled over 3 x 40 + 8 members the leak hardly moves the AUC; the
+    class's own attack finds it, at the Bonferroni-corrected level (over classes, attacks and spaces)."""
+    px, y = digits["train"]
+    small = np.flatnonzero(y == "3")[:8]
+    train = records(px[np.r_[np.flatnonzero(y != "3"), small]], y[np.r_[np.flatnonzero(y != "3"), small]])
+    blends = np.round((px[small].astype(float) + px[np.roll(small, 1)]) / 2).astype(np.uint8)
+    fresh_px, fresh_y = digits["fresh"]
+    leaky = {**sets, "train": train}
+    release = as_filtered(records(np.r_[fresh_px[fresh_y != "3"], blends], np.r_[fresh_y[fresh_y != "3"], y[small]]),
+                          leaky)
+    assert (release.labels == "3").sum() == 8
+    report = run_audit(release, leaky)
+    assert report["memorization"]["pixel"]["passed"] and report["memorization"]["feature"]["passed"]
+    assert not report["passed"]
+    for space in ("pixel", "feature"):
+        attack = report["attack"][space]
+        assert attack["ci"][0] <= 0.5 < attack["per_class"]["3"]["ci"][0]  # pooled passes, class 3 does not
+        assert attack["class_confidence"] == pytest.approx(1 - 0.05 / (4 * 4))  # 4 classes, 2 attacks x 2 spaces
+        assert [c for c, v in attack["per_class"].items() if v["ci"][0] > 0.5] == ["3"]
+        assert any(f.startswith(f"membership inference ({space}), class 3: AUC") for f in report["failures"])
+        # the density-ratio attack's AUCs stand beside the distance attack's, pooled and per class
+        density = report["density_attack"][space]
+        assert 0.0 <= density["auc"] <= 1.0 and density["ci"][0] <= density["auc"] <= density["ci"][1]
+        assert set(density["per_class"]) == set(CLASSES)
+    rows = [r for r in check_rows(report) if r[0].startswith("membership inference")]
+    assert [r[0].split(" (")[0] for r in rows] == ["membership inference, pixel", "membership inference, feature",
+                                                   "membership inference, density ratio, pixel",
+                                                   "membership inference, density ratio, feature"]
+    assert "class 3, AUC" in rows[0][1] and not rows[0][3]
+
+
+def test_density_ratio_attack_scores_members_above_non_members_when_the_release_holds_them(digits) -> None:
+    """The density-ratio scores on their own: a release of copies of the members puts density on the members
+    that the held-out reference lacks (AUC 0.79 here: smoothed by the kernels, well short of the distance attack's 1); a
+    release of fresh digits does not (AUC near 0.5)."""
+    flat = {role: digits[role][0].reshape(len(digits[role][0]), -1).astype(float) for role in digits}
+    for release, low, high in ((flat["train"], 0.75, 1.0), (flat["fresh"], 0.35, 0.65)):
+        members, non_members = density_scores(release, flat["train"], flat["holdout"], seed=0)
+        auc = roc_auc_score(np.r_[np.ones(len(members)), np.zeros(len(non_members))], np.r_[members, non_members])
+        assert low <= auc <= high
+    assert density_scores(flat["train"], flat["train"], flat["holdout"][:3]) is None

@@ -1,0 +1,104 @@
+"""DP-SGD training of the vae family with Opacus: the accounting against Opacus's own RDP analysis, the record beside
+the checkpoint, what a release may claim, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from pydantic import ValidationError
+
+from models.training import checkpoint_hash, load_checkpoint
+from models.vae import VAE, VAEConfig
+from tasks.dp import DP_FILE, DPParams, card_lines, dp_claim, fit_private
+from tasks.errors import UserError
+from tasks.train import ModelParams
+
+CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
+ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # Opacus RDPAccountant's default orders
+
+
+def data(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 3, (n,), generator=g)
+
+
+def model() -> VAE:
+    torch.manual_seed(0)
+    return VAE(CONFIG, image_shape=(1, 16, 16), num_classes=3, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict, VAE]:
+    out = tmp_path_factory.mktemp("dp") / "checkpoint"
+    x, y = data()
+    m = model()
+    before = {k: v.clone() for k, v in m.net.state_dict().items()}
+    record = fit_private(m, x, y, DPParams(epsilon=8.0, delta=1e-3), seed=0, class_names=["a", "b", "c"],
+                         checkpoint_dir=out)
+    assert any(not torch.equal(before[k], v) for k, v in m.net.state_dict().items())  # it trained
+    return out, record, m
+
+
+def test_epsilon_is_opacus_rdp_analysis_of_the_noise_steps_and_poisson_rate(trained) -> None:
+    out, record, _ = trained
+    assert record["sample_rate"] == pytest.approx(16 / 120) and record["steps"] == CONFIG.steps
+    rdp = compute_rdp(q=record["sample_rate"], noise_multiplier=record["noise_multiplier"], steps=record["steps"],
+                      orders=ALPHAS)
+    epsilon, _ = get_privacy_spent(orders=ALPHAS, rdp=rdp, delta=record["delta"])
+    assert record["epsilon"] == pytest.approx(epsilon)
+    assert 0.9 * 8.0 < record["epsilon"] <= 8.0  # the smallest noise that stays within the target
+    assert json.loads((out / DP_FILE).read_text()) == record
+    assert record["weights_sha256"] == checkpoint_hash(out)
+    loaded, meta, _ = load_checkpoint(out, torch.device("cpu"))  # an ordinary checkpoint: it samples
+    assert meta["step"] == CONFIG.steps and loaded.sample(torch.tensor([0, 2]), [1, 2]).shape == (2, 1, 16, 16)
+
+
+def test_a_release_claims_dp_only_when_every_image_came_from_the_dp_checkpoint(trained, tmp_path) -> None:
+    out, record, _ = trained
+    ours = pd.DataFrame({"checkpoint": [record["weights_sha256"]] * 3})
+    claim = dp_claim(out, ours)
+    assert claim["claimed"] and claim["epsilon"] == record["epsilon"]
+    assert "generator's weights" in claim["covers"] and "filter" in claim["does_not_cover"]
+    card = "\n".join(card_lines(claim))
+    assert f"(ε, δ) = ({record['epsilon']:.3g}, 0.001)" in card and "What it does not cover" in card
+    mixed = pd.DataFrame({"checkpoint": [record["weights_sha256"], "ab" * 32]})
+    assert not dp_claim(out, mixed)["claimed"] and "2 checkpoint(s)" in dp_claim(out, mixed)["reason"]
+    assert not dp_claim(tmp_path, ours)["claimed"]  # no dp.json: not DP-trained
+    assert card_lines(dp_claim(tmp_path, ours))[0].startswith("No differential-privacy guarantee")
+
+
+def test_refusals() -> None:
+    x, y = data(40)
+    with pytest.raises(UserError, match=r"model.dp.delta=0.1 is not below 1 / 40"):
+        fit_private(model(), x, y, DPParams(epsilon=1.0, delta=0.1), seed=0, class_names=["a", "b", "c"],
+                    checkpoint_dir=Path("unused"))
+    with pytest.raises(UserError, match="batch_size=16 must be between 16 and the 12 training images"):
+        fit_private(model(), x[:12], y[:12], DPParams(epsilon=1.0, delta=1e-3), seed=0,
+                    class_names=["a", "b", "c"], checkpoint_dir=Path("unused"))
+    with pytest.raises(ValidationError, match="offered for vae only, not 'gan'"):
+        ModelParams(family="gan", dp=DPParams(epsilon=1.0))
+    with pytest.raises(ValidationError, match=r"model\.processes=1"):
+        ModelParams(family="vae", processes=2, dp=DPParams(epsilon=1.0))
+    assert ModelParams(family="gan").dp.epsilon is None  # off by default, for every family
+
+
+def test_per_sample_gradients_of_the_vae_average_to_the_batch_gradient() -> None:
+    """Opacus's per-sample gradients of every VAE parameter (the class embedding is used twice per forward pass)
+    average to the ordinary gradient of the batch-mean loss: DP-SGD clips the real per-image gradients."""
+    from opacus import GradSampleModule
+
+    from models.vae import kl_divergence, reconstruction_loss
+
+    m = model()
+    wrapped = GradSampleModule(m.net)
+    x, y = data(6)
+    logits, mean, logvar = wrapped(x, y, torch.randn(6, CONFIG.latent_dim, generator=torch.Generator().manual_seed(1)))
+    (reconstruction_loss(logits, x, "bce") + 0.5 * kl_divergence(mean, logvar)).backward()
+    for name, p in m.net.named_parameters():
+        assert p.grad_sample.shape[0] == 6, name
+        assert torch.allclose(p.grad_sample.mean(0), p.grad, atol=1e-4, rtol=1e-4), name
