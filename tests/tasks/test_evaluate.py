@@ -25,17 +25,24 @@ from models.judge import JudgeConfig
 from tasks.errors import UserError
 from tasks.evaluate import (
     BASELINES,
+    CHOICES,
+    COMPARED,
     CONDITIONS,
     DEFAULT_CLASSIFIER,
     MIN_GAP,
+    TREATED,
     EvaluateParams,
     _gap_closed,
     augment_images,
+    best_real_baseline,
     default_minority,
     evaluate_step,
+    families,
     fill_indices,
+    gate_verdict,
     paired_difference,
     score,
+    summarize,
 )
 from tasks.images import load_images, write_png
 from tasks.judge import embed, load_judge_step, train_judge_step
@@ -191,11 +198,16 @@ def test_metrics_json_has_every_key(metrics: dict) -> None:
         assert set(utility[condition]["per_class_recall"]) == set(CLASSES)
         for summary in utility[condition]["per_class_recall"].values():
             assert set(summary) >= SUMMARY_KEYS
-    paired = utility["paired_difference"]
-    assert paired["baseline"] in BASELINES and paired["condition"] == "real_synthetic"
-    for metric in ("balanced_accuracy", "minority_recall"):
-        assert {"mean", "ci95", "values"} <= set(paired[metric])
-        assert {"value", "reason"} <= set(utility["gap_closed"][metric])
+    for results in families(utility).values():
+        assert set(results["paired_difference"]) == set(results["gap_closed"]) == set(TREATED)
+        for condition in TREATED:
+            for metric in COMPARED:
+                assert results["paired_difference"][condition][metric]["baseline"] in BASELINES
+                assert {"mean", "ci95", "values"} <= set(results["paired_difference"][condition][metric])
+                assert {"value", "reason", "baseline"} <= set(results["gap_closed"][condition][metric])
+    assert utility["independent"]["family"] == "extra_trees"
+    assert {"passed", "rule", "margin", "checks", "verdict"} <= set(utility["gate"])
+    assert [c["choice"] for c in utility["choices"]] == [c["choice"] for c in CHOICES]
     acceptance = metrics["acceptance"]
     assert set(acceptance["per_class"]) == set(CLASSES)
     assert acceptance["source"] == "filter_summary.json" and acceptance["thresholds"] == {"min_confidence": 0.5}
@@ -235,6 +247,7 @@ def test_counts_are_consistent(workdir: dict[str, Path], metrics: dict) -> None:
     # the oversampled real set + synthetic, then filled by repetition up to the largest class after adding
     most_synthetic = max(counts["synthetic_accepted"].values())
     assert setup["train_per_class"]["real_synthetic"] == {c: max(TRAIN.values()) + most_synthetic for c in CLASSES}
+    assert setup["train_per_class"]["real_classical_aug_synthetic"] == setup["train_per_class"]["real_synthetic"]
     assert setup["train_per_class"]["synthetic_only"] == counts["synthetic_accepted"]
     assert setup["train_per_class"]["real_oracle"] == {c: TRAIN[c] + (HELDBACK if c == "3" else 0) for c in CLASSES}
 
@@ -252,8 +265,9 @@ def test_too_small_sets_are_null_with_reasons(metrics: dict) -> None:
     assert metrics["quality"]["vs_heldback"]["per_class"]["3"]["fid"]["value"] is not None
 
 
-def test_utility_numbers_are_rates_over_the_seeds(metrics: dict) -> None:
-    utility = metrics["utility"]
+@pytest.mark.parametrize("family", ["cnn", "extra_trees"])
+def test_utility_numbers_are_rates_over_the_seeds(metrics: dict, family: str) -> None:
+    utility = families(metrics["utility"])[family]
     for condition in CONDITIONS:
         summaries = [utility[condition][m] for m in ("balanced_accuracy", "macro_f1", "minority_recall")]
         summaries += list(utility[condition]["per_class_recall"].values())
@@ -269,27 +283,52 @@ def test_utility_numbers_are_rates_over_the_seeds(metrics: dict) -> None:
         assert utility[condition]["balanced_accuracy"]["values"] == pytest.approx(per_seed)
 
 
-def test_paired_difference_and_gap_closed(metrics: dict) -> None:
+@pytest.mark.parametrize("family", ["cnn", "extra_trees"])
+def test_gains_are_measured_from_the_best_real_baseline(metrics: dict, family: str) -> None:
+    """Per metric, the better of real_oversampled and real_classical_aug is the baseline; real_only never is."""
+    utility = families(metrics["utility"])[family]
+    for metric in COMPARED:
+        best = max(BASELINES, key=lambda c: utility[c][metric]["mean"])
+        assert utility["best_real_baseline"][metric] == best
+        for condition in TREATED:
+            d = utility["paired_difference"][condition][metric]
+            assert d["baseline"] == best
+            expected = np.subtract(utility[condition][metric]["values"], utility[best][metric]["values"])
+            assert d["values"] == pytest.approx(expected)
+            assert d["mean"] == pytest.approx(expected.mean())
+            lo, hi = d["ci95"]
+            half = stats.t.ppf(0.975, SEEDS - 1) * np.std(expected, ddof=1) / math.sqrt(SEEDS)
+            assert (lo, hi) == pytest.approx((expected.mean() - half, expected.mean() + half))
+            gap = utility["gap_closed"][condition][metric]
+            means = {c: utility[c][metric]["mean"] for c in (best, condition, "real_oracle")}
+            assert gap["baseline"] == best
+            if gap["value"] is None:
+                assert means["real_oracle"] - means[best] < MIN_GAP and gap["reason"]
+            else:
+                assert gap["value"] == pytest.approx((means[condition] - means[best])
+                                                     / (means["real_oracle"] - means[best]))
+    assert "real_only" not in json.dumps({k: utility[k] for k in ("best_real_baseline", "paired_difference",
+                                                                  "gap_closed")})
+
+
+def test_independent_family_is_another_model(metrics: dict) -> None:
+    """The second family's scores are its own (not a copy of the network's) and follow the same conditions."""
     utility = metrics["utility"]
-    paired = utility["paired_difference"]
-    best = max(BASELINES, key=lambda c: utility[c]["balanced_accuracy"]["mean"])
-    assert paired["baseline"] == best
-    for metric in ("balanced_accuracy", "minority_recall"):
-        d = paired[metric]
-        expected = np.subtract(utility["real_synthetic"][metric]["values"], utility[best][metric]["values"])
-        assert d["values"] == pytest.approx(expected)
-        assert d["mean"] == pytest.approx(expected.mean())
-        lo, hi = d["ci95"]
-        assert lo <= d["mean"] <= hi
-        half = stats.t.ppf(0.975, SEEDS - 1) * np.std(expected, ddof=1) / math.sqrt(SEEDS)
-        assert (lo, hi) == pytest.approx((expected.mean() - half, expected.mean() + half))
-        gap = utility["gap_closed"][metric]
-        means = {c: utility[c][metric]["mean"] for c in ("real_only", "real_synthetic", "real_oracle")}
-        if gap["value"] is None:
-            assert means["real_oracle"] - means["real_only"] < MIN_GAP and gap["reason"]
-        else:
-            assert gap["value"] == pytest.approx((means["real_synthetic"] - means["real_only"])
-                                                 / (means["real_oracle"] - means["real_only"]))
+    other = utility["independent"]
+    assert utility["setup"]["independent"] == "extra_trees"
+    assert any(other[c]["balanced_accuracy"]["values"] != utility[c]["balanced_accuracy"]["values"]
+               for c in CONDITIONS)
+
+
+def test_gate_verdict_in_metrics_matches_the_rule(metrics: dict) -> None:
+    utility = metrics["utility"]
+    gate = utility["gate"]
+    assert gate == gate_verdict(utility, tiny_params().gate_margin)
+    assert len(gate["checks"]) == 2 * len(COMPARED)  # both families, both metrics
+    for check in gate["checks"]:
+        d = families(utility)[check["family"]]["paired_difference"]["real_synthetic"][check["metric"]]
+        assert check["ci95"] == d["ci95"] and check["hurts"] == (d["ci95"][1] < -gate["margin"])
+    assert gate["passed"] == (not any(c["hurts"] for c in gate["checks"]))
 
 
 def test_fid_kid_wiring_matches_models_metrics(workdir: dict[str, Path], metrics: dict) -> None:
@@ -336,7 +375,9 @@ def test_plots_are_pngs_with_content(workdir: dict[str, Path]) -> None:
 def test_progress_and_summary_are_printed(workdir: dict[str, Path]) -> None:
     log = workdir["log"].getvalue()  # type: ignore[attr-defined]
     assert "evaluate" in log and f"{len(CONDITIONS) * SEEDS}/{len(CONDITIONS) * SEEDS}" in log
-    assert "real_synthetic" in log
+    assert "real_synthetic" in log and "real_classical_aug_synthetic" in log
+    assert "gain over the best real baseline" in log and "utility gate" in log
+    assert "extra_trees" in log
 
 
 def test_unknown_minority_class_is_a_user_error(workdir: dict[str, Path], tmp_path: Path) -> None:
@@ -383,11 +424,64 @@ def test_gap_closed_edge_cases() -> None:
     def cond(mean: float) -> dict:
         return {"m": {"mean": mean}}
 
-    assert _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7)}, "m")["value"] is None
-    flat = _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7), "real_oracle": cond(0.505)}, "m")
+    base = {"real_oversampled": cond(0.5), "real_synthetic": cond(0.7)}
+    assert _gap_closed(base, "real_synthetic", "m", "real_oversampled")["value"] is None
+    flat = _gap_closed({**base, "real_oracle": cond(0.505)}, "real_synthetic", "m", "real_oversampled")
     assert flat["value"] is None and "no gap" in flat["reason"]
-    half = _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7), "real_oracle": cond(0.9)}, "m")
-    assert half["value"] == pytest.approx(0.5)
+    half = _gap_closed({**base, "real_oracle": cond(0.9)}, "real_synthetic", "m", "real_oversampled")
+    assert half["value"] == pytest.approx(0.5) and half["baseline"] == "real_oversampled"
+    # from the best real baseline, not from real_only: real_only at 0.0 changes nothing
+    with_only = _gap_closed({**base, "real_only": cond(0.0), "real_oracle": cond(0.9)}, "real_synthetic", "m",
+                            "real_oversampled")
+    assert with_only["value"] == pytest.approx(0.5)
+
+
+def test_best_real_baseline_is_per_metric_and_ignores_real_only() -> None:
+    results = {"real_only": {"balanced_accuracy": {"mean": 0.99}, "minority_recall": {"mean": 0.99}},
+               "real_oversampled": {"balanced_accuracy": {"mean": 0.90}, "minority_recall": {"mean": 0.70}},
+               "real_classical_aug": {"balanced_accuracy": {"mean": 0.89}, "minority_recall": {"mean": 0.75}}}
+    assert best_real_baseline(results, "balanced_accuracy") == "real_oversampled"
+    assert best_real_baseline(results, "minority_recall") == "real_classical_aug"
+
+
+def _utility_with(diff: float, spread: float) -> dict:
+    """A utility block where real_synthetic = real_oversampled + diff (+- spread per seed), both families."""
+    base = [0.80, 0.82, 0.84]
+    values = {"real_oversampled": base, "real_classical_aug": [v - 0.05 for v in base],
+              "real_synthetic": [v + diff + s for v, s in zip(base, (-spread, 0.0, spread), strict=True)]}
+    runs = {c: [{"balanced_accuracy": v, "macro_f1": v, "minority_recall": v, "per_class_recall": {}}
+                for v in vals] for c, vals in values.items()}
+    out = summarize(runs, [], 3)
+    out["independent"] = {"family": "extra_trees", **summarize(runs, [], 3)}
+    return out
+
+
+def test_gate_refuses_measured_harm_and_passes_noise() -> None:
+    hurt = gate_verdict(_utility_with(-0.10, 0.01), 0.01)
+    assert not hurt["passed"] and hurt["verdict"].startswith("utility gate refused")
+    assert "-0.100" in hurt["verdict"] and "real_oversampled" in hurt["verdict"]
+    noisy = gate_verdict(_utility_with(-0.02, 0.05), 0.01)  # interval straddles zero: not measurable harm
+    assert noisy["passed"] and "no measured gain" in noisy["verdict"]
+    small = gate_verdict(_utility_with(-0.005, 0.001), 0.01)  # harm smaller than the margin
+    assert small["passed"]
+    helps = gate_verdict(_utility_with(0.05, 0.005), 0.01)
+    assert helps["passed"] and "no measured gain" not in helps["verdict"]
+    assert len(helps["verdict"].splitlines()) == 1
+
+
+def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Path]) -> None:
+    from tasks.evaluate import _read_inputs, training_set
+
+    judge, class_names = load_judge_step(workdir["judge"])
+    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    plain_x, plain_y = training_set("real_synthetic", data, 0)
+    aug_x, aug_y = training_set("real_classical_aug_synthetic", data, 0)
+    assert torch.equal(plain_y, aug_y)
+    same = (plain_x == aug_x).flatten(1).all(dim=1)
+    n, oversampled = data.train_x.shape[0], 4 * max(TRAIN.values())
+    m = data.syn_x.shape[0]
+    assert same[:n].all() and same[oversampled:oversampled + m].all()  # the originals, real and synthetic
+    assert not same[n:oversampled].all() and not same[oversampled + m:].all()  # the copies are augmented
 
 
 def test_fill_indices_balance_and_keep_order() -> None:
