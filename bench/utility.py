@@ -21,7 +21,8 @@ looking at any scenario's test split. The result file keeps, per scenario, the u
 (both classifier families, every condition, the paired differences and gaps from the best real baseline, the gate)
 and the wall time of each step.
 
-``python -m bench.utility [--scenario NAME ...] [--seeds 5] [--set section.key=value ...] [--workdir DIR]``
+``python -m bench.utility [--scenario NAME ...] [--seeds 5] [--set section.key=value ...] [--workdir DIR]
+[--from-step STEP]``
 """
 
 from __future__ import annotations
@@ -104,15 +105,17 @@ def source(scenario: str, root: Path) -> str:
     raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
 
 
-def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Run the steps up to the report on ``scenario``; returns the utility block, counts and step times."""
+def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequence[str] = (),
+                 first: str = STEPS[0]) -> dict[str, Any]:
+    """Run the steps up to the report on ``scenario`` (from ``first``: the earlier ones' outputs in ``workdir`` are
+    reused); returns the utility block, counts and step times."""
     from flows.dag import step
     from flows.params import dump_params, load_params
 
     workdir.mkdir(parents=True, exist_ok=True)
     params = load_params(None, [f"data.source={source(scenario, workdir)}", f"evaluate.seeds={seeds}", *overrides])
     seconds = {}
-    for name in STEPS:
+    for name in STEPS[STEPS.index(first):]:
         start = time.perf_counter()
         step(name).run(params, workdir)
         seconds[name] = round(time.perf_counter() - start, 1)
@@ -133,12 +136,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="a param override for every scenario, e.g. -S model.family=vae (repeatable)")
     parser.add_argument("--workdir", type=Path, default=Path("data/bench-utility"), help="<workdir>/<scenario>")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON results")
+    parser.add_argument("--from-step", choices=STEPS, default=STEPS[0],
+                        help="rerun from this step on an earlier run's workdir (e.g. evaluate after a code change)")
     args = parser.parse_args(argv)
     import torch
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for scenario in args.scenario or SCENARIOS:
-        result = run_scenario(scenario, args.workdir / scenario, seeds=args.seeds, overrides=args.overrides)
+        result = run_scenario(scenario, args.workdir / scenario, seeds=args.seeds, overrides=args.overrides,
+                              first=args.from_step)
         result["machine"] = machine_info(torch.device("cpu"))
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"utility-{scenario}-{stamp}.json"

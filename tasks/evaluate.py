@@ -31,6 +31,9 @@ cross-entropy), so that the training set is the only difference:
   not been changed since; ``utility.choices`` says so);
 - ``real_classical_aug_synthetic``: the ``real_synthetic`` set with every repeated copy (of a real or a synthetic
   image) replaced by an augmented one: what a user would train on, compared with ``real_classical_aug``;
+- ``real_synthetic_chosen`` (``choose_on_validation``): ``real_synthetic`` with only a per-class share of the
+  accepted synthetic images, taken in k-center (diversity) or random order; the order and the shares are chosen on
+  validation only (``choose_recipe``: the real val split, or k-fold over train + val where val is tiny);
 - ``synthetic_only``: the accepted synthetic images alone (train on synthetic, test on real);
 - ``real_oracle`` (only when the manifest has ``heldback`` rows): real train + the heldback real images, the
   best the scarce classes could have been with the real images they lost.
@@ -87,9 +90,9 @@ TABLE_PER_CLASS = "per_class.csv"
 FILTER_SUMMARY = "filter_summary.json"
 
 CONDITIONS = ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "real_classical_aug_synthetic",
-              "synthetic_only", "real_oracle")
+              "real_synthetic_chosen", "synthetic_only", "real_oracle")
 BASELINES = ("real_classical_aug", "real_oversampled")  # the best real baseline, per metric, is the better of these
-TREATED = ("real_synthetic", "real_classical_aug_synthetic")  # the conditions measured against that baseline
+TREATED = ("real_synthetic", "real_classical_aug_synthetic", "real_synthetic_chosen")  # measured against it
 COMPARED = ("balanced_accuracy", "minority_recall")  # the metrics gains, gaps and the gate are measured on
 GATED = "real_synthetic"  # the published set (real, balanced, + the accepted synthetic images): what the gate checks
 PROJECT_FAMILY = "cnn"  # the project's classifier (models.judge network) in utility["families"]
@@ -122,12 +125,17 @@ class EvaluateParams(Section):
     gate_margin: the utility gate refuses when, for either classifier family and either compared metric (balanced
       accuracy, minority recall), the whole 95% interval of the seed-paired difference real_synthetic - best real
       baseline lies below ``-gate_margin`` (``gate_verdict``). ``publish.utility_gate`` turns the gate off.
+    choose_on_validation: add ``real_synthetic_chosen``: the selection order (k-center or random) and a per-class
+      share of the accepted synthetic images chosen on validation only (``choose_recipe``), then scored on test.
+    validation_seeds: classifier runs per candidate and fold in that search.
     """
 
     seeds: int = Field(3, ge=3)
     classifier: JudgeConfig = DEFAULT_CLASSIFIER
     independent: Literal["extra_trees", "logistic_regression"] = "extra_trees"
     gate_margin: float = Field(0.01, ge=0.0, le=1.0)
+    choose_on_validation: bool = True
+    validation_seeds: int = Field(2, ge=1)
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     fid_min_samples: int = Field(50, ge=2)
@@ -568,6 +576,8 @@ CHOICES = (
                 "opponent only makes the comparison stricter"},
     {"choice": "real_synthetic recipe (the oversampled real set plus the synthetic images)",
      "made_on": "the bundled example's test split, once (docs/BENCHMARKS.md); fixed since, not re-tuned per dataset"},
+    {"choice": "the utility gate's rule and margin, the validation search's candidates",
+     "made_on": "fixed in code/params before any result of this dataset"},
     {"choice": "filter thresholds (confidence, realism, memorization)",
      "made_on": "the real val split (memorization quantile, judge calibration) and fixed params"},
     {"choice": "generator family and its sampling knobs (guidance, steps, temperature), plan quotas",
@@ -578,8 +588,12 @@ CHOICES = (
 
 
 def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str], device: torch.device, *,
+                    real_f: np.ndarray | None = None, syn_f: np.ndarray | None = None,
                     console: Console | None = None) -> dict[str, Any]:
-    """Train both classifier families under every condition and seed; score on the real test split (module doc)."""
+    """Train both classifier families under every condition and seed; score on the real test split (module doc).
+
+    ``real_f`` (features of the real train then val images) and ``syn_f`` (of the accepted synthetic images) are the
+    feature space of the k-center selection; without them ``real_synthetic_chosen`` is not run."""
     conditions = [c for c in CONDITIONS if c != "real_oracle" or data.heldback_x.shape[0] > 0]
     skipped: dict[str, str] = {}
     if data.heldback_x.shape[0] == 0:
@@ -587,6 +601,15 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
     if data.syn_x.shape[0] == 0:
         conditions.remove("synthetic_only")
         skipped["synthetic_only"] = "no accepted synthetic images"
+    recipe = None
+    if not params.choose_on_validation or data.syn_x.shape[0] == 0 or real_f is None or syn_f is None:
+        conditions.remove("real_synthetic_chosen")
+        skipped["real_synthetic_chosen"] = ("evaluate.choose_on_validation is false" if not params.choose_on_validation
+                                            else "no accepted synthetic images")
+    else:
+        recipe = choose_recipe(data, real_f, syn_f, params, minority, device)
+        chosen = _with_synthetic(data, synthetic_subset(data, real_f[:data.train_x.shape[0]], syn_f, recipe["shares"],
+                                                        recipe["selection"], params.classifier.seed))
     k = len(data.class_names)
     truth = data.test_y.numpy()
     runs: dict[str, dict[str, list[dict]]] = {f: {c: [] for c in conditions}
@@ -602,7 +625,8 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
             for i in range(params.seeds):
                 bar.update(task, description=f"{condition} seed {i + 1}/{params.seeds}")
                 seed = params.classifier.seed + i
-                x, y = training_set(condition, data, seed)
+                x, y = (training_set("real_synthetic", chosen, seed) if condition == "real_synthetic_chosen"
+                        else training_set(condition, data, seed))
                 sizes[condition] = {name: int((y == j).sum()) for j, name in enumerate(data.class_names)}
                 config = dataclasses.replace(params.classifier, seed=seed)
                 model = train_judge(x, y, num_classes=k, config=config, device=device)
@@ -619,6 +643,11 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
                           **summarize(runs[params.independent], data.class_names, params.seeds)}
     out["gate"] = gate_verdict(out, params.gate_margin)
     out["choices"] = [dict(c) for c in CHOICES]
+    if recipe is not None:
+        out["recipe"] = recipe
+        out["choices"].append({"choice": "real_synthetic_chosen: selection order and per-class synthetic share "
+                                         f"({recipe['selection']}; {recipe['shares']})",
+                               "made_on": recipe["validated_on"] + "; the test split is read once, to score it"})
     out["setup"] = {
         "conditions": conditions, "skipped": skipped, "seeds": params.seeds, "test_size": int(truth.shape[0]),
         "test_per_class": {name: int((truth == j).sum()) for j, name in enumerate(data.class_names)},
@@ -628,6 +657,131 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
         "baselines": list(BASELINES), "context": "real_only (untreated; shown, never a baseline for gains)",
     }
     return out
+
+
+# ------------------------------------------------------------------------------------- recipe chosen on validation
+
+SHARES = (0.0, 0.5, 1.0)  # candidate shares of a class's accepted synthetic images
+SELECTIONS = ("k_center", "random")  # candidate orders the share is taken in
+MIN_VAL_PER_CLASS = 5  # fewer real val images in a minority class: k-fold over train + val instead
+FOLDS = 3
+
+
+def k_center_order(real_f: np.ndarray, syn_f: np.ndarray) -> np.ndarray:
+    """Greedy k-center order (Gonzalez 1985) of the synthetic rows, with the real images as the first centres:
+    each next pick is the synthetic image farthest (Euclidean, in the feature space) from every real image and
+    every synthetic image picked before it. A prefix of this order covers the class beyond what the real images
+    already show, and near-duplicates come last."""
+    from sklearn.metrics import pairwise_distances
+
+    n = syn_f.shape[0]
+    far = pairwise_distances(syn_f, real_f).min(axis=1) if real_f.shape[0] else np.full(n, np.inf)
+    order = np.empty(n, dtype=np.int64)
+    for step in range(n):
+        pick = int(np.argmax(far))
+        order[step] = pick
+        far = np.minimum(far, pairwise_distances(syn_f, syn_f[pick:pick + 1]).ravel())
+        far[order[:step + 1]] = -np.inf
+    return order
+
+
+def synthetic_subset(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, shares: Mapping[str, float],
+                     selection: str, seed: int) -> np.ndarray:
+    """Rows of the accepted synthetic images to keep: per class, the first ``round(share * n)`` of its images in
+    ``selection`` order (``k_center_order`` against that class's real train features, or a seeded permutation)."""
+    keep = []
+    for k, name in enumerate(data.class_names):
+        rows = np.flatnonzero(data.syn_y.numpy() == k)
+        n = round(shares.get(name, 1.0) * rows.size)
+        if n == 0:
+            continue
+        if selection == "k_center":
+            order = k_center_order(real_f[data.train_y.numpy() == k], syn_f[rows])
+        else:
+            order = np.random.default_rng([seed, k]).permutation(rows.size)
+        keep.append(rows[order[:n]])
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
+
+
+def _with_synthetic(data: _Data, rows: np.ndarray) -> _Data:
+    index = torch.from_numpy(rows)
+    return dataclasses.replace(data, syn_x=data.syn_x[index], syn_y=data.syn_y[index])
+
+
+def validation_folds(data: _Data, real_f: np.ndarray, minority: Sequence[str]) -> tuple[list[tuple], str]:
+    """(fold data with train = the fold's real train images and test = its held-out real images, their
+    features) for each fold, and how they were made: the val split itself, or, when a minority class has fewer
+    than ``MIN_VAL_PER_CLASS`` val images, ``FOLDS``-fold stratified splits of train + val. Never the test split."""
+    from sklearn.model_selection import StratifiedKFold
+
+    val_counts = [int((data.val_y == data.class_names.index(c)).sum()) for c in minority]
+    n = data.train_x.shape[0]
+    if val_counts and min(val_counts) >= MIN_VAL_PER_CLASS:
+        fold = dataclasses.replace(data, test_x=data.val_x, test_y=data.val_y)
+        return [(fold, real_f[:n])], "the real val split"
+    x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+    splits = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=0).split(np.zeros(len(y)), y.numpy())
+    folds = []
+    for fit, held in splits:
+        fit_t, held_t = torch.from_numpy(fit), torch.from_numpy(held)
+        folds.append((dataclasses.replace(data, train_x=x[fit_t], train_y=y[fit_t], test_x=x[held_t],
+                                          test_y=y[held_t]), real_f[fit]))
+    return folds, f"{FOLDS}-fold stratified splits of real train + val (a minority class has < {MIN_VAL_PER_CLASS} " \
+                  "val images)"
+
+
+def _candidate(selection: str, share: float) -> tuple[str, float]:
+    """None or all of a class's images are the same set in any order: one candidate, not one per order."""
+    return (selection, share) if 0 < share < 1 else ("all", share)
+
+
+def choose_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, params: EvaluateParams,
+                  minority: Sequence[str], device: torch.device) -> dict[str, Any]:
+    """Choose, on validation only, the selection order and a per-class share of the accepted synthetic images.
+
+    Every candidate (``SELECTIONS`` x ``SHARES``, share 0 and 1 once) builds the ``real_synthetic`` set from the
+    fold's real train images and its share of the synthetic ones, trains the project's classifier
+    ``validation_seeds`` times and is scored on the fold's held-out real images. The selection order is the one
+    whose partial-share candidates reach the higher mean of (balanced accuracy + minority recall) / 2; then,
+    per class with synthetic images, the share with the highest mean F1 of that class (ties: the smaller share).
+    """
+    from sklearn.metrics import f1_score
+
+    folds, how = validation_folds(data, real_f, minority)
+    k = len(data.class_names)
+    candidates = list(dict.fromkeys(_candidate(s, share) for s in SELECTIONS for share in SHARES))
+    scored: dict[tuple[str, float], list[dict]] = {c: [] for c in candidates}
+    for selection, share in candidates:
+        for fold, fold_real_f in folds:
+            for i in range(params.validation_seeds):
+                seed = params.classifier.seed + i
+                rows = synthetic_subset(fold, fold_real_f, syn_f, dict.fromkeys(data.class_names, share),
+                                        selection, seed)
+                x, y = training_set("real_synthetic", _with_synthetic(fold, rows), seed)
+                model = train_judge(x, y, num_classes=k, config=dataclasses.replace(params.classifier, seed=seed),
+                                    device=device)
+                truth = fold.test_y.numpy()
+                pred = model.predict_logits(fold.test_x).argmax(dim=1).numpy()
+                s = score(pred, truth, data.class_names, minority)
+                s["f1"] = dict(zip(data.class_names, f1_score(truth, pred, labels=list(range(k)), average=None,
+                                                              zero_division=0).tolist(), strict=True))
+                scored[(selection, share)].append(s)
+
+    def objective(c: tuple[str, float]) -> float:
+        return float(np.mean([(s["balanced_accuracy"] + (s["minority_recall"] or 0.0)) / 2 for s in scored[c]]))
+
+    partial = [share for share in SHARES if 0 < share < 1]
+    selection = max(SELECTIONS, key=lambda s: np.mean([objective((s, share)) for share in partial]))
+    with_synthetic = [n for j, n in enumerate(data.class_names) if bool((data.syn_y == j).any())]
+    shares = {}
+    for name in with_synthetic:
+        options = [_candidate(selection, share) for share in SHARES]
+        shares[name] = max(options, key=lambda c: (np.mean([s["f1"][name] for s in scored[c]]), -c[1]))[1]
+    return {"selection": selection, "shares": shares, "validated_on": how,
+            "validation_seeds": params.validation_seeds,
+            "candidates": [{"selection": s, "share": share, "objective": objective((s, share)),
+                            "f1": {n: float(np.mean([x["f1"][n] for x in scored[(s, share)]])) for n in with_synthetic}}
+                           for s, share in candidates]}
 
 
 # ------------------------------------------------------------------------------------------------------- plots
@@ -796,7 +950,8 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         "real_test": {n: int((data.test_y == i).sum()) for i, n in enumerate(class_names)},
         "real_heldback": {n: int((data.heldback_y == i).sum()) for i, n in enumerate(class_names)},
     }
-    utility = utility_metrics(data, params, minority, device, console=console)
+    utility = utility_metrics(data, params, minority, device, real_f=ref_f.numpy(), syn_f=syn_f.numpy(),
+                              console=console)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {"utility": plot_utility(utility, out_dir / PLOT_UTILITY).name,

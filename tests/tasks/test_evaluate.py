@@ -40,6 +40,7 @@ from tasks.evaluate import (
     families,
     fill_indices,
     gate_verdict,
+    k_center_order,
     paired_difference,
     score,
     summarize,
@@ -207,7 +208,7 @@ def test_metrics_json_has_every_key(metrics: dict) -> None:
                 assert {"value", "reason", "baseline"} <= set(results["gap_closed"][condition][metric])
     assert utility["independent"]["family"] == "extra_trees"
     assert {"passed", "rule", "margin", "checks", "verdict"} <= set(utility["gate"])
-    assert [c["choice"] for c in utility["choices"]] == [c["choice"] for c in CHOICES]
+    assert [c["choice"] for c in utility["choices"][:len(CHOICES)]] == [c["choice"] for c in CHOICES]
     acceptance = metrics["acceptance"]
     assert set(acceptance["per_class"]) == set(CLASSES)
     assert acceptance["source"] == "filter_summary.json" and acceptance["thresholds"] == {"min_confidence": 0.5}
@@ -511,3 +512,74 @@ def test_augmentation_is_seeded_and_small() -> None:
 def test_default_classifier_is_the_judge_network() -> None:
     assert dataclasses.asdict(DEFAULT_CLASSIFIER).keys() == dataclasses.asdict(JudgeConfig()).keys()
     assert DEFAULT_CLASSIFIER.steps == 300 and DEFAULT_CLASSIFIER.width == 16
+
+
+# ------------------------------------------------------------------------------- the recipe chosen on validation
+
+
+def test_k_center_order_matches_its_definition() -> None:
+    """Each pick is the synthetic image farthest from the real images and the earlier picks (scipy distances)."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    real, syn = rng.normal(size=(5, 3)), rng.normal(size=(12, 3))
+    order = k_center_order(real, syn)
+    assert sorted(order.tolist()) == list(range(12))
+    centres = list(real)
+    for step, pick in enumerate(order):
+        rest = [i for i in range(12) if i not in order[:step]]
+        nearest = cdist(syn[rest], np.array(centres)).min(axis=1)
+        assert pick == rest[int(np.argmax(nearest))], step
+        centres.append(syn[pick])
+    assert k_center_order(np.empty((0, 3)), syn)[0] in range(12)
+
+
+def test_synthetic_subset_takes_each_class_share_in_order(workdir: dict[str, Path]) -> None:
+    from tasks.evaluate import _read_inputs, synthetic_subset
+
+    judge, class_names = load_judge_step(workdir["judge"])
+    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    real_f = embed(data.train_x, judge).numpy()
+    syn_f = embed(data.syn_x, judge).numpy()
+    syn_y = data.syn_y.numpy()
+    n3, n1 = int((syn_y == 3).sum()), int((syn_y == 1).sum())
+    rows = synthetic_subset(data, real_f, syn_f, {"3": 0.5, "1": 0.0}, "k_center", 0)
+    assert (syn_y[rows] == 3).sum() == round(0.5 * n3) and (syn_y[rows] == 1).sum() == 0
+    threes = np.flatnonzero(syn_y == 3)
+    expected = threes[k_center_order(real_f[data.train_y.numpy() == 3], syn_f[threes])[:round(0.5 * n3)]]
+    assert rows.tolist() == sorted(expected.tolist())
+    everything = synthetic_subset(data, real_f, syn_f, {}, "random", 0)  # no share given: all of a class
+    assert everything.tolist() == list(range(n3 + n1))
+
+
+def test_recipe_is_chosen_on_validation_and_scored_once(metrics: dict) -> None:
+    utility = metrics["utility"]
+    recipe = utility["recipe"]
+    assert "real_synthetic_chosen" in utility["setup"]["conditions"]
+    assert recipe["selection"] in ("k_center", "random") and set(recipe["shares"]) == {"1", "3"}
+    assert all(share in (0.0, 0.5, 1.0) for share in recipe["shares"].values())
+    assert recipe["validated_on"].startswith("3-fold")  # 4 val images of the minority class: k-fold train + val
+    assert len(recipe["candidates"]) == 4  # none, all, and half in each of the two orders
+    chosen = utility["setup"]["train_per_class"]["real_synthetic_chosen"]
+    synthetic = metrics["counts"]["synthetic_accepted"]
+    kept = {c: round(recipe["shares"].get(c, 1.0) * synthetic[c]) for c in CLASSES}
+    assert chosen == {c: max(TRAIN.values()) + max(kept.values()) for c in CLASSES}
+    assert any("real_synthetic_chosen" in c["choice"] and "fold" in c["made_on"] for c in utility["choices"])
+
+
+def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> None:
+    from tasks.evaluate import _read_inputs, validation_folds
+
+    judge, class_names = load_judge_step(workdir["judge"])
+    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    real_f = np.zeros((data.train_x.shape[0] + data.val_x.shape[0], 4))
+    folds, how = validation_folds(data, real_f, ["3"])
+    assert len(folds) == 3 and how.startswith("3-fold")
+    pool = torch.cat([data.train_x, data.val_x]).flatten(1)
+    held = torch.cat([f.test_x for f, _ in folds]).flatten(1)
+    assert held.shape[0] == pool.shape[0]  # every real train + val image held out once, no test image
+    assert not (torch.cdist(held.float(), data.test_x.flatten(1).float()) == 0).any()
+    doubled = dataclasses.replace(data, val_x=torch.cat([data.val_x] * 2), val_y=torch.cat([data.val_y] * 2))
+    single, how = validation_folds(doubled, real_f, ["3"])  # 8 val images of "3": the val split itself
+    assert len(single) == 1 and how == "the real val split"
+    assert torch.equal(single[0][0].test_y, doubled.val_y) and torch.equal(single[0][0].train_y, data.train_y)
