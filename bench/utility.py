@@ -126,6 +126,55 @@ def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequenc
             "counts": metrics["counts"], "utility": metrics["utility"]}
 
 
+BAR_GAP = 0.30  # the bar: share of the best-baseline -> oracle gap closed in minority recall
+
+
+def bar(utility: dict[str, Any]) -> dict[str, list[str]]:
+    """Per classifier family, the treated conditions that clear the bar: a minority-recall gain over the best real
+    baseline whose 95% interval excludes zero, closing >= ``BAR_GAP`` of the gap to the oracle."""
+    from tasks.evaluate import families
+
+    out = {}
+    for family, results in families(utility).items():
+        out[family] = [c for c, paired in results["paired_difference"].items()
+                       if paired["minority_recall"].get("ci95") and paired["minority_recall"]["ci95"][0] > 0
+                       and (results["gap_closed"][c]["minority_recall"]["value"] or 0.0) >= BAR_GAP]
+    return out
+
+
+def _ms(entry: dict[str, Any]) -> str:
+    return "—" if entry["mean"] is None else f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The scenario's tables for docs/BENCHMARKS.md: every condition with both families, then every treated
+    condition against the best real baseline, the recipe chosen on validation, the gate and the bar."""
+    from tasks.evaluate import COMPARED, families
+
+    utility = result["utility"]
+    fams = families(utility)
+    head = " | ".join(f"{f} {m.replace('_', ' ')}" for f in fams for m in COMPARED)
+    lines = [f"| condition | {head} |", "|---" * (1 + 2 * len(fams)) + "|"]
+    for c in utility["setup"]["conditions"]:
+        lines.append(f"| {c} | " + " | ".join(_ms(r[c][m]) for r in fams.values() for m in COMPARED) + " |")
+    lines += ["", "| family | condition | metric | best real baseline | Δ [95% CI] | gap closed |", "|---" * 6 + "|"]
+    for family, results in fams.items():
+        for c, paired in results["paired_difference"].items():
+            for m in COMPARED:
+                d, g = paired[m], results["gap_closed"][c][m]
+                delta = "—" if d["mean"] is None else f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                gap = "—" if g["value"] is None else f"{g['value']:.2f}"
+                lines.append(f"| {family} | {c} | {m.replace('_', ' ')} | {d['baseline']} | {delta} | {gap} |")
+    recipe = utility.get("recipe")
+    if recipe:
+        lines += ["", f"Chosen on {recipe['validated_on']}: selection `{recipe['selection']}`, shares "
+                      f"{json.dumps(recipe['shares'])}."]
+    lines += ["", f"Gate: {utility['gate']['verdict']}", "",
+              "Bar (minority-recall gain with 95% CI above zero and >= 30% of the gap closed): "
+              + "; ".join(f"{f}: {', '.join(c) or 'none'}" for f, c in bar(utility).items())]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from bench.speed import machine_info
 
@@ -138,7 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON results")
     parser.add_argument("--from-step", choices=STEPS, default=STEPS[0],
                         help="rerun from this step on an earlier run's workdir (e.g. evaluate after a code change)")
+    parser.add_argument("--markdown", type=Path, nargs="+", help="print the tables of result files; run nothing")
     args = parser.parse_args(argv)
+    if args.markdown:
+        for path in args.markdown:
+            result = json.loads(path.read_text())
+            print(f"### {result['scenario']}\n\n{markdown(result)}\n")
+        return
     import torch
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
