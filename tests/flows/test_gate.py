@@ -129,3 +129,13 @@ def test_a_harmful_generator_is_refused_and_nothing_is_published(tmp_path: Path)
     # Turned off explicitly: published, and the record says the gate refused.
     record = step("publish").run(_params(root, "publish.utility_gate=false"), root)
     assert record["tag"] == "gate/v1" and record["utility_gate"].startswith("refused, published anyway")
+
+
+def test_a_refused_gate_is_not_retried_but_a_network_error_is() -> None:
+    """The publish step retries (remote storage); a refusal, or any error the user must fix, would fail again."""
+    from prefect.states import Failed
+
+    from flows.augment import _transient
+
+    assert not _transient(None, None, Failed(data=UtilityGateRefused("utility gate refused: ...")))
+    assert _transient(None, None, Failed(data=OSError("connection reset")))
