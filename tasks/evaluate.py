@@ -134,7 +134,7 @@ class EvaluateParams(Section):
     classifier: JudgeConfig = DEFAULT_CLASSIFIER
     independent: Literal["extra_trees", "logistic_regression"] = "extra_trees"
     gate_margin: float = Field(0.01, ge=0.0, le=1.0)
-    choose_on_validation: bool = True
+    choose_on_validation: bool = False  # measured and did not help (docs/BENCHMARKS.md): off by default
     validation_seeds: int = Field(2, ge=1)
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)

@@ -59,7 +59,7 @@ SEEDS = 3
 
 def tiny_params(**overrides: Any) -> EvaluateParams:
     return EvaluateParams(**{"seeds": SEEDS, "classifier": TINY, "kid_subsets": 10, "fid_min_samples": 10,
-                             "device": "cpu", **overrides})
+                             "device": "cpu", "choose_on_validation": True, **overrides})
 
 
 def _real_row(path: str, image_id: str, label: str, split: str) -> dict:
