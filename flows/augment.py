@@ -20,6 +20,7 @@ from prefect.context import TaskRunContext
 from flows.dag import STEPS, Record, Step, cache_key
 from flows.params import Params
 from flows.preflight import preflight
+from tasks.errors import UserError
 from tasks.locks import workdir_lock
 
 
@@ -53,10 +54,17 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
         return record
 
     if step.always_changed:
-        return task(run, name=step.name, cache_policy=NO_CACHE, retries=step.retries, retry_delay_seconds=[5, 30])
+        return task(run, name=step.name, cache_policy=NO_CACHE, retries=step.retries, retry_delay_seconds=[5, 30],
+                    retry_condition_fn=_transient)
     return task(run, name=step.name, cache_key_fn=_key(step), persist_result=True,
                 result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing) or overwritten,
-                retries=step.retries, retry_delay_seconds=[5, 30])
+                retries=step.retries, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
+
+
+def _transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry a failed step unless the failure is the user's to fix (bad input, a refused gate): that would fail
+    the same way again."""
+    return not isinstance(state.result(raise_on_failure=False), UserError)
 
 
 def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, Record]:

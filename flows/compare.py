@@ -64,7 +64,8 @@ def family_row(family: str, workdir: Path) -> dict[str, Any]:
         "acceptance": accepted / generated if generated else None,
         "balanced_accuracy_real_synthetic": utility["real_synthetic"]["balanced_accuracy"]["mean"],
         "minority_recall_real_synthetic": utility["real_synthetic"]["minority_recall"]["mean"],
-        "gap_closed_balanced_accuracy": utility["gap_closed"]["balanced_accuracy"]["value"],
+        "minority_recall_gain_vs_best_real": utility["paired_difference"]["real_synthetic"]["minority_recall"]["mean"],
+        "gap_closed_minority_recall": utility["gap_closed"]["real_synthetic"]["minority_recall"]["value"],
         "train_seconds": json.loads(log[-1])["time_s"] if log else None,
         "sample_images_per_second": timing["images"] / timing["seconds"] if timing["seconds"] else None,
     }

@@ -156,13 +156,16 @@ def _report(p: Params, workdir: Path) -> Record:
 
 def _publish(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
+    from tasks.evaluate import enforce_gate
     from tasks.publish import publish
     from tasks.release import assemble
 
+    gate = enforce_gate(workdir / "evaluate", p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "report",
                        dump_params(p), workdir / "dataset")
     result = publish(dataset, p.publish, workdir=workdir)
-    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
+    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
+            "utility_gate": "passed" if gate["passed"] else "refused, published anyway (publish.utility_gate=false)"}
 
 
 def _privacy(p: Params, workdir: Path) -> Record:

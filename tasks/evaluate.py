@@ -19,25 +19,37 @@ k+1 images for the k-NN metrics, fewer than 2 for KID or diversity) the value is
 scratch under each condition with one fixed recipe (``classifier``: same steps, batch size, plain unweighted
 cross-entropy), so that the training set is the only difference:
 
-- ``real_only``: the real train split as it is (imbalanced);
+- ``real_only``: the real train split as it is (imbalanced). Context only: an untreated baseline nobody would use
+  on imbalanced data, so no gain is measured from it;
 - ``real_classical_aug``: every class filled up to the largest class count with augmented copies of its own
   images (albumentations: small shift/scale/rotation, brightness/contrast; seeded per run);
 - ``real_oversampled``: every class filled up to the largest class count by repeating its images;
 - ``real_synthetic``: ``real_oversampled`` plus the accepted synthetic images, then every class filled by repetition
-  up to the largest again. Synthetic images are added to the balanced real set rather than standing in for the
-  repetition: a scarce class of six real and a hundred synthetic images would otherwise show its six real images
-  5% of the time, and a classifier fitted on mostly synthetic examples of a class under-recalls the real ones
-  (measured on the bundled example, docs/BENCHMARKS.md). The comparison with ``real_oversampled`` is then exactly
-  "what do the synthetic images add";
+  up to the largest again (the published dataset, balanced). Synthetic images are added to the balanced real set
+  rather than standing in for the repetition, so the comparison with ``real_oversampled`` is exactly "what do the
+  synthetic images add" (this recipe was fixed on the bundled example's test split, docs/BENCHMARKS.md, and has
+  not been changed since; ``utility.choices`` says so);
+- ``real_classical_aug_synthetic``: the ``real_synthetic`` set with every repeated copy (of a real or a synthetic
+  image) replaced by an augmented one: what a user would train on, compared with ``real_classical_aug``;
+- ``real_synthetic_chosen`` (``choose_on_validation``): ``real_synthetic`` with only a per-class share of the
+  accepted synthetic images, taken in k-center (diversity) or random order; the order and the shares are chosen on
+  validation only (``choose_recipe``: the real val split, or k-fold over train + val where val is tiny);
 - ``synthetic_only``: the accepted synthetic images alone (train on synthetic, test on real);
 - ``real_oracle`` (only when the manifest has ``heldback`` rows): real train + the heldback real images, the
   best the scarce classes could have been with the real images they lost.
 
-Each is trained ``seeds`` times (classifier seed ``classifier.seed + i``; the augmentation seed too) and scored on
-the real ``test`` split: balanced accuracy, macro-F1, per-class recall and minority recall (the mean recall over
-``minority_classes``). Means, sample standard deviations (ddof=1) and the per-seed values are stored, with the
-seed-paired difference real_synthetic - best real baseline and its 95% t-interval, and the share of the
-real_only -> real_oracle gap that real_synthetic closes.
+A second, independent classifier family (``independent``: a scikit-learn model on the raw pixels, extremely
+randomized trees by default) is trained on exactly the same training sets and scored the same way, so that a gain
+is not an artefact of one network.
+
+Each is trained ``seeds`` times (classifier seed ``classifier.seed + i``; the augmentation and the independent
+model's seed too) and scored on the real ``test`` split: balanced accuracy, macro-F1, per-class recall and minority
+recall (the mean recall over ``minority_classes``). Means, sample standard deviations (ddof=1) and the per-seed
+values are stored. **Gains are measured from the best real baseline**, per metric and per classifier family: the
+better mean of ``real_oversampled`` and ``real_classical_aug``. For ``real_synthetic`` and
+``real_classical_aug_synthetic``: the seed-paired difference to that baseline with its 95% t-interval, and the
+share of the baseline -> ``real_oracle`` gap closed. ``utility.gate`` applies the utility gate's rule
+(``gate_verdict``) to those differences; the publish step enforces it.
 """
 
 from __future__ import annotations
@@ -77,12 +89,16 @@ TABLE_UTILITY = "utility.csv"
 TABLE_PER_CLASS = "per_class.csv"
 FILTER_SUMMARY = "filter_summary.json"
 
-CONDITIONS = ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "synthetic_only",
-              "real_oracle")
-BASELINES = ("real_only", "real_classical_aug", "real_oversampled")  # what real_synthetic has to beat
+CONDITIONS = ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "real_classical_aug_synthetic",
+              "real_synthetic_chosen", "synthetic_only", "real_oracle")
+BASELINES = ("real_classical_aug", "real_oversampled")  # the best real baseline, per metric, is the better of these
+TREATED = ("real_synthetic", "real_classical_aug_synthetic", "real_synthetic_chosen")  # measured against it
+COMPARED = ("balanced_accuracy", "minority_recall")  # the metrics gains, gaps and the gate are measured on
+GATED = "real_synthetic"  # the published set (real, balanced, + the accepted synthetic images): what the gate checks
+PROJECT_FAMILY = "cnn"  # the project's classifier (models.judge network) in utility["families"]
 PR_K = 3  # improved precision/recall neighbourhood (Kynkäänniemi et al. 2019)
 DC_K = 5  # density/coverage neighbourhood (Naeem et al. 2020)
-MIN_GAP = 0.01  # gap_closed is null when the oracle is less than this above real_only: the ratio would be noise
+MIN_GAP = 0.01  # gap_closed is null when the oracle is less than this above the best real baseline: noise
 REFERENCE = "real train + val"
 REFERENCE_HELDBACK = "real heldback (oracle; classes with heldback images only)"
 
@@ -103,10 +119,23 @@ class EvaluateParams(Section):
     minority_classes: the classes minority recall averages over; null: the classes whose real train count is
       below half the largest.
     device: where the classifiers train and the features are computed.
+    independent: the second, independent classifier family trained on every condition and seed (scikit-learn, on
+      the raw pixels): ``extra_trees`` (extremely randomized trees, 200 trees) or ``logistic_regression``
+      (standardized pixels, L2, deterministic: its seeds differ only where the training set does).
+    gate_margin: the utility gate refuses when, for either classifier family and either compared metric (balanced
+      accuracy, minority recall), the whole 95% interval of the seed-paired difference real_synthetic - best real
+      baseline lies below ``-gate_margin`` (``gate_verdict``). ``publish.utility_gate`` turns the gate off.
+    choose_on_validation: add ``real_synthetic_chosen``: the selection order (k-center or random) and a per-class
+      share of the accepted synthetic images chosen on validation only (``choose_recipe``), then scored on test.
+    validation_seeds: classifier runs per candidate and fold in that search.
     """
 
     seeds: int = Field(3, ge=3)
     classifier: JudgeConfig = DEFAULT_CLASSIFIER
+    independent: Literal["extra_trees", "logistic_regression"] = "extra_trees"
+    gate_margin: float = Field(0.01, ge=0.0, le=1.0)
+    choose_on_validation: bool = False  # measured and did not help (docs/BENCHMARKS.md): off by default
+    validation_seeds: int = Field(2, ge=1)
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     fid_min_samples: int = Field(50, ge=2)
@@ -341,6 +370,17 @@ def _repeat_to_balance(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.
     return torch.cat([x, x[fill]]), torch.cat([y, y[fill]])
 
 
+def _real_synthetic(data: _Data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``real_synthetic`` set and a mask of its repeated copies (rows that are not an original image)."""
+    k, n, m = len(data.class_names), data.train_x.shape[0], data.syn_x.shape[0]
+    xo, yo = _repeat_to_balance(data.train_x, data.train_y, k)
+    x, y = _repeat_to_balance(torch.cat([xo, data.syn_x]), torch.cat([yo, data.syn_y]), k)
+    copy = torch.ones(x.shape[0], dtype=torch.bool)
+    copy[:n] = False  # [real | real repeats | synthetic | repeats of both]
+    copy[xo.shape[0]:xo.shape[0] + m] = False
+    return x, y, copy
+
+
 def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The training images and labels of one condition (see the module docstring)."""
     k = len(data.class_names)
@@ -352,14 +392,37 @@ def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, 
     if condition == "real_classical_aug":
         fill = torch.from_numpy(fill_indices(y.numpy(), k))
         return torch.cat([x, augment_images(x[fill], seed)]), torch.cat([y, y[fill]])
-    if condition == "real_synthetic":
-        xo, yo = _repeat_to_balance(x, y, k)
-        return _repeat_to_balance(torch.cat([xo, data.syn_x]), torch.cat([yo, data.syn_y]), k)
+    if condition in ("real_synthetic", "real_classical_aug_synthetic"):
+        xs, ys, copy = _real_synthetic(data)
+        if condition == "real_classical_aug_synthetic":
+            xs = xs.clone()
+            xs[copy] = augment_images(xs[copy], seed)
+        return xs, ys
     if condition == "synthetic_only":
         return data.syn_x, data.syn_y
     if condition == "real_oracle":
         return torch.cat([x, data.heldback_x]), torch.cat([y, data.heldback_y])
     raise ValueError(f"unknown condition {condition!r}; conditions: {', '.join(CONDITIONS)}")
+
+
+def independent_classifier(name: str, seed: int):
+    """The second classifier family (``EvaluateParams.independent``): an unfitted scikit-learn estimator on
+    flattened pixels. Nothing is shared with the project's network: not the architecture, the optimiser, nor the
+    in-training shift augmentation."""
+    from sklearn.ensemble import ExtraTreesClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if name == "extra_trees":
+        return ExtraTreesClassifier(n_estimators=200, random_state=seed, n_jobs=1)
+    if name == "logistic_regression":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, random_state=seed))
+    raise ValueError(f"unknown independent classifier {name!r}; choose extra_trees or logistic_regression")
+
+
+def _pixels(x: torch.Tensor) -> np.ndarray:
+    return x.reshape(x.shape[0], -1).numpy().astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------ utility
@@ -406,22 +469,131 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, confidence: flo
     return {"mean": mean, "ci95": [mean - half, mean + half], "std": sd, "values": [float(v) for v in d]}
 
 
-def _gap_closed(results: Mapping[str, dict], metric: str) -> dict:
+def best_real_baseline(results: Mapping[str, dict], metric: str) -> str | None:
+    """The better (higher mean) of the real baselines ``BASELINES`` on ``metric``; None when neither is defined.
+
+    Taking the stronger of two fixed treatments is the conservative comparison: it is what a synthetic condition has
+    to beat, not a recipe choice. Ties go to the first in ``BASELINES``."""
+    ran = [c for c in BASELINES if c in results and results[c][metric]["mean"] is not None]
+    return max(ran, key=lambda c: results[c][metric]["mean"]) if ran else None
+
+
+def _gap_closed(results: Mapping[str, dict], condition: str, metric: str, baseline: str | None) -> dict:
+    """(condition - best real baseline) / (real_oracle - best real baseline), on the means."""
     if "real_oracle" not in results:
-        return {"value": None, "reason": "no heldback images, so no real_oracle condition"}
-    means = {c: results[c][metric]["mean"] for c in ("real_only", "real_synthetic", "real_oracle")}
-    if any(v is None for v in means.values()):
-        return {"value": None, "reason": f"{metric} is undefined for some condition", **means}
-    gap = means["real_oracle"] - means["real_only"]
+        return {"value": None, "reason": "no heldback images, so no real_oracle condition", "baseline": baseline}
+    if baseline is None or results[condition][metric]["mean"] is None or results["real_oracle"][metric]["mean"] is None:
+        return {"value": None, "reason": f"{metric} is undefined for some condition", "baseline": baseline}
+    means = {"baseline_mean": results[baseline][metric]["mean"], "condition_mean": results[condition][metric]["mean"],
+             "oracle_mean": results["real_oracle"][metric]["mean"]}
+    gap = means["oracle_mean"] - means["baseline_mean"]
     if gap < MIN_GAP:
-        return {"value": None, "reason": f"real_oracle is only {gap:+.4f} above real_only (< {MIN_GAP}): no gap "
-                                         "to close", **means}
-    return {"value": (means["real_synthetic"] - means["real_only"]) / gap, "reason": None, **means}
+        return {"value": None, "reason": f"real_oracle is only {gap:+.4f} above the best real baseline {baseline} "
+                                         f"(< {MIN_GAP}): no gap to close", "baseline": baseline, **means}
+    return {"value": (means["condition_mean"] - means["baseline_mean"]) / gap, "reason": None, "baseline": baseline,
+            **means}
+
+
+def summarize(runs: Mapping[str, Sequence[dict]], class_names: Sequence[str], seeds: int) -> dict[str, Any]:
+    """Per condition: mean/std/values of every score; then, per compared metric, the best real baseline, the
+    seed-paired difference of each treated condition to it, and the share of the baseline -> oracle gap closed."""
+    out: dict[str, Any] = {}
+    for condition, scores in runs.items():
+        out[condition] = {m: _summary([s[m] for s in scores])
+                          for m in ("balanced_accuracy", "macro_f1", "minority_recall")}
+        out[condition]["per_class_recall"] = {
+            name: _summary([s["per_class_recall"][name] for s in scores])
+            for name in class_names if name in scores[0]["per_class_recall"]}
+    best = {m: best_real_baseline(out, m) for m in COMPARED}
+    out["best_real_baseline"] = best
+    out["paired_difference"], out["gap_closed"] = {}, {}
+    for condition in (c for c in TREATED if c in out):
+        paired = {}
+        for metric in COMPARED:
+            a = out[condition][metric]["values"]
+            b = out[best[metric]][metric]["values"] if best[metric] else []
+            paired[metric] = ({**paired_difference(a, b), "baseline": best[metric]} if len(a) == len(b) == seeds
+                              else {"mean": None, "ci95": None, "values": [], "baseline": best[metric],
+                                    "reason": f"{metric} is undefined"})
+        out["paired_difference"][condition] = paired
+        out["gap_closed"][condition] = {m: _gap_closed(out, condition, m, best[m]) for m in COMPARED}
+    return out
+
+
+def families(utility: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The per-family results of ``utility_metrics``: the project's classifier, then the independent one."""
+    return {PROJECT_FAMILY: utility, utility["independent"]["family"]: utility["independent"]}
+
+
+_LABELS = {"balanced_accuracy": "balanced accuracy", "minority_recall": "minority recall"}
+
+
+def gate_verdict(utility: Mapping[str, Any], margin: float) -> dict[str, Any]:
+    """The utility gate: may the synthetic images be published?
+
+    Rule: for each classifier family and each compared metric (balanced accuracy, minority recall), take the
+    seed-paired difference ``real_synthetic - best real baseline`` and its 95% t-interval. The gate **refuses**
+    when any of these intervals lies wholly below ``-margin`` (the synthetic images measurably hurt); otherwise it
+    passes. An interval that straddles zero passes: the seed noise could not tell. With no accepted synthetic image
+    there is nothing to measure and the gate passes (``real_synthetic`` then equals ``real_oversampled``).
+
+    Returns ``{"passed", "rule", "margin", "condition", "checks": [...], "verdict"}``; ``verdict`` is one line
+    naming the numbers.
+    """
+    checks = []
+    for family, results in families(utility).items():
+        for metric in COMPARED:
+            d = results["paired_difference"].get(GATED, {}).get(metric, {})
+            if d.get("mean") is None:
+                continue
+            checks.append({"family": family, "metric": metric, "baseline": d["baseline"], "mean": d["mean"],
+                           "ci95": d["ci95"], "hurts": d["ci95"][1] < -margin})
+
+    def line(c: Mapping[str, Any]) -> str:
+        return (f"{c['family']} {_LABELS[c['metric']]} {c['mean']:+.3f} [95% CI {c['ci95'][0]:+.3f}, "
+                f"{c['ci95'][1]:+.3f}] vs {c['baseline']}")
+
+    failed = [c for c in checks if c["hurts"]]
+    if failed:
+        verdict = (f"utility gate refused: {GATED} measurably hurts against the best real baseline "
+                   f"(whole 95% CI below -{margin:g}): " + "; ".join(line(c) for c in failed))
+    else:
+        gains = [c for c in checks if c["ci95"][0] > 0]
+        verdict = (f"utility gate passed: no measured harm against the best real baseline (margin {margin:g}); "
+                   + ("; ".join(line(c) for c in checks) if checks else "no comparison was defined"))
+        if checks and not gains:
+            verdict += "; no measured gain either"
+    return {"passed": not failed, "margin": margin, "condition": GATED, "checks": checks, "verdict": verdict,
+            "rule": f"refuse when, for either classifier family and either of balanced accuracy / minority recall, "
+                    f"the 95% t-interval (paired over seeds) of {GATED} minus the best real baseline lies wholly "
+                    f"below -{margin:g}"}
+
+
+# Which choice was made on what data: the report prints this list.
+CHOICES = (
+    {"choice": "best real baseline (per metric and classifier family)",
+     "made_on": "the test split: the better mean of real_oversampled and real_classical_aug; taking the stronger "
+                "opponent only makes the comparison stricter"},
+    {"choice": "real_synthetic recipe (the oversampled real set plus the synthetic images)",
+     "made_on": "the bundled example's test split, once (docs/BENCHMARKS.md); fixed since, not re-tuned per dataset"},
+    {"choice": "the utility gate's rule and margin, the validation search's candidates",
+     "made_on": "fixed in code/params before any result of this dataset"},
+    {"choice": "filter thresholds (confidence, realism, memorization)",
+     "made_on": "the real val split (memorization quantile, judge calibration) and fixed params"},
+    {"choice": "generator family and its sampling knobs (guidance, steps, temperature), plan quotas",
+     "made_on": "params.yaml as given; nothing is chosen by looking at the test split"},
+    {"choice": "classifier recipes of both families",
+     "made_on": "fixed in code/params before any result; identical for every condition"},
+)
 
 
 def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str], device: torch.device, *,
+                    real_f: np.ndarray | None = None, syn_f: np.ndarray | None = None,
                     console: Console | None = None) -> dict[str, Any]:
-    """Train the classifier under every condition and seed; score on the real test split (see the module doc)."""
+    """Train both classifier families under every condition and seed; score on the real test split (module doc).
+
+    ``real_f`` (features of the real train then val images) and ``syn_f`` (of the accepted synthetic images) are the
+    feature space of the k-center selection; without them ``real_synthetic_chosen`` is not run."""
     conditions = [c for c in CONDITIONS if c != "real_oracle" or data.heldback_x.shape[0] > 0]
     skipped: dict[str, str] = {}
     if data.heldback_x.shape[0] == 0:
@@ -429,9 +601,19 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
     if data.syn_x.shape[0] == 0:
         conditions.remove("synthetic_only")
         skipped["synthetic_only"] = "no accepted synthetic images"
+    recipe = None
+    if not params.choose_on_validation or data.syn_x.shape[0] == 0 or real_f is None or syn_f is None:
+        conditions.remove("real_synthetic_chosen")
+        skipped["real_synthetic_chosen"] = ("evaluate.choose_on_validation is false" if not params.choose_on_validation
+                                            else "no accepted synthetic images")
+    else:
+        recipe = choose_recipe(data, real_f, syn_f, params, minority, device)
+        chosen = _with_synthetic(data, synthetic_subset(data, real_f[:data.train_x.shape[0]], syn_f, recipe["shares"],
+                                                        recipe["selection"], params.classifier.seed))
     k = len(data.class_names)
     truth = data.test_y.numpy()
-    runs: dict[str, list[dict]] = {c: [] for c in conditions}
+    runs: dict[str, dict[str, list[dict]]] = {f: {c: [] for c in conditions}
+                                              for f in (PROJECT_FAMILY, params.independent)}
     sizes: dict[str, dict[str, int]] = {}
     seconds: dict[str, float] = {}
     columns = (TextColumn("[bold]evaluate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -443,40 +625,163 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
             for i in range(params.seeds):
                 bar.update(task, description=f"{condition} seed {i + 1}/{params.seeds}")
                 seed = params.classifier.seed + i
-                x, y = training_set(condition, data, seed)
+                x, y = (training_set("real_synthetic", chosen, seed) if condition == "real_synthetic_chosen"
+                        else training_set(condition, data, seed))
                 sizes[condition] = {name: int((y == j).sum()) for j, name in enumerate(data.class_names)}
                 config = dataclasses.replace(params.classifier, seed=seed)
                 model = train_judge(x, y, num_classes=k, config=config, device=device)
                 pred = model.predict_logits(data.test_x).argmax(dim=1).numpy()
-                runs[condition].append(score(pred, truth, data.class_names, minority))
+                runs[PROJECT_FAMILY][condition].append(score(pred, truth, data.class_names, minority))
+                other = independent_classifier(params.independent, seed).fit(_pixels(x), y.numpy())
+                pred = other.predict(_pixels(data.test_x))
+                runs[params.independent][condition].append(score(pred, truth, data.class_names, minority))
                 bar.advance(task)
             seconds[condition] = round(time.perf_counter() - start, 2)
 
-    out: dict[str, Any] = {}
-    for condition, scores in runs.items():
-        out[condition] = {m: _summary([s[m] for s in scores])
-                          for m in ("balanced_accuracy", "macro_f1", "minority_recall")}
-        out[condition]["per_class_recall"] = {
-            name: _summary([s["per_class_recall"][name] for s in scores])
-            for name in data.class_names if name in scores[0]["per_class_recall"]}
-    ran = [c for c in BASELINES if c in out]
-    best = max(ran, key=lambda c: out[c]["balanced_accuracy"]["mean"])
-    paired: dict[str, Any] = {"baseline": best, "condition": "real_synthetic",
-                              "chosen_by": "highest mean balanced accuracy among " + ", ".join(ran)}
-    for metric in ("balanced_accuracy", "minority_recall"):
-        a, b = out["real_synthetic"][metric]["values"], out[best][metric]["values"]
-        paired[metric] = (paired_difference(a, b) if len(a) == len(b) == params.seeds else
-                          {"mean": None, "ci95": None, "values": [], "reason": f"{metric} is undefined"})
-    out["paired_difference"] = paired
-    out["gap_closed"] = {m: _gap_closed(out, m) for m in ("balanced_accuracy", "minority_recall")}
+    out = summarize(runs[PROJECT_FAMILY], data.class_names, params.seeds)
+    out["independent"] = {"family": params.independent, "input": "raw pixels, flattened",
+                          **summarize(runs[params.independent], data.class_names, params.seeds)}
+    out["gate"] = gate_verdict(out, params.gate_margin)
+    out["choices"] = [dict(c) for c in CHOICES]
+    if recipe is not None:
+        out["recipe"] = recipe
+        out["choices"].append({"choice": "real_synthetic_chosen: selection order and per-class synthetic share "
+                                         f"({recipe['selection']}; {recipe['shares']})",
+                               "made_on": recipe["validated_on"] + "; the test split is read once, to score it"})
     out["setup"] = {
         "conditions": conditions, "skipped": skipped, "seeds": params.seeds, "test_size": int(truth.shape[0]),
         "test_per_class": {name: int((truth == j).sum()) for j, name in enumerate(data.class_names)},
         "minority_classes": list(minority), "train_per_class": sizes, "train_seconds": seconds,
-        "classifier": dataclasses.asdict(params.classifier), "device": str(device),
-        "std": "sample standard deviation over seeds (ddof=1)",
+        "classifier": dataclasses.asdict(params.classifier), "independent": params.independent,
+        "device": str(device), "std": "sample standard deviation over seeds (ddof=1)",
+        "baselines": list(BASELINES), "context": "real_only (untreated; shown, never a baseline for gains)",
     }
     return out
+
+
+# ------------------------------------------------------------------------------------- recipe chosen on validation
+
+SHARES = (0.0, 0.5, 1.0)  # candidate shares of a class's accepted synthetic images
+SELECTIONS = ("k_center", "random")  # candidate orders the share is taken in
+MIN_VAL_PER_CLASS = 5  # fewer real val images in a minority class: k-fold over train + val instead
+FOLDS = 3
+
+
+def k_center_order(real_f: np.ndarray, syn_f: np.ndarray) -> np.ndarray:
+    """Greedy k-center order (Gonzalez 1985) of the synthetic rows, with the real images as the first centres:
+    each next pick is the synthetic image farthest (Euclidean, in the feature space) from every real image and
+    every synthetic image picked before it. A prefix of this order covers the class beyond what the real images
+    already show, and near-duplicates come last."""
+    from sklearn.metrics import pairwise_distances
+
+    n = syn_f.shape[0]
+    far = pairwise_distances(syn_f, real_f).min(axis=1) if real_f.shape[0] else np.full(n, np.inf)
+    order = np.empty(n, dtype=np.int64)
+    for step in range(n):
+        pick = int(np.argmax(far))
+        order[step] = pick
+        far = np.minimum(far, pairwise_distances(syn_f, syn_f[pick:pick + 1]).ravel())
+        far[order[:step + 1]] = -np.inf
+    return order
+
+
+def synthetic_subset(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, shares: Mapping[str, float],
+                     selection: str, seed: int) -> np.ndarray:
+    """Rows of the accepted synthetic images to keep: per class, the first ``round(share * n)`` of its images in
+    ``selection`` order (``k_center_order`` against that class's real train features, or a seeded permutation)."""
+    keep = []
+    for k, name in enumerate(data.class_names):
+        rows = np.flatnonzero(data.syn_y.numpy() == k)
+        n = round(shares.get(name, 1.0) * rows.size)
+        if n == 0:
+            continue
+        if selection == "k_center":
+            order = k_center_order(real_f[data.train_y.numpy() == k], syn_f[rows])
+        else:
+            order = np.random.default_rng([seed, k]).permutation(rows.size)
+        keep.append(rows[order[:n]])
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
+
+
+def _with_synthetic(data: _Data, rows: np.ndarray) -> _Data:
+    index = torch.from_numpy(rows)
+    return dataclasses.replace(data, syn_x=data.syn_x[index], syn_y=data.syn_y[index])
+
+
+def validation_folds(data: _Data, real_f: np.ndarray, minority: Sequence[str]) -> tuple[list[tuple], str]:
+    """(fold data with train = the fold's real train images and test = its held-out real images, their
+    features) for each fold, and how they were made: the val split itself, or, when a minority class has fewer
+    than ``MIN_VAL_PER_CLASS`` val images, ``FOLDS``-fold stratified splits of train + val. Never the test split."""
+    from sklearn.model_selection import StratifiedKFold
+
+    val_counts = [int((data.val_y == data.class_names.index(c)).sum()) for c in minority]
+    n = data.train_x.shape[0]
+    if val_counts and min(val_counts) >= MIN_VAL_PER_CLASS:
+        fold = dataclasses.replace(data, test_x=data.val_x, test_y=data.val_y)
+        return [(fold, real_f[:n])], "the real val split"
+    x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+    splits = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=0).split(np.zeros(len(y)), y.numpy())
+    folds = []
+    for fit, held in splits:
+        fit_t, held_t = torch.from_numpy(fit), torch.from_numpy(held)
+        folds.append((dataclasses.replace(data, train_x=x[fit_t], train_y=y[fit_t], test_x=x[held_t],
+                                          test_y=y[held_t]), real_f[fit]))
+    return folds, f"{FOLDS}-fold stratified splits of real train + val (a minority class has < {MIN_VAL_PER_CLASS} " \
+                  "val images)"
+
+
+def _candidate(selection: str, share: float) -> tuple[str, float]:
+    """None or all of a class's images are the same set in any order: one candidate, not one per order."""
+    return (selection, share) if 0 < share < 1 else ("all", share)
+
+
+def choose_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, params: EvaluateParams,
+                  minority: Sequence[str], device: torch.device) -> dict[str, Any]:
+    """Choose, on validation only, the selection order and a per-class share of the accepted synthetic images.
+
+    Every candidate (``SELECTIONS`` x ``SHARES``, share 0 and 1 once) builds the ``real_synthetic`` set from the
+    fold's real train images and its share of the synthetic ones, trains the project's classifier
+    ``validation_seeds`` times and is scored on the fold's held-out real images. The selection order is the one
+    whose partial-share candidates reach the higher mean of (balanced accuracy + minority recall) / 2; then,
+    per class with synthetic images, the share with the highest mean F1 of that class (ties: the smaller share).
+    """
+    from sklearn.metrics import f1_score
+
+    folds, how = validation_folds(data, real_f, minority)
+    k = len(data.class_names)
+    candidates = list(dict.fromkeys(_candidate(s, share) for s in SELECTIONS for share in SHARES))
+    scored: dict[tuple[str, float], list[dict]] = {c: [] for c in candidates}
+    for selection, share in candidates:
+        for fold, fold_real_f in folds:
+            for i in range(params.validation_seeds):
+                seed = params.classifier.seed + i
+                rows = synthetic_subset(fold, fold_real_f, syn_f, dict.fromkeys(data.class_names, share),
+                                        selection, seed)
+                x, y = training_set("real_synthetic", _with_synthetic(fold, rows), seed)
+                model = train_judge(x, y, num_classes=k, config=dataclasses.replace(params.classifier, seed=seed),
+                                    device=device)
+                truth = fold.test_y.numpy()
+                pred = model.predict_logits(fold.test_x).argmax(dim=1).numpy()
+                s = score(pred, truth, data.class_names, minority)
+                s["f1"] = dict(zip(data.class_names, f1_score(truth, pred, labels=list(range(k)), average=None,
+                                                              zero_division=0).tolist(), strict=True))
+                scored[(selection, share)].append(s)
+
+    def objective(c: tuple[str, float]) -> float:
+        return float(np.mean([(s["balanced_accuracy"] + (s["minority_recall"] or 0.0)) / 2 for s in scored[c]]))
+
+    partial = [share for share in SHARES if 0 < share < 1]
+    selection = max(SELECTIONS, key=lambda s: np.mean([objective((s, share)) for share in partial]))
+    with_synthetic = [n for j, n in enumerate(data.class_names) if bool((data.syn_y == j).any())]
+    shares = {}
+    for name in with_synthetic:
+        options = [_candidate(selection, share) for share in SHARES]
+        shares[name] = max(options, key=lambda c: (np.mean([s["f1"][name] for s in scored[c]]), -c[1]))[1]
+    return {"selection": selection, "shares": shares, "validated_on": how,
+            "validation_seeds": params.validation_seeds,
+            "candidates": [{"selection": s, "share": share, "objective": objective((s, share)),
+                            "f1": {n: float(np.mean([x["f1"][n] for x in scored[(s, share)]])) for n in with_synthetic}}
+                           for s, share in candidates]}
 
 
 # ------------------------------------------------------------------------------------------------------- plots
@@ -645,7 +950,8 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         "real_test": {n: int((data.test_y == i).sum()) for i, n in enumerate(class_names)},
         "real_heldback": {n: int((data.heldback_y == i).sum()) for i, n in enumerate(class_names)},
     }
-    utility = utility_metrics(data, params, minority, device, console=console)
+    utility = utility_metrics(data, params, minority, device, real_f=ref_f.numpy(), syn_f=syn_f.numpy(),
+                              console=console)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {"utility": plot_utility(utility, out_dir / PLOT_UTILITY).name,
@@ -678,7 +984,9 @@ def write_tables(counts: Mapping[str, Any], accepted: Mapping[str, Any], utility
     ``dvc plots`` draws and compares across experiments."""
     conditions = [c for c in CONDITIONS if c in utility]
     metrics = ("balanced_accuracy", "macro_f1", "minority_recall")
-    rows = [{"condition": c, **{f"{m}_{k}": utility[c][m][k] for m in metrics for k in ("mean", "std")}}
+    other = utility["independent"]
+    rows = [{"condition": c, **{f"{m}_{k}": utility[c][m][k] for m in metrics for k in ("mean", "std")},
+             **{f"{other['family']}_{m}_{k}": other[c][m][k] for m in metrics for k in ("mean", "std")}}
             for c in conditions]
     pd.DataFrame(rows).to_csv(out_dir / TABLE_UTILITY, index=False)
     rows = [{"class": name, "real": counts["before"][name], "synthetic_accepted": counts["synthetic_accepted"][name],
@@ -686,6 +994,23 @@ def write_tables(counts: Mapping[str, Any], accepted: Mapping[str, Any], utility
              **{f"recall_{c}": utility[c]["per_class_recall"].get(name, {}).get("mean") for c in conditions}}
             for name in class_names]
     pd.DataFrame(rows).to_csv(out_dir / TABLE_PER_CLASS, index=False)
+
+
+class UtilityGateRefused(UserError):
+    """The synthetic images measurably hurt against the best real baseline: nothing is published."""
+
+
+def enforce_gate(evaluate_dir: Path, enabled: bool) -> dict[str, Any]:
+    """The utility gate's verdict from ``evaluate_dir/metrics.json``; raises when it refused and ``enabled``.
+
+    Raises:
+        UtilityGateRefused: one line with the verdict's numbers, where the report is, and how to publish anyway.
+    """
+    gate = read_metrics(evaluate_dir)["utility"]["gate"]
+    if enabled and not gate["passed"]:
+        raise UtilityGateRefused(f"{gate['verdict']}. Nothing published; the report says why. To publish anyway: "
+                                 "-S publish.utility_gate=false")
+    return gate
 
 
 def read_metrics(evaluate_dir: Path) -> dict[str, Any]:
@@ -696,20 +1021,44 @@ def read_metrics(evaluate_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def gain_lines(utility: Mapping[str, Any]) -> list[str]:
+    """One plain-text line per classifier family, treated condition and compared metric: the seed-paired gain over
+    the best real baseline with its 95% interval, and the share of the baseline -> oracle gap closed."""
+    lines = []
+    for family, results in families(utility).items():
+        for condition, paired in results["paired_difference"].items():
+            for metric in COMPARED:
+                d, g = paired[metric], results["gap_closed"][condition][metric]
+                if d.get("mean") is None:
+                    lines.append(f"{family} {condition} {_LABELS[metric]}: undefined ({d.get('reason')})")
+                    continue
+                gap = (f"{g['value']:.0%} of the {d['baseline']} -> real_oracle gap closed" if g["value"] is not None
+                       else f"gap closed undefined ({g['reason']})")
+                lines.append(f"{family} {condition} {_LABELS[metric]}: {d['mean']:+.3f} [95% CI {d['ci95'][0]:+.3f}, "
+                             f"{d['ci95'][1]:+.3f}] vs {d['baseline']}; {gap}")
+    return lines
+
+
 def _print_summary(console: Console, utility: Mapping[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title="utility on the real test split (mean ± std)")
-    for column in ("condition", "balanced accuracy", "macro-F1", "minority recall"):
-        table.add_column(column, justify="left" if column == "condition" else "right")
+    fams = families(utility)
+    table = Table(title="utility on the real test split (mean ± std over seeds; real_only: context only)")
+    table.add_column("condition", justify="left")
+    for family in fams:
+        table.add_column(f"{family} bal. acc.", justify="right")
+        table.add_column(f"{family} minority rec.", justify="right")
 
     def fmt(s: Mapping[str, Any]) -> str:
         return "—" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
     for c in utility["setup"]["conditions"]:
-        table.add_row(c, fmt(utility[c]["balanced_accuracy"]), fmt(utility[c]["macro_f1"]),
-                      fmt(utility[c]["minority_recall"]))
+        table.add_row(c, *(fmt(r[c][m]) for r in fams.values() for m in COMPARED))
     console.print(table)
+    console.print("gain over the best real baseline (paired by seed):", highlight=False)
+    for line in gain_lines(utility):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print(utility["gate"]["verdict"], highlight=False, soft_wrap=True)
 
 
 def _finite(value: float | None) -> float | None:

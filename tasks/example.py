@@ -26,7 +26,7 @@ Result (any seed): 856 train images (117-122 in each of the seven ordinary class
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +46,16 @@ _IMAGE_NAME = re.compile(r"d\d{4}\.png(\.tmp)?")
 _ROOT_FILES = re.compile(rf"({re.escape(SPLITS_FILE)}|{re.escape(MARKER_FILE)})(\.tmp)?")
 
 
-def example_splits(targets: np.ndarray, *, seed: int = 0) -> list[str]:
-    """The split of every image, given the class index of each (step 3-4 of the module docstring)."""
+def example_splits(targets: np.ndarray, *, seed: int = 0, scarce: Mapping[str, int] | None = None) -> list[str]:
+    """The split of every image, given the class index of each (step 3-4 of the module docstring).
+
+    ``scarce``: train images kept per scarce class (default: ``SCARCE_TRAIN`` for each of ``SCARCE_CLASSES``); the
+    benchmark scenarios (bench/utility.py) starve other classes the same way."""
+    scarce = dict.fromkeys(SCARCE_CLASSES, SCARCE_TRAIN) if scarce is None else scarce
     splits = [""] * len(targets)
     for label in np.unique(targets):
         order = np.random.default_rng([seed, int(label)]).permutation(np.flatnonzero(targets == label))
-        train_keep = SCARCE_TRAIN if str(label) in SCARCE_CLASSES else len(order)
+        train_keep = scarce.get(str(label), len(order))
         for rank, index in enumerate(order):
             if rank < TEST_PER_CLASS:
                 splits[index] = "test"
@@ -74,13 +78,9 @@ def write_example(directory: Path, *, seed: int = 0) -> str:
     Raises:
         UserError: ``directory`` is a file, or a non-empty folder that is not an earlier example.
     """
-    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
-
     directory = Path(directory)
     _check_target(directory)
-    digits = load_digits()
-    targets = np.asarray(digits.target)
-    pixels = ((np.asarray(digits.images).round().astype(np.int64) * 255 + 8) // 16).astype(np.uint8)
+    pixels, targets = digit_pixels()
     splits = example_splits(targets, seed=seed)
 
     summary = _summary(targets, splits, seed)
@@ -98,6 +98,15 @@ def write_example(directory: Path, *, seed: int = 0) -> str:
         rows.append(f"{rel},{splits[index]}")
     _write_text(directory / SPLITS_FILE, "path,split\n" + "\n".join(rows) + "\n")  # last: the table means done
     return summary
+
+
+def digit_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digit scans as 8-bit (N, 8, 8) pixels (step 1 of the module docstring) and their labels."""
+    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
+
+    digits = load_digits()
+    pixels = ((np.asarray(digits.images).round().astype(np.int64) * 255 + 8) // 16).astype(np.uint8)
+    return pixels, np.asarray(digits.target)
 
 
 def _check_target(directory: Path) -> None:

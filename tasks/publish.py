@@ -73,6 +73,9 @@ class PublishParams(Section):
       local registry only (an offline trial); a later run with ``true`` pushes the same content.
     schedule: cron (UTC) of ``synthaug serve`` and ``prefect.yaml``; a scheduled run that finds the source, params
       and code unchanged publishes nothing.
+    utility_gate: publish only when the evaluate step's utility gate passed (the synthetic images do not measurably
+      hurt against the best real baseline; the rule is ``tasks.evaluate.gate_verdict``). ``false`` publishes anyway
+      and says so in the step's record.
     """
 
     name: str = "digits-balanced"
@@ -80,6 +83,7 @@ class PublishParams(Section):
     remote: str = "registry/remote"
     push: bool = True
     schedule: str = "0 3 * * *"
+    utility_gate: bool = True
 
     @field_validator("schedule")
     @classmethod

@@ -4,11 +4,13 @@ Everything is inside the file: images are inlined as base64 ``data:`` URIs, the 
 is no script, font or CDN link, so the report opens offline, in an e-mail attachment or in a DVC registry alike.
 All text from the data (labels, reasons, paths) is escaped with ``html.escape``.
 
-Sections: a summary; downstream utility (the chart from the evaluate step, a table, the paired difference and the
-share of the gap closed); per-class recall; class counts and acceptance; set-quality tables (overall and per
-class); per class a row of real | accepted synthetic | rejected images with their reasons; and a memorization
-audit: the accepted synthetic images most correlated with a training image (``score_nn_pixel_corr``, from the
-filter), each shown beside that training image, found again with ``models.metrics.nearest_correlation``.
+Sections: a summary; downstream utility (the utility gate's verdict and rule, the chart from the evaluate step, a
+table per classifier family, the paired difference to the best real baseline and the share of the best baseline ->
+oracle gap closed, which choices were made on what data); per-class recall; class counts and acceptance;
+set-quality tables (overall and per class); per class a row of real | accepted synthetic | rejected images with
+their reasons; and a memorization audit: the accepted synthetic images most correlated with a training image
+(``score_nn_pixel_corr``, from the filter), each shown beside that training image, found again with
+``models.metrics.nearest_correlation``.
 
 The report of an anonymized release (``privacy_dir`` given) embeds accepted synthetic images only: no real image
 and no rejected one (a rejected image may be a copy of a training image). Its memorization audit is the privacy
@@ -30,7 +32,18 @@ import pandas as pd
 from models.metrics import nearest_correlation
 from tasks.dp import card_lines as dp_card_lines
 from tasks.errors import UserError
-from tasks.evaluate import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, read_metrics, real_rows, synthetic_rows
+from tasks.evaluate import (
+    BASELINES,
+    COMPARED,
+    PLOT_COUNTS,
+    PLOT_RECALL,
+    PLOT_UTILITY,
+    PROJECT_FAMILY,
+    families,
+    read_metrics,
+    real_rows,
+    synthetic_rows,
+)
 from tasks.images import load_images
 from tasks.plan import natural_key
 from tasks.privacy import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
@@ -118,48 +131,59 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
+def _paired_cell(d: Mapping[str, Any]) -> str:
+    if d.get("mean") is None:
+        return _cell(None, d.get("reason"))
+    lo, hi = d["ci95"]
+    verdict, css = ("better", "good") if lo > 0 else ("worse", "bad") if hi < 0 else ("no clear difference", "")
+    return (f'<td>{d["mean"]:+.3f} <span class="note">[{lo:+.3f}, {hi:+.3f}]</span> '
+            f'<span class="{css}">{verdict}</span></td>')
+
+
 def _utility(metrics: Mapping[str, Any], evaluate_dir: Path) -> str:
     u = metrics["utility"]
     setup = u["setup"]
+    fams = families(u)
     rows = []
     for c in setup["conditions"]:
         cells = "".join(
-            f"<td>{_num(u[c][m]['mean'])} ± {_num(u[c][m]['std'])}</td>" if u[c][m]["mean"] is not None
-            else _cell(None, u[c][m].get("reason"))
-            for m in ("balanced_accuracy", "macro_f1", "minority_recall"))
+            f"<td>{_num(r[c][m]['mean'])} ± {_num(r[c][m]['std'])}</td>" if r[c][m]["mean"] is not None
+            else _cell(None, r[c][m].get("reason"))
+            for r in fams.values() for m in ("balanced_accuracy", "minority_recall"))
         n_train = sum(setup["train_per_class"].get(c, {}).values())
-        rows.append(f'<tr><td class="l">{_esc(c)}</td>{cells}<td>{n_train}</td></tr>')
+        label = f"{c} <span class='note'>(context only)</span>" if c == "real_only" else _esc(c)
+        rows.append(f'<tr><td class="l">{label}</td>{cells}<td>{n_train}</td></tr>')
+    head = "".join(f"<th>{_esc(f)}: balanced accuracy</th><th>{_esc(f)}: minority recall</th>" for f in fams)
+    gate = u["gate"]
     out = ['<h2 id="utility">Downstream utility</h2>',
-           f'<p class="note">The same classifier trained from scratch on each training set, {setup["seeds"]} seeds, '
-           f'scored on the {setup["test_size"]} real test images. Mean ± sample std over seeds.</p>',
+           f'<p class="{"good" if gate["passed"] else "bad"}"><b>{_esc(gate["verdict"])}</b></p>',
+           f'<p class="note">Gate rule: {_esc(gate["rule"])}.</p>',
+           f'<p class="note">Two independent classifier families, each trained from scratch on each training set, '
+           f'{setup["seeds"]} seeds, scored on the {setup["test_size"]} real test images: {PROJECT_FAMILY} (the '
+           f"project's network) and {_esc(u['independent']['family'])} (scikit-learn, on the raw pixels). Mean ± "
+           "sample std over seeds. real_only, the untreated imbalanced set, is shown as context only: gains are "
+           "measured from the best real baseline.</p>",
            _img(evaluate_dir / PLOT_UTILITY, "utility chart", css="chart"),
-           "<table><tr><th class='l'>condition</th><th>balanced accuracy</th><th>macro-F1</th>"
-           "<th>minority recall</th><th>train images</th></tr>", *rows, "</table>"]
+           f"<table><tr><th class='l'>condition</th>{head}<th>train images</th></tr>", *rows, "</table>"]
     for c, why in setup.get("skipped", {}).items():
         out.append(f'<p class="note">{_esc(c)} not run: {_esc(why)}</p>')
-    pd_ = u["paired_difference"]
-    lines = []
-    for m, label in (("balanced_accuracy", "balanced accuracy"), ("minority_recall", "minority recall")):
-        d = pd_[m]
-        if d.get("mean") is None:
-            lines.append(f"<li>{label}: undefined ({_esc(d.get('reason', ''))})</li>")
-            continue
-        lo, hi = d["ci95"]
-        verdict = ("better" if lo > 0 else "worse" if hi < 0 else "no clear difference")
-        css = "good" if lo > 0 else "bad" if hi < 0 else ""
-        lines.append(f"<li>{label}: {d['mean']:+.3f} (95% CI {lo:+.3f} … {hi:+.3f}) — "
-                     f'<span class="{css}">{verdict}</span></li>')
-    out.append(f"<h3>real_synthetic vs the best real baseline ({_esc(pd_['baseline'])}), paired by seed</h3>")
-    out.append("<ul>" + "".join(lines) + "</ul>")
-    gap_lines = []
-    for m, label in (("balanced_accuracy", "balanced accuracy"), ("minority_recall", "minority recall")):
-        g = u["gap_closed"][m]
-        gap_lines.append(f"<li>{label}: " + (f"<b>{g['value']:.0%}</b> of the real_only → real_oracle gap closed"
-                                             if g["value"] is not None else f"— ({_esc(g['reason'])})") + "</li>")
-    out.append("<h3>Gap closed by synthetic data</h3><ul>" + "".join(gap_lines) + "</ul>"
-               '<p class="note">(real_synthetic − real_only) / (real_oracle − real_only), on the means. It is measured '
-               "from the untreated real_only baseline; the paired difference above is the stricter test, against the "
-               "best real baseline.</p>")
+    out.append("<h3>Against the best real baseline</h3>"
+               '<p class="note">Per metric and family, the best real baseline is the better mean of '
+               f"{' and '.join(BASELINES)}. Δ: the difference paired by seed, with its 95% t-interval; gap closed: "
+               "(condition − best real baseline) / (real_oracle − best real baseline), on the means.</p>"
+               "<table><tr><th class='l'>family</th><th class='l'>condition</th><th class='l'>metric</th>"
+               "<th class='l'>best real baseline</th><th>Δ [95% CI]</th><th>gap closed</th></tr>")
+    for family, results in fams.items():
+        for condition, paired in results["paired_difference"].items():
+            for m in COMPARED:
+                g = results["gap_closed"][condition][m]
+                gap = f"<td>{g['value']:.0%}</td>" if g["value"] is not None else _cell(None, g["reason"])
+                out.append(f'<tr><td class="l">{_esc(family)}</td><td class="l">{_esc(condition)}</td>'
+                           f'<td class="l">{m.replace("_", " ")}</td><td class="l">{_esc(paired[m]["baseline"])}</td>'
+                           f"{_paired_cell(paired[m])}{gap}</tr>")
+    out.append("</table>")
+    choices = "".join(f"<li><b>{_esc(c['choice'])}</b>: {_esc(c['made_on'])}</li>" for c in u.get("choices", []))
+    out.append(f"<h3>Which choices were made on what data</h3><ul>{choices}</ul>")
     out.append('<h3 id="recall">Per-class recall</h3>'
                + _img(evaluate_dir / PLOT_RECALL, "per-class recall", css="chart"))
     return "\n".join(out)

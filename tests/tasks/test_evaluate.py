@@ -25,17 +25,25 @@ from models.judge import JudgeConfig
 from tasks.errors import UserError
 from tasks.evaluate import (
     BASELINES,
+    CHOICES,
+    COMPARED,
     CONDITIONS,
     DEFAULT_CLASSIFIER,
     MIN_GAP,
+    TREATED,
     EvaluateParams,
     _gap_closed,
     augment_images,
+    best_real_baseline,
     default_minority,
     evaluate_step,
+    families,
     fill_indices,
+    gate_verdict,
+    k_center_order,
     paired_difference,
     score,
+    summarize,
 )
 from tasks.images import load_images, write_png
 from tasks.judge import embed, load_judge_step, train_judge_step
@@ -51,7 +59,7 @@ SEEDS = 3
 
 def tiny_params(**overrides: Any) -> EvaluateParams:
     return EvaluateParams(**{"seeds": SEEDS, "classifier": TINY, "kid_subsets": 10, "fid_min_samples": 10,
-                             "device": "cpu", **overrides})
+                             "device": "cpu", "choose_on_validation": True, **overrides})
 
 
 def _real_row(path: str, image_id: str, label: str, split: str) -> dict:
@@ -191,11 +199,16 @@ def test_metrics_json_has_every_key(metrics: dict) -> None:
         assert set(utility[condition]["per_class_recall"]) == set(CLASSES)
         for summary in utility[condition]["per_class_recall"].values():
             assert set(summary) >= SUMMARY_KEYS
-    paired = utility["paired_difference"]
-    assert paired["baseline"] in BASELINES and paired["condition"] == "real_synthetic"
-    for metric in ("balanced_accuracy", "minority_recall"):
-        assert {"mean", "ci95", "values"} <= set(paired[metric])
-        assert {"value", "reason"} <= set(utility["gap_closed"][metric])
+    for results in families(utility).values():
+        assert set(results["paired_difference"]) == set(results["gap_closed"]) == set(TREATED)
+        for condition in TREATED:
+            for metric in COMPARED:
+                assert results["paired_difference"][condition][metric]["baseline"] in BASELINES
+                assert {"mean", "ci95", "values"} <= set(results["paired_difference"][condition][metric])
+                assert {"value", "reason", "baseline"} <= set(results["gap_closed"][condition][metric])
+    assert utility["independent"]["family"] == "extra_trees"
+    assert {"passed", "rule", "margin", "checks", "verdict"} <= set(utility["gate"])
+    assert [c["choice"] for c in utility["choices"][:len(CHOICES)]] == [c["choice"] for c in CHOICES]
     acceptance = metrics["acceptance"]
     assert set(acceptance["per_class"]) == set(CLASSES)
     assert acceptance["source"] == "filter_summary.json" and acceptance["thresholds"] == {"min_confidence": 0.5}
@@ -235,6 +248,7 @@ def test_counts_are_consistent(workdir: dict[str, Path], metrics: dict) -> None:
     # the oversampled real set + synthetic, then filled by repetition up to the largest class after adding
     most_synthetic = max(counts["synthetic_accepted"].values())
     assert setup["train_per_class"]["real_synthetic"] == {c: max(TRAIN.values()) + most_synthetic for c in CLASSES}
+    assert setup["train_per_class"]["real_classical_aug_synthetic"] == setup["train_per_class"]["real_synthetic"]
     assert setup["train_per_class"]["synthetic_only"] == counts["synthetic_accepted"]
     assert setup["train_per_class"]["real_oracle"] == {c: TRAIN[c] + (HELDBACK if c == "3" else 0) for c in CLASSES}
 
@@ -252,8 +266,9 @@ def test_too_small_sets_are_null_with_reasons(metrics: dict) -> None:
     assert metrics["quality"]["vs_heldback"]["per_class"]["3"]["fid"]["value"] is not None
 
 
-def test_utility_numbers_are_rates_over_the_seeds(metrics: dict) -> None:
-    utility = metrics["utility"]
+@pytest.mark.parametrize("family", ["cnn", "extra_trees"])
+def test_utility_numbers_are_rates_over_the_seeds(metrics: dict, family: str) -> None:
+    utility = families(metrics["utility"])[family]
     for condition in CONDITIONS:
         summaries = [utility[condition][m] for m in ("balanced_accuracy", "macro_f1", "minority_recall")]
         summaries += list(utility[condition]["per_class_recall"].values())
@@ -269,27 +284,52 @@ def test_utility_numbers_are_rates_over_the_seeds(metrics: dict) -> None:
         assert utility[condition]["balanced_accuracy"]["values"] == pytest.approx(per_seed)
 
 
-def test_paired_difference_and_gap_closed(metrics: dict) -> None:
+@pytest.mark.parametrize("family", ["cnn", "extra_trees"])
+def test_gains_are_measured_from_the_best_real_baseline(metrics: dict, family: str) -> None:
+    """Per metric, the better of real_oversampled and real_classical_aug is the baseline; real_only never is."""
+    utility = families(metrics["utility"])[family]
+    for metric in COMPARED:
+        best = max(BASELINES, key=lambda c: utility[c][metric]["mean"])
+        assert utility["best_real_baseline"][metric] == best
+        for condition in TREATED:
+            d = utility["paired_difference"][condition][metric]
+            assert d["baseline"] == best
+            expected = np.subtract(utility[condition][metric]["values"], utility[best][metric]["values"])
+            assert d["values"] == pytest.approx(expected)
+            assert d["mean"] == pytest.approx(expected.mean())
+            lo, hi = d["ci95"]
+            half = stats.t.ppf(0.975, SEEDS - 1) * np.std(expected, ddof=1) / math.sqrt(SEEDS)
+            assert (lo, hi) == pytest.approx((expected.mean() - half, expected.mean() + half))
+            gap = utility["gap_closed"][condition][metric]
+            means = {c: utility[c][metric]["mean"] for c in (best, condition, "real_oracle")}
+            assert gap["baseline"] == best
+            if gap["value"] is None:
+                assert means["real_oracle"] - means[best] < MIN_GAP and gap["reason"]
+            else:
+                assert gap["value"] == pytest.approx((means[condition] - means[best])
+                                                     / (means["real_oracle"] - means[best]))
+    assert "real_only" not in json.dumps({k: utility[k] for k in ("best_real_baseline", "paired_difference",
+                                                                  "gap_closed")})
+
+
+def test_independent_family_is_another_model(metrics: dict) -> None:
+    """The second family's scores are its own (not a copy of the network's) and follow the same conditions."""
     utility = metrics["utility"]
-    paired = utility["paired_difference"]
-    best = max(BASELINES, key=lambda c: utility[c]["balanced_accuracy"]["mean"])
-    assert paired["baseline"] == best
-    for metric in ("balanced_accuracy", "minority_recall"):
-        d = paired[metric]
-        expected = np.subtract(utility["real_synthetic"][metric]["values"], utility[best][metric]["values"])
-        assert d["values"] == pytest.approx(expected)
-        assert d["mean"] == pytest.approx(expected.mean())
-        lo, hi = d["ci95"]
-        assert lo <= d["mean"] <= hi
-        half = stats.t.ppf(0.975, SEEDS - 1) * np.std(expected, ddof=1) / math.sqrt(SEEDS)
-        assert (lo, hi) == pytest.approx((expected.mean() - half, expected.mean() + half))
-        gap = utility["gap_closed"][metric]
-        means = {c: utility[c][metric]["mean"] for c in ("real_only", "real_synthetic", "real_oracle")}
-        if gap["value"] is None:
-            assert means["real_oracle"] - means["real_only"] < MIN_GAP and gap["reason"]
-        else:
-            assert gap["value"] == pytest.approx((means["real_synthetic"] - means["real_only"])
-                                                 / (means["real_oracle"] - means["real_only"]))
+    other = utility["independent"]
+    assert utility["setup"]["independent"] == "extra_trees"
+    assert any(other[c]["balanced_accuracy"]["values"] != utility[c]["balanced_accuracy"]["values"]
+               for c in CONDITIONS)
+
+
+def test_gate_verdict_in_metrics_matches_the_rule(metrics: dict) -> None:
+    utility = metrics["utility"]
+    gate = utility["gate"]
+    assert gate == gate_verdict(utility, tiny_params().gate_margin)
+    assert len(gate["checks"]) == 2 * len(COMPARED)  # both families, both metrics
+    for check in gate["checks"]:
+        d = families(utility)[check["family"]]["paired_difference"]["real_synthetic"][check["metric"]]
+        assert check["ci95"] == d["ci95"] and check["hurts"] == (d["ci95"][1] < -gate["margin"])
+    assert gate["passed"] == (not any(c["hurts"] for c in gate["checks"]))
 
 
 def test_fid_kid_wiring_matches_models_metrics(workdir: dict[str, Path], metrics: dict) -> None:
@@ -336,7 +376,9 @@ def test_plots_are_pngs_with_content(workdir: dict[str, Path]) -> None:
 def test_progress_and_summary_are_printed(workdir: dict[str, Path]) -> None:
     log = workdir["log"].getvalue()  # type: ignore[attr-defined]
     assert "evaluate" in log and f"{len(CONDITIONS) * SEEDS}/{len(CONDITIONS) * SEEDS}" in log
-    assert "real_synthetic" in log
+    assert "real_synthetic" in log and "real_classical_aug_synthetic" in log
+    assert "gain over the best real baseline" in log and "utility gate" in log
+    assert "extra_trees" in log
 
 
 def test_unknown_minority_class_is_a_user_error(workdir: dict[str, Path], tmp_path: Path) -> None:
@@ -383,11 +425,64 @@ def test_gap_closed_edge_cases() -> None:
     def cond(mean: float) -> dict:
         return {"m": {"mean": mean}}
 
-    assert _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7)}, "m")["value"] is None
-    flat = _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7), "real_oracle": cond(0.505)}, "m")
+    base = {"real_oversampled": cond(0.5), "real_synthetic": cond(0.7)}
+    assert _gap_closed(base, "real_synthetic", "m", "real_oversampled")["value"] is None
+    flat = _gap_closed({**base, "real_oracle": cond(0.505)}, "real_synthetic", "m", "real_oversampled")
     assert flat["value"] is None and "no gap" in flat["reason"]
-    half = _gap_closed({"real_only": cond(0.5), "real_synthetic": cond(0.7), "real_oracle": cond(0.9)}, "m")
-    assert half["value"] == pytest.approx(0.5)
+    half = _gap_closed({**base, "real_oracle": cond(0.9)}, "real_synthetic", "m", "real_oversampled")
+    assert half["value"] == pytest.approx(0.5) and half["baseline"] == "real_oversampled"
+    # from the best real baseline, not from real_only: real_only at 0.0 changes nothing
+    with_only = _gap_closed({**base, "real_only": cond(0.0), "real_oracle": cond(0.9)}, "real_synthetic", "m",
+                            "real_oversampled")
+    assert with_only["value"] == pytest.approx(0.5)
+
+
+def test_best_real_baseline_is_per_metric_and_ignores_real_only() -> None:
+    results = {"real_only": {"balanced_accuracy": {"mean": 0.99}, "minority_recall": {"mean": 0.99}},
+               "real_oversampled": {"balanced_accuracy": {"mean": 0.90}, "minority_recall": {"mean": 0.70}},
+               "real_classical_aug": {"balanced_accuracy": {"mean": 0.89}, "minority_recall": {"mean": 0.75}}}
+    assert best_real_baseline(results, "balanced_accuracy") == "real_oversampled"
+    assert best_real_baseline(results, "minority_recall") == "real_classical_aug"
+
+
+def _utility_with(diff: float, spread: float) -> dict:
+    """A utility block where real_synthetic = real_oversampled + diff (+- spread per seed), both families."""
+    base = [0.80, 0.82, 0.84]
+    values = {"real_oversampled": base, "real_classical_aug": [v - 0.05 for v in base],
+              "real_synthetic": [v + diff + s for v, s in zip(base, (-spread, 0.0, spread), strict=True)]}
+    runs = {c: [{"balanced_accuracy": v, "macro_f1": v, "minority_recall": v, "per_class_recall": {}}
+                for v in vals] for c, vals in values.items()}
+    out = summarize(runs, [], 3)
+    out["independent"] = {"family": "extra_trees", **summarize(runs, [], 3)}
+    return out
+
+
+def test_gate_refuses_measured_harm_and_passes_noise() -> None:
+    hurt = gate_verdict(_utility_with(-0.10, 0.01), 0.01)
+    assert not hurt["passed"] and hurt["verdict"].startswith("utility gate refused")
+    assert "-0.100" in hurt["verdict"] and "real_oversampled" in hurt["verdict"]
+    noisy = gate_verdict(_utility_with(-0.02, 0.05), 0.01)  # interval straddles zero: not measurable harm
+    assert noisy["passed"] and "no measured gain" in noisy["verdict"]
+    small = gate_verdict(_utility_with(-0.005, 0.001), 0.01)  # harm smaller than the margin
+    assert small["passed"]
+    helps = gate_verdict(_utility_with(0.05, 0.005), 0.01)
+    assert helps["passed"] and "no measured gain" not in helps["verdict"]
+    assert len(helps["verdict"].splitlines()) == 1
+
+
+def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Path]) -> None:
+    from tasks.evaluate import _read_inputs, training_set
+
+    judge, class_names = load_judge_step(workdir["judge"])
+    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    plain_x, plain_y = training_set("real_synthetic", data, 0)
+    aug_x, aug_y = training_set("real_classical_aug_synthetic", data, 0)
+    assert torch.equal(plain_y, aug_y)
+    same = (plain_x == aug_x).flatten(1).all(dim=1)
+    n, oversampled = data.train_x.shape[0], 4 * max(TRAIN.values())
+    m = data.syn_x.shape[0]
+    assert same[:n].all() and same[oversampled:oversampled + m].all()  # the originals, real and synthetic
+    assert not same[n:oversampled].all() and not same[oversampled + m:].all()  # the copies are augmented
 
 
 def test_fill_indices_balance_and_keep_order() -> None:
@@ -417,3 +512,74 @@ def test_augmentation_is_seeded_and_small() -> None:
 def test_default_classifier_is_the_judge_network() -> None:
     assert dataclasses.asdict(DEFAULT_CLASSIFIER).keys() == dataclasses.asdict(JudgeConfig()).keys()
     assert DEFAULT_CLASSIFIER.steps == 300 and DEFAULT_CLASSIFIER.width == 16
+
+
+# ------------------------------------------------------------------------------- the recipe chosen on validation
+
+
+def test_k_center_order_matches_its_definition() -> None:
+    """Each pick is the synthetic image farthest from the real images and the earlier picks (scipy distances)."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    real, syn = rng.normal(size=(5, 3)), rng.normal(size=(12, 3))
+    order = k_center_order(real, syn)
+    assert sorted(order.tolist()) == list(range(12))
+    centres = list(real)
+    for step, pick in enumerate(order):
+        rest = [i for i in range(12) if i not in order[:step]]
+        nearest = cdist(syn[rest], np.array(centres)).min(axis=1)
+        assert pick == rest[int(np.argmax(nearest))], step
+        centres.append(syn[pick])
+    assert k_center_order(np.empty((0, 3)), syn)[0] in range(12)
+
+
+def test_synthetic_subset_takes_each_class_share_in_order(workdir: dict[str, Path]) -> None:
+    from tasks.evaluate import _read_inputs, synthetic_subset
+
+    judge, class_names = load_judge_step(workdir["judge"])
+    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    real_f = embed(data.train_x, judge).numpy()
+    syn_f = embed(data.syn_x, judge).numpy()
+    syn_y = data.syn_y.numpy()
+    n3, n1 = int((syn_y == 3).sum()), int((syn_y == 1).sum())
+    rows = synthetic_subset(data, real_f, syn_f, {"3": 0.5, "1": 0.0}, "k_center", 0)
+    assert (syn_y[rows] == 3).sum() == round(0.5 * n3) and (syn_y[rows] == 1).sum() == 0
+    threes = np.flatnonzero(syn_y == 3)
+    expected = threes[k_center_order(real_f[data.train_y.numpy() == 3], syn_f[threes])[:round(0.5 * n3)]]
+    assert rows.tolist() == sorted(expected.tolist())
+    everything = synthetic_subset(data, real_f, syn_f, {}, "random", 0)  # no share given: all of a class
+    assert everything.tolist() == list(range(n3 + n1))
+
+
+def test_recipe_is_chosen_on_validation_and_scored_once(metrics: dict) -> None:
+    utility = metrics["utility"]
+    recipe = utility["recipe"]
+    assert "real_synthetic_chosen" in utility["setup"]["conditions"]
+    assert recipe["selection"] in ("k_center", "random") and set(recipe["shares"]) == {"1", "3"}
+    assert all(share in (0.0, 0.5, 1.0) for share in recipe["shares"].values())
+    assert recipe["validated_on"].startswith("3-fold")  # 4 val images of the minority class: k-fold train + val
+    assert len(recipe["candidates"]) == 4  # none, all, and half in each of the two orders
+    chosen = utility["setup"]["train_per_class"]["real_synthetic_chosen"]
+    synthetic = metrics["counts"]["synthetic_accepted"]
+    kept = {c: round(recipe["shares"].get(c, 1.0) * synthetic[c]) for c in CLASSES}
+    assert chosen == {c: max(TRAIN.values()) + max(kept.values()) for c in CLASSES}
+    assert any("real_synthetic_chosen" in c["choice"] and "fold" in c["made_on"] for c in utility["choices"])
+
+
+def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> None:
+    from tasks.evaluate import _read_inputs, validation_folds
+
+    judge, class_names = load_judge_step(workdir["judge"])
+    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    real_f = np.zeros((data.train_x.shape[0] + data.val_x.shape[0], 4))
+    folds, how = validation_folds(data, real_f, ["3"])
+    assert len(folds) == 3 and how.startswith("3-fold")
+    pool = torch.cat([data.train_x, data.val_x]).flatten(1)
+    held = torch.cat([f.test_x for f, _ in folds]).flatten(1)
+    assert held.shape[0] == pool.shape[0]  # every real train + val image held out once, no test image
+    assert not (torch.cdist(held.float(), data.test_x.flatten(1).float()) == 0).any()
+    doubled = dataclasses.replace(data, val_x=torch.cat([data.val_x] * 2), val_y=torch.cat([data.val_y] * 2))
+    single, how = validation_folds(doubled, real_f, ["3"])  # 8 val images of "3": the val split itself
+    assert len(single) == 1 and how == "the real val split"
+    assert torch.equal(single[0][0].test_y, doubled.val_y) and torch.equal(single[0][0].train_y, data.train_y)

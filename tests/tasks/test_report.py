@@ -7,6 +7,7 @@ import base64
 import html
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ from PIL import Image
 from rich.console import Console
 
 from tasks.errors import UserError
-from tasks.evaluate import evaluate_step
+from tasks.evaluate import CONDITIONS, TREATED, evaluate_step, families
 from tasks.images import write_png
 from tasks.manifest import read_manifest, write_manifest
 from tasks.report import report_step
@@ -79,14 +80,30 @@ def test_report_is_self_contained(page: str) -> None:
 def test_report_has_every_section(workdir: dict[str, Path], page: str) -> None:
     for anchor in ("utility", "recall", "counts", "quality", "samples", "memorization"):
         assert f'id="{anchor}"' in page, anchor
-    for condition in ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "synthetic_only",
-                      "real_oracle"):
-        assert f'<td class="l">{condition}</td>' in page
+    for condition in CONDITIONS:
+        assert f'<td class="l">{condition}' in page, condition
     charts = [base64.b64encode((workdir["evaluate"] / n).read_bytes()).decode()
               for n in ("utility.png", "class_counts.png", "per_class_recall.png")]
     assert all(c in page for c in charts)
     assert "image-rendering: pixelated" in page
     assert "class 3" in page and "overall (pooled)" in page and "heldback" in page
+
+
+def test_utility_is_measured_from_the_best_real_baseline(workdir: dict[str, Path], page: str) -> None:
+    """The gate's verdict and rule, both classifier families, gains against the best real baseline, the choices;
+    and no ratio measured from the untreated real_only baseline."""
+    utility = json.loads((workdir["evaluate"] / "metrics.json").read_text())["utility"]
+    section = page[page.index('id="utility"'):page.index('id="recall"')]
+    assert html.escape(utility["gate"]["verdict"], quote=True) in section
+    assert "Gate rule:" in section and "Which choices were made on what data" in section
+    assert "cnn: minority recall" in section and "extra_trees: minority recall" in section
+    assert "real_oracle − best real baseline" in section
+    assert "real_only → real_oracle" not in page and "real_only -&gt; real_oracle" not in page
+    for family, results in families(utility).items():
+        for condition in TREATED:
+            baseline = results["paired_difference"][condition]["minority_recall"]["baseline"]
+            assert (f'<td class="l">{family}</td><td class="l">{condition}</td><td class="l">minority recall</td>'
+                    f'<td class="l">{baseline}</td>') in section
 
 
 def test_text_is_escaped(page: str) -> None:

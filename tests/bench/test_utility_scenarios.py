@@ -1,0 +1,101 @@
+"""The utility benchmark's scenarios: real images that ship offline, scarce classes starved to the stated counts,
+held-back real images as the oracle, and (textures) train and test patches from disjoint regions."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.utility import (
+    DIGITS_SCARCE,
+    PATCH,
+    TEST_PER_CLASS,
+    TEST_ROWS,
+    TEXTURES,
+    TEXTURES_SCARCE,
+    TRAIN_ROWS,
+    VAL_PER_CLASS,
+    bar,
+    markdown,
+    source,
+    write_digits,
+    write_textures,
+)
+
+
+def _table(root: Path) -> pd.DataFrame:
+    splits = pd.read_csv(root / "splits.csv", dtype=str)
+    splits["label"] = splits["path"].str.split("/").str[0]
+    return splits
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    return _table(write_digits(tmp_path_factory.mktemp("digits")))
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    root = write_textures(tmp_path_factory.mktemp("textures"))
+    return root, _table(root)
+
+
+def test_digits_scarce_counts_and_oracle(digits: pd.DataFrame) -> None:
+    counts = digits.groupby(["label", "split"]).size().unstack(fill_value=0)
+    assert DIGITS_SCARCE == {"2": 3, "7": 6, "9": 3}  # other classes and counts than the bundled example's 3, 5, 8
+    for label, n in DIGITS_SCARCE.items():
+        assert counts.loc[label, "train"] == n and counts.loc[label, "heldback"] > 100
+    common = [c for c in counts.index if c not in DIGITS_SCARCE]
+    assert (counts.loc[common, "heldback"] == 0).all() and (counts.loc[common, "train"] > 100).all()
+    assert (counts["test"] == 50).all() and (counts["val"] == 10).all()
+
+
+@pytest.mark.slow
+def test_texture_patches_come_from_disjoint_regions(textures: tuple[Path, pd.DataFrame]) -> None:
+    """Every test patch is found in its photograph only in the test rows; train and heldback only in the train
+    rows (searched over every position of the photograph, so a patch copied across the border would be caught)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    from skimage import data
+
+    root, table = textures
+    counts = table.groupby(["label", "split"]).size().unstack(fill_value=0)
+    for name in TEXTURES:
+        assert counts.loc[name, "test"] == TEST_PER_CLASS and counts.loc[name, "val"] == VAL_PER_CLASS
+        assert counts.loc[name, "train"] == TEXTURES_SCARCE.get(name, 96)
+        assert counts.loc[name, "train"] + counts.loc[name, "heldback"] == 96
+    for name in ("grass",):
+        photo = getattr(data, name)()
+        windows = sliding_window_view(photo, (PATCH, PATCH))
+        for _, row in table[table["label"] == name].iloc[::13].iterrows():
+            patch = np.asarray(Image.open(root / row["path"]))
+            rows = np.flatnonzero((windows == patch).all(axis=(2, 3)).any(axis=1))
+            assert rows.size, row["path"]
+            band = TEST_ROWS if row["split"] == "test" else TRAIN_ROWS if row["split"] != "val" else (192, 256)
+            assert all(band[0] <= r and r + PATCH <= band[1] for r in rows), (row["path"], rows)
+
+
+def test_source_names_the_scenario(tmp_path: Path) -> None:
+    assert source("digits-example", tmp_path) == "example:digits"
+    with pytest.raises(ValueError, match="scenarios"):
+        source("nope", tmp_path)
+
+
+def _utility(minority_ci: tuple[float, float], gap: float) -> dict:
+    paired = {"real_synthetic": {"minority_recall": {"mean": sum(minority_ci) / 2, "ci95": list(minority_ci),
+                                                     "baseline": "real_oversampled"},
+                                 "balanced_accuracy": {"mean": None, "ci95": None, "baseline": "real_oversampled"}}}
+    gaps = {"real_synthetic": {"minority_recall": {"value": gap}, "balanced_accuracy": {"value": None}}}
+    row = {m: {"mean": 0.5, "std": 0.1} for m in ("balanced_accuracy", "minority_recall")}
+    block = {"paired_difference": paired, "gap_closed": gaps, "real_synthetic": row}
+    return {**block, "independent": {"family": "extra_trees", **block},
+            "setup": {"conditions": ["real_synthetic"]}, "gate": {"verdict": "utility gate passed: ..."}}
+
+
+def test_bar_needs_an_interval_above_zero_and_thirty_percent() -> None:
+    assert bar(_utility((0.01, 0.09), 0.35)) == {"cnn": ["real_synthetic"], "extra_trees": ["real_synthetic"]}
+    assert bar(_utility((-0.01, 0.09), 0.35)) == {"cnn": [], "extra_trees": []}
+    assert bar(_utility((0.01, 0.09), 0.29)) == {"cnn": [], "extra_trees": []}
+    text = markdown({"utility": _utility((0.01, 0.09), 0.35)})
+    assert "| cnn | real_synthetic | minority recall | real_oversampled | +0.050 [+0.010, +0.090] | 0.35 |" in text

@@ -1,0 +1,141 @@
+"""The utility gate end to end on tiny real digits: a helpful generator publishes; a harmful one (its images of the
+scarce class are other digits) is refused with a one-line verdict naming the numbers, the report says why, and
+nothing is published; ``publish.utility_gate=false`` publishes it anyway and the record says so."""
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from flows.dag import step
+from flows.params import load_params
+from models.judge import JudgeConfig
+from tasks.evaluate import UtilityGateRefused, evaluate_step
+from tasks.images import load_images, write_png
+from tasks.manifest import read_manifest, write_manifest
+from tasks.report import report_step
+
+
+def _evaluate_fixtures():
+    path = Path(__file__).parents[1] / "tasks" / "test_evaluate.py"  # the tiny digits workdir of the evaluate tests
+    spec = importlib.util.spec_from_file_location("_synthaug_gate_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fixtures = _evaluate_fixtures()
+CLASSIFIER = JudgeConfig(width=8, feature_dim=16, steps=120, batch_size=32)  # steadier than the evaluate tests' 40
+
+
+def _synthetic(images: list[np.ndarray], label: str, filter_dir: Path) -> None:
+    """Replace the filter step's synthetic rows by ``images``, all accepted as ``label``."""
+    rows = []
+    for seed, pixels in enumerate(images):
+        path = f"images/{label}/{label}_s{seed}.png"
+        rows.append({"image_id": write_png(pixels, filter_dir / path), "path": path, "label": label, "split": "train",
+                     "source": "synthetic", "generator": "vae", "checkpoint": "cd" * 32, "seed": seed,
+                     "accepted": True, "reject_reason": None, "height": 16, "width": 16, "channels": 1,
+                     "score_nn_pixel_corr": 0.5})
+    frame = pd.DataFrame(rows)
+    frame["seed"] = frame["seed"].astype("Int64")
+    write_manifest(frame, filter_dir / "manifest.parquet")
+
+
+def _real(ingest_dir: Path, split: str, labels: tuple[str, ...], per_class: int) -> list[np.ndarray]:
+    frame, _ = read_manifest(ingest_dir / "manifest.parquet")
+    out = []
+    for label in labels:
+        rows = frame[(frame["split"] == split) & (frame["label"] == label)].head(per_class)
+        x = load_images(ingest_dir, list(rows["path"]), 1)
+        out += [np.round((img.numpy().transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for img in x]
+    return out
+
+
+def _other_digits(per_class: int) -> list[np.ndarray]:
+    """Real 0s, 1s and 2s that are in no split of the workdir (the last of each class in scikit-learn's digits)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits(n_class=3)
+    return [_fixtures._upscale(digits.images[i]) for k in range(3)
+            for i in np.flatnonzero(digits.target == k)[-per_class:]]
+
+
+def _workdir(root: Path, kind: str) -> Path:
+    """A workdir up to the report: ``helpful`` synthetic 3s are real 3s the train split never saw (heldback);
+    ``harmful`` ones are unseen real 0s, 1s and 2s labelled 3 (a generator whose samples carry the wrong class)."""
+    dirs = _fixtures.build_workdir(root)
+    images = _real(dirs["ingest"], "heldback", ("3",), 20) if kind == "helpful" else _other_digits(20)
+    _synthetic(images, "3", dirs["filter"])
+    params = _fixtures.tiny_params(classifier=CLASSIFIER)
+    evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], params, dirs["evaluate"],
+                  console=Console(file=io.StringIO()))
+    report_step(dirs["ingest"], dirs["filter"], dirs["evaluate"], dirs["report"], thumbs=2, pairs=1)
+    return root
+
+
+def _params(root: Path, *extra: str):
+    return load_params(None, [f"publish.registry={root / 'registry'}", f"publish.remote={root / 'remote'}",
+                              "publish.name=gate", *extra])
+
+
+def _tags(registry: Path) -> list[str]:
+    if not registry.exists():
+        return []
+    out = subprocess.run(["git", "-C", str(registry), "tag", "--list"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+@pytest.mark.slow
+def test_a_helpful_generator_publishes(tmp_path: Path) -> None:
+    root = _workdir(tmp_path, "helpful")
+    gate = json.loads((root / "evaluate" / "metrics.json").read_text())["utility"]["gate"]
+    assert gate["passed"], gate["verdict"]
+    record = step("publish").run(_params(root), root)
+    assert record["tag"] == "gate/v1" and record["utility_gate"] == "passed"
+    assert _tags(root / "registry") == ["gate/v1"]
+
+
+@pytest.mark.slow
+def test_a_harmful_generator_is_refused_and_nothing_is_published(tmp_path: Path) -> None:
+    root = _workdir(tmp_path, "harmful")
+    gate = json.loads((root / "evaluate" / "metrics.json").read_text())["utility"]["gate"]
+    assert not gate["passed"] and any(c["hurts"] for c in gate["checks"])
+    with pytest.raises(UtilityGateRefused, match=r"utility gate refused: real_synthetic measurably hurts") as info:
+        step("publish").run(_params(root), root)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "95% CI" in message and "publish.utility_gate=false" in message
+    assert not (root / "dataset").exists() and _tags(root / "registry") == []
+    page = (root / "report" / "report.html").read_text()
+    assert "utility gate refused" in page and "Gate rule:" in page
+
+    # The CLI: exit 1 and one line naming the numbers (as `synthaug run` ends when the publish step refuses).
+    cli = subprocess.run([sys.executable, "-m", "flows", "publish", "--workdir", str(root),
+                          "-S", f"publish.registry={root / 'registry'}", "-S", f"publish.remote={root / 'remote'}",
+                          "-S", "publish.name=gate"], capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                         env={**os.environ, "COLUMNS": "1000"})  # a wide terminal: rich wraps at its width
+    assert cli.returncode == 1, cli.stderr + cli.stdout
+    lines = [line for line in (cli.stdout + cli.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: utility gate refused"), lines
+
+    # Turned off explicitly: published, and the record says the gate refused.
+    record = step("publish").run(_params(root, "publish.utility_gate=false"), root)
+    assert record["tag"] == "gate/v1" and record["utility_gate"].startswith("refused, published anyway")
+
+
+def test_a_refused_gate_is_not_retried_but_a_network_error_is() -> None:
+    """The publish step retries (remote storage); a refusal, or any error the user must fix, would fail again."""
+    from prefect.states import Failed
+
+    from flows.augment import _transient
+
+    assert not _transient(None, None, Failed(data=UtilityGateRefused("utility gate refused: ...")))
+    assert _transient(None, None, Failed(data=OSError("connection reset")))
