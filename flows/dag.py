@@ -42,6 +42,9 @@ class Step:
     metrics: tuple[str, ...] = ()  # small files DVC shows with `dvc metrics` (kept in git, not the cache)
     plots: tuple[str, ...] = ()  # CSV tables DVC draws with `dvc plots`
     retries: int = 0  # steps that touch remote storage (DVC fetch, push) retry with backoff
+    # What the step reads from outside the workdir, as a string for its cache key (ingest: the source's revision and
+    # content hash, so new commits on a branch or new files in a folder are ingested, not served from the cache).
+    outside: Callable[[Params, Path], str] | None = None
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -55,6 +58,12 @@ def _ingest(p: Params, workdir: Path) -> Record:
     return {"manifest": str(result.manifest_path)}
 
 
+def _source_key(p: Params, workdir: Path) -> str:
+    from flows.serve import source_lineage
+
+    return json.dumps(source_lineage(p.data, workdir / "sources"), sort_keys=True)
+
+
 def _plan(p: Params, workdir: Path) -> Record:
     from tasks.plan import make_plan
 
@@ -62,10 +71,29 @@ def _plan(p: Params, workdir: Path) -> Record:
     return {"plan": str(workdir / "plan" / "plan.csv"), "to_generate": int(plan["to_generate"].sum())}
 
 
+def _say(message: str) -> None:
+    """A line in the Prefect run's log when the step runs as a flow's task; on stderr otherwise."""
+    from prefect import get_run_logger
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        get_run_logger().info(message)
+
+
 def _train(p: Params, workdir: Path) -> Record:
     from models.training import checkpoint_hash
+    from tasks.generators import resolve_warm_start, write_origin
     from tasks.train import train
 
+    if "WORLD_SIZE" not in os.environ:  # under torchrun the launching process has decided already
+        warm = resolve_warm_start(workdir / "ingest" / "manifest.parquet", p.model, p.publish,
+                                  workdir / "model" / "warm_start")
+        _say(f"train: {warm.reason}")
+        write_origin(workdir / "model", warm)
+        never = {"warm_start": "never"}  # the torchrun processes train exactly what was decided here
+        p = p.model_copy(update={"model": warm.apply(p.model).model_copy(update=never)})
     if p.model.processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside torchrun: launch it
         from flows.launch import torchrun_step
 
@@ -74,6 +102,13 @@ def _train(p: Params, workdir: Path) -> Record:
         return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint)}
     result = train(workdir / "ingest" / "manifest.parquet", p.model, workdir / "model")
     return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash}
+
+
+def _warm_from(workdir: Path) -> str | None:
+    from tasks.generators import ORIGIN_FILE
+
+    origin = workdir / "model" / ORIGIN_FILE
+    return json.loads(origin.read_text()).get("from") if origin.is_file() else None
 
 
 def _progress(key: str) -> Callable[[int, int], None]:
@@ -135,13 +170,19 @@ def _report(p: Params, workdir: Path) -> Record:
 
 def _publish(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
+    from tasks.generators import assemble_generator
     from tasks.publish import publish
     from tasks.release import assemble
 
     dataset = assemble(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "report",
                        dump_params(p), workdir / "dataset")
-    result = publish(dataset, p.publish, workdir=workdir)
-    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new}
+    generator = assemble_generator(workdir / "model", workdir / "ingest" / "manifest.parquet", dump_params(p),
+                                   workdir / "generator")
+    result = publish(dataset, p.publish, workdir=workdir, generator=generator)
+    if result.generator_new:
+        _say(f"publish: generator {result.generator_tag} (started from {_warm_from(workdir) or 'scratch'})")
+    return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
+            "generator_tag": result.generator_tag, "generator_new": result.generator_new}
 
 
 def _privacy(p: Params, workdir: Path) -> Record:
@@ -178,13 +219,14 @@ STEPS: tuple[Step, ...] = (
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
          _ingest, params=("data",), deps=(), outs=("ingest",),
          code=(*COMMON_CODE, "tasks/ingest.py", "tasks/sources.py", "tasks/medical.py", "tasks/example.py"),
-         retries=2),
+         retries=2, outside=_source_key),
     Step("plan", "Decide how many synthetic images each class gets (plan.csv).",
          _plan, params=("plan",), deps=("ingest/manifest.parquet",), outs=("plan",),
          code=COMMON_CODE),
-    Step("train", "Train or fine-tune the model.family generator on the real train split.",
-         _train, params=("model",), deps=("ingest/manifest.parquet",), outs=("model",),
-         code=(*COMMON_CODE, "tasks/train.py", "models")),
+    Step("train", "Train or fine-tune the model.family generator on the real train split (warm start: from the "
+                  "last published generator).",
+         _train, params=("model", "publish.name", "publish.registry"), deps=("ingest/manifest.parquet",),
+         outs=("model",), code=ALL_CODE),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
          code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),
@@ -204,9 +246,10 @@ STEPS: tuple[Step, ...] = (
          _report, params=(), deps=("ingest", "filter", "evaluate/metrics.json", "evaluate/utility.png",
                                  "evaluate/class_counts.png", "evaluate/per_class_recall.png"), outs=("report",),
          code=ALL_CODE),
-    Step("publish", "Assemble the dataset and publish it to the DVC data registry as <name>/v<N>.",
-         _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report"),
-         outs=("dataset",),
+    Step("publish", "Assemble the dataset and its generator; publish them to the DVC data registry as <name>/v<N> "
+                    "and <name>-generator/v<N>.",
+         _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report", "model"),
+         outs=("dataset", "generator"),
          code=ALL_CODE, retries=2),
 )
 
@@ -257,6 +300,8 @@ def cache_key(s: Step, params: Params, workdir: Path, extra: str = "") -> str:
         _hash_path(digest, workdir / dep)
     for code in s.code:
         _hash_path(digest, REPO_ROOT / code)
+    if s.outside is not None:
+        digest.update(s.outside(params, workdir).encode())
     digest.update(extra.encode())
     return digest.hexdigest()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from models.common import pick_device
 from models.diffusion import DiffusionConfig
 from models.gan import GANConfig
 from models.registry import family_names, get_family
-from models.training import checkpoint_hash, fit, load_checkpoint
+from models.training import checkpoint_hash, fit, load_checkpoint, load_extended
 from models.vae import VAEConfig
 from tasks.errors import UserError
 from tasks.images import load_images, save_grid
@@ -31,13 +33,20 @@ from tasks.params_base import Section
 from tasks.plan import natural_key
 
 GRID_PER_CLASS = 8
+RUN_FILE = "run.json"  # <out>/run.json: the data and start of the checkpoint being trained (see _run_key)
 
 
 class ModelParams(Section):
     """``model`` section: which family, where it runs, and each family's own config (one sub-section each).
 
     init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
-      training from scratch, e.g. the model of the last published version when new source data lands.
+      training from scratch, e.g. the model of the last published version when new source data lands. Classes the
+      checkpoint does not know are added to its class conditioning (``models.training.load_extended``).
+    warm_start: ``auto``: when ``init_from`` is unset, fine-tune from the last generator published with this dataset
+      (``<publish.name>-generator/v<N>`` in ``publish.registry``) if the family, image size and network config
+      match and no class was removed; from scratch otherwise, the reason in the log (``tasks.generators``).
+      ``never``: always from scratch (or ``init_from``).
+    warm_start_fraction: a warm start trains ``ceil(fraction * steps)`` of the family's ``steps``.
     grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
@@ -47,6 +56,8 @@ class ModelParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     init_from: str | None = None
+    warm_start: Literal["auto", "never"] = "auto"
+    warm_start_fraction: float = Field(0.3, gt=0, le=1)
     grid_every: int = Field(0, ge=0)
     processes: int = Field(1, ge=1)
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -125,11 +136,20 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     config = params.family_config()
     ckpt_dir = out_dir / "checkpoint"
     model, start, rng_state = None, 0, None
-    if _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])):
+    run_key = _run_key(images, labels, params)
+    resume = _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])) and _same_run(
+        out_dir, run_key)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every process has decided before rank 0 changes the folder
+    if resume:
         model, _, state = load_checkpoint(ckpt_dir, device)
         start, rng_state = state["step"], state.get("rng")
-    elif params.init_from:
-        model, class_names = _finetune_start(Path(params.init_from), device, config, class_names)
+    elif rank == 0:  # a checkpoint of other data or another start is never resumed: remove it, then say what runs
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RUN_FILE).write_text(json.dumps(run_key) + "\n")
+    if model is None and params.init_from:
+        model, class_names = _finetune_start(Path(params.init_from), device, config, class_names, params.seed)
     if model is None:
         # Initial weights come from the global RNG: seed a forked copy so a run is a function of model.seed.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -174,16 +194,32 @@ def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: li
             and meta["class_names"] == class_names and tuple(meta["image_shape"]) == image_shape)
 
 
-def _finetune_start(init_from: Path, device: torch.device, config: TrainConfig,
-                    class_names: list[str]):
-    """Load the checkpoint to fine-tune; its class list must cover every class of the new data."""
+def _run_key(images: torch.Tensor, labels: list[str], params: ModelParams) -> dict[str, str | None]:
+    """What a resumable checkpoint must have been trained on: the train split's bytes and labels, and the start."""
+    digest = hashlib.sha256(images.numpy().tobytes())
+    digest.update("\n".join(labels).encode())
+    start = Path(params.init_from) if params.init_from else None
+    return {"data": digest.hexdigest(), "init_from": checkpoint_hash(start) if start else None}
+
+
+def _same_run(out_dir: Path, run_key: dict[str, str | None]) -> bool:
+    try:
+        return json.loads((out_dir / RUN_FILE).read_text()) == run_key
+    except (OSError, ValueError):
+        return False
+
+
+def _finetune_start(init_from: Path, device: torch.device, config: TrainConfig, class_names: list[str], seed: int):
+    """Load the checkpoint to fine-tune; classes of the new data it does not know extend its class conditioning."""
     model, meta, _ = load_checkpoint(init_from, device, config_override=config)
-    new = [c for c in class_names if c not in meta["class_names"]]
-    if new:
-        raise UserError(f"model.init_from={init_from}: classes {new} are not in that checkpoint "
-                        f"(it knows {meta['class_names']}); a new class needs training from scratch "
-                        "(-S model.init_from=null)")
-    return model, list(meta["class_names"])
+    known = list(meta["class_names"])
+    new = [c for c in class_names if c not in known]
+    if not new:
+        return model, known
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the new classes' embedding rows: a function of model.seed
+        model, _ = load_extended(init_from, device, known + new, config_override=config)
+    return model, known + new
 
 
 def _write_grid(model, num_classes: int, path: Path) -> None:
