@@ -147,3 +147,79 @@ def test_warm_start_applies_the_fewer_steps_to_the_family(tmp_path: Path) -> Non
     assert (applied.init_from, applied.vae.steps, applied.vae.latent_dim) == (str(tmp_path / "ckpt"), 7,
                                                                              model.vae.latent_dim)
     assert WarmStart(None, None, "scratch", 9).apply(model) == model
+
+
+# --- warm start on a real registry: a tiny generator trained, published, then found again -------------------------
+
+TINY_VAE = {"steps": 2, "batch_size": 8, "latent_dim": 4, "channels": 8, "embed_dim": 4, "kl_warmup": 2,
+            "checkpoint_every": 0}
+
+
+def _ingested(root: Path, counts: dict[str, int]) -> Path:
+    from tasks.ingest import DataParams, ingest
+    from tests.toy import digits_folder
+
+    source = digits_folder(root / "source", counts)
+    return ingest(DataParams(source=str(source)), root / "ingest", cache_dir=root / "cache").manifest_path
+
+
+def _model(**changes) -> ModelParams:
+    return ModelParams.model_validate({"family": "vae", "device": "cpu", "vae": TINY_VAE, **changes})
+
+
+def test_warm_start_from_the_published_generator_extends_classes_and_replays_its_start(tmp_path: Path) -> None:
+    from models.training import checkpoint_hash
+    from tasks.generators import assemble_generator, resolve_warm_start, write_origin
+    from tasks.train import train
+
+    params = PublishParams(name=NAME, registry=str(tmp_path / "registry"), remote=str(tmp_path / "remote"))
+    rev1 = _ingested(tmp_path / "rev1", {"0": 12, "1": 12, "2": 12})
+    assert "no generator of digits published" in resolve_warm_start(rev1, _model(), params, tmp_path / "ws").reason
+
+    # Generator v1: trained from scratch on revision 1 and published with a dataset.
+    first = resolve_warm_start(rev1, _model(), params, tmp_path / "ws")
+    write_origin(tmp_path / "m1", first)
+    train(rev1, first.apply(_model()), tmp_path / "m1")
+    gen1 = assemble_generator(tmp_path / "m1", rev1, "model: {}\n", tmp_path / "gen1")
+    published = publish(with_card(make_dataset(tmp_path / "ds1", "one")), params, workdir=tmp_path / "w",
+                        generator=gen1)
+    assert published.generator_tag == f"{GEN}/v1"
+
+    # A superset of classes: fine-tunes from v1 for ceil(0.3 * 2) = 1 step, the conditioning extended.
+    rev2 = _ingested(tmp_path / "rev2", {"0": 12, "1": 12, "2": 12, "3": 12})
+    warm = resolve_warm_start(rev2, _model(), params, tmp_path / "ws")
+    assert (warm.tag, warm.steps) == (f"{GEN}/v1", 1)
+    assert warm.reason == (f"fine-tuning from generator {GEN}/v1 for 1 of 2 steps (model.warm_start_fraction=0.3); "
+                           "class conditioning extended with ['3']")
+    assert checkpoint_hash(warm.checkpoint) == checkpoint_hash(gen1 / "checkpoint")
+    result = train(rev2, warm.apply(_model()), tmp_path / "m2")
+    meta = json.loads((result.checkpoint_dir / "config.json").read_text())
+    assert meta["class_names"] == ["0", "1", "2", "3"] and meta["step"] == 1
+
+    # Classes removed, another family, never: from scratch, saying why.
+    rev3 = _ingested(tmp_path / "rev3", {"0": 12, "1": 12})
+    assert resolve_warm_start(rev3, _model(), params, tmp_path / "ws").reason == (
+        f"training from scratch, not from {GEN}/v1: classes ['2'] are no longer in the source")
+    gan = ModelParams.model_validate({"family": "gan", "device": "cpu"})
+    assert "it is a vae generator and model.family is gan" in resolve_warm_start(rev2, gan, params,
+                                                                                 tmp_path / "ws").reason
+    never = resolve_warm_start(rev2, _model(warm_start="never"), params, tmp_path / "ws")
+    assert (never.tag, never.checkpoint, never.steps) == (None, None, 2)
+
+    # The source v1 was trained on: start where v1 started (from scratch), which remakes v1's checkpoint.
+    again = resolve_warm_start(rev1, _model(), params, tmp_path / "ws")
+    assert again.checkpoint is None and "the source is the one" in again.reason
+    remade = train(rev1, again.apply(_model()), tmp_path / "m1-again")
+    assert remade.checkpoint_hash == checkpoint_hash(gen1 / "checkpoint")
+
+
+def test_a_checkpoint_of_other_data_is_trained_again_not_resumed(tmp_path: Path) -> None:
+    from tasks.train import train
+
+    rev1 = _ingested(tmp_path / "rev1", {"0": 12, "1": 12})
+    rev2 = _ingested(tmp_path / "rev2", {"0": 20, "1": 20})
+    first = train(rev1, _model(), tmp_path / "model")
+    second = train(rev2, _model(), tmp_path / "model")  # same config and classes, other images
+    fresh = train(rev2, _model(), tmp_path / "fresh")
+    assert second.checkpoint_hash != first.checkpoint_hash and second.checkpoint_hash == fresh.checkpoint_hash
+    assert train(rev2, _model(), tmp_path / "model").resumed_from == 2  # the same data: resumed (already done)
