@@ -13,7 +13,8 @@ The bundled example at two source revisions:
    ``WARM_POINTS`` (fractions of the from-scratch ``steps``).
 4. Judge accuracy at each point: ``per_class`` samples of every class (seeds 0..per_class-1, 8-bit like the PNGs),
    labelled by the reference classifier of ``bench.quality`` (trained on real train + val + heldback).
-5. Utility at each point, on the **validation** split (10 per class): the evaluate step's classifier recipe
+5. Utility at each warm-start point and at the from-scratch run's last step (the target), on the **validation**
+   split (10 per class): the evaluate step's classifier recipe
    (``tasks.evaluate.DEFAULT_CLASSIFIER``, seeds 0..2) trained on revision 2's real train images plus synthetic
    images of the scarce classes up to the median train count of the other classes (seeds from 100000); balanced
    accuracy, mean over seeds. The **test** split is read once, at the end, for three conditions: real only, real +
@@ -83,8 +84,10 @@ def utility(train: Split, synthetic: Split | None, held_out: Split, k: int, conf
 
 
 def judged_run(model: Any, train: Split, class_names: list[str], judge: Any, val: Split, *, points: list[int],
-               per_class: int, classifier: JudgeConfig, label: str) -> list[dict[str, Any]]:
-    """Train ``model`` to its config's steps; at each of ``points`` judge its samples and measure val utility."""
+               utility_points: list[int], per_class: int, classifier: JudgeConfig,
+               label: str) -> list[dict[str, Any]]:
+    """Train ``model`` to its config's steps; at each of ``points`` judge its samples, and at ``utility_points``
+    measure val utility too."""
     k = len(class_names)
     labels = torch.arange(k).repeat_interleave(per_class)
     seeds = list(range(per_class)) * k
@@ -97,9 +100,10 @@ def judged_run(model: Any, train: Split, class_names: list[str], judge: Any, val
         train_s = time.perf_counter() - start
         predicted = judge.predict_logits(as_stored(model.sample(labels, seeds))).argmax(dim=1)
         row = {"step": step, "train_seconds_so_far": round(train_s, 1), **accuracy(predicted, labels, class_names),
-               "val_utility": utility(train, synthetic_fill(model, train, class_names), val, k, classifier)}
+               "val_utility": (utility(train, synthetic_fill(model, train, class_names), val, k, classifier)
+                               if step in utility_points else None)}
         curve.append(row)
-        print(f"  {label} step {step}: judge accuracy {row['accuracy']:.4f}, val utility {row['val_utility']:.4f}",
+        print(f"  {label} step {step}: judge accuracy {row['accuracy']:.4f}, val utility {row['val_utility']}",
               flush=True)
 
     fit(model, train[0], train[1], seed=0, class_names=class_names, on_step=on_step)
@@ -107,7 +111,7 @@ def judged_run(model: Any, train: Split, class_names: list[str], judge: Any, val
 
 
 def first_reaching(curve: list[dict[str, Any]], key: str, target: float) -> int | None:
-    return next((row["step"] for row in curve if row[key] >= target), None)
+    return next((row["step"] for row in curve if row[key] is not None and row[key] >= target), None)
 
 
 def run(family_name: str, *, quick: bool, out: Path) -> dict[str, Any]:
@@ -145,14 +149,14 @@ def run(family_name: str, *, quick: bool, out: Path) -> dict[str, Any]:
 
         scratch_model = new_model(base)
         scratch = judged_run(scratch_model, rev2, class_names, judge, splits["val"],
-                             points=sorted({max(1, round(f * steps)) for f in SCRATCH_POINTS}), per_class=per_class,
-                             classifier=classifier, label="scratch")
+                             points=sorted({max(1, round(f * steps)) for f in SCRATCH_POINTS}), utility_points=[steps],
+                             per_class=per_class, classifier=classifier, label="scratch")
         warm_steps = max(1, round(steps / 3))
         warm_model, _, _ = load_checkpoint(Path(tmp), torch.device("cpu"),
                                            config_override=dataclasses.replace(base, steps=warm_steps))
-        warm = judged_run(warm_model, rev2, class_names, judge, splits["val"],
-                          points=sorted({max(1, round(f * steps)) for f in WARM_POINTS}), per_class=per_class,
-                          classifier=classifier, label="warm")
+        warm_points = sorted({max(1, round(f * steps)) for f in WARM_POINTS})
+        warm = judged_run(warm_model, rev2, class_names, judge, splits["val"], points=warm_points,
+                          utility_points=warm_points, per_class=per_class, classifier=classifier, label="warm")
     target_acc, target_util = scratch[-1]["accuracy"], scratch[-1]["val_utility"]
     record.update({
         "scratch": scratch, "warm": warm,
@@ -161,7 +165,7 @@ def run(family_name: str, *, quick: bool, out: Path) -> dict[str, Any]:
             "warm_judge_accuracy": first_reaching(warm, "accuracy", target_acc),
             "warm_val_utility": first_reaching(warm, "val_utility", target_util),
             "scratch_judge_accuracy": first_reaching(scratch, "accuracy", target_acc),
-            "scratch_val_utility": first_reaching(scratch, "val_utility", target_util)},
+            "scratch_val_utility": None},  # measured at the last step only (the target)
         "test_utility": {  # the test split, read once
             "real_only": utility(rev2, None, splits["test"], k, classifier),
             "real_plus_scratch": utility(rev2, synthetic_fill(scratch_model, rev2, class_names), splits["test"], k,

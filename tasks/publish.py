@@ -427,6 +427,7 @@ def _get_version(registry: str, rel: str, name: str, tag_name: str, version: int
 
 def _get_into(location: str, rel: str, tag: str, out: Path) -> Path:
     """``dvc get <location> <rel> --rev <tag>`` into the new folder ``out``, which appears only when complete."""
+    out = out.absolute()  # DVC runs in out's parent: a relative path would land one level too deep
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; fetch into a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)

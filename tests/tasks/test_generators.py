@@ -4,7 +4,9 @@ decision, and the class conditioning a warm start extends."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -223,3 +225,19 @@ def test_a_checkpoint_of_other_data_is_trained_again_not_resumed(tmp_path: Path)
     fresh = train(rev2, _model(), tmp_path / "fresh")
     assert second.checkpoint_hash != first.checkpoint_hash and second.checkpoint_hash == fresh.checkpoint_hash
     assert train(rev2, _model(), tmp_path / "model").resumed_from == 2  # the same data: resumed (already done)
+
+
+def test_generate_with_a_bad_generator_says_so_in_one_line(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "250"}  # wide: the message on one line
+
+    def generate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows", "generate", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    bad_spec = generate("--generator", "registry/repo")
+    assert bad_spec.returncode == 1 and "Traceback" not in bad_spec.stderr
+    assert "expected <registry>@<dataset>-generator/v<N>" in bad_spec.stderr
+    missing = generate("--generator", f"{tmp_path / 'nowhere'}@{GEN}/v1", "--out", "out")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "nowhere" in missing.stderr and not (tmp_path / "out" / "manifest.parquet").exists()
