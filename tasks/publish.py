@@ -16,6 +16,11 @@ version; on any failure the working copy goes back to the commit it started from
 succeeded). A re-run therefore starts from the last good state and creates the version once; a re-run whose content
 equals the latest version publishes nothing and returns that version with ``new=False``.
 
+Generators: ``publish(..., generator=<folder>)`` adds the generator that made the dataset as ``models/<name>`` in the
+same commit, tagged ``<name>-generator/v<N>`` (the checkpoint sha256 in the tag message), unless a published version
+has the same checkpoint hash; the registry's copy of the dataset card names the generator version. Both tags are
+created after the one commit and pushed in the same atomic push (``tasks.generators`` assembles the folder).
+
 Registry kinds (``publish.registry``): a git URL, or a local path to a bare repository, is cloned afresh into a
 temporary working copy under ``workdir`` for each run and pushed back; a local path to a non-bare repository is used
 in place; a local path that does not exist (or an empty folder) is created there (git + DVC, default remote
