@@ -82,8 +82,9 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
             if state.name == "Cached":
                 logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
                 record = {"reused": "cached result of an earlier run", **records[step.name]}
-                if "new" in record:  # the earlier run published that version; this one published nothing
-                    record["new"] = False
+                for flag in ("new", "generator_new"):  # the earlier run published those versions; this one nothing
+                    if flag in record:
+                        record[flag] = False
                 records[step.name] = record
             if step.name == "ingest" and "train" in [s.name for s in steps]:
                 for note in preflight(params, root / "ingest" / "manifest.parquet"):

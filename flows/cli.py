@@ -62,7 +62,27 @@ def _add_step_command(name: str, help_text: str) -> None:
         extra = [] if processes is None else [f"model.processes={processes}"]
         _run_step(name, _params(params_file, [*overrides, *extra]), workdir)
 
-    app.command(name=name, help=help_text)(train_command if name == "train" else command)
+    def generate_command(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
+                         generator: str | None = typer.Option(
+                             None, help="Sample from a published generator, <registry>@<dataset>-generator/v<N> "
+                                        "(plain DVC access to the registry; no workdir, no training)."),
+                         count: int = typer.Option(8, min=1, help="With --generator: images per class."),
+                         classes: str | None = typer.Option(
+                             None, help="With --generator: comma-separated classes (default: all)."),
+                         out: Path = typer.Option(Path("generated"), help="With --generator: the output folder."),
+                         ) -> None:
+        if generator is None:
+            _run_step(name, _params(params_file, overrides), workdir)
+            return
+        from tasks.generators import sample_published
+
+        wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        manifest = sample_published(generator, out, count=count, classes=wanted,
+                                    params=_params(params_file, overrides).generate)
+        console.print(f"sampled {count} per class from {generator} into {out} (manifest {manifest})")
+
+    commands = {"train": train_command, "generate": generate_command}
+    app.command(name=name, help=help_text)(commands.get(name, command))
 
 
 for _step in STEPS + PRIVACY_STEPS:

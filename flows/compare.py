@@ -27,7 +27,9 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
     """Run every family on ``params``' data; writes and returns ``<workdir>/compare.csv`` (+ ``compare.md``)."""
     rows = []
     for family in family_names():
-        family_params = params.model_copy(update={"model": params.model.model_copy(update={"family": family})})
+        # Every family from scratch: a warm start from a published generator would not be a like-for-like comparison.
+        model = params.model.model_copy(update={"family": family, "warm_start": "never"})
+        family_params = params.model_copy(update={"model": model})
         family_dir = Path(workdir) / family
         with workdir_lock(family_dir):
             for step in STEPS:

@@ -70,10 +70,29 @@ def _plan(p: Params, workdir: Path) -> Record:
     return {"plan": str(workdir / "plan" / "plan.csv"), "to_generate": int(plan["to_generate"].sum())}
 
 
+def _say(message: str) -> None:
+    """A line in the Prefect run's log when the step runs as a flow's task; on stderr otherwise."""
+    from prefect import get_run_logger
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        get_run_logger().info(message)
+
+
 def _train(p: Params, workdir: Path) -> Record:
     from models.training import checkpoint_hash
+    from tasks.generators import resolve_warm_start, write_origin
     from tasks.train import train
 
+    if "WORLD_SIZE" not in os.environ:  # under torchrun the launching process has decided already
+        warm = resolve_warm_start(workdir / "ingest" / "manifest.parquet", p.model, p.publish,
+                                  workdir / "model" / "warm_start")
+        _say(f"train: {warm.reason}")
+        write_origin(workdir / "model", warm)
+        never = {"warm_start": "never"}  # the torchrun processes train exactly what was decided here
+        p = p.model_copy(update={"model": warm.apply(p.model).model_copy(update=never)})
     if p.model.processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside torchrun: launch it
         from flows.launch import torchrun_step
 
@@ -95,6 +114,13 @@ def _train_facts(summary: dict[str, Any]) -> Record:
         ae = summary["autoencoder"]
         facts |= {"autoencoder_hash": ae["sha256"], "autoencoder_psnr_db": ae["reconstruction"]["psnr_db"]}
     return facts
+
+
+def _warm_from(workdir: Path) -> str | None:
+    from tasks.generators import ORIGIN_FILE
+
+    origin = workdir / "model" / ORIGIN_FILE
+    return json.loads(origin.read_text()).get("from") if origin.is_file() else None
 
 
 def _progress(key: str) -> Callable[[int, int], None]:
@@ -157,14 +183,20 @@ def _report(p: Params, workdir: Path) -> Record:
 def _publish(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
     from tasks.evaluate import enforce_gate
+    from tasks.generators import assemble_generator
     from tasks.publish import publish
     from tasks.release import assemble
 
     gate = enforce_gate(workdir / "evaluate", p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "report",
                        dump_params(p), workdir / "dataset")
-    result = publish(dataset, p.publish, workdir=workdir)
+    generator = assemble_generator(workdir / "model", workdir / "ingest" / "manifest.parquet", dump_params(p),
+                                   workdir / "generator")
+    result = publish(dataset, p.publish, workdir=workdir, generator=generator)
+    if result.generator_new:
+        _say(f"publish: generator {result.generator_tag} (started from {_warm_from(workdir) or 'scratch'})")
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
+            "generator_tag": result.generator_tag, "generator_new": result.generator_new,
             "utility_gate": "passed" if gate["passed"] else "refused, published anyway (publish.utility_gate=false)"}
 
 
@@ -218,9 +250,10 @@ STEPS: tuple[Step, ...] = (
     Step("plan", "Decide how many synthetic images each class gets (plan.csv).",
          _plan, params=("plan",), deps=("ingest/manifest.parquet",), outs=("plan",),
          code=COMMON_CODE),
-    Step("train", "Train or fine-tune the model.family generator on the real train split.",
-         _train, params=("model",), deps=("ingest/manifest.parquet",), outs=("model",),
-         code=(*COMMON_CODE, "tasks/train.py", "tasks/pretrained.py", "tasks/dp.py", "models")),
+    Step("train", "Train or fine-tune the model.family generator on the real train split (warm start: from the "
+                  "last published generator).",
+         _train, params=("model", "publish.name", "publish.registry"), deps=("ingest/manifest.parquet",),
+         outs=("model",), code=ALL_CODE),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
          code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),
@@ -240,9 +273,10 @@ STEPS: tuple[Step, ...] = (
          _report, params=(), deps=("ingest", "filter", "evaluate/metrics.json", "evaluate/utility.png",
                                  "evaluate/class_counts.png", "evaluate/per_class_recall.png"), outs=("report",),
          code=ALL_CODE),
-    Step("publish", "Assemble the dataset and publish it to the DVC data registry as <name>/v<N>.",
-         _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report"),
-         outs=("dataset",),
+    Step("publish", "Assemble the dataset and its generator; publish them to the DVC data registry as <name>/v<N> "
+                    "and <name>-generator/v<N>.",
+         _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report", "model"),
+         outs=("dataset", "generator"),
          code=ALL_CODE, retries=2),
 )
 

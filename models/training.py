@@ -67,6 +67,50 @@ def load_checkpoint(directory: Path, device: torch.device,
     return model, meta, state
 
 
+def load_extended(directory: Path, device: torch.device, class_names: list[str],
+                  config_override: Any | None = None) -> tuple[GeneratorFamily, dict[str, Any]]:
+    """Load a checkpoint and extend its class conditioning to ``class_names`` (its classes first, in their order).
+
+    Rows of a class-indexed tensor (embeddings, a trailing "null" class row of guidance) keep their trained values
+    for the checkpoint's classes; the rows of the new classes keep this model's fresh initialisation (drawn from the
+    global RNG: seed it for a reproducible run). Optimizer states start afresh. Returns (model, the checkpoint's
+    meta).
+    """
+    old, meta, state = load_checkpoint(directory, torch.device("cpu"), config_override)
+    known = list(meta["class_names"])
+    if class_names[:len(known)] != known:
+        raise ValueError(f"class_names must start with the checkpoint's classes {known}, got {class_names}")
+    model = type(old)(old.config, image_shape=tuple(meta["image_shape"]), num_classes=len(class_names),
+                      device=device)
+    merged = _extend_rows(state["model"], model.state_dict(), len(known), len(class_names), "")
+    model.load_state_dict(merged)
+    return model, meta
+
+
+def _extend_rows(old: Any, fresh: Any, k_old: int, k_new: int, where: str) -> Any:
+    """``old`` with every tensor whose first dimension counts classes (K, or K plus extra rows) grown to ``k_new``."""
+    if isinstance(old, dict):
+        if set(old) == {"state", "param_groups"}:  # an optimizer: moments of grown tensors mean nothing; restart
+            return fresh
+        if set(old) != set(fresh):
+            raise ValueError(f"checkpoint state{where} has keys {sorted(map(str, old))}, the model "
+                             f"{sorted(map(str, fresh))}")
+        return {k: _extend_rows(v, fresh[k], k_old, k_new, f"{where}.{k}") for k, v in old.items()}
+    if isinstance(old, list | tuple):
+        return type(old)(_extend_rows(v, f, k_old, k_new, f"{where}[{i}]") for i, (v, f) in
+                         enumerate(zip(old, fresh, strict=True)))
+    if not isinstance(old, torch.Tensor) or old.shape == fresh.shape:
+        return old
+    extra = old.shape[0] - k_old if old.dim() else -1
+    if old.shape[1:] != fresh.shape[1:] or extra < 0 or fresh.shape[0] != k_new + extra:
+        raise ValueError(f"checkpoint state{where} has shape {tuple(old.shape)}, the model {tuple(fresh.shape)}: "
+                         "only the class dimension may grow")
+    grown = fresh.detach().clone().to(old.device, old.dtype)
+    grown[:k_old] = old[:k_old]
+    grown[k_new:] = old[k_old:]  # extra rows (e.g. the null class of guidance) stay last
+    return grown
+
+
 def checkpoint_hash(directory: Path) -> str:
     """sha256 of the weights file: the ``checkpoint`` column of the manifest."""
     digest = hashlib.sha256()

@@ -1,7 +1,9 @@
 """The manifest contract (DESIGN.md): one row per image, written with an explicit pyarrow schema.
 
 Filter scores are extra float64 columns named ``score_<name>``; dataset-level facts (source revision,
-content hash, ...) go into the parquet file's key-value metadata under ``synthaug``.
+content hash, ...) go into the parquet file's key-value metadata under ``synthaug``. Images sampled from a published
+generator (``synthaug generate --generator``) name it there as ``generator_version`` (registry, tag, checkpoint);
+every row's ``checkpoint`` column is that version's checkpoint hash.
 """
 
 from __future__ import annotations

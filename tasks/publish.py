@@ -16,6 +16,11 @@ version; on any failure the working copy goes back to the commit it started from
 succeeded). A re-run therefore starts from the last good state and creates the version once; a re-run whose content
 equals the latest version publishes nothing and returns that version with ``new=False``.
 
+Generators: ``publish(..., generator=<folder>)`` adds the generator that made the dataset as ``models/<name>`` in the
+same commit, tagged ``<name>-generator/v<N>`` (the checkpoint sha256 in the tag message), unless a published version
+has the same checkpoint hash; the registry's copy of the dataset card names the generator version. Both tags are
+created after the one commit and pushed in the same atomic push (``tasks.generators`` assembles the folder).
+
 Registry kinds (``publish.registry``): a git URL, or a local path to a bare repository, is cloned afresh into a
 temporary working copy under ``workdir`` for each run and pushed back; a local path to a non-bare repository is used
 in place; a local path that does not exist (or an empty folder) is created there (git + DVC, default remote
@@ -52,6 +57,9 @@ log = logging.getLogger(__name__)
 REQUIRED_FILES = ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml")
 REQUIRED_DIRS = ("images",)
 DATASETS_DIR = "datasets"
+MODELS_DIR = "models"  # the generator of dataset <name> lives at models/<name>, tagged <name>-generator/v<N>
+GENERATOR_SUFFIX = "-generator"
+CARD_CHECKPOINT_ROW = "| generator checkpoint (sha256) |"
 REMOTE_NAME = "storage"  # name given to the default DVC remote of a registry this module creates
 SITE_CACHE = ".dvc/tmp/site_cache"  # DVC's index/state for the registry, kept inside it (never /var/tmp)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -130,6 +138,8 @@ class PublishResult:
     path: str
     new: bool
     content_hash: str
+    generator_tag: str | None = None  # ``<name>-generator/v<N>`` published with (or reused by) this version
+    generator_new: bool = False
 
 
 class PublishError(UserError):
@@ -152,7 +162,8 @@ def tag_for(name: str, version: int) -> str:
 
 
 @with_registry_lock  # one publisher per registry at a time (tasks/locks.py)
-def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path) -> PublishResult:
+def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path,
+            generator: Path | None = None) -> PublishResult:
     """Publish ``dataset_dir`` as the next version ``<name>/v<N>`` of the data registry ``params.registry``.
 
     Args:
@@ -160,6 +171,9 @@ def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path) -> Publi
             ``report.html``, ``card.md``, ``params.yaml``); copied whole, never modified.
         params: the ``publish`` section.
         workdir: the pipeline's work folder; a cloned registry's temporary working copy goes under it.
+        generator: the assembled generator that made the dataset (``tasks.generators.assemble_generator``), published
+            in the same commit as ``models/<name>`` tagged ``<name>-generator/v<N>`` unless a version with the same
+            checkpoint hash exists; the registry's copy of the dataset card names that generator version.
 
     Returns the new version, or the latest one with ``new=False`` when its content is identical.
     Raises UserError for a missing file, a registry that cannot be used as is, or a failed push (nothing published).
@@ -177,10 +191,10 @@ def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path) -> Publi
         workdir.mkdir(parents=True, exist_ok=True)
         wc = Path(tempfile.mkdtemp(prefix="registry-", dir=workdir))
         try:
-            return _publish_cloned(location, wc, dataset_dir, name, remote)
+            return _publish_cloned(location, wc, dataset_dir, name, remote, generator)
         finally:
             _rmtree(wc)
-    return _publish_in_place(Path(location), dataset_dir, name, remote, push=params.push)
+    return _publish_in_place(Path(location), dataset_dir, name, remote, push=params.push, generator=generator)
 
 
 def check_dataset(dataset_dir: Path) -> None:
@@ -195,23 +209,29 @@ def check_dataset(dataset_dir: Path) -> None:
             raise UserError(f"{dataset_dir / file}: required file missing from the dataset; nothing was published")
 
 
-def _publish_cloned(url: str, wc: Path, dataset_dir: Path, name: str, remote: str) -> PublishResult:
+def _publish_cloned(url: str, wc: Path, dataset_dir: Path, name: str, remote: str,
+                    generator: Path | None = None) -> PublishResult:
     """Clone ``url`` into ``wc`` (a fresh, throw-away folder), publish there, push branch + tag atomically."""
     _git(["clone", "--quiet", url, str(wc)], cwd=wc.parent)
     _ensure_identity(wc)
     branch = _current_branch(wc)
     _ensure_registry(wc, remote, bootstrap_message="Initialise the data registry (git + DVC)")
 
-    def push_refs(tag: str) -> None:  # one atomic push: the origin gets both refs or neither
-        _git(["push", "--atomic", "--quiet", "origin", f"HEAD:refs/heads/{branch}", f"refs/tags/{tag}"], cwd=wc,
+    created: list[str] = []  # the version's tags (the generator's, then the dataset's)
+
+    def push_refs(tag: str) -> None:  # one atomic push: the origin gets every ref or none
+        _git(["push", "--atomic", "--quiet", "origin", f"HEAD:refs/heads/{branch}",
+              *(f"refs/tags/{t}" for t in created)], cwd=wc,
              what=f"pushing the commit and tag to {_redact(url)} (the data is in the DVC remote; "
                   "nothing names it yet: re-run to publish)")
 
     # Nothing to roll back here: the working copy is deleted by the caller, the origin changes only in push_refs.
-    return _publish_in(wc, url, dataset_dir, name, push=True, after_tag=push_refs)
+    return _publish_in(wc, url, dataset_dir, name, push=True, after_tag=push_refs, created_tags=created,
+                       generator=generator)
 
 
-def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, push: bool) -> PublishResult:
+def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, push: bool,
+                      generator: Path | None = None) -> PublishResult:
     """Publish into the local working repository ``root`` (created if absent); roll back to the start on failure."""
     if not (root.exists() and _is_repo_root(root)):
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -232,7 +252,8 @@ def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, 
     base = _git(["rev-parse", "HEAD"], cwd=root).stdout.strip()
     created: list[str] = []
     try:
-        return _publish_in(root, str(root), dataset_dir, name, push=push, after_tag=None, created_tags=created)
+        return _publish_in(root, str(root), dataset_dir, name, push=push, after_tag=None, created_tags=created,
+                           generator=generator)
     except BaseException:
         log.warning("publishing %s failed; resetting %s to %s", name, root, base[:12])
         for tag in created:
@@ -248,7 +269,8 @@ def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, 
 
 
 def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: bool,
-                after_tag: Callable[[str], None] | None, created_tags: list[str] | None = None) -> PublishResult:
+                after_tag: Callable[[str], None] | None, created_tags: list[str] | None = None,
+                generator: Path | None = None) -> PublishResult:
     """The steps shared by both registry kinds, run in the working copy ``wc``."""
     rel = f"{DATASETS_DIR}/{name}"
     latest = _latest_version(wc, name)
@@ -259,6 +281,7 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     _rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(dataset_dir, target, symlinks=False)
+    staged = None if generator is None else _stage_generator(wc, Path(generator), name, target, push=push)
     _dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
     content_hash = _dvc_hash(wc / f"{rel}.dvc")
 
@@ -268,7 +291,8 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
         if push:  # make sure the data is there (idempotent: uploads nothing when it is)
             _dvc_push(wc, rel)
         commit = _git(["rev-parse", f"refs/tags/{tag}^{{commit}}"], cwd=wc).stdout.strip()
-        return PublishResult(tag, latest, commit, registry, rel, False, content_hash)
+        return PublishResult(tag, latest, commit, registry, rel, False, content_hash,
+                             generator_tag=staged and staged.tag)
 
     version = (latest or 0) + 1
     tag = tag_for(name, version)
@@ -278,6 +302,8 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     if _git(["diff", "--cached", "--quiet"], cwd=wc, check=False).returncode != 0:
         _git(["commit", "--quiet", "-m", f"Publish {tag}\n\ncontent: {content_hash}"], cwd=wc)
     # else: HEAD already tracks this content (an earlier run stopped between commit and tag); tag it.
+    if staged is not None and staged.new:
+        _tag_generator(wc, staged, created_tags)
     _git(["tag", "-a", tag, "-m", f"{tag}\n\ncontent: {content_hash}"], cwd=wc)
     if created_tags is not None:
         created_tags.append(tag)
@@ -285,7 +311,8 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
         after_tag(tag)
     commit = _git(["rev-parse", "HEAD"], cwd=wc).stdout.strip()
     log.info("published %s (%s) at %s", tag, content_hash, commit[:12])
-    return PublishResult(tag, version, commit, registry, rel, True, content_hash)
+    return PublishResult(tag, version, commit, registry, rel, True, content_hash,
+                         generator_tag=staged and staged.tag, generator_new=bool(staged and staged.new))
 
 
 def _ensure_registry(wc: Path, remote: str, *, bootstrap_message: str) -> None:
@@ -312,10 +339,14 @@ def _ensure_registry(wc: Path, remote: str, *, bootstrap_message: str) -> None:
 
 def _restore_own_paths(root: Path, name: str) -> None:
     """Undo what an interrupted run may have left in the paths this module writes (and only those)."""
-    rel = f"{DATASETS_DIR}/{name}"
     if _git(["rev-parse", "-q", "--verify", "HEAD"], cwd=root, check=False).returncode != 0:
         return
-    for path in (f"{rel}.dvc", f"{DATASETS_DIR}/.gitignore"):
+    for folder in (DATASETS_DIR, MODELS_DIR):
+        _restore_paths(root, folder, f"{folder}/{name}")
+
+
+def _restore_paths(root: Path, folder: str, rel: str) -> None:
+    for path in (f"{rel}.dvc", f"{folder}/.gitignore"):
         tracked = _git(["cat-file", "-e", f"HEAD:{path}"], cwd=root, check=False).returncode == 0
         if tracked:
             _git(["checkout", "--quiet", "HEAD", "--", path], cwd=root)
@@ -397,20 +428,29 @@ def fetch(registry: str, name: str, version: int | str, out: Path) -> Path:
     ``version`` is N, ``"vN"``, ``"<name>/vN"`` or ``"latest"``. ``out`` must not exist (or be an empty folder);
     it appears only when complete.
     """
+    return _get_version(registry, f"{DATASETS_DIR}/{name}", name, name, version, Path(out))
+
+
+def _get_version(registry: str, rel: str, name: str, tag_name: str, version: int | str, out: Path) -> Path:
+    """``rel`` at version ``version`` of the tags ``<tag_name>/v<N>`` (``name``: the dataset) into ``out``."""
     try:
         check_name(name)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     location = _normalize_location(registry)
-    tag = _resolve_tag(location, name, version)
-    out = Path(out)
+    return _get_into(location, rel, _resolve_tag(location, tag_name, version), out)
+
+
+def _get_into(location: str, rel: str, tag: str, out: Path) -> Path:
+    """``dvc get <location> <rel> --rev <tag>`` into the new folder ``out``, which appears only when complete."""
+    out = out.absolute()  # DVC runs in out's parent: a relative path would land one level too deep
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; fetch into a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         with tempfile.TemporaryDirectory(prefix="dvc-site-") as site:
-            _dvc(["get", "--quiet", location, f"{DATASETS_DIR}/{name}", "--rev", tag, "-o", str(partial)],
+            _dvc(["get", "--quiet", location, rel, "--rev", tag, "-o", str(partial)],
                  cwd=out.parent, site_cache=Path(site), what=f"dvc get {tag} from {_redact(location)}")
         if out.exists():
             out.rmdir()
@@ -434,6 +474,100 @@ def _resolve_tag(location: str, name: str, version: int | str) -> str:
     if not text.isdigit() or int(text) < 1:
         raise UserError(f"version {version!r}: expected N, 'vN', '{name}/vN' or 'latest' (N >= 1)")
     return tag_for(name, int(text))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generator versions (published by ``publish(..., generator=...)`` in the dataset's commit)
+
+
+def generator_name(name: str) -> str:
+    """The tag prefix of dataset ``name``'s generator: its versions are ``<name>-generator/v<N>``."""
+    return f"{name}{GENERATOR_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class _StagedGenerator:
+    tag: str
+    new: bool
+    checkpoint: str
+
+
+def _stage_generator(wc: Path, generator_dir: Path, name: str, dataset_copy: Path, *, push: bool) -> _StagedGenerator:
+    """Add the generator as ``models/<name>`` (and push it) unless a version has its checkpoint hash; name the
+    version in the registry's copy of the dataset card. The caller commits and tags (``_tag_generator``)."""
+    from models.training import checkpoint_hash
+
+    if not (generator_dir / "checkpoint" / "weights.pt").is_file():
+        raise UserError(f"{generator_dir}: no checkpoint/weights.pt in the generator folder; nothing was published")
+    digest = checkpoint_hash(generator_dir / "checkpoint")
+    gname = generator_name(name)
+    versions = _generator_checkpoints(wc, gname)
+    same = [v for v, c in versions.items() if c == digest]
+    if same:
+        staged = _StagedGenerator(tag_for(gname, max(same)), False, digest)
+        log.info("generator unchanged (checkpoint %s): %s", digest[:12], staged.tag)
+    else:
+        staged = _StagedGenerator(tag_for(gname, max(versions, default=0) + 1), True, digest)
+        rel = f"{MODELS_DIR}/{name}"
+        target = wc / rel
+        _rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(generator_dir, target, symlinks=False)
+        _dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
+        if push:
+            _dvc_push(wc, rel)
+        _git(["add", "--", f"{rel}.dvc", f"{MODELS_DIR}/.gitignore"], cwd=wc)
+    card = dataset_copy / "card.md"
+    row = f"| generator version | {staged.tag} (`{MODELS_DIR}/{name}` in this registry) |"
+    lines = card.read_text(encoding="utf-8").splitlines()
+    at = next((i + 1 for i, line in enumerate(lines) if line.startswith(CARD_CHECKPOINT_ROW)), len(lines))
+    card.write_text("\n".join([*lines[:at], row, *lines[at:]]) + "\n", encoding="utf-8")
+    return staged
+
+
+def _tag_generator(wc: Path, staged: _StagedGenerator, created_tags: list[str] | None) -> None:
+    # The checkpoint hash in the tag message: the next run finds an unchanged generator without fetching any data.
+    _git(["tag", "-a", staged.tag, "-m", f"{staged.tag}\n\ncheckpoint: {staged.checkpoint}"], cwd=wc)
+    if created_tags is not None:
+        created_tags.append(staged.tag)
+
+
+def _generator_checkpoints(wc: Path, gname: str) -> dict[int, str]:
+    """Version -> checkpoint sha256 of every ``<gname>/v<N>`` tag (read from the tag messages)."""
+    out = _git(["for-each-ref", f"refs/tags/{gname}/", "--format=%(refname:strip=2)%00%(contents)%00"], cwd=wc).stdout
+    pattern = re.compile(rf"{re.escape(gname)}/v([1-9][0-9]*)")
+    found: dict[int, str] = {}
+    for record in out.split("\0\n"):
+        tag, _, message = record.strip("\n").partition("\0")
+        m, c = pattern.fullmatch(tag), re.search(r"^checkpoint: ([0-9a-f]{64})$", message, re.M)
+        if m and c:
+            found[int(m.group(1))] = c.group(1)
+    return found
+
+
+def latest_generator(registry: str, name: str) -> str | None:
+    """The tag of the last generator published with dataset ``name`` in ``registry`` (None: none yet, or no
+    registry there). Reads only the registry's tags (``git ls-remote``)."""
+    location = _normalize_location(registry)
+    if not _is_url(location) and not Path(location).exists():  # created by the first publish
+        return None
+    try:
+        return _resolve_tag(location, generator_name(name), "latest")
+    except PublishError:  # the registry is unreachable: say so rather than silently train from scratch
+        raise
+    except UserError:  # no generator version yet
+        return None
+
+
+def fetch_generator(registry: str, tag: str, out: Path) -> Path:
+    """Download generator version ``tag`` (``<name>-generator/v<N>``) from ``registry`` into the new folder ``out``:
+    plain DVC, the same as ``dvc get <registry> models/<name> --rev <tag> -o <out>``."""
+    gname, _, version = tag.rpartition("/")
+    if not gname.endswith(GENERATOR_SUFFIX) or not re.fullmatch(r"v[1-9][0-9]*|latest", version):
+        raise UserError(f"generator tag {tag!r}: expected <dataset>{GENERATOR_SUFFIX}/v<N> (or /latest), e.g. "
+                        f"digits-balanced{GENERATOR_SUFFIX}/v1")
+    name = gname.removesuffix(GENERATOR_SUFFIX)
+    return _get_version(registry, f"{MODELS_DIR}/{name}", name, gname, version, Path(out))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

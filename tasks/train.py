@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from models.diffusion import DiffusionConfig
 from models.gan import GANConfig
 from models.latent_diffusion import LatentDiffusionConfig
 from models.registry import family_names, get_family
-from models.training import checkpoint_hash, fit, load_checkpoint
+from models.training import checkpoint_hash, fit, load_checkpoint, load_extended
 from models.vae import VAEConfig
 from tasks.dp import DP_FAMILIES, DP_FILE, DPParams, fit_private
 from tasks.errors import UserError
@@ -35,14 +37,20 @@ from tasks.plan import natural_key
 from tasks.pretrained import apply_pretrained, read_pretrained, write_bundle
 
 GRID_PER_CLASS = 8
-START_FILE = "start.json"  # <out_dir>/start.json: what the checkpoint beside it started from (scratch or init_from)
+RUN_FILE = "run.json"  # <out>/run.json: the data and start of the checkpoint being trained (see _run_key)
 
 
 class ModelParams(Section):
     """``model`` section: which family, where it runs, and each family's own config (one sub-section each).
 
     init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
-      training from scratch, e.g. the model of the last published version when new source data lands.
+      training from scratch, e.g. the model of the last published version when new source data lands. Classes the
+      checkpoint does not know are added to its class conditioning (``models.training.load_extended``).
+    warm_start: ``auto``: when ``init_from`` is unset, fine-tune from the last generator published with this dataset
+      (``<publish.name>-generator/v<N>`` in ``publish.registry``) if the family, image size and network config
+      match and no class was removed; from scratch otherwise, the reason in the log (``tasks.generators``).
+      ``never``: always from scratch (or ``init_from``).
+    warm_start_fraction: a warm start trains ``ceil(fraction * steps)`` of the family's ``steps``.
     pretrained: a local pretrained folder to start from (a MONAI bundle: ``configs/`` + ``models/model.pt``; or a
       diffusers-format folder: ``config.json`` + ``*.safetensors``) holding weights of this family's networks
       (``tasks.pretrained``); classes are mapped by name or the conditioning head is re-initialised, as the log
@@ -62,6 +70,8 @@ class ModelParams(Section):
     seed: int = 0
     init_from: str | None = None
     pretrained: str | None = None
+    warm_start: Literal["auto", "never"] = "auto"
+    warm_start_fraction: float = Field(0.3, gt=0, le=1)
     grid_every: int = Field(0, ge=0)
     device_dataset_mb: float = Field(2048, ge=0)
     processes: int = Field(1, ge=1)
@@ -121,7 +131,7 @@ def train(manifest_path: Path, params: ModelParams, out_dir: Path) -> TrainResul
     """Train ``params.family`` on the manifest's real train split into ``out_dir/checkpoint``.
 
     An interrupted run resumes from its last checkpoint when the family, config, classes and starting point
-    (scratch or the same ``init_from`` weights, ``start.json``) match;
+    (the same train split, ``init_from`` weights and ``pretrained`` folder, ``run.json``) match;
     with ``init_from`` the model starts from that checkpoint (fine-tuning) instead of from scratch.
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), each process joins the process group and trains its share of
     every batch (``models.training.fit``); rank 0 alone writes the checkpoint, the log and the sample grids.
@@ -167,16 +177,20 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     if private or (ckpt_dir / DP_FILE).exists():  # DP runs start over; a DP checkpoint never resumes without DP
         (ckpt_dir / DP_FILE).unlink(missing_ok=True)
         (ckpt_dir / "config.json").unlink(missing_ok=True)
-    origin = _start_record(params)
-    if (_resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:]))
-            and _read_start(out_dir) == origin):
+    run_key = _run_key(images, labels, params)
+    resume = _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])) and _same_run(
+        out_dir, run_key)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every process has decided before rank 0 changes the folder
+    if resume:
         model, _, state = load_checkpoint(ckpt_dir, device)
         start, rng_state = state["step"], state.get("rng")
-    elif params.init_from:
-        model, class_names = _finetune_start(Path(params.init_from), device, config, class_names)
-    if start == 0 and rank == 0:  # what this checkpoint starts from: a later init_from must not resume it
+    elif rank == 0:  # a checkpoint of other data or another start is never resumed: remove it, then say what runs
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / START_FILE).write_text(json.dumps(origin))
+        (out_dir / RUN_FILE).write_text(json.dumps(run_key) + "\n")
+    if model is None and params.init_from:
+        model, class_names = _finetune_start(Path(params.init_from), device, config, class_names, params.seed)
     if model is None:
         # Initial weights come from the global RNG: seed a forked copy so a run is a function of model.seed.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -272,26 +286,6 @@ def _autoencoder_outputs(model, manifest_path: Path, folder: Path) -> dict:
                                **{k: round(v, 6) for k, v in quality.items()}}}
 
 
-def _start_record(params: ModelParams) -> dict[str, str | None]:
-    """What training starts from: scratch, ``init_from`` (its resolved path and weights hash) or a pretrained
-    folder (its resolved path)."""
-    pretrained = str(Path(params.pretrained).resolve()) if params.pretrained else None
-    if not params.init_from:
-        return {"init_from": None, "init_hash": None, "pretrained": pretrained}
-    init = Path(params.init_from)
-    weights = init / "weights.pt"
-    return {"init_from": str(init.resolve()), "init_hash": checkpoint_hash(init) if weights.is_file() else None,
-            "pretrained": pretrained}
-
-
-def _read_start(out_dir: Path) -> dict[str, str | None]:
-    scratch = {"init_from": None, "init_hash": None, "pretrained": None}
-    try:
-        return scratch | json.loads((out_dir / START_FILE).read_text())
-    except (OSError, ValueError):  # a checkpoint from before start.json existed was trained from scratch
-        return scratch
-
-
 def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: list[str],
                image_shape: tuple[int, ...]) -> bool:
     cfg_file = ckpt_dir / "config.json"
@@ -302,16 +296,33 @@ def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: li
             and meta["class_names"] == class_names and tuple(meta["image_shape"]) == image_shape)
 
 
-def _finetune_start(init_from: Path, device: torch.device, config: TrainConfig,
-                    class_names: list[str]):
-    """Load the checkpoint to fine-tune; its class list must cover every class of the new data."""
+def _run_key(images: torch.Tensor, labels: list[str], params: ModelParams) -> dict[str, str | None]:
+    """What a resumable checkpoint must have been trained on: the train split's bytes and labels, and the start."""
+    digest = hashlib.sha256(images.numpy().tobytes())
+    digest.update("\n".join(labels).encode())
+    start = Path(params.init_from) if params.init_from else None
+    return {"data": digest.hexdigest(), "init_from": checkpoint_hash(start) if start else None,
+            "pretrained": str(Path(params.pretrained).resolve()) if params.pretrained else None}
+
+
+def _same_run(out_dir: Path, run_key: dict[str, str | None]) -> bool:
+    try:
+        return json.loads((out_dir / RUN_FILE).read_text()) == run_key
+    except (OSError, ValueError):
+        return False
+
+
+def _finetune_start(init_from: Path, device: torch.device, config: TrainConfig, class_names: list[str], seed: int):
+    """Load the checkpoint to fine-tune; classes of the new data it does not know extend its class conditioning."""
     model, meta, _ = load_checkpoint(init_from, device, config_override=config)
-    new = [c for c in class_names if c not in meta["class_names"]]
-    if new:
-        raise UserError(f"model.init_from={init_from}: classes {new} are not in that checkpoint "
-                        f"(it knows {meta['class_names']}); a new class needs training from scratch "
-                        "(-S model.init_from=null)")
-    return model, list(meta["class_names"])
+    known = list(meta["class_names"])
+    new = [c for c in class_names if c not in known]
+    if not new:
+        return model, known
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the new classes' embedding rows: a function of model.seed
+        model, _ = load_extended(init_from, device, known + new, config_override=config)
+    return model, known + new
 
 
 def _write_grid(model, num_classes: int, path: Path) -> None:

@@ -43,7 +43,8 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     first = augment(load_params(None, overrides), str(work))
     assert list(first) == [s.name for s in STEPS]
     assert first["publish"]["tag"] == "toy/v1" and first["publish"]["new"] is True
-    assert _tags(root / "registry") == ["toy/v1"]
+    assert first["publish"]["generator_tag"] == "toy-generator/v1" and first["publish"]["generator_new"] is True
+    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1"]
     dataset = Path(first["publish"]["dataset"])
     for name in ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml"):
         assert (dataset / name).is_file()
@@ -58,12 +59,15 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     assert all("reused" in again[s.name] for s in STEPS if not s.always_changed), {
         k: v.get("reused") for k, v in again.items()}
     assert again["publish"]["tag"] == "toy/v1" and again["publish"]["new"] is False
-    assert _tags(root / "registry") == ["toy/v1"]
+    assert again["publish"]["generator_new"] is False
+    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1"]
 
     changed = augment(load_params(None, [*overrides, "generate.seed=7"]), str(work))
     assert "reused" in changed["train"] and "reused" not in changed["generate"]
     assert changed["publish"]["tag"] == "toy/v2"
-    assert _tags(root / "registry") == ["toy/v1", "toy/v2"]
+    # The same generator (same checkpoint) made v2: no new generator version, and the card says which one.
+    assert changed["publish"]["generator_tag"] == "toy-generator/v1" and changed["publish"]["generator_new"] is False
+    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1", "toy/v2"]
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@ def test_two_cpu_processes_train_and_write_one_checkpoint(setup, tmp_path):
     model = work / "model"
     assert sorted(p.name for p in (model / "checkpoint").iterdir()) == ["config.json", "weights.pt"]
     assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()) == [
-        "checkpoint/config.json", "checkpoint/weights.pt", f"samples/step_{STEPS:06d}.png", "start.json", "train.json",
+        "checkpoint/config.json", "checkpoint/weights.pt", "origin.json", "run.json", f"samples/step_{STEPS:06d}.png",
+        "train.json",
         "train_log.jsonl"]
     log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, STEPS + 1))  # rank 0 alone logs, once per step

@@ -325,7 +325,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
         # Published once: the unchanged run added no version.
         tags = subprocess.run(["git", "tag", "--list"], cwd=registry / "repo", capture_output=True, text=True,
                               check=True).stdout.split()
-        assert tags == [f"{DATASET}/v1"], tags
+        assert tags == [f"{DATASET}-generator/v1", f"{DATASET}/v1"], tags
         assert recorded["publish"]["tag"] == f"{DATASET}/v1"
 
         # The server's scheduler turned the cron into scheduled runs, each at 03:00 UTC.
