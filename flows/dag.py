@@ -190,8 +190,12 @@ def _publish(p: Params, workdir: Path) -> Record:
     gate = enforce_gate(workdir / "evaluate", p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "report",
                        dump_params(p), workdir / "dataset")
-    generator = assemble_generator(workdir / "model", workdir / "ingest" / "manifest.parquet", dump_params(p),
-                                   workdir / "generator")
+    generator = None
+    if (workdir / "model" / "checkpoint" / "config.json").is_file():
+        generator = assemble_generator(workdir / "model", workdir / "ingest" / "manifest.parquet", dump_params(p),
+                                       workdir / "generator")
+    else:  # a workdir whose steps came from elsewhere (no trained model here): the dataset alone is published
+        _say("publish: no generator checkpoint in this workdir; the dataset is published without a generator version")
     result = publish(dataset, p.publish, workdir=workdir, generator=generator)
     if result.generator_new:
         _say(f"publish: generator {result.generator_tag} (started from {_warm_from(workdir) or 'scratch'})")
