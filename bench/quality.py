@@ -1,6 +1,6 @@
 """Are generated images recognizably their class? Each family, default config, trained on the bundled example.
 
-1. The example (``tasks.example``) goes through ``tasks.ingest.ingest`` with the default ``DataParams``: 8x8 scans
+1. The example (``tasks.core.example``) goes through ``tasks.ingest.ingest`` with the default ``DataParams``: 8x8 scans
    resized to 16x16 (bilinear), 8-bit PNGs, the example's splits (train has 6 images of each scarce class 3, 5, 8).
 2. A reference classifier (``models.judge.train_judge``, default ``JudgeConfig``) is trained on every real image
    except the test split (train + val + heldback), so it knows all ten digits well; its accuracy on the real test
@@ -27,9 +27,9 @@ from bench.speed import machine_info, markdown_table
 from models.judge import JudgeConfig, train_judge
 from models.registry import get_family
 from models.training import fit
-from tasks.images import load_images, save_grid, to_uint8
+from tasks.core.images import load_images, save_grid, to_uint8
+from tasks.core.manifest import read_manifest
 from tasks.ingest import DataParams, ingest
-from tasks.manifest import read_manifest
 from tasks.plan import natural_key
 
 Split = tuple[torch.Tensor, torch.Tensor]

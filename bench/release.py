@@ -6,7 +6,7 @@ It runs the anonymize flow's steps as plain functions (no Prefect, no publishing
 run: utility is measured whether it passes or not. To fit 2 shared CPU cores, only the two conditions TSTR vs TRTR
 compares are trained (``real_only`` and ``synthetic_only`` of ``tasks.evaluate``, with its code, recipe and seeds),
 not the evaluate step's other four. The JSON holds the params overrides, the seconds per step, the plan, the
-released images per class, the gate's verdict and attack AUCs, TSTR vs TRTR (``tasks.tstr``) and, for a DP-trained
+released images per class, the gate's verdict and attack AUCs, TSTR vs TRTR (``tasks.core.tstr``) and, for a DP-trained
 generator, its (epsilon, delta).
 """
 
@@ -29,10 +29,10 @@ from flows.anonymize import release_params
 from flows.dag import step
 from flows.params import load_params
 from models.judge import train_judge
+from tasks.core.tstr import METRICS, TRTR, TSTR, release_utility
 from tasks.evaluate import EvaluateParams, _read_inputs, score, training_set
 from tasks.judge import load_judge_step
 from tasks.privacy import privacy_gate
-from tasks.tstr import METRICS, TRTR, TSTR, release_utility
 
 STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")
 

@@ -93,8 +93,8 @@ def generate(n: int, device_name: str) -> dict[str, Any]:
     from flows.runners import RunnerParams, shard_runner
     from models.training import save_checkpoint
     from models.vae import VAE, VAEConfig
+    from tasks.core.shards import DEFAULT_SHARD_SIZE
     from tasks.generate import GenerateParams, generate_from_plan
-    from tasks.shards import DEFAULT_SHARD_SIZE
 
     classes = [str(c) for c in range(CLASSES)]
     with tempfile.TemporaryDirectory(prefix="synthaug-bench-") as tmp:

@@ -3,9 +3,9 @@ that ship offline, each with held-back real images of its scarce classes as the 
 
 Scenarios (``SCENARIOS``):
 
-- ``digits-example``: the bundled example (``tasks.example``: scikit-learn's digits, classes 3, 5, 8 cut to 6 train
+- ``digits-example``: the bundled example (``tasks.core.example``: scikit-learn's digits, classes 3, 5, 8 cut to 6 train
   images each).
-- ``digits-279``: the same scans and split rule (``tasks.example.example_splits``), other scarce classes and
+- ``digits-279``: the same scans and split rule (``tasks.core.example.example_splits``), other scarce classes and
   counts: 2 and 7 keep 3 train images, 9 keeps 6; the rest of their train part is ``heldback``.
 - ``textures``: 32x32 patches of four 512x512 grayscale photographs bundled with scikit-image (``brick``, ``grass``,
   ``gravel``, ``moon``; the ingest resizes them to ``data.image_size``). Regions are disjoint by rows: train and
@@ -63,7 +63,7 @@ def _write_folder(directory: Path, images: Sequence[tuple[str, str, np.ndarray, 
 
 def write_digits(directory: Path, *, scarce: dict[str, int] = DIGITS_SCARCE, seed: int = 0) -> Path:
     """The digits scenario with other scarce classes: the example's pixels and split rule, ``scarce`` train counts."""
-    from tasks.example import digit_pixels, example_splits
+    from tasks.core.example import digit_pixels, example_splits
 
     pixels, targets = digit_pixels()
     splits = example_splits(targets, seed=seed, scarce=scarce)

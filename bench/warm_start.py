@@ -39,8 +39,8 @@ from bench.speed import machine_info
 from models.judge import JudgeConfig, train_judge
 from models.registry import get_family
 from models.training import fit, load_checkpoint, save_checkpoint
+from tasks.core.example import SCARCE_CLASSES
 from tasks.evaluate import DEFAULT_CLASSIFIER
-from tasks.example import SCARCE_CLASSES
 
 EXTRA = 12  # new train images per scarce class in revision 2
 SCRATCH_POINTS = (0.05, 0.1, 1 / 6, 0.25, 1 / 3, 0.5, 2 / 3, 1.0)

@@ -20,8 +20,8 @@ from prefect.context import TaskRunContext
 from flows.dag import STEPS, Record, Step, cache_key
 from flows.params import Params
 from flows.preflight import preflight
-from tasks.errors import UserError
-from tasks.locks import workdir_lock
+from tasks.core.errors import UserError
+from tasks.core.locks import workdir_lock
 
 
 def _key(step: Step):

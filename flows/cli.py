@@ -29,7 +29,7 @@ def _params(params_file: Path, overrides: list[str]) -> Params:
 def example(directory: Path = typer.Argument(..., help="Folder to write the example dataset into."),
             seed: int = typer.Option(0, help="Seed of the class cut and the splits.")) -> None:
     """Write the bundled scarce, imbalanced example (scikit-learn's handwritten digits)."""
-    from tasks.example import write_example
+    from tasks.core.example import write_example
 
     summary = write_example(directory, seed=seed)
     console.print(summary)
@@ -37,7 +37,7 @@ def example(directory: Path = typer.Argument(..., help="Folder to write the exam
 
 def _run_step(name: str, params: Params, workdir: Path) -> None:
     from flows.dag import step
-    from tasks.locks import workdir_lock
+    from tasks.core.locks import workdir_lock
 
     if "WORLD_SIZE" in os.environ:  # a torchrun process: the command that launched it holds the workdir lock
         record = step(name).run(params, workdir)
@@ -180,7 +180,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, Abort):
             sys.exit(130)
-        from tasks.errors import mask_secrets
+        from tasks.core.errors import mask_secrets
 
         first = str(exc).strip().splitlines()
         detail = mask_secrets("\n".join(first)) if first else type(exc).__name__

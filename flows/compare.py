@@ -19,7 +19,7 @@ from flows.augment import step_task
 from flows.dag import STEPS
 from flows.params import Params
 from models.registry import family_names
-from tasks.locks import workdir_lock
+from tasks.core.locks import workdir_lock
 
 
 @flow(name="compare", log_prints=True)

@@ -234,10 +234,12 @@ def _release(p: Params, workdir: Path) -> Record:
 
 # Code a step's result depends on (its cache key and dvc.yaml deps); tests/flows/test_dag.py checks that every
 # module a step imports, directly or not, is listed. Nearly every step imports these:
-COMMON_CODE = ("tasks/errors.py", "tasks/params_base.py", "tasks/manifest.py", "tasks/images.py", "tasks/plan.py")
+COMMON_CODE = ("tasks/core/errors.py", "tasks/core/params_base.py", "tasks/core/manifest.py", "tasks/core/images.py",
+               "tasks/plan.py")
 # The report, privacy, publish and release steps reach most of tasks/ and models/ (metrics, filter, judge, export).
 ALL_CODE = ("tasks", "models")
-INGEST_CODE = (*COMMON_CODE, "tasks/ingest.py", "tasks/sources.py", "tasks/medical.py", "tasks/example.py")
+INGEST_CODE = (*COMMON_CODE, "tasks/ingest.py", "tasks/core/sources.py", "tasks/core/medical.py",
+               "tasks/core/example.py")
 
 
 STEPS: tuple[Step, ...] = (
@@ -260,14 +262,15 @@ STEPS: tuple[Step, ...] = (
          outs=("model",), code=ALL_CODE),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
-         code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),
+         code=(*COMMON_CODE, "tasks/generate.py", "tasks/core/shards.py", "models")),
     Step("judge", "Train the judge classifier on the real train split, calibrated on val.",
          _judge, params=("filter.judge", "filter.device"), deps=("ingest/manifest.parquet",), outs=("judge",),
          code=(*COMMON_CODE, "tasks/judge.py", "models")),
     Step("filter", "Score every synthetic image, reject with reasons, top up short classes.",
          _filter, params=("filter", "generate"), deps=("ingest", "generate", "judge", "plan/plan.csv",
                                                         "model/checkpoint"), outs=("filter",),
-         code=(*COMMON_CODE, "tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/shards.py", "models")),
+         code=(*COMMON_CODE, "tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/core/shards.py",
+               "models")),
     Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
          _evaluate, params=("evaluate",), deps=("ingest", "filter", "judge"),
          outs=("evaluate/utility.png", "evaluate/class_counts.png", "evaluate/per_class_recall.png"),

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from flows.params import Params, dump_params
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 
 def torchrun_step(step: str, params: Params, workdir: Path, processes: int) -> None:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.runners import RunnerParams
-from tasks.errors import UserError, mask_secrets
+from tasks.core.errors import UserError, mask_secrets
 from tasks.evaluate import EvaluateParams
 from tasks.filter import FilterParams
 from tasks.generate import GenerateParams

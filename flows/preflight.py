@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.params import Params
-from tasks.errors import UserError
-from tasks.manifest import iter_manifest
+from tasks.core.errors import UserError
+from tasks.core.manifest import iter_manifest
 
 
 def preflight(params: Params, manifest: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """Where the generate and filter steps run their shards: a Prefect task runner chosen by the ``runner`` params.
 
-``with shard_runner(params, name) as run_shards`` gives a ``tasks.shards.RunShards``: each call becomes one Prefect
+``with shard_runner(params, name) as run_shards`` gives a ``tasks.core.shards.RunShards``: each call becomes one Prefect
 task run of a flow named ``name``, submitted to threads in this process (``ThreadPoolTaskRunner``), a Dask cluster
 (``prefect-dask``'s ``DaskTaskRunner``: a ``LocalCluster`` living as long as the ``with`` block, or an existing
 scheduler) or a Ray cluster (``prefect-ray``'s ``RayTaskRunner``). Called inside a running flow (the ``augment``
@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tasks.errors import UserError
-from tasks.params_base import Section
-from tasks.shards import DEFAULT_SHARD_SIZE, RunShards
+from tasks.core.errors import UserError
+from tasks.core.params_base import Section
+from tasks.core.shards import DEFAULT_SHARD_SIZE, RunShards
 
 DASK_MISSING = "runner.kind=dask needs prefect-dask: pip install 'synthaug[dask]'"
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -87,8 +87,8 @@ def source_lineage(data: DataParams, cache_dir: Path) -> dict[str, Any]:
     """
     from rich.console import Console
 
+    from tasks.core.sources import content_hash, read_source
     from tasks.ingest import locate
-    from tasks.sources import content_hash, read_source
 
     path, lineage = locate(data, cache_dir, Console(stderr=True))
     lineage["content_hash"] = content_hash(read_source(path))

@@ -73,11 +73,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models import metrics as M
 from models.common import pick_device
 from models.judge import JudgeConfig, train_judge
-from tasks.errors import UserError
-from tasks.images import load_images, to_uint8
+from tasks.core.errors import UserError
+from tasks.core.images import load_images, to_uint8
+from tasks.core.manifest import read_manifest
+from tasks.core.params_base import Section
 from tasks.judge import embed, load_judge_step
-from tasks.manifest import read_manifest
-from tasks.params_base import Section
 from tasks.plan import natural_key
 
 METRICS_FILE = "metrics.json"

@@ -46,7 +46,7 @@ are impossible; top-up images are sampled straight into it) and ``filter_summary
 already there are neither linked nor sampled again (top-up images sampled with another checkpoint are dropped
 first), and at the end images the manifest does not list are removed, so the folder is exactly the dataset.
 
-Scale: scoring and top-up sampling run in shards (``tasks.shards``) wherever ``run_shards`` sends them. The real
+Scale: scoring and top-up sampling run in shards (``tasks.core.shards``) wherever ``run_shards`` sends them. The real
 reference (features float64, pixels as stored uint8, class radii) is saved once per run to ``out_dir/reference/``
 and memory-mapped by each shard; each shard writes its scores and features to ``out_dir/shards/`` and is skipped
 by a re-run once finished. The nearest searches read the reference a block at a time
@@ -86,14 +86,11 @@ from models.metrics import (
     realism_score,
 )
 from models.training import checkpoint_hash
-from tasks.errors import UserError
-from tasks.generate import GenerateParams, Request, generate_sharded, seeds_for
-from tasks.images import file_sha256, load_images
-from tasks.judge import JUDGE_FILE, embed, load_judge_step
-from tasks.manifest import COLUMNS, iter_manifest, read_manifest, read_manifests, write_manifest
-from tasks.params_base import Section
-from tasks.plan import natural_key, read_plan
-from tasks.shards import (
+from tasks.core.errors import UserError
+from tasks.core.images import file_sha256, load_images
+from tasks.core.manifest import COLUMNS, iter_manifest, read_manifest, read_manifests, write_manifest
+from tasks.core.params_base import Section
+from tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
     RunShards,
@@ -105,6 +102,9 @@ from tasks.shards import (
     run_in_process,
     write_table,
 )
+from tasks.generate import GenerateParams, Request, generate_sharded, seeds_for
+from tasks.judge import JUDGE_FILE, embed, load_judge_step
+from tasks.plan import natural_key, read_plan
 
 SUMMARY_FILE = "filter_summary.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -602,7 +602,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
         out_dir: the filtered dataset root (``manifest.parquet``, ``images/``, ``filter_summary.json``), with the
             saved reference (``reference/``) and the shard tables (``shards/``) a re-run resumes from.
         shard_size: images per scoring or top-up shard.
-        run_shards: where the shards run (``tasks.shards.RunShards``; in this process by default).
+        run_shards: where the shards run (``tasks.core.shards.RunShards``; in this process by default).
         console: where the table and warnings are printed (stderr by default).
 
     Raises:

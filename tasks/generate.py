@@ -1,6 +1,6 @@
 """Generate the planned synthetic images: one PNG per (class, seed), plus a manifest of what was made.
 
-The (class, seed) list is cut into shards (``tasks.shards``) that run wherever ``run_shards`` sends them (a Prefect
+The (class, seed) list is cut into shards (``tasks.core.shards``) that run wherever ``run_shards`` sends them (a Prefect
 task runner from ``flows.runners``, or this process); each writes its images and then its manifest atomically, and
 a re-run skips the shards already finished.
 """
@@ -22,12 +22,11 @@ from pydantic import Field
 
 from models.common import pick_device
 from models.training import checkpoint_hash, load_checkpoint
-from tasks.errors import UserError
-from tasks.images import file_sha256, to_uint8, write_png
-from tasks.manifest import COLUMNS, SCHEMA, check_rows
-from tasks.params_base import Section
-from tasks.plan import read_plan
-from tasks.shards import (
+from tasks.core.errors import UserError
+from tasks.core.images import file_sha256, to_uint8, write_png
+from tasks.core.manifest import COLUMNS, SCHEMA, check_rows
+from tasks.core.params_base import Section
+from tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
     RunShards,
@@ -39,6 +38,7 @@ from tasks.shards import (
     run_in_process,
     write_table,
 )
+from tasks.plan import read_plan
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
 CHECKPOINT_FILE = ".checkpoint"  # sha256 of the checkpoint the images in the folder were sampled with

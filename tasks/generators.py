@@ -31,9 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
+from tasks.core.manifest import read_manifest, write_manifest
 from tasks.generate import GenerateParams, Request, generate, seeds_for
-from tasks.manifest import read_manifest, write_manifest
 from tasks.plan import natural_key
 from tasks.publish import PublishParams, _cell, code_version, fetch_generator, latest_generator
 from tasks.train import ModelParams

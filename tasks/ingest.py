@@ -1,13 +1,14 @@
 """Ingest: read a source dataset into a normalized working copy plus ``manifest.parquet``.
 
-Sources (see ``tasks.sources``): an image folder ``<root>/<label>/*.png|jpg|jpeg|tif|tiff|bmp|dcm|dicom|nii|nii.gz``
-and DICOM series folders (splits from an optional ``<root>/splits.csv`` with columns path,split), a CSV/parquet table
+Sources (see ``tasks.core.sources``): an image folder
+``<root>/<label>/*.png|jpg|jpeg|tif|tiff|bmp|dcm|dicom|nii|nii.gz`` and DICOM series folders (splits from an
+optional ``<root>/splits.csv`` with columns path,split), a CSV/parquet table
 ``path,label[,split]``, a MedMNIST-style ``.npz``, the bundled example (``example:digits``), or any of these at a
 revision of a git/DVC repository.
 
 Normalization, in this order, for every image:
 
-1. An EXIF orientation (photos) is applied. DICOM and NIfTI sources become 8-bit slices first (``tasks.medical``:
+1. An EXIF orientation (photos) is applied. DICOM and NIfTI sources become 8-bit slices first (``tasks.core.medical``:
    modality LUT, MONOCHROME1 inverted, one window for the dataset, one image per selected slice of a volume).
    Images narrower or shorter than ``data.min_size`` pixels are quarantined (checked on the source size).
 2. 16-bit images (Pillow modes ``I;16*`` and ``I``) are scaled to 8 bits by the full 16-bit range,
@@ -29,7 +30,7 @@ patient is on both sides): each class is split on its own (stratified) into trai
 fractions keeps at least one training image. A split given by the source is kept.
 
 Bad input never stops the run midway: each bad item goes to ``quarantine.parquet`` (source_path, reason), before
-anything of it is written: a label that cannot be a folder name (``tasks.sources.label_problem``), pixels without a
+anything of it is written: a label that cannot be a folder name (``tasks.core.sources.label_problem``), pixels without a
 fixed 8-bit mapping (float, signed or 32-bit integers: ``check_pixel_format``), a decompression bomb, the minority
 kind in a folder mixing ordinary and medical images, and both copies of one image under two labels. The run stops
 with a ``UserError`` only when no usable image remains, a class named by the source lost every image, or a class
@@ -62,11 +63,11 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from tasks.errors import Quarantined, UserError
-from tasks.manifest import SPLITS, write_manifest
-from tasks.medical import MedicalReader, Spacing, WindowPreset, is_medical
-from tasks.params_base import Section
-from tasks.sources import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
+from tasks.core.errors import Quarantined, UserError
+from tasks.core.manifest import SPLITS, write_manifest
+from tasks.core.medical import MedicalReader, Spacing, WindowPreset, is_medical
+from tasks.core.params_base import Section
+from tasks.core.sources import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
 EXAMPLE = "example:digits"
 HASH_CACHE = "hashes.json"  # <cache_dir>/hashes.json: source files' sha256 by size, mtime and inode
@@ -83,7 +84,7 @@ class DataParams(Section):
 
     source: ``example:digits`` (the bundled example, written on first use), a local path (image folder,
       CSV/parquet table or ``.npz``), or a path inside the DVC/git repository ``repo`` at revision ``rev``.
-    window: a CT window preset (``tasks.medical.WINDOW_PRESETS``) for DICOM/NIfTI sources, or null.
+    window: a CT window preset (``tasks.core.medical.WINDOW_PRESETS``) for DICOM/NIfTI sources, or null.
     window_center, window_width: an explicit window in physical units (both or neither; not with ``window``).
       With neither, the physical range of the stored bits is the window.
     slice_axis: the array axis a 3D volume (NIfTI, DICOM series) is cut into 2D slices along.
@@ -245,7 +246,7 @@ def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path,
     if params.source == EXAMPLE:
         path = cache_dir / "example"
         if not path.exists():
-            from tasks.example import write_example
+            from tasks.core.example import write_example
 
             console.print(f"writing the bundled example to {path}")
             partial = cache_dir / "example.partial"  # renamed when complete: an interrupted write is never reused

@@ -32,9 +32,9 @@ from models.judge import (
     save_judge,
     train_judge,
 )
-from tasks.errors import UserError
-from tasks.images import load_images
-from tasks.manifest import read_manifest
+from tasks.core.errors import UserError
+from tasks.core.images import load_images
+from tasks.core.manifest import read_manifest
 from tasks.plan import natural_key
 
 JUDGE_FILE = "judge.pt"

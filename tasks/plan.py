@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.errors import UserError
-from tasks.manifest import read_manifest
-from tasks.params_base import Section
+from tasks.core.errors import UserError
+from tasks.core.manifest import read_manifest
+from tasks.core.params_base import Section
 
 PLAN_FILE = "plan.csv"
 PLAN_COLUMNS = ("class", "real", "target", "to_generate")

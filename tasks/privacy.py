@@ -47,14 +47,14 @@ from scipy import stats
 from models.common import pick_device
 from models.judge import Judge
 from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
-from tasks.dp import dp_claim
-from tasks.errors import UserError
+from tasks.core.dp import dp_claim
+from tasks.core.errors import UserError
+from tasks.core.export import ReleaseFormat
+from tasks.core.images import file_sha256, load_images
+from tasks.core.params_base import Section
 from tasks.evaluate import FILTER_SUMMARY, real_rows, synthetic_rows
-from tasks.export import ReleaseFormat
 from tasks.filter import FilterParams, MemorizationThresholds, memorization_thresholds
-from tasks.images import file_sha256, load_images
 from tasks.judge import embed, load_judge_step
-from tasks.params_base import Section
 from tasks.plan import natural_key
 from tasks.publish import check_name
 
@@ -90,11 +90,12 @@ class PrivacyParams(Section):
     bootstrap: bootstrap resamples of that interval.
     seed: seed of the bootstrap resampling.
     release_format: file format of the released images: ``png`` (as generated), or ``png16``, ``nifti``, ``dicom``
-      (converted by ``tasks.export``; see README "Medical images (DICOM, NIfTI)").
+      (converted by ``tasks.core.export``; see README "Medical images (DICOM, NIfTI)").
     release_per_class: synthetic images released per class; null: every class at its real train size (a full
       synthetic replacement). The anonymize flow plans with it (``plan.strategy=release``), not with ``plan``.
     min_tstr_ratio: null, or the release is refused when a classifier trained on it scores below this share of
-      one trained on the real train split (balanced accuracy on the real test split, mean over seeds; ``tasks.tstr``).
+      one trained on the real train split (balanced accuracy on the real test split, mean over seeds;
+      ``tasks.core.tstr``).
     """
 
     name: str | None = None
@@ -437,7 +438,7 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
         filter_params: the ``filter`` section: its feature extractor and device, and its memorization quantile
             (for the advice when the gate is stricter than the filter).
         out_dir: where ``privacy.json`` and ``dcr.png`` go.
-        checkpoint_dir: the generator checkpoint the images came from; its ``dp.json`` (``tasks.dp``) decides
+        checkpoint_dir: the generator checkpoint the images came from; its ``dp.json`` (``tasks.core.dp``) decides
             whether the release may claim differential privacy (``dp`` in ``privacy.json``). None: no claim.
 
     Returns the verdict; ``raise_if_failed()`` turns a failure into a ``PrivacyGateError``.

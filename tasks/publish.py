@@ -48,9 +48,9 @@ from typing import Any
 import yaml
 from pydantic import field_validator
 
-from tasks.errors import UserError
-from tasks.locks import with_registry_lock
-from tasks.params_base import Section
+from tasks.core.errors import UserError
+from tasks.core.locks import with_registry_lock
+from tasks.core.params_base import Section
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def tag_for(name: str, version: int) -> str:
 # publish
 
 
-@with_registry_lock  # one publisher per registry at a time (tasks/locks.py)
+@with_registry_lock  # one publisher per registry at a time (tasks/core/locks.py)
 def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path,
             generator: Path | None = None) -> PublishResult:
     """Publish ``dataset_dir`` as the next version ``<name>/v<N>`` of the data registry ``params.registry``.
@@ -645,7 +645,7 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
 def _contents_table(manifest: Path) -> list[str]:
     if not manifest.is_file():
         return []
-    from tasks.manifest import read_manifest
+    from tasks.core.manifest import read_manifest
 
     frame, _ = read_manifest(manifest)
     frame = frame[frame["accepted"]]

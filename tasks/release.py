@@ -21,15 +21,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from tasks.dp import card_lines as dp_card_lines
-from tasks.errors import UserError
+from tasks.core.dp import card_lines as dp_card_lines
+from tasks.core.errors import UserError
+from tasks.core.export import export_images
+from tasks.core.manifest import COLUMNS, read_manifest, write_manifest
+from tasks.core.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
 from tasks.evaluate import synthetic_rows
-from tasks.export import export_images
-from tasks.manifest import COLUMNS, read_manifest, write_manifest
 from tasks.privacy import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
 from tasks.publish import code_version, write_card
 from tasks.report import report_step
-from tasks.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
 
 # The headline numbers the card lists; metrics.json beside it has everything. Gains and gaps are measured from the
 # best real baseline (tasks/evaluate.py); the untreated real_only stays in metrics.json as context only.
@@ -105,7 +105,7 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
 
     Refuses (``UserError``) unless ``privacy_dir/privacy.json`` passed for the filter manifest now in
     ``filter_dir``, and (a second lock) when an accepted synthetic file is byte-identical to a real one; refuses
-    (``ReleaseUtilityError``) when TSTR / TRTR (``tasks.tstr``) is below ``privacy.min_tstr_ratio``. The released
+    (``ReleaseUtilityError``) when TSTR / TRTR (``tasks.core.tstr``) is below ``privacy.min_tstr_ratio``. The released
     ``privacy.json`` and ``metrics.json`` carry TSTR vs TRTR (``utility``, ``release_utility``).
     """
     privacy = read_privacy(privacy_dir, filter_dir)

@@ -30,8 +30,10 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import nearest_correlation
-from tasks.dp import card_lines as dp_card_lines
-from tasks.errors import UserError
+from tasks.core.dp import card_lines as dp_card_lines
+from tasks.core.errors import UserError
+from tasks.core.images import load_images
+from tasks.core.tstr import utility_rows
 from tasks.evaluate import (
     BASELINES,
     COMPARED,
@@ -44,10 +46,8 @@ from tasks.evaluate import (
     real_rows,
     synthetic_rows,
 )
-from tasks.images import load_images
 from tasks.plan import natural_key
 from tasks.privacy import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
-from tasks.tstr import utility_rows
 
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"
@@ -415,7 +415,7 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
 
 
 def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
-    """TSTR vs TRTR of an anonymized release, overall and per class (``tasks.tstr``)."""
+    """TSTR vs TRTR of an anonymized release, overall and per class (``tasks.core.tstr``)."""
     if release is None:
         return []
     rows = "".join("<tr><td class='l'>" + _esc(what) + "</td>" + "".join(f"<td>{_esc(v)}</td>" for v in values)

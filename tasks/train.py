@@ -28,13 +28,13 @@ from models.latent_diffusion import LatentDiffusionConfig
 from models.registry import family_names, get_family
 from models.training import checkpoint_hash, fit, load_checkpoint, load_extended
 from models.vae import VAEConfig
-from tasks.dp import DP_FAMILIES, DP_FILE, DPParams, fit_private
-from tasks.errors import UserError
-from tasks.images import load_images, save_grid
-from tasks.manifest import read_manifest
-from tasks.params_base import Section
+from tasks.core.dp import DP_FAMILIES, DP_FILE, DPParams, fit_private
+from tasks.core.errors import UserError
+from tasks.core.images import load_images, save_grid
+from tasks.core.manifest import read_manifest
+from tasks.core.params_base import Section
+from tasks.core.pretrained import apply_pretrained, read_pretrained, write_bundle
 from tasks.plan import natural_key
-from tasks.pretrained import apply_pretrained, read_pretrained, write_bundle
 
 GRID_PER_CLASS = 8
 RUN_FILE = "run.json"  # <out>/run.json: the data and start of the checkpoint being trained (see _run_key)
@@ -53,7 +53,7 @@ class ModelParams(Section):
     warm_start_fraction: a warm start trains ``ceil(fraction * steps)`` of the family's ``steps``.
     pretrained: a local pretrained folder to start from (a MONAI bundle: ``configs/`` + ``models/model.pt``; or a
       diffusers-format folder: ``config.json`` + ``*.safetensors``) holding weights of this family's networks
-      (``tasks.pretrained``); classes are mapped by name or the conditioning head is re-initialised, as the log
+      (``tasks.core.pretrained``); classes are mapped by name or the conditioning head is re-initialised, as the log
       and ``train.json`` say. Loaded as tensors only (``weights_only``, safetensors), never unpickled.
     grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
     device_dataset_mb: training images up to this many MiB (as float32) are held on the training device as one
@@ -61,8 +61,8 @@ class ModelParams(Section):
       batch is copied over and converted there (``models.training.fit``).
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
-    dp: differentially private training (DP-SGD with Opacus, ``tasks.dp``); ``dp.epsilon: null`` (the default)
-      trains without it. Offered for ``tasks.dp.DP_FAMILIES``, one process, from scratch.
+    dp: differentially private training (DP-SGD with Opacus, ``tasks.core.dp``); ``dp.epsilon: null`` (the default)
+      trains without it. Offered for ``tasks.core.dp.DP_FAMILIES``, one process, from scratch.
     """
 
     family: str = "diffusion"

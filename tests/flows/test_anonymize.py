@@ -28,9 +28,9 @@ from flows.anonymize import anonymize, release_params
 from flows.augment import run_steps
 from flows.dag import ANONYMIZE, STEPS, step
 from flows.params import Params, load_params
+from tasks.core.manifest import read_manifest
 from tasks.generate import image_path, requests_from_plan
 from tasks.ingest import normalize, png
-from tasks.manifest import read_manifest
 from tasks.plan import read_plan
 from tasks.privacy import PrivacyGateError
 from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, leaked

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.manifest import COLUMNS
+from tasks.core.manifest import COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from models.judge import load_judge
-from tasks.manifest import read_manifest
+from tasks.core.manifest import read_manifest
 from tests.medical import dicom_digits_folder
 from tests.toy import COUNTS, TINY
 

@@ -11,7 +11,7 @@ import pytest
 from flows.augment import augment
 from flows.params import load_params
 from flows.preflight import preflight
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 from tasks.ingest import ingest
 from tests.toy import TINY, digits_folder
 

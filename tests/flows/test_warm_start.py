@@ -117,7 +117,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         for image in ours:
             theirs = fresh / "out" / "images" / image.parent.name / image.name
             assert theirs.read_bytes() == image.read_bytes(), image.name
-        from tasks.manifest import read_manifest
+        from tasks.core.manifest import read_manifest
 
         _, meta = read_manifest(fresh / "out" / "manifest.parquet")
         assert meta["generator_version"]["tag"] == f"{GEN}/v1"

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from models.training import checkpoint_hash, load_checkpoint
 from models.vae import VAE, VAEConfig
-from tasks.dp import DP_FILE, DPParams, card_lines, dp_claim, fit_private
-from tasks.errors import UserError
+from tasks.core.dp import DP_FILE, DPParams, card_lines, dp_claim, fit_private
+from tasks.core.errors import UserError
 from tasks.train import ModelParams
 
 CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)

@@ -22,7 +22,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from models import metrics as M
 from models.judge import JudgeConfig
-from tasks.errors import UserError
+from tasks.core.errors import UserError
+from tasks.core.images import load_images, write_png
+from tasks.core.manifest import read_manifest, write_manifest
 from tasks.evaluate import (
     BASELINES,
     CHOICES,
@@ -45,9 +47,7 @@ from tasks.evaluate import (
     score,
     summarize,
 )
-from tasks.images import load_images, write_png
 from tasks.judge import embed, load_judge_step, train_judge_step
-from tasks.manifest import read_manifest, write_manifest
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN = {"0": 25, "1": 25, "2": 25, "3": 4}  # "3" is the scarce class

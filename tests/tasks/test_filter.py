@@ -25,6 +25,8 @@ from sklearn.datasets import load_digits
 from models.judge import JudgeConfig
 from models.metrics import nearest_correlation, nearest_distance, realism_inside
 from models.vae import VAEConfig
+from tasks.core.images import load_images, to_uint8, write_png
+from tasks.core.manifest import COLUMNS, read_manifest, write_manifest
 from tasks.filter import (
     MIN_ACCEPTANCE_RATE,
     REJECT_REASONS,
@@ -41,9 +43,7 @@ from tasks.filter import (
     topup_count,
 )
 from tasks.generate import GenerateParams, generate_from_plan, image_path, seeds_for
-from tasks.images import load_images, to_uint8, write_png
 from tasks.judge import embed, load_judge_step, train_judge_step
-from tasks.manifest import COLUMNS, read_manifest, write_manifest
 from tasks.train import ModelParams, train
 
 CLASSES = ("0", "1", "2", "3")
@@ -185,7 +185,7 @@ def test_memorization_thresholds_are_holdout_quantiles() -> None:
 
 def test_pixels_uint8_are_the_stored_levels() -> None:
     levels = torch.randint(0, 256, (5, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
-    decoded = levels.float() / 127.5 - 1.0  # as tasks.images.load_images decodes a PNG
+    decoded = levels.float() / 127.5 - 1.0  # as tasks.core.images.load_images decodes a PNG
     assert np.array_equal(pixels_uint8(decoded), levels.reshape(5, -1).numpy())
 
 

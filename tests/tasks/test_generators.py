@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 from tasks.generators import WarmStart, _mismatch, parse_spec
 from tasks.publish import PublishError, PublishParams, fetch, fetch_generator, latest_generator, publish
 from tasks.train import ModelParams

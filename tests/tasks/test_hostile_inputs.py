@@ -15,10 +15,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
+from tasks.core.manifest import read_manifest
+from tasks.core.medical import MAX_VOXELS
 from tasks.ingest import DataParams, ingest
-from tasks.manifest import read_manifest
-from tasks.medical import MAX_VOXELS
 from tests.tasks.test_ingest import folder, noise
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.dag import REPO_ROOT
-from tasks.locks import TIMEOUT_ENV, registry_lock, workdir_lock
+from tasks.core.locks import TIMEOUT_ENV, registry_lock, workdir_lock
 from tests.tasks.test_publish import NAME, git, hermetic, make_dataset, tags  # noqa: F401  (hermetic: a fixture)
 from tests.toy import TINY, digits_folder
 

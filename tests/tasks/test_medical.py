@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from flows.params import ParamsError, load_params
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 from tasks.ingest import DataParams
 from tests.medical import CR, CT, MR, bundled, mr_volume, physical, run_ingest, windowed, write_nifti, write_series
 

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 from rich.console import Console
 
-from tasks.errors import UserError
-from tasks.manifest import write_manifest
+from tasks.core.errors import UserError
+from tasks.core.manifest import write_manifest
 from tasks.plan import PlanParams, make_plan, natural_key, plan_counts, read_plan
 
 COUNTS = {"10": 4, "2": 30, "1": 13}  # natural order: 1, 2, 10

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from models.diffusion import Diffusion, DiffusionConfig
 from models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 from models.training import fit, save_checkpoint
-from tasks.errors import UserError
+from tasks.core.errors import UserError
+from tasks.core.pretrained import apply_pretrained, export_checkpoint, read_pretrained, write_bundle
 from tasks.ingest import DataParams, ingest
-from tasks.pretrained import apply_pretrained, export_checkpoint, read_pretrained, write_bundle
 from tasks.train import ModelParams, train
 from tests.toy import digits_folder
 

@@ -22,12 +22,13 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from models.judge import JudgeConfig
-from tasks.errors import UserError
+from tasks.core.errors import UserError
+from tasks.core.images import file_sha256, write_png
+from tasks.core.manifest import COLUMNS, write_manifest
+from tasks.core.tstr import ReleaseUtilityError
 from tasks.filter import FilterParams, filter_step, memorization_thresholds
 from tasks.generate import GenerateParams, image_path
-from tasks.images import file_sha256, write_png
 from tasks.judge import train_judge_step
-from tasks.manifest import COLUMNS, write_manifest
 from tasks.privacy import (
     PRIVACY_FILE,
     PrivacyGateError,
@@ -43,7 +44,6 @@ from tasks.privacy import (
     summarize,
 )
 from tasks.release import assemble_anonymized, withhold_source
-from tasks.tstr import ReleaseUtilityError
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN, HOLDOUT, FRESH = 40, 40, 40  # per class: members, non-members, never-seen digits for honest releases

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from tasks.errors import UserError
-from tasks.manifest import write_manifest
+from tasks.core.errors import UserError
+from tasks.core.manifest import write_manifest
 from tasks.publish import (
     REQUIRED_FILES,
     PublishError,

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
+from tasks.core.images import write_png
+from tasks.core.manifest import read_manifest, write_manifest
 from tasks.evaluate import CONDITIONS, TREATED, evaluate_step, families
-from tasks.images import write_png
-from tasks.manifest import read_manifest, write_manifest
 from tasks.report import report_step
 
 

@@ -13,8 +13,7 @@ import torch
 
 from models.training import save_checkpoint
 from models.vae import VAE, VAEConfig
-from tasks.generate import CHECKPOINT_FILE, GenerateParams, generate_from_plan
-from tasks.shards import (
+from tasks.core.shards import (
     concat_tables,
     cut,
     finished,
@@ -23,6 +22,7 @@ from tasks.shards import (
     run_in_process,
     write_table,
 )
+from tasks.generate import CHECKPOINT_FILE, GenerateParams, generate_from_plan
 
 CLASSES = ["a", "b", "c"]
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tasks.errors import Quarantined
+from tasks.core.errors import Quarantined
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.manifest import METADATA_KEY
+from tasks.core.manifest import METADATA_KEY
 
 SHARDS_DIR = "shards"
 

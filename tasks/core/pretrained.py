@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 BUNDLE_WEIGHTS = "models/model.pt"
 FILE_NAMES = {"unet": "unet", "diffusion_model": "unet", "autoencoder": "autoencoder", "vae": "autoencoder"}

@@ -1,6 +1,6 @@
 """Release formats: a manifest's stored 8-bit PNGs written as PNG, 16-bit PNG, NIfTI or DICOM.
 
-``intensity`` is the mapping ingest records in the manifest metadata for DICOM/NIfTI sources (``tasks.medical``):
+``intensity`` is the mapping ingest records in the manifest metadata for DICOM/NIfTI sources (``tasks.core.medical``):
 a stored pixel p means the physical value ``offset + scale * p`` in ``unit``, and ``pixel_spacing`` is the
 (row, column) mm the stored images share. Without one (None), pixels are plain 8-bit values: offset 0, scale 1,
 no unit, spacing unknown (written as 1 mm where a format needs one).
@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
 
-from tasks.errors import UserError
-from tasks.images import write_atomic
+from tasks.core.errors import UserError
+from tasks.core.images import write_atomic
 
 ReleaseFormat = Literal["png", "png16", "nifti", "dicom"]
 SUFFIXES: dict[str, str] = {"png": ".png", "png16": ".png", "nifti": ".nii.gz", "dicom": ".dcm"}

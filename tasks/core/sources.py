@@ -1,6 +1,6 @@
 """Source readers: an image folder, a CSV/parquet table or a MedMNIST-style ``.npz`` -> a list of items.
 
-Images are ordinary files (PNG, JPEG, TIFF, BMP) or medical ones (``tasks.medical``): DICOM files, NIfTI files and
+Images are ordinary files (PNG, JPEG, TIFF, BMP) or medical ones (``tasks.core.medical``): DICOM files, NIfTI files and
 DICOM *series folders*. In the folder layout a series folder is a folder below the class folder that holds DICOM
 files (``<root>/<label>/<series>/*.dcm``, read as one volume); DICOM files directly in the class folder are single
 images. In a table, a ``path`` that is a folder is a series folder.
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.errors import UserError
-from tasks.manifest import SPLITS
-from tasks.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
+from tasks.core.errors import UserError
+from tasks.core.manifest import SPLITS
+from tasks.core.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 KNOWN_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 TEST_PER_CLASS = 50  # held-out real test images per class (balanced, never cut)
 VAL_PER_CLASS = 10  # validation images per class

@@ -36,8 +36,8 @@ from pydantic import Field
 
 from models.base import GeneratorFamily
 from models.training import checkpoint_hash, save_checkpoint
-from tasks.errors import UserError
-from tasks.params_base import Section
+from tasks.core.errors import UserError
+from tasks.core.params_base import Section
 
 DP_FILE = "dp.json"
 DP_FAMILIES = ("vae",)  # families whose networks Opacus gives per-sample gradients for (README "Differential privacy")

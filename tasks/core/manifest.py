@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 SPLITS = ("train", "val", "test", "heldback")  # heldback: real images withheld from training (the oracle set)
 SOURCES = ("real", "synthetic")
