@@ -28,9 +28,9 @@ from models.judge import JudgeConfig, train_judge
 from models.registry import get_family
 from models.training import fit
 from tasks.core.images import load_images, save_grid, to_uint8
+from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest
 from tasks.ingest import DataParams, ingest
-from tasks.plan import natural_key
 
 Split = tuple[torch.Tensor, torch.Tensor]
 

@@ -29,9 +29,10 @@ from flows.anonymize import release_params
 from flows.dag import step
 from flows.params import load_params
 from models.judge import train_judge
+from tasks.core.features import load_judge_step
 from tasks.core.tstr import METRICS, TRTR, TSTR, release_utility
-from tasks.evaluate import EvaluateParams, _read_inputs, score, training_set
-from tasks.judge import load_judge_step
+from tasks.core.utility import EvaluateParams, score, training_set
+from tasks.evaluate import _read_inputs
 from tasks.privacy import privacy_gate
 
 STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")

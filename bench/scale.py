@@ -93,8 +93,9 @@ def generate(n: int, device_name: str) -> dict[str, Any]:
     from flows.runners import RunnerParams, shard_runner
     from models.training import save_checkpoint
     from models.vae import VAE, VAEConfig
+    from tasks.core.sampling import GenerateParams
     from tasks.core.shards import DEFAULT_SHARD_SIZE
-    from tasks.generate import GenerateParams, generate_from_plan
+    from tasks.generate import generate_from_plan
 
     classes = [str(c) for c in range(CLASSES)]
     with tempfile.TemporaryDirectory(prefix="synthaug-bench-") as tmp:

@@ -132,7 +132,7 @@ BAR_GAP = 0.30  # the bar: share of the best-baseline -> oracle gap closed in mi
 def bar(utility: dict[str, Any]) -> dict[str, list[str]]:
     """Per classifier family, the treated conditions that clear the bar: a minority-recall gain over the best real
     baseline whose 95% interval excludes zero, closing >= ``BAR_GAP`` of the gap to the oracle."""
-    from tasks.evaluate import families
+    from tasks.core.utility import families
 
     out = {}
     for family, results in families(utility).items():
@@ -149,7 +149,7 @@ def _ms(entry: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The scenario's tables for docs/BENCHMARKS.md: every condition with both families, then every treated
     condition against the best real baseline, the recipe chosen on validation, the gate and the bar."""
-    from tasks.evaluate import COMPARED, families
+    from tasks.core.utility import COMPARED, families
 
     utility = result["utility"]
     fams = families(utility)

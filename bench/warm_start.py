@@ -15,7 +15,7 @@ The bundled example at two source revisions:
    labelled by the reference classifier of ``bench.quality`` (trained on real train + val + heldback).
 5. Utility at each warm-start point and at the from-scratch run's last step (the target), on the **validation**
    split (10 per class): the evaluate step's classifier recipe
-   (``tasks.evaluate.DEFAULT_CLASSIFIER``, seeds 0..2) trained on revision 2's real train images plus synthetic
+   (``tasks.core.utility.DEFAULT_CLASSIFIER``, seeds 0..2) trained on revision 2's real train images plus synthetic
    images of the scarce classes up to the median train count of the other classes (seeds from 100000); balanced
    accuracy, mean over seeds. The **test** split is read once, at the end, for three conditions: real only, real +
    the from-scratch model's final samples, real + the warm start's final samples.
@@ -40,7 +40,7 @@ from models.judge import JudgeConfig, train_judge
 from models.registry import get_family
 from models.training import fit, load_checkpoint, save_checkpoint
 from tasks.core.example import SCARCE_CLASSES
-from tasks.evaluate import DEFAULT_CLASSIFIER
+from tasks.core.utility import DEFAULT_CLASSIFIER
 
 EXTRA = 12  # new train images per scarce class in revision 2
 SCRATCH_POINTS = (0.05, 0.1, 1 / 6, 0.25, 1 / 3, 0.5, 2 / 3, 1.0)

@@ -20,9 +20,9 @@ from prefect.artifacts import create_markdown_artifact
 from flows.augment import run_steps
 from flows.dag import ANONYMIZE, Record, step
 from flows.params import Params
+from tasks.core.privacy_report import ATTACKS
 from tasks.core.tstr import utility_rows
 from tasks.plan import PlanParams
-from tasks.privacy import ATTACKS
 
 
 @flow(name="anonymize", log_prints=True)

@@ -182,7 +182,7 @@ def _report(p: Params, workdir: Path) -> Record:
 
 def _publish(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
-    from tasks.evaluate import enforce_gate
+    from tasks.core.gate import enforce_gate
     from tasks.generators import assemble_generator
     from tasks.publish import publish
     from tasks.release import assemble
@@ -222,9 +222,12 @@ def _release(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
     from tasks.publish import publish
     from tasks.release import assemble_anonymized
+    from tasks.report import report_step
 
     dataset = assemble_anonymized(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "privacy",
                                   dump_params(p), p.privacy, workdir / "release")
+    # The release's report shows only what is released: its privacy.json and no real or rejected image.
+    report_step(workdir / "ingest", workdir / "filter", workdir / "evaluate", dataset, privacy_dir=dataset)
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
     result = publish(dataset, target, workdir=workdir)
     ratio = json.loads((dataset / "privacy.json").read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]

@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from flows.runners import RunnerParams
 from tasks.core.errors import UserError, mask_secrets
-from tasks.evaluate import EvaluateParams
-from tasks.filter import FilterParams
-from tasks.generate import GenerateParams
+from tasks.core.model_params import ModelParams
+from tasks.core.privacy_report import PrivacyParams
+from tasks.core.registry import PublishParams
+from tasks.core.rules import FilterParams
+from tasks.core.sampling import GenerateParams
+from tasks.core.utility import EvaluateParams
 from tasks.ingest import DataParams
 from tasks.plan import PlanParams
-from tasks.privacy import PrivacyParams
-from tasks.publish import PublishParams
-from tasks.train import ModelParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -39,6 +39,19 @@ class Params(BaseModel):
     publish: PublishParams = PublishParams()
     privacy: PrivacyParams = PrivacyParams()
     runner: RunnerParams = RunnerParams()
+
+    @field_validator("publish")
+    @classmethod
+    def _cron(cls, value: PublishParams) -> PublishParams:
+        """``publish.schedule`` is a cron expression Prefect accepts (checked here: tasks/ do not import prefect)."""
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value.schedule)
+        except ValueError:
+            raise ValueError(f"schedule {value.schedule!r} is not a cron expression (minute hour day month "
+                             "weekday), e.g. '0 3 * * *'") from None
+        return value
 
 
 class ParamsError(UserError):

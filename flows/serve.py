@@ -107,7 +107,7 @@ def code_digest(root: Path = REPO_ROOT) -> str:
 def fingerprint(params: Params, workdir: Path) -> Fingerprint:
     """The fingerprint of what running ``augment(params, workdir)`` now would publish."""
     from flows.params import dump_params
-    from tasks.publish import code_version
+    from tasks.core.registry import code_version
 
     parts = {
         "source": source_lineage(params.data, workdir / "sources"),  # the cache folder the ingest step uses

@@ -74,7 +74,8 @@ def per_image_normal(seeds: Sequence[int], shape: Sequence[int], device: torch.d
     """Standard normal noise of ``shape`` for each seed, stacked to (N, *shape).
 
     Each image gets its own CPU generator, so its noise is the same whatever batch it lands in
-    and whatever the device: the determinism contract of DESIGN.md.
+    and whatever the device: the determinism contract (README "Generators",
+    **Determinism**).
     """
     noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(noise).to(device)

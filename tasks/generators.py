@@ -31,12 +31,13 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.core.card import _cell
 from tasks.core.errors import UserError
+from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest, write_manifest
-from tasks.generate import GenerateParams, Request, generate, seeds_for
-from tasks.plan import natural_key
-from tasks.publish import PublishParams, _cell, code_version, fetch_generator, latest_generator
-from tasks.train import ModelParams
+from tasks.core.model_params import ModelParams
+from tasks.core.registry import PublishParams, code_version, fetch_generator, latest_generator
+from tasks.core.sampling import GenerateParams, Request, generate, seeds_for
 
 GENERATOR_FILE = "generator.json"
 ORIGIN_FILE = "origin.json"  # <train out>/origin.json: where the run's training started (written by the flow)
@@ -205,9 +206,10 @@ def sample_published(spec: str, out_dir: Path, *, count: int, params: GeneratePa
     """Fetch the generator ``spec`` (``<registry>@<tag>``) into ``out_dir/generator`` and sample ``count`` images of
     each class (all its classes by default) into ``out_dir``; returns ``out_dir/manifest.parquet``.
 
-    The seeds are the ones the pipeline gives the first ``count`` images of each class (``tasks.generate.seeds_for``
-    with ``params.seed``), so the same seeds give the same bytes as the run that published the generator. The
-    manifest's metadata names the generator version (``generator_version``: registry, tag, checkpoint).
+    The seeds are the ones the pipeline gives the first ``count`` images of each class
+    (``tasks.core.sampling.seeds_for`` with ``params.seed``), so the same seeds give the same bytes as the run that
+    published the generator. The manifest's metadata names the generator version (``generator_version``: registry,
+    tag, checkpoint).
     """
     if count < 1:
         raise UserError(f"--count {count}: ask for at least one image per class")

@@ -17,7 +17,6 @@ binary float), so ``50 * 1.1`` asks for 55 images, not 56.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tasks.core.errors import UserError
+from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest
 from tasks.core.params_base import Section
 
@@ -55,16 +55,6 @@ class PlanParams(Section):
     cap: int = Field(1000, ge=1)
     release_per_class: int | None = Field(None, ge=1)
     overgenerate: float = Field(1.5, ge=1.0)
-
-
-def natural_key(label: str) -> tuple[tuple[int | str, ...], str]:
-    """Sort key putting numbers in labels in numeric order: ``"2" < "10"``, ``"class2" < "class10"``.
-
-    Digit runs sit at the odd positions of the split, so tuples always compare int with int and str with str;
-    the label itself breaks ties such as ``"01"`` / ``"1"``.
-    """
-    parts = re.split(r"(\d+)", label)
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), label
 
 
 def plan_counts(counts: Mapping[str, int], params: PlanParams) -> pd.DataFrame:
@@ -130,13 +120,6 @@ def make_plan(manifest_path: Path, params: PlanParams, out_dir: Path, *,
     tmp.replace(path)
     (console or Console(stderr=True)).print(plan_table(plan, title=f"plan ({params.strategy}): {path}"))
     return plan
-
-
-def read_plan(path: Path) -> pd.DataFrame:
-    """A ``plan.csv`` written by ``make_plan``, with ``class`` kept as strings (``"01"`` stays ``"01"``)."""
-    if not path.is_file():
-        raise UserError(f"{path}: plan not found; run `synthaug plan` first")
-    return pd.read_csv(path, dtype={"class": str})
 
 
 def plan_table(plan: pd.DataFrame, title: str | None = None) -> Table:

@@ -7,7 +7,7 @@ images no model was trained on):
 (a) **Memorization.** Every released image is compared again with *every* training image: its highest Pearson
     pixel correlation and its smallest feature distance (the filter's feature space: the judge's, or
     ``filter.extractor``'s). The thresholds are calibrated exactly as the filter's
-    (``tasks.filter.memorization_thresholds`` on the real val -> train nearest distances), at
+    (``tasks.core.rules.memorization_thresholds`` on the real val -> train nearest distances), at
     ``privacy.memorization_quantile``. No released image may lie within either threshold. With
     ``privacy.memorization_quantile <= filter.memorization_quantile`` the filter has already rejected every image
     this check would flag; the gate holds the line when the filter is loosened, and re-measures the files actually
@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
 from scipy import stats
 
 from models.common import pick_device
@@ -49,79 +48,25 @@ from models.judge import Judge
 from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
 from tasks.core.dp import dp_claim
 from tasks.core.errors import UserError
-from tasks.core.export import ReleaseFormat
+from tasks.core.features import embed, load_judge_step
 from tasks.core.images import file_sha256, load_images
-from tasks.core.params_base import Section
-from tasks.evaluate import FILTER_SUMMARY, real_rows, synthetic_rows
-from tasks.filter import FilterParams, MemorizationThresholds, memorization_thresholds
-from tasks.judge import embed, load_judge_step
-from tasks.plan import natural_key
-from tasks.publish import check_name
+from tasks.core.labels import natural_key
+from tasks.core.privacy_report import (
+    ATTACKS,
+    DCR_PLOT,
+    DENSITY_DIM,
+    PRIVACY_FILE,
+    SPACES,
+    PrivacyGateError,
+    PrivacyParams,
+)
+from tasks.core.results import FILTER_SUMMARY, real_rows, synthetic_rows
+from tasks.core.rules import FilterParams, MemorizationThresholds, memorization_thresholds
 
-PRIVACY_FILE = "privacy.json"
-DCR_PLOT = "dcr.png"
 FORMAT = "synthaug-privacy/1"
 HOLDOUT_SPLITS = ("val", "test", "heldback")  # real images no generator, judge or filter threshold trained on
-SPACES = ("pixel", "feature")
 MIN_PER_CLASS = 2  # members and non-members a class needs for its attack AUC to have a bootstrap interval
-DENSITY_DIM = 8  # principal components the density-ratio attack estimates densities in
-ATTACKS = {  # privacy.json key -> (what the failure lines call it, method)
-    "attack": ("membership inference", "distance to the closest released image (GAN-Leaks); AUC over same-class "
-                                       "(member, non-member) pairs"),
-    "density_attack": ("membership inference, density ratio",
-                       f"density ratio log p_release(x) - log p_heldout(x) (DOMIAS): Gaussian KDEs in the "
-                       f"{DENSITY_DIM} whitened principal components of the release, the held-out density cross-"
-                       "fitted over two folds; AUC over same-class (member, non-member) pairs"),
-}
 QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
-
-
-class PrivacyParams(Section):
-    """``privacy`` section: the gate of ``synthaug anonymize`` and what its release looks like.
-
-    name: registry name of the anonymized release (versions tagged ``<name>/v<N>``); null: ``<publish.name>-
-      anonymized``, so a release never lands among the versions of the augmented dataset (which hold real images).
-    memorization_quantile: the memorization thresholds flag this share of real unseen (val) images, as the filter's
-      do; no released image may lie within them. Keep it <= ``filter.memorization_quantile``, or the filter keeps
-      images the gate then blocks.
-    max_attack_auc: the release fails when the membership attack's AUC interval lies wholly above this (0.5:
-      clearly better than chance).
-    confidence: confidence level of the attack's bootstrap interval.
-    bootstrap: bootstrap resamples of that interval.
-    seed: seed of the bootstrap resampling.
-    release_format: file format of the released images: ``png`` (as generated), or ``png16``, ``nifti``, ``dicom``
-      (converted by ``tasks.core.export``; see README "Medical images (DICOM, NIfTI)").
-    release_per_class: synthetic images released per class; null: every class at its real train size (a full
-      synthetic replacement). The anonymize flow plans with it (``plan.strategy=release``), not with ``plan``.
-    min_tstr_ratio: null, or the release is refused when a classifier trained on it scores below this share of
-      one trained on the real train split (balanced accuracy on the real test split, mean over seeds;
-      ``tasks.core.tstr``).
-    """
-
-    name: str | None = None
-    memorization_quantile: float = Field(0.01, ge=0.0, le=0.5)
-    max_attack_auc: float = Field(0.5, ge=0.5, le=1.0)
-    confidence: float = Field(0.95, gt=0.0, lt=1.0)
-    bootstrap: int = Field(1000, ge=100)
-    seed: int = Field(0, ge=0)
-    release_format: ReleaseFormat = "png"
-    release_per_class: int | None = Field(None, ge=1)
-    min_tstr_ratio: float | None = Field(None, gt=0.0)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_name(value)
-        return value
-
-    def release_name(self, dataset_name: str) -> str:
-        """The registry name of the release: ``name``, or ``<dataset_name>-anonymized``."""
-        return self.name or f"{dataset_name}-anonymized"
-
-
-class PrivacyGateError(UserError):
-    """The release failed the privacy gate; the message lists each failed check with its value and threshold."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +102,7 @@ def memorization_check(release_to_train: Mapping[str, np.ndarray], thresholds: M
 
     Args:
         release_to_train: ``closeness(release, train)``.
-        thresholds: from ``tasks.filter.memorization_thresholds`` (inclusive, as the filter applies them).
+        thresholds: from ``tasks.core.rules.memorization_thresholds`` (inclusive, as the filter applies them).
     """
     corr, dist = release_to_train["pixel"], release_to_train["feature"]
     pixel_within = int((corr >= thresholds.pixel_correlation).sum())
@@ -497,21 +442,6 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
     return GateResult(passed=report["passed"], failures=report["failures"], advice=advice, path=path, report=report)
 
 
-def read_privacy(privacy_dir: Path, filter_dir: Path) -> dict[str, Any]:
-    """``privacy.json``, only when it passed for the filter manifest now in ``filter_dir``; else a UserError."""
-    path = privacy_dir / PRIVACY_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: no privacy gate result; run `synthaug privacy` before releasing")
-    report = json.loads(path.read_text())
-    if not report.get("passed"):
-        raise PrivacyGateError(f"{path}: the privacy gate failed ({'; '.join(report.get('failures', []))}); "
-                               "nothing is released")
-    if report["release"]["filter_manifest_sha256"] != file_sha256(filter_dir / "manifest.parquet"):
-        raise UserError(f"{path}: the gate checked another filter result than {filter_dir}; rerun `synthaug "
-                        "privacy`")
-    return report
-
-
 # ------------------------------------------------------------------------------------------------- presentation
 
 
@@ -540,62 +470,3 @@ def plot_dcr(distributions: Mapping[str, Mapping[str, np.ndarray]], thresholds: 
     fig.suptitle("Distance to the closest training record")
     fig.savefig(path)
     return path
-
-
-def check_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """The gate as (check, measured, threshold, passed) rows, for the card and the report."""
-    mem = report["memorization"]
-    t = mem["thresholds"]
-    rows = [
-        ("memorization, pixel: released images correlating with a training image at or above the threshold",
-         f"{mem['pixel']['within']} (highest {_fmt(mem['pixel']['highest_correlation'])})",
-         f"0 at >= {_fmt(t['pixel_correlation'])}", mem["pixel"]["passed"]),
-        ("memorization, feature: released images within the threshold distance of a training image",
-         f"{mem['feature']['within']} (nearest {_fmt(mem['feature']['smallest_distance'])})",
-         f"0 at <= {_fmt(t['feature_distance'])}", mem["feature"]["passed"]),
-    ]
-    for key, (name, _) in ATTACKS.items():
-        for space in SPACES:
-            a = report[key][space]
-            measured = "n/a" if a["auc"] is None else f"AUC {a['auc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
-            if a.get("per_class"):
-                worst, v = max(a["per_class"].items(), key=lambda item: item[1]["ci"][0])
-                measured += (f"; per class highest interval: class {worst}, AUC {v['auc']:.3f} [{v['ci'][0]:.3f}, "
-                             f"{v['ci'][1]:.3f}] at {a['class_confidence']:.2%}")
-            rows.append((f"{name}, {space} (members {a.get('members', 0)}, non-members {a.get('non_members', 0)}): "
-                         "pooled and per class", measured,
-                         f"every CI lower bound <= {report[key]['max_auc']}", a["passed"]))
-    return rows
-
-
-def card_section(report: Mapping[str, Any]) -> list[str]:
-    """The card's privacy section (markdown lines): the verdict, the checks, the DCR distributions."""
-    attack = report["attack"]
-    lines = ["Synthetic images only: no real image and no source path is in this release. It was published "
-             "because it passed every check of the privacy gate (`privacy.json` has every number).", "",
-             f"Feature space: {_esc(report['feature_space'])}. Memorization thresholds: calibrated on "
-             f"{report['memorization']['thresholds']['n_calibration']} real val images (quantile "
-             f"{report['memorization']['thresholds']['quantile']}). Membership attacks: "
-             + "; ".join(f"{name}: {report[key]['method']}" for key, (name, _) in ATTACKS.items())
-             + f". Members: {attack['members']}, non-members: {attack['non_members']}; {attack['confidence']:.0%} "
-             f"bootstrap interval over {attack['bootstrap']} resamples pooled over classes, and per class at the "
-             "Bonferroni-corrected level given in the table.", "",
-             "| check | measured | threshold | result |", "|---|---|---|---|"]
-    lines += [f"| {_esc(c)} | {_esc(m)} | {_esc(t)} | {'pass' if ok else 'FAIL'} |" for c, m, t, ok in
-              check_rows(report)]
-    lines += ["", "Distance to the closest training record (DCR):", "",
-              "| measure | set | n | min | p05 | median | p95 | max |", "|---|---|---|---|---|---|---|---|"]
-    for space in SPACES:
-        for key, name in (("released_to_train", "released -> train"), ("holdout_to_train", "held-out real -> train")):
-            s = report["dcr"][space][key]
-            lines.append(f"| {space} | {name} | {s['n']} | " + " | ".join(_fmt(s[q]) for q in ("min", "p05", "median",
-                                                                                                 "p95", "max")) + " |")
-    return lines
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def _esc(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")

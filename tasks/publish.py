@@ -31,95 +31,41 @@ environment (for S3: ``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import field_validator
 
+from tasks.core.card import CARD_CHECKPOINT_ROW
 from tasks.core.errors import UserError
 from tasks.core.locks import with_registry_lock
-from tasks.core.params_base import Section
+from tasks.core.registry import (
+    DATASETS_DIR,
+    MODELS_DIR,
+    SITE_CACHE,
+    PublishParams,
+    _dvc,
+    _git,
+    _is_url,
+    _normalize_location,
+    _redact,
+    _rmtree,
+    _run,
+    generator_name,
+    tag_for,
+)
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml")
 REQUIRED_DIRS = ("images",)
-DATASETS_DIR = "datasets"
-MODELS_DIR = "models"  # the generator of dataset <name> lives at models/<name>, tagged <name>-generator/v<N>
-GENERATOR_SUFFIX = "-generator"
-CARD_CHECKPOINT_ROW = "| generator checkpoint (sha256) |"
 REMOTE_NAME = "storage"  # name given to the default DVC remote of a registry this module creates
-SITE_CACHE = ".dvc/tmp/site_cache"  # DVC's index/state for the registry, kept inside it (never /var/tmp)
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_SCP_LIKE_RE = re.compile(r"^[\w.-]+@[\w.-]+:")  # user@host:path, the ssh short form git accepts
-_USERINFO_PASSWORD_RE = re.compile(r"^[a-zA-Z][\w+.-]*://[^/@]*:[^/@]*@")  # scheme://user:secret@host
-
-
-class PublishParams(Section):
-    """``publish`` section of params.yaml.
-
-    name: dataset name; the registry path is ``datasets/<name>`` and versions are tagged ``<name>/v<N>``.
-      Letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; at most 100 characters.
-    registry: the data registry: a git URL (``https://…``, ``ssh://…``, ``git@host:org/repo.git``), a local bare
-      repository (cloned like a URL), or a local working repository, created with git + DVC on first use if absent.
-    remote: URL of the registry's default DVC remote (``s3://bucket/prefix``, ``gs://…``, ``ssh://…``, a local
-      folder, ...). Set as the default remote when the registry is created; for an existing registry it must equal
-      the registry's default remote. Credentials go into DVC's config or the environment, never here.
-    push: push the data to ``remote`` and the commit + tag to the registry's origin. ``false`` commits and tags in a
-      local registry only (an offline trial); a later run with ``true`` pushes the same content.
-    schedule: cron (UTC) of ``synthaug serve`` and ``prefect.yaml``; a scheduled run that finds the source, params
-      and code unchanged publishes nothing.
-    utility_gate: publish only when the evaluate step's utility gate passed (the synthetic images do not measurably
-      hurt against the best real baseline; the rule is ``tasks.evaluate.gate_verdict``). ``false`` publishes anyway
-      and says so in the step's record.
-    """
-
-    name: str = "digits-balanced"
-    registry: str = "registry/repo"
-    remote: str = "registry/remote"
-    push: bool = True
-    schedule: str = "0 3 * * *"
-    utility_gate: bool = True
-
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        from prefect.client.schemas.schedules import CronSchedule
-
-        try:
-            CronSchedule(cron=value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday), "
-                             "e.g. '0 3 * * *'") from None
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        check_name(value)
-        return value
-
-    @field_validator("registry", "remote")
-    @classmethod
-    def _no_secrets(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        if _USERINFO_PASSWORD_RE.match(value):
-            raise ValueError(f"{_redact(value)!r} embeds a password; put credentials in DVC's or git's own config "
-                             "or in the environment, never in params.yaml")
-        return value
 
 
 @dataclass(frozen=True)
@@ -140,21 +86,6 @@ class PublishResult:
     content_hash: str
     generator_tag: str | None = None  # ``<name>-generator/v<N>`` published with (or reused by) this version
     generator_new: bool = False
-
-
-class PublishError(UserError):
-    """A step that talks to the registry or its remote failed; the message says what, and that re-running is safe."""
-
-
-def check_name(name: str) -> None:
-    """Raise ValueError unless ``name`` is safe as a folder name and as one component of a git tag."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
-        raise ValueError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_', '-', start with a "
-                         "letter or digit, no '..', not ending in '.' or '.lock', at most 100 characters")
-
-
-def tag_for(name: str, version: int) -> str:
-    return f"{name}/v{version}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -421,68 +352,8 @@ def _current_branch(wc: Path) -> str:
 # fetch
 
 
-def fetch(registry: str, name: str, version: int | str, out: Path) -> Path:
-    """Download version ``version`` of dataset ``name`` from ``registry`` into the new folder ``out``.
-
-    Plain DVC, the same as ``dvc get <registry> datasets/<name> --rev <name>/v<N> -o <out>``.
-    ``version`` is N, ``"vN"``, ``"<name>/vN"`` or ``"latest"``. ``out`` must not exist (or be an empty folder);
-    it appears only when complete.
-    """
-    return _get_version(registry, f"{DATASETS_DIR}/{name}", name, name, version, Path(out))
-
-
-def _get_version(registry: str, rel: str, name: str, tag_name: str, version: int | str, out: Path) -> Path:
-    """``rel`` at version ``version`` of the tags ``<tag_name>/v<N>`` (``name``: the dataset) into ``out``."""
-    try:
-        check_name(name)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    location = _normalize_location(registry)
-    return _get_into(location, rel, _resolve_tag(location, tag_name, version), out)
-
-
-def _get_into(location: str, rel: str, tag: str, out: Path) -> Path:
-    """``dvc get <location> <rel> --rev <tag>`` into the new folder ``out``, which appears only when complete."""
-    out = out.absolute()  # DVC runs in out's parent: a relative path would land one level too deep
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists; fetch into a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        with tempfile.TemporaryDirectory(prefix="dvc-site-") as site:
-            _dvc(["get", "--quiet", location, rel, "--rev", tag, "-o", str(partial)],
-                 cwd=out.parent, site_cache=Path(site), what=f"dvc get {tag} from {_redact(location)}")
-        if out.exists():
-            out.rmdir()
-        partial.rename(out)
-    finally:
-        _rmtree(partial)
-    return out
-
-
-def _resolve_tag(location: str, name: str, version: int | str) -> str:
-    text = str(version).strip()
-    if text == "latest":
-        listed = _git(["ls-remote", "--tags", "--refs", location, f"refs/tags/{name}/v*"], cwd=Path.cwd(),
-                      what=f"listing the versions of {name} in {_redact(location)}").stdout
-        pattern = re.compile(rf"refs/tags/{re.escape(name)}/v([1-9][0-9]*)")
-        versions = [int(m.group(1)) for line in listed.splitlines() if (m := pattern.search(line.split()[-1]))]
-        if not versions:
-            raise UserError(f"{_redact(location)}: no published version of {name!r}")
-        return tag_for(name, max(versions))
-    text = text.removeprefix(f"{name}/").removeprefix("v")
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(f"version {version!r}: expected N, 'vN', '{name}/vN' or 'latest' (N >= 1)")
-    return tag_for(name, int(text))
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # generator versions (published by ``publish(..., generator=...)`` in the dataset's commit)
-
-
-def generator_name(name: str) -> str:
-    """The tag prefix of dataset ``name``'s generator: its versions are ``<name>-generator/v<N>``."""
-    return f"{name}{GENERATOR_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -545,156 +416,12 @@ def _generator_checkpoints(wc: Path, gname: str) -> dict[int, str]:
     return found
 
 
-def latest_generator(registry: str, name: str) -> str | None:
-    """The tag of the last generator published with dataset ``name`` in ``registry`` (None: none yet, or no
-    registry there). Reads only the registry's tags (``git ls-remote``)."""
-    location = _normalize_location(registry)
-    if not _is_url(location) and not Path(location).exists():  # created by the first publish
-        return None
-    try:
-        return _resolve_tag(location, generator_name(name), "latest")
-    except PublishError:  # the registry is unreachable: say so rather than silently train from scratch
-        raise
-    except UserError:  # no generator version yet
-        return None
-
-
-def fetch_generator(registry: str, tag: str, out: Path) -> Path:
-    """Download generator version ``tag`` (``<name>-generator/v<N>``) from ``registry`` into the new folder ``out``:
-    plain DVC, the same as ``dvc get <registry> models/<name> --rev <tag> -o <out>``."""
-    gname, _, version = tag.rpartition("/")
-    if not gname.endswith(GENERATOR_SUFFIX) or not re.fullmatch(r"v[1-9][0-9]*|latest", version):
-        raise UserError(f"generator tag {tag!r}: expected <dataset>{GENERATOR_SUFFIX}/v<N> (or /latest), e.g. "
-                        f"digits-balanced{GENERATOR_SUFFIX}/v1")
-    name = gname.removesuffix(GENERATOR_SUFFIX)
-    return _get_version(registry, f"{MODELS_DIR}/{name}", name, gname, version, Path(out))
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # dataset card
 
 
-def code_version() -> str:
-    """The pipeline code's version: ``git describe`` (full sha, ``-dirty`` when modified) of the synthaug checkout,
-    or the installed package version when the code is not a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    top = _run(["git", "rev-parse", "--show-toplevel"], cwd=root, check=False)
-    if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
-        described = _run(["git", "describe", "--tags", "--always", "--dirty", "--abbrev=40"], cwd=root, check=False)
-        if described.returncode == 0 and described.stdout.strip():
-            return f"git {described.stdout.strip()}"
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"synthaug {version('synthaug')}"
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str, code_version: str,
-               checkpoint: str | None, metrics: Mapping[str, Any], summary: str | None = None,
-               sections: Sequence[tuple[str, Sequence[str]]] = ()) -> Path:
-    """Write ``dataset_dir/card.md``: lineage (source, code version, checkpoint), contents, metrics and params.
-
-    Args:
-        dataset_dir: the assembled dataset folder.
-        source: where the real images came from, e.g. ``{"repo": ..., "rev": ..., "path": ..., "hash": ...}``.
-        params_yaml: the resolved params.yaml text the dataset was made with.
-        code_version: the pipeline code's version (see ``code_version()``).
-        checkpoint: sha256 of the generator weights; None when the dataset has no synthetic images.
-        metrics: the evaluation metrics (nested mappings are flattened to dotted keys).
-        summary: the paragraph under the title; None: real plus synthetic images, as ``assemble`` publishes.
-        sections: more ``(title, markdown lines)`` sections, placed after the metrics (e.g. the privacy gate).
-
-    The card holds no timestamp: the same inputs give the same bytes, so republishing them is not a new version.
-    """
-    dataset_dir = Path(dataset_dir)
-    name = dataset_dir.name
-    summary = summary or ("Real images plus class-conditional synthetic images made by the synthaug pipeline. "
-                          "Every image is listed in `manifest.parquet` with its label, split, source (real or "
-                          "synthetic), generator, checkpoint and seed.")
-    lines = [f"# Dataset card: {name}", "", summary, "",
-             "## Lineage", "", "| | |", "|---|---|"]
-    for key, value in source.items():
-        lines.append(f"| source {_cell(key)} | {_cell(value)} |")
-    if not source:
-        lines.append("| source | (not recorded) |")
-    lines.append(f"| pipeline code | {_cell(code_version)} |")
-    lines.append(f"| generator checkpoint (sha256) | {_cell(checkpoint or 'none (no synthetic images)')} |")
-    lines.append("")
-    contents = _contents_table(dataset_dir / "manifest.parquet")
-    if contents:
-        lines += ["## Contents (accepted images)", "", *contents, ""]
-    lines += ["## Metrics", ""]
-    flat = _flatten(metrics)
-    if flat:
-        lines += ["| metric | value |", "|---|---|", *(f"| {_cell(k)} | {_cell(_fmt(v))} |" for k, v in flat)]
-    else:
-        lines.append("(none recorded)")
-    for title, body in sections:
-        lines += ["", f"## {title}", "", *body]
-    lines += ["", "## Params", "", "The resolved `params.yaml` (also stored next to this card):", "",
-              "```yaml", params_yaml.rstrip("\n"), "```", ""]
-    path = dataset_dir / "card.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def _contents_table(manifest: Path) -> list[str]:
-    if not manifest.is_file():
-        return []
-    from tasks.core.manifest import read_manifest
-
-    frame, _ = read_manifest(manifest)
-    frame = frame[frame["accepted"]]
-    if frame.empty:
-        return []
-    counts = frame.groupby(["label", "source"]).size().unstack(fill_value=0)
-    sources = [s for s in ("real", "synthetic") if s in counts.columns]
-    rows = ["| label | " + " | ".join(sources) + " |", "|---" * (len(sources) + 1) + "|"]
-    for label, row in counts.sort_index().iterrows():
-        rows.append(f"| {_cell(label)} | " + " | ".join(str(int(row[s])) for s in sources) + " |")
-    return rows
-
-
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for key, value in metrics.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            items += _flatten(value, f"{full}.")
-        else:
-            items.append((full, value))
-    return items
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # locations and processes
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location or bool(_SCP_LIKE_RE.match(location))
-
-
-def _normalize_location(location: str) -> str:
-    """URLs as given (trailing '/' dropped); local paths made absolute against the current directory."""
-    if _is_url(location):
-        return location.rstrip("/")
-    return str(Path(location).expanduser().absolute())
 
 
 def _same_location(a: str, b: str) -> bool:
@@ -713,50 +440,3 @@ def _is_bare_repo(path: Path) -> bool:
 def _is_repo_root(path: Path) -> bool:
     out = _run(["git", "rev-parse", "--show-toplevel"], cwd=path, check=False)
     return out.returncode == 0 and Path(out.stdout.strip()).resolve() == path.resolve()
-
-
-def _redact(location: str) -> str:
-    return re.sub(r"(://[^/@]*?):[^/@]*@", r"\1:***@", location)
-
-
-def _git(args: Sequence[str], *, cwd: Path, check: bool = True, what: str | None = None) -> subprocess.CompletedProcess:
-    return _run(["git", *args], cwd=cwd, check=check, what=what)
-
-
-def _dvc(args: Sequence[str], *, cwd: Path, what: str, site_cache: Path | None = None) -> None:
-    """Run DVC from this interpreter. Its site cache (index, state) goes to ``site_cache`` (default: the registry's
-    ``.dvc/tmp/site_cache``, a temporary folder before ``dvc init``), unless DVC_SITE_CACHE_DIR is already set."""
-    with tempfile.TemporaryDirectory(prefix="dvc-site-") as scratch:
-        if site_cache is None:
-            site_cache = cwd / SITE_CACHE if (cwd / ".dvc").is_dir() else Path(scratch)
-        env = {"DVC_SITE_CACHE_DIR": os.environ.get("DVC_SITE_CACHE_DIR", str(site_cache))}
-        _run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, what=what)
-
-
-def _run(cmd: Sequence[str], *, cwd: Path, check: bool = True, env: Mapping[str, str] | None = None,
-         what: str | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0", **(env or {})}
-    log.debug("running %s in %s", " ".join(cmd), cwd)
-    done = subprocess.run(list(cmd), cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        detail = " | ".join(line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip())
-        detail = _redact(detail[-600:]) or f"exit status {done.returncode}"
-        if what is not None:
-            raise PublishError(f"{what} failed: {detail}")
-        raise RuntimeError(f"`{' '.join(_redact(c) for c in cmd)}` in {cwd} failed: {detail}")
-    return done
-
-
-def _rmtree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, onerror=_force_remove)
-
-
-def _force_remove(func: Any, path: str, _exc: Any) -> None:
-    for p in (os.path.dirname(path), path):  # DVC makes cache files (and some folders) read-only
-        if os.path.lexists(p) and not os.path.islink(p):
-            os.chmod(p, 0o700)
-    func(path)
-

@@ -1,4 +1,4 @@
-"""Assemble the dataset a version publishes (DESIGN.md "Published dataset") from the steps' outputs.
+"""Assemble the dataset a version publishes (README "Published datasets") from the steps' outputs.
 
 ``assemble`` (the ``augment`` flow): the real images the source gave for training and evaluation
 (``train``/``val``/``test``; images a source held back stay out) and the accepted synthetic images, all under
@@ -21,18 +21,18 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tasks.core.card import write_card
 from tasks.core.dp import card_lines as dp_card_lines
 from tasks.core.errors import UserError
 from tasks.core.export import export_images
 from tasks.core.manifest import COLUMNS, read_manifest, write_manifest
+from tasks.core.privacy_report import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
+from tasks.core.registry import code_version
+from tasks.core.results import synthetic_rows
 from tasks.core.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
-from tasks.evaluate import synthetic_rows
-from tasks.privacy import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
-from tasks.publish import code_version, write_card
-from tasks.report import report_step
 
 # The headline numbers the card lists; metrics.json beside it has everything. Gains and gaps are measured from the
-# best real baseline (tasks/evaluate.py); the untreated real_only stays in metrics.json as context only.
+# best real baseline (tasks/core/utility.py); the untreated real_only stays in metrics.json as context only.
 CARD_METRICS = ("quality.overall", "utility.gate.verdict", "utility.best_real_baseline",
                 "utility.real_oversampled", "utility.real_classical_aug", "utility.real_synthetic",
                 "utility.real_classical_aug_synthetic", "utility.paired_difference", "utility.gap_closed",
@@ -101,7 +101,8 @@ def _without_values(node: Any) -> Any:
 
 def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, privacy_dir: Path, params_yaml: str,
                         params: PrivacyParams, out_dir: Path) -> Path:
-    """Build the synthetic-only release in ``out_dir`` from scratch.
+    """Build the synthetic-only release in ``out_dir`` from scratch (its ``report.html`` is the report step's,
+    written next by the ``release`` step in ``flows/dag.py`` with ``privacy_dir=out_dir``).
 
     Refuses (``UserError``) unless ``privacy_dir/privacy.json`` passed for the filter manifest now in
     ``filter_dir``, and (a second lock) when an accepted synthetic file is byte-identical to a real one; refuses
@@ -133,7 +134,7 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     metrics["release_utility"] = utility
     privacy = {**privacy, "utility": utility}
     # Local paths (the judge's folder, a feature extractor's file) can name a site or a study: withheld. The
-    # released privacy.json is the one the report and the card below show.
+    # released privacy.json is the one the card below and the report show.
     metrics["feature_space"] = {**metrics.get("feature_space", {}), "judge_dir": WITHHELD}
     if metrics["feature_space"].get("extractor") != "judge penultimate features":
         metrics["feature_space"]["extractor"] = WITHHELD
@@ -142,7 +143,6 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / PRIVACY_FILE).write_text(json.dumps(privacy, indent=2))
     shutil.copyfile(privacy_dir / DCR_PLOT, out_dir / DCR_PLOT)
-    report_step(ingest_dir, filter_dir, evaluate_dir, out_dir, privacy_dir=out_dir)
     released_params = withhold_source(params_yaml)
     (out_dir / "params.yaml").write_text(released_params)
     checkpoints = sorted(set(synthetic["checkpoint"].dropna()))

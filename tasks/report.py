@@ -30,24 +30,15 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import nearest_correlation
+from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
 from tasks.core.dp import card_lines as dp_card_lines
 from tasks.core.errors import UserError
 from tasks.core.images import load_images
+from tasks.core.labels import natural_key
+from tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.core.results import read_metrics, real_rows, synthetic_rows
 from tasks.core.tstr import utility_rows
-from tasks.evaluate import (
-    BASELINES,
-    COMPARED,
-    PLOT_COUNTS,
-    PLOT_RECALL,
-    PLOT_UTILITY,
-    PROJECT_FAMILY,
-    families,
-    read_metrics,
-    real_rows,
-    synthetic_rows,
-)
-from tasks.plan import natural_key
-from tasks.privacy import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.core.utility import BASELINES, COMPARED, PROJECT_FAMILY, families
 
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"

@@ -1,4 +1,4 @@
-"""The manifest contract (DESIGN.md): one row per image, written with an explicit pyarrow schema.
+"""The manifest contract (README "The manifest"): one row per image, written with an explicit pyarrow schema.
 
 Filter scores are extra float64 columns named ``score_<name>``; dataset-level facts (source revision,
 content hash, ...) go into the parquet file's key-value metadata under ``synthaug``. Images sampled from a published

@@ -29,10 +29,11 @@ from flows.augment import run_steps
 from flows.dag import ANONYMIZE, STEPS, step
 from flows.params import Params, load_params
 from tasks.core.manifest import read_manifest
-from tasks.generate import image_path, requests_from_plan
+from tasks.core.privacy_report import PrivacyGateError
+from tasks.core.quotas import read_plan
+from tasks.core.sampling import image_path
+from tasks.generate import requests_from_plan
 from tasks.ingest import normalize, png
-from tasks.plan import read_plan
-from tasks.privacy import PrivacyGateError
 from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, leaked
 from tests.toy import COUNTS, TINY, digits_folder
 

@@ -18,9 +18,10 @@ from rich.console import Console
 from flows.dag import step
 from flows.params import load_params
 from models.judge import JudgeConfig
+from tasks.core.gate import UtilityGateRefused
 from tasks.core.images import load_images, write_png
 from tasks.core.manifest import read_manifest, write_manifest
-from tasks.evaluate import UtilityGateRefused, evaluate_step
+from tasks.evaluate import evaluate_step
 from tasks.report import report_step
 
 

@@ -16,7 +16,7 @@ from models.training import checkpoint_hash, load_checkpoint
 from models.vae import VAE, VAEConfig
 from tasks.core.dp import DP_FILE, DPParams, card_lines, dp_claim, fit_private
 from tasks.core.errors import UserError
-from tasks.train import ModelParams
+from tasks.core.model_params import ModelParams
 
 CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
 ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # Opacus RDPAccountant's default orders

@@ -23,11 +23,13 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from models import metrics as M
 from models.judge import JudgeConfig
 from tasks.core.errors import UserError
+from tasks.core.features import embed, load_judge_step
+from tasks.core.gate import gate_verdict
 from tasks.core.images import load_images, write_png
 from tasks.core.manifest import read_manifest, write_manifest
-from tasks.evaluate import (
+from tasks.core.recipe import k_center_order
+from tasks.core.utility import (
     BASELINES,
-    CHOICES,
     COMPARED,
     CONDITIONS,
     DEFAULT_CLASSIFIER,
@@ -37,17 +39,14 @@ from tasks.evaluate import (
     _gap_closed,
     augment_images,
     best_real_baseline,
-    default_minority,
-    evaluate_step,
     families,
     fill_indices,
-    gate_verdict,
-    k_center_order,
     paired_difference,
     score,
     summarize,
 )
-from tasks.judge import embed, load_judge_step, train_judge_step
+from tasks.evaluate import CHOICES, default_minority, evaluate_step
+from tasks.judge import train_judge_step
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN = {"0": 25, "1": 25, "2": 25, "3": 4}  # "3" is the scarce class
@@ -471,7 +470,8 @@ def test_gate_refuses_measured_harm_and_passes_noise() -> None:
 
 
 def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Path]) -> None:
-    from tasks.evaluate import _read_inputs, training_set
+    from tasks.core.utility import training_set
+    from tasks.evaluate import _read_inputs
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -535,7 +535,8 @@ def test_k_center_order_matches_its_definition() -> None:
 
 
 def test_synthetic_subset_takes_each_class_share_in_order(workdir: dict[str, Path]) -> None:
-    from tasks.evaluate import _read_inputs, synthetic_subset
+    from tasks.core.recipe import synthetic_subset
+    from tasks.evaluate import _read_inputs
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -568,7 +569,8 @@ def test_recipe_is_chosen_on_validation_and_scored_once(metrics: dict) -> None:
 
 
 def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> None:
-    from tasks.evaluate import _read_inputs, validation_folds
+    from tasks.core.recipe import validation_folds
+    from tasks.evaluate import _read_inputs
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)

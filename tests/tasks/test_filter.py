@@ -25,26 +25,29 @@ from sklearn.datasets import load_digits
 from models.judge import JudgeConfig
 from models.metrics import nearest_correlation, nearest_distance, realism_inside
 from models.vae import VAEConfig
+from tasks.core.features import embed, load_judge_step
 from tasks.core.images import load_images, to_uint8, write_png
 from tasks.core.manifest import COLUMNS, read_manifest, write_manifest
-from tasks.filter import (
+from tasks.core.model_params import ModelParams
+from tasks.core.reference import class_radii
+from tasks.core.rules import (
     MIN_ACCEPTANCE_RATE,
     REJECT_REASONS,
     SCORE_COLUMNS,
     FilterParams,
     MemorizationThresholds,
     Thresholds,
-    class_radii,
-    filter_step,
     memorization_thresholds,
     pixels_uint8,
     reject_reasons,
     sanity_reason,
     topup_count,
 )
-from tasks.generate import GenerateParams, generate_from_plan, image_path, seeds_for
-from tasks.judge import embed, load_judge_step, train_judge_step
-from tasks.train import ModelParams, train
+from tasks.core.sampling import GenerateParams, image_path, seeds_for
+from tasks.filter import filter_step
+from tasks.generate import generate_from_plan
+from tasks.judge import train_judge_step
+from tasks.train import train
 
 CLASSES = ("0", "1", "2", "3")
 SCARCE = "3"  # keeps only SCARCE_TRAIN training images

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from tasks.core.errors import UserError
+from tasks.core.model_params import ModelParams
+from tasks.core.registry import PublishError, PublishParams, fetch, fetch_generator, latest_generator
 from tasks.generators import WarmStart, _mismatch, parse_spec
-from tasks.publish import PublishError, PublishParams, fetch, fetch_generator, latest_generator, publish
-from tasks.train import ModelParams
+from tasks.publish import publish
 from tests.tasks.test_publish import break_remote, git, hermetic, make_dataset, mend_remote, snapshot
 
 NAME = "digits"

@@ -11,8 +11,10 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from tasks.core.errors import UserError
+from tasks.core.labels import natural_key
 from tasks.core.manifest import write_manifest
-from tasks.plan import PlanParams, make_plan, natural_key, plan_counts, read_plan
+from tasks.core.quotas import read_plan
+from tasks.plan import PlanParams, make_plan, plan_counts
 
 COUNTS = {"10": 4, "2": 30, "1": 13}  # natural order: 1, 2, 10
 

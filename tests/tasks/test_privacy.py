@@ -25,24 +25,13 @@ from models.judge import JudgeConfig
 from tasks.core.errors import UserError
 from tasks.core.images import file_sha256, write_png
 from tasks.core.manifest import COLUMNS, write_manifest
+from tasks.core.privacy_report import PRIVACY_FILE, PrivacyGateError, PrivacyParams, check_rows, read_privacy
+from tasks.core.rules import FilterParams, memorization_thresholds
+from tasks.core.sampling import GenerateParams, image_path
 from tasks.core.tstr import ReleaseUtilityError
-from tasks.filter import FilterParams, filter_step, memorization_thresholds
-from tasks.generate import GenerateParams, image_path
+from tasks.filter import filter_step
 from tasks.judge import train_judge_step
-from tasks.privacy import (
-    PRIVACY_FILE,
-    PrivacyGateError,
-    PrivacyParams,
-    Records,
-    audit,
-    check_rows,
-    closeness,
-    density_scores,
-    membership_attack,
-    privacy_gate,
-    read_privacy,
-    summarize,
-)
+from tasks.privacy import Records, audit, closeness, density_scores, membership_attack, privacy_gate, summarize
 from tasks.release import assemble_anonymized, withhold_source
 
 CLASSES = ("0", "1", "2", "3")

@@ -10,17 +10,11 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from tasks.core.card import write_card
 from tasks.core.errors import UserError
 from tasks.core.manifest import write_manifest
-from tasks.publish import (
-    REQUIRED_FILES,
-    PublishError,
-    PublishParams,
-    code_version,
-    fetch,
-    publish,
-    write_card,
-)
+from tasks.core.registry import PublishError, PublishParams, code_version, fetch
+from tasks.publish import REQUIRED_FILES, publish
 
 NAME = "digits"
 

@@ -21,7 +21,8 @@ from rich.console import Console
 from tasks.core.errors import UserError
 from tasks.core.images import write_png
 from tasks.core.manifest import read_manifest, write_manifest
-from tasks.evaluate import CONDITIONS, TREATED, evaluate_step, families
+from tasks.core.utility import CONDITIONS, TREATED, families
+from tasks.evaluate import evaluate_step
 from tasks.report import report_step
 
 
@@ -186,7 +187,7 @@ def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str,
     import pandas as pd
 
     from models.judge import JudgeConfig
-    from tasks.generate import GenerateParams
+    from tasks.core.sampling import GenerateParams
 
     real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")
     held = real[real["split"] == "heldback"].head(12)

@@ -13,6 +13,7 @@ import torch
 
 from models.training import save_checkpoint
 from models.vae import VAE, VAEConfig
+from tasks.core.sampling import GenerateParams
 from tasks.core.shards import (
     concat_tables,
     cut,
@@ -22,7 +23,7 @@ from tasks.core.shards import (
     run_in_process,
     write_table,
 )
-from tasks.generate import CHECKPOINT_FILE, GenerateParams, generate_from_plan
+from tasks.generate import CHECKPOINT_FILE, generate_from_plan
 
 CLASSES = ["a", "b", "c"]
 

@@ -8,8 +8,9 @@ import torch
 
 from models.training import fit, load_checkpoint
 from models.vae import VAE, VAEConfig
+from tasks.core.model_params import ModelParams
 from tasks.ingest import DataParams, ingest
-from tasks.train import ModelParams, train
+from tasks.train import train
 from tests.toy import digits_folder
 
 

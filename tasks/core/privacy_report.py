@@ -1,0 +1,152 @@
+"""The privacy audit's record (``privacy.json``, written by the privacy step): the ``privacy`` params, the attacks it
+reports, its reader and its lines in the report and the card."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from tasks.core.errors import UserError
+from tasks.core.export import ReleaseFormat
+from tasks.core.images import file_sha256
+from tasks.core.params_base import Section
+from tasks.core.registry import check_name
+
+PRIVACY_FILE = "privacy.json"
+DCR_PLOT = "dcr.png"
+SPACES = ("pixel", "feature")
+DENSITY_DIM = 8  # principal components the density-ratio attack estimates densities in
+ATTACKS = {  # privacy.json key -> (what the failure lines call it, method)
+    "attack": ("membership inference", "distance to the closest released image (GAN-Leaks); AUC over same-class "
+                                       "(member, non-member) pairs"),
+    "density_attack": ("membership inference, density ratio",
+                       f"density ratio log p_release(x) - log p_heldout(x) (DOMIAS): Gaussian KDEs in the "
+                       f"{DENSITY_DIM} whitened principal components of the release, the held-out density cross-"
+                       "fitted over two folds; AUC over same-class (member, non-member) pairs"),
+}
+
+
+class PrivacyParams(Section):
+    """``privacy`` section: the gate of ``synthaug anonymize`` and what its release looks like.
+
+    name: registry name of the anonymized release (versions tagged ``<name>/v<N>``); null: ``<publish.name>-
+      anonymized``, so a release never lands among the versions of the augmented dataset (which hold real images).
+    memorization_quantile: the memorization thresholds flag this share of real unseen (val) images, as the filter's
+      do; no released image may lie within them. Keep it <= ``filter.memorization_quantile``, or the filter keeps
+      images the gate then blocks.
+    max_attack_auc: the release fails when the membership attack's AUC interval lies wholly above this (0.5:
+      clearly better than chance).
+    confidence: confidence level of the attack's bootstrap interval.
+    bootstrap: bootstrap resamples of that interval.
+    seed: seed of the bootstrap resampling.
+    release_format: file format of the released images: ``png`` (as generated), or ``png16``, ``nifti``, ``dicom``
+      (converted by ``tasks.core.export``; see README "Medical images (DICOM, NIfTI)").
+    release_per_class: synthetic images released per class; null: every class at its real train size (a full
+      synthetic replacement). The anonymize flow plans with it (``plan.strategy=release``), not with ``plan``.
+    min_tstr_ratio: null, or the release is refused when a classifier trained on it scores below this share of
+      one trained on the real train split (balanced accuracy on the real test split, mean over seeds;
+      ``tasks.core.tstr``).
+    """
+
+    name: str | None = None
+    memorization_quantile: float = Field(0.01, ge=0.0, le=0.5)
+    max_attack_auc: float = Field(0.5, ge=0.5, le=1.0)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    bootstrap: int = Field(1000, ge=100)
+    seed: int = Field(0, ge=0)
+    release_format: ReleaseFormat = "png"
+    release_per_class: int | None = Field(None, ge=1)
+    min_tstr_ratio: float | None = Field(None, gt=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_name(value)
+        return value
+
+    def release_name(self, dataset_name: str) -> str:
+        """The registry name of the release: ``name``, or ``<dataset_name>-anonymized``."""
+        return self.name or f"{dataset_name}-anonymized"
+
+
+class PrivacyGateError(UserError):
+    """The release failed the privacy gate; the message lists each failed check with its value and threshold."""
+
+
+def read_privacy(privacy_dir: Path, filter_dir: Path) -> dict[str, Any]:
+    """``privacy.json``, only when it passed for the filter manifest now in ``filter_dir``; else a UserError."""
+    path = privacy_dir / PRIVACY_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: no privacy gate result; run `synthaug privacy` before releasing")
+    report = json.loads(path.read_text())
+    if not report.get("passed"):
+        raise PrivacyGateError(f"{path}: the privacy gate failed ({'; '.join(report.get('failures', []))}); "
+                               "nothing is released")
+    if report["release"]["filter_manifest_sha256"] != file_sha256(filter_dir / "manifest.parquet"):
+        raise UserError(f"{path}: the gate checked another filter result than {filter_dir}; rerun `synthaug "
+                        "privacy`")
+    return report
+
+
+def check_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The gate as (check, measured, threshold, passed) rows, for the card and the report."""
+    mem = report["memorization"]
+    t = mem["thresholds"]
+    rows = [
+        ("memorization, pixel: released images correlating with a training image at or above the threshold",
+         f"{mem['pixel']['within']} (highest {_fmt(mem['pixel']['highest_correlation'])})",
+         f"0 at >= {_fmt(t['pixel_correlation'])}", mem["pixel"]["passed"]),
+        ("memorization, feature: released images within the threshold distance of a training image",
+         f"{mem['feature']['within']} (nearest {_fmt(mem['feature']['smallest_distance'])})",
+         f"0 at <= {_fmt(t['feature_distance'])}", mem["feature"]["passed"]),
+    ]
+    for key, (name, _) in ATTACKS.items():
+        for space in SPACES:
+            a = report[key][space]
+            measured = "n/a" if a["auc"] is None else f"AUC {a['auc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
+            if a.get("per_class"):
+                worst, v = max(a["per_class"].items(), key=lambda item: item[1]["ci"][0])
+                measured += (f"; per class highest interval: class {worst}, AUC {v['auc']:.3f} [{v['ci'][0]:.3f}, "
+                             f"{v['ci'][1]:.3f}] at {a['class_confidence']:.2%}")
+            rows.append((f"{name}, {space} (members {a.get('members', 0)}, non-members {a.get('non_members', 0)}): "
+                         "pooled and per class", measured,
+                         f"every CI lower bound <= {report[key]['max_auc']}", a["passed"]))
+    return rows
+
+
+def card_section(report: Mapping[str, Any]) -> list[str]:
+    """The card's privacy section (markdown lines): the verdict, the checks, the DCR distributions."""
+    attack = report["attack"]
+    lines = ["Synthetic images only: no real image and no source path is in this release. It was published "
+             "because it passed every check of the privacy gate (`privacy.json` has every number).", "",
+             f"Feature space: {_esc(report['feature_space'])}. Memorization thresholds: calibrated on "
+             f"{report['memorization']['thresholds']['n_calibration']} real val images (quantile "
+             f"{report['memorization']['thresholds']['quantile']}). Membership attacks: "
+             + "; ".join(f"{name}: {report[key]['method']}" for key, (name, _) in ATTACKS.items())
+             + f". Members: {attack['members']}, non-members: {attack['non_members']}; {attack['confidence']:.0%} "
+             f"bootstrap interval over {attack['bootstrap']} resamples pooled over classes, and per class at the "
+             "Bonferroni-corrected level given in the table.", "",
+             "| check | measured | threshold | result |", "|---|---|---|---|"]
+    lines += [f"| {_esc(c)} | {_esc(m)} | {_esc(t)} | {'pass' if ok else 'FAIL'} |" for c, m, t, ok in
+              check_rows(report)]
+    lines += ["", "Distance to the closest training record (DCR):", "",
+              "| measure | set | n | min | p05 | median | p95 | max |", "|---|---|---|---|---|---|---|---|"]
+    for space in SPACES:
+        for key, name in (("released_to_train", "released -> train"), ("holdout_to_train", "held-out real -> train")):
+            s = report["dcr"][space][key]
+            lines.append(f"| {space} | {name} | {s['n']} | " + " | ".join(_fmt(s[q]) for q in ("min", "p05", "median",
+                                                                                                 "p95", "max")) + " |")
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _esc(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")

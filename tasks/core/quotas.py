@@ -1,0 +1,16 @@
+"""The plan (``plan.csv``, written by the plan step) as the steps after it read it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.core.errors import UserError
+
+
+def read_plan(path: Path) -> pd.DataFrame:
+    """A ``plan.csv`` written by ``make_plan``, with ``class`` kept as strings (``"01"`` stays ``"01"``)."""
+    if not path.is_file():
+        raise UserError(f"{path}: plan not found; run `synthaug plan` first")
+    return pd.read_csv(path, dtype={"class": str})

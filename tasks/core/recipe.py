@@ -1,0 +1,141 @@
+"""The real_synthetic_chosen condition's recipe: how much of each class's synthetic images to use, chosen on real
+train/val data only."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.judge import train_judge
+from tasks.core.utility import (
+    EvaluateParams,
+    _Data,
+    score,
+    training_set,
+)
+
+SHARES = (0.0, 0.5, 1.0)  # candidate shares of a class's accepted synthetic images
+SELECTIONS = ("k_center", "random")  # candidate orders the share is taken in
+MIN_VAL_PER_CLASS = 5  # fewer real val images in a minority class: k-fold over train + val instead
+FOLDS = 3
+
+
+def k_center_order(real_f: np.ndarray, syn_f: np.ndarray) -> np.ndarray:
+    """Greedy k-center order (Gonzalez 1985) of the synthetic rows, with the real images as the first centres:
+    each next pick is the synthetic image farthest (Euclidean, in the feature space) from every real image and
+    every synthetic image picked before it. A prefix of this order covers the class beyond what the real images
+    already show, and near-duplicates come last."""
+    from sklearn.metrics import pairwise_distances
+
+    n = syn_f.shape[0]
+    far = pairwise_distances(syn_f, real_f).min(axis=1) if real_f.shape[0] else np.full(n, np.inf)
+    order = np.empty(n, dtype=np.int64)
+    for step in range(n):
+        pick = int(np.argmax(far))
+        order[step] = pick
+        far = np.minimum(far, pairwise_distances(syn_f, syn_f[pick:pick + 1]).ravel())
+        far[order[:step + 1]] = -np.inf
+    return order
+
+
+def synthetic_subset(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, shares: Mapping[str, float],
+                     selection: str, seed: int) -> np.ndarray:
+    """Rows of the accepted synthetic images to keep: per class, the first ``round(share * n)`` of its images in
+    ``selection`` order (``k_center_order`` against that class's real train features, or a seeded permutation)."""
+    keep = []
+    for k, name in enumerate(data.class_names):
+        rows = np.flatnonzero(data.syn_y.numpy() == k)
+        n = round(shares.get(name, 1.0) * rows.size)
+        if n == 0:
+            continue
+        if selection == "k_center":
+            order = k_center_order(real_f[data.train_y.numpy() == k], syn_f[rows])
+        else:
+            order = np.random.default_rng([seed, k]).permutation(rows.size)
+        keep.append(rows[order[:n]])
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
+
+
+def _with_synthetic(data: _Data, rows: np.ndarray) -> _Data:
+    index = torch.from_numpy(rows)
+    return dataclasses.replace(data, syn_x=data.syn_x[index], syn_y=data.syn_y[index])
+
+
+def validation_folds(data: _Data, real_f: np.ndarray, minority: Sequence[str]) -> tuple[list[tuple], str]:
+    """(fold data with train = the fold's real train images and test = its held-out real images, their
+    features) for each fold, and how they were made: the val split itself, or, when a minority class has fewer
+    than ``MIN_VAL_PER_CLASS`` val images, ``FOLDS``-fold stratified splits of train + val. Never the test split."""
+    from sklearn.model_selection import StratifiedKFold
+
+    val_counts = [int((data.val_y == data.class_names.index(c)).sum()) for c in minority]
+    n = data.train_x.shape[0]
+    if val_counts and min(val_counts) >= MIN_VAL_PER_CLASS:
+        fold = dataclasses.replace(data, test_x=data.val_x, test_y=data.val_y)
+        return [(fold, real_f[:n])], "the real val split"
+    x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+    splits = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=0).split(np.zeros(len(y)), y.numpy())
+    folds = []
+    for fit, held in splits:
+        fit_t, held_t = torch.from_numpy(fit), torch.from_numpy(held)
+        folds.append((dataclasses.replace(data, train_x=x[fit_t], train_y=y[fit_t], test_x=x[held_t],
+                                          test_y=y[held_t]), real_f[fit]))
+    return folds, f"{FOLDS}-fold stratified splits of real train + val (a minority class has < {MIN_VAL_PER_CLASS} " \
+                  "val images)"
+
+
+def _candidate(selection: str, share: float) -> tuple[str, float]:
+    """None or all of a class's images are the same set in any order: one candidate, not one per order."""
+    return (selection, share) if 0 < share < 1 else ("all", share)
+
+
+def choose_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, params: EvaluateParams,
+                  minority: Sequence[str], device: torch.device) -> dict[str, Any]:
+    """Choose, on validation only, the selection order and a per-class share of the accepted synthetic images.
+
+    Every candidate (``SELECTIONS`` x ``SHARES``, share 0 and 1 once) builds the ``real_synthetic`` set from the
+    fold's real train images and its share of the synthetic ones, trains the project's classifier
+    ``validation_seeds`` times and is scored on the fold's held-out real images. The selection order is the one
+    whose partial-share candidates reach the higher mean of (balanced accuracy + minority recall) / 2; then,
+    per class with synthetic images, the share with the highest mean F1 of that class (ties: the smaller share).
+    """
+    from sklearn.metrics import f1_score
+
+    folds, how = validation_folds(data, real_f, minority)
+    k = len(data.class_names)
+    candidates = list(dict.fromkeys(_candidate(s, share) for s in SELECTIONS for share in SHARES))
+    scored: dict[tuple[str, float], list[dict]] = {c: [] for c in candidates}
+    for selection, share in candidates:
+        for fold, fold_real_f in folds:
+            for i in range(params.validation_seeds):
+                seed = params.classifier.seed + i
+                rows = synthetic_subset(fold, fold_real_f, syn_f, dict.fromkeys(data.class_names, share),
+                                        selection, seed)
+                x, y = training_set("real_synthetic", _with_synthetic(fold, rows), seed)
+                model = train_judge(x, y, num_classes=k, config=dataclasses.replace(params.classifier, seed=seed),
+                                    device=device)
+                truth = fold.test_y.numpy()
+                pred = model.predict_logits(fold.test_x).argmax(dim=1).numpy()
+                s = score(pred, truth, data.class_names, minority)
+                s["f1"] = dict(zip(data.class_names, f1_score(truth, pred, labels=list(range(k)), average=None,
+                                                              zero_division=0).tolist(), strict=True))
+                scored[(selection, share)].append(s)
+
+    def objective(c: tuple[str, float]) -> float:
+        return float(np.mean([(s["balanced_accuracy"] + (s["minority_recall"] or 0.0)) / 2 for s in scored[c]]))
+
+    partial = [share for share in SHARES if 0 < share < 1]
+    selection = max(SELECTIONS, key=lambda s: np.mean([objective((s, share)) for share in partial]))
+    with_synthetic = [n for j, n in enumerate(data.class_names) if bool((data.syn_y == j).any())]
+    shares = {}
+    for name in with_synthetic:
+        options = [_candidate(selection, share) for share in SHARES]
+        shares[name] = max(options, key=lambda c: (np.mean([s["f1"][name] for s in scored[c]]), -c[1]))[1]
+    return {"selection": selection, "shares": shares, "validated_on": how,
+            "validation_seeds": params.validation_seeds,
+            "candidates": [{"selection": s, "share": share, "objective": objective((s, share)),
+                            "f1": {n: float(np.mean([x["f1"][n] for x in scored[(s, share)]])) for n in with_synthetic}}
+                           for s, share in candidates]}
