@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -20,6 +19,7 @@ from prefect.context import TaskRunContext
 from flows.dag import STEPS, Record, Step, cache_key
 from flows.params import Params
 from flows.preflight import preflight
+from tasks.core.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PLAN_CSV
 from tasks.core.errors import UserError
 from tasks.core.locks import workdir_lock
 
@@ -87,7 +87,7 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
                         record[flag] = False
                 records[step.name] = record
             if step.name == "ingest" and "train" in [s.name for s in steps]:
-                for note in preflight(params, root / "ingest" / "manifest.parquet"):
+                for note in preflight(params, INGEST_MANIFEST.path(root)):
                     logger.warning("preflight: %s", note)
     return records
 
@@ -102,10 +102,10 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
 
 def _summary_artifacts(workdir: Path, records: dict[str, Record]) -> None:
     """The run at a glance in the Prefect UI: a markdown summary and a per-class table."""
-    plan = pd.read_csv(workdir / "plan" / "plan.csv", dtype={"class": str})
-    per_class = pd.read_csv(workdir / "evaluate" / "per_class.csv", dtype={"class": str})
+    plan = PLAN_CSV.read(workdir)
+    per_class = PER_CLASS_TABLE.read(workdir)
     table = plan.merge(per_class.drop(columns=["real"]), on="class", how="left")
-    metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+    metrics = METRICS.read(workdir)
     utility = metrics["utility"]
     published = records["publish"]
     shortfall = records["filter"].get("shortfall") or {}

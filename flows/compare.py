@@ -19,6 +19,7 @@ from flows.augment import step_task
 from flows.dag import STEPS
 from flows.params import Params
 from models.registry import family_names
+from tasks.core.catalog import GENERATE_TIMING, METRICS, TRAIN_LOG
 from tasks.core.locks import workdir_lock
 
 
@@ -48,11 +49,11 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
 
 def family_row(family: str, workdir: Path) -> dict[str, Any]:
     """One family's line of the comparison, read from the files its steps wrote."""
-    metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+    metrics = METRICS.read(workdir)
     overall = metrics["quality"]["overall"]
     utility = metrics["utility"]
-    log = (workdir / "model" / "train_log.jsonl").read_text().splitlines()
-    timing = json.loads((workdir / "generate" / "timing.json").read_text())
+    log = TRAIN_LOG.path(workdir).read_text().splitlines()
+    timing = GENERATE_TIMING.read(workdir)
     accepted = sum(c["accepted"] for c in metrics["acceptance"]["per_class"].values())
     generated = sum(c["generated"] for c in metrics["acceptance"]["per_class"].values())
     return {

@@ -1,8 +1,9 @@
 """The pipeline's steps, declared once. The Prefect flow runs them, the CLI exposes them, and
 ``dvc.yaml`` is generated from them (a test keeps the committed file identical).
 
-A step reads params sections, files of earlier steps (``deps``, relative to the workdir) and code
-(``code``); it writes ``outs`` (relative to the workdir). Its cache key is the hash of all three.
+A step reads params sections, files of earlier steps (``deps``, relative to the workdir, named in the workdir catalog
+``tasks/core/catalog.py``) and code (``code``: the files its adapter reaches through imports, computed by
+``flows/code_deps.py``); it writes ``outs`` (catalog paths too). Its cache key is the hash of all three.
 
 ``STEPS`` is the ``augment`` DAG (and ``dvc.yaml``). The ``anonymize`` flow runs ``ANONYMIZE``: the same steps up to
 the filter, then the privacy gate, the evaluation and the synthetic-only release (``PRIVACY_STEPS``). Those two are
@@ -22,9 +23,36 @@ from typing import Any
 
 import yaml
 
+from flows.code_deps import REPO_ROOT, step_code
 from flows.params import Params
+from tasks.core.catalog import (
+    CHARTS,
+    CHECKPOINT,
+    DATASET,
+    EVALUATE,
+    FILTER,
+    FINGERPRINT,
+    GENERATE,
+    GENERATOR,
+    INGEST,
+    INGEST_MANIFEST,
+    JUDGE,
+    METRICS,
+    MODEL,
+    PER_CLASS_TABLE,
+    PLAN,
+    PLAN_CSV,
+    PRIVACY,
+    RELEASE,
+    REPORT,
+    SOURCE_JSON,
+    SOURCES,
+    TRAIN_SUMMARY,
+    UTILITY_TABLE,
+    WARM_START,
+    Artifact,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR = Path("data/work")
 
 Record = dict[str, Any]  # what a step returns: small, JSON-able facts (paths, hashes, counts)
@@ -38,7 +66,6 @@ class Step:
     params: tuple[str, ...]
     deps: tuple[str, ...]
     outs: tuple[str, ...]
-    code: tuple[str, ...]
     metrics: tuple[str, ...] = ()  # small files DVC shows with `dvc metrics` (kept in git, not the cache)
     plots: tuple[str, ...] = ()  # CSV tables DVC draws with `dvc plots`
     retries: int = 0  # steps that touch remote storage (DVC fetch, push) retry with backoff
@@ -48,26 +75,31 @@ class Step:
     def outputs(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots
 
+    @property
+    def code(self) -> tuple[str, ...]:
+        """The tasks/ and models/ files the step runs, from its adapter's real imports (``flows/code_deps.py``)."""
+        return step_code(self.run)
+
 
 def _fingerprint(p: Params, workdir: Path) -> Record:
     from tasks.ingest import fingerprint_source
 
-    lineage = fingerprint_source(p.data, workdir / "fingerprint" / "source.json", cache_dir=workdir / "sources")
+    lineage = fingerprint_source(p.data, SOURCE_JSON.path(workdir), cache_dir=SOURCES.path(workdir))
     return {"content_hash": lineage["content_hash"], "resolved_rev": lineage["resolved_rev"]}
 
 
 def _ingest(p: Params, workdir: Path) -> Record:
     from tasks.ingest import ingest
 
-    result = ingest(p.data, workdir / "ingest", cache_dir=workdir / "sources")
+    result = ingest(p.data, INGEST.path(workdir), cache_dir=SOURCES.path(workdir))
     return {"manifest": str(result.manifest_path)}
 
 
 def _plan(p: Params, workdir: Path) -> Record:
     from tasks.plan import make_plan
 
-    plan = make_plan(workdir / "ingest" / "manifest.parquet", p.plan, workdir / "plan")
-    return {"plan": str(workdir / "plan" / "plan.csv"), "to_generate": int(plan["to_generate"].sum())}
+    plan = make_plan(INGEST_MANIFEST.path(workdir), p.plan, PLAN.path(workdir))
+    return {"plan": str(PLAN_CSV.path(workdir)), "to_generate": int(plan["to_generate"].sum())}
 
 
 def _say(message: str) -> None:
@@ -87,21 +119,21 @@ def _train(p: Params, workdir: Path) -> Record:
     from tasks.train import train
 
     if "WORLD_SIZE" not in os.environ:  # under torchrun the launching process has decided already
-        warm = resolve_warm_start(workdir / "ingest" / "manifest.parquet", p.model, p.publish,
-                                  workdir / "model" / "warm_start")
+        warm = resolve_warm_start(INGEST_MANIFEST.path(workdir), p.model, p.publish,
+                                  WARM_START.path(workdir))
         _say(f"train: {warm.reason}")
-        write_origin(workdir / "model", warm)
+        write_origin(MODEL.path(workdir), warm)
         never = {"warm_start": "never"}  # the torchrun processes train exactly what was decided here
         p = p.model_copy(update={"model": warm.apply(p.model).model_copy(update=never)})
     if p.model.processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside torchrun: launch it
         from flows.launch import torchrun_step
 
         torchrun_step("train", p, workdir, p.model.processes)
-        checkpoint = workdir / "model" / "checkpoint"
-        summary = json.loads((workdir / "model" / "train.json").read_text())  # rank 0 wrote it
+        checkpoint = CHECKPOINT.path(workdir)
+        summary = TRAIN_SUMMARY.read(workdir)  # rank 0 wrote it
         return {"checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
                 **_train_facts(summary)}
-    result = train(workdir / "ingest" / "manifest.parquet", p.model, workdir / "model")
+    result = train(INGEST_MANIFEST.path(workdir), p.model, MODEL.path(workdir))
     # A torchrun process of rank > 0 has no summary: rank 0 alone writes train.json.
     return {"checkpoint": str(result.checkpoint_dir), "checkpoint_hash": result.checkpoint_hash,
             **(_train_facts(result.summary) if result.summary else {})}
@@ -119,7 +151,7 @@ def _train_facts(summary: dict[str, Any]) -> Record:
 def _warm_from(workdir: Path) -> str | None:
     from tasks.generators import ORIGIN_FILE
 
-    origin = workdir / "model" / ORIGIN_FILE
+    origin = MODEL.path(workdir) / ORIGIN_FILE
     return json.loads(origin.read_text()).get("from") if origin.is_file() else None
 
 
@@ -140,8 +172,8 @@ def _generate(p: Params, workdir: Path) -> Record:
     from tasks.generate import generate_from_plan
 
     with shard_runner(p.runner, "generate-shards") as run_shards:
-        manifest = generate_from_plan(workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", p.generate,
-                                      workdir / "generate", shard_size=p.runner.shard_size, run_shards=run_shards,
+        manifest = generate_from_plan(PLAN_CSV.path(workdir), CHECKPOINT.path(workdir), p.generate,
+                                      GENERATE.path(workdir), shard_size=p.runner.shard_size, run_shards=run_shards,
                                       on_progress=_progress("generate-progress"))
     return {"manifest": str(manifest)}
 
@@ -149,7 +181,7 @@ def _generate(p: Params, workdir: Path) -> Record:
 def _judge(p: Params, workdir: Path) -> Record:
     from tasks.judge import train_judge_step
 
-    out = train_judge_step(workdir / "ingest" / "manifest.parquet", p.filter.judge, workdir / "judge",
+    out = train_judge_step(INGEST_MANIFEST.path(workdir), p.filter.judge, JUDGE.path(workdir),
                            device=p.filter.device)
     return {"judge": str(out)}
 
@@ -159,9 +191,9 @@ def _filter(p: Params, workdir: Path) -> Record:
     from tasks.filter import filter_step
 
     with shard_runner(p.runner, "filter-shards") as run_shards:
-        result = filter_step(workdir / "ingest", workdir / "generate", workdir / "judge",
-                             workdir / "plan" / "plan.csv", workdir / "model" / "checkpoint", p.filter, p.generate,
-                             workdir / "filter", shard_size=p.runner.shard_size, run_shards=run_shards)
+        result = filter_step(INGEST.path(workdir), GENERATE.path(workdir), JUDGE.path(workdir),
+                             PLAN_CSV.path(workdir), CHECKPOINT.path(workdir), p.filter, p.generate,
+                             FILTER.path(workdir), shard_size=p.runner.shard_size, run_shards=run_shards)
     return {"manifest": str(result.manifest_path), "accepted": result.accepted, "needed": result.needed,
             "shortfall": result.shortfall}
 
@@ -169,31 +201,33 @@ def _filter(p: Params, workdir: Path) -> Record:
 def _evaluate(p: Params, workdir: Path) -> Record:
     from tasks.evaluate import evaluate_step
 
-    path = evaluate_step(workdir / "ingest", workdir / "filter", workdir / "judge", p.evaluate, workdir / "evaluate")
+    path = evaluate_step(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.evaluate,
+                         EVALUATE.path(workdir))
     return {"metrics": str(path)}
 
 
 def _report(p: Params, workdir: Path) -> Record:
     from tasks.report import report_step
 
-    return {"report": str(report_step(workdir / "ingest", workdir / "filter", workdir / "evaluate",
-                                      workdir / "report"))}
+    return {"report": str(report_step(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir),
+                                      REPORT.path(workdir)))}
 
 
 def _publish(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
+    from models.training import has_checkpoint
     from tasks.core.gate import enforce_gate
     from tasks.generators import assemble_generator
     from tasks.publish import publish
     from tasks.release import assemble
 
-    gate = enforce_gate(workdir / "evaluate", p.publish.utility_gate)  # refused: raises, nothing assembled
-    dataset = assemble(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "report",
-                       dump_params(p), workdir / "dataset")
+    gate = enforce_gate(EVALUATE.path(workdir), p.publish.utility_gate)  # refused: raises, nothing assembled
+    dataset = assemble(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), REPORT.path(workdir),
+                       dump_params(p), DATASET.path(workdir))
     generator = None
-    if (workdir / "model" / "checkpoint" / "config.json").is_file():
-        generator = assemble_generator(workdir / "model", workdir / "ingest" / "manifest.parquet", dump_params(p),
-                                       workdir / "generator")
+    if has_checkpoint(CHECKPOINT.path(workdir)):
+        generator = assemble_generator(MODEL.path(workdir), INGEST_MANIFEST.path(workdir), dump_params(p),
+                                       GENERATOR.path(workdir))
     else:  # a workdir whose steps came from elsewhere (no trained model here): the dataset alone is published
         _say("publish: no generator checkpoint in this workdir; the dataset is published without a generator version")
     result = publish(dataset, p.publish, workdir=workdir, generator=generator)
@@ -207,8 +241,8 @@ def _publish(p: Params, workdir: Path) -> Record:
 def _privacy(p: Params, workdir: Path) -> Record:
     from tasks.privacy import privacy_gate
 
-    result = privacy_gate(workdir / "ingest", workdir / "filter", workdir / "judge", p.privacy, p.filter,
-                          workdir / "privacy", checkpoint_dir=workdir / "model" / "checkpoint")
+    result = privacy_gate(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.privacy, p.filter,
+                          PRIVACY.path(workdir), checkpoint_dir=CHECKPOINT.path(workdir))
     result.raise_if_failed()
     attack = result.report["attack"]
     return {"privacy": str(result.path), "passed": True, "released": result.report["release"]["images"],
@@ -220,87 +254,68 @@ def _privacy(p: Params, workdir: Path) -> Record:
 
 def _release(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
+    from tasks.core.privacy_report import PRIVACY_FILE
     from tasks.publish import publish
     from tasks.release import assemble_anonymized
     from tasks.report import report_step
 
-    dataset = assemble_anonymized(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "privacy",
-                                  dump_params(p), p.privacy, workdir / "release")
+    dataset = assemble_anonymized(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir),
+                                  PRIVACY.path(workdir), dump_params(p), p.privacy, RELEASE.path(workdir))
     # The release's report shows only what is released: its privacy.json and no real or rejected image.
-    report_step(workdir / "ingest", workdir / "filter", workdir / "evaluate", dataset, privacy_dir=dataset)
+    report_step(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), dataset, privacy_dir=dataset)
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
     result = publish(dataset, target, workdir=workdir)
-    ratio = json.loads((dataset / "privacy.json").read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]
+    ratio = json.loads((dataset / PRIVACY_FILE).read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
             "tstr_trtr_balanced_accuracy": ratio}
 
 
-# Code a step's result depends on (its cache key and dvc.yaml deps); tests/flows/test_dag.py checks that every
-# module a step imports, directly or not, is listed. Nearly every step imports these:
-COMMON_CODE = ("tasks/core/errors.py", "tasks/core/params_base.py", "tasks/core/manifest.py", "tasks/core/images.py",
-               "tasks/plan.py")
-# The report, privacy, publish and release steps reach most of tasks/ and models/ (metrics, filter, judge, export).
-ALL_CODE = ("tasks", "models")
-INGEST_CODE = (*COMMON_CODE, "tasks/ingest.py", "tasks/core/sources.py", "tasks/core/medical.py",
-               "tasks/core/example.py")
+def _rel(*artifacts: Artifact) -> tuple[str, ...]:
+    """Paths relative to the workdir, as ``Step.deps``/``outs`` and ``dvc.yaml`` name them."""
+    return tuple(a.rel for a in artifacts)
 
 
 STEPS: tuple[Step, ...] = (
     # The source lives outside the workdir (a folder, a table, a DVC repository at a moving revision): this step
     # hashes it on every run, and ingest depends on the hash, so a changed source re-runs ingest and what follows.
     Step("fingerprint", "Hash the source dataset (stat-cached, as DVC does) so that a changed source re-runs ingest.",
-         _fingerprint, params=("data",), deps=(), outs=("fingerprint",),
-         code=INGEST_CODE,
+         _fingerprint, params=("data",), deps=(), outs=_rel(FINGERPRINT),
          retries=2, always_changed=True),
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
-         _ingest, params=("data",), deps=("fingerprint/source.json",), outs=("ingest",),
-         code=INGEST_CODE,
+         _ingest, params=("data",), deps=_rel(SOURCE_JSON), outs=_rel(INGEST),
          retries=2),
     Step("plan", "Decide how many synthetic images each class gets (plan.csv).",
-         _plan, params=("plan",), deps=("ingest/manifest.parquet",), outs=("plan",),
-         code=COMMON_CODE),
+         _plan, params=("plan",), deps=_rel(INGEST_MANIFEST), outs=_rel(PLAN)),
     Step("train", "Train or fine-tune the model.family generator on the real train split (warm start: from the "
                   "last published generator).",
-         _train, params=("model", "publish.name", "publish.registry"), deps=("ingest/manifest.parquet",),
-         outs=("model",), code=ALL_CODE),
+         _train, params=("model", "publish.name", "publish.registry"), deps=_rel(INGEST_MANIFEST),
+         outs=_rel(MODEL)),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
-         _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
-         code=(*COMMON_CODE, "tasks/generate.py", "tasks/core/shards.py", "models")),
+         _generate, params=("generate",), deps=_rel(PLAN_CSV, CHECKPOINT), outs=_rel(GENERATE)),
     Step("judge", "Train the judge classifier on the real train split, calibrated on val.",
-         _judge, params=("filter.judge", "filter.device"), deps=("ingest/manifest.parquet",), outs=("judge",),
-         code=(*COMMON_CODE, "tasks/judge.py", "models")),
+         _judge, params=("filter.judge", "filter.device"), deps=_rel(INGEST_MANIFEST), outs=_rel(JUDGE)),
     Step("filter", "Score every synthetic image, reject with reasons, top up short classes.",
-         _filter, params=("filter", "generate"), deps=("ingest", "generate", "judge", "plan/plan.csv",
-                                                        "model/checkpoint"), outs=("filter",),
-         code=(*COMMON_CODE, "tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/core/shards.py",
-               "models")),
+         _filter, params=("filter", "generate"), deps=_rel(INGEST, GENERATE, JUDGE, PLAN_CSV, CHECKPOINT),
+         outs=_rel(FILTER)),
     Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
-         _evaluate, params=("evaluate",), deps=("ingest", "filter", "judge"),
-         outs=("evaluate/utility.png", "evaluate/class_counts.png", "evaluate/per_class_recall.png"),
-         code=(*COMMON_CODE, "tasks/evaluate.py", "tasks/judge.py", "models"),
-         metrics=("evaluate/metrics.json",), plots=("evaluate/utility.csv", "evaluate/per_class.csv")),
+         _evaluate, params=("evaluate",), deps=_rel(INGEST, FILTER, JUDGE), outs=_rel(*CHARTS),
+         metrics=_rel(METRICS), plots=_rel(UTILITY_TABLE, PER_CLASS_TABLE)),
     Step("report", "Write the self-contained report.html.",
-         _report, params=(), deps=("ingest", "filter", "evaluate/metrics.json", "evaluate/utility.png",
-                                 "evaluate/class_counts.png", "evaluate/per_class_recall.png"), outs=("report",),
-         code=ALL_CODE),
+         _report, params=(), deps=_rel(INGEST, FILTER, METRICS, *CHARTS), outs=_rel(REPORT)),
     Step("publish", "Assemble the dataset and its generator; publish them to the DVC data registry as <name>/v<N> "
                     "and <name>-generator/v<N>.",
-         _publish, params=("publish",), deps=("ingest", "filter", "evaluate/metrics.json", "report", "model"),
-         outs=("dataset", "generator"),
-         code=ALL_CODE, retries=2),
+         _publish, params=("publish",), deps=_rel(INGEST, FILTER, METRICS, REPORT, MODEL),
+         outs=_rel(DATASET, GENERATOR), retries=2),
 )
 
 
 PRIVACY_STEPS: tuple[Step, ...] = (
     Step("privacy", "Privacy gate on the accepted synthetic images: memorization, membership attack, DCR.",
          _privacy, params=("privacy", "filter.extractor", "filter.device", "filter.memorization_quantile"),
-         deps=("ingest", "filter", "judge", "model/checkpoint"), outs=("privacy",),
-         code=ALL_CODE),
+         deps=_rel(INGEST, FILTER, JUDGE, CHECKPOINT), outs=_rel(PRIVACY)),
     Step("release", "Assemble the synthetic-only release (gate passed) and publish it as <privacy name>/v<N>.",
-         _release, params=("privacy", "publish"),
-         deps=("ingest/manifest.parquet", "filter", "evaluate/metrics.json", "evaluate/utility.png",
-               "evaluate/class_counts.png", "evaluate/per_class_recall.png", "privacy"), outs=("release",),
-         code=ALL_CODE, retries=2),
+         _release, params=("privacy", "publish"), deps=_rel(INGEST_MANIFEST, FILTER, METRICS, *CHARTS, PRIVACY),
+         outs=_rel(RELEASE), retries=2),
 )
 ANONYMIZE: tuple[str, ...] = ("fingerprint", "ingest", "plan", "train", "generate", "judge", "filter", "privacy",
                               "evaluate", "release")
@@ -327,8 +342,8 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def cache_key(s: Step, params: Params, workdir: Path, extra: str = "") -> str:
-    """Content hash of what the step reads: its params sections, its input files and its code."""
+def cache_key(s: Step, params: Params, workdir: Path, extra: str = "", *, root: Path = REPO_ROOT) -> str:
+    """Content hash of what the step reads: its params sections, its input files and its code (under ``root``)."""
     digest = hashlib.sha256(s.name.encode())
     dumped = params.model_dump(mode="json")
     sections = {name: _lookup(dumped, name) for name in s.params}
@@ -336,7 +351,7 @@ def cache_key(s: Step, params: Params, workdir: Path, extra: str = "") -> str:
     for dep in s.deps:
         _hash_path(digest, workdir / dep)
     for code in s.code:
-        _hash_path(digest, REPO_ROOT / code)
+        _hash_path(digest, root / code)
     digest.update(extra.encode())
     return digest.hexdigest()
 

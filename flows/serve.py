@@ -107,10 +107,11 @@ def code_digest(root: Path = REPO_ROOT) -> str:
 def fingerprint(params: Params, workdir: Path) -> Fingerprint:
     """The fingerprint of what running ``augment(params, workdir)`` now would publish."""
     from flows.params import dump_params
+    from tasks.core.catalog import SOURCES
     from tasks.core.registry import code_version
 
     parts = {
-        "source": source_lineage(params.data, workdir / "sources"),  # the cache folder the ingest step uses
+        "source": source_lineage(params.data, SOURCES.path(workdir)),  # the cache folder the ingest step uses
         "params": dump_params(params),
         "code_version": code_version(),
         "code_hash": code_digest(),

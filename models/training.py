@@ -21,6 +21,9 @@ from models.base import GeneratorFamily
 from models.registry import get_family
 
 StepCallback = Callable[[int, dict[str, float]], None]
+CONFIG_FILE = "config.json"  # a checkpoint folder: this module owns its format (save, load, read, hash)
+WEIGHTS_FILE = "weights.pt"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 RANK_SEED_STRIDE = 1_000_003  # noise seed of process r: seed + start_step + r * stride (rank 0: as one process)
 
 
@@ -31,9 +34,9 @@ def save_checkpoint(model: GeneratorFamily, directory: Path, *, step: int, class
     state = {"model": model.state_dict(), "step": step}
     if rng_state is not None:
         state["rng"] = rng_state
-    tmp = directory / "weights.pt.tmp"
+    tmp = directory / f"{WEIGHTS_FILE}.tmp"
     torch.save(state, tmp)
-    tmp.replace(directory / "weights.pt")
+    tmp.replace(directory / WEIGHTS_FILE)
     meta = {
         "family": model.name,
         "config": dataclasses.asdict(model.config),
@@ -41,9 +44,9 @@ def save_checkpoint(model: GeneratorFamily, directory: Path, *, step: int, class
         "class_names": class_names,
         "step": step,
     }
-    tmp = directory / "config.json.tmp"
+    tmp = directory / f"{CONFIG_FILE}.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(directory / "config.json")
+    tmp.replace(directory / CONFIG_FILE)
 
 
 def load_checkpoint(directory: Path, device: torch.device,
@@ -53,11 +56,11 @@ def load_checkpoint(directory: Path, device: torch.device,
     ``config_override`` (a config of the same family) replaces the stored config, e.g. a new step count
     when fine-tuning; the network shape must still match the stored weights.
     """
-    cfg_file, weights_file = directory / "config.json", directory / "weights.pt"
+    cfg_file, weights_file = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for f in (cfg_file, weights_file):
         if not f.is_file():
-            raise FileNotFoundError(f"{f}: no checkpoint here (expected config.json and weights.pt)")
-    meta = json.loads(cfg_file.read_text())
+            raise FileNotFoundError(f"{f}: no checkpoint here (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+    meta = read_checkpoint_meta(directory)
     family = get_family(meta["family"])
     config = config_override if config_override is not None else family.Config(**meta["config"])
     model = family(config, image_shape=tuple(meta["image_shape"]), num_classes=len(meta["class_names"]),
@@ -65,6 +68,16 @@ def load_checkpoint(directory: Path, device: torch.device,
     state = torch.load(weights_file, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     return model, meta, state
+
+
+def has_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a checkpoint (its ``config.json`` is written last, so it marks a complete pair)."""
+    return (directory / CONFIG_FILE).is_file()
+
+
+def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
+    """A checkpoint's ``config.json``: ``family``, ``config``, ``image_shape``, ``class_names`` and ``step``."""
+    return json.loads((directory / CONFIG_FILE).read_text())
 
 
 def load_extended(directory: Path, device: torch.device, class_names: list[str],
@@ -114,7 +127,7 @@ def _extend_rows(old: Any, fresh: Any, k_old: int, k_new: int, where: str) -> An
 def checkpoint_hash(directory: Path) -> str:
     """sha256 of the weights file: the ``checkpoint`` column of the manifest."""
     digest = hashlib.sha256()
-    with open(directory / "weights.pt", "rb") as fh:
+    with open(directory / WEIGHTS_FILE, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

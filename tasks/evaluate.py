@@ -76,7 +76,7 @@ from tasks.core.gate import gain_lines, gate_verdict
 from tasks.core.images import load_images
 from tasks.core.labels import natural_key
 from tasks.core.recipe import _with_synthetic, choose_recipe, synthetic_subset
-from tasks.core.results import FILTER_SUMMARY, METRICS_FILE, real_rows, synthetic_rows
+from tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY, real_rows, synthetic_rows
 from tasks.core.set_metrics import _finite, quality_metrics
 from tasks.core.utility import (
     BASELINES,
@@ -94,8 +94,6 @@ from tasks.core.utility import (
 )
 
 FORMAT = "synthaug-metrics/1"
-TABLE_UTILITY = "utility.csv"
-TABLE_PER_CLASS = "per_class.csv"
 
 REFERENCE_HELDBACK = "real heldback (oracle; classes with heldback images only)"
 

@@ -72,7 +72,7 @@ from rich.table import Table
 from rich.text import Text
 
 from models.common import pick_device
-from models.training import checkpoint_hash
+from models.training import checkpoint_hash, has_checkpoint, read_checkpoint_meta
 from tasks.core.errors import UserError
 from tasks.core.features import load_judge_step
 from tasks.core.images import file_sha256
@@ -292,8 +292,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
 
 def _topup_source(checkpoint_dir: Path, frame: pd.DataFrame) -> tuple[str, list[str]]:
     """The checkpoint's hash and class order; its images must come from the same model as the generate step's."""
-    config = checkpoint_dir / "config.json"
-    if not config.is_file():
+    if not has_checkpoint(checkpoint_dir):
         raise UserError(f"{checkpoint_dir}: no generator checkpoint to top up from; run `synthaug train`, or set "
                         "filter.topup_rounds=0")
     digest = checkpoint_hash(checkpoint_dir)
@@ -301,7 +300,7 @@ def _topup_source(checkpoint_dir: Path, frame: pd.DataFrame) -> tuple[str, list[
     if others:
         raise UserError(f"{checkpoint_dir}: checkpoint {digest[:12]} differs from the one the generate step used "
                         f"({', '.join(o[:12] for o in others)}); rerun `synthaug generate` first")
-    return digest, [str(c) for c in json.loads(config.read_text())["class_names"]]
+    return digest, [str(c) for c in read_checkpoint_meta(checkpoint_dir)["class_names"]]
 
 
 def _mark_surplus(frame: pd.DataFrame, needed: dict[str, int]) -> None:

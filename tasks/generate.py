@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.training import checkpoint_hash
+from models.training import checkpoint_hash, read_checkpoint_meta
 from tasks.core.manifest import SCHEMA
 from tasks.core.quotas import read_plan
 from tasks.core.sampling import GenerateParams, Progress, Request, generate_sharded, seeds_for
@@ -48,7 +48,7 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
     are deleted first, so a resumed run never mixes models.
     """
     plan = read_plan(plan_csv)
-    class_names = json.loads((checkpoint_dir / "config.json").read_text())["class_names"]
+    class_names = read_checkpoint_meta(checkpoint_dir)["class_names"]
     jobs = [(r.label, s) for r in requests_from_plan(plan, class_names, params.seed) for s in r.seeds]
     _drop_other_checkpoint(out_dir, checkpoint_hash(checkpoint_dir))
     remove_temporaries(out_dir)

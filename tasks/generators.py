@@ -142,10 +142,10 @@ def write_origin(model_dir: Path, warm: WarmStart) -> Path:
 
 def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str, out_dir: Path) -> Path:
     """Build ``out_dir`` (replaced whole) from the train step's ``model_dir`` and the source lineage of the ingest."""
-    from models.training import checkpoint_hash
+    from models.training import CHECKPOINT_FILES, checkpoint_hash, read_checkpoint_meta
 
     ckpt = model_dir / "checkpoint"
-    meta = json.loads((ckpt / "config.json").read_text())
+    meta = read_checkpoint_meta(ckpt)
     _, lineage = read_manifest(ingest_manifest)
     origin_file = model_dir / ORIGIN_FILE
     origin = json.loads(origin_file.read_text()) if origin_file.is_file() else {"from": None, "reason": "not recorded"}
@@ -153,7 +153,7 @@ def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str,
     if out_dir.exists():
         shutil.rmtree(out_dir)
     (out_dir / "checkpoint").mkdir(parents=True)
-    for name in ("config.json", "weights.pt"):
+    for name in CHECKPOINT_FILES:
         shutil.copyfile(ckpt / name, out_dir / "checkpoint" / name)
     for src, dst in ((model_dir / "train_log.jsonl", "train_log.jsonl"), (grids[-1] if grids else None, "samples.png")):
         if src is not None and src.is_file():

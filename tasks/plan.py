@@ -32,8 +32,8 @@ from tasks.core.errors import UserError
 from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest
 from tasks.core.params_base import Section
+from tasks.core.quotas import PLAN_FILE
 
-PLAN_FILE = "plan.csv"
 PLAN_COLUMNS = ("class", "real", "target", "to_generate")
 
 

@@ -366,9 +366,9 @@ class _StagedGenerator:
 def _stage_generator(wc: Path, generator_dir: Path, name: str, dataset_copy: Path, *, push: bool) -> _StagedGenerator:
     """Add the generator as ``models/<name>`` (and push it) unless a version has its checkpoint hash; name the
     version in the registry's copy of the dataset card. The caller commits and tags (``_tag_generator``)."""
-    from models.training import checkpoint_hash
+    from models.training import WEIGHTS_FILE, checkpoint_hash
 
-    if not (generator_dir / "checkpoint" / "weights.pt").is_file():
+    if not (generator_dir / "checkpoint" / WEIGHTS_FILE).is_file():
         raise UserError(f"{generator_dir}: no checkpoint/weights.pt in the generator folder; nothing was published")
     digest = checkpoint_hash(generator_dir / "checkpoint")
     gname = generator_name(name)

@@ -21,7 +21,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from models.base import TrainConfig
 from models.common import peak_memory_mib, pick_device, reset_peak_memory
 from models.registry import get_family
-from models.training import checkpoint_hash, fit, load_checkpoint, load_extended
+from models.training import (
+    CONFIG_FILE,
+    checkpoint_hash,
+    fit,
+    has_checkpoint,
+    load_checkpoint,
+    load_extended,
+    read_checkpoint_meta,
+)
 from tasks.core.dp import DP_FILE, fit_private
 from tasks.core.errors import UserError
 from tasks.core.images import load_images, save_grid
@@ -105,7 +113,7 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     private = params.dp.epsilon is not None
     if private or (ckpt_dir / DP_FILE).exists():  # DP runs start over; a DP checkpoint never resumes without DP
         (ckpt_dir / DP_FILE).unlink(missing_ok=True)
-        (ckpt_dir / "config.json").unlink(missing_ok=True)
+        (ckpt_dir / CONFIG_FILE).unlink(missing_ok=True)
     run_key = _run_key(images, labels, params)
     resume = _resumable(ckpt_dir, params.family, config, class_names, tuple(images.shape[1:])) and _same_run(
         out_dir, run_key)
@@ -217,10 +225,9 @@ def _autoencoder_outputs(model, manifest_path: Path, folder: Path) -> dict:
 
 def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: list[str],
                image_shape: tuple[int, ...]) -> bool:
-    cfg_file = ckpt_dir / "config.json"
-    if not cfg_file.is_file():
+    if not has_checkpoint(ckpt_dir):
         return False
-    meta = json.loads(cfg_file.read_text())
+    meta = read_checkpoint_meta(ckpt_dir)
     return (meta["family"] == family and meta["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
             and meta["class_names"] == class_names and tuple(meta["image_shape"]) == image_shape)
 

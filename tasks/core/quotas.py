@@ -8,6 +8,8 @@ import pandas as pd
 
 from tasks.core.errors import UserError
 
+PLAN_FILE = "plan.csv"
+
 
 def read_plan(path: Path) -> pd.DataFrame:
     """A ``plan.csv`` written by ``make_plan``, with ``class`` kept as strings (``"01"`` stays ``"01"``)."""

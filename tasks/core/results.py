@@ -13,6 +13,8 @@ from tasks.core.manifest import read_manifest
 
 METRICS_FILE = "metrics.json"
 FILTER_SUMMARY = "filter_summary.json"
+TABLE_UTILITY = "utility.csv"
+TABLE_PER_CLASS = "per_class.csv"
 
 
 def synthetic_rows(filter_dir: Path) -> pd.DataFrame:

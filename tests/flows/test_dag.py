@@ -1,18 +1,14 @@
 """One DAG: dvc.yaml, the CLI and the Prefect flow all come from flows.dag.STEPS."""
 
-import ast
-import inspect
-import textwrap
+import shutil
 from pathlib import Path
 
-import pytest
 import yaml
 
 from flows.cli import app
-from flows.dag import PRIVACY_STEPS, REPO_ROOT, STEPS, dvc_yaml
+from flows.code_deps import code_files
+from flows.dag import REPO_ROOT, STEPS, cache_key, dvc_yaml, step
 from flows.params import Params
-
-PROJECT = ("tasks", "models")
 
 
 def test_committed_dvc_yaml_matches_the_declared_steps():
@@ -52,34 +48,42 @@ def test_every_input_is_an_earlier_output():
         produced.update(s.outputs)
 
 
-def _project_imports(source: str) -> set[str]:
-    """The ``tasks``/``models`` modules a piece of code imports (the code a step's result depends on)."""
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PROJECT:
-            found |= {f"{node.module}.{a.name}" if node.module in PROJECT else node.module for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] in PROJECT}
-    return found
+def _edited(root: Path, rel: str) -> None:
+    with open(root / rel, "a") as fh:
+        fh.write("# edited\n")
 
 
-def _module_file(module: str) -> Path:
-    path = REPO_ROOT / module.replace(".", "/")
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+def test_a_step_reruns_when_code_it_imports_changes_and_only_then(tmp_path):
+    """The code keys come from real imports: editing plan.py re-runs plan, not ingest (which does not import it);
+    editing a generator family (imported by name in models/registry.py) re-runs generate, not plan."""
+    root = tmp_path / "repo"
+    for package in ("tasks", "models"):
+        shutil.copytree(REPO_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    params, workdir = Params(), tmp_path / "work"
+    names = ("ingest", "plan", "generate", "judge")
+
+    def keys() -> dict[str, str]:
+        return {n: cache_key(step(n), params, workdir, root=root) for n in names}
+
+    before = keys()
+    assert before == {n: cache_key(step(n), params, workdir) for n in names}  # the copy hashes as the repository
+    _edited(root, "tasks/plan.py")
+    after_plan = keys()
+    assert after_plan["plan"] != before["plan"]
+    assert {n: after_plan[n] for n in ("ingest", "generate", "judge")} == \
+        {n: before[n] for n in ("ingest", "generate", "judge")}
+    _edited(root, "models/vae.py")
+    after_vae = keys()
+    assert after_vae["generate"] != after_plan["generate"]
+    assert after_vae["plan"] == after_plan["plan"] and after_vae["ingest"] == after_plan["ingest"]
+    _edited(root, "tasks/core/errors.py")  # imported by every step
+    assert all(v != after_vae[n] for n, v in keys().items())
 
 
-@pytest.mark.parametrize("s", STEPS + PRIVACY_STEPS, ids=lambda s: s.name)
-def test_code_deps_cover_every_module_the_step_runs(s) -> None:
-    """A module a step imports (directly or through other modules) but does not list would leave a stale cache
-    entry after that module changes."""
-    todo, seen = _project_imports(textwrap.dedent(inspect.getsource(s.run))), set()
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        todo |= _project_imports(_module_file(module).read_text())
-    files = {_module_file(m).relative_to(REPO_ROOT).as_posix() for m in seen}
-    files -= {"tasks/__init__.py", "models/__init__.py"}
-    missing = sorted(f for f in files if not any(f == c or f.startswith(c + "/") for c in s.code))
-    assert not missing, f"step {s.name}: add {missing} to its code deps in flows/dag.py"
+def test_code_deps_are_the_imports_followed_through_modules():
+    source = "def run():\n    from tasks.plan import make_plan\n"
+    files = code_files(source)
+    assert "tasks/plan.py" in files and "tasks/core/labels.py" in files  # plan.py -> tasks.core.labels
+    assert "tasks/ingest.py" not in files and not any(f.startswith("models/") for f in files)
+    assert {"models/vae.py", "models/gan.py", "models/diffusion.py"} <= set(step("generate").code)
+    assert "tasks/plan.py" not in step("ingest").code

@@ -78,3 +78,9 @@ def test_params_are_frozen_and_dump_round_trips(tmp_path):
 def test_missing_explicit_params_file_is_an_error(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_a_schedule_that_is_not_cron_is_refused_by_name():
+    with pytest.raises(ParamsError, match=r"publish: .*schedule 'every day' is not a cron expression"):
+        load_params(None, ["publish.schedule=every day"])
+    assert load_params(None, ["publish.schedule=30 2 * * 1"]).publish.schedule == "30 2 * * 1"
