@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.augment import run_steps
 from flows.dag import ANONYMIZE, Record, step
 from flows.params import Params
-from tasks.core.privacy_report import ATTACKS
+from tasks.core.privacy_report import ATTACKS, PRIVACY_FILE
 from tasks.core.tstr import utility_rows
 from tasks.plan import PlanParams
 
@@ -45,7 +45,7 @@ def release_params(params: Params) -> Params:
 def _summary_artifact(workdir: Path, records: dict[str, Record]) -> None:
     """The release at a glance in the Prefect UI: where it went, what the gate measured."""
     released = records["release"]
-    report = json.loads((Path(released["dataset"]) / "privacy.json").read_text())  # the gate's, with TSTR
+    report = json.loads((Path(released["dataset"]) / PRIVACY_FILE).read_text())  # the gate's, with TSTR
     attack, memorization = report["attack"], report["memorization"]
     lines = ["# synthaug anonymize", "",
              f"**Release:** `{released['registry']}` @ `{released['tag']}`"

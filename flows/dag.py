@@ -52,6 +52,7 @@ from tasks.core.catalog import (
     WARM_START,
     Artifact,
 )
+from tasks.core.files import file_sha256
 
 DEFAULT_WORKDIR = Path("data/work")
 
@@ -333,7 +334,7 @@ def _hash_path(digest: hashlib._Hash, path: Path) -> None:
     for f in files:
         if f.is_file() and "__pycache__" not in f.parts:  # bytecode changes when Python compiles, not the code
             digest.update(f.relative_to(path.parent).as_posix().encode())
-            digest.update(hashlib.sha256(f.read_bytes()).digest())
+            digest.update(bytes.fromhex(file_sha256(f)))
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

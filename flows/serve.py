@@ -38,6 +38,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.core.errors import UserError
+from tasks.core.files import file_sha256, write_atomic
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -100,7 +101,7 @@ def code_digest(root: Path = REPO_ROOT) -> str:
     digest = hashlib.sha256()
     files = [f for d in CODE_DIRS for f in (root / d).rglob("*.py")] + [root / f for f in CODE_FILES]
     for f in sorted(f for f in files if f.is_file()):
-        digest.update(f"{f.relative_to(root).as_posix()}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+        digest.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f)}\n".encode())
     return digest.hexdigest()
 
 
@@ -139,10 +140,7 @@ def read_recorded(workdir: Path, name: str) -> dict[str, Any] | None:
 def write_recorded(workdir: Path, name: str, record: dict[str, Any]) -> Path:
     """Write the record atomically (a reader sees the old or the new one, never half of one)."""
     path = state_path(workdir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", path)
     return path
 
 

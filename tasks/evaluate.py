@@ -72,6 +72,7 @@ from models.judge import train_judge
 from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, plot_counts, plot_per_class_recall, plot_utility
 from tasks.core.errors import UserError
 from tasks.core.features import embed, load_judge_step
+from tasks.core.files import write_atomic
 from tasks.core.gate import gain_lines, gate_verdict
 from tasks.core.images import load_images
 from tasks.core.labels import natural_key
@@ -343,9 +344,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         "plots": plots,
     }
     path = out_dir / METRICS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False))
-    tmp.replace(path)
+    write_atomic(json.dumps(_clean(result), indent=2, allow_nan=False), path)
     write_tables(counts, result["acceptance"], utility, class_names, out_dir)
     _print_summary(console, utility)
     return path

@@ -75,7 +75,7 @@ from models.common import pick_device
 from models.training import checkpoint_hash, has_checkpoint, read_checkpoint_meta
 from tasks.core.errors import UserError
 from tasks.core.features import load_judge_step
-from tasks.core.images import file_sha256
+from tasks.core.files import atomic_path, file_sha256, write_atomic
 from tasks.core.labels import natural_key
 from tasks.core.manifest import COLUMNS, read_manifest, read_manifests, write_manifest
 from tasks.core.quotas import read_plan
@@ -136,9 +136,8 @@ def _link(src: Path, dst: Path, image_id: str) -> None:
     try:
         os.link(src, dst)
     except OSError:  # another file system, or links not supported
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def _remove_unlisted(out_dir: Path, listed: set[str]) -> None:
@@ -269,9 +268,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
     manifest_path = write_manifest(frame[[*COLUMNS, *SCORE_COLUMNS]], out_dir / MANIFEST_FILE, metadata=metadata)
     _remove_unlisted(out_dir, set(frame["path"]))
     summary_path = out_dir / SUMMARY_FILE
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(summary_path)
+    write_atomic(json.dumps(summary, indent=2), summary_path)
 
     classes = summary["classes"]
     console.print(summary_table(summary, title=f"filter: {manifest_path}"))

@@ -64,6 +64,7 @@ from rich.progress import track
 from rich.table import Table
 
 from tasks.core.errors import Quarantined, UserError
+from tasks.core.files import write_atomic
 from tasks.core.manifest import SPLITS, write_manifest
 from tasks.core.medical import MedicalReader, Spacing, WindowPreset, is_medical
 from tasks.core.params_base import Section
@@ -227,10 +228,7 @@ def fingerprint_source(params: DataParams, out: Path, *, cache_dir: Path) -> dic
     source = read_source(path)
     lineage["content_hash"] = content_hash(source, HashCache(cache_dir / HASH_CACHE))
     lineage["files"] = len(source.files)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(lineage, sort_keys=True, indent=1) + "\n")
-    tmp.replace(out)
+    write_atomic(json.dumps(lineage, sort_keys=True, indent=1) + "\n", out)
     return lineage
 
 

@@ -31,6 +31,7 @@ from models.judge import (
 )
 from tasks.core.errors import UserError
 from tasks.core.features import INFO_FILE, JUDGE_FILE
+from tasks.core.files import write_atomic
 from tasks.core.images import load_images
 from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest
@@ -108,9 +109,7 @@ def train_judge_step(ingest_manifest: Path, config: JudgeConfig, out_dir: Path, 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / JUDGE_FILE
     save_judge(judge.cpu(), path)
-    tmp = out_dir / (INFO_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(out_dir / INFO_FILE)
+    write_atomic(json.dumps(info, indent=2), out_dir / INFO_FILE)
     acc = info.get("val_after", {}).get("accuracy")
     console.print(f"judge: {len(class_names)} classes, {len(y)} train images, {seconds:.1f} s"
                   + (f", val accuracy {acc:.3f}, temperature {info['temperature']:.3f}" if acc is not None else ""))

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tasks.core.errors import UserError
+from tasks.core.files import atomic_path
 from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest
 from tasks.core.params_base import Section
@@ -115,9 +116,8 @@ def make_plan(manifest_path: Path, params: PlanParams, out_dir: Path, *,
     plan = plan_counts(train["label"].astype(str).value_counts().to_dict(), params)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PLAN_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    plan.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        plan.to_csv(tmp, index=False)
     (console or Console(stderr=True)).print(plan_table(plan, title=f"plan ({params.strategy}): {path}"))
     return plan
 

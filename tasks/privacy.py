@@ -49,7 +49,8 @@ from models.metrics import nearest_correlation_streamed, nearest_distance_stream
 from tasks.core.dp import dp_claim
 from tasks.core.errors import UserError
 from tasks.core.features import embed, load_judge_step
-from tasks.core.images import file_sha256, load_images
+from tasks.core.files import file_sha256, write_atomic
+from tasks.core.images import load_images
 from tasks.core.labels import natural_key
 from tasks.core.privacy_report import (
     ATTACKS,
@@ -436,9 +437,7 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
     report["advice"] = advice
     report["params"] = params.model_dump(mode="json")
     path = out_dir / PRIVACY_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
-    tmp.replace(path)
+    write_atomic(json.dumps(report, indent=2, allow_nan=False), path)
     return GateResult(passed=report["passed"], failures=report["failures"], advice=advice, path=path, report=report)
 
 

@@ -33,6 +33,7 @@ from models.metrics import nearest_correlation
 from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
 from tasks.core.dp import card_lines as dp_card_lines
 from tasks.core.errors import UserError
+from tasks.core.files import write_atomic
 from tasks.core.images import load_images
 from tasks.core.labels import natural_key
 from tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
@@ -483,7 +484,5 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
                          evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(page, path)
     return path

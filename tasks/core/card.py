@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.core.files import write_atomic
+
 CARD_CHECKPOINT_ROW = "| generator checkpoint (sha256) |"
 
 
@@ -55,9 +57,7 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
     lines += ["", "## Params", "", "The resolved `params.yaml` (also stored next to this card):", "",
               "```yaml", params_yaml.rstrip("\n"), "```", ""]
     path = dataset_dir / "card.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic("\n".join(lines), path)
     return path
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.core.errors import UserError
+from tasks.core.files import atomic_path, write_atomic
 
 TEST_PER_CLASS = 50  # held-out real test images per class (balanced, never cut)
 VAL_PER_CLASS = 10  # validation images per class
@@ -86,17 +87,16 @@ def write_example(directory: Path, *, seed: int = 0) -> str:
     summary = _summary(targets, splits, seed)
     directory.mkdir(parents=True, exist_ok=True)
     # The marker first: an interrupted write leaves a folder that is still recognised and can be rewritten.
-    _write_text(directory / MARKER_FILE, f"{MARKER_TITLE}\n\nseed: {seed}\n\n```\n{summary}\n```\n\n{__doc__}")
+    write_atomic(f"{MARKER_TITLE}\n\nseed: {seed}\n\n```\n{summary}\n```\n\n{__doc__}", directory / MARKER_FILE)
     rows = []
     for index in np.lexsort((np.arange(len(targets)), targets)):
         rel = f"{targets[index]}/d{index:04d}.png"
         path = directory / rel
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        Image.fromarray(pixels[index]).save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels[index]).save(tmp, format="PNG")
         rows.append(f"{rel},{splits[index]}")
-    _write_text(directory / SPLITS_FILE, "path,split\n" + "\n".join(rows) + "\n")  # last: the table means done
+    write_atomic("path,split\n" + "\n".join(rows) + "\n", directory / SPLITS_FILE)  # last: the table means done
     return summary
 
 
@@ -134,12 +134,6 @@ def _foreign_entries(directory: Path) -> Iterator[Path]:
             yield from (p for p in sorted(entry.iterdir()) if not (p.is_file() and _IMAGE_NAME.fullmatch(p.name)))
             continue
         yield entry
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    tmp.replace(path)
 
 
 def _summary(targets: np.ndarray, splits: list[str], seed: int) -> str:

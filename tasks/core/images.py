@@ -6,7 +6,6 @@ Stored images are 8-bit PNGs; in memory they are float32 (N, C, H, W) in [-1, 1]
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from tasks.core.files import write_atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -33,19 +34,6 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 def write_png(pixels: np.ndarray, path: Path) -> str:
     """Write one image atomically; returns the sha256 of the file (the manifest's ``image_id``)."""
     return write_atomic(png_bytes(pixels), path)
-
-
-def write_atomic(data: bytes, path: Path) -> str:
-    """Write ``data`` through a temp file and a rename (never half a file); returns its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_images(root: Path, paths: Sequence[str], channels: int) -> torch.Tensor:

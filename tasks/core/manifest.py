@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.core.errors import UserError
+from tasks.core.files import atomic_path
 
 SPLITS = ("train", "val", "test", "heldback")  # heldback: real images withheld from training (the oracle set)
 SOURCES = ("real", "synthetic")
@@ -70,10 +71,8 @@ def write_manifest(frame: pd.DataFrame, path: Path, metadata: dict[str, Any] | N
     if metadata:
         schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     table = pa.Table.from_pandas(frame[list(schema.names)], schema=schema, preserve_index=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

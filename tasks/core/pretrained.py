@@ -18,7 +18,6 @@ head re-initialised) is returned as notes for the log and ``train.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from tasks.core.errors import UserError
+from tasks.core.files import atomic_path, file_sha256
 
 BUNDLE_WEIGHTS = "models/model.pt"
 FILE_NAMES = {"unet": "unet", "diffusion_model": "unet", "autoencoder": "autoencoder", "vae": "autoencoder"}
@@ -97,13 +97,12 @@ def write_bundle(folder: Path, parts: dict[str, dict[str, torch.Tensor]], metada
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     (folder / "models").mkdir(parents=True, exist_ok=True)
     weights = folder / BUNDLE_WEIGHTS
-    tmp = weights.with_name(weights.name + ".tmp")
-    torch.save({name: {k: v.detach().cpu().contiguous() for k, v in state.items()} for name, state in parts.items()},
-               tmp)
-    tmp.replace(weights)
+    with atomic_path(weights) as tmp:
+        torch.save({name: {k: v.detach().cpu().contiguous() for k, v in state.items()}
+                    for name, state in parts.items()}, tmp)
     (folder / "configs" / "metadata.json").write_text(json.dumps({"format": "synthaug bundle 1", **metadata},
                                                                  indent=2))
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
+    return file_sha256(weights)
 
 
 def export_checkpoint(checkpoint_dir: Path, folder: Path) -> str:

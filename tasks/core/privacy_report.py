@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from tasks.core.errors import UserError
 from tasks.core.export import ReleaseFormat
-from tasks.core.images import file_sha256
+from tasks.core.files import file_sha256
 from tasks.core.params_base import Section
 from tasks.core.registry import check_name
 

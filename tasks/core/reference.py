@@ -17,7 +17,8 @@ from models.metrics import (
 )
 from tasks.core.errors import UserError
 from tasks.core.features import JUDGE_FILE, embed, load_judge_step
-from tasks.core.images import file_sha256, load_images
+from tasks.core.files import atomic_path, file_sha256
+from tasks.core.images import load_images
 from tasks.core.manifest import iter_manifest
 from tasks.core.rules import (
     FilterParams,
@@ -104,10 +105,8 @@ def _save_reference(ref: _Reference, directory: Path, judge_dir: Path) -> str:
     arrays = {"feats": ref.feats.cpu().numpy(), "pixels": ref.pixels, "labels": ref.labels, "radii": ref.radii}
     hashes = []
     for name in REFERENCE_ARRAYS:
-        tmp = directory / f"{name}.npy.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(directory / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, arrays[name])
-        tmp.replace(directory / f"{name}.npy")
         hashes.append(file_sha256(directory / f"{name}.npy"))
     extractor = file_sha256(Path(ref.extractor)) if ref.extractor else None
     return digest(hashes, file_sha256(judge_dir / JUDGE_FILE), extractor, ref.class_names)

@@ -15,7 +15,8 @@ from pydantic import Field
 from models.common import pick_device
 from models.training import checkpoint_hash, load_checkpoint
 from tasks.core.errors import UserError
-from tasks.core.images import file_sha256, to_uint8, write_png
+from tasks.core.files import file_sha256
+from tasks.core.images import to_uint8, write_png
 from tasks.core.manifest import COLUMNS, SCHEMA, check_rows
 from tasks.core.params_base import Section
 from tasks.core.shards import (

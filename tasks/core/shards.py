@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.core.files import atomic_path
 from tasks.core.manifest import METADATA_KEY
 
 SHARDS_DIR = "shards"
@@ -92,10 +93,8 @@ def write_table(table: pa.Table, path: Path, key: str | None = None) -> Path:
         meta = dict(table.schema.metadata or {})
         meta[METADATA_KEY] = json.dumps({**json.loads(meta.get(METADATA_KEY, b"{}")), "shard_key": key}).encode()
         table = table.replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 
@@ -113,12 +112,9 @@ def finished(shard: Shard) -> bool:
 def concat_tables(paths: Iterable[Path], out: Path, schema: pa.Schema) -> Path:
     """Stream the tables at ``paths``, in order, into one parquet file ``out`` (atomically); one table in
     memory at a time, so the step table of any number of shards fits in a fixed memory bound."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for path in paths:
             writer.write_table(pq.read_table(path).select(schema.names).cast(schema))
-    tmp.replace(out)
     return out
 
 

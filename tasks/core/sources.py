@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.errors import UserError
+from tasks.core.files import atomic_path, file_sha256
 from tasks.core.manifest import SPLITS
 from tasks.core.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
 
@@ -209,7 +210,7 @@ class HashCache:
         entry = self.entries.get(key)
         if isinstance(entry, list) and entry[:3] == state and len(entry) == 4:
             return str(entry[3])
-        sha = _file_sha256(file)
+        sha = file_sha256(file)
         self.entries[key] = [*state, sha]
         self.changed = True
         return sha
@@ -217,10 +218,8 @@ class HashCache:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries))
-        tmp.replace(self.path)
+        with atomic_path(self.path, per_process=True) as tmp:
+            tmp.write_text(json.dumps(self.entries))
         self.changed = False
 
 
@@ -347,10 +346,3 @@ def _inside(root: Path, ref: str) -> Path | None:
     path = (root / ref).resolve()
     return path if path.is_relative_to(root.resolve()) else None
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

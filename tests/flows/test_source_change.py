@@ -79,8 +79,8 @@ def test_fingerprint_follows_folder_table_and_npz_content(tmp_path: Path, monkey
     np.savez(npz, train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.array([0, 1]))
 
     reads: list[Path] = []
-    real_sha = tasks.core.sources._file_sha256
-    monkeypatch.setattr(tasks.core.sources, "_file_sha256", lambda p: reads.append(p) or real_sha(p))
+    real_sha = tasks.core.sources.file_sha256
+    monkeypatch.setattr(tasks.core.sources, "file_sha256", lambda p: reads.append(p) or real_sha(p))
 
     def fingerprint(source: Path) -> bytes:
         out = tmp_path / "work" / "fingerprint.json"

@@ -23,7 +23,8 @@ from sklearn.metrics import roc_auc_score
 
 from models.judge import JudgeConfig
 from tasks.core.errors import UserError
-from tasks.core.images import file_sha256, write_png
+from tasks.core.files import file_sha256
+from tasks.core.images import write_png
 from tasks.core.manifest import COLUMNS, write_manifest
 from tasks.core.privacy_report import PRIVACY_FILE, PrivacyGateError, PrivacyParams, check_rows, read_privacy
 from tasks.core.rules import FilterParams, memorization_thresholds
