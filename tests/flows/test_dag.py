@@ -1,14 +1,17 @@
 """One DAG: dvc.yaml, the CLI and the Prefect flow all come from flows.dag.STEPS."""
 
+import re
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.cli import app
 from flows.code_deps import code_files
-from flows.dag import REPO_ROOT, STEPS, cache_key, dvc_yaml, step
+from flows.dag import PRIVACY_STEPS, REPO_ROOT, STEPS, cache_key, dvc_yaml, step
 from flows.params import Params
+from tasks.core import catalog
 
 
 def test_committed_dvc_yaml_matches_the_declared_steps():
@@ -87,3 +90,24 @@ def test_code_deps_are_the_imports_followed_through_modules():
     assert "tasks/ingest.py" not in files and not any(f.startswith("models/") for f in files)
     assert {"models/vae.py", "models/gan.py", "models/diffusion.py"} <= set(step("generate").code)
     assert "tasks/plan.py" not in step("ingest").code
+
+
+def test_steps_and_flows_take_workdir_paths_from_the_catalog():
+    """Every dep and out is a catalog artifact, and no flow spells a step folder itself."""
+    named = {a.rel for a in vars(catalog).values() if isinstance(a, catalog.Artifact)}
+    named |= {a.rel for a in catalog.CHARTS}
+    for s in STEPS + PRIVACY_STEPS:
+        assert set(s.deps + s.outputs) <= named, f"{s.name}: {sorted(set(s.deps + s.outputs) - named)}"
+    folders = "|".join({rel.split("/")[0] for rel in named})
+    spelled = re.compile(rf'/ "({folders})"')
+    for module in sorted((REPO_ROOT / "flows").glob("*.py")):
+        found = spelled.findall(module.read_text())
+        assert not found, f"{module.name} spells workdir folders {found}: take them from tasks/core/catalog.py"
+
+
+def test_catalog_readers_read_what_they_name(tmp_path):
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "plan.csv").write_text("class,real,target,to_generate\n01,3,5,2\n")
+    assert catalog.PLAN_CSV.read(tmp_path)["class"].tolist() == ["01"]  # labels stay strings
+    with pytest.raises(TypeError, match=r"model/train_log\.jsonl"):
+        catalog.TRAIN_LOG.read(tmp_path)
