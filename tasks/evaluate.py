@@ -50,6 +50,10 @@ better mean of ``real_oversampled`` and ``real_classical_aug``. For ``real_synth
 ``real_classical_aug_synthetic``: the seed-paired difference to that baseline with its 95% t-interval, and the
 share of the baseline -> ``real_oracle`` gap closed. ``utility.gate`` applies the utility gate's rule
 (``gate_verdict``) to those differences; the publish step enforces it.
+
+Where the pieces live: set metrics ``tasks/core/set_metrics.py``, training conditions and their summary
+``tasks/core/utility.py``, the chosen recipe ``tasks/core/recipe.py``, the gate ``tasks/core/gate.py``, the charts
+``tasks/core/charts.py``; this module reads the inputs, runs them and writes ``metrics.json`` and the tables.
 """
 
 from __future__ import annotations

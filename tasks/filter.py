@@ -51,6 +51,9 @@ reference (features float64, pixels as stored uint8, class radii) is saved once 
 and memory-mapped by each shard; each shard writes its scores and features to ``out_dir/shards/`` and is skipped
 by a re-run once finished. The nearest searches read the reference a block at a time
 (``models.metrics.nearest_distance_streamed`` / ``nearest_correlation_streamed``) on the filter's device.
+
+Where the pieces live: the rules and thresholds ``tasks/core/rules.py``, the real reference
+``tasks/core/reference.py``, the scoring shards ``tasks/core/scoring.py``; this module links, tops up and writes.
 """
 
 from __future__ import annotations
