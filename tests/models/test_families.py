@@ -14,7 +14,7 @@ from torch import nn
 
 from models.base import GeneratorFamily, TrainConfig
 from models.registry import family_names, get_family
-from models.training import fit, load_checkpoint, save_checkpoint
+from models.training import fit, has_checkpoint, load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 CPU = torch.device("cpu")
 IMAGE_SHAPE = (1, 16, 16)
@@ -149,8 +149,10 @@ def test_sample_is_per_image_deterministic(trained) -> None:
 
 def test_checkpoint_round_trip_gives_identical_samples(trained, tmp_path) -> None:
     _, model, _ = trained
+    assert not has_checkpoint(tmp_path)
     save_checkpoint(model, tmp_path, step=model.config.steps, class_names=CLASS_NAMES)
     loaded, meta, _ = load_checkpoint(tmp_path, CPU)
+    assert has_checkpoint(tmp_path) and read_checkpoint_meta(tmp_path) == meta  # what the steps read of it
     assert type(loaded) is type(model) and loaded.config == model.config
     assert meta["class_names"] == CLASS_NAMES and tuple(meta["image_shape"]) == IMAGE_SHAPE
     labels, seeds = request()
