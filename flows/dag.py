@@ -189,7 +189,7 @@ def _publish(p: Params, workdir: Path) -> Record:
 
     gate = enforce_gate(workdir / "evaluate", p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "report",
-                       dump_params(p), workdir / "dataset")
+                       dump_params(p), workdir / "dataset", name=p.publish.name)
     generator = None
     if (workdir / "model" / "checkpoint" / "config.json").is_file():
         generator = assemble_generator(workdir / "model", workdir / "ingest" / "manifest.parquet", dump_params(p),
@@ -223,9 +223,9 @@ def _release(p: Params, workdir: Path) -> Record:
     from tasks.publish import publish
     from tasks.release import assemble_anonymized
 
-    dataset = assemble_anonymized(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "privacy",
-                                  dump_params(p), p.privacy, workdir / "release")
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
+    dataset = assemble_anonymized(workdir / "ingest", workdir / "filter", workdir / "evaluate", workdir / "privacy",
+                                  dump_params(p), p.privacy, workdir / "release", name=target.name)
     result = publish(dataset, target, workdir=workdir)
     ratio = json.loads((dataset / "privacy.json").read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,

@@ -42,6 +42,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,10 @@ import yaml
 from pydantic import field_validator
 
 from tasks.errors import UserError
+from tasks.images import write_atomic
 from tasks.locks import with_registry_lock
 from tasks.params_base import Section
+from tasks.render import RunInfo, read_run, render, run_info, stamp_run
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ DATASETS_DIR = "datasets"
 MODELS_DIR = "models"  # the generator of dataset <name> lives at models/<name>, tagged <name>-generator/v<N>
 GENERATOR_SUFFIX = "-generator"
 CARD_CHECKPOINT_ROW = "| generator checkpoint (sha256) |"
+UNSTAMPED = "unstamped"  # tag-message key: the content hash before the tag and date went into the files
 REMOTE_NAME = "storage"  # name given to the default DVC remote of a registry this module creates
 SITE_CACHE = ".dvc/tmp/site_cache"  # DVC's index/state for the registry, kept inside it (never /var/tmp)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -283,19 +287,24 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     shutil.copytree(dataset_dir, target, symlinks=False)
     staged = None if generator is None else _stage_generator(wc, Path(generator), name, target, push=push)
     _dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
-    content_hash = _dvc_hash(wc / f"{rel}.dvc")
+    unstamped = _dvc_hash(wc / f"{rel}.dvc")  # the content before the version tag and date are written into it
 
-    if latest is not None and _dvc_hash_at(wc, latest, name) == content_hash:
+    if latest is not None and _unstamped_hash_at(wc, latest, name) == unstamped:
         tag = tag_for(name, latest)
-        log.info("%s: content identical to %s (%s); nothing new published", name, tag, content_hash)
-        if push:  # make sure the data is there (idempotent: uploads nothing when it is)
+        log.info("%s: content identical to %s (%s); nothing new published", name, tag, unstamped)
+        stored = _dvc_hash_at(wc, latest, name) or unstamped
+        _restore_paths(wc, DATASETS_DIR, rel)  # back to the latest version's .dvc (stamped with its tag and date)
+        # Make sure the data is there (idempotent: uploads nothing when it is). A stamped version's files are in a
+        # local registry's cache (a push=false trial pushes them later); a cloned registry's tag reached the origin
+        # only after its data was pushed, and its fresh clone has no cache to push from.
+        if push and (stored == unstamped or after_tag is None):
             _dvc_push(wc, rel)
         commit = _git(["rev-parse", f"refs/tags/{tag}^{{commit}}"], cwd=wc).stdout.strip()
-        return PublishResult(tag, latest, commit, registry, rel, False, content_hash,
-                             generator_tag=staged and staged.tag)
+        return PublishResult(tag, latest, commit, registry, rel, False, stored, generator_tag=staged and staged.tag)
 
     version = (latest or 0) + 1
     tag = tag_for(name, version)
+    content_hash = _stamp(wc, rel, tag)
     if push:
         _dvc_push(wc, rel)
     _git(["add", "--", f"{rel}.dvc", f"{DATASETS_DIR}/.gitignore"], cwd=wc)
@@ -304,7 +313,7 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     # else: HEAD already tracks this content (an earlier run stopped between commit and tag); tag it.
     if staged is not None and staged.new:
         _tag_generator(wc, staged, created_tags)
-    _git(["tag", "-a", tag, "-m", f"{tag}\n\ncontent: {content_hash}"], cwd=wc)
+    _git(["tag", "-a", tag, "-m", f"{tag}\n\ncontent: {content_hash}\n{UNSTAMPED}: {unstamped}"], cwd=wc)
     if created_tags is not None:
         created_tags.append(tag)
     if after_tag is not None:
@@ -313,6 +322,26 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     log.info("published %s (%s) at %s", tag, content_hash, commit[:12])
     return PublishResult(tag, version, commit, registry, rel, True, content_hash,
                          generator_tag=staged and staged.tag, generator_new=bool(staged and staged.new))
+
+
+def _stamp(wc: Path, rel: str, tag: str) -> str:
+    """Name the version in the registry's copy of the dataset (``tasks.render.stamp_run``: run.json and the run block
+    of report.html and card.md) and return DVC's hash of what is published. A dataset without run.json is
+    published as it is."""
+    run = read_run(wc / rel)
+    if run is None:
+        return _dvc_hash(wc / f"{rel}.dvc")
+    stamp_run(wc / rel, run.published(tag, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
+    _dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
+    return _dvc_hash(wc / f"{rel}.dvc")
+
+
+def _unstamped_hash_at(wc: Path, version: int, name: str) -> str | None:
+    """The content hash of version ``version`` before publish stamped it (its tag message); versions published
+    before stamping existed were stored unstamped: their DVC hash."""
+    message = _git(["tag", "--list", "--format=%(contents)", tag_for(name, version)], cwd=wc).stdout
+    found = re.search(rf"^{UNSTAMPED}: (\S+)$", message, re.M)
+    return found.group(1) if found else _dvc_hash_at(wc, version, name)
 
 
 def _ensure_registry(wc: Path, remote: str, *, bootstrap_message: str) -> None:
@@ -593,70 +622,54 @@ def code_version() -> str:
 
 def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str, code_version: str,
                checkpoint: str | None, metrics: Mapping[str, Any], summary: str | None = None,
-               sections: Sequence[tuple[str, Sequence[str]]] = ()) -> Path:
-    """Write ``dataset_dir/card.md``: lineage (source, code version, checkpoint), contents, metrics and params.
+               sections: Sequence[tuple[str, Sequence[str]]] = (), run: RunInfo | None = None) -> Path:
+    """Write ``dataset_dir/card.md`` (template ``tasks/templates/card.md.j2``): the run, lineage, contents, metrics
+    and params.
 
     Args:
         dataset_dir: the assembled dataset folder.
-        source: where the real images came from, e.g. ``{"repo": ..., "rev": ..., "path": ..., "hash": ...}``.
+        source: where the real images came from: the ingest lineage (``source``, ``repo``, ``rev``,
+            ``resolved_rev``, ``content_hash``); used when ``run`` is None.
         params_yaml: the resolved params.yaml text the dataset was made with.
-        code_version: the pipeline code's version (see ``code_version()``).
+        code_version: the pipeline code's version (see ``code_version()``); used when ``run`` is None.
         checkpoint: sha256 of the generator weights; None when the dataset has no synthetic images.
         metrics: the evaluation metrics (nested mappings are flattened to dotted keys).
         summary: the paragraph under the title; None: real plus synthetic images, as ``assemble`` publishes.
         sections: more ``(title, markdown lines)`` sections, placed after the metrics (e.g. the privacy gate).
+        run: the run that made the dataset (``tasks.render``); publish fills in its version tag and date.
 
-    The card holds no timestamp: the same inputs give the same bytes, so republishing them is not a new version.
+    The card holds no timestamp until publish stamps the registry's copy: the same inputs give the same bytes, so
+    republishing them is not a new version.
     """
     dataset_dir = Path(dataset_dir)
-    name = dataset_dir.name
+    if run is None:
+        run = run_info(source, (), code_version=code_version)
     summary = summary or ("Real images plus class-conditional synthetic images made by the synthaug pipeline. "
                           "Every image is listed in `manifest.parquet` with its label, split, source (real or "
                           "synthetic), generator, checkpoint and seed.")
-    lines = [f"# Dataset card: {name}", "", summary, "",
-             "## Lineage", "", "| | |", "|---|---|"]
-    for key, value in source.items():
-        lines.append(f"| source {_cell(key)} | {_cell(value)} |")
-    if not source:
-        lines.append("| source | (not recorded) |")
-    lines.append(f"| pipeline code | {_cell(code_version)} |")
-    lines.append(f"| generator checkpoint (sha256) | {_cell(checkpoint or 'none (no synthetic images)')} |")
-    lines.append("")
-    contents = _contents_table(dataset_dir / "manifest.parquet")
-    if contents:
-        lines += ["## Contents (accepted images)", "", *contents, ""]
-    lines += ["## Metrics", ""]
-    flat = _flatten(metrics)
-    if flat:
-        lines += ["| metric | value |", "|---|---|", *(f"| {_cell(k)} | {_cell(_fmt(v))} |" for k, v in flat)]
-    else:
-        lines.append("(none recorded)")
-    for title, body in sections:
-        lines += ["", f"## {title}", "", *body]
-    lines += ["", "## Params", "", "The resolved `params.yaml` (also stored next to this card):", "",
-              "```yaml", params_yaml.rstrip("\n"), "```", ""]
+    text = render("card.md.j2", folder=dataset_dir.name, run=run, summary=summary, checkpoint=checkpoint,
+                  contents=_contents(dataset_dir / "manifest.parquet"),
+                  metrics=[(k, _fmt(v)) for k, v in _flatten(metrics)], sections=sections,
+                  params_yaml=params_yaml.rstrip("\n"))
     path = dataset_dir / "card.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(text.encode("utf-8"), path)
     return path
 
 
-def _contents_table(manifest: Path) -> list[str]:
+def _contents(manifest: Path) -> dict[str, Any] | None:
+    """Accepted images per label and source (real, synthetic) for the card's contents table."""
     if not manifest.is_file():
-        return []
+        return None
     from tasks.manifest import read_manifest
 
     frame, _ = read_manifest(manifest)
     frame = frame[frame["accepted"]]
     if frame.empty:
-        return []
+        return None
     counts = frame.groupby(["label", "source"]).size().unstack(fill_value=0)
     sources = [s for s in ("real", "synthetic") if s in counts.columns]
-    rows = ["| label | " + " | ".join(sources) + " |", "|---" * (len(sources) + 1) + "|"]
-    for label, row in counts.sort_index().iterrows():
-        rows.append(f"| {_cell(label)} | " + " | ".join(str(int(row[s])) for s in sources) + " |")
-    return rows
+    rows = [(label, [int(row[s]) for s in sources]) for label, row in counts.sort_index().iterrows()]
+    return {"sources": sources, "rows": rows}
 
 
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -2,7 +2,9 @@
 
 Everything is inside the file: images are inlined as base64 ``data:`` URIs, the style sheet is inline, and there
 is no script, font or CDN link, so the report opens offline, in an e-mail attachment or in a DVC registry alike.
-All text from the data (labels, reasons, paths) is escaped with ``html.escape``.
+The page is the template ``tasks/templates/report.html.j2`` (autoescaped, ``tasks.render``) with the run block of
+``run.html.j2`` at the top; the sections built here escape all text from the data (labels, reasons, paths) with
+``html.escape``.
 
 Sections: a summary; downstream utility (the utility gate's verdict and rule, the chart from the evaluate step, a
 table per classifier family, the paired difference to the best real baseline and the share of the best baseline ->
@@ -22,12 +24,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from models.metrics import nearest_correlation
 from tasks.dp import card_lines as dp_card_lines
@@ -44,9 +47,11 @@ from tasks.evaluate import (
     real_rows,
     synthetic_rows,
 )
-from tasks.images import load_images
+from tasks.images import load_images, write_atomic
+from tasks.manifest import read_manifest
 from tasks.plan import natural_key
 from tasks.privacy import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.render import RunInfo, render, run_info
 from tasks.tstr import utility_rows
 
 REPORT_FILE = "report.html"
@@ -115,20 +120,15 @@ def _cell(value: Any, reason: str | None = None, *, digits: int = 3) -> str:
 # --------------------------------------------------------------------------------------------------- sections
 
 
-def _summary(metrics: Mapping[str, Any]) -> str:
+def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of the summary list (template ``report.html.j2``)."""
     counts = metrics["counts"]
-    before, after = sum(counts["before"].values()), sum(counts["after"].values())
-    generated, accepted = sum(counts["synthetic_generated"].values()), sum(counts["synthetic_accepted"].values())
-    minority = ", ".join(metrics["minority_classes"]) or "none"
-    items = [
-        f"{len(metrics['classes'])} classes; minority classes (real train count below half the largest, unless "
-        f"set in params): <b>{_esc(minority)}</b>",
-        f"real train images: <b>{before}</b>; synthetic generated: <b>{generated}</b>, accepted by the filter: "
-        f"<b>{accepted}</b>; training set after: <b>{after}</b>",
-        f"feature space of the set metrics: {_esc(metrics['feature_space']['extractor'])} "
-        f"({metrics['feature_space']['dim']}-d); reference: {_esc(metrics['quality']['reference'])}",
-    ]
-    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+    return {"classes": len(metrics["classes"]), "minority": ", ".join(metrics["minority_classes"]) or "none",
+            "before": sum(counts["before"].values()), "after": sum(counts["after"].values()),
+            "generated": sum(counts["synthetic_generated"].values()),
+            "accepted": sum(counts["synthetic_accepted"].values()),
+            "extractor": metrics["feature_space"]["extractor"], "dim": metrics["feature_space"]["dim"],
+            "reference": metrics["quality"]["reference"]}
 
 
 def _paired_cell(d: Mapping[str, Any]) -> str:
@@ -430,13 +430,13 @@ def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
 
 def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
                   filter_dir: Path, evaluate_dir: Path, *, thumbs: int = 12, pairs: int = 12,
-                  privacy_dir: Path | None = None) -> str:
-    """The report as one HTML string (see the module docstring); ``privacy_dir``: an anonymized release's."""
+                  privacy_dir: Path | None = None, run: RunInfo | None = None) -> str:
+    """The report as one HTML string (see the module docstring); ``privacy_dir``: an anonymized release's;
+    ``run``: the run block (``tasks.render``), re-rendered by publish with the version tag and date."""
     last = [("memorization", "memorization")] if privacy_dir is None else [("tstr", "TSTR vs TRTR"),
                                                                            ("privacy", "privacy")]
-    nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
-        ("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
-        ("samples", "samples"), *last))
+    nav = [("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
+           ("samples", "samples"), *last]
     if privacy_dir is None:
         title = "synthaug report"
         lead = "Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?"
@@ -445,25 +445,20 @@ def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.
         title, lead = ("synthaug anonymized release", "Synthetic images only, released after the privacy gate: "
                                                       "are they useful, and do they give away who was trained on?")
         audit = _privacy(json.loads((privacy_dir / PRIVACY_FILE).read_text()), privacy_dir)
-    body: Iterable[str] = (
-        f"<h1>{title}</h1>",
-        f'<p class="lead">{lead}</p>',
-        f"<nav>{nav}</nav>",
-        _summary(metrics),
+    # The sections below are built (and escaped, _esc) in Python: Markup keeps the template from escaping twice.
+    sections = [Markup(part) for part in (
         _utility(metrics, evaluate_dir),
         _counts(metrics, evaluate_dir),
         _quality(metrics),
         _samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs, accepted_only=privacy_dir is not None),
         audit,
-    )
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{title}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    )]
+    return render("report.html.j2", title=title, lead=lead, css=Markup(CSS), nav=nav, summary=_summary(metrics),
+                  sections=sections, run=run or RunInfo())
 
 
 def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir: Path, *, thumbs: int = 12,
-                pairs: int = 12, privacy_dir: Path | None = None) -> Path:
+                pairs: int = 12, privacy_dir: Path | None = None, run: RunInfo | None = None) -> Path:
     """Write ``out_dir/report.html`` from the ingest, filter and evaluate steps' outputs.
 
     Args:
@@ -475,6 +470,8 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
         pairs: synthetic/training pairs in the memorization audit.
         privacy_dir: the privacy step's folder (``privacy.json``, ``dcr.png``): the report of an anonymized release,
             with a privacy section and no real or rejected image.
+        run: the run block; None: what the inputs say (source lineage, generator families), before publish names
+            the version.
 
     Returns:
         The path of ``report.html``.
@@ -488,11 +485,13 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
     missing = [p for p in (PLOT_UTILITY, PLOT_COUNTS, PLOT_RECALL) if not (evaluate_dir / p).is_file()]
     if missing:
         raise UserError(f"{evaluate_dir}: charts {missing} are missing; rerun `synthaug evaluate`")
-    page = render_report(metrics, real_rows(ingest_dir), synthetic_rows(filter_dir), ingest_dir, filter_dir,
-                         evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir)
+    synthetic = synthetic_rows(filter_dir)
+    if run is None:
+        _, lineage = read_manifest(ingest_dir / "manifest.parquet")
+        run = run_info(lineage, synthetic.loc[synthetic["accepted"].astype(bool), "generator"])
+    page = render_report(metrics, real_rows(ingest_dir), synthetic, ingest_dir, filter_dir,
+                         evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir, run=run)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(page.encode("utf-8"), path)
     return path

@@ -87,6 +87,9 @@ def test_report_has_every_section(workdir: dict[str, Path], page: str) -> None:
     assert all(c in page for c in charts)
     assert "image-rendering: pixelated" in page
     assert "class 3" in page and "overall (pooled)" in page and "heldback" in page
+    # The run block: what the inputs say before publish names the version (source, generator family, params).
+    run = page[page.index('id="run"'):page.index("<nav>")]
+    assert "not published yet" in run and '<th class="l">generator family</th>' in run and "None" not in run
 
 
 def test_utility_is_measured_from_the_best_real_baseline(workdir: dict[str, Path], page: str) -> None:
@@ -220,3 +223,21 @@ def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str,
     assert metrics["acceptance"]["thresholds"] == summary["thresholds"]
     page = report_step(workdir["ingest"], tmp_path / "filter", tmp_path / "evaluate", tmp_path / "report")
     assert IMG.findall(page.read_text(encoding="utf-8"))
+
+
+def test_report_template_escapes_class_names_and_source_paths() -> None:
+    """The page template autoescapes: a class name and a source path carrying markup arrive as text."""
+    from markupsafe import escape
+
+    from tasks.render import RunInfo, render
+
+    nasty = "<script>alert(1)</script>"
+    summary = {"classes": 2, "minority": f"{nasty}, 3", "before": 4, "after": 6, "generated": 3, "accepted": 2,
+               "extractor": "judge", "dim": 8, "reference": "real train"}
+    run = RunInfo(dataset=f"ds{nasty}", source=f"/data/{nasty}/digits", source_repo=f'"><img src=x onerror={nasty}')
+    page = render("report.html.j2", title="synthaug report", lead="lead", css="", nav=[("utility", "utility")],
+                  summary=summary, sections=[], run=run)
+    assert "<script" not in page.lower() and "<img" not in page.lower()
+    assert html.escape(f"/data/{nasty}/digits") in page and f"<b>{html.escape(nasty)}, 3</b>" in page
+    assert str(escape(f'"><img src=x onerror={nasty}')) in page  # jinja2's escaping (quotes as &#34;)
+    assert '<th class="l">version</th><td class="l">not published yet' in page and 'href="params.yaml"' in page
