@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from PIL import Image
 from rich.console import Console
 
@@ -111,7 +112,7 @@ def test_utility_is_measured_from_the_best_real_baseline(workdir: dict[str, Path
 
 def test_text_is_escaped(page: str) -> None:
     assert NASTY_REASON not in page
-    assert html.escape(NASTY_REASON, quote=True) in page
+    assert str(escape(NASTY_REASON)) in page  # jinja2's autoescape (markupsafe: quotes as &#34;)
 
 
 def test_sample_rows_show_real_accepted_and_rejected(workdir: dict[str, Path], page: str) -> None:
@@ -120,7 +121,7 @@ def test_sample_rows_show_real_accepted_and_rejected(workdir: dict[str, Path], p
     for _, row in rejected.iterrows():  # every rejected image of the fixture is shown with its reason
         data = base64.b64encode((workdir["filter"] / row["path"]).read_bytes()).decode()
         assert data in page, row["path"]
-    for reason in ("memorized_pixel", "unrealistic", "near_duplicate", html.escape(NASTY_REASON, quote=True)):
+    for reason in ("memorized_pixel", "unrealistic", "near_duplicate", str(escape(NASTY_REASON))):
         assert f'<div class="reason">{reason} ×1</div>' in page, reason  # grouped under the reason, with its count
     samples = page[page.index('id="samples"'):page.index('id="memorization"')]
     real_shown = sum(min(6, n) for n in TRAIN.values())
@@ -226,18 +227,22 @@ def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str,
 
 
 def test_report_template_escapes_class_names_and_source_paths() -> None:
-    """The page template autoescapes: a class name and a source path carrying markup arrive as text."""
-    from markupsafe import escape
+    """The templates autoescape: a class name and a file or source path carrying markup arrive as text."""
+    from tasks.render import RunInfo, environment, render
 
-    from tasks.render import RunInfo, render
-
-    nasty = "<script>alert(1)</script>"
-    summary = {"classes": 2, "minority": f"{nasty}, 3", "before": 4, "after": 6, "generated": 3, "accepted": 2,
-               "extractor": "judge", "dim": 8, "reference": "real train"}
-    run = RunInfo(dataset=f"ds{nasty}", source=f"/data/{nasty}/digits", source_repo=f'"><img src=x onerror={nasty}')
-    page = render("report.html.j2", title="synthaug report", lead="lead", css="", nav=[("utility", "utility")],
-                  summary=summary, sections=[], run=run)
-    assert "<script" not in page.lower() and "<img" not in page.lower()
-    assert html.escape(f"/data/{nasty}/digits") in page and f"<b>{html.escape(nasty)}, 3</b>" in page
-    assert str(escape(f'"><img src=x onerror={nasty}')) in page  # jinja2's escaping (quotes as &#34;)
-    assert '<th class="l">version</th><td class="l">not published yet' in page and 'href="params.yaml"' in page
+    nasty = '<script>alert(1)</script>"'
+    sections = environment().get_template("report_sections.html.j2").module
+    counts = str(sections.counts({"chart": "data:image/png;base64,AA==", "rows": [
+        {"name": nasty, "before": 4, "generated": 3, "passed": 0.5, "accepted": 2, "after": 6, "short": None,
+         "reasons": [(nasty, 1)]}]}))
+    thumb = {"src": "data:image/png;base64,AA==", "label": nasty, "path": f"images/{nasty}/a.png"}
+    samples = str(sections.samples({"n": 1, "accepted_only": False, "rows": [
+        {"name": nasty, "accepted": [thumb], "n_accepted": 1, "real": [thumb], "n_real": 1, "hidden": [],
+         "rejected": [{"reason": nasty, "count": 1, "images": [thumb]}], "n_rejected": 1}]}))
+    block = render("run.html.j2", run=RunInfo(dataset=nasty, source=f"/data/{nasty}/digits", source_repo=nasty))
+    for page in (counts, samples, block):
+        assert "<script" not in page.lower() and str(escape(nasty)) in page
+    assert f'<td class="l">{escape(nasty)}</td>' in counts and f'<td class="cls">{escape(nasty)}</td>' in samples
+    assert f'title="{escape(thumb["path"])}"' in samples and f'<div class="reason">{escape(nasty)} ×1</div>' in samples
+    assert str(escape(f"/data/{nasty}/digits")) in block and 'href="params.yaml"' in block
+    assert '<th class="l">version</th><td class="l">not published yet' in block
