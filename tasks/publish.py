@@ -16,6 +16,12 @@ version; on any failure the working copy goes back to the commit it started from
 succeeded). A re-run therefore starts from the last good state and creates the version once; a re-run whose content
 equals the latest version publishes nothing and returns that version with ``new=False``.
 
+Run naming: when the dataset has a ``run.json`` (``tasks/render.py``), the registry's copy names its version: once
+the tag is decided (under the registry lock), ``_stamp`` writes the tag and the date into run.json and the run
+block of report.html and card.md, then adds it again. The comparison with the latest version uses the content as
+assembled, before stamping (the ``unstamped:`` line of the tag message), so a tag or a date never makes an
+unchanged run a new version.
+
 Generators: ``publish(..., generator=<folder>)`` adds the generator that made the dataset as ``models/<name>`` in the
 same commit, tagged ``<name>-generator/v<N>`` (the checkpoint sha256 in the tag message), unless a published version
 has the same checkpoint hash; the registry's copy of the dataset card names the generator version. Both tags are
@@ -649,7 +655,8 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
                           "synthetic), generator, checkpoint and seed.")
     text = render("card.md.j2", folder=dataset_dir.name, run=run, summary=summary, checkpoint=checkpoint,
                   contents=_contents(dataset_dir / "manifest.parquet"),
-                  metrics=[(k, _fmt(v)) for k, v in _flatten(metrics)], sections=sections,
+                  metrics=[(k, "not measured" if v is None else _fmt(v)) for k, v in _flatten(metrics)],
+                  sections=sections,
                   params_yaml=params_yaml.rstrip("\n"))
     path = dataset_dir / "card.md"
     write_atomic(text.encode("utf-8"), path)

@@ -55,6 +55,7 @@ def assemble(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, report_dir:
     the dataset's published name, shown with the run in the report and the card (``run.json``)."""
     real, lineage = read_manifest(ingest_dir / "manifest.parquet")
     synthetic, _ = read_manifest(filter_dir / "manifest.parquet")
+    generators = synthetic["generator"]  # the run's generator family, whether or not its images were accepted
     real = real[real["split"] != "heldback"]
     synthetic = synthetic[synthetic["accepted"]]
     if out_dir.exists():
@@ -70,7 +71,7 @@ def assemble(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, report_dir:
     (out_dir / "params.yaml").write_text(params_yaml)
     checkpoints = sorted(set(synthetic["checkpoint"].dropna()))
     source = {k: lineage.get(k) for k in ("source", "repo", "rev", "resolved_rev", "content_hash")}
-    run = run_info(lineage, synthetic["generator"], dataset=name, code_version=code_version())
+    run = run_info(lineage, generators, dataset=name, code_version=code_version())
     write_card(out_dir, source=source, params_yaml=params_yaml, code_version=code_version(),
                checkpoint=", ".join(checkpoints) or None, metrics=_headline(metrics), run=run)
     stamp_run(out_dir, run)  # the report step knew neither the name nor the code version
@@ -116,6 +117,7 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     privacy = read_privacy(privacy_dir, filter_dir)
     real, lineage = read_manifest(ingest_dir / "manifest.parquet")
     synthetic = synthetic_rows(filter_dir)
+    generators = synthetic["generator"]
     synthetic = synthetic[synthetic["accepted"].astype(bool)]
     copies = sorted(set(synthetic["image_id"]) & set(real["image_id"]))
     if copies:
@@ -147,7 +149,7 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / PRIVACY_FILE).write_text(json.dumps(privacy, indent=2))
     shutil.copyfile(privacy_dir / DCR_PLOT, out_dir / DCR_PLOT)
-    run = dataclasses.replace(run_info(lineage, synthetic["generator"], dataset=name, code_version=code_version()),
+    run = dataclasses.replace(run_info(lineage, generators, dataset=name, code_version=code_version()),
                               source=WITHHELD, source_repo=WITHHELD, source_rev=lineage.get("resolved_rev"))
     write_run(out_dir, run)
     report_step(ingest_dir, filter_dir, evaluate_dir, out_dir, privacy_dir=out_dir, run=run)

@@ -40,10 +40,11 @@ NOT_RECORDED = "not recorded"
 class RunInfo:
     """What made a dataset; ``None``: not known (yet). ``tag`` and ``date`` are set by publish only.
 
-    dataset: the published name (``publish.name``, or the release's name); family: the generator families of the
-    accepted synthetic images; code_version: ``tasks.publish.code_version()``; source_repo / source_rev: where the
-    real images came from (``data.repo`` and the resolved revision; a local source has no repository);
-    source_hash: the source's content hash; params_file: the resolved params shipped beside the report and card.
+    dataset: the published name (``publish.name``, or the release's name); family: the generator families that made
+    the synthetic images (accepted or not); code_version: ``tasks.publish.code_version()``; source: the source
+    location; source_repo / source_rev: its repository (``data.repo``; a local source has none) and resolved
+    revision; source_hash: the source's content hash; params_file: the resolved params shipped beside the report and
+    the card.
     """
 
     dataset: str | None = None

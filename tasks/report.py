@@ -404,7 +404,7 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
     synthetic = synthetic_rows(filter_dir)
     if run is None:
         _, lineage = read_manifest(ingest_dir / "manifest.parquet")
-        run = run_info(lineage, synthetic.loc[synthetic["accepted"].astype(bool), "generator"])
+        run = run_info(lineage, synthetic["generator"])  # the run's family, whether or not its images passed
     page = render_report(metrics, real_rows(ingest_dir), synthetic, ingest_dir, filter_dir,
                          evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir, run=run)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -227,13 +227,14 @@ def test_card_names_lineage_contents_metrics_and_params(tmp_path: Path) -> None:
     kwargs = dict(source={"source": "digits", "repo": "https://git.example.org/data.git", "rev": "v3",
                           "resolved_rev": None, "content_hash": "d" * 64},
                   params_yaml="plan:\n  strategy: match_majority\n", code_version="git 1234abcd",
-                  checkpoint="c" * 64, metrics={"balanced_accuracy": 0.91234, "per_class": {"0": {"recall": 0.5}}})
+                  checkpoint="c" * 64, metrics={"balanced_accuracy": 0.91234, "per_class": {"0": {"recall": 0.5}},
+                                                "fid": None})
     path = write_card(ds, **kwargs)
     text = path.read_text()
     for expected in ("| source repository | https://git.example.org/data.git |", "| source revision | v3 |",
                      "d" * 64, "| pipeline code | git 1234abcd |", "c" * 64, "| params | [params.yaml](params.yaml)",
                      "| balanced_accuracy | 0.9123 |", "| per_class.0.recall | 0.5 |", "strategy: match_majority",
-                     "| 1 | 1 | 1 |", "| version | not published yet"):
+                     "| 1 | 1 | 1 |", "| version | not published yet", "| fid | not measured |"):
         assert expected in text
     assert "None" not in text
     assert write_card(ds, **kwargs).read_text() == text  # no timestamp: same inputs, same card, same version
