@@ -246,3 +246,14 @@ def test_report_template_escapes_class_names_and_source_paths() -> None:
     assert f'title="{escape(thumb["path"])}"' in samples and f'<div class="reason">{escape(nasty)} ×1</div>' in samples
     assert str(escape(f"/data/{nasty}/digits")) in block and 'href="params.yaml"' in block
     assert '<th class="l">version</th><td class="l">not published yet' in block
+
+
+def test_templates_ship_as_package_data() -> None:
+    """An installed wheel needs the templates: pyproject's package data covers every file in tasks/templates."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tasks"]
+    templates = sorted(p.relative_to(root / "tasks").as_posix() for p in (root / "tasks" / "templates").iterdir())
+    assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates), templates
