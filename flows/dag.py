@@ -224,7 +224,7 @@ def _publish(p: Params, workdir: Path) -> Record:
 
     gate = enforce_gate(EVALUATE.path(workdir), p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), REPORT.path(workdir),
-                       dump_params(p), DATASET.path(workdir))
+                       dump_params(p), DATASET.path(workdir), name=p.publish.name)
     generator = None
     if has_checkpoint(CHECKPOINT.path(workdir)):
         generator = assemble_generator(MODEL.path(workdir), INGEST_MANIFEST.path(workdir), dump_params(p),
@@ -256,15 +256,19 @@ def _privacy(p: Params, workdir: Path) -> Record:
 def _release(p: Params, workdir: Path) -> Record:
     from flows.params import dump_params
     from tasks.core.privacy_report import PRIVACY_FILE
+    from tasks.core.render import read_run
     from tasks.publish import publish
     from tasks.release import assemble_anonymized
     from tasks.report import report_step
 
-    dataset = assemble_anonymized(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir),
-                                  PRIVACY.path(workdir), dump_params(p), p.privacy, RELEASE.path(workdir))
-    # The release's report shows only what is released: its privacy.json and no real or rejected image.
-    report_step(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), dataset, privacy_dir=dataset)
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
+    dataset = assemble_anonymized(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir),
+                                  PRIVACY.path(workdir), dump_params(p), p.privacy, RELEASE.path(workdir),
+                                  name=target.name)
+    # The release's report shows only what is released: its privacy.json, no real or rejected image, and the run
+    # record assemble_anonymized wrote (source withheld).
+    report_step(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), dataset, privacy_dir=dataset,
+                run=read_run(dataset))
     result = publish(dataset, target, workdir=workdir)
     ratio = json.loads((dataset / PRIVACY_FILE).read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,

@@ -16,6 +16,12 @@ version; on any failure the working copy goes back to the commit it started from
 succeeded). A re-run therefore starts from the last good state and creates the version once; a re-run whose content
 equals the latest version publishes nothing and returns that version with ``new=False``.
 
+Run naming: when the dataset has a ``run.json`` (tasks/core/render.py), the registry's copy names its version: once
+the tag is decided (under the registry lock), ``_stamp`` writes the tag and the date into run.json and the run
+block of report.html and card.md, then adds it again. The comparison with the latest version uses the content as
+assembled, before stamping (the ``unstamped:`` line of the tag message), so a tag or a date never makes an
+unchanged run a new version.
+
 Generators: ``publish(..., generator=<folder>)`` adds the generator that made the dataset as ``models/<name>`` in the
 same commit, tagged ``<name>-generator/v<N>`` (the checkpoint sha256 in the tag message), unless a published version
 has the same checkpoint hash; the registry's copy of the dataset card names the generator version. Both tags are
@@ -38,6 +44,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -60,11 +67,13 @@ from tasks.core.registry import (
     generator_name,
     tag_for,
 )
+from tasks.core.render import read_run, stamp_run
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml")
 REQUIRED_DIRS = ("images",)
+UNSTAMPED = "unstamped"  # tag-message key: the content hash before the tag and date went into the files
 REMOTE_NAME = "storage"  # name given to the default DVC remote of a registry this module creates
 
 
@@ -214,19 +223,24 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     shutil.copytree(dataset_dir, target, symlinks=False)
     staged = None if generator is None else _stage_generator(wc, Path(generator), name, target, push=push)
     _dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
-    content_hash = _dvc_hash(wc / f"{rel}.dvc")
+    unstamped = _dvc_hash(wc / f"{rel}.dvc")  # the content before the version tag and date are written into it
 
-    if latest is not None and _dvc_hash_at(wc, latest, name) == content_hash:
+    if latest is not None and _unstamped_hash_at(wc, latest, name) == unstamped:
         tag = tag_for(name, latest)
-        log.info("%s: content identical to %s (%s); nothing new published", name, tag, content_hash)
-        if push:  # make sure the data is there (idempotent: uploads nothing when it is)
+        log.info("%s: content identical to %s (%s); nothing new published", name, tag, unstamped)
+        stored = _dvc_hash_at(wc, latest, name) or unstamped
+        _restore_paths(wc, DATASETS_DIR, rel)  # back to the latest version's .dvc (stamped with its tag and date)
+        # Make sure the data is there (idempotent: uploads nothing when it is). A stamped version's files are in a
+        # local registry's cache (a push=false trial pushes them later); a cloned registry's tag reached the origin
+        # only after its data was pushed, and its fresh clone has no cache to push from.
+        if push and (stored == unstamped or after_tag is None):
             _dvc_push(wc, rel)
         commit = _git(["rev-parse", f"refs/tags/{tag}^{{commit}}"], cwd=wc).stdout.strip()
-        return PublishResult(tag, latest, commit, registry, rel, False, content_hash,
-                             generator_tag=staged and staged.tag)
+        return PublishResult(tag, latest, commit, registry, rel, False, stored, generator_tag=staged and staged.tag)
 
     version = (latest or 0) + 1
     tag = tag_for(name, version)
+    content_hash = _stamp(wc, rel, tag)
     if push:
         _dvc_push(wc, rel)
     _git(["add", "--", f"{rel}.dvc", f"{DATASETS_DIR}/.gitignore"], cwd=wc)
@@ -235,7 +249,7 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     # else: HEAD already tracks this content (an earlier run stopped between commit and tag); tag it.
     if staged is not None and staged.new:
         _tag_generator(wc, staged, created_tags)
-    _git(["tag", "-a", tag, "-m", f"{tag}\n\ncontent: {content_hash}"], cwd=wc)
+    _git(["tag", "-a", tag, "-m", f"{tag}\n\ncontent: {content_hash}\n{UNSTAMPED}: {unstamped}"], cwd=wc)
     if created_tags is not None:
         created_tags.append(tag)
     if after_tag is not None:
@@ -244,6 +258,26 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     log.info("published %s (%s) at %s", tag, content_hash, commit[:12])
     return PublishResult(tag, version, commit, registry, rel, True, content_hash,
                          generator_tag=staged and staged.tag, generator_new=bool(staged and staged.new))
+
+
+def _stamp(wc: Path, rel: str, tag: str) -> str:
+    """Name the version in the registry's copy of the dataset (``stamp_run`` of tasks/core/render.py: run.json
+    and the run block of report.html and card.md) and return DVC's hash of what is published. A dataset without
+    run.json is published as it is."""
+    run = read_run(wc / rel)
+    if run is None:
+        return _dvc_hash(wc / f"{rel}.dvc")
+    stamp_run(wc / rel, run.published(tag, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
+    _dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
+    return _dvc_hash(wc / f"{rel}.dvc")
+
+
+def _unstamped_hash_at(wc: Path, version: int, name: str) -> str | None:
+    """The content hash of version ``version`` before publish stamped it (its tag message); versions published
+    before stamping existed were stored unstamped: their DVC hash."""
+    message = _git(["tag", "--list", "--format=%(contents)", tag_for(name, version)], cwd=wc).stdout
+    found = re.search(rf"^{UNSTAMPED}: (\S+)$", message, re.M)
+    return found.group(1) if found else _dvc_hash_at(wc, version, name)
 
 
 def _ensure_registry(wc: Path, remote: str, *, bootstrap_message: str) -> None:

@@ -12,6 +12,7 @@ the scores measured against real images, the report embeds no real (or rejected)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from tasks.core.export import export_images
 from tasks.core.manifest import COLUMNS, read_manifest, write_manifest
 from tasks.core.privacy_report import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
 from tasks.core.registry import code_version
+from tasks.core.render import run_info, stamp_run, write_run
 from tasks.core.results import synthetic_rows
 from tasks.core.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
 
@@ -48,10 +50,12 @@ WITHHELD_PARAMS = ("data.source", "data.repo", "model.init_from", "filter.extrac
 
 
 def assemble(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, report_dir: Path, params_yaml: str,
-             out_dir: Path) -> Path:
-    """Build ``out_dir`` from scratch (a half-built folder from a killed run is replaced, never mixed)."""
+             out_dir: Path, *, name: str | None = None) -> Path:
+    """Build ``out_dir`` from scratch (a half-built folder from a killed run is replaced, never mixed); ``name``:
+    the dataset's published name, shown with the run in the report and the card (``run.json``)."""
     real, lineage = read_manifest(ingest_dir / "manifest.parquet")
     synthetic, _ = read_manifest(filter_dir / "manifest.parquet")
+    generators = synthetic["generator"]  # the run's generator family, whether or not its images were accepted
     real = real[real["split"] != "heldback"]
     synthetic = synthetic[synthetic["accepted"]]
     if out_dir.exists():
@@ -67,8 +71,10 @@ def assemble(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, report_dir:
     (out_dir / "params.yaml").write_text(params_yaml)
     checkpoints = sorted(set(synthetic["checkpoint"].dropna()))
     source = {k: lineage.get(k) for k in ("source", "repo", "rev", "resolved_rev", "content_hash")}
+    run = run_info(lineage, generators, dataset=name, code_version=code_version())
     write_card(out_dir, source=source, params_yaml=params_yaml, code_version=code_version(),
-               checkpoint=", ".join(checkpoints) or None, metrics=_headline(metrics))
+               checkpoint=", ".join(checkpoints) or None, metrics=_headline(metrics), run=run)
+    stamp_run(out_dir, run)  # the report step knew neither the name nor the code version
     return out_dir
 
 
@@ -100,9 +106,9 @@ def _without_values(node: Any) -> Any:
 
 
 def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, privacy_dir: Path, params_yaml: str,
-                        params: PrivacyParams, out_dir: Path) -> Path:
+                        params: PrivacyParams, out_dir: Path, *, name: str | None = None) -> Path:
     """Build the synthetic-only release in ``out_dir`` from scratch (its ``report.html`` is the report step's,
-    written next by the ``release`` step in ``flows/dag.py`` with ``privacy_dir=out_dir``).
+    written next by the ``release`` step in ``flows/dag.py`` with ``privacy_dir=out_dir`` and this run record).
 
     Refuses (``UserError``) unless ``privacy_dir/privacy.json`` passed for the filter manifest now in
     ``filter_dir``, and (a second lock) when an accepted synthetic file is byte-identical to a real one; refuses
@@ -112,6 +118,7 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     privacy = read_privacy(privacy_dir, filter_dir)
     real, lineage = read_manifest(ingest_dir / "manifest.parquet")
     synthetic = synthetic_rows(filter_dir)
+    generators = synthetic["generator"]
     synthetic = synthetic[synthetic["accepted"].astype(bool)]
     copies = sorted(set(synthetic["image_id"]) & set(real["image_id"]))
     if copies:
@@ -143,11 +150,14 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / PRIVACY_FILE).write_text(json.dumps(privacy, indent=2))
     shutil.copyfile(privacy_dir / DCR_PLOT, out_dir / DCR_PLOT)
+    run = dataclasses.replace(run_info(lineage, generators, dataset=name, code_version=code_version()),
+                              source=WITHHELD, source_repo=WITHHELD, source_rev=lineage.get("resolved_rev"))
+    write_run(out_dir, run)
     released_params = withhold_source(params_yaml)
     (out_dir / "params.yaml").write_text(released_params)
     checkpoints = sorted(set(synthetic["checkpoint"].dropna()))
     write_card(out_dir, source=source, params_yaml=released_params, code_version=code_version(),
-               checkpoint=", ".join(checkpoints) or None, metrics=_headline(metrics),
+               checkpoint=", ".join(checkpoints) or None, metrics=_headline(metrics), run=run,
                summary="Synthetic images only: an anonymized release of class-conditional synthetic images made by "
                        "the synthaug pipeline, published after its privacy gate passed. Every image is listed in "
                        "`manifest.parquet` with its label, generator, checkpoint and seed.",

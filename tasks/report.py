@@ -2,7 +2,9 @@
 
 Everything is inside the file: images are inlined as base64 ``data:`` URIs, the style sheet is inline, and there
 is no script, font or CDN link, so the report opens offline, in an e-mail attachment or in a DVC registry alike.
-All text from the data (labels, reasons, paths) is escaped with ``html.escape``.
+The page is the template ``tasks/templates/report.html.j2`` (autoescaped, tasks/core/render.py) with the run block of
+``run.html.j2`` at the top; the sections built here escape all text from the data (labels, reasons, paths) with
+``html.escape``.
 
 Sections: a summary; downstream utility (the utility gate's verdict and rule, the chart from the evaluate step, a
 table per classifier family, the paired difference to the best real baseline and the share of the best baseline ->
@@ -22,12 +24,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from models.metrics import nearest_correlation
 from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
@@ -36,7 +39,9 @@ from tasks.core.errors import UserError
 from tasks.core.files import write_atomic
 from tasks.core.images import load_images
 from tasks.core.labels import natural_key
+from tasks.core.manifest import read_manifest
 from tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.core.render import RunInfo, render, run_info
 from tasks.core.results import read_metrics, real_rows, synthetic_rows
 from tasks.core.tstr import utility_rows
 from tasks.core.utility import BASELINES, COMPARED, PROJECT_FAMILY, families
@@ -92,7 +97,7 @@ def _num(value: Any, digits: int = 3) -> str:
     if value is None:
         return "—"
     if isinstance(value, bool | str):
-        return _esc(value)
+        return str(value)  # escaped where it lands (the template, or _cell)
     if isinstance(value, int):
         return str(value)
     return f"{float(value):.{digits}f}"
@@ -101,143 +106,87 @@ def _num(value: Any, digits: int = 3) -> str:
 def _cell(value: Any, reason: str | None = None, *, digits: int = 3) -> str:
     if value is None:
         return f'<td class="na" title="{_esc(reason or "not available")}">—</td>'
-    return f"<td>{_num(value, digits)}</td>"
+    return f"<td>{_esc(_num(value, digits))}</td>"
 
 
 # --------------------------------------------------------------------------------------------------- sections
 
 
-def _summary(metrics: Mapping[str, Any]) -> str:
+def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of the summary list (template ``report.html.j2``)."""
     counts = metrics["counts"]
-    before, after = sum(counts["before"].values()), sum(counts["after"].values())
-    generated, accepted = sum(counts["synthetic_generated"].values()), sum(counts["synthetic_accepted"].values())
-    minority = ", ".join(metrics["minority_classes"]) or "none"
-    items = [
-        f"{len(metrics['classes'])} classes; minority classes (real train count below half the largest, unless "
-        f"set in params): <b>{_esc(minority)}</b>",
-        f"real train images: <b>{before}</b>; synthetic generated: <b>{generated}</b>, accepted by the filter: "
-        f"<b>{accepted}</b>; training set after: <b>{after}</b>",
-        f"feature space of the set metrics: {_esc(metrics['feature_space']['extractor'])} "
-        f"({metrics['feature_space']['dim']}-d); reference: {_esc(metrics['quality']['reference'])}",
-    ]
-    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+    return {"classes": len(metrics["classes"]), "minority": ", ".join(metrics["minority_classes"]) or "none",
+            "before": sum(counts["before"].values()), "after": sum(counts["after"].values()),
+            "generated": sum(counts["synthetic_generated"].values()),
+            "accepted": sum(counts["synthetic_accepted"].values()),
+            "extractor": metrics["feature_space"]["extractor"], "dim": metrics["feature_space"]["dim"],
+            "reference": metrics["quality"]["reference"]}
 
 
-def _paired_cell(d: Mapping[str, Any]) -> str:
-    if d.get("mean") is None:
-        return _cell(None, d.get("reason"))
-    lo, hi = d["ci95"]
-    verdict, css = ("better", "good") if lo > 0 else ("worse", "bad") if hi < 0 else ("no clear difference", "")
-    return (f'<td>{d["mean"]:+.3f} <span class="note">[{lo:+.3f}, {hi:+.3f}]</span> '
-            f'<span class="{css}">{verdict}</span></td>')
+def _uri(path: Path) -> str:
+    return _data_uri(path.read_bytes())
 
 
-def _utility(metrics: Mapping[str, Any], evaluate_dir: Path) -> str:
+def _utility(metrics: Mapping[str, Any], evaluate_dir: Path) -> dict[str, Any]:
+    """The utility section's data (macro ``utility`` of ``report_sections.html.j2``)."""
     u = metrics["utility"]
     setup = u["setup"]
     fams = families(u)
-    rows = []
-    for c in setup["conditions"]:
-        cells = "".join(
-            f"<td>{_num(r[c][m]['mean'])} ± {_num(r[c][m]['std'])}</td>" if r[c][m]["mean"] is not None
-            else _cell(None, r[c][m].get("reason"))
-            for r in fams.values() for m in ("balanced_accuracy", "minority_recall"))
-        n_train = sum(setup["train_per_class"].get(c, {}).values())
-        label = f"{c} <span class='note'>(context only)</span>" if c == "real_only" else _esc(c)
-        rows.append(f'<tr><td class="l">{label}</td>{cells}<td>{n_train}</td></tr>')
-    head = "".join(f"<th>{_esc(f)}: balanced accuracy</th><th>{_esc(f)}: minority recall</th>" for f in fams)
-    gate = u["gate"]
-    out = ['<h2 id="utility">Downstream utility</h2>',
-           f'<p class="{"good" if gate["passed"] else "bad"}"><b>{_esc(gate["verdict"])}</b></p>',
-           f'<p class="note">Gate rule: {_esc(gate["rule"])}.</p>',
-           f'<p class="note">Two independent classifier families, each trained from scratch on each training set, '
-           f'{setup["seeds"]} seeds, scored on the {setup["test_size"]} real test images: {PROJECT_FAMILY} (the '
-           f"project's network) and {_esc(u['independent']['family'])} (scikit-learn, on the raw pixels). Mean ± "
-           "sample std over seeds. real_only, the untreated imbalanced set, is shown as context only: gains are "
-           "measured from the best real baseline.</p>",
-           _img(evaluate_dir / PLOT_UTILITY, "utility chart", css="chart"),
-           f"<table><tr><th class='l'>condition</th>{head}<th>train images</th></tr>", *rows, "</table>"]
-    for c, why in setup.get("skipped", {}).items():
-        out.append(f'<p class="note">{_esc(c)} not run: {_esc(why)}</p>')
-    out.append("<h3>Against the best real baseline</h3>"
-               '<p class="note">Per metric and family, the best real baseline is the better mean of '
-               f"{' and '.join(BASELINES)}. Δ: the difference paired by seed, with its 95% t-interval; gap closed: "
-               "(condition − best real baseline) / (real_oracle − best real baseline), on the means.</p>"
-               "<table><tr><th class='l'>family</th><th class='l'>condition</th><th class='l'>metric</th>"
-               "<th class='l'>best real baseline</th><th>Δ [95% CI]</th><th>gap closed</th></tr>")
-    for family, results in fams.items():
-        for condition, paired in results["paired_difference"].items():
-            for m in COMPARED:
-                g = results["gap_closed"][condition][m]
-                gap = f"<td>{g['value']:.0%}</td>" if g["value"] is not None else _cell(None, g["reason"])
-                out.append(f'<tr><td class="l">{_esc(family)}</td><td class="l">{_esc(condition)}</td>'
-                           f'<td class="l">{m.replace("_", " ")}</td><td class="l">{_esc(paired[m]["baseline"])}</td>'
-                           f"{_paired_cell(paired[m])}{gap}</tr>")
-    out.append("</table>")
-    choices = "".join(f"<li><b>{_esc(c['choice'])}</b>: {_esc(c['made_on'])}</li>" for c in u.get("choices", []))
-    out.append(f"<h3>Which choices were made on what data</h3><ul>{choices}</ul>")
-    out.append('<h3 id="recall">Per-class recall</h3>'
-               + _img(evaluate_dir / PLOT_RECALL, "per-class recall", css="chart"))
-    return "\n".join(out)
+    rows = [{"condition": c, "context_only": c == "real_only",
+             "cells": [r[c][m] for r in fams.values() for m in ("balanced_accuracy", "minority_recall")],
+             "n_train": sum(setup["train_per_class"].get(c, {}).values())} for c in setup["conditions"]]
+    paired = [{"family": family, "condition": condition, "metric": m.replace("_", " "), "paired": by_metric[m],
+               "gap": results["gap_closed"][condition][m]}
+              for family, results in fams.items()
+              for condition, by_metric in results["paired_difference"].items() for m in COMPARED]
+    return {"gate": u["gate"], "setup": setup, "project_family": PROJECT_FAMILY,
+            "independent": u["independent"]["family"], "families": list(fams), "rows": rows,
+            "skipped": list(setup.get("skipped", {}).items()), "baselines": BASELINES, "paired": paired,
+            "choices": u.get("choices", []), "chart": _uri(evaluate_dir / PLOT_UTILITY),
+            "recall_chart": _uri(evaluate_dir / PLOT_RECALL)}
 
 
-def _counts(metrics: Mapping[str, Any], evaluate_dir: Path) -> str:
+def _counts(metrics: Mapping[str, Any], evaluate_dir: Path) -> dict[str, Any]:
     counts, acc = metrics["counts"], metrics["acceptance"]["per_class"]
     rows = []
     for name in metrics["classes"]:
         a = acc.get(name, {})
-        reasons = "; ".join(f"{_esc(r)} ×{n}" for r, n in a.get("reject_reasons", {}).items())
-        passed = a.get("acceptance_rate", a.get("kept_rate"))
-        short = a.get("shortfall")
-        passed_text = "—" if passed is None else f"{passed:.0%}"
-        rows.append(f'<tr><td class="l">{_esc(name)}</td><td>{counts["before"][name]}</td>'
-                    f'<td>{counts["synthetic_generated"][name]}</td>'
-                    f'<td>{passed_text}</td><td>{counts["synthetic_accepted"][name]}</td>'
-                    f'<td>{counts["after"][name]}</td>'
-                    f'<td class="{"bad" if short else ""}">{"—" if short is None else short}</td>'
-                    f'<td class="l">{reasons}</td></tr>')
-    return "\n".join([
-        '<h2 id="counts">Class counts and acceptance</h2>',
-        _img(evaluate_dir / PLOT_COUNTS, "class counts before and after", css="chart"),
-        '<p class="note">passed: share of the generated images that passed every filter test; kept: accepted images '
-        "(passing images beyond what the class needs are rejected as surplus); short: images the class still lacks "
-        "after the filter's top-up.</p>",
-        "<table><tr><th class='l'>class</th><th>real train (before)</th><th>generated</th><th>passed</th>"
-        "<th>kept</th><th>after</th><th>short</th><th class='l'>rejection reasons</th></tr>", *rows, "</table>"])
+        rows.append({"name": name, "before": counts["before"][name], "generated": counts["synthetic_generated"][name],
+                     "passed": a.get("acceptance_rate", a.get("kept_rate")),
+                     "accepted": counts["synthetic_accepted"][name], "after": counts["after"][name],
+                     "short": a.get("shortfall"), "reasons": list(a.get("reject_reasons", {}).items())})
+    return {"chart": _uri(evaluate_dir / PLOT_COUNTS), "rows": rows}
 
 
 _QUALITY_COLUMNS = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
                     ("density", "density"), ("coverage", "coverage"))
 
 
-def _quality_row(label: str, entry: Mapping[str, Any], notes: dict[str, int]) -> str:
+def _quality_row(label: str, entry: Mapping[str, Any], notes: dict[str, int]) -> dict[str, Any]:
     cells = []
     for key, _ in _QUALITY_COLUMNS:
         e = entry[key]
         value = e["mean"] if key == "kid" else e["value"]
+        note = None
         if value is None:
             # The counts are in their own columns: one footnote per kind of reason, not per class.
             note = notes.setdefault(f"{key}: {str(e['reason']).split('; got')[0]}", len(notes) + 1)
-            cells.append(f'<td class="na" title="{_esc(e["reason"])}">—<sup>{note}</sup></td>')
-        elif key == "kid":
-            cells.append(f"<td>{value:.4f} ± {e['std']:.4f}</td>")
-        else:
-            cells.append(_cell(value, digits=4 if key == "fid" else 3))
+        cells.append({"value": value, "reason": e.get("reason"), "note": note, "digits": 4 if key == "fid" else 3,
+                      "std": e["std"] if key == "kid" and value is not None else None})
     d = entry["within_class_diversity"]
-    cells += [_cell(d["synthetic"], d["reason"]), _cell(d["real"], d["reason"])]
-    n_real, n_syn = entry["precision"]["n_real"], entry["precision"]["n_synthetic"]
-    return f'<tr><td class="l">{_esc(label)}</td>{"".join(cells)}<td>{n_real}</td><td>{n_syn}</td></tr>'
+    cells += [{"value": d[k], "reason": d["reason"], "note": None, "digits": 3, "std": None}
+              for k in ("synthetic", "real")]
+    return {"label": label, "cells": cells,
+            "tail": [entry["precision"]["n_real"], entry["precision"]["n_synthetic"]]}
 
 
-def _quality_table(block: Mapping[str, Any], title: str, anchor: str) -> str:
+def _quality_table(block: Mapping[str, Any], title: str, anchor: str) -> dict[str, Any]:
     notes: dict[str, int] = {}
-    head = ("<tr><th class='l'>set</th>" + "".join(f"<th>{h}</th>" for _, h in _QUALITY_COLUMNS)
-            + "<th>diversity synthetic</th><th>diversity real</th><th>n real</th><th>n synthetic</th></tr>")
     rows = [_quality_row("overall (pooled)", block["overall"], notes)]
     macro = block["macro"]
-    macro_cells = "".join(_cell(macro[k]["value"], macro[k]["reason"], digits=4 if k in ("fid", "kid") else 3)
-                          for k, _ in _QUALITY_COLUMNS)
-    rows.append(f'<tr><td class="l">mean over classes</td>{macro_cells}<td></td><td></td><td></td><td></td></tr>')
+    rows.append({"label": "mean over classes", "tail": ["", "", "", ""],
+                 "cells": [{"value": macro[k]["value"], "reason": macro[k]["reason"], "note": None, "std": None,
+                            "digits": 4 if k in ("fid", "kid") else 3} for k, _ in _QUALITY_COLUMNS]})
     without = []
     for name in sorted(block["per_class"], key=natural_key):
         entry = block["per_class"][name]
@@ -245,49 +194,36 @@ def _quality_table(block: Mapping[str, Any], title: str, anchor: str) -> str:
             without.append(name)
         else:
             rows.append(_quality_row(f"class {name}", entry, notes))
-    listed = "".join(f"<li><sup>{i}</sup> {_esc(r)}</li>" for r, i in notes.items())
-    extra = (f'<p class="note">Classes without accepted synthetic images (not in the table): '
-             f'{_esc(", ".join(without))}.</p>' if without else "")
-    return (f'<h3 id="{anchor}">{_esc(title)}</h3><table>{head}{"".join(rows)}</table>'
-            + (f'<ul class="note">{listed}</ul>' if listed else "") + extra)
+    return {"title": title, "anchor": anchor, "columns": [h for _, h in _QUALITY_COLUMNS], "rows": rows,
+            "notes": list(notes.items()), "without": without}
 
 
-def _quality(metrics: Mapping[str, Any]) -> str:
+def _quality(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     q = metrics["quality"]
-    out = ['<h2 id="quality">Set quality (accepted synthetic vs real)</h2>',
-           '<p class="note">FID/KID: lower is better (KID ≈ 0: indistinguishable; it can dip below 0 by chance). '
-           "Precision: share of synthetic images inside the real manifold (k=3); recall: share of real images "
-           "covered by the synthetic manifold. Density ≈ 1 and coverage near 1 when the sets match (k=5). "
-           "Diversity: mean pairwise feature distance within a class. Small sets are noisy: read the counts.</p>",
-           _quality_table(q, f"Reference: {q['reference']}", "quality-ref")]
+    tables = [_quality_table(q, f"Reference: {q['reference']}", "quality-ref")]
     if "vs_heldback" in q:
-        out.append(_quality_table(q["vs_heldback"], f"Reference: {q['vs_heldback']['reference']}", "quality-held"))
-    return "\n".join(out)
+        tables.append(_quality_table(q["vs_heldback"], f"Reference: {q['vs_heldback']['reference']}", "quality-held"))
+    return tables
 
 
-def _thumbs(root: Path, rows: pd.DataFrame) -> str:
-    """A grid of thumbnails (file path on hover)."""
+def _thumbs(root: Path, rows: pd.DataFrame) -> list[dict[str, str]]:
+    """Thumbnails of ``rows`` (file path on hover)."""
+    return [{"src": _uri(root / row["path"]), "label": str(row["label"]), "path": str(row["path"])}
+            for _, row in rows.iterrows()]
+
+
+def _rejected(root: Path, rows: pd.DataFrame, n: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Up to ``n`` rejected images, grouped under their reason (with its count), every reason represented; and the
+    reasons left without a picture (``reason ×count``)."""
     if rows.empty:
-        return '<span class="note">none</span>'
-    figs = "".join(f'<figure class="thumb">{_img(root / row["path"], str(row["label"]), title=str(row["path"]))}'
-                   "</figure>" for _, row in rows.iterrows())
-    return f'<div class="grid">{figs}</div>'
-
-
-def _rejected(root: Path, rows: pd.DataFrame, n: int) -> str:
-    """Up to ``n`` rejected images, grouped under their reason (with its count), every reason represented."""
-    if rows.empty:
-        return '<span class="note">none</span>'
+        return [], []
     reasons = rows["reject_reason"].fillna("(none given)").astype(str)
     counts = reasons.value_counts()
     picked = _round_robin(rows.assign(_reason=reasons), "_reason", n)
-    groups = []
-    for reason, group in sorted(picked.groupby("_reason"), key=lambda kv: (-counts[kv[0]], kv[0])):
-        groups.append(f'<div class="reason">{_esc(reason)} ×{int(counts[reason])}</div>{_thumbs(root, group)}')
-    hidden = sorted(set(counts.index) - set(picked["_reason"]))
-    if hidden:
-        groups.append(f'<div class="note">also: {_esc(", ".join(f"{r} ×{counts[r]}" for r in hidden))}</div>')
-    return "".join(groups)
+    groups = [{"reason": reason, "count": int(counts[reason]), "images": _thumbs(root, group)}
+              for reason, group in sorted(picked.groupby("_reason"), key=lambda kv: (-counts[kv[0]], kv[0]))]
+    hidden = [f"{r} ×{counts[r]}" for r in sorted(set(counts.index) - set(picked["_reason"]))]
+    return groups, hidden
 
 
 def _round_robin(rows: pd.DataFrame, key: str, n: int) -> pd.DataFrame:
@@ -304,7 +240,7 @@ def _round_robin(rows: pd.DataFrame, key: str, n: int) -> pd.DataFrame:
 
 
 def _samples(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
-             filter_dir: Path, n: int, *, accepted_only: bool = False) -> str:
+             filter_dir: Path, n: int, *, accepted_only: bool = False) -> dict[str, Any]:
     """Per class a row of real | accepted synthetic | rejected images; ``accepted_only``: the accepted column only."""
     train = real[real["split"] == "train"]
     syn = synthetic.sort_values("seed", kind="stable") if "seed" in synthetic else synthetic
@@ -313,52 +249,35 @@ def _samples(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataF
     for name in metrics["classes"]:
         r, a = train[train["label"] == name], accepted[accepted["label"] == name]
         j = rejected[rejected["label"] == name]
-        cells = [f'<td>{_thumbs(filter_dir, a.head(n))}<div class="note">{len(a)} accepted</div></td>']
+        row = {"name": name, "accepted": _thumbs(filter_dir, a.head(n)), "n_accepted": len(a)}
         if not accepted_only:
-            cells = [f'<td>{_thumbs(ingest_dir, r.head(n))}<div class="note">{len(r)} real train</div></td>', *cells,
-                     f'<td>{_rejected(filter_dir, j, n)}<div class="note">{len(j)} rejected</div></td>']
-        rows.append(f'<tr><td class="cls">{_esc(name)}</td>{"".join(cells)}</tr>')
-    head = ['<th class="l">accepted synthetic</th>']
-    if not accepted_only:
-        head = ['<th class="l">real (train)</th>', *head, '<th class="l">rejected, with reasons</th>']
-    note = ("Accepted synthetic images only: this report belongs to an anonymized release." if accepted_only else
-            "Rejected images are grouped by reason and picked across the reasons, so that each shows.")
-    return "\n".join([
-        '<h2 id="samples">Samples per class</h2>',
-        f'<p class="note">Up to {n} images per cell (hover for the file). {note}</p>',
-        f'<table class="samples"><tr><th>class</th>{"".join(head)}</tr>', *rows, "</table>"])
+            groups, hidden = _rejected(filter_dir, j, n)
+            row.update(real=_thumbs(ingest_dir, r.head(n)), n_real=len(r), rejected=groups, hidden=hidden,
+                       n_rejected=len(j))
+        rows.append(row)
+    return {"n": n, "accepted_only": accepted_only, "rows": rows}
 
 
-def _memorization(real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path, filter_dir: Path, n: int) -> str:
-    out = ['<h2 id="memorization">Memorization audit</h2>']
+def _memorization(real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path, filter_dir: Path,
+                  n: int) -> dict[str, Any]:
     train = real[real["split"] == "train"].reset_index(drop=True)
     accepted = synthetic[synthetic["accepted"].astype(bool)].reset_index(drop=True)
     if accepted.empty or train.empty:
-        return out[0] + '<p class="note">No accepted synthetic images (or no training images) to audit.</p>'
+        return {"pairs": []}
     channels = int(train["channels"].iloc[0])
     syn_px = load_images(filter_dir, list(accepted["path"]), channels)
     train_px = load_images(ingest_dir, list(train["path"]), channels)
     nearest = nearest_correlation(syn_px, train_px)
     has_score = PIXEL_CORR in accepted.columns and accepted[PIXEL_CORR].notna().any()
     key = accepted[PIXEL_CORR].to_numpy(dtype=np.float64, na_value=-np.inf) if has_score else nearest.correlation
-    order = np.argsort(-key, kind="stable")[:n]
-    ranking = (f"the filter's <code>{PIXEL_CORR}</code>" if has_score else
-               "the correlation recomputed here (the filter manifest has no pixel-correlation score)")
-    out.append(f'<p class="note">The {len(order)} accepted synthetic images most similar to a training image, ranked '
-               f"by {ranking}; the nearest real training image (any class, highest Pearson correlation of the pixels) "
-               "is found again and shown on the right. Near-copies here mean the generator memorized.</p>")
     pairs = []
-    for i in order:
-        s, t = accepted.iloc[int(i)], train.iloc[int(nearest.index[i])]
-        stored = f", filter score {float(s[PIXEL_CORR]):.3f}" if has_score and pd.notna(s[PIXEL_CORR]) else ""
-        pairs.append(
-            '<div class="pair"><div class="imgs">'
-            f'{_img(filter_dir / s["path"], "synthetic", title=str(s["path"]))}'
-            f'{_img(ingest_dir / t["path"], "nearest training image", title=str(t["path"]))}</div>'
-            f'<div>synthetic class {_esc(s["label"])}, seed {_esc(s.get("seed"))} | train class {_esc(t["label"])}'
-            f"</div><div>correlation <b>{nearest.correlation[i]:.3f}</b>{stored}</div></div>")
-    out.append(f'<div class="pairs">{"".join(pairs)}</div>')
-    return "\n".join(out)
+    for i in np.argsort(-key, kind="stable")[:n]:
+        s = accepted.iloc[int(i)]
+        pairs.append({"synthetic": _thumbs(filter_dir, accepted.iloc[[int(i)]])[0],
+                      "train": _thumbs(ingest_dir, train.iloc[[int(nearest.index[i])]])[0],
+                      "seed": s.get("seed"), "correlation": float(nearest.correlation[i]),
+                      "stored": float(s[PIXEL_CORR]) if has_score and pd.notna(s[PIXEL_CORR]) else None})
+    return {"pairs": pairs, "has_score": has_score, "score": PIXEL_CORR}
 
 
 def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
@@ -422,40 +341,32 @@ def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
 
 def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
                   filter_dir: Path, evaluate_dir: Path, *, thumbs: int = 12, pairs: int = 12,
-                  privacy_dir: Path | None = None) -> str:
-    """The report as one HTML string (see the module docstring); ``privacy_dir``: an anonymized release's."""
+                  privacy_dir: Path | None = None, run: RunInfo | None = None) -> str:
+    """The report as one HTML string (see the module docstring); ``privacy_dir``: an anonymized release's;
+    ``run``: the run block (``tasks/core/render.py``), re-rendered by publish with the version tag and date."""
     last = [("memorization", "memorization")] if privacy_dir is None else [("tstr", "TSTR vs TRTR"),
                                                                            ("privacy", "privacy")]
-    nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
-        ("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
-        ("samples", "samples"), *last))
+    nav = [("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
+           ("samples", "samples"), *last]
+    context: dict[str, Any] = {}
     if privacy_dir is None:
         title = "synthaug report"
         lead = "Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?"
-        audit = _memorization(real, synthetic, ingest_dir, filter_dir, pairs)
+        context["memorization"] = _memorization(real, synthetic, ingest_dir, filter_dir, pairs)
     else:
         title, lead = ("synthaug anonymized release", "Synthetic images only, released after the privacy gate: "
                                                       "are they useful, and do they give away who was trained on?")
-        audit = _privacy(json.loads((privacy_dir / PRIVACY_FILE).read_text()), privacy_dir)
-    body: Iterable[str] = (
-        f"<h1>{title}</h1>",
-        f'<p class="lead">{lead}</p>',
-        f"<nav>{nav}</nav>",
-        _summary(metrics),
-        _utility(metrics, evaluate_dir),
-        _counts(metrics, evaluate_dir),
-        _quality(metrics),
-        _samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs, accepted_only=privacy_dir is not None),
-        audit,
-    )
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{title}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+        # Built and escaped (_esc) in Python; Markup keeps the template from escaping it twice.
+        context["privacy"] = Markup(_privacy(json.loads((privacy_dir / PRIVACY_FILE).read_text()), privacy_dir))
+    return render("report.html.j2", title=title, lead=lead, css=Markup(CSS), nav=nav, summary=_summary(metrics),
+                  utility=_utility(metrics, evaluate_dir), counts=_counts(metrics, evaluate_dir),
+                  quality=_quality(metrics), num=_num, run=run or RunInfo(),
+                  samples=_samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs,
+                                   accepted_only=privacy_dir is not None), **context)
 
 
 def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir: Path, *, thumbs: int = 12,
-                pairs: int = 12, privacy_dir: Path | None = None) -> Path:
+                pairs: int = 12, privacy_dir: Path | None = None, run: RunInfo | None = None) -> Path:
     """Write ``out_dir/report.html`` from the ingest, filter and evaluate steps' outputs.
 
     Args:
@@ -467,6 +378,8 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
         pairs: synthetic/training pairs in the memorization audit.
         privacy_dir: the privacy step's folder (``privacy.json``, ``dcr.png``): the report of an anonymized release,
             with a privacy section and no real or rejected image.
+        run: the run block; None: what the inputs say (source lineage, generator families), before publish names
+            the version.
 
     Returns:
         The path of ``report.html``.
@@ -480,8 +393,12 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
     missing = [p for p in (PLOT_UTILITY, PLOT_COUNTS, PLOT_RECALL) if not (evaluate_dir / p).is_file()]
     if missing:
         raise UserError(f"{evaluate_dir}: charts {missing} are missing; rerun `synthaug evaluate`")
-    page = render_report(metrics, real_rows(ingest_dir), synthetic_rows(filter_dir), ingest_dir, filter_dir,
-                         evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir)
+    synthetic = synthetic_rows(filter_dir)
+    if run is None:
+        _, lineage = read_manifest(ingest_dir / "manifest.parquet")
+        run = run_info(lineage, synthetic["generator"])  # the run's family, whether or not its images passed
+    page = render_report(metrics, real_rows(ingest_dir), synthetic, ingest_dir, filter_dir,
+                         evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir, run=run)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
     write_atomic(page, path)

@@ -1,4 +1,5 @@
-"""The dataset card (``card.md``): lineage, params and metrics of a published version, as markdown."""
+"""The dataset card (``card.md``, template ``tasks/templates/card.md.j2``): the run, lineage, params and metrics of
+a published version, as markdown."""
 
 from __future__ import annotations
 
@@ -8,74 +9,62 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.files import write_atomic
+from tasks.core.render import RunInfo, render, run_info
 
 CARD_CHECKPOINT_ROW = "| generator checkpoint (sha256) |"
 
 
 def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str, code_version: str,
                checkpoint: str | None, metrics: Mapping[str, Any], summary: str | None = None,
-               sections: Sequence[tuple[str, Sequence[str]]] = ()) -> Path:
-    """Write ``dataset_dir/card.md``: lineage (source, code version, checkpoint), contents, metrics and params.
+               sections: Sequence[tuple[str, Sequence[str]]] = (), run: RunInfo | None = None) -> Path:
+    """Write ``dataset_dir/card.md`` (template ``tasks/templates/card.md.j2``): the run, lineage, contents, metrics
+    and params.
 
     Args:
         dataset_dir: the assembled dataset folder.
-        source: where the real images came from, e.g. ``{"repo": ..., "rev": ..., "path": ..., "hash": ...}``.
+        source: where the real images came from: the ingest lineage (``source``, ``repo``, ``rev``,
+            ``resolved_rev``, ``content_hash``); used when ``run`` is None.
         params_yaml: the resolved params.yaml text the dataset was made with.
-        code_version: the pipeline code's version (see ``code_version()``).
+        code_version: the pipeline code's version (see ``code_version()``); used when ``run`` is None.
         checkpoint: sha256 of the generator weights; None when the dataset has no synthetic images.
         metrics: the evaluation metrics (nested mappings are flattened to dotted keys).
         summary: the paragraph under the title; None: real plus synthetic images, as ``assemble`` publishes.
         sections: more ``(title, markdown lines)`` sections, placed after the metrics (e.g. the privacy gate).
+        run: the run that made the dataset (``tasks/core/render.py``); publish fills in its version tag and date.
 
-    The card holds no timestamp: the same inputs give the same bytes, so republishing them is not a new version.
+    The card holds no timestamp until publish stamps the registry's copy: the same inputs give the same bytes, so
+    republishing them is not a new version.
     """
     dataset_dir = Path(dataset_dir)
-    name = dataset_dir.name
+    if run is None:
+        run = run_info(source, (), code_version=code_version)
     summary = summary or ("Real images plus class-conditional synthetic images made by the synthaug pipeline. "
                           "Every image is listed in `manifest.parquet` with its label, split, source (real or "
                           "synthetic), generator, checkpoint and seed.")
-    lines = [f"# Dataset card: {name}", "", summary, "",
-             "## Lineage", "", "| | |", "|---|---|"]
-    for key, value in source.items():
-        lines.append(f"| source {_cell(key)} | {_cell(value)} |")
-    if not source:
-        lines.append("| source | (not recorded) |")
-    lines.append(f"| pipeline code | {_cell(code_version)} |")
-    lines.append(f"| generator checkpoint (sha256) | {_cell(checkpoint or 'none (no synthetic images)')} |")
-    lines.append("")
-    contents = _contents_table(dataset_dir / "manifest.parquet")
-    if contents:
-        lines += ["## Contents (accepted images)", "", *contents, ""]
-    lines += ["## Metrics", ""]
-    flat = _flatten(metrics)
-    if flat:
-        lines += ["| metric | value |", "|---|---|", *(f"| {_cell(k)} | {_cell(_fmt(v))} |" for k, v in flat)]
-    else:
-        lines.append("(none recorded)")
-    for title, body in sections:
-        lines += ["", f"## {title}", "", *body]
-    lines += ["", "## Params", "", "The resolved `params.yaml` (also stored next to this card):", "",
-              "```yaml", params_yaml.rstrip("\n"), "```", ""]
+    text = render("card.md.j2", folder=dataset_dir.name, run=run, summary=summary, checkpoint=checkpoint,
+                  contents=_contents(dataset_dir / "manifest.parquet"),
+                  metrics=[(k, "not measured" if v is None else _fmt(v)) for k, v in _flatten(metrics)],
+                  sections=sections,
+                  params_yaml=params_yaml.rstrip("\n"))
     path = dataset_dir / "card.md"
-    write_atomic("\n".join(lines), path)
+    write_atomic(text.encode("utf-8"), path)
     return path
 
 
-def _contents_table(manifest: Path) -> list[str]:
+def _contents(manifest: Path) -> dict[str, Any] | None:
+    """Accepted images per label and source (real, synthetic) for the card's contents table."""
     if not manifest.is_file():
-        return []
+        return None
     from tasks.core.manifest import read_manifest
 
     frame, _ = read_manifest(manifest)
     frame = frame[frame["accepted"]]
     if frame.empty:
-        return []
+        return None
     counts = frame.groupby(["label", "source"]).size().unstack(fill_value=0)
     sources = [s for s in ("real", "synthetic") if s in counts.columns]
-    rows = ["| label | " + " | ".join(sources) + " |", "|---" * (len(sources) + 1) + "|"]
-    for label, row in counts.sort_index().iterrows():
-        rows.append(f"| {_cell(label)} | " + " | ".join(str(int(row[s])) for s in sources) + " |")
-    return rows
+    rows = [(label, [int(row[s]) for s in sources]) for label, row in counts.sort_index().iterrows()]
+    return {"sources": sources, "rows": rows}
 
 
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

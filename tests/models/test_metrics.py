@@ -1,13 +1,17 @@
-"""models.metrics against reference formulas and brute-force computations (scipy / scikit-learn)."""
+"""models.metrics against reference formulas, brute-force computations (scipy / scikit-learn) and the reference
+libraries prdc and torchmetrics."""
 
 from __future__ import annotations
 
 import numpy as np
+import prdc  # reference implementations (dev extra)
 import pytest
 import scipy.linalg
 import torch
 from scipy.spatial.distance import pdist
 from sklearn.metrics.pairwise import euclidean_distances
+from torchmetrics.image.fid import _compute_fid
+from torchmetrics.image.kid import poly_mmd
 
 from models import metrics
 
@@ -317,3 +321,44 @@ def test_within_class_diversity_is_mean_pairwise_distance() -> None:
 def test_bad_input_raises_value_error_naming_it(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------- against the reference libraries
+# prdc (Naeem et al.'s own code) and torchmetrics' FID/KID pieces, on the same feature vectors. prdc's balls are
+# open (<) and ours closed (<=): on continuous random features no distance equals a radius, so the values agree.
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "dim", "shift", "k"), [(80, 60, 4, 0.6, 3), (120, 120, 16, 0.0, 5),
+                                                                      (50, 90, 8, 1.5, 5)])
+def test_prdc_matches_the_prdc_package(n_real: int, n_fake: int, dim: int, shift: float, k: int) -> None:
+    real = _gauss(n_real, dim, seed=n_real + dim)
+    fake = _gauss(n_fake, dim, seed=n_fake + dim + 1, shift=shift, scale=0.8)
+    ref = prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
+    assert 0.0 < ref["precision"] < 1.0 or 0.0 < ref["coverage"] < 1.0  # an informative case, not all-or-nothing
+    pr = metrics.precision_recall(real, fake, k=k)
+    dc = metrics.density_coverage(real, fake, k=k)
+    assert pr.precision == pytest.approx(ref["precision"], abs=1e-12)
+    assert pr.recall == pytest.approx(ref["recall"], abs=1e-12)
+    assert dc.density == pytest.approx(ref["density"], abs=1e-12)
+    assert dc.coverage == pytest.approx(ref["coverage"], abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "dim", "shift"), [(200, 6, 0.0), (300, 12, 0.4), (150, 4, 2.0)])
+def test_fid_matches_torchmetrics(n: int, dim: int, shift: float) -> None:
+    rng = np.random.default_rng(dim)
+    real = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim))
+    fake = rng.normal(shift, 1.0, size=(n + 37, dim)) @ rng.normal(size=(dim, dim))
+    r, f = torch.from_numpy(real), torch.from_numpy(fake)
+    # torchmetrics' FrechetInceptionDistance summarises each set by its mean and unbiased covariance.
+    ref = float(_compute_fid(r.mean(0), torch.cov(r.T), f.mean(0), torch.cov(f.T)))
+    assert metrics.fid(real, fake) == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize(("n", "dim", "shift"), [(40, 8, 0.0), (64, 16, 0.3), (30, 5, 1.0)])
+def test_kid_matches_torchmetrics(n: int, dim: int, shift: float) -> None:
+    real, fake = _gauss(n, dim, seed=dim), _gauss(n, dim, seed=dim + 1, shift=shift)
+    ref = float(poly_mmd(torch.from_numpy(real), torch.from_numpy(fake)))  # cubic kernel, gamma 1/d, coef 1
+    assert metrics.polynomial_mmd2(real, fake) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    # One subset of every row: a permutation of both sets, so KID's mean is the same unbiased MMD^2.
+    one = metrics.kid(real, fake, subsets=1, subset_size=n)
+    assert one.mean == pytest.approx(ref, rel=1e-9, abs=1e-12)

@@ -14,6 +14,7 @@ from tasks.core.card import write_card
 from tasks.core.errors import UserError
 from tasks.core.manifest import write_manifest
 from tasks.core.registry import PublishError, PublishParams, code_version, fetch
+from tasks.core.render import RunInfo, read_run, render, write_run
 from tasks.publish import REQUIRED_FILES, publish
 
 NAME = "digits"
@@ -217,16 +218,80 @@ def test_card_names_lineage_contents_metrics_and_params(tmp_path: Path) -> None:
         "reject_reason": [None, None, None], "height": [16] * 3, "width": [16] * 3, "channels": [1] * 3,
     })
     write_manifest(frame, ds / "manifest.parquet")
-    kwargs = dict(source={"repo": "https://git.example.org/data.git", "rev": "v3", "hash": "d" * 64},
+    kwargs = dict(source={"source": "digits", "repo": "https://git.example.org/data.git", "rev": "v3",
+                          "resolved_rev": None, "content_hash": "d" * 64},
                   params_yaml="plan:\n  strategy: match_majority\n", code_version="git 1234abcd",
-                  checkpoint="c" * 64, metrics={"balanced_accuracy": 0.91234, "per_class": {"0": {"recall": 0.5}}})
+                  checkpoint="c" * 64, metrics={"balanced_accuracy": 0.91234, "per_class": {"0": {"recall": 0.5}},
+                                                "fid": None})
     path = write_card(ds, **kwargs)
     text = path.read_text()
-    for expected in ("https://git.example.org/data.git", "| source rev | v3 |", "d" * 64, "git 1234abcd", "c" * 64,
+    for expected in ("| source repository | https://git.example.org/data.git |", "| source revision | v3 |",
+                     "d" * 64, "| pipeline code | git 1234abcd |", "c" * 64, "| params | [params.yaml](params.yaml)",
                      "| balanced_accuracy | 0.9123 |", "| per_class.0.recall | 0.5 |", "strategy: match_majority",
-                     "| 1 | 1 | 1 |"):
+                     "| 1 | 1 | 1 |", "| version | not published yet", "| fid | not measured |"):
         assert expected in text
+    assert "None" not in text
     assert write_card(ds, **kwargs).read_text() == text  # no timestamp: same inputs, same card, same version
+    # The heading names the dataset (not its folder); a run without a source repository leaves the row out.
+    run = RunInfo(dataset="digits-balanced", family="diffusion", code_version="git 1234abcd", source="digits")
+    text = write_card(ds, **kwargs, run=run).read_text()
+    assert text.startswith("# Dataset card: digits-balanced\n") and "| generator family | diffusion |" in text
+    assert "source repository" not in text and "None" not in text
+
+
+def test_card_cells_cannot_break_the_table_or_open_a_tag(tmp_path: Path) -> None:
+    run = RunInfo(dataset="d", family="<script>alert(1)</script>", source="a|b\nc")
+    text = write_card(tmp_path / "d", source={}, params_yaml="", code_version="", checkpoint=None, metrics={},
+                      run=run).read_text()
+    assert "<script>" not in text and "| generator family | &lt;script>alert(1)&lt;/script> |" in text
+    assert "| source | a\\|b c |" in text
+
+
+def _stamped_dataset(folder: Path, variant: str, run: RunInfo) -> Path:
+    """A dataset as ``assemble`` leaves it: run.json, and a card and report with the run block (not published)."""
+    make_dataset(folder, variant)
+    manifest = folder / "manifest.parquet"
+    placeholder = manifest.read_bytes()
+    manifest.unlink()  # make_dataset's manifest is a placeholder, not parquet: a card without a contents table
+    write_card(folder, source={}, params_yaml=f"variant: {variant}\n", code_version="", checkpoint=None,
+               metrics={}, run=run)
+    manifest.write_bytes(placeholder)
+    (folder / "report.html").write_text(f"<html><body>{render('run.html.j2', run=run)}<p>{variant}</p></body></html>")
+    write_run(folder, run)
+    return folder
+
+
+def test_publish_names_the_version_in_the_registry_copy_and_an_unchanged_rerun_publishes_nothing(
+        tmp_path: Path) -> None:
+    run = RunInfo(dataset=NAME, family="diffusion", code_version="git 1234abcd", source="digits",
+                  source_rev="e" * 40, source_hash="d" * 64)
+    ds = _stamped_dataset(tmp_path / "ds", "a", run)
+    assembled = snapshot(ds)
+    registry = tmp_path / "registry"
+    params = PublishParams(name=NAME, registry=str(registry), remote=str(tmp_path / "remote"))
+    first = publish(ds, params, workdir=tmp_path / "work")
+    assert first.new and first.tag == f"{NAME}/v1"
+    assert snapshot(ds) == assembled  # the assembled folder is never written to: only the registry's copy
+    v1 = fetch(str(registry), NAME, 1, tmp_path / "v1")
+    card, page, stamped = (v1 / "card.md").read_text(), (v1 / "report.html").read_text(), read_run(v1)
+    assert stamped is not None and stamped.tag == f"{NAME}/v1" and stamped.date and stamped.family == "diffusion"
+    assert card.startswith(f"# Dataset card: {NAME}\n") and f"| version | {NAME}/v1 |" in card
+    assert f"| published | {stamped.date} |" in card and "not published yet" not in card
+    assert f'<th class="l">version</th><td class="l">{NAME}/v1</td>' in page and "not published yet" not in page
+    assert "source repository" not in card and "None" not in card + page
+
+    # Same content again: the tag and date it would get do not make it a new version, and nothing is left behind.
+    again = publish(ds, params, workdir=tmp_path / "work")
+    assert (again.new, again.tag, again.content_hash, again.commit) == (False, first.tag, first.content_hash,
+                                                                        first.commit)
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=registry) == ""
+
+    changed = _stamped_dataset(tmp_path / "ds2", "b", run)
+    second = publish(changed, params, workdir=tmp_path / "work")
+    assert second.new and second.tag == f"{NAME}/v2"
+    v2 = fetch(str(registry), NAME, 2, tmp_path / "v2")
+    assert f"| version | {NAME}/v2 |" in (v2 / "card.md").read_text() and read_run(v2).tag == f"{NAME}/v2"
+    assert (fetch(str(registry), NAME, 1, tmp_path / "v1-again") / "card.md").read_text() == card
 
 
 def test_code_version_names_the_checkout_or_the_package() -> None:

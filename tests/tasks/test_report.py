@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from PIL import Image
 from rich.console import Console
 
@@ -88,6 +89,9 @@ def test_report_has_every_section(workdir: dict[str, Path], page: str) -> None:
     assert all(c in page for c in charts)
     assert "image-rendering: pixelated" in page
     assert "class 3" in page and "overall (pooled)" in page and "heldback" in page
+    # The run block: what the inputs say before publish names the version (source, generator family, params).
+    run = page[page.index('id="run"'):page.index("<nav>")]
+    assert "not published yet" in run and '<th class="l">generator family</th>' in run and "None" not in run
 
 
 def test_utility_is_measured_from_the_best_real_baseline(workdir: dict[str, Path], page: str) -> None:
@@ -109,7 +113,7 @@ def test_utility_is_measured_from_the_best_real_baseline(workdir: dict[str, Path
 
 def test_text_is_escaped(page: str) -> None:
     assert NASTY_REASON not in page
-    assert html.escape(NASTY_REASON, quote=True) in page
+    assert str(escape(NASTY_REASON)) in page  # jinja2's autoescape (markupsafe: quotes as &#34;)
 
 
 def test_sample_rows_show_real_accepted_and_rejected(workdir: dict[str, Path], page: str) -> None:
@@ -118,7 +122,7 @@ def test_sample_rows_show_real_accepted_and_rejected(workdir: dict[str, Path], p
     for _, row in rejected.iterrows():  # every rejected image of the fixture is shown with its reason
         data = base64.b64encode((workdir["filter"] / row["path"]).read_bytes()).decode()
         assert data in page, row["path"]
-    for reason in ("memorized_pixel", "unrealistic", "near_duplicate", html.escape(NASTY_REASON, quote=True)):
+    for reason in ("memorized_pixel", "unrealistic", "near_duplicate", str(escape(NASTY_REASON))):
         assert f'<div class="reason">{reason} ×1</div>' in page, reason  # grouped under the reason, with its count
     samples = page[page.index('id="samples"'):page.index('id="memorization"')]
     real_shown = sum(min(6, n) for n in TRAIN.values())
@@ -221,3 +225,36 @@ def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str,
     assert metrics["acceptance"]["thresholds"] == summary["thresholds"]
     page = report_step(workdir["ingest"], tmp_path / "filter", tmp_path / "evaluate", tmp_path / "report")
     assert IMG.findall(page.read_text(encoding="utf-8"))
+
+
+def test_report_template_escapes_class_names_and_source_paths() -> None:
+    """The templates autoescape: a class name and a file or source path carrying markup arrive as text."""
+    from tasks.core.render import RunInfo, environment, render
+
+    nasty = '<script>alert(1)</script>"'
+    sections = environment().get_template("report_sections.html.j2").module
+    counts = str(sections.counts({"chart": "data:image/png;base64,AA==", "rows": [
+        {"name": nasty, "before": 4, "generated": 3, "passed": 0.5, "accepted": 2, "after": 6, "short": None,
+         "reasons": [(nasty, 1)]}]}))
+    thumb = {"src": "data:image/png;base64,AA==", "label": nasty, "path": f"images/{nasty}/a.png"}
+    samples = str(sections.samples({"n": 1, "accepted_only": False, "rows": [
+        {"name": nasty, "accepted": [thumb], "n_accepted": 1, "real": [thumb], "n_real": 1, "hidden": [],
+         "rejected": [{"reason": nasty, "count": 1, "images": [thumb]}], "n_rejected": 1}]}))
+    block = render("run.html.j2", run=RunInfo(dataset=nasty, source=f"/data/{nasty}/digits", source_repo=nasty))
+    for page in (counts, samples, block):
+        assert "<script" not in page.lower() and str(escape(nasty)) in page
+    assert f'<td class="l">{escape(nasty)}</td>' in counts and f'<td class="cls">{escape(nasty)}</td>' in samples
+    assert f'title="{escape(thumb["path"])}"' in samples and f'<div class="reason">{escape(nasty)} ×1</div>' in samples
+    assert str(escape(f"/data/{nasty}/digits")) in block and 'href="params.yaml"' in block
+    assert '<th class="l">version</th><td class="l">not published yet' in block
+
+
+def test_templates_ship_as_package_data() -> None:
+    """An installed wheel needs the templates: pyproject's package data covers every file in tasks/templates."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tasks"]
+    templates = sorted(p.relative_to(root / "tasks").as_posix() for p in (root / "tasks" / "templates").iterdir())
+    assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates), templates

@@ -1,0 +1,140 @@
+"""Templates of the report and the card (``tasks/templates``), and the record of the run that made a dataset.
+
+Rendering: one jinja2 environment; templates named ``*.html.j2`` are autoescaped, so every value from the data
+(class names, paths, reasons) is escaped unless the code marks it safe on purpose (``Markup``). Markdown templates
+(``*.md.j2``) are not HTML: their table cells go through the ``cell`` filter instead.
+
+The run: ``run.json`` beside the report and the card names what made the dataset (dataset name and version tag,
+generator family, pipeline code version, source repository and revision, publish date, the params file). The report
+and the card show it in a block between ``RUN_BEGIN`` and ``RUN_END``. The version tag and the date are known only
+under the registry lock, when ``tasks.publish`` decides the tag: it re-renders that block (``stamp_run``) in the
+registry's copy only, after it compared the unstamped content with the latest version's, so a tag or a date never
+makes an unchanged run a new version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+from tasks.core.files import write_atomic
+
+RUN_FILE = "run.json"
+RUN_BEGIN = "<!-- synthaug:run -->"
+RUN_END = "<!-- /synthaug:run -->"
+# The files that show the run block, and the template of the block in each.
+RUN_BLOCKS = (("report.html", "run.html.j2"), ("card.md", "run.md.j2"))
+NOT_RECORDED = "not recorded"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What made a dataset; ``None``: not known (yet). ``tag`` and ``date`` are set by publish only.
+
+    dataset: the published name (``publish.name``, or the release's name); family: the generator families that made
+    the synthetic images (accepted or not); code_version: ``tasks.publish.code_version()``; source: the source
+    location; source_repo / source_rev: its repository (``data.repo``; a local source has none) and resolved
+    revision; source_hash: the source's content hash; params_file: the resolved params shipped beside the report and
+    the card.
+    """
+
+    dataset: str | None = None
+    tag: str | None = None
+    date: str | None = None
+    family: str | None = None
+    code_version: str | None = None
+    source: str | None = None
+    source_repo: str | None = None
+    source_rev: str | None = None
+    source_hash: str | None = None
+    params_file: str = "params.yaml"
+
+    def published(self, tag: str, date: str) -> RunInfo:
+        return dataclasses.replace(self, tag=tag, date=date)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) of the run block; a value not known is left out, the version says why it is missing."""
+        rows = [("dataset", self.dataset), ("version", self.tag or "not published yet (publish names the version)"),
+                ("published", self.date), ("generator family", self.family), ("pipeline code", self.code_version),
+                ("source", self.source), ("source repository", self.source_repo),
+                ("source revision", self.source_rev), ("source content hash", self.source_hash)]
+        return [(label, value) for label, value in rows if value is not None]
+
+
+def run_info(lineage: Mapping[str, Any], generators: Iterable[Any], *, dataset: str | None = None,
+             code_version: str | None = None) -> RunInfo:
+    """The run of a dataset from its ingest lineage (the manifest metadata) and its synthetic rows' ``generator``."""
+    families = sorted({str(g) for g in generators if g is not None and not pd.isna(g)})
+    return RunInfo(dataset=dataset, family=", ".join(families) or None, code_version=code_version,
+                   source=lineage.get("source"), source_repo=lineage.get("repo"),
+                   source_rev=lineage.get("resolved_rev") or lineage.get("rev"),
+                   source_hash=lineage.get("content_hash"))
+
+
+def read_run(folder: Path) -> RunInfo | None:
+    """The ``run.json`` of a dataset folder; None when it has none (a dataset assembled by other tools)."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        return None
+    fields = {f.name for f in dataclasses.fields(RunInfo)}
+    return RunInfo(**{k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k in fields})
+
+
+def write_run(folder: Path, run: RunInfo) -> None:
+    write_atomic((json.dumps(dataclasses.asdict(run), indent=1) + "\n").encode(), Path(folder) / RUN_FILE)
+
+
+def stamp_run(folder: Path, run: RunInfo) -> None:
+    """Write ``run.json`` and re-render the run block of the folder's report.html and card.md (where present)."""
+    folder = Path(folder)
+    write_run(folder, run)
+    for file, template in RUN_BLOCKS:
+        path = folder / file
+        if path.is_file():
+            text = replace_run_block(path.read_text(encoding="utf-8"), render(template, run=run))
+            write_atomic(text.encode("utf-8"), path)
+
+
+def replace_run_block(text: str, block: str) -> str:
+    """``text`` with what lies between ``RUN_BEGIN`` and ``RUN_END`` replaced by ``block`` (unchanged without
+    the markers: a page rendered by an older version of this code)."""
+    start, end = text.find(RUN_BEGIN), text.find(RUN_END)
+    if start < 0 or end < start:
+        return text
+    return text[:start] + block.rstrip("\n") + text[end + len(RUN_END):]
+
+
+# ------------------------------------------------------------------------------------------------------ rendering
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("tasks", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails the render instead of printing nothing
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["cell"] = md_cell
+    env.globals.update(RUN_BEGIN=Markup(RUN_BEGIN), RUN_END=Markup(RUN_END),
+                       NOT_RECORDED=NOT_RECORDED)
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def md_cell(value: Any) -> str:
+    """A value as one Markdown table cell: ``|`` and newlines cannot break the table, ``<`` cannot open a tag."""
+    if value is None:
+        return NOT_RECORDED
+    return (str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;"))
