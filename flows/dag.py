@@ -39,8 +39,8 @@ class Step:
     deps: tuple[str, ...]
     outs: tuple[str, ...]
     code: tuple[str, ...]
-    metrics: tuple[str, ...] = ()  # small files DVC shows with `dvc metrics` (kept in git, not the cache)
-    plots: tuple[str, ...] = ()  # CSV tables DVC draws with `dvc plots`
+    metrics: tuple[str, ...] = ()  # a few headline numbers `dvc metrics show` / `dvc exp show` print
+    plots: tuple[str, ...] = ()  # CSV tables (drawn as PLOTS says) and PNG charts `dvc plots show` renders
     retries: int = 0  # steps that touch remote storage (DVC fetch, push) retry with backoff
     always_changed: bool = False  # reads what no dep can name (the source): runs every time, never cached
 
@@ -270,9 +270,11 @@ STEPS: tuple[Step, ...] = (
          code=(*COMMON_CODE, "tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/shards.py", "models")),
     Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
          _evaluate, params=("evaluate",), deps=("ingest", "filter", "judge"),
-         outs=("evaluate/utility.png", "evaluate/class_counts.png", "evaluate/per_class_recall.png"),
-         code=(*COMMON_CODE, "tasks/evaluate.py", "tasks/judge.py", "models"),
-         metrics=("evaluate/metrics.json",), plots=("evaluate/utility.csv", "evaluate/per_class.csv")),
+         outs=("evaluate/metrics.json",),
+         code=(*COMMON_CODE, "tasks/evaluate.py", "tasks/judge.py", "tasks/headline.py", "models"),
+         metrics=("evaluate/summary.json",),
+         plots=("evaluate/utility.csv", "evaluate/per_class.csv", "evaluate/utility.png",
+                "evaluate/class_counts.png", "evaluate/per_class_recall.png")),
     Step("report", "Write the self-contained report.html.",
          _report, params=(), deps=("ingest", "filter", "evaluate/metrics.json", "evaluate/utility.png",
                                  "evaluate/class_counts.png", "evaluate/per_class_recall.png"), outs=("report",),
@@ -335,6 +337,33 @@ def cache_key(s: Step, params: Params, workdir: Path, extra: str = "") -> str:
     return digest.hexdigest()
 
 
+# How `dvc plots show` / `dvc plots diff` draw the CSV tables: id -> DVC's top-level plot definition (x and y name
+# columns; ``y`` maps the table to its column). The utility table has one row per condition, per_class.csv one per
+# class: horizontal bars, one chart per measure. The PNG charts among the steps' plots are listed as image plots.
+PLOTS: dict[str, dict[str, Any]] = {
+    "balanced_accuracy_by_condition": {"template": "bar_horizontal", "x": "balanced_accuracy_mean",
+                                       "y": {"evaluate/utility.csv": "condition"},
+                                       "title": "Balanced accuracy on the real test split (mean over seeds)"},
+    "minority_recall_by_condition": {"template": "bar_horizontal", "x": "minority_recall_mean",
+                                     "y": {"evaluate/utility.csv": "condition"},
+                                     "title": "Minority-class recall on the real test split (mean over seeds)"},
+    "recall_by_class": {"template": "bar_horizontal", "x": "recall_real_synthetic",
+                        "y": {"evaluate/per_class.csv": "class"},
+                        "title": "Per-class recall, real + synthetic"},
+    "synthetic_accepted_by_class": {"template": "bar_horizontal", "x": "synthetic_accepted",
+                                    "y": {"evaluate/per_class.csv": "class"},
+                                    "title": "Accepted synthetic images per class"},
+}
+
+
+def _plot_definitions(workdir: Path) -> list[Any]:
+    """dvc.yaml's top-level ``plots``: PLOTS with workdir paths, then each PNG chart as an image plot."""
+    tables = [{name: {**spec, "y": {(workdir / t).as_posix(): col for t, col in spec["y"].items()}}}
+              for name, spec in PLOTS.items()]
+    images = [(workdir / p).as_posix() for s in STEPS for p in s.plots if p.endswith(".png")]
+    return tables + images
+
+
 def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
     """``dvc.yaml`` for the same DAG: one stage per step, each running that step through the CLI."""
     stages = {}
@@ -347,10 +376,12 @@ def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
         if s.always_changed:
             stage["always_changed"] = True
         stage["outs"] = [(workdir / o).as_posix() for o in s.outs]
+        # Metrics and plots go to the DVC cache like the outs: the workdir is git-ignored, and `dvc exp show` /
+        # `dvc plots diff` read other experiments' files from the cache.
         if s.metrics:
-            stage["metrics"] = [{(workdir / m).as_posix(): {"cache": False}} for m in s.metrics]
+            stage["metrics"] = [(workdir / m).as_posix() for m in s.metrics]
         if s.plots:
-            stage["plots"] = [{(workdir / m).as_posix(): {"cache": False}} for m in s.plots]
+            stage["plots"] = [(workdir / m).as_posix() for m in s.plots]
         stages[s.name] = stage
     header = "# Generated from flows/dag.py by `synthaug dag --write`; a test keeps the two identical.\n"
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False)
+    return header + yaml.safe_dump({"stages": stages, "plots": _plot_definitions(workdir)}, sort_keys=False)

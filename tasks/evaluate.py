@@ -74,6 +74,7 @@ from models import metrics as M
 from models.common import pick_device
 from models.judge import JudgeConfig, train_judge
 from tasks.errors import UserError
+from tasks.headline import SUMMARY_FILE, write_headline
 from tasks.images import load_images, to_uint8
 from tasks.judge import embed, load_judge_step
 from tasks.manifest import read_manifest
@@ -890,7 +891,8 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
                   extractor: str | Path | None = None, console: Console | None = None) -> Path:
     """Measure the accepted synthetic images (set quality, downstream utility); write ``out_dir/metrics.json``.
 
-    Also writes ``utility.png``, ``class_counts.png`` and ``per_class_recall.png`` into ``out_dir``.
+    Also writes ``utility.png``, ``class_counts.png`` and ``per_class_recall.png``, the tables ``utility.csv`` and
+    ``per_class.csv``, and the headline numbers ``summary.json`` (``tasks/headline.py``) into ``out_dir``.
 
     Args:
         ingest_dir: the ingest step's folder (``manifest.parquet`` and the real images).
@@ -974,6 +976,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
     tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False))
     tmp.replace(path)
     write_tables(counts, result["acceptance"], utility, class_names, out_dir)
+    write_headline(_clean(result), out_dir / SUMMARY_FILE)  # the few numbers `dvc metrics show` prints
     _print_summary(console, utility)
     return path
 
