@@ -11,6 +11,7 @@ from rich.console import Console
 
 from flows.dag import PRIVACY_STEPS, STEPS
 from flows.params import DEFAULT_PARAMS, Params, load_params
+from tasks.logs import log_to_stderr, route_to_prefect
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fix scarce and imbalanced image datasets with class-conditional synthetic data.")
@@ -166,6 +167,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls (and errors) offline
     # Prefect's temporary server can take minutes to start on a loaded machine; its default wait is shorter.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    # The synthaug logger's lines on stderr; in a flow run (`synthaug run`, `serve`) also in the run's log, while a
+    # step run alone (`dvc repro`) has no run to send them to: Prefect then drops them silently.
+    log_to_stderr()
+    route_to_prefect()
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     try:
         app(standalone_mode=False)
     except SystemExit:

@@ -123,14 +123,14 @@ def _warm_from(workdir: Path) -> str | None:
     return json.loads(origin.read_text()).get("from") if origin.is_file() else None
 
 
-def _progress(key: str) -> Callable[[int, int], None]:
-    """Images done so far, as shards finish: a Prefect progress artifact when the step runs as a flow's task, a
-    log line otherwise (the CLI, `dvc repro`)."""
+def _progress(key: str) -> Callable[[int, int], None] | None:
+    """Images done so far, as shards finish: a Prefect progress artifact when the step runs as a flow's task (the
+    step itself reports on stderr: a bar on a terminal, log lines otherwise)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.context import TaskRunContext
 
     if TaskRunContext.get() is None:
-        return lambda done, total: print(f"{key}: {done}/{total} images", file=sys.stderr, flush=True)
+        return None
     artifact = create_progress_artifact(0.0, key=key, description="share of the planned images generated")
     return lambda done, total: update_progress_artifact(artifact, 100.0 * done / max(total, 1))
 
@@ -260,14 +260,15 @@ STEPS: tuple[Step, ...] = (
          outs=("model",), code=ALL_CODE),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=("plan/plan.csv", "model/checkpoint"), outs=("generate",),
-         code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "models")),
+         code=(*COMMON_CODE, "tasks/generate.py", "tasks/shards.py", "tasks/logs.py", "models")),
     Step("judge", "Train the judge classifier on the real train split, calibrated on val.",
          _judge, params=("filter.judge", "filter.device"), deps=("ingest/manifest.parquet",), outs=("judge",),
          code=(*COMMON_CODE, "tasks/judge.py", "models")),
     Step("filter", "Score every synthetic image, reject with reasons, top up short classes.",
          _filter, params=("filter", "generate"), deps=("ingest", "generate", "judge", "plan/plan.csv",
                                                         "model/checkpoint"), outs=("filter",),
-         code=(*COMMON_CODE, "tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/shards.py", "models")),
+         code=(*COMMON_CODE, "tasks/filter.py", "tasks/judge.py", "tasks/generate.py", "tasks/shards.py",
+               "tasks/logs.py", "models")),
     Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
          _evaluate, params=("evaluate",), deps=("ingest", "filter", "judge"),
          outs=("evaluate/metrics.json",),
@@ -337,22 +338,23 @@ def cache_key(s: Step, params: Params, workdir: Path, extra: str = "") -> str:
     return digest.hexdigest()
 
 
+def _bars(table: str, category: str, value: str, title: str) -> dict[str, Any]:
+    """A horizontal bar chart of ``table``: one bar per ``category`` row, ``value`` as its length."""
+    return {"template": "bar_horizontal", "x": value, "y": {table: category}, "title": title}
+
+
 # How `dvc plots show` / `dvc plots diff` draw the CSV tables: id -> DVC's top-level plot definition (x and y name
 # columns; ``y`` maps the table to its column). The utility table has one row per condition, per_class.csv one per
 # class: horizontal bars, one chart per measure. The PNG charts among the steps' plots are listed as image plots.
 PLOTS: dict[str, dict[str, Any]] = {
-    "balanced_accuracy_by_condition": {"template": "bar_horizontal", "x": "balanced_accuracy_mean",
-                                       "y": {"evaluate/utility.csv": "condition"},
-                                       "title": "Balanced accuracy on the real test split (mean over seeds)"},
-    "minority_recall_by_condition": {"template": "bar_horizontal", "x": "minority_recall_mean",
-                                     "y": {"evaluate/utility.csv": "condition"},
-                                     "title": "Minority-class recall on the real test split (mean over seeds)"},
-    "recall_by_class": {"template": "bar_horizontal", "x": "recall_real_synthetic",
-                        "y": {"evaluate/per_class.csv": "class"},
-                        "title": "Per-class recall, real + synthetic"},
-    "synthetic_accepted_by_class": {"template": "bar_horizontal", "x": "synthetic_accepted",
-                                    "y": {"evaluate/per_class.csv": "class"},
-                                    "title": "Accepted synthetic images per class"},
+    "balanced_accuracy_by_condition": _bars("evaluate/utility.csv", "condition", "balanced_accuracy_mean",
+                                            "Balanced accuracy on the real test split (mean over seeds)"),
+    "minority_recall_by_condition": _bars("evaluate/utility.csv", "condition", "minority_recall_mean",
+                                          "Minority-class recall on the real test split (mean over seeds)"),
+    "recall_by_class": _bars("evaluate/per_class.csv", "class", "recall_real_synthetic",
+                             "Per-class recall, real + synthetic"),
+    "synthetic_accepted_by_class": _bars("evaluate/per_class.csv", "class", "synthetic_accepted",
+                                         "Accepted synthetic images per class"),
 }
 
 

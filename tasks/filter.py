@@ -61,7 +61,7 @@ import math
 import os
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +90,7 @@ from tasks.errors import UserError
 from tasks.generate import GenerateParams, Request, generate_sharded, seeds_for
 from tasks.images import file_sha256, load_images
 from tasks.judge import JUDGE_FILE, embed, load_judge_step
+from tasks.logs import get_logger, progress
 from tasks.manifest import COLUMNS, iter_manifest, read_manifest, read_manifests, write_manifest
 from tasks.params_base import Section
 from tasks.plan import natural_key, read_plan
@@ -522,7 +523,16 @@ class _Scorer:
                   "reference_dir": self.reference_dir, "reference_key": self.reference_key,
                   "judge_dir": self.judge_dir, "extractor": self.extractor, "device": self.device,
                   "table": s.path, "key": s.key} for s in shards if not finished(s)]
-        self.run_shards(score_shard, calls)
+        with progress(get_logger("filter"), f"filter: {prefix}", len(items), unit="images") as bar:
+            done = len(items) - sum(len(c["rows"]) for c in calls)
+            bar(done)
+
+            def shard_done(i: int) -> None:
+                nonlocal done
+                done += len(calls[i]["rows"])
+                bar(done)
+
+            self.run_shards(score_shard, calls, on_done=shard_done)
         tables = [pq.read_table(s.path) for s in shards]
         scores = pd.concat([t.drop(["feature"]).to_pandas() for t in tables], ignore_index=True) if tables else \
             pd.DataFrame(columns=["sanity", *(c for c in SCORE_COLUMNS if c != "score_duplicate")])
@@ -695,6 +705,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
 
     classes = summary["classes"]
     console.print(summary_table(summary, title=f"filter: {manifest_path}"))
+    get_logger("filter").info(summary_line(summary))
     shortfall = {c: v["shortfall"] for c, v in classes.items() if v["shortfall"] > 0}
     for c, n in shortfall.items():
         v = classes[c]
@@ -800,3 +811,15 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
         table.add_row(Text(c), str(v["needed"]), str(v["generated"]), str(v["generated_topup"]),
                       str(v["accepted"]), short, rate, *(str(v["rejected"][r]) for r in shown))
     return table
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+    """``filter_summary.json`` in one log line: accepted of generated, rejections by reason, shortfall."""
+    totals, classes = summary["totals"], summary["classes"].values()
+    reasons: Counter[str] = Counter()
+    for c in classes:
+        reasons.update(c["rejected"])
+    rejected = ", ".join(f"{reason} {n}" for reason, n in reasons.items() if n) or "none"
+    return (f"filter: accepted {totals['accepted']} of {totals['generated']} generated "
+            f"({totals['generated_topup']} by top-up; {totals['needed']} needed, shortfall {totals['shortfall']}); "
+            f"rejected: {rejected}")

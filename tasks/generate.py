@@ -24,6 +24,7 @@ from models.common import pick_device
 from models.training import checkpoint_hash, load_checkpoint
 from tasks.errors import UserError
 from tasks.images import file_sha256, to_uint8, write_png
+from tasks.logs import get_logger, progress
 from tasks.manifest import COLUMNS, SCHEMA, check_rows
 from tasks.params_base import Section
 from tasks.plan import read_plan
@@ -181,8 +182,15 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
     _drop_other_checkpoint(out_dir, checkpoint_hash(checkpoint_dir))
     remove_temporaries(out_dir)
     start = time.perf_counter()
-    tables = generate_sharded(checkpoint_dir, jobs, params, out_dir, prefix="generate", shard_size=shard_size,
-                              run_shards=run_shards, on_progress=on_progress)
+    with progress(get_logger("generate"), "generate", len(jobs), unit="images") as bar:
+
+        def report(done: int, total: int) -> None:  # the bar or log lines, and the caller's own report
+            bar(done)
+            if on_progress is not None:
+                on_progress(done, total)
+
+        tables = generate_sharded(checkpoint_dir, jobs, params, out_dir, prefix="generate", shard_size=shard_size,
+                                  run_shards=run_shards, on_progress=report)
     remove_stale(out_dir / SHARDS_DIR, "generate", tables)
     # Sampling cost, for comparing families (`synthaug compare`); a resumed run times only what it sampled.
     (out_dir / "timing.json").write_text(json.dumps({"images": len(jobs),

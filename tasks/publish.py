@@ -52,7 +52,7 @@ from tasks.errors import UserError
 from tasks.locks import with_registry_lock
 from tasks.params_base import Section
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("synthaug.publish")  # tasks.logs: reaches the Prefect run log
 
 REQUIRED_FILES = ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml")
 REQUIRED_DIRS = ("images",)

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.base import TrainConfig
 from models.common import peak_memory_mib, pick_device, reset_peak_memory
@@ -31,6 +30,7 @@ from models.vae import VAEConfig
 from tasks.dp import DP_FAMILIES, DP_FILE, DPParams, fit_private
 from tasks.errors import UserError
 from tasks.images import load_images, save_grid
+from tasks.logs import get_logger, progress
 from tasks.manifest import read_manifest
 from tasks.params_base import Section
 from tasks.plan import natural_key
@@ -215,18 +215,17 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     log_path = out_dir / "train_log.jsonl"
     if start == 0:
         log_path.unlink(missing_ok=True)
-    columns = (TextColumn("[bold]train {task.fields[family]}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar, open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
-        task = bar.add_task("train", total=config.steps, completed=start, family=params.family, loss="")
+    # A bar on a terminal; in a log or on a Prefect worker, a progress line every ~30 s and every tenth of the steps.
+    with progress(get_logger("train"), f"train {params.family}", config.steps, unit="steps") as bar, \
+            open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
+        bar(start)
         t0 = time.perf_counter()
 
         def on_step(step: int, losses: dict[str, float]) -> None:
             peak = peak_memory_mib(device)
             log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - t0, 3), **losses,
                                   "peak_mib": None if peak is None else round(peak, 1)}) + "\n")
-            bar.update(task, completed=step, loss=" ".join(f"{k}={v:.4f}" for k, v in losses.items()))
+            bar(step, " ".join(f"{k}={v:.4f}" for k, v in losses.items()))
             if step == config.steps or (params.grid_every and step % params.grid_every == 0):
                 _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
 

@@ -85,11 +85,11 @@ def test_dvc_metrics_show_prints_a_few_headline_numbers(clone):
         else:
             yield node
 
-    values = list(leaves(files["data/work/evaluate/summary.json"]["data"]))
-    assert 10 <= len(values) <= 20, values
-    numbers = [v for v in values if isinstance(v, int | float)]
-    assert len(numbers) >= 8, values  # toy data: set metrics and the gap closed may be null, the rest is measured
+    shown_values = list(leaves(files["data/work/evaluate/summary.json"]["data"]))  # DVC leaves the nulls out
+    assert 5 <= len(shown_values) <= 20 and all(isinstance(v, int | float) for v in shown_values), shown_values
     summary = json.loads((clone / "data/work/evaluate/summary.json").read_text())
+    # toy data: set metrics and the gap closed may be null (not measured), never more than 20 values in all
+    assert 10 <= len(list(leaves(summary))) <= 20, summary
     assert summary["utility_gate_passed"] in (0, 1)
     full = json.loads((clone / "data/work/evaluate/metrics.json").read_text())
     best = full["utility"]["best_real_baseline"]["balanced_accuracy"]
