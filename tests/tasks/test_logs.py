@@ -70,3 +70,4 @@ def test_filter_summary_line_names_accepted_and_rejected_by_reason():
                            "b": {"rejected": {"label": 1, "unrealistic": 0, "surplus": 3}}}}
     assert summary_line(summary) == ("filter: accepted 9 of 16 generated (2 by top-up; 10 needed, shortfall 1); "
                                      "rejected: label 3, unrealistic 1, surplus 3")
+
