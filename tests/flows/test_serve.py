@@ -279,6 +279,9 @@ def test_prefect_yaml_matches_params_and_the_flow():
     assert deployment.concurrency_limit.limit == 1 and deployment.concurrency_limit.collision_strategy == "ENQUEUE"
     assert deployment.work_pool.name == "gpu"
     assert set(deployment.parameters) <= set(inspect.signature(scheduled_augment.fn).parameters)
+    # the worker's flow runs send the synthaug logger's records to the API (tasks/logs.py)
+    env = raw["deployments"][0]["work_pool"]["job_variables"]["env"]
+    assert "synthaug" in env["PREFECT_LOGGING_EXTRA_LOGGERS"].split(",")
 
 
 def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path):
