@@ -22,6 +22,7 @@ from flows.preflight import preflight
 from tasks.core.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PLAN_CSV
 from tasks.core.errors import UserError
 from tasks.core.locks import workdir_lock
+from tasks.core.logs import enable
 
 
 def _key(step: Step):
@@ -73,6 +74,7 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
     The workdir is locked for the whole run; after ingest, ``flows.preflight`` checks what later steps will need.
     """
     logger = get_run_logger()
+    enable()  # the steps' synthaug records (progress, filter summary, published tag) at INFO in the run's log
     root = Path(workdir)
     records: dict[str, Record] = {}
     with workdir_lock(root):  # the whole run: another writer would delete files between our steps

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from flows.dag import PRIVACY_STEPS, STEPS
 from flows.params import DEFAULT_PARAMS, Params, load_params
+from tasks.core.logs import get_logger, log_to_stderr, route_to_prefect
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fix scarce and imbalanced image datasets with class-conditional synthetic data.")
@@ -35,9 +36,23 @@ def example(directory: Path = typer.Argument(..., help="Folder to write the exam
     console.print(summary)
 
 
+def other_checkout(cwd: Path) -> Path | None:
+    """The checkout whose code runs, when ``cwd`` is another synthaug checkout (`dvc repro` in a clone where
+    `synthaug` on PATH was installed from elsewhere); None when they are the same or ``cwd`` is no checkout."""
+    from flows.dag import REPO_ROOT
+
+    is_checkout = (cwd / "dvc.yaml").is_file() and (cwd / "flows" / "dag.py").is_file()
+    return REPO_ROOT if is_checkout and cwd.resolve() != REPO_ROOT.resolve() else None
+
+
 def _run_step(name: str, params: Params, workdir: Path) -> None:
     from flows.dag import step
     from tasks.core.locks import workdir_lock
+
+    running = other_checkout(Path.cwd())
+    if running is not None:  # DVC hashes this checkout's code as the stage's deps, but another checkout's code runs
+        get_logger("cli").warning(f"warning: `synthaug {name}` runs the code in {running}, not in this checkout "
+                                  f"({Path.cwd()}); run `pip install -e .` here so that dvc.lock matches what ran")
 
     if "WORLD_SIZE" in os.environ:  # a torchrun process: the command that launched it holds the workdir lock
         record = step(name).run(params, workdir)
@@ -166,6 +181,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls (and errors) offline
     # Prefect's temporary server can take minutes to start on a loaded machine; its default wait is shorter.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    # The synthaug logger's lines on stderr; in a flow run (`synthaug run`, `serve`) also in the run's log, while a
+    # step run alone (`dvc repro`) has no run to send them to: Prefect then drops them silently.
+    log_to_stderr()
+    route_to_prefect()
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     try:
         app(standalone_mode=False)
     except SystemExit:

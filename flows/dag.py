@@ -47,6 +47,7 @@ from tasks.core.catalog import (
     REPORT,
     SOURCE_JSON,
     SOURCES,
+    SUMMARY,
     TRAIN_SUMMARY,
     UTILITY_TABLE,
     WARM_START,
@@ -67,8 +68,8 @@ class Step:
     params: tuple[str, ...]
     deps: tuple[str, ...]
     outs: tuple[str, ...]
-    metrics: tuple[str, ...] = ()  # small files DVC shows with `dvc metrics` (kept in git, not the cache)
-    plots: tuple[str, ...] = ()  # CSV tables DVC draws with `dvc plots`
+    metrics: tuple[str, ...] = ()  # a few headline numbers `dvc metrics show` / `dvc exp show` print
+    plots: tuple[str, ...] = ()  # CSV tables (drawn as PLOTS says) and PNG charts `dvc plots show` renders
     retries: int = 0  # steps that touch remote storage (DVC fetch, push) retry with backoff
     always_changed: bool = False  # reads what no dep can name (the source): runs every time, never cached
 
@@ -156,14 +157,14 @@ def _warm_from(workdir: Path) -> str | None:
     return json.loads(origin.read_text()).get("from") if origin.is_file() else None
 
 
-def _progress(key: str) -> Callable[[int, int], None]:
-    """Images done so far, as shards finish: a Prefect progress artifact when the step runs as a flow's task, a
-    log line otherwise (the CLI, `dvc repro`)."""
+def _progress(key: str) -> Callable[[int, int], None] | None:
+    """Images done so far, as shards finish: a Prefect progress artifact when the step runs as a flow's task (the
+    step itself reports on stderr: a bar on a terminal, log lines otherwise)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.context import TaskRunContext
 
     if TaskRunContext.get() is None:
-        return lambda done, total: print(f"{key}: {done}/{total} images", file=sys.stderr, flush=True)
+        return None
     artifact = create_progress_artifact(0.0, key=key, description="share of the planned images generated")
     return lambda done, total: update_progress_artifact(artifact, 100.0 * done / max(total, 1))
 
@@ -303,8 +304,8 @@ STEPS: tuple[Step, ...] = (
          _filter, params=("filter", "generate"), deps=_rel(INGEST, GENERATE, JUDGE, PLAN_CSV, CHECKPOINT),
          outs=_rel(FILTER)),
     Step("evaluate", "Set metrics (FID, KID, precision/recall, density/coverage) and downstream utility.",
-         _evaluate, params=("evaluate",), deps=_rel(INGEST, FILTER, JUDGE), outs=_rel(*CHARTS),
-         metrics=_rel(METRICS), plots=_rel(UTILITY_TABLE, PER_CLASS_TABLE)),
+         _evaluate, params=("evaluate",), deps=_rel(INGEST, FILTER, JUDGE), outs=_rel(METRICS),
+         metrics=_rel(SUMMARY), plots=_rel(UTILITY_TABLE, PER_CLASS_TABLE, *CHARTS)),
     Step("report", "Write the self-contained report.html.",
          _report, params=(), deps=_rel(INGEST, FILTER, METRICS, *CHARTS), outs=_rel(REPORT)),
     Step("publish", "Assemble the dataset and its generator; publish them to the DVC data registry as <name>/v<N> "
@@ -361,6 +362,33 @@ def cache_key(s: Step, params: Params, workdir: Path, extra: str = "", *, root: 
     return digest.hexdigest()
 
 
+def _bars(table: Artifact, category: str, value: str, title: str) -> dict[str, Any]:
+    """A horizontal bar chart of ``table``: one bar per ``category`` row, ``value`` as its length."""
+    return {"template": "bar_horizontal", "x": value, "y": {table.rel: category}, "title": title}
+
+
+# How `dvc plots show` / `dvc plots diff` draw the CSV tables: id -> DVC's top-level plot definition (x and y name
+# columns; ``y`` maps the table to its column). The utility table has one row per condition, per_class.csv one per
+# class: horizontal bars, one chart per measure. The PNG charts among the steps' plots are listed as image plots.
+PLOTS: dict[str, dict[str, Any]] = {
+    "balanced_accuracy_by_condition": _bars(UTILITY_TABLE, "condition", "balanced_accuracy_mean",
+                                            "Balanced accuracy on the real test split (mean over seeds)"),
+    "minority_recall_by_condition": _bars(UTILITY_TABLE, "condition", "minority_recall_mean",
+                                          "Minority-class recall on the real test split (mean over seeds)"),
+    "recall_by_class": _bars(PER_CLASS_TABLE, "class", "recall_real_synthetic", "Per-class recall, real + synthetic"),
+    "synthetic_accepted_by_class": _bars(PER_CLASS_TABLE, "class", "synthetic_accepted",
+                                         "Accepted synthetic images per class"),
+}
+
+
+def _plot_definitions(workdir: Path) -> list[Any]:
+    """dvc.yaml's top-level ``plots``: PLOTS with workdir paths, then each PNG chart as an image plot."""
+    tables = [{name: {**spec, "y": {(workdir / t).as_posix(): col for t, col in spec["y"].items()}}}
+              for name, spec in PLOTS.items()]
+    images = [(workdir / p).as_posix() for s in STEPS for p in s.plots if p.endswith(".png")]
+    return tables + images
+
+
 def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
     """``dvc.yaml`` for the same DAG: one stage per step, each running that step through the CLI."""
     stages = {}
@@ -373,10 +401,12 @@ def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
         if s.always_changed:
             stage["always_changed"] = True
         stage["outs"] = [(workdir / o).as_posix() for o in s.outs]
+        # Metrics and plots go to the DVC cache like the outs: the workdir is git-ignored, and `dvc exp show` /
+        # `dvc plots diff` read other experiments' files from the cache.
         if s.metrics:
-            stage["metrics"] = [{(workdir / m).as_posix(): {"cache": False}} for m in s.metrics]
+            stage["metrics"] = [(workdir / m).as_posix() for m in s.metrics]
         if s.plots:
-            stage["plots"] = [{(workdir / m).as_posix(): {"cache": False}} for m in s.plots]
+            stage["plots"] = [(workdir / m).as_posix() for m in s.plots]
         stages[s.name] = stage
     header = "# Generated from flows/dag.py by `synthaug dag --write`; a test keeps the two identical.\n"
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False)
+    return header + yaml.safe_dump({"stages": stages, "plots": _plot_definitions(workdir)}, sort_keys=False)

@@ -367,7 +367,9 @@ def serve_command(params_file: Path, overrides: Sequence[str] = (), workdir: Pat
     Raises ServeError (before registering anything) when no Prefect server is configured and reachable.
     """
     from flows.params import load_params
+    from tasks.core.logs import route_to_prefect
 
+    route_to_prefect()  # the runs' training progress, filter summary and published tag in their log in the UI
     params = load_params(params_file, overrides)
     cron = cron or getattr(params.publish, "schedule", None) or DEFAULT_CRON
     deployment = scheduled_deployment(params, params_file, overrides, workdir, cron)

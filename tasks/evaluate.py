@@ -78,6 +78,7 @@ from tasks.core.errors import UserError
 from tasks.core.features import embed, load_judge_step
 from tasks.core.files import write_atomic
 from tasks.core.gate import gain_lines, gate_verdict
+from tasks.core.headline import SUMMARY_FILE, write_headline
 from tasks.core.images import load_images
 from tasks.core.labels import natural_key
 from tasks.core.recipe import _with_synthetic, choose_recipe, synthetic_subset
@@ -268,7 +269,8 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
                   extractor: str | Path | None = None, console: Console | None = None) -> Path:
     """Measure the accepted synthetic images (set quality, downstream utility); write ``out_dir/metrics.json``.
 
-    Also writes ``utility.png``, ``class_counts.png`` and ``per_class_recall.png`` into ``out_dir``.
+    Also writes ``utility.png``, ``class_counts.png`` and ``per_class_recall.png``, the tables ``utility.csv`` and
+    ``per_class.csv``, and the headline numbers ``summary.json`` (``tasks/core/headline.py``) into ``out_dir``.
 
     Args:
         ingest_dir: the ingest step's folder (``manifest.parquet`` and the real images).
@@ -350,6 +352,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
     path = out_dir / METRICS_FILE
     write_atomic(json.dumps(_clean(result), indent=2, allow_nan=False), path)
     write_tables(counts, result["acceptance"], utility, class_names, out_dir)
+    write_headline(_clean(result), out_dir / SUMMARY_FILE)  # the few numbers `dvc metrics show` prints
     _print_summary(console, utility)
     return path
 

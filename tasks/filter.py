@@ -63,6 +63,7 @@ import math
 import os
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ from tasks.core.errors import UserError
 from tasks.core.features import load_judge_step
 from tasks.core.files import atomic_path, file_sha256, write_atomic
 from tasks.core.labels import natural_key
+from tasks.core.logs import get_logger
 from tasks.core.manifest import COLUMNS, read_manifest, read_manifests, write_manifest
 from tasks.core.quotas import read_plan
 from tasks.core.reference import REFERENCE_DIR, _reference, _save_reference
@@ -275,6 +277,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
 
     classes = summary["classes"]
     console.print(summary_table(summary, title=f"filter: {manifest_path}"))
+    get_logger("filter").info(summary_line(summary))
     shortfall = {c: v["shortfall"] for c, v in classes.items() if v["shortfall"] > 0}
     for c, n in shortfall.items():
         v = classes[c]
@@ -379,3 +382,15 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
         table.add_row(Text(c), str(v["needed"]), str(v["generated"]), str(v["generated_topup"]),
                       str(v["accepted"]), short, rate, *(str(v["rejected"][r]) for r in shown))
     return table
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+    """``filter_summary.json`` in one log line: accepted of generated, rejections by reason, shortfall."""
+    totals, classes = summary["totals"], summary["classes"].values()
+    reasons: Counter[str] = Counter()
+    for c in classes:
+        reasons.update(c["rejected"])
+    rejected = ", ".join(f"{reason} {n}" for reason, n in reasons.items() if n) or "none"
+    return (f"filter: accepted {totals['accepted']} of {totals['generated']} generated "
+            f"({totals['generated_topup']} by top-up; {totals['needed']} needed, shortfall {totals['shortfall']}); "
+            f"rejected: {rejected}")

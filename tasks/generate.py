@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from models.training import checkpoint_hash, read_checkpoint_meta
+from tasks.core.logs import get_logger, progress
 from tasks.core.manifest import SCHEMA
 from tasks.core.quotas import read_plan
 from tasks.core.sampling import GenerateParams, Progress, Request, generate_sharded, seeds_for
@@ -53,8 +54,15 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
     _drop_other_checkpoint(out_dir, checkpoint_hash(checkpoint_dir))
     remove_temporaries(out_dir)
     start = time.perf_counter()
-    tables = generate_sharded(checkpoint_dir, jobs, params, out_dir, prefix="generate", shard_size=shard_size,
-                              run_shards=run_shards, on_progress=on_progress)
+    with progress(get_logger("generate"), "generate", len(jobs), unit="images") as bar:
+
+        def report(done: int, total: int) -> None:  # the bar or log lines, and the caller's own report
+            bar(done)
+            if on_progress is not None:
+                on_progress(done, total)
+
+        tables = generate_sharded(checkpoint_dir, jobs, params, out_dir, prefix="generate", shard_size=shard_size,
+                                  run_shards=run_shards, on_progress=report)
     remove_stale(out_dir / SHARDS_DIR, "generate", tables)
     # Sampling cost, for comparing families (`synthaug compare`); a resumed run times only what it sampled.
     (out_dir / "timing.json").write_text(json.dumps({"images": len(jobs),

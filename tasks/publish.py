@@ -69,7 +69,7 @@ from tasks.core.registry import (
 )
 from tasks.core.render import read_run, stamp_run
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("synthaug.publish")  # tasks.core.logs: reaches the Prefect run log
 
 REQUIRED_FILES = ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml")
 REQUIRED_DIRS = ("images",)

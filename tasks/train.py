@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.base import TrainConfig
 from models.common import peak_memory_mib, pick_device, reset_peak_memory
@@ -34,6 +33,7 @@ from tasks.core.dp import DP_FILE, fit_private
 from tasks.core.errors import UserError
 from tasks.core.images import load_images, save_grid
 from tasks.core.labels import natural_key
+from tasks.core.logs import get_logger, progress
 from tasks.core.manifest import read_manifest
 from tasks.core.model_params import ModelParams
 from tasks.core.pretrained import apply_pretrained, read_pretrained, write_bundle
@@ -152,18 +152,17 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     log_path = out_dir / "train_log.jsonl"
     if start == 0:
         log_path.unlink(missing_ok=True)
-    columns = (TextColumn("[bold]train {task.fields[family]}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar, open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
-        task = bar.add_task("train", total=config.steps, completed=start, family=params.family, loss="")
+    # A bar on a terminal; in a log or on a Prefect worker, a progress line every ~30 s and every tenth of the steps.
+    with progress(get_logger("train"), f"train {params.family}", config.steps, unit="steps") as bar, \
+            open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
+        bar(start)
         t0 = time.perf_counter()
 
         def on_step(step: int, losses: dict[str, float]) -> None:
             peak = peak_memory_mib(device)
             log.write(json.dumps({"step": step, "time_s": round(time.perf_counter() - t0, 3), **losses,
                                   "peak_mib": None if peak is None else round(peak, 1)}) + "\n")
-            bar.update(task, completed=step, loss=" ".join(f"{k}={v:.4f}" for k, v in losses.items()))
+            bar(step, " ".join(f"{k}={v:.4f}" for k, v in losses.items()))
             if step == config.steps or (params.grid_every and step % params.grid_every == 0):
                 _write_grid(model, len(class_names), out_dir / "samples" / f"step_{step:06d}.png")
 

@@ -17,6 +17,7 @@ import pandas as pd
 from models.training import read_checkpoint_meta
 from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
 from tasks.core.features import load_judge_step
+from tasks.core.headline import SUMMARY_FILE
 from tasks.core.manifest import read_manifest
 from tasks.core.privacy_report import DCR_PLOT, PRIVACY_FILE
 from tasks.core.quotas import PLAN_FILE, read_plan
@@ -75,6 +76,7 @@ METRICS = Artifact(f"evaluate/{METRICS_FILE}", lambda path: read_metrics(path.pa
 CHARTS = tuple(Artifact(f"evaluate/{name}") for name in (PLOT_UTILITY, PLOT_COUNTS, PLOT_RECALL))
 UTILITY_TABLE = Artifact(f"evaluate/{TABLE_UTILITY}", pd.read_csv)
 PER_CLASS_TABLE = Artifact(f"evaluate/{TABLE_PER_CLASS}", read_classes_csv)
+SUMMARY = Artifact(f"evaluate/{SUMMARY_FILE}", read_json)  # the headline numbers `dvc metrics show` prints
 REPORT = Artifact("report")
 DATASET = Artifact("dataset")
 GENERATOR = Artifact("generator")

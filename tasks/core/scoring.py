@@ -20,6 +20,7 @@ from models.metrics import (
 )
 from tasks.core.features import embed
 from tasks.core.images import load_images
+from tasks.core.logs import get_logger, progress
 from tasks.core.reference import _load_reference, _Reference
 from tasks.core.rules import (
     SCORE_COLUMNS,
@@ -121,7 +122,16 @@ class _Scorer:
                   "reference_dir": self.reference_dir, "reference_key": self.reference_key,
                   "judge_dir": self.judge_dir, "extractor": self.extractor, "device": self.device,
                   "table": s.path, "key": s.key} for s in shards if not finished(s)]
-        self.run_shards(score_shard, calls)
+        with progress(get_logger("filter"), f"filter: {prefix}", len(items), unit="images") as bar:
+            done = len(items) - sum(len(c["rows"]) for c in calls)
+            bar(done)
+
+            def shard_done(i: int) -> None:
+                nonlocal done
+                done += len(calls[i]["rows"])
+                bar(done)
+
+            self.run_shards(score_shard, calls, on_done=shard_done)
         tables = [pq.read_table(s.path) for s in shards]
         scores = pd.concat([t.drop(["feature"]).to_pandas() for t in tables], ignore_index=True) if tables else \
             pd.DataFrame(columns=["sanity", *(c for c in SCORE_COLUMNS if c != "score_duplicate")])

@@ -81,3 +81,15 @@ def test_default_ingest_then_plan_in_process(tmp_path):
         plan = pd.read_csv(tmp_path / "w" / "plan" / "plan.csv", dtype={"class": str})
         assert list(plan.columns) == ["class", "real", "target", "to_generate"]
         assert plan["target"].sum() == total
+
+
+def test_a_step_run_from_another_checkout_names_the_code_that_runs(tmp_path):
+    from flows.cli import other_checkout
+    from flows.dag import REPO_ROOT
+
+    assert other_checkout(REPO_ROOT) is None
+    assert other_checkout(tmp_path) is None  # not a checkout: nothing to compare
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "dag.py").write_text("")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert other_checkout(tmp_path) == REPO_ROOT

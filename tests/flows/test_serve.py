@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -192,6 +193,24 @@ def _final(client, run_ids: list, log: Path, timeout: float) -> list:
     return _wait(f"runs {[str(i)[:8] for i in run_ids]} to finish", done, timeout, log, every=1)
 
 
+def _assert_step_logs_reached_the_api(client, log: Path) -> None:
+    """The synthaug logger's records of the served run (PREFECT_LOGGING_EXTRA_LOGGERS, set by `synthaug serve`),
+    read back from the server: training progress, the filter summary, the published tag."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    (pipeline,) = _runs(client, flow_name="augment")
+
+    def messages() -> str | None:
+        found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline.id])))
+        text = "\n".join(f"{entry.name}: {entry.message}" for entry in found)
+        return text if f"published {DATASET}/v1" in text else None
+
+    text = _wait("the published tag in the run's logs", messages, 30, log)
+    assert re.search(r"synthaug\.train: train vae: 2/2 steps \w+=\S+", text), text
+    assert re.search(r"synthaug\.filter: filter: accepted \d+ of \d+ generated .*; rejected: ", text), text
+    assert re.search(r"synthaug\.generate: generate: \d+/\d+ images", text), text
+
+
 def _artifact_markdown(client, run_id) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -260,6 +279,9 @@ def test_prefect_yaml_matches_params_and_the_flow():
     assert deployment.concurrency_limit.limit == 1 and deployment.concurrency_limit.collision_strategy == "ENQUEUE"
     assert deployment.work_pool.name == "gpu"
     assert set(deployment.parameters) <= set(inspect.signature(scheduled_augment.fn).parameters)
+    # the worker's flow runs send the synthaug logger's records to the API (tasks/core/logs.py)
+    env = raw["deployments"][0]["work_pool"]["job_variables"]["env"]
+    assert "synthaug" in env["PREFECT_LOGGING_EXTRA_LOGGERS"].split(",")
 
 
 def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path):
@@ -282,9 +304,11 @@ def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path)
         assert deployment.entrypoint == "flows/serve.py:scheduled_augment"
 
 
+@pytest.mark.slow
 def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
-    """The real flow, served: the first run executes the pipeline and publishes <name>/v1; a second run with nothing
-    changed records "no change", runs no pipeline and publishes nothing. The cron gives scheduled runs."""
+    """The real flow, served: the first run executes the pipeline and publishes <name>/v1, and its log on the server
+    has the steps' progress, filter summary and tag; a second run with nothing changed records "no change", runs no
+    pipeline and publishes nothing. The cron gives scheduled runs."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
@@ -311,6 +335,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
         for step in STEPS:  # the pipeline ran: every step left its outputs
             for out in step.outs:
                 assert (workdir / out).exists(), f"{step.name} wrote no {out}\n{_tail(log, 80)}"
+        _assert_step_logs_reached_the_api(client, log)
         recorded = read_recorded(workdir, DATASET)
         assert recorded is not None and recorded["flow_run_id"] == str(first.id)
         assert recorded["parts"]["source"]["content_hash"] and recorded["parts"]["code_version"]

@@ -1,0 +1,133 @@
+"""The repository as DVC users meet it: a fresh `git clone` of the committed tree is a DVC project where `dvc repro`
+runs the DAG, `dvc exp run -S` re-runs what a param changes, `dvc metrics show` prints a few headline numbers and
+`dvc plots show` draws the tables and charts. Toy params; the data registry is the default one, inside the clone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.dag import PLOTS, REPO_ROOT, STEPS
+from flows.params import load_params
+from tests.toy import TINY, digits_folder
+
+DATASET = "toy-clone"
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def _dvc(project: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           # `synthaug` runs this clone's code, as after `pip install -e .` in it
+           "PYTHONPATH": str(project), "DVC_NO_ANALYTICS": "1"}
+    return _run([sys.executable, "-m", "dvc", *args], project, env)
+
+
+def _lock_md5(project: Path, stage: str) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
+    return {o["path"]: o["md5"] for o in lock.get("outs", [])}
+
+
+def _tags(project: Path) -> list[str]:
+    return _run(["git", "tag", "--list"], project / "registry" / "repo").split()
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The committed tree cloned into a temp folder, toy params committed there, then `dvc repro`."""
+    root = tmp_path_factory.mktemp("dvc-project")
+    project = root / "clone"
+    _run(["git", "clone", "-q", str(REPO_ROOT), str(project)], root)
+    for key, value in (("user.email", "test@example.com"), ("user.name", "test")):
+        _run(["git", "config", key, value], project)
+    source = digits_folder(root / "source")
+    params = load_params(project / "params.yaml", [*TINY, f"data.source={source}", f"publish.name={DATASET}"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    _run(["git", "commit", "-qam", "toy params"], project)
+    _dvc(project, "repro", "-q")
+    return project
+
+
+@pytest.mark.slow
+def test_dvc_repro_in_a_fresh_clone_runs_the_dag(clone):
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    assert list(lock) == [s.name for s in STEPS]
+    for s in STEPS:
+        for out in s.outputs:
+            assert (clone / "data" / "work" / out).exists(), f"{s.name} wrote no {out}"
+    # publish used the default registry, registry/repo inside the clone: created there and tagged
+    assert _tags(clone) == [f"{DATASET}-generator/v1", f"{DATASET}/v1"]
+    # The clone's own git sees only the new dvc.lock: the workdir and the registry are git-ignored.
+    status = _run(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines()
+    assert status == ["?? dvc.lock"], status
+
+
+@pytest.mark.slow
+def test_dvc_metrics_show_prints_a_few_headline_numbers(clone):
+    shown = json.loads(_dvc(clone, "metrics", "show", "--json"))
+    (files,) = [rev["data"] for rev in shown.values()]
+    assert list(files) == ["data/work/evaluate/summary.json"], list(files)
+
+    def leaves(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from leaves(v)
+        else:
+            yield node
+
+    shown_values = list(leaves(files["data/work/evaluate/summary.json"]["data"]))  # DVC leaves the nulls out
+    assert 5 <= len(shown_values) <= 20 and all(isinstance(v, int | float) for v in shown_values), shown_values
+    summary = json.loads((clone / "data/work/evaluate/summary.json").read_text())
+    # toy data: set metrics and the gap closed may be null (not measured), never more than 20 values in all
+    assert 10 <= len(list(leaves(summary))) <= 20, summary
+    assert summary["utility_gate_passed"] in (0, 1)
+    full = json.loads((clone / "data/work/evaluate/metrics.json").read_text())
+    best = full["utility"]["best_real_baseline"]["balanced_accuracy"]
+    assert summary["best_real_baseline"]["balanced_accuracy"] == full["utility"][best]["balanced_accuracy"]["mean"]
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_draws_the_tables_and_the_charts(clone):
+    shown = json.loads(_dvc(clone, "plots", "show", "--json"))
+    plots = shown.get("data", shown)
+    for name, spec in PLOTS.items():
+        (rendered,) = plots[name]
+        assert rendered["type"] == "vega"
+        ((_, column),) = spec["y"].items()
+        points = rendered["datapoints"]["workspace"] if "datapoints" in rendered else \
+            rendered["content"]["data"]["values"]
+        assert points and all(spec["x"] in p and column in p for p in points), (name, points[:2])
+    charts = [f"data/work/{p}" for s in STEPS for p in s.plots if p.endswith(".png")]
+    for chart in charts:
+        (rendered,) = plots[chart]
+        assert rendered["type"] == "image" and (clone / rendered["url"]).is_file(), rendered
+    # its HTML folder, dvc_plots/, is git-ignored
+    assert _run(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines() == ["?? dvc.lock"]
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_set_param_reruns_what_depends_on_it(clone):
+    _run(["git", "add", "dvc.lock"], clone)
+    _run(["git", "commit", "-qm", "dvc.lock of the toy run"], clone)
+    before = {s: _lock_md5(clone, s) for s in ("train", "generate")}
+    _dvc(clone, "exp", "run", "-q", "-S", "generate.seed=7")
+    after = {s: _lock_md5(clone, s) for s in ("train", "generate")}
+    assert after["train"] == before["train"]  # generate.seed is not a param of train
+    assert after["generate"] != before["generate"]
+    assert yaml.safe_load((clone / "params.yaml").read_text())["generate"]["seed"] == 7
+    assert f"{DATASET}/v2" in _tags(clone)  # other images: a new dataset version
+    # `dvc exp show` lists the experiment with its param and its headline metrics (from the DVC cache)
+    (baseline,) = [row for row in json.loads(_dvc(clone, "exp", "show", "--json")) if row["rev"] != "workspace"]
+    (experiment,) = [rev["data"] for exp in baseline["experiments"] for rev in exp["revs"]]
+    assert experiment["params"]["params.yaml"]["data"]["generate"]["seed"] == 7
+    assert experiment["metrics"]["data/work/evaluate/summary.json"]["data"]["utility_gate_passed"] in (0, 1)
