@@ -591,6 +591,15 @@ def check_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
+def attacks_side_by_side(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Per space, the pooled AUC [interval] of the distance attack and of the density-ratio attack, for the card
+    and the report to show next to each other."""
+    def cell(a: Mapping[str, Any]) -> str:
+        return "n/a" if a["auc"] is None else f"{a['auc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
+
+    return [(space, cell(report["attack"][space]), cell(report["density_attack"][space])) for space in SPACES]
+
+
 def card_section(report: Mapping[str, Any]) -> list[str]:
     """The card's privacy section (markdown lines): the verdict, the checks, the DCR distributions."""
     attack = report["attack"]
@@ -606,6 +615,10 @@ def card_section(report: Mapping[str, Any]) -> list[str]:
              "| check | measured | threshold | result |", "|---|---|---|---|"]
     lines += [f"| {_esc(c)} | {_esc(m)} | {_esc(t)} | {'pass' if ok else 'FAIL'} |" for c, m, t, ok in
               check_rows(report)]
+    lines += ["", "Membership attacks side by side (pooled AUC over same-class pairs, "
+              f"{attack['confidence']:.0%} interval; 0.5: chance):", "",
+              "| space | distance to closest record | density ratio |", "|---|---|---|"]
+    lines += [f"| {space} | {distance} | {density} |" for space, distance, density in attacks_side_by_side(report)]
     lines += ["", "Distance to the closest training record (DCR):", "",
               "| measure | set | n | min | p05 | median | p95 | max |", "|---|---|---|---|---|---|---|---|"]
     for space in SPACES:

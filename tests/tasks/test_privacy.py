@@ -35,6 +35,7 @@ from tasks.privacy import (
     PrivacyParams,
     Records,
     audit,
+    card_section,
     check_rows,
     class_flagged,
     closeness,
@@ -491,6 +492,20 @@ def test_the_density_ratio_attack_is_at_least_as_strong_as_the_distance_attack_o
     assert density["auc"] >= distance["auc"] > 0.9
     assert not report["density_attack"]["pixel"]["passed"]  # the leak is caught by both attacks
     assert any(f.startswith("membership inference, density ratio (pixel), class 3") for f in report["failures"])
+
+
+def test_the_card_shows_both_attacks_side_by_side_and_the_per_class_test(sets, digits) -> None:
+    report = _small_class_leak(sets, digits)
+    lines = card_section(report)
+    start = lines.index("| space | distance to closest record | density ratio |")
+    for space, line in zip(("pixel", "feature"), lines[start + 2:start + 4], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == space
+        for key, cell in (("attack", cells[1]), ("density_attack", cells[2])):
+            a = report[key][space]
+            assert cell == f"{a['auc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
+    p = report["attack"]["pixel"]["per_class"]["3"]["p_value"]
+    assert any(f"one-sided p {p:.2g} <" in f for f in report["failures"])
 
 
 def test_an_honest_release_with_classes_of_6_fails_the_gate_no_more_often_than_its_level() -> None:
