@@ -443,8 +443,11 @@ def test_density_ratio_attack_scores_members_above_non_members_when_the_release_
         scores = density_ratio_scores(release, sets["train"], sets["holdout"], seed=0)
         for space in ("pixel", "feature"):
             assert low <= _auc(*scores[space]) <= high
-    few = Records(sets["holdout"].pixels[:19], sets["holdout"].feats[:19], sets["holdout"].labels[:19])
+    few = Records(sets["holdout"].pixels[:3], sets["holdout"].feats[:3], sets["holdout"].labels[:3])
     assert density_ratio_scores(sets["train"], sets["train"], few) is None
+    four = Records(sets["holdout"].pixels[:4], sets["holdout"].feats[:4], sets["holdout"].labels[:4])
+    assert all(np.isfinite(s).all() for pair in density_ratio_scores(sets["train"], sets["train"], four).values()
+               for s in pair)  # 2 folds of 2
 
 
 def test_density_ratio_is_the_log_ratio_of_nearest_neighbour_distances(sets) -> None:
