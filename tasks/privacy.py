@@ -616,7 +616,8 @@ def card_section(report: Mapping[str, Any]) -> list[str]:
              + "; ".join(f"{name}: {report[key]['method']}" for key, (name, _) in ATTACKS.items())
              + f". Members: {attack['members']}, non-members: {attack['non_members']}; {attack['confidence']:.0%} "
              f"bootstrap interval over {attack['bootstrap']} resamples pooled over classes, and per class at the "
-             "Bonferroni-corrected level given in the table.", "",
+             "Bonferroni-corrected level given in the table; a class fails only when its one-sided Mann-Whitney "
+             "test (exact for small classes) is significant at that level too.", "",
              "| check | measured | threshold | result |", "|---|---|---|---|"]
     lines += [f"| {_esc(c)} | {_esc(m)} | {_esc(t)} | {'pass' if ok else 'FAIL'} |" for c, m, t, ok in
               check_rows(report)]
