@@ -55,8 +55,8 @@ from tasks.core.labels import natural_key
 from tasks.core.privacy_report import (
     ATTACKS,
     DCR_PLOT,
-    DENSITY_DIM,
     PRIVACY_FILE,
+    REFERENCE_FOLDS,
     SPACES,
     PrivacyGateError,
     PrivacyParams,
@@ -67,6 +67,8 @@ from tasks.core.rules import FilterParams, MemorizationThresholds, memorization_
 FORMAT = "synthaug-privacy/1"
 HOLDOUT_SPLITS = ("val", "test", "heldback")  # real images no generator, judge or filter threshold trained on
 MIN_PER_CLASS = 2  # members and non-members a class needs for its attack AUC to have a bootstrap interval
+LOG_FLOOR = 1e-12  # distances below this count as 0 (a copy) in the density-ratio attack's log distances
+MIN_FOLD = 2  # held-out images per fold at least (fewer held-out images: fewer folds, down to 2)
 QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
 
 
@@ -158,14 +160,16 @@ def membership_attack(member_scores: np.ndarray, member_labels: np.ndarray, non_
             ``MIN_PER_CLASS`` members or non-members cannot be measured: it is skipped and named in ``skipped``.
         confidence: level of the pooled percentile interval. Each class's interval is at the Bonferroni level
             ``1 - (1 - confidence) / (classes measured * families)`` (``class_confidence``), so that an honest
-            release with many classes does not fail by chance in one of them.
+            release with many classes does not fail by chance in one of them. Each class also gets the one-sided
+            Mann-Whitney U test of "members score higher" (``p_value``; exact for a class of 8 or fewer members,
+            where the percentile bootstrap interval is too narrow; see ``class_flagged``).
         bootstrap: resamples; members and non-members are resampled within each class.
         seed: seed of the resampling.
         families: how many such attacks the gate runs (attacks x spaces): the per-class correction covers them all.
 
     Returns ``{"auc", "ci", "per_class", "class_confidence", "members", "non_members", "skipped"}``; ``auc`` is None
-    (with ``reason``) when no class can be measured. ``per_class[c]`` has ``auc``, ``ci``, ``members``,
-    ``non_members``.
+    (with ``reason``) when no class can be measured. ``per_class[c]`` has ``auc``, ``ci``, ``p_value``,
+    ``members``, ``non_members``.
     """
     measured: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     skipped: dict[str, str] = {}
@@ -177,6 +181,7 @@ def membership_attack(member_scores: np.ndarray, member_labels: np.ndarray, non_
         measured[c] = (m, n)
     class_confidence = 1 - (1 - confidence) / (max(len(measured), 1) * families)
     per_class = {c: {"auc": float(_pooled_auc(m, n)), "ci": _interval((m, n), class_confidence, bootstrap, seed),
+                     "p_value": float(stats.mannwhitneyu(m, n, alternative="greater").pvalue),
                      "members": int(m.size), "non_members": int(n.size)} for c, (m, n) in measured.items()}
     out: dict[str, Any] = {"members": sum(v["members"] for v in per_class.values()),
                            "non_members": sum(v["non_members"] for v in per_class.values()),
@@ -188,47 +193,73 @@ def membership_attack(member_scores: np.ndarray, member_labels: np.ndarray, non_
     return {**out, "auc": float(_pooled_auc(*samples)), "ci": _interval(samples, confidence, bootstrap, seed)}
 
 
-def density_scores(release: np.ndarray, members: np.ndarray, non_members: np.ndarray, *, seed: int = 0,
-                   dim: int = DENSITY_DIM) -> tuple[np.ndarray, np.ndarray] | None:
-    """The density-ratio attack's scores (DOMIAS, van Breugel et al. 2023): log p_release(x) - log p_reference(x).
+def class_flagged(result: Mapping[str, Any], cls: str, max_auc: float) -> bool:
+    """Whether the attack ``result`` (``membership_attack``'s) flags class ``cls``: its members beat its
+    non-members in the one-sided Mann-Whitney U test at the Bonferroni level (``p_value`` below
+    ``1 - class_confidence``) *and* its bootstrap interval lies wholly above ``max_auc``.
+
+    The test is exact where the classes are small (8 or fewer members, no ties), valid under the null that the
+    release tells a class's members from its non-members no better than chance. The percentile bootstrap alone is
+    not: resampling 6 members gives an interval far too narrow. On scores with no signal for 3 classes of 6 members
+    under 4 attacks (family-wise level 5%), it failed 24 of 100 runs (1000 resamples) where the exact test fails 8
+    (README "What the gate checks"); that is how honest releases of the bundled example failed the gate. The
+    interval keeps ``max_auc`` above 0.5 meaningful.
+    """
+    v = result["per_class"][cls]
+    return v["p_value"] < 1 - result["class_confidence"] and v["ci"][0] > max_auc
+
+
+def density_ratio_scores(release: Records, members: Records, non_members: Records, *, seed: int = 0,
+                         folds: int = REFERENCE_FOLDS) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """The density-ratio attack's scores (DOMIAS, van Breugel et al. 2023), per space: log p_release(x) -
+    log p_reference(x), higher = more likely trained on.
 
     A generator that overfits puts more density near its training records than the population has there; the
-    population's density is estimated from held-out real images. Both densities are Gaussian kernel density
-    estimates (scikit-learn, Scott's bandwidth) in the ``dim`` whitened principal components of the release
-    (fitted on the release only). The reference density is cross-fitted: the held-out images are split in two
-    folds, a non-member is scored against the fold it is not in, and each member against one of the two folds at
-    random, so no image is ever scored against a density fitted on itself.
+    population's density is estimated from held-out real images. Both densities are nearest-neighbour estimates
+    (p(x) ~ 1 / d(x)^D, with d the distance to the closest image of the set: ``closeness``, 1 - correlation in
+    pixel space), so the score is log d_reference(x) - log d_release(x): the distance attack's distance calibrated
+    by how crowded the population is around x. It adapts its bandwidth to the local density, which the Gaussian
+    KDEs it replaces (8 whitened principal components, Scott's bandwidth) did not: they were weaker than the
+    distance attack on every leak measured (README "What the gate checks"). The reference is cross-fitted: the
+    held-out images are split in ``folds`` folds (fewer when there are fewer than ``MIN_FOLD`` images per fold), a
+    non-member is measured against the folds it is not in, and
+    each member against all folds but one drawn at random, so no image is measured against itself and both sides
+    see references of the same size. (Two folds, half the reference each, lost power: 0.900 against 0.925 for the
+    distance attack on the planted small-class leak of the tests.)
 
-    Args:
-        release: (N, D) released images (flattened pixels or features).
-        members: (M, D) real train images.
-        non_members: (K, D) held-out real images.
-        seed: seed of the fold split and the members' fold draw.
-        dim: principal components kept (at most N - 1 and D).
-
-    Returns (member scores, non-member scores), higher = more likely trained on; None with fewer than 4 held-out
-    images or 3 released ones (no density to fit).
+    Returns ``{space: (member scores, non-member scores)}``; None with fewer than 2 folds of ``MIN_FOLD``
+    held-out images.
     """
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import KernelDensity
-
-    if non_members.shape[0] < 4 or release.shape[0] < 3:
+    folds = min(folds, len(non_members) // MIN_FOLD)
+    if folds < 2:
         return None
-    pca = PCA(n_components=min(dim, release.shape[0] - 1, release.shape[1]), whiten=True, random_state=seed)
-    z_release = pca.fit_transform(release)
-    z_members, z_non = pca.transform(members), pca.transform(non_members)
-    synthetic = KernelDensity(bandwidth="scott").fit(z_release)
     rng = np.random.default_rng(seed)
-    fold = rng.permutation(non_members.shape[0]) % 2
-    member_fold = rng.integers(0, 2, members.shape[0])
-    reference = [KernelDensity(bandwidth="scott").fit(z_non[fold != f]) for f in (0, 1)]
-    member_scores, non_scores = np.empty(members.shape[0]), np.empty(non_members.shape[0])
-    for f in (0, 1):
-        member_scores[member_fold == f] = (synthetic.score_samples(z_members[member_fold == f])
-                                           - reference[f].score_samples(z_members[member_fold == f]))
-        non_scores[fold == f] = (synthetic.score_samples(z_non[fold == f])
-                                 - reference[f].score_samples(z_non[fold == f]))
-    return member_scores, non_scores
+    fold = rng.permutation(len(non_members)) % folds
+    member_fold = rng.integers(0, folds, len(members))
+    to_release = {"members": _log_distances(closeness(members, release)),
+                  "non_members": _log_distances(closeness(non_members, release))}
+    scores = {side: {space: np.empty(len(records)) for space in SPACES}
+              for side, records in (("members", members), ("non_members", non_members))}
+    for f in range(folds):
+        reference = _subset(non_members, fold != f)
+        for side, records, mask in (("members", members, member_fold == f), ("non_members", non_members, fold == f)):
+            if mask.any():
+                to_reference = _log_distances(closeness(_subset(records, mask), reference))
+                for space in SPACES:
+                    scores[side][space][mask] = to_reference[space] - to_release[side][space][mask]
+    return {space: (scores["members"][space], scores["non_members"][space]) for space in SPACES}
+
+
+def _log_distances(near: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``closeness`` as log distances: pixel 1 - correlation, feature the Euclidean distance (floored at
+    ``LOG_FLOOR``: a copy)."""
+    return {"pixel": np.log(np.maximum(1.0 - near["pixel"], LOG_FLOOR)),
+            "feature": np.log(np.maximum(near["feature"], LOG_FLOOR))}
+
+
+def _subset(records: Records, mask: np.ndarray) -> Records:
+    idx = torch.from_numpy(np.flatnonzero(mask))
+    return Records(records.pixels[idx], records.feats[idx], records.labels[mask])
 
 
 def attack_scores(closeness_to_release: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -282,10 +313,9 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
     empty = {s: np.zeros(0) for s in SPACES}
     scores = {"attack": (attack_scores(closeness(train, release)),
                          attack_scores(closeness(holdout, release)) if len(holdout) else empty)}
-    density = {space: density_scores(_flat(release, space), _flat(train, space), _flat(holdout, space),
-                                     seed=params.seed) for space in SPACES}
-    scores["density_attack"] = ({s: empty[s] if density[s] is None else density[s][0] for s in SPACES},
-                                {s: empty[s] if density[s] is None else density[s][1] for s in SPACES})
+    density = density_ratio_scores(release, train, holdout, seed=params.seed)
+    scores["density_attack"] = ({s: empty[s] if density is None else density[s][0] for s in SPACES},
+                                {s: empty[s] if density is None else density[s][1] for s in SPACES})
     attacks: dict[str, dict[str, Any]] = {}
     for key, (name, method) in ATTACKS.items():
         block: dict[str, Any] = {"method": method, "members": "real train",
@@ -294,19 +324,21 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
                                  "bootstrap": params.bootstrap}
         member, non_member = scores[key]
         for space in SPACES:
-            unmeasured = key == "density_attack" and density[space] is None
+            unmeasured = key == "density_attack" and density is None
             labels = (np.zeros(0, dtype=str),) * 2 if unmeasured else (train.labels, holdout.labels)
             result = membership_attack(member[space], labels[0], non_member[space], labels[1], classes,
                                        confidence=params.confidence, bootstrap=params.bootstrap, seed=params.seed,
                                        families=len(ATTACKS) * len(SPACES))
             if unmeasured:
-                result["reason"] = "fewer than 4 held-out real images or 3 released ones: no density to fit"
+                result["reason"] = (f"fewer than {2 * MIN_FOLD} held-out real images: no reference density to "
+                                    "estimate")
             failures += _attack_failures(f"{name} ({space})", result, params)
             # Fail closed: a released class the audit cannot measure (too few real train or held-out images of
             # it) is typically the scarce one, the class most at risk of being memorized.
             result["passed"] = (result["auc"] is not None and result["ci"][0] <= params.max_attack_auc
                                 and not result["skipped"]
-                                and all(v["ci"][0] <= params.max_attack_auc for v in result["per_class"].values()))
+                                and not any(class_flagged(result, c, params.max_attack_auc)
+                                            for c in result["per_class"]))
             block[space] = result
         attacks[key] = block
     dcr = {space: {"released_to_train": summarize(distributions["released"][space]),
@@ -317,11 +349,6 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
                                    "feature": "smallest Euclidean feature distance to a training image (0: a copy)"},
                       **dcr}}
     return report, distributions
-
-
-def _flat(records: Records, space: str) -> np.ndarray:
-    values = records.pixels.flatten(1) if space == "pixel" else records.feats
-    return values.double().numpy()
 
 
 def _attack_failures(name: str, result: Mapping[str, Any], params: PrivacyParams) -> list[str]:
@@ -340,9 +367,10 @@ def _attack_failures(name: str, result: Mapping[str, Any], params: PrivacyParams
         lines.append(f"{name}: AUC {result['auc']:.3f}, {params.confidence:.0%} CI [{lo:.3f}, {hi:.3f}], wholly "
                      f"above privacy.max_attack_auc={params.max_attack_auc}")
     for c, v in result["per_class"].items():
-        if v["ci"][0] > params.max_attack_auc:
+        if class_flagged(result, c, params.max_attack_auc):
             lines.append(f"{name}, class {c}: AUC {v['auc']:.3f}, {result['class_confidence']:.2%} CI "
-                         f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] ({v['members']} members, {v['non_members']} "
+                         f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}], one-sided p {v['p_value']:.2g} < "
+                         f"{1 - result['class_confidence']:.2g} ({v['members']} members, {v['non_members']} "
                          f"non-members), wholly above privacy.max_attack_auc={params.max_attack_auc}")
     return lines
 

@@ -40,7 +40,7 @@ from tasks.core.files import write_atomic
 from tasks.core.images import load_images
 from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest
-from tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, check_rows
+from tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, attacks_side_by_side, check_rows
 from tasks.core.render import RunInfo, render, run_info
 from tasks.core.results import read_metrics, real_rows, synthetic_rows
 from tasks.core.tstr import utility_rows
@@ -299,7 +299,8 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
                 attack_rows.append(f'<tr><td class="l">{_esc(name)}</td><td class="l">{space}</td>'
                                    f'<td class="l">{_esc(label)}</td><td>{entry["auc"]:.3f}</td>'
                                    f'<td>[{entry["ci"][0]:.3f}, {entry["ci"][1]:.3f}]</td>'
-                                   f'<td>{entry["members"]}</td><td>{entry["non_members"]}</td></tr>')
+                                   + (f'<td>{entry["p_value"]:.2g}</td>' if "p_value" in entry else _cell(None))
+                                   + f'<td>{entry["members"]}</td><td>{entry["non_members"]}</td></tr>')
     attack = report["attack"]
     return "\n".join([
         *_release_utility(report.get("utility")),
@@ -308,6 +309,9 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
         '<p id="dp">Differential privacy: ' + " ".join(_esc(line) for line in dp_card_lines(report["dp"])) + "</p>",
         "<table><tr><th class='l'>check</th><th>measured</th><th>threshold</th><th>result</th></tr>", checks,
         "</table>",
+        "<table><tr><th class='l'>space</th><th>distance attack AUC</th><th>density-ratio attack AUC</th></tr>",
+        *(f'<tr><td class="l">{space}</td><td>{distance}</td><td>{density}</td></tr>'
+          for space, distance, density in attacks_side_by_side(report)), "</table>",
         '<p class="note">Membership attacks: '
         + "; ".join(f"{_esc(name)}: {_esc(report[key]['method'])}" for key, (name, _) in ATTACKS.items())
         + f'. Members: {_esc(attack["members"])}, '
@@ -321,7 +325,8 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
         "feature distance to a training image (0: a copy). Released images should look like held-out real ones: "
         "no closer to the training images than real images that were never trained on.</p>",
         "<h3>Attack AUC per class</h3><table><tr><th class='l'>attack</th><th class='l'>space</th>"
-        "<th class='l'>class</th><th>AUC</th><th>interval (Bonferroni)</th><th>members</th><th>non-members</th></tr>",
+        "<th class='l'>class</th><th>AUC</th><th>interval (Bonferroni)</th><th>one-sided p</th><th>members</th>"
+        "<th>non-members</th></tr>",
         *attack_rows, "</table>"])
 
 
