@@ -53,23 +53,20 @@ def set_metrics(real: torch.Tensor, fake: torch.Tensor, params: EvaluateParams) 
         out["kid"] = {"mean": None, "std": None, "subset_size": None, "subsets": params.kid_subsets,
                       "n_real": n, "n_synthetic": m, "reason": f"KID needs >= 2 images per set; got {n} real, {m} "
                                                               "synthetic"}
-    if min(n, m) > PR_K:
-        pr = M.precision_recall(real, fake, k=PR_K)
-        out["precision"] = _entry(pr.precision, n, m, k=PR_K)
-        out["recall"] = _entry(pr.recall, n, m, k=PR_K)
-    else:
-        why = f"needs > {PR_K} images per set (k={PR_K}); got {n} real, {m} synthetic"
-        out["precision"] = _entry(None, n, m, why, k=PR_K)
-        out["recall"] = _entry(None, n, m, why, k=PR_K)
-    if n > DC_K and m >= 1:
-        dc = M.density_coverage(real, fake, k=DC_K)
-        out["density"] = _entry(dc.density, n, m, k=DC_K)
-        out["coverage"] = _entry(dc.coverage, n, m, k=DC_K)
-    else:
-        why = f"needs > {DC_K} real images (k={DC_K}) and >= 1 synthetic; got {n} real, {m} synthetic"
-        out["density"] = _entry(None, n, m, why, k=DC_K)
-        out["coverage"] = _entry(None, n, m, why, k=DC_K)
+    pr = M.precision_recall(real, fake, k=PR_K) if min(n, m) > PR_K else None
+    out |= _pair(("precision", "recall"), pr, n, m, PR_K,
+                 f"needs > {PR_K} images per set (k={PR_K}); got {n} real, {m} synthetic")
+    dc = M.density_coverage(real, fake, k=DC_K) if n > DC_K and m >= 1 else None
+    out |= _pair(("density", "coverage"), dc, n, m, DC_K,
+                 f"needs > {DC_K} real images (k={DC_K}) and >= 1 synthetic; got {n} real, {m} synthetic")
     return out
+
+
+def _pair(names: tuple[str, str], result: Any, n: int, m: int, k: int, why: str) -> dict[str, dict]:
+    """Entries for the two numbers a k-NN estimate gives (``result`` None: too few images, ``why``)."""
+    if result is None:
+        return {name: _entry(None, n, m, why, k=k) for name in names}
+    return {name: _entry(getattr(result, name), n, m, k=k) for name in names}
 
 
 def _diversity(real: torch.Tensor, fake: torch.Tensor) -> dict:
