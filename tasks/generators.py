@@ -33,6 +33,7 @@ import pandas as pd
 
 from tasks.core.card import _cell
 from tasks.core.errors import UserError
+from tasks.core.files import write_atomic
 from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest, write_manifest
 from tasks.core.model_params import ModelParams
@@ -178,6 +179,7 @@ def _write_card(out_dir: Path, record: dict[str, Any], params_yaml: str) -> None
             ("why", record["origin"].get("reason")),
             *((k if k == "source" else f"source {k}", v) for k, v in record["source"].items()),
             ("pipeline code", record["code_version"])]
+    rows = [(k, v) for k, v in rows if v is not None]  # a value not recorded (e.g. no source repo) leaves its row out
     lines = ["# Generator card", "",
              "The class-conditional generator that made the synthetic images of the dataset version published with "
              "it. Sample more with `synthaug generate --generator <registry>@<this tag>`.", "",
@@ -185,7 +187,7 @@ def _write_card(out_dir: Path, record: dict[str, Any], params_yaml: str) -> None
              "## Files", "", "`checkpoint/` (config.json + weights.pt), `train_log.jsonl`, `samples.png` (one row per "
              "class), `generator.json` (this lineage, machine-readable), `params.yaml`.", "",
              "## Params", "", "```yaml", params_yaml.rstrip("\n"), "```", ""]
-    (out_dir / "card.md").write_text("\n".join(lines), encoding="utf-8")
+    write_atomic("\n".join(lines), out_dir / "card.md")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

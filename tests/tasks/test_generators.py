@@ -184,6 +184,8 @@ def test_warm_start_from_the_published_generator_extends_classes_and_replays_its
     write_origin(tmp_path / "m1", first)
     train(rev1, first.apply(_model()), tmp_path / "m1")
     gen1 = assemble_generator(tmp_path / "m1", rev1, "model: {}\n", tmp_path / "gen1")
+    card = (gen1 / "card.md").read_text()
+    assert "| family | vae |" in card and "None" not in card  # a local folder has no source repo: no row for it
     published = publish(with_card(make_dataset(tmp_path / "ds1", "one")), params, workdir=tmp_path / "w",
                         generator=gen1)
     assert published.generator_tag == f"{GEN}/v1"
