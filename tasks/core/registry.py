@@ -179,7 +179,7 @@ def fetch_generator(registry: str, tag: str, out: Path) -> Path:
 def code_version() -> str:
     """The pipeline code's version: ``git describe`` (full sha, ``-dirty`` when modified) of the synthaug checkout,
     or the installed package version when the code is not a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout holding tasks/core/
     top = _run(["git", "rev-parse", "--show-toplevel"], cwd=root, check=False)
     if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
         described = _run(["git", "describe", "--tags", "--always", "--dirty", "--abbrev=40"], cwd=root, check=False)
