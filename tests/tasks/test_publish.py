@@ -299,7 +299,8 @@ def test_code_version_names_the_checkout_or_the_package() -> None:
     root = Path(__file__).resolve().parents[2]
     top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
     if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:  # tests run from a checkout: its commit
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        assert version.startswith("git ") and head in version
+        described = subprocess.run(["git", "describe", "--tags", "--always", "--dirty", "--abbrev=40"], cwd=root,
+                                   capture_output=True, text=True).stdout.strip()
+        assert version == f"git {described}"
     else:
         assert version.startswith("synthaug ") and len(version) > 9
