@@ -17,7 +17,7 @@ from tasks.core.model_params import ModelParams
 from tasks.core.registry import PublishError, PublishParams, fetch, fetch_generator, latest_generator
 from tasks.generators import WarmStart, _mismatch, parse_spec
 from tasks.publish import publish
-from tests.tasks.test_publish import break_remote, git, hermetic, make_dataset, mend_remote, snapshot
+from tests.tasks.test_publish import bare_origin, break_remote, git, hermetic, make_dataset, mend_remote, snapshot
 
 NAME = "digits"
 GEN = f"{NAME}-generator"
@@ -50,11 +50,7 @@ def card_of(registry: Path, version: int, out: Path) -> str:
 
 
 def test_generator_versions_publish_with_the_dataset_whole_or_not_at_all(tmp_path: Path) -> None:
-    origin = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", str(origin)], check=True)
-    remote, work = tmp_path / "remote", tmp_path / "work"
-    remote.mkdir()
-    params = PublishParams(name=NAME, registry=str(origin), remote=str(remote))
+    origin, remote, work, params = bare_origin(tmp_path)
     gen_a = make_generator(tmp_path / "gen-a", b"weights A" * 100)
     assert latest_generator(str(origin), NAME) is None
     assert latest_generator(str(tmp_path / "no-registry"), NAME) is None

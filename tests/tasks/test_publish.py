@@ -72,12 +72,17 @@ def mend_remote(remote: Path, aside: Path) -> None:
     aside.rename(remote)
 
 
-def test_publish_to_git_origin_versions_fetches_and_recovers(tmp_path: Path) -> None:
+def bare_origin(tmp_path: Path) -> tuple[Path, Path, Path, PublishParams]:
+    """A bare git origin and an empty DVC remote folder: the registry as a team would host it; and a workdir."""
     origin = tmp_path / "origin.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(origin)], check=True)
     remote, work = tmp_path / "remote", tmp_path / "work"
     remote.mkdir()
-    params = PublishParams(name=NAME, registry=str(origin), remote=str(remote))
+    return origin, remote, work, PublishParams(name=NAME, registry=str(origin), remote=str(remote))
+
+
+def test_publish_to_git_origin_versions_fetches_and_recovers(tmp_path: Path) -> None:
+    origin, remote, work, params = bare_origin(tmp_path)
     ds1 = make_dataset(tmp_path / "ds1", "one")
     ds2 = make_dataset(tmp_path / "ds2", "two")
 
