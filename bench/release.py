@@ -30,9 +30,9 @@ from flows.dag import step
 from flows.params import load_params
 from models.judge import train_judge
 from tasks.core.features import load_judge_step
+from tasks.core.inputs import read_data
 from tasks.core.tstr import METRICS, TRTR, TSTR, release_utility
 from tasks.core.utility import EvaluateParams, score, training_set
-from tasks.evaluate import _read_inputs
 from tasks.privacy import privacy_gate
 
 STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")
@@ -41,7 +41,7 @@ STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")
 def tstr_trtr(workdir: Path, params: EvaluateParams) -> dict[str, Any]:
     """The evaluate step's ``real_only`` and ``synthetic_only`` runs alone, in its ``utility`` layout."""
     judge, class_names = load_judge_step(workdir / "judge", device=torch.device("cpu"))
-    data = _read_inputs(workdir / "ingest", workdir / "filter", class_names, judge.image_shape)
+    data = read_data(workdir / "ingest", workdir / "filter", class_names, judge.image_shape)
     truth = data.test_y.numpy()
     out: dict[str, Any] = {}
     for condition in (TRTR, TSTR) if data.syn_x.shape[0] else (TRTR,):

@@ -106,9 +106,10 @@ def source(scenario: str, root: Path) -> str:
 
 
 def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequence[str] = (),
-                 first: str = STEPS[0]) -> dict[str, Any]:
+                 first: str = STEPS[0], tune: bool = False) -> dict[str, Any]:
     """Run the steps up to the report on ``scenario`` (from ``first``: the earlier ones' outputs in ``workdir`` are
-    reused); returns the utility block, counts and step times."""
+    reused); returns the utility block, counts and step times. ``tune``: then run ``synthaug tune``'s flow in the
+    same workdir and add its trials and the tuned utility block (``tuned``)."""
     from flows.dag import step
     from flows.params import dump_params, load_params
 
@@ -121,9 +122,18 @@ def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequenc
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"{scenario}: {name} {seconds[name]} s", flush=True)
     metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
-    return {"scenario": scenario, "overrides": list(overrides), "seconds": seconds, "params": dump_params(params),
-            "classes": metrics["classes"], "minority_classes": metrics["minority_classes"],
-            "counts": metrics["counts"], "utility": metrics["utility"]}
+    result = {"scenario": scenario, "overrides": list(overrides), "seconds": seconds, "params": dump_params(params),
+              "classes": metrics["classes"], "minority_classes": metrics["minority_classes"],
+              "counts": metrics["counts"], "utility": metrics["utility"]}
+    if tune:
+        from flows.tune import tune as tune_flow
+
+        start = time.perf_counter()
+        tune_flow(params, str(workdir), str(workdir / "params.tuned.yaml"))
+        seconds["tune"] = round(time.perf_counter() - start, 1)
+        result["tuned"] = {"trials": json.loads((workdir / "tune" / "trials.json").read_text()),
+                           "utility": json.loads((workdir / "evaluate" / "metrics.json").read_text())["utility"]}
+    return result
 
 
 BAR_GAP = 0.30  # the bar: share of the best-baseline -> oracle gap closed in minority recall
@@ -147,11 +157,25 @@ def _ms(entry: dict[str, Any]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The scenario's tables for docs/BENCHMARKS.md: every condition with both families, then every treated
-    condition against the best real baseline, the recipe chosen on validation, the gate and the bar."""
+    """The scenario's tables for docs/BENCHMARKS.md (``utility_tables``), and those of the tuned recipe when the
+    run tuned one."""
+    text = utility_tables(result["utility"])
+    tuned = result.get("tuned")
+    if tuned:
+        winner, trials = tuned["trials"]["winner"], tuned["trials"]["trials"]
+        default = next(t for t in trials if t["number"] == 0)
+        text += (f"\n\n**`synthaug tune`** ({len(trials)} trials, validated on {tuned['trials']['validated_on']}): "
+                 f"winner share {winner['recipe']['share']:.2f}, order {winner['recipe']['selection']}, weight "
+                 f"{winner['recipe']['weight']:.2f}, validation objective {winner['objective']:+.4f} (default recipe "
+                 f"{default['objective']:+.4f}). On test, once:\n\n" + utility_tables(tuned["utility"]))
+    return text
+
+
+def utility_tables(utility: dict[str, Any]) -> str:
+    """Every condition with both families, then every treated condition against the best real baseline, the
+    recipe, the gate and the bar."""
     from tasks.core.utility import COMPARED, families
 
-    utility = result["utility"]
     fams = families(utility)
     head = " | ".join(f"{f} {m.replace('_', ' ')}" for f in fams for m in COMPARED)
     lines = [f"| condition | {head} |", "|---" * (1 + 2 * len(fams)) + "|"]
@@ -169,6 +193,10 @@ def markdown(result: dict[str, Any]) -> str:
     if recipe:
         lines += ["", f"Chosen on {recipe['validated_on']}: selection `{recipe['selection']}`, shares "
                       f"{json.dumps(recipe['shares'])}."]
+    used = utility["setup"].get("recipe")
+    if used:
+        lines += ["", f"Synthetic recipe: share {used['share']:.2f}, order `{used['selection']}`, loss weight "
+                      f"{used['weight']:.2f}; chosen on: {used['chosen_on']}."]
     lines += ["", f"Gate: {utility['gate']['verdict']}", "",
               "Bar (minority-recall gain with 95% CI above zero and >= 30% of the gap closed): "
               + "; ".join(f"{f}: {', '.join(c) or 'none'}" for f, c in bar(utility).items())]
@@ -187,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON results")
     parser.add_argument("--from-step", choices=STEPS, default=STEPS[0],
                         help="rerun from this step on an earlier run's workdir (e.g. evaluate after a code change)")
+    parser.add_argument("--tune", action="store_true", help="then run `synthaug tune` in each scenario's workdir")
     parser.add_argument("--markdown", type=Path, nargs="+", help="print the tables of result files; run nothing")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -199,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for scenario in args.scenario or SCENARIOS:
         result = run_scenario(scenario, args.workdir / scenario, seeds=args.seeds, overrides=args.overrides,
-                              first=args.from_step)
+                              first=args.from_step, tune=args.tune)
         result["machine"] = machine_info(torch.device("cpu"))
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"utility-{scenario}-{stamp}.json"

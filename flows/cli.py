@@ -154,6 +154,29 @@ def compare(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt,
 
 
 @app.command()
+def tune(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
+         out: Path = typer.Option(Path("params.tuned.yaml"), "--out", "-o",
+                                  help="The params file the winning recipe is written to (commit it).")) -> None:
+    """Choose the synthetic recipe (share, order, loss weight) on validation data: Optuna trials as Prefect tasks.
+
+    The winner goes into --out and is confirmed once on the test split; `synthaug run -p <out>` publishes with it.
+    """
+    from flows.runners import task_runner
+    from flows.tune import tune as tune_flow
+
+    params = _params(params_file, overrides)
+    result = tune_flow.with_options(task_runner=task_runner(params.runner))(params, str(workdir), str(out))
+    recipe = result["winner"]
+    console.print(f"\n[bold]recipe[/]   share {recipe['share']:.2f}, order {recipe['selection']}, synthetic loss "
+                  f"weight {recipe['weight']:.2f} (validation objective {result['validation_objective']:+.4f}; "
+                  f"trials {result['trials']})\n[bold]params[/]   {result['params']}  (synthaug run -p "
+                  f"{result['params']} publishes with it)\n[bold]test[/]     confirmed once:", highlight=False)
+    for line in result["test"]:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print(result["gate"], highlight=False, soft_wrap=True)
+
+
+@app.command()
 def serve(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
           cron: str | None = typer.Option(None, help="Cron schedule (default: publish.schedule).")) -> None:
     """Serve the pipeline on a schedule (needs a Prefect server); a run publishes only when something changed."""

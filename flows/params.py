@@ -21,6 +21,7 @@ from tasks.core.sampling import GenerateParams
 from tasks.core.utility import EvaluateParams
 from tasks.ingest import DataParams
 from tasks.plan import PlanParams
+from tasks.tune import TuneParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -39,6 +40,7 @@ class Params(BaseModel):
     publish: PublishParams = PublishParams()
     privacy: PrivacyParams = PrivacyParams()
     runner: RunnerParams = RunnerParams()
+    tune: TuneParams = TuneParams()
 
     @field_validator("publish")
     @classmethod

@@ -282,7 +282,7 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def _fit(model: Judge, x: torch.Tensor, y: torch.Tensor, config: JudgeConfig, weight: torch.Tensor | None,
-         on_step: StepCallback | None) -> None:
+         on_step: StepCallback | None, sample_weight: torch.Tensor | None = None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, config.steps))
     rng = torch.Generator().manual_seed(config.seed)  # CPU: the same batches and shifts on every device
@@ -295,7 +295,13 @@ def _fit(model: Judge, x: torch.Tensor, y: torch.Tensor, config: JudgeConfig, we
         idx = order[pos:pos + batch].to(x.device)
         pos += batch
         xb = _augment(x[idx], config, rng) if config.augment else x[idx]
-        loss = F.cross_entropy(model(xb), y[idx], weight=weight, label_smoothing=config.label_smoothing)
+        if sample_weight is None:
+            loss = F.cross_entropy(model(xb), y[idx], weight=weight, label_smoothing=config.label_smoothing)
+        else:  # a weighted mean: the same normalisation as the class-weighted mean above
+            per_image = F.cross_entropy(model(xb), y[idx], weight=weight, label_smoothing=config.label_smoothing,
+                                        reduction="none")
+            w = sample_weight[idx] * (weight[y[idx]] if weight is not None else 1.0)
+            loss = (per_image * sample_weight[idx]).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -307,7 +313,7 @@ def _fit(model: Judge, x: torch.Tensor, y: torch.Tensor, config: JudgeConfig, we
 def train_judge(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, config: JudgeConfig,
                 device: torch.device | str, val_images: torch.Tensor | None = None,
                 val_labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
-                on_step: StepCallback | None = None) -> Judge:
+                sample_weights: torch.Tensor | None = None, on_step: StepCallback | None = None) -> Judge:
     """Train a judge from scratch on a dataset held on ``device`` as one tensor; calibrate it on val if given.
 
     Deterministic given ``config.seed`` on the CPU (initialisation, batch order, augmentation and dropout all
@@ -323,6 +329,8 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
         val_images: optional (M, C, H, W) held-out images; with ``val_labels`` they fit the temperature.
         val_labels: optional (M,) labels of ``val_images``.
         class_weights: optional (K,) cross-entropy weights, e.g. ``balanced_class_weights`` for imbalanced data.
+        sample_weights: optional (N,) weights > 0 of the images in the loss (a batch's loss is their weighted
+            mean), e.g. a smaller weight for synthetic images than for real ones.
         on_step: called as on_step(step, {"loss": ..., "lr": ...}) after every step.
     """
     device = torch.device(device)
@@ -339,6 +347,11 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
         if weight.shape != (num_classes,) or bool((weight < 0).any()):
             raise ValueError(f"class_weights must be ({num_classes},) and >= 0, got {weight.tolist()}")
         weight = weight.to(device)
+    if sample_weights is not None:
+        sample_weights = torch.as_tensor(sample_weights, dtype=torch.float32)
+        if sample_weights.shape != labels.shape or bool((sample_weights <= 0).any()):
+            raise ValueError(f"sample_weights must be ({labels.shape[0]},) and > 0")
+        sample_weights = sample_weights.to(device)
 
     x = images.to(device, torch.float32)
     y = labels.to(device, torch.int64)
@@ -346,7 +359,7 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = Judge(tuple(x.shape[1:]), num_classes, config=config).to(device).train()
-        _fit(model, x, y, config, weight, on_step)
+        _fit(model, x, y, config, weight, on_step, sample_weights)
     model.eval()
     if val_images is not None and val_labels is not None:
         fit_temperature(model, val_images, val_labels)

@@ -72,76 +72,31 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.common import pick_device
-from models.judge import train_judge
 from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, plot_counts, plot_per_class_recall, plot_utility
-from tasks.core.errors import UserError
-from tasks.core.features import embed, load_judge_step
 from tasks.core.files import write_atomic
 from tasks.core.gate import gain_lines, gate_verdict
 from tasks.core.headline import SUMMARY_FILE, write_headline
-from tasks.core.images import load_images
-from tasks.core.labels import natural_key
-from tasks.core.recipe import _with_synthetic, choose_recipe, synthetic_subset
-from tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY, real_rows, synthetic_rows
+from tasks.core.inputs import read_inputs
+from tasks.core.recipe import _with_synthetic, apply_recipe, choose_recipe, synthetic_subset
+from tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY
 from tasks.core.set_metrics import _finite, quality_metrics
 from tasks.core.utility import (
     BASELINES,
     COMPARED,
     CONDITIONS,
     PROJECT_FAMILY,
+    WITH_SYNTHETIC,
     EvaluateParams,
+    SyntheticRecipe,
     _Data,
-    _pixels,
     families,
-    independent_classifier,
-    score,
     summarize,
-    training_set,
+    train_and_score,
 )
 
 FORMAT = "synthaug-metrics/1"
 
 REFERENCE_HELDBACK = "real heldback (oracle; classes with heldback images only)"
-
-
-# ------------------------------------------------------------------------------------------------------ inputs
-
-
-def _load(root: Path, rows: pd.DataFrame, index: Mapping[str, int], shape: tuple[int, int, int]):
-    c, h, w = shape
-    if rows.empty:
-        return torch.empty(0, c, h, w), torch.empty(0, dtype=torch.int64)
-    x = load_images(root, list(rows["path"]), c)
-    if tuple(x.shape[1:]) != shape:
-        raise UserError(f"{root}: images are {tuple(x.shape[1:])} but the judge was trained on {shape}; "
-                        "rerun the judge step on this data")
-    return x, torch.tensor([index[v] for v in rows["label"]], dtype=torch.int64)
-
-
-def _read_inputs(ingest_dir: Path, filter_dir: Path, class_names: list[str],
-                 image_shape: tuple[int, int, int]) -> _Data:
-    real = real_rows(ingest_dir)
-    synthetic = synthetic_rows(filter_dir)
-    index = {name: i for i, name in enumerate(class_names)}
-    for what, frame in (("real", real), ("synthetic", synthetic)):
-        unknown = sorted(set(frame["label"]) - set(index), key=natural_key)
-        if unknown:
-            raise UserError(f"{what} images of classes {unknown} are not among the judge's classes {class_names}; "
-                            "rerun the judge step on this data")
-    split = {s: real[real["split"] == s] for s in ("train", "val", "test", "heldback")}
-    if split["test"].empty:
-        raise UserError(f"{ingest_dir / 'manifest.parquet'}: no real test images; utility is scored on the test "
-                        "split (set data.test_fraction > 0 or give the source a test split)")
-    loaded = {s: _load(ingest_dir, rows, index, image_shape) for s, rows in split.items()}
-    syn_x, syn_y = _load(filter_dir, synthetic[synthetic["accepted"].astype(bool)], index, image_shape)
-    return _Data(class_names, *loaded["train"], *loaded["val"], *loaded["test"], *loaded["heldback"],
-                 syn_x, syn_y, synthetic)
-
-
-def default_minority(train_counts: Mapping[str, int]) -> list[str]:
-    """Classes whose real train count is below half the largest."""
-    largest = max(train_counts.values(), default=0)
-    return [name for name, n in train_counts.items() if n < largest / 2]
 
 
 # ------------------------------------------------------------------------------------------------------ utility
@@ -188,8 +143,11 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
         recipe = choose_recipe(data, real_f, syn_f, params, minority, device)
         chosen = _with_synthetic(data, synthetic_subset(data, real_f[:data.train_x.shape[0]], syn_f, recipe["shares"],
                                                         recipe["selection"], params.classifier.seed))
-    k = len(data.class_names)
     truth = data.test_y.numpy()
+    train_f = None if real_f is None else real_f[:data.train_x.shape[0]]
+    if params.recipe.share < 1.0 and (train_f is None or syn_f is None):
+        raise ValueError("evaluate.recipe.share < 1 selects images in the feature space: give real_f and syn_f")
+    plain = params.model_copy(update={"recipe": SyntheticRecipe()})  # real_synthetic_chosen: its own shares
     runs: dict[str, dict[str, list[dict]]] = {f: {c: [] for c in conditions}
                                               for f in (PROJECT_FAMILY, params.independent)}
     sizes: dict[str, dict[str, int]] = {}
@@ -203,16 +161,14 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
             for i in range(params.seeds):
                 bar.update(task, description=f"{condition} seed {i + 1}/{params.seeds}")
                 seed = params.classifier.seed + i
-                x, y = (training_set("real_synthetic", chosen, seed) if condition == "real_synthetic_chosen"
-                        else training_set(condition, data, seed))
-                sizes[condition] = {name: int((y == j).sum()) for j, name in enumerate(data.class_names)}
-                config = dataclasses.replace(params.classifier, seed=seed)
-                model = train_judge(x, y, num_classes=k, config=config, device=device)
-                pred = model.predict_logits(data.test_x).argmax(dim=1).numpy()
-                runs[PROJECT_FAMILY][condition].append(score(pred, truth, data.class_names, minority))
-                other = independent_classifier(params.independent, seed).fit(_pixels(x), y.numpy())
-                pred = other.predict(_pixels(data.test_x))
-                runs[params.independent][condition].append(score(pred, truth, data.class_names, minority))
+                if condition == "real_synthetic_chosen":
+                    scores, sizes[condition] = train_and_score("real_synthetic", chosen, seed, plain, minority, device)
+                else:
+                    used = (apply_recipe(data, train_f, syn_f, params.recipe, seed) if condition in WITH_SYNTHETIC
+                            else data)
+                    scores, sizes[condition] = train_and_score(condition, used, seed, params, minority, device)
+                for family, s in scores.items():
+                    runs[family][condition].append(s)
                 bar.advance(task)
             seconds[condition] = round(time.perf_counter() - start, 2)
 
@@ -221,6 +177,9 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
                           **summarize(runs[params.independent], data.class_names, params.seeds)}
     out["gate"] = gate_verdict(out, params.gate_margin)
     out["choices"] = [dict(c) for c in CHOICES]
+    out["choices"].append({"choice": "synthetic recipe of real_synthetic and real_classical_aug_synthetic (share "
+                                        f"{params.recipe.share:g}, order {params.recipe.selection}, loss weight "
+                                        f"{params.recipe.weight:g})", "made_on": params.recipe.chosen_on})
     if recipe is not None:
         out["recipe"] = recipe
         out["choices"].append({"choice": "real_synthetic_chosen: selection order and per-class synthetic share "
@@ -231,6 +190,7 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
         "test_per_class": {name: int((truth == j).sum()) for j, name in enumerate(data.class_names)},
         "minority_classes": list(minority), "train_per_class": sizes, "train_seconds": seconds,
         "classifier": dataclasses.asdict(params.classifier), "independent": params.independent,
+        "recipe": params.recipe.model_dump(),
         "device": str(device), "std": "sample standard deviation over seeds (ddof=1)",
         "baselines": list(BASELINES), "context": "real_only (untreated; shown, never a baseline for gains)",
     }
@@ -292,33 +252,19 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
     """
     console = console or Console(stderr=True)
     device = pick_device(params.device)
-    judge, class_names = load_judge_step(judge_dir, device=device)
-    data = _read_inputs(ingest_dir, filter_dir, class_names, judge.image_shape)
+    inputs = read_inputs(ingest_dir, filter_dir, judge_dir, params, extractor=extractor, device=device)
+    data, class_names, minority, summary = inputs.data, inputs.data.class_names, inputs.minority, inputs.summary
     train_counts = {name: int((data.train_y == i).sum()) for i, name in enumerate(class_names)}
-    if params.minority_classes is None:
-        minority = default_minority(train_counts)
-    else:
-        unknown = [c for c in params.minority_classes if c not in class_names]
-        if unknown:
-            raise UserError(f"evaluate.minority_classes: {unknown} are not classes of this dataset "
-                            f"({class_names})")
-        minority = sorted(params.minority_classes, key=natural_key)
-    summary_path = filter_dir / FILTER_SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    if extractor is None and summary and summary.get("feature_space") not in (None, "judge"):
-        extractor = summary["feature_space"]  # measure in the space the filter used
-
-    ref_x, ref_y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
-    ref_f = embed(ref_x, judge, extractor=extractor)
-    syn_f = embed(data.syn_x, judge, extractor=extractor) if data.syn_x.shape[0] else torch.empty(0, ref_f.shape[1])
+    ref_f, syn_f = torch.from_numpy(inputs.real_f), torch.from_numpy(inputs.syn_f)
+    ref_y = torch.cat([data.train_y, data.val_y])
     quality = quality_metrics(ref_f, ref_y, syn_f, data.syn_y, class_names, params)
     if data.heldback_x.shape[0]:
         # The oracle's view: the real images the scarce classes lost are the distribution the synthetic ones stand
         # in for, and often the only real set large enough for FID in those classes.
-        held_f = embed(data.heldback_x, judge, extractor=extractor)
+        held_f = torch.from_numpy(inputs.embed(data.heldback_x))
         quality["vs_heldback"] = quality_metrics(held_f, data.heldback_y, syn_f, data.syn_y, class_names, params,
                                                  reference=REFERENCE_HELDBACK)
-    del judge
+    extractor = inputs.extractor
 
     syn_counts = {name: int((data.syn_y == i).sum()) for i, name in enumerate(class_names)}
     counts = {
@@ -330,7 +276,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         "real_test": {n: int((data.test_y == i).sum()) for i, n in enumerate(class_names)},
         "real_heldback": {n: int((data.heldback_y == i).sum()) for i, n in enumerate(class_names)},
     }
-    utility = utility_metrics(data, params, minority, device, real_f=ref_f.numpy(), syn_f=syn_f.numpy(),
+    utility = utility_metrics(data, params, minority, device, real_f=inputs.real_f, syn_f=inputs.syn_f,
                               console=console)
 
     out_dir.mkdir(parents=True, exist_ok=True)

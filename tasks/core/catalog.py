@@ -84,3 +84,5 @@ PRIVACY = Artifact("privacy")
 PRIVACY_JSON = Artifact(f"privacy/{PRIVACY_FILE}", read_json)
 DCR = Artifact(f"privacy/{DCR_PLOT}")
 RELEASE = Artifact("release")
+TUNE = Artifact("tune")  # `synthaug tune`: the study (study.db) and trials.json; not a DAG step's output
+TUNE_TRIALS = Artifact("tune/trials.json", read_json)

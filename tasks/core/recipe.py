@@ -1,5 +1,6 @@
-"""The real_synthetic_chosen condition's recipe: how much of each class's synthetic images to use, chosen on real
-train/val data only."""
+"""How much of each class's synthetic images the synthetic conditions use, in which order and how strongly
+(``evaluate.recipe``), and the scoring of such recipes on real train/val data only: the per-class shares of
+``real_synthetic_chosen`` and the trials of ``synthaug tune``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import torch
 
 from models.judge import train_judge
 from tasks.core.utility import (
+    BASELINES,
+    COMPARED,
     EvaluateParams,
+    SyntheticRecipe,
     _Data,
     score,
+    train_and_score,
     training_set,
 )
 
@@ -42,11 +47,31 @@ def k_center_order(real_f: np.ndarray, syn_f: np.ndarray) -> np.ndarray:
     return order
 
 
+def informativeness(real_f: np.ndarray, real_y: np.ndarray, syn_f: np.ndarray, syn_y: np.ndarray) -> np.ndarray:
+    """1 - the probability of each synthetic image's label under a real-only classifier: a logistic regression
+    on the real train images' features, trained on them as imbalanced as they are. High: an image that
+    classifier gets wrong, i.e. something the real images alone did not teach (the filter has already required the
+    judge to label it confidently, so it is not simply off-label)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if syn_f.shape[0] == 0:
+        return np.empty(0)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(real_f, real_y)
+    proba = model.predict_proba(syn_f)
+    column = {int(c): i for i, c in enumerate(model.classes_)}
+    return np.array([1.0 - (proba[r, column[int(k)]] if int(k) in column else 0.0) for r, k in enumerate(syn_y)])
+
+
 def synthetic_subset(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, shares: Mapping[str, float],
                      selection: str, seed: int) -> np.ndarray:
     """Rows of the accepted synthetic images to keep: per class, the first ``round(share * n)`` of its images in
-    ``selection`` order (``k_center_order`` against that class's real train features, or a seeded permutation)."""
+    ``selection`` order (``k_center_order`` against that class's real train features, ``informativeness``
+    descending, or a seeded permutation). ``real_f``: the features of ``data.train_x``."""
     keep = []
+    info = (informativeness(real_f, data.train_y.numpy(), syn_f, data.syn_y.numpy())
+            if selection == "informative" else None)
     for k, name in enumerate(data.class_names):
         rows = np.flatnonzero(data.syn_y.numpy() == k)
         n = round(shares.get(name, 1.0) * rows.size)
@@ -54,6 +79,8 @@ def synthetic_subset(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, shares:
             continue
         if selection == "k_center":
             order = k_center_order(real_f[data.train_y.numpy() == k], syn_f[rows])
+        elif info is not None:
+            order = np.argsort(-info[rows], kind="stable")
         else:
             order = np.random.default_rng([seed, k]).permutation(rows.size)
         keep.append(rows[order[:n]])
@@ -63,6 +90,42 @@ def synthetic_subset(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, shares:
 def _with_synthetic(data: _Data, rows: np.ndarray) -> _Data:
     index = torch.from_numpy(rows)
     return dataclasses.replace(data, syn_x=data.syn_x[index], syn_y=data.syn_y[index])
+
+
+def apply_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, recipe: SyntheticRecipe, seed: int) -> _Data:
+    """``data`` with only the synthetic images ``recipe`` uses (its share of every class, in its order);
+    ``real_f``: the features of ``data.train_x``. Every image (share 1) leaves ``data`` as it is."""
+    if recipe.share >= 1.0 or data.syn_x.shape[0] == 0:
+        return data
+    shares = dict.fromkeys(data.class_names, recipe.share)
+    return _with_synthetic(data, synthetic_subset(data, real_f, syn_f, shares, recipe.selection, seed))
+
+
+def validation_runs(folds: Sequence[tuple], syn_f: np.ndarray, params: EvaluateParams, minority: Sequence[str],
+                    device: torch.device, condition: str) -> dict[str, list[dict]]:
+    """{family: scores} of ``condition`` under ``params.recipe`` on every validation fold (``validation_folds``)
+    and ``params.validation_seeds`` classifier seeds: both families trained on the fold's real train images (plus
+    the recipe's synthetic images) and scored on its held-out real images."""
+    runs: dict[str, list[dict]] = {}
+    for fold, fold_real_f in folds:
+        for i in range(params.validation_seeds):
+            seed = params.classifier.seed + i
+            scores, _ = train_and_score(condition, apply_recipe(fold, fold_real_f, syn_f, params.recipe, seed), seed,
+                                        params, minority, device)
+            for family, s in scores.items():
+                runs.setdefault(family, []).append(s)
+    return runs
+
+
+def validation_gain(runs: Mapping[str, list[dict]], baselines: Mapping[str, Mapping[str, list[dict]]]) -> dict:
+    """The gain of ``runs`` over the best real baseline on validation, per family and compared metric (mean over
+    folds and seeds, against the better mean of ``BASELINES``), and ``objective``: the mean of those gains."""
+    def mean(scores: Sequence[dict], metric: str) -> float:
+        return float(np.mean([s[metric] if s[metric] is not None else 0.0 for s in scores]))
+
+    gains = {family: {m: mean(scores, m) - max(mean(baselines[c][family], m) for c in BASELINES) for m in COMPARED}
+             for family, scores in runs.items()}
+    return {"gains": gains, "objective": float(np.mean([g for f in gains.values() for g in f.values()]))}
 
 
 def validation_folds(data: _Data, real_f: np.ndarray, minority: Sequence[str]) -> tuple[list[tuple], str]:

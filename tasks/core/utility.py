@@ -23,6 +23,7 @@ CONDITIONS = ("real_only", "real_classical_aug", "real_oversampled", "real_synth
 BASELINES = ("real_classical_aug", "real_oversampled")  # the best real baseline, per metric, is the better of these
 TREATED = ("real_synthetic", "real_classical_aug_synthetic", "real_synthetic_chosen")  # measured against it
 COMPARED = ("balanced_accuracy", "minority_recall")  # the metrics gains, gaps and the gate are measured on
+WITH_SYNTHETIC = ("real_synthetic", "real_classical_aug_synthetic")  # real + synthetic sets under evaluate.recipe
 GATED = "real_synthetic"  # the published set (real, balanced, + the accepted synthetic images): what the gate checks
 PROJECT_FAMILY = "cnn"  # the project's classifier (models.judge network) in utility["families"]
 MIN_GAP = 0.01  # gap_closed is null when the oracle is less than this above the best real baseline: noise
@@ -30,6 +31,31 @@ MIN_GAP = 0.01  # gap_closed is null when the oracle is less than this above the
 
 # A CPU-friendly recipe: 6 conditions x 3 seeds on the ~1000 16x16 digits images take about 2 minutes on 2 cores.
 DEFAULT_CLASSIFIER = JudgeConfig(width=16, feature_dim=64, steps=300, batch_size=64)
+
+
+SELECTIONS = ("random", "k_center", "informative")  # orders a share of a class's synthetic images is taken in
+
+
+class SyntheticRecipe(Section):
+    """``evaluate.recipe``: how much of the accepted synthetic images the synthetic conditions use, in what order,
+    and how strongly. The defaults (every image, weight 1) are the recipe of ``real_synthetic`` as it was fixed;
+    ``synthaug tune`` chooses these three on validation data and writes them to a params file.
+
+    share: fraction of each class's accepted synthetic images used (the first ``round(share * n)`` in
+      ``selection`` order).
+    selection: ``random`` (a seeded permutation), ``k_center`` (diversity: each next image the farthest from the
+      class's real images and the images already taken, in the judge's feature space) or ``informative`` (first
+      the images a real-only classifier on those features gives the lowest probability of their label: what the
+      real images did not already teach; the filter has already made sure the judge labels them confidently).
+    weight: loss weight of a synthetic image relative to a real one, for both classifier families.
+    chosen_on: what these values were chosen on; the report lists it among the choices (``synthaug tune`` fills
+      it in).
+    """
+
+    share: float = Field(1.0, gt=0.0, le=1.0)
+    selection: Literal["random", "k_center", "informative"] = "random"
+    weight: float = Field(1.0, gt=0.0, le=10.0)
+    chosen_on: str = "the defaults: fixed in code before any result of this dataset"
 
 
 class EvaluateParams(Section):
@@ -54,6 +80,8 @@ class EvaluateParams(Section):
     choose_on_validation: add ``real_synthetic_chosen``: the selection order (k-center or random) and a per-class
       share of the accepted synthetic images chosen on validation only (``choose_recipe``), then scored on test.
     validation_seeds: classifier runs per candidate and fold in that search.
+    recipe: share, order and loss weight of the synthetic images in ``real_synthetic`` and
+      ``real_classical_aug_synthetic`` (``SyntheticRecipe``).
     """
 
     seeds: int = Field(3, ge=3)
@@ -62,6 +90,7 @@ class EvaluateParams(Section):
     gate_margin: float = Field(0.01, ge=0.0, le=1.0)
     choose_on_validation: bool = False  # measured and did not help (docs/BENCHMARKS.md): off by default
     validation_seeds: int = Field(2, ge=1)
+    recipe: SyntheticRecipe = SyntheticRecipe()
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     fid_min_samples: int = Field(50, ge=2)
@@ -136,15 +165,27 @@ def _repeat_to_balance(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.
     return torch.cat([x, x[fill]]), torch.cat([y, y[fill]])
 
 
-def _real_synthetic(data: _Data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``real_synthetic`` set and a mask of its repeated copies (rows that are not an original image)."""
+def _real_synthetic(data: _Data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``real_synthetic`` set, a mask of its repeated copies (rows that are not an original image) and a mask
+    of its synthetic rows (originals and copies)."""
     k, n, m = len(data.class_names), data.train_x.shape[0], data.syn_x.shape[0]
     xo, yo = _repeat_to_balance(data.train_x, data.train_y, k)
-    x, y = _repeat_to_balance(torch.cat([xo, data.syn_x]), torch.cat([yo, data.syn_y]), k)
+    fill = torch.from_numpy(fill_indices(torch.cat([yo, data.syn_y]).numpy(), k))
+    x, y = torch.cat([xo, data.syn_x]), torch.cat([yo, data.syn_y])
+    synthetic = torch.cat([torch.zeros(xo.shape[0], dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
+    x, y, synthetic = torch.cat([x, x[fill]]), torch.cat([y, y[fill]]), torch.cat([synthetic, synthetic[fill]])
     copy = torch.ones(x.shape[0], dtype=torch.bool)
     copy[:n] = False  # [real | real repeats | synthetic | repeats of both]
     copy[xo.shape[0]:xo.shape[0] + m] = False
-    return x, y, copy
+    return x, y, copy, synthetic
+
+
+def synthetic_weights(condition: str, data: _Data, weight: float) -> torch.Tensor | None:
+    """Per-row loss weights of ``training_set(condition, data, ...)``: ``weight`` for synthetic rows, 1 for real;
+    None where every row weighs 1 (no synthetic rows, or ``weight`` 1)."""
+    if condition not in WITH_SYNTHETIC or weight == 1.0:
+        return None
+    return torch.where(_real_synthetic(data)[3], weight, 1.0).float()
 
 
 def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +200,7 @@ def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, 
         fill = torch.from_numpy(fill_indices(y.numpy(), k))
         return torch.cat([x, augment_images(x[fill], seed)]), torch.cat([y, y[fill]])
     if condition in ("real_synthetic", "real_classical_aug_synthetic"):
-        xs, ys, copy = _real_synthetic(data)
+        xs, ys, copy, _ = _real_synthetic(data)
         if condition == "real_classical_aug_synthetic":
             xs = xs.clone()
             xs[copy] = augment_images(xs[copy], seed)
@@ -169,6 +210,25 @@ def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, 
     if condition == "real_oracle":
         return torch.cat([x, data.heldback_x]), torch.cat([y, data.heldback_y])
     raise ValueError(f"unknown condition {condition!r}; conditions: {', '.join(CONDITIONS)}")
+
+
+def train_and_score(condition: str, data: _Data, seed: int, params: EvaluateParams, minority: Sequence[str],
+                    device: torch.device) -> tuple[dict[str, dict], dict[str, int]]:
+    """Both classifier families trained on ``training_set(condition, data, seed)`` (synthetic rows weighted by
+    ``params.recipe.weight``) and scored on ``data.test_x``: {family: score}, and the training set's per-class
+    size."""
+    from models.judge import train_judge
+
+    x, y = training_set(condition, data, seed)
+    w = synthetic_weights(condition, data, params.recipe.weight)
+    k, truth = len(data.class_names), data.test_y.numpy()
+    model = train_judge(x, y, num_classes=k, config=dataclasses.replace(params.classifier, seed=seed), device=device,
+                        sample_weights=w)
+    scores = {PROJECT_FAMILY: score(model.predict_logits(data.test_x).argmax(dim=1).numpy(), truth,
+                                    data.class_names, minority)}
+    other = fit_independent(params.independent, seed, x, y, w)
+    scores[params.independent] = score(other.predict(_pixels(data.test_x)), truth, data.class_names, minority)
+    return scores, {name: int((y == j).sum()) for j, name in enumerate(data.class_names)}
 
 
 def independent_classifier(name: str, seed: int):
@@ -185,6 +245,17 @@ def independent_classifier(name: str, seed: int):
     if name == "logistic_regression":
         return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, random_state=seed))
     raise ValueError(f"unknown independent classifier {name!r}; choose extra_trees or logistic_regression")
+
+
+def fit_independent(name: str, seed: int, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None):
+    """``independent_classifier(name, seed)`` fitted on the flattened pixels of ``x`` (rows weighted by
+    ``weights``, when given)."""
+    model = independent_classifier(name, seed)
+    if weights is None:
+        return model.fit(_pixels(x), y.numpy())
+    # A pipeline routes a fit parameter to its last step by that step's name.
+    key = "sample_weight" if name == "extra_trees" else "logisticregression__sample_weight"
+    return model.fit(_pixels(x), y.numpy(), **{key: weights.numpy()})
 
 
 def _pixels(x: torch.Tensor) -> np.ndarray:

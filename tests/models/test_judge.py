@@ -130,6 +130,29 @@ def test_class_weights_and_step_callback(digits) -> None:
         train_judge(x, y, num_classes=10, config=cfg, device="cpu", class_weights=torch.ones(3))
 
 
+def test_sample_weights_weigh_images_in_the_loss(digits) -> None:
+    """Equal weights change nothing (a weighted mean of equal weights is the mean); where the same images carry two
+    labels, the heavier label wins, in either direction; bad weights are refused."""
+    x, y = digits["x"][:100], digits["y"][:100]
+    cfg = dataclasses.replace(FAST, steps=4)
+    plain = train_judge(x, y, num_classes=10, config=cfg, device="cpu")
+    equal = train_judge(x, y, num_classes=10, config=cfg, device="cpu", sample_weights=torch.full((100,), 3.0))
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(v, equal.state_dict()[k], rtol=1e-4, atol=1e-5, msg=k)
+    both_x, both_y = torch.cat([x, x]), torch.cat([y, (y + 1) % 10])
+    heavy, light = torch.full((100,), 5.0), torch.full((100,), 0.2)
+    cfg = FAST
+    first = train_judge(both_x, both_y, num_classes=10, config=cfg, device="cpu",
+                        sample_weights=torch.cat([heavy, light])).predict_logits(x).argmax(dim=1)
+    second = train_judge(both_x, both_y, num_classes=10, config=cfg, device="cpu",
+                         sample_weights=torch.cat([light, heavy])).predict_logits(x).argmax(dim=1)
+    assert float((first == y).float().mean()) > 0.8
+    assert float((second == (y + 1) % 10).float().mean()) > 0.8
+    for bad in (torch.ones(3), torch.cat([torch.ones(99), torch.zeros(1)])):
+        with pytest.raises(ValueError, match="sample_weights"):
+            train_judge(x, y, num_classes=10, config=cfg, device="cpu", sample_weights=bad)
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 16, 16), (3, 28, 28), (3, 32, 32), (1, 64, 48)])
 def test_network_is_sized_to_the_images(shape) -> None:
     judge = Judge(shape, 4, config=JudgeConfig(width=8, feature_dim=16))

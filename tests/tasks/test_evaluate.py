@@ -26,6 +26,7 @@ from tasks.core.errors import UserError
 from tasks.core.features import embed, load_judge_step
 from tasks.core.gate import gate_verdict
 from tasks.core.images import load_images, write_png
+from tasks.core.inputs import default_minority
 from tasks.core.manifest import read_manifest, write_manifest
 from tasks.core.recipe import k_center_order
 from tasks.core.utility import (
@@ -45,7 +46,7 @@ from tasks.core.utility import (
     score,
     summarize,
 )
-from tasks.evaluate import CHOICES, default_minority, evaluate_step
+from tasks.evaluate import CHOICES, evaluate_step
 from tasks.judge import train_judge_step
 
 CLASSES = ("0", "1", "2", "3")
@@ -470,11 +471,11 @@ def test_gate_refuses_measured_harm_and_passes_noise() -> None:
 
 
 def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Path]) -> None:
+    from tasks.core.inputs import read_data
     from tasks.core.utility import training_set
-    from tasks.evaluate import _read_inputs
 
     judge, class_names = load_judge_step(workdir["judge"])
-    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
     plain_x, plain_y = training_set("real_synthetic", data, 0)
     aug_x, aug_y = training_set("real_classical_aug_synthetic", data, 0)
     assert torch.equal(plain_y, aug_y)
@@ -535,11 +536,11 @@ def test_k_center_order_matches_its_definition() -> None:
 
 
 def test_synthetic_subset_takes_each_class_share_in_order(workdir: dict[str, Path]) -> None:
+    from tasks.core.inputs import read_data
     from tasks.core.recipe import synthetic_subset
-    from tasks.evaluate import _read_inputs
 
     judge, class_names = load_judge_step(workdir["judge"])
-    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
     real_f = embed(data.train_x, judge).numpy()
     syn_f = embed(data.syn_x, judge).numpy()
     syn_y = data.syn_y.numpy()
@@ -569,11 +570,11 @@ def test_recipe_is_chosen_on_validation_and_scored_once(metrics: dict) -> None:
 
 
 def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> None:
+    from tasks.core.inputs import read_data
     from tasks.core.recipe import validation_folds
-    from tasks.evaluate import _read_inputs
 
     judge, class_names = load_judge_step(workdir["judge"])
-    data = _read_inputs(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
     real_f = np.zeros((data.train_x.shape[0] + data.val_x.shape[0], 4))
     folds, how = validation_folds(data, real_f, ["3"])
     assert len(folds) == 3 and how.startswith("3-fold")

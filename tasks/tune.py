@@ -1,0 +1,138 @@
+"""``synthaug tune``: choose the synthetic recipe (``evaluate.recipe``: share, order and loss weight of the accepted
+synthetic images) on validation data only.
+
+A trial scores one recipe: both classifier families trained on ``real_synthetic`` built from the validation folds'
+real train images plus the recipe's synthetic images, scored on the folds' held-out real images
+(``tasks.core.recipe.validation_folds``: the real val split, or k-fold over train + val where a minority class has
+too few val images). Its objective is the mean, over the two families and the two compared metrics (balanced
+accuracy, minority recall), of the gain over the best real baseline (``real_oversampled`` or
+``real_classical_aug``) on the same folds and seeds. The test split is not read here: the flow (``flows/tune.py``)
+confirms the winner once, by running the evaluate step with it.
+
+The search itself (Optuna, each trial a Prefect task) is the flow's; this module holds what a trial computes and
+the files the tuner writes: ``<workdir>/tune/trials.json`` and the params file with the winning recipe.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from models.common import pick_device
+from tasks.core.errors import UserError
+from tasks.core.files import write_atomic
+from tasks.core.inputs import Inputs, read_inputs
+from tasks.core.params_base import Section
+from tasks.core.recipe import validation_folds, validation_gain, validation_runs
+from tasks.core.utility import BASELINES, EvaluateParams, SyntheticRecipe
+
+TRIALS_FILE = "trials.json"
+SHARES = (0.1, 1.0)  # the share's search range
+WEIGHTS = (0.25, 4.0)  # the loss weight's search range (log scale)
+
+
+class TuneParams(Section):
+    """``tune`` section of params.yaml (``synthaug tune``).
+
+    trials: recipes scored, the default recipe (every image, weight 1) first; a resumed study counts the trials
+      already scored.
+    seeds: classifier runs per recipe and validation fold (both families).
+    seed: the Optuna sampler's seed (TPE).
+    min_gain: the winner replaces the default recipe only when its validation objective is more than this above the
+      default's; otherwise the default is kept (a tie or a gain within noise changes nothing).
+    """
+
+    trials: int = Field(16, ge=1)
+    seeds: int = Field(2, ge=1)
+    seed: int = 0
+    min_gain: float = Field(0.005, ge=0.0)
+
+
+def suggest(trial: Any) -> dict[str, Any]:
+    """A recipe from an Optuna trial: the search space of the tuner."""
+    return {"share": trial.suggest_float("share", *SHARES),
+            "selection": trial.suggest_categorical("selection", ["random", "k_center", "informative"]),
+            "weight": trial.suggest_float("weight", *WEIGHTS, log=True)}
+
+
+DEFAULT_TRIAL = {"share": 1.0, "selection": "random", "weight": 1.0}  # the default recipe, scored first
+
+
+def _inputs(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams) -> tuple[Inputs, list, str]:
+    """The data, its features and the validation folds, read once per process (every trial uses them)."""
+    return _read_once(ingest_dir, filter_dir, judge_dir, params.model_dump_json())
+
+
+@functools.lru_cache(maxsize=2)
+def _read_once(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params_json: str) -> tuple[Inputs, list, str]:
+    params = EvaluateParams.model_validate_json(params_json)
+    inputs = read_inputs(ingest_dir, filter_dir, judge_dir, params, device=pick_device(params.device))
+    folds, how = validation_folds(inputs.data, inputs.real_f, inputs.minority)
+    return inputs, folds, how
+
+
+def _validation_params(params: EvaluateParams, seeds: int, recipe: dict[str, Any] | None = None) -> EvaluateParams:
+    update: dict[str, Any] = {"validation_seeds": seeds}
+    if recipe is not None:
+        update["recipe"] = SyntheticRecipe(**recipe)
+    return params.model_copy(update=update)
+
+
+def score_baselines(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams,
+                    seeds: int) -> dict[str, Any]:
+    """Both families under each real baseline on the validation folds: what every trial's gain is measured from."""
+    inputs, folds, how = _inputs(ingest_dir, filter_dir, judge_dir, params)
+    if inputs.data.syn_x.shape[0] == 0:
+        raise UserError(f"{filter_dir}: no accepted synthetic images; there is no recipe to tune (rerun the filter "
+                        "step, or generate more)")
+    device = pick_device(params.device)
+    runs = {c: validation_runs(folds, inputs.syn_f, _validation_params(params, seeds), inputs.minority, device, c)
+            for c in BASELINES}
+    return {"validated_on": how, "minority": inputs.minority, "runs": runs}
+
+
+def score_trial(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams, seeds: int,
+                recipe: dict[str, Any], baselines: dict[str, Any]) -> dict[str, Any]:
+    """One recipe on the validation folds: {"recipe", "gains" (per family and metric), "objective"}."""
+    inputs, folds, _ = _inputs(ingest_dir, filter_dir, judge_dir, params)
+    device = pick_device(params.device)
+    torch.manual_seed(0)  # nothing should draw from the global RNG; if something does, trials stay repeatable
+    runs = validation_runs(folds, inputs.syn_f, _validation_params(params, seeds, recipe), inputs.minority, device,
+                           "real_synthetic")
+    return {"recipe": recipe, **validation_gain(runs, baselines["runs"])}
+
+
+def choose(trials: list[dict[str, Any]], min_gain: float) -> dict[str, Any]:
+    """The winning recipe: the best validation objective, unless it beats the default recipe's by ``min_gain`` or
+    less (then the default stays)."""
+    default = next((t for t in trials if t["recipe"] == DEFAULT_TRIAL), None)
+    best = max(trials, key=lambda t: t["objective"])
+    if default is not None and best["objective"] - default["objective"] <= min_gain:
+        return default
+    return best
+
+
+def write_trials(path: Path, trials: list[dict[str, Any]], winner: dict[str, Any], baselines: dict[str, Any],
+                 tune: TuneParams) -> Path:
+    """``trials.json``: every recipe with its validation gains, the winner, and how validation was done."""
+    record = {"validated_on": baselines["validated_on"], "minority_classes": baselines["minority"],
+              "objective": "mean over both classifier families and over balanced accuracy and minority recall of "
+                           "the gain over the best real baseline (" + " or ".join(BASELINES) + ") on validation",
+              "params": tune.model_dump(), "winner": winner, "trials": trials,
+              "baselines": {c: {f: {m: float(np.mean([s[m] or 0.0 for s in scores]))
+                                    for m in ("balanced_accuracy", "minority_recall")}
+                                for f, scores in runs.items()} for c, runs in baselines["runs"].items()}}
+    write_atomic(json.dumps(record, indent=2), path)
+    return path
+
+
+def chosen_on(winner: dict[str, Any], trials: int, validated_on: str) -> str:
+    """The ``evaluate.recipe.chosen_on`` line the tuned params file carries into the report."""
+    return (f"synthaug tune: the best validation objective of {trials} recipes ({validated_on}; "
+            f"objective {winner['objective']:+.4f}); the test split was not read to choose it")
