@@ -6,7 +6,7 @@ Scenarios (``SCENARIOS``):
 - ``digits-example``: the bundled example (``tasks.core.example``: scikit-learn's digits, classes 3, 5, 8 cut to 6 train
   images each).
 - ``digits-279``: the same scans and split rule (``tasks.core.example.example_splits``), other scarce classes and
-  counts: 2 and 7 keep 3 train images, 9 keeps 6; the rest of their train part is ``heldback``.
+  counts: 2 and 9 keep 3 train images, 7 keeps 6; the rest of their train part is ``heldback``.
 - ``textures``: 32x32 patches of four 512x512 grayscale photographs bundled with scikit-image (``brick``, ``grass``,
   ``gravel``, ``moon``; the ingest resizes them to ``data.image_size``). Regions are disjoint by rows: train and
   heldback patches tile rows 0-191 (stride 32: 96 per image), val patches rows 192-255 (10 of 32 drawn per class),
@@ -21,8 +21,11 @@ looking at any scenario's test split. The result file keeps, per scenario, the u
 (both classifier families, every condition, the paired differences and gaps from the best real baseline, the gate)
 and the wall time of each step.
 
+With ``--tune``, ``synthaug tune``'s flow then runs in the same workdir (the recipe chosen on validation only,
+then the evaluate and report steps once with it); the result file adds its trials and the tuned utility block.
+
 ``python -m bench.utility [--scenario NAME ...] [--seeds 5] [--set section.key=value ...] [--workdir DIR]
-[--from-step STEP]``
+[--from-step STEP] [--tune]``
 """
 
 from __future__ import annotations
