@@ -74,6 +74,9 @@ def load_params(path: Path | None = DEFAULT_PARAMS, overrides: Sequence[str] = (
             raise ParamsError(f"{path}: expected a mapping of sections (data, plan, ...), got {type(raw).__name__}")
     elif path is not None and Path(path) != DEFAULT_PARAMS:
         raise ParamsError(f"{path}: params file not found")
+    # On top of every default: a sub-section given in part (a file's `classifier: {steps: 100}`, an override
+    # `-S evaluate.classifier.seed=1`) keeps the section's defaults for the rest, not the bare type's.
+    raw = _merged(Params().model_dump(mode="json"), raw)
     for override in overrides:
         apply_override(raw, override)
     _refuse_odd_scalars(raw, [], origin)
@@ -81,6 +84,15 @@ def load_params(path: Path | None = DEFAULT_PARAMS, overrides: Sequence[str] = (
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError("\n".join(_describe(err, origin) for err in exc.errors())) from None
+
+
+def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over ``defaults``, recursively where both hold a mapping; ``given`` wins everywhere else."""
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = (_merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else value)
+    return out
 
 
 def apply_override(raw: dict[str, Any], text: str) -> None:

@@ -31,6 +31,9 @@ cross-entropy), so that the training set is the only difference:
   not been changed since; ``utility.choices`` says so);
 - ``real_classical_aug_synthetic``: the ``real_synthetic`` set with every repeated copy (of a real or a synthetic
   image) replaced by an augmented one: what a user would train on, compared with ``real_classical_aug``;
+- both take the accepted synthetic images as ``recipe`` says (``tasks.core.utility.SyntheticRecipe``: a share of
+  each class's images in some order, and a loss weight for them; the defaults take every image at weight 1, and
+  ``synthaug tune`` chooses them on validation);
 - ``real_synthetic_chosen`` (``choose_on_validation``): ``real_synthetic`` with only a per-class share of the
   accepted synthetic images, taken in k-center (diversity) or random order; the order and the shares are chosen on
   validation only (``choose_recipe``: the real val split, or k-fold over train + val where val is tiny);

@@ -99,3 +99,18 @@ def test_bar_needs_an_interval_above_zero_and_thirty_percent() -> None:
     assert bar(_utility((0.01, 0.09), 0.29)) == {"cnn": [], "extra_trees": []}
     text = markdown({"utility": _utility((0.01, 0.09), 0.35)})
     assert "| cnn | real_synthetic | minority recall | real_oversampled | +0.050 [+0.010, +0.090] | 0.35 |" in text
+
+
+def test_markdown_adds_the_tuned_recipe_and_its_test_tables() -> None:
+    default = {"number": 0, "recipe": {"share": 1.0, "selection": "random", "weight": 1.0}, "objective": 0.01}
+    winner = {"number": 3, "recipe": {"share": 0.5, "selection": "informative", "weight": 2.0}, "objective": 0.03}
+    tuned = _utility((0.02, 0.10), 0.40)
+    tuned["setup"]["recipe"] = {**winner["recipe"], "chosen_on": "synthaug tune on validation"}
+    text = markdown({"utility": _utility((-0.01, 0.09), 0.35),
+                     "tuned": {"trials": {"winner": winner, "trials": [default, winner], "validated_on": "val"},
+                               "utility": tuned}})
+    head, tail = text.split("**`synthaug tune`**")
+    assert "cnn: none" in head and "cnn: real_synthetic" in tail  # the bar, before and after tuning
+    assert "winner share 0.50, order informative, weight 2.00, validation objective +0.0300 (default recipe +0.0100)" \
+        in tail
+    assert "+0.060 [+0.020, +0.100] | 0.40 |" in tail and "chosen on: synthaug tune on validation" in tail

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,19 @@ def test_nested_family_override_reaches_the_family_config():
 def test_malformed_override_is_explained(bad):
     with pytest.raises(ParamsError, match="override"):
         load_params(None, [bad])
+
+
+def test_a_sub_section_given_in_part_keeps_the_section_defaults(tmp_path):
+    """evaluate.classifier's defaults are the small downstream classifier, not JudgeConfig's own: overriding one
+    key of it (or giving part of it in a file) must not swap in the bare type's other defaults."""
+    defaults = load_params(None).evaluate.classifier
+    seeded = load_params(None, ["evaluate.classifier.seed=1000"]).evaluate.classifier
+    assert seeded == dataclasses.replace(defaults, seed=1000)
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate:\n  classifier:\n    steps: 50\nfilter:\n  judge:\n    lr: 0.01\n")
+    loaded = load_params(path)
+    assert loaded.evaluate.classifier == dataclasses.replace(defaults, steps=50)
+    assert loaded.filter.judge == dataclasses.replace(load_params(None).filter.judge, lr=0.01)
 
 
 def test_params_are_frozen_and_dump_round_trips(tmp_path):
