@@ -162,11 +162,13 @@ def _ms(entry: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The scenario's tables for docs/BENCHMARKS.md (``utility_tables``), and those of the tuned recipe when the
     run tuned one."""
+    from tasks.tune import DEFAULT_TRIAL
+
     text = utility_tables(result["utility"])
     tuned = result.get("tuned")
     if tuned:
         winner, trials = tuned["trials"]["winner"], tuned["trials"]["trials"]
-        default = next(t for t in trials if t["number"] == 0)
+        default = next(t for t in trials if t["recipe"] == DEFAULT_TRIAL)
         text += (f"\n\n**`synthaug tune`** ({len(trials)} trials, validated on {tuned['trials']['validated_on']}): "
                  f"winner share {winner['recipe']['share']:.2f}, order {winner['recipe']['selection']}, weight "
                  f"{winner['recipe']['weight']:.2f}, validation objective {winner['objective']:+.4f} (default recipe "

@@ -22,17 +22,20 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.augment import run_steps
-from flows.dag import STEPS, cache_key, step
+from flows.dag import REPO_ROOT, STEPS, cache_key, step
 from flows.params import Params, dump_params
 from flows.runners import local_workers
 from tasks.core.catalog import FILTER, INGEST, JUDGE, METRICS, TUNE, TUNE_TRIALS
+from tasks.core.errors import UserError
+from tasks.core.files import file_sha256, write_atomic
 from tasks.core.gate import gain_lines
 from tasks.core.locks import workdir_lock
-from tasks.core.utility import SyntheticRecipe
+from tasks.core.utility import EvaluateParams, SyntheticRecipe
 from tasks.tune import DEFAULT_TRIAL, choose, chosen_on, score_baselines, score_trial, suggest, write_trials
 
 UPSTREAM = ("fingerprint", "ingest", "plan", "train", "generate", "judge", "filter")
 STUDY_DB = "study.db"
+TUNER_CODE = ("tasks/tune.py", "flows/tune.py")  # a change to either starts a new study
 
 
 @task(name="tune-baselines", cache_policy=NO_CACHE, persist_result=False)
@@ -46,24 +49,36 @@ def _trial(dirs: tuple[Path, Path, Path], params: Params, recipe: dict[str, Any]
     return score_trial(*dirs, params.evaluate, params.tune.seeds, recipe, baselines)
 
 
-def _study(params: Params, root: Path):
-    """The Optuna study of this workdir's data, generator images, evaluate params, tune seeds and code."""
+def study_key(params: Params, root: Path) -> str:
+    """What a study's trials depend on: the evaluate step's inputs and code with the recipe and test seeds left out
+    (a tuned params file resumes the study that made it), the tuner's own code, and the tune seeds."""
+    base = params.model_copy(update={"evaluate": params.evaluate.model_copy(
+        update={"recipe": SyntheticRecipe(), "seeds": EvaluateParams.model_fields["seeds"].default})})
+    code = "".join(file_sha256(REPO_ROOT / rel) for rel in TUNER_CODE)
+    return hashlib.sha256((cache_key(step("evaluate"), base, root, extra=code)
+                           + f"{params.tune.seeds}/{params.tune.seed}").encode()).hexdigest()[:16]
+
+
+def _study(params: Params, root: Path, key: str):
+    """The Optuna study ``key`` names in ``<workdir>/tune/study.db``, the default recipe queued unless scored."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    digest = hashlib.sha256((cache_key(step("evaluate"), params, root)
-                             + f"{params.tune.seeds}/{params.tune.seed}").encode()).hexdigest()[:16]
     path = TUNE.path(root) / STUDY_DB
     path.parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=f"sqlite:///{path.resolve()}", study_name=f"recipe-{digest}",
+    study = optuna.create_study(storage=f"sqlite:///{path.resolve()}", study_name=f"recipe-{key}",
                                 direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=params.tune.seed))
-    if not study.trials:
-        study.enqueue_trial(DEFAULT_TRIAL)  # the default recipe is always scored: the bar every winner must clear
+    # The default recipe is always scored: the bar every winner must clear. A run killed while scoring it leaves
+    # that trial RUNNING, so it is queued again unless it finished or waits in the queue.
+    alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
+    if not any((t.params or t.system_attrs.get("fixed_params")) == DEFAULT_TRIAL and t.state in alive
+               for t in study.get_trials(deepcopy=False)):  # a queued trial holds its params as fixed_params
+        study.enqueue_trial(DEFAULT_TRIAL)
     return study
 
 
-def _search(params: Params, root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _search(params: Params, root: Path, key: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the trials still missing; returns every finished trial's record and the baselines."""
     import optuna
 
@@ -71,7 +86,7 @@ def _search(params: Params, root: Path) -> tuple[list[dict[str, Any]], dict[str,
     dirs = (INGEST.path(root), FILTER.path(root), JUDGE.path(root))
     baselines = _baselines(dirs, params)
     logger.info("tune: validating on %s; minority classes %s", baselines["validated_on"], baselines["minority"])
-    study = _study(params, root)
+    study = _study(params, root, key)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if done:
         logger.info("tune: resuming the study in %s: %d of %d trials already scored", TUNE.path(root) / STUDY_DB,
@@ -103,14 +118,18 @@ def tune(params: Params, workdir: str = "data/work", out: str = "params.tuned.ya
     root = Path(workdir)
     run_steps([s for s in STEPS if s.name in UPSTREAM], params, workdir)
     with workdir_lock(root):
-        trials, baselines = _search(params, root)
+        key = study_key(params, root)
+        trials, baselines = _search(params, root, key)
         winner = choose(trials, params.tune.min_gain)
         write_trials(TUNE_TRIALS.path(root), trials, winner, baselines, params.tune)
     recipe = SyntheticRecipe(**winner["recipe"], chosen_on=chosen_on(winner, len(trials), baselines["validated_on"]))
     tuned = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"recipe": recipe})})
+    if study_key(params, root) != key:  # the lock was let go for the steps below: another run changed the data
+        raise UserError(f"{root}: the data the recipe was validated on changed during `synthaug tune` (another run "
+                        "wrote the workdir); run it again")
     path = Path(out)
-    path.write_text(f"# Written by `synthaug tune` (trials: {TUNE_TRIALS.path(root)}); evaluate.recipe was chosen on "
-                    "validation only.\n" + dump_params(tuned))
+    write_atomic(f"# Written by `synthaug tune` (trials: {TUNE_TRIALS.path(root)}); evaluate.recipe was chosen on "
+                 "validation only.\n" + dump_params(tuned), path)
     logger.info("tune: winner %s (validation objective %+.4f); written to %s", _describe(winner["recipe"]),
                 winner["objective"], path)
     run_steps([step("evaluate"), step("report")], tuned, workdir)  # the one look at the test split

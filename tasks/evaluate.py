@@ -16,8 +16,9 @@ computed on; where a set is too small for the estimator (FID below ``fid_min_sam
 k+1 images for the k-NN metrics, fewer than 2 for KID or diversity) the value is null and ``reason`` says why.
 
 **Downstream utility**: the same classifier network as the judge (``models.judge.train_judge``), trained from
-scratch under each condition with one fixed recipe (``classifier``: same steps, batch size, plain unweighted
-cross-entropy), so that the training set is the only difference:
+scratch under each condition with one fixed recipe (``classifier``: same steps, batch size, cross-entropy with
+every image at weight 1 but the synthetic ones at ``recipe.weight``), so that the training set is the only
+difference:
 
 - ``real_only``: the real train split as it is (imbalanced). Context only: an untreated baseline nobody would use
   on imbalanced data, so no gain is measured from it;
@@ -110,8 +111,9 @@ CHOICES = (
     {"choice": "best real baseline (per metric and classifier family)",
      "made_on": "the test split: the better mean of real_oversampled and real_classical_aug; taking the stronger "
                 "opponent only makes the comparison stricter"},
-    {"choice": "real_synthetic recipe (the oversampled real set plus the synthetic images)",
-     "made_on": "the bundled example's test split, once (docs/BENCHMARKS.md); fixed since, not re-tuned per dataset"},
+    {"choice": "composition of real_synthetic (the oversampled real set plus the synthetic images)",
+     "made_on": "the bundled example's test split, once (docs/BENCHMARKS.md); fixed since. How many synthetic images "
+                "and how strongly: the synthetic recipe below"},
     {"choice": "the utility gate's rule and margin, the validation search's candidates",
      "made_on": "fixed in code/params before any result of this dataset"},
     {"choice": "filter thresholds (confidence, realism, memorization)",

@@ -20,8 +20,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from pydantic import Field
 
 from models.common import pick_device
@@ -29,8 +27,8 @@ from tasks.core.errors import UserError
 from tasks.core.files import write_atomic
 from tasks.core.inputs import Inputs, read_inputs
 from tasks.core.params_base import Section
-from tasks.core.recipe import validation_folds, validation_gain, validation_runs
-from tasks.core.utility import BASELINES, EvaluateParams, SyntheticRecipe
+from tasks.core.recipe import mean_score, validation_folds, validation_gain, validation_runs
+from tasks.core.utility import BASELINES, COMPARED, SELECTIONS, EvaluateParams, SyntheticRecipe
 
 TRIALS_FILE = "trials.json"
 SHARES = (0.1, 1.0)  # the share's search range
@@ -57,7 +55,7 @@ class TuneParams(Section):
 def suggest(trial: Any) -> dict[str, Any]:
     """A recipe from an Optuna trial: the search space of the tuner."""
     return {"share": trial.suggest_float("share", *SHARES),
-            "selection": trial.suggest_categorical("selection", ["random", "k_center", "informative"]),
+            "selection": trial.suggest_categorical("selection", list(SELECTIONS)),
             "weight": trial.suggest_float("weight", *WEIGHTS, log=True)}
 
 
@@ -102,7 +100,6 @@ def score_trial(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Eva
     """One recipe on the validation folds: {"recipe", "gains" (per family and metric), "objective"}."""
     inputs, folds, _ = _inputs(ingest_dir, filter_dir, judge_dir, params)
     device = pick_device(params.device)
-    torch.manual_seed(0)  # nothing should draw from the global RNG; if something does, trials stay repeatable
     runs = validation_runs(folds, inputs.syn_f, _validation_params(params, seeds, recipe), inputs.minority, device,
                            "real_synthetic")
     return {"recipe": recipe, **validation_gain(runs, baselines["runs"])}
@@ -125,14 +122,15 @@ def write_trials(path: Path, trials: list[dict[str, Any]], winner: dict[str, Any
               "objective": "mean over both classifier families and over balanced accuracy and minority recall of "
                            "the gain over the best real baseline (" + " or ".join(BASELINES) + ") on validation",
               "params": tune.model_dump(), "winner": winner, "trials": trials,
-              "baselines": {c: {f: {m: float(np.mean([s[m] or 0.0 for s in scores]))
-                                    for m in ("balanced_accuracy", "minority_recall")}
-                                for f, scores in runs.items()} for c, runs in baselines["runs"].items()}}
+              "baselines": {c: {f: {m: mean_score(scores, m) for m in COMPARED} for f, scores in runs.items()}
+                            for c, runs in baselines["runs"].items()}}
     write_atomic(json.dumps(record, indent=2), path)
     return path
 
 
 def chosen_on(winner: dict[str, Any], trials: int, validated_on: str) -> str:
     """The ``evaluate.recipe.chosen_on`` line the tuned params file carries into the report."""
-    return (f"synthaug tune: the best validation objective of {trials} recipes ({validated_on}; "
-            f"objective {winner['objective']:+.4f}); the test split was not read to choose it")
+    how = ("the default recipe kept: no other recipe beat its validation objective by more than tune.min_gain"
+           if winner["recipe"] == DEFAULT_TRIAL else "the best validation objective")
+    return (f"synthaug tune: {how}, of {trials} recipes ({validated_on}; objective {winner['objective']:+.4f}); "
+            "the test split was not read to choose it")

@@ -24,7 +24,7 @@ from tasks.core.utility import (
 )
 
 SHARES = (0.0, 0.5, 1.0)  # candidate shares of a class's accepted synthetic images
-SELECTIONS = ("k_center", "random")  # candidate orders the share is taken in
+CHOSEN_ORDERS = ("k_center", "random")  # real_synthetic_chosen: candidate orders the share is taken in
 MIN_VAL_PER_CLASS = 5  # fewer real val images in a minority class: k-fold over train + val instead
 FOLDS = 3
 
@@ -117,12 +117,15 @@ def validation_runs(folds: Sequence[tuple], syn_f: np.ndarray, params: EvaluateP
     return runs
 
 
+def mean_score(scores: Sequence[dict], metric: str) -> float:
+    """Mean of ``metric`` over runs; an undefined value (no minority image in a fold) counts as 0."""
+    return float(np.mean([s[metric] if s[metric] is not None else 0.0 for s in scores]))
+
+
 def validation_gain(runs: Mapping[str, list[dict]], baselines: Mapping[str, Mapping[str, list[dict]]]) -> dict:
     """The gain of ``runs`` over the best real baseline on validation, per family and compared metric (mean over
     folds and seeds, against the better mean of ``BASELINES``), and ``objective``: the mean of those gains."""
-    def mean(scores: Sequence[dict], metric: str) -> float:
-        return float(np.mean([s[metric] if s[metric] is not None else 0.0 for s in scores]))
-
+    mean = mean_score
     gains = {family: {m: mean(scores, m) - max(mean(baselines[c][family], m) for c in BASELINES) for m in COMPARED}
              for family, scores in runs.items()}
     return {"gains": gains, "objective": float(np.mean([g for f in gains.values() for g in f.values()]))}
@@ -159,7 +162,7 @@ def choose_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, params: Ev
                   minority: Sequence[str], device: torch.device) -> dict[str, Any]:
     """Choose, on validation only, the selection order and a per-class share of the accepted synthetic images.
 
-    Every candidate (``SELECTIONS`` x ``SHARES``, share 0 and 1 once) builds the ``real_synthetic`` set from the
+    Every candidate (``CHOSEN_ORDERS`` x ``SHARES``, share 0 and 1 once) builds the ``real_synthetic`` set from the
     fold's real train images and its share of the synthetic ones, trains the project's classifier
     ``validation_seeds`` times and is scored on the fold's held-out real images. The selection order is the one
     whose partial-share candidates reach the higher mean of (balanced accuracy + minority recall) / 2; then,
@@ -169,7 +172,7 @@ def choose_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, params: Ev
 
     folds, how = validation_folds(data, real_f, minority)
     k = len(data.class_names)
-    candidates = list(dict.fromkeys(_candidate(s, share) for s in SELECTIONS for share in SHARES))
+    candidates = list(dict.fromkeys(_candidate(s, share) for s in CHOSEN_ORDERS for share in SHARES))
     scored: dict[tuple[str, float], list[dict]] = {c: [] for c in candidates}
     for selection, share in candidates:
         for fold, fold_real_f in folds:
@@ -191,7 +194,7 @@ def choose_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, params: Ev
         return float(np.mean([(s["balanced_accuracy"] + (s["minority_recall"] or 0.0)) / 2 for s in scored[c]]))
 
     partial = [share for share in SHARES if 0 < share < 1]
-    selection = max(SELECTIONS, key=lambda s: np.mean([objective((s, share)) for share in partial]))
+    selection = max(CHOSEN_ORDERS, key=lambda s: np.mean([objective((s, share)) for share in partial]))
     with_synthetic = [n for j, n in enumerate(data.class_names) if bool((data.syn_y == j).any())]
     shares = {}
     for name in with_synthetic:

@@ -54,3 +54,30 @@ def test_a_resumed_study_scores_only_the_missing_trials(tuned) -> None:
     assert [t["number"] for t in after] == [0, 1, 2, 3]
     assert after[:3] == before  # the first three were read back from the study, not scored again
 
+
+
+def test_the_study_key_ignores_the_recipe_and_test_seeds_but_not_the_tune_seeds(tuned) -> None:
+    from flows.tune import study_key
+
+    root, params, out, _ = tuned
+    work = root / "work"
+    assert study_key(load_params(out), work) == study_key(params, work)  # the tuned file resumes its own study
+    other = params.model_copy(update={"tune": params.tune.model_copy(update={"seeds": 2})})
+    assert study_key(other, work) != study_key(params, work)
+
+
+def test_a_default_trial_cut_off_while_running_is_queued_again(tuned, tmp_path) -> None:
+    import optuna
+
+    from flows.tune import _study
+    from tasks.tune import suggest
+
+    _, params, _, _ = tuned
+    study = _study(params, tmp_path, "cut")
+    first = study.ask()
+    assert suggest(first) == DEFAULT_TRIAL  # the queued default, now RUNNING: the process is killed here
+    again = _study(params, tmp_path, "cut")
+    waiting = [t for t in again.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [DEFAULT_TRIAL]
+    assert _study(params, tmp_path, "cut").get_trials()[-1].state == optuna.trial.TrialState.WAITING
+    assert len(_study(params, tmp_path, "cut").get_trials()) == 2  # queued once, not once per resume
