@@ -362,7 +362,9 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
 def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
     """Two runs of one deployment and one of another deployment of the same dataset, triggered at once, never
     overlap: the deployment limit holds the second run of `a` back (AwaitingConcurrencySlot), the dataset lock makes
-    the run of `b` wait inside. Then an interval schedule: the server creates runs and the served process runs them."""
+    the run of `b` wait inside. Then an interval schedule: the server creates runs and the served process runs them.
+    Each run holds the lock for 4 s: long enough for the served process to poll the second run of `a` while the first
+    still runs, also on a loaded machine (with 1 s the first could finish before the second was polled)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.concurrency.sync import concurrency
@@ -375,8 +377,8 @@ def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
     script = f"""
         from flows.serve import one_at_a_time, serve_deployments
         from standin_flows import guarded, tick
-        serve_deployments(one_at_a_time(guarded, "a", parameters={{"log": {str(spans)!r}}}),
-                          one_at_a_time(guarded, "b", parameters={{"log": {str(spans)!r}}}),
+        serve_deployments(one_at_a_time(guarded, "a", parameters={{"log": {str(spans)!r}, "sleep_s": 4.0}}),
+                          one_at_a_time(guarded, "b", parameters={{"log": {str(spans)!r}, "sleep_s": 4.0}}),
                           tick.to_deployment("every-5s", interval=5, paused=True))
     """
     with serving(server, tmp_path, script, "serve-standin") as log, api(server), \
