@@ -59,7 +59,8 @@ def suggest(trial: Any) -> dict[str, Any]:
             "weight": trial.suggest_float("weight", *WEIGHTS, log=True)}
 
 
-DEFAULT_TRIAL = {"share": 1.0, "selection": "random", "weight": 1.0}  # the default recipe, scored first
+# The default recipe as a trial's params (the searched keys of ``SyntheticRecipe``): scored first.
+DEFAULT_TRIAL = SyntheticRecipe().model_dump(include={"share", "selection", "weight"})
 
 
 def _inputs(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams) -> tuple[Inputs, list, str]:

@@ -125,8 +125,8 @@ def mean_score(scores: Sequence[dict], metric: str) -> float:
 def validation_gain(runs: Mapping[str, list[dict]], baselines: Mapping[str, Mapping[str, list[dict]]]) -> dict:
     """The gain of ``runs`` over the best real baseline on validation, per family and compared metric (mean over
     folds and seeds, against the better mean of ``BASELINES``), and ``objective``: the mean of those gains."""
-    mean = mean_score
-    gains = {family: {m: mean(scores, m) - max(mean(baselines[c][family], m) for c in BASELINES) for m in COMPARED}
+    gains = {family: {m: mean_score(scores, m) - max(mean_score(baselines[c][family], m) for c in BASELINES)
+                      for m in COMPARED}
              for family, scores in runs.items()}
     return {"gains": gains, "objective": float(np.mean([g for f in gains.values() for g in f.values()]))}
 
