@@ -22,7 +22,10 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    overrides = [*TINY, f"data.source={digits_folder(root / 'source')}", f"model.vae.steps={STEPS}"]
+    # Its own registry: the default one is relative to the working directory, where `make demo` may have published
+    # a generator that the train step would then warm-start from.
+    overrides = [*TINY, f"data.source={digits_folder(root / 'source')}", f"model.vae.steps={STEPS}",
+                 f"publish.registry={root / 'registry' / 'repo'}"]
     step("ingest").run(load_params(None, overrides), root / "a")
     return root, overrides
 
