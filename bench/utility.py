@@ -168,11 +168,13 @@ def markdown(result: dict[str, Any]) -> str:
     tuned = result.get("tuned")
     if tuned:
         winner, trials = tuned["trials"]["winner"], tuned["trials"]["trials"]
-        default = next(t for t in trials if t["recipe"] == DEFAULT_TRIAL)
+        # The first trial of the default recipe: the default trial (with the params' own guidance when searched).
+        default = next(t for t in trials if {k: t["recipe"][k] for k in DEFAULT_TRIAL} == DEFAULT_TRIAL)
+        guidance = f", guidance {winner['recipe']['guidance']:g}" if "guidance" in winner["recipe"] else ""
         text += (f"\n\n**`synthaug tune`** ({len(trials)} trials, validated on {tuned['trials']['validated_on']}): "
                  f"winner share {winner['recipe']['share']:.2f}, order {winner['recipe']['selection']}, weight "
-                 f"{winner['recipe']['weight']:.2f}, validation objective {winner['objective']:+.4f} (default recipe "
-                 f"{default['objective']:+.4f}). On test, once:\n\n" + utility_tables(tuned["utility"]))
+                 f"{winner['recipe']['weight']:.2f}{guidance}, validation objective {winner['objective']:+.4f} "
+                 f"(default recipe {default['objective']:+.4f}). On test, once:\n\n" + utility_tables(tuned["utility"]))
     return text
 
 

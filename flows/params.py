@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from flows.runners import RunnerParams
 from tasks.core.errors import UserError, mask_secrets
@@ -17,7 +17,7 @@ from tasks.core.model_params import ModelParams
 from tasks.core.privacy_report import PrivacyParams
 from tasks.core.registry import PublishParams
 from tasks.core.rules import FilterParams
-from tasks.core.sampling import GenerateParams
+from tasks.core.sampling import GenerateParams, sampling_config
 from tasks.core.utility import EvaluateParams
 from tasks.ingest import DataParams
 from tasks.plan import PlanParams
@@ -53,6 +53,30 @@ class Params(BaseModel):
         except ValueError:
             raise ValueError(f"schedule {value.schedule!r} is not a cron expression (minute hour day month "
                              "weekday), e.g. '0 3 * * *'") from None
+        return value
+
+    @field_validator("generate")
+    @classmethod
+    def _sampling_knobs(cls, value: GenerateParams, info: ValidationInfo) -> GenerateParams:
+        """``generate.guidance_scale`` / ``sample_steps`` fit ``model.family`` (checked at load, not after training)."""
+        knobs, model = value.sampling_knobs(), info.data.get("model")
+        if knobs and model is not None:
+            try:
+                sampling_config(model.family, dataclasses.asdict(model.family_config()), knobs)
+            except ValueError as exc:
+                raise ValueError(f"{exc}: set generate.{', '.join(knobs)} to null") from None
+        return value
+
+    @field_validator("tune")
+    @classmethod
+    def _tuned_guidance(cls, value: TuneParams, info: ValidationInfo) -> TuneParams:
+        """Each ``tune.guidance`` candidate is a sampling guidance ``model.family`` accepts."""
+        model = info.data.get("model")
+        for guidance in value.guidance if model is not None else ():
+            try:
+                sampling_config(model.family, dataclasses.asdict(model.family_config()), {"guidance_scale": guidance})
+            except ValueError as exc:
+                raise ValueError(f"guidance {guidance:g}: {exc}: leave tune.guidance empty or fix the value") from None
         return value
 
 

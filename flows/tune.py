@@ -1,15 +1,18 @@
 """The ``tune`` flow (``synthaug tune``): an Optuna search for the synthetic recipe, each trial a Prefect task.
 
 1. The augment steps up to the filter run as in ``synthaug run`` (cached: a finished run's are reused).
-2. The real baselines are scored on the validation folds once; then the default recipe and ``tune.trials - 1``
-   recipes from Optuna's TPE sampler, each a Prefect task on the configured runner (``runner``), scored on the
-   same folds (``tasks/tune.py``). The study lives in ``<workdir>/tune/study.db``: an interrupted search resumes
-   where it stopped, and is started afresh only when the data, the generator's images, the evaluate params or the
-   code change.
-3. The winner (``tasks.tune.choose``) is written into a params file the user can commit, with
-   ``evaluate.recipe.chosen_on`` saying how it was chosen, and confirmed once on the test split: the evaluate and
-   report steps run with it in the workdir, so ``synthaug run -p <that file>`` reuses that evaluation and publishes
-   only if its utility gate passes.
+2. With ``tune.guidance``, each candidate sampling guidance is sampled and filtered once into
+   ``<workdir>/tune/guidance-<w>/`` (the generate and filter steps, with the workdir's model, plan and judge).
+3. The real baselines are scored on the validation folds once; then the default recipe and ``tune.trials - 1``
+   recipes from Optuna's TPE sampler (with a guidance each, when searched), each a Prefect task on the configured
+   runner (``runner``), scored on the same folds (``tasks/tune.py``). The study lives in
+   ``<workdir>/tune/study.db``: an interrupted search resumes where it stopped, and is started afresh only when the
+   data, the generator's images, the evaluate params, the guidance candidates or the code change.
+4. The winner (``tasks.tune.choose``) is written into a params file the user can commit, with
+   ``evaluate.recipe.chosen_on`` saying how it was chosen (and ``generate.guidance_scale`` when another guidance
+   won), and confirmed once on the test split: the steps up to the report run with it in the workdir (cached, but
+   generate and filter again when its guidance is not the params'), so ``synthaug run -p <that file>`` reuses that
+   evaluation and publishes only if its utility gate passes.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ from flows.augment import run_steps
 from flows.dag import REPO_ROOT, STEPS, cache_key, step
 from flows.params import Params, dump_params
 from flows.runners import local_workers
-from tasks.core.catalog import FILTER, INGEST, JUDGE, METRICS, TUNE, TUNE_TRIALS
+from tasks.core.catalog import FILTER, INGEST, JUDGE, METRICS, MODEL, PLAN, TUNE, TUNE_TRIALS
 from tasks.core.errors import UserError
 from tasks.core.files import file_sha256, write_atomic
 from tasks.core.gate import gain_lines
 from tasks.core.locks import workdir_lock
 from tasks.core.utility import EvaluateParams, SyntheticRecipe
-from tasks.tune import DEFAULT_TRIAL, choose, chosen_on, score_baselines, score_trial, suggest, write_trials
+from tasks.tune import (
+    DEFAULT_TRIAL,
+    choose,
+    chosen_on,
+    default_trial,
+    score_baselines,
+    score_trial,
+    suggest,
+    write_trials,
+)
 
 UPSTREAM = ("fingerprint", "ingest", "plan", "train", "generate", "judge", "filter")
 STUDY_DB = "study.db"
@@ -49,6 +61,36 @@ def _trial(dirs: tuple[Path, Path, Path], params: Params, recipe: dict[str, Any]
     return score_trial(*dirs, params.evaluate, params.tune.seeds, recipe, baselines)
 
 
+def guidance_candidates(params: Params) -> list[float]:
+    """The sampling guidance scales the tuner searches: the params' own first (``generate.guidance_scale``, else
+    the model's), then ``tune.guidance``; empty when ``tune.guidance`` is."""
+    if not params.tune.guidance:
+        return []
+    own = params.generate.guidance_scale
+    if own is None:
+        own = params.model.family_config().guidance_scale  # the params check: tune.guidance needs a guided family
+    return list(dict.fromkeys([float(own), *params.tune.guidance]))
+
+
+def _with_guidance(params: Params, guidance: float) -> Params:
+    return params.model_copy(update={"generate": params.generate.model_copy(update={"guidance_scale": guidance})})
+
+
+@task(name="tune-sample", cache_policy=NO_CACHE, persist_result=False)
+def _sample(params: Params, root: Path, guidance: float) -> Path:
+    """The generate and filter steps at ``guidance`` in ``<workdir>/tune/guidance-<w>/``, whose ingest, plan, model
+    and judge are the workdir's (linked); returns its filter folder. Resumes as the steps do."""
+    sub = TUNE.path(root) / f"guidance-{guidance:g}"
+    sub.mkdir(parents=True, exist_ok=True)
+    for artifact in (INGEST, PLAN, MODEL, JUDGE):
+        link = artifact.path(sub)
+        if not link.is_symlink():
+            link.symlink_to(artifact.path(root).resolve(), target_is_directory=True)
+    for name in ("generate", "filter"):
+        step(name).run(_with_guidance(params, guidance), sub)
+    return FILTER.path(sub)
+
+
 def study_key(params: Params, root: Path) -> str:
     """What a study's trials depend on: the evaluate step's inputs and code with the recipe and test seeds left out
     (a tuned params file resumes the study that made it), the tuner's own code, and the tune seeds."""
@@ -56,11 +98,12 @@ def study_key(params: Params, root: Path) -> str:
         update={"recipe": SyntheticRecipe(), "seeds": EvaluateParams.model_fields["seeds"].default})})
     code = "".join(file_sha256(REPO_ROOT / rel) for rel in TUNER_CODE)
     return hashlib.sha256((cache_key(step("evaluate"), base, root, extra=code)
-                           + f"{params.tune.seeds}/{params.tune.seed}").encode()).hexdigest()[:16]
+                           + f"{params.tune.seeds}/{params.tune.seed}/{guidance_candidates(params)}").encode()
+                          ).hexdigest()[:16]
 
 
-def _study(params: Params, root: Path, key: str):
-    """The Optuna study ``key`` names in ``<workdir>/tune/study.db``, the default recipe queued unless scored."""
+def _study(params: Params, root: Path, key: str, default: dict[str, Any]):
+    """The Optuna study ``key`` names in ``<workdir>/tune/study.db``, the ``default`` trial queued unless scored."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -72,9 +115,9 @@ def _study(params: Params, root: Path, key: str):
     # The default recipe is always scored: the bar every winner must clear. A run killed while scoring it leaves
     # that trial RUNNING, so it is queued again unless it finished or waits in the queue.
     alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
-    if not any((t.params or t.system_attrs.get("fixed_params")) == DEFAULT_TRIAL and t.state in alive
+    if not any((t.params or t.system_attrs.get("fixed_params")) == default and t.state in alive
                for t in study.get_trials(deepcopy=False)):  # a queued trial holds its params as fixed_params
-        study.enqueue_trial(DEFAULT_TRIAL)
+        study.enqueue_trial(default)
     return study
 
 
@@ -83,10 +126,14 @@ def _search(params: Params, root: Path, key: str) -> tuple[list[dict[str, Any]],
     import optuna
 
     logger = get_run_logger()
+    guidance = guidance_candidates(params)
+    default = default_trial(guidance)
+    filters = {None: FILTER.path(root)}  # a trial without "guidance" uses the workdir's own images
+    filters.update({w: _sample(params, root, w) if i else FILTER.path(root) for i, w in enumerate(guidance)})
     dirs = (INGEST.path(root), FILTER.path(root), JUDGE.path(root))
     baselines = _baselines(dirs, params)
     logger.info("tune: validating on %s; minority classes %s", baselines["validated_on"], baselines["minority"])
-    study = _study(params, root, key)
+    study = _study(params, root, key, default)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if done:
         logger.info("tune: resuming the study in %s: %d of %d trials already scored", TUNE.path(root) / STUDY_DB,
@@ -94,21 +141,24 @@ def _search(params: Params, root: Path, key: str) -> tuple[list[dict[str, Any]],
     workers = max(1, local_workers(params.runner))
     while len(done) < params.tune.trials:
         batch = [study.ask() for _ in range(min(workers, params.tune.trials - len(done)))]
-        futures = [_trial.submit(dirs, params, suggest(t), baselines) for t in batch]
-        for trial, future in zip(batch, futures, strict=True):
+        chosen = [suggest(t, guidance) for t in batch]
+        futures = [_trial.submit((dirs[0], filters[c.get("guidance")], dirs[2]), params,
+                                 {k: c[k] for k in DEFAULT_TRIAL}, baselines) for c in chosen]
+        for trial, choice, future in zip(batch, chosen, futures, strict=True):
             result = future.result()
             trial.set_user_attr("gains", result["gains"])
             study.tell(trial, result["objective"])
             done.append(study.trials[trial.number])
             logger.info("tune: trial %d/%d %s -> validation objective %+.4f", len(done), params.tune.trials,
-                        _describe(result["recipe"]), result["objective"])
-    trials = [{"number": t.number, "recipe": {k: t.params[k] for k in DEFAULT_TRIAL}, "objective": t.value,
+                        _describe(choice), result["objective"])
+    trials = [{"number": t.number, "recipe": {k: t.params[k] for k in default}, "objective": t.value,
                "gains": t.user_attrs.get("gains")} for t in done]
     return trials, baselines
 
 
-def _describe(recipe: dict[str, Any]) -> str:
-    return f"share {recipe['share']:.2f}, {recipe['selection']}, weight {recipe['weight']:.2f}"
+def _describe(choice: dict[str, Any]) -> str:
+    guidance = f", guidance {choice['guidance']:g}" if "guidance" in choice else ""
+    return f"share {choice['share']:.2f}, {choice['selection']}, weight {choice['weight']:.2f}{guidance}"
 
 
 @flow(name="tune", log_prints=True)
@@ -120,10 +170,14 @@ def tune(params: Params, workdir: str = "data/work", out: str = "params.tuned.ya
     with workdir_lock(root):
         key = study_key(params, root)
         trials, baselines = _search(params, root, key)
-        winner = choose(trials, params.tune.min_gain)
+        guidance = guidance_candidates(params)
+        winner = choose(trials, params.tune.min_gain, default_trial(guidance))
         write_trials(TUNE_TRIALS.path(root), trials, winner, baselines, params.tune)
-    recipe = SyntheticRecipe(**winner["recipe"], chosen_on=chosen_on(winner, len(trials), baselines["validated_on"]))
+    how = chosen_on(winner, len(trials), baselines["validated_on"], default_trial(guidance), guidance)
+    recipe = SyntheticRecipe(**{k: winner["recipe"][k] for k in DEFAULT_TRIAL}, chosen_on=how)
     tuned = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"recipe": recipe})})
+    if guidance and winner["recipe"]["guidance"] != guidance[0]:
+        tuned = _with_guidance(tuned, winner["recipe"]["guidance"])
     if study_key(params, root) != key:  # the lock was let go for the steps below: another run changed the data
         raise UserError(f"{root}: the data the recipe was validated on changed during `synthaug tune` (another run "
                         "wrote the workdir); run it again")
@@ -132,7 +186,8 @@ def tune(params: Params, workdir: str = "data/work", out: str = "params.tuned.ya
                  "validation only.\n" + dump_params(tuned), path)
     logger.info("tune: winner %s (validation objective %+.4f); written to %s", _describe(winner["recipe"]),
                 winner["objective"], path)
-    run_steps([step("evaluate"), step("report")], tuned, workdir)  # the one look at the test split
+    # The one look at the test split; generate and filter run again only for another guidance than the params'.
+    run_steps([s for s in STEPS if s.name in (*UPSTREAM, "evaluate", "report")], tuned, workdir)
     utility = METRICS.read(root)["utility"]
     return {"winner": winner["recipe"], "validation_objective": winner["objective"], "params": str(path),
             "trials": str(TUNE_TRIALS.path(root)), "test": gain_lines(utility), "gate": utility["gate"]["verdict"]}

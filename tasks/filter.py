@@ -93,7 +93,7 @@ from tasks.core.rules import (
     reject_reasons,
     topup_count,
 )
-from tasks.core.sampling import GenerateParams, Request, generate_sharded, seeds_for
+from tasks.core.sampling import GenerateParams, Request, generate_sharded, sampler_key, seeds_for
 from tasks.core.scoring import _Scorer
 from tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
@@ -154,16 +154,17 @@ def _remove_unlisted(out_dir: Path, listed: set[str]) -> None:
             f.unlink()
 
 
-def _prepare_topup_dir(out_dir: Path, digest: str, linked: set[str]) -> None:
-    """Drop top-up images sampled with another checkpoint (a resumed run must not mix models)."""
+def _prepare_topup_dir(out_dir: Path, key: str, linked: set[str]) -> None:
+    """Drop top-up images sampled with another checkpoint or other sampling knobs (``sampler_key``): a resumed
+    run must not mix models or samplers."""
     state = out_dir / STATE_FILE
-    if state.is_file() and state.read_text().strip() != digest:
+    if state.is_file() and state.read_text().strip() != key:
         images = out_dir / "images"
         for f in sorted(images.rglob("*.png")) if images.is_dir() else []:
             if f.relative_to(out_dir).as_posix() not in linked:
                 f.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    state.write_text(digest + "\n")
+    state.write_text(key + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------- step
@@ -233,7 +234,7 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
             break
         if digest is None:
             digest, gen_classes = _topup_source(checkpoint_dir, frame)
-            _prepare_topup_dir(out_dir, digest, linked)
+            _prepare_topup_dir(out_dir, sampler_key(checkpoint_dir, generate_params), linked)
         requests = []
         for c, n in asks.items():
             if c not in gen_classes:

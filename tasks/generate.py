@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.training import checkpoint_hash, read_checkpoint_meta
+from models.training import read_checkpoint_meta
 from tasks.core.logs import get_logger, progress
 from tasks.core.manifest import SCHEMA
 from tasks.core.quotas import read_plan
-from tasks.core.sampling import GenerateParams, Progress, Request, generate_sharded, seeds_for
+from tasks.core.sampling import GenerateParams, Progress, Request, generate_sharded, sampler_key, seeds_for
 from tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
@@ -29,7 +29,7 @@ from tasks.core.shards import (
     run_in_process,
 )
 
-CHECKPOINT_FILE = ".checkpoint"  # sha256 of the checkpoint the images in the folder were sampled with
+CHECKPOINT_FILE = ".checkpoint"  # sampler_key (checkpoint sha256 + sampling knobs) of the folder's images
 
 
 def requests_from_plan(plan: pd.DataFrame, class_names: list[str], base_seed: int) -> list[Request]:
@@ -45,13 +45,14 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
     """The ``generate`` step: read the plan, sample in shards, write ``out_dir/manifest.parquet``.
 
     The step manifest is the shard manifests concatenated in shard order (classes in plan order, seeds
-    ascending), whatever order the shards finished in. Images sampled with another checkpoint than this one
-    are deleted first, so a resumed run never mixes models.
+    ascending), whatever order the shards finished in. Images sampled with another checkpoint than this one, or
+    with other sampling knobs (``generate.guidance_scale``, ``sample_steps``), are deleted first, so a resumed run
+    never mixes models or samplers.
     """
     plan = read_plan(plan_csv)
     class_names = read_checkpoint_meta(checkpoint_dir)["class_names"]
     jobs = [(r.label, s) for r in requests_from_plan(plan, class_names, params.seed) for s in r.seeds]
-    _drop_other_checkpoint(out_dir, checkpoint_hash(checkpoint_dir))
+    _drop_other_checkpoint(out_dir, sampler_key(checkpoint_dir, params))
     remove_temporaries(out_dir)
     start = time.perf_counter()
     with progress(get_logger("generate"), "generate", len(jobs), unit="images") as bar:
@@ -71,7 +72,7 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
 
 
 def _drop_other_checkpoint(out_dir: Path, digest: str) -> None:
-    """Delete images and shards of another checkpoint than ``digest``; record ``digest`` as the folder's."""
+    """Delete images and shards of another sampler than ``digest`` (``sampler_key``); record it as the folder's."""
     state = out_dir / CHECKPOINT_FILE
     if state.is_file() and state.read_text().strip() != digest:
         for folder in ("images", SHARDS_DIR):

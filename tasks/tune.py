@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +45,38 @@ class TuneParams(Section):
     seed: the Optuna sampler's seed (TPE).
     min_gain: the winner replaces the default recipe only when its validation objective is more than this above the
       default's; otherwise the default is kept (a tie or a gain within noise changes nothing).
+    guidance: sampling guidance scales (``generate.guidance_scale``, diffusion families) searched together with the
+      recipe: each is sampled and filtered once into ``<workdir>/tune/guidance-<w>/``, and a trial draws its
+      synthetic images from one of them. The params' own guidance is always a candidate (the default trial's);
+      empty: only the params' own sampling is tuned over.
     """
 
     trials: int = Field(16, ge=1)
     seeds: int = Field(2, ge=1)
     seed: int = 0
     min_gain: float = Field(0.005, ge=0.0)
+    guidance: list[float] = Field(default_factory=list)
 
 
-def suggest(trial: Any) -> dict[str, Any]:
-    """A recipe from an Optuna trial: the search space of the tuner."""
-    return {"share": trial.suggest_float("share", *SHARES),
-            "selection": trial.suggest_categorical("selection", list(SELECTIONS)),
-            "weight": trial.suggest_float("weight", *WEIGHTS, log=True)}
+def suggest(trial: Any, guidance: Sequence[float] = ()) -> dict[str, Any]:
+    """A trial's params from an Optuna trial: the search space of the tuner (``guidance``: the candidate sampling
+    guidance scales, the params' own first; searched when there are two or more)."""
+    params = {"share": trial.suggest_float("share", *SHARES),
+              "selection": trial.suggest_categorical("selection", list(SELECTIONS)),
+              "weight": trial.suggest_float("weight", *WEIGHTS, log=True)}
+    if len(guidance) > 1:
+        params["guidance"] = trial.suggest_categorical("guidance", list(guidance))
+    return params
 
 
 # The default recipe as a trial's params (the searched keys of ``SyntheticRecipe``): scored first.
 DEFAULT_TRIAL = SyntheticRecipe().model_dump(include={"share", "selection", "weight"})
+
+
+def default_trial(guidance: Sequence[float] = ()) -> dict[str, Any]:
+    """The default trial: the default recipe, sampled with the params' own guidance (``guidance[0]``) when the
+    guidance is searched."""
+    return {**DEFAULT_TRIAL, "guidance": guidance[0]} if len(guidance) > 1 else dict(DEFAULT_TRIAL)
 
 
 def _inputs(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams) -> tuple[Inputs, list, str]:
@@ -68,7 +84,7 @@ def _inputs(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Evaluat
     return _read_once(ingest_dir, filter_dir, judge_dir, params.model_dump_json())
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)  # a few guidance candidates' images
 def _read_once(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params_json: str) -> tuple[Inputs, list, str]:
     params = EvaluateParams.model_validate_json(params_json)
     inputs = read_inputs(ingest_dir, filter_dir, judge_dir, params, device=pick_device(params.device))
@@ -98,7 +114,8 @@ def score_baselines(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params:
 
 def score_trial(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams, seeds: int,
                 recipe: dict[str, Any], baselines: dict[str, Any]) -> dict[str, Any]:
-    """One recipe on the validation folds: {"recipe", "gains" (per family and metric), "objective"}."""
+    """One recipe on the validation folds, with the synthetic images of ``filter_dir``: {"recipe", "gains" (per
+    family and metric), "objective"}."""
     inputs, folds, _ = _inputs(ingest_dir, filter_dir, judge_dir, params)
     device = pick_device(params.device)
     runs = validation_runs(folds, inputs.syn_f, _validation_params(params, seeds, recipe), inputs.minority, device,
@@ -106,10 +123,11 @@ def score_trial(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Eva
     return {"recipe": recipe, **validation_gain(runs, baselines["runs"])}
 
 
-def choose(trials: list[dict[str, Any]], min_gain: float) -> dict[str, Any]:
-    """The winning recipe: the best validation objective, unless it beats the default recipe's by ``min_gain`` or
-    less (then the default stays)."""
-    default = next((t for t in trials if t["recipe"] == DEFAULT_TRIAL), None)
+def choose(trials: list[dict[str, Any]], min_gain: float, default_params: dict[str, Any] = DEFAULT_TRIAL
+           ) -> dict[str, Any]:
+    """The winning trial: the best validation objective, unless it beats the default trial's (``default_params``) by
+    ``min_gain`` or less (then the default stays)."""
+    default = next((t for t in trials if t["recipe"] == default_params), None)
     best = max(trials, key=lambda t: t["objective"])
     if default is not None and best["objective"] - default["objective"] <= min_gain:
         return default
@@ -129,9 +147,12 @@ def write_trials(path: Path, trials: list[dict[str, Any]], winner: dict[str, Any
     return path
 
 
-def chosen_on(winner: dict[str, Any], trials: int, validated_on: str) -> str:
+def chosen_on(winner: dict[str, Any], trials: int, validated_on: str,
+              default_params: dict[str, Any] = DEFAULT_TRIAL, guidance: Sequence[float] = ()) -> str:
     """The ``evaluate.recipe.chosen_on`` line the tuned params file carries into the report."""
     how = ("the default recipe kept: no other recipe beat its validation objective by more than tune.min_gain"
-           if winner["recipe"] == DEFAULT_TRIAL else "the best validation objective")
-    return (f"synthaug tune: {how}, of {trials} recipes ({validated_on}; objective {winner['objective']:+.4f}); "
-            "the test split was not read to choose it")
+           if winner["recipe"] == default_params else "the best validation objective")
+    sampled = (f"; sampling guidance {winner['recipe']['guidance']:g} of {', '.join(f'{w:g}' for w in guidance)}"
+               if "guidance" in winner["recipe"] else "")
+    return (f"synthaug tune: {how}, of {trials} recipes ({validated_on}; objective {winner['objective']:+.4f}"
+            f"{sampled}); the test split was not read to choose it")

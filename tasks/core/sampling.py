@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -13,7 +14,8 @@ import torch
 from pydantic import Field
 
 from models.common import pick_device
-from models.training import checkpoint_hash, load_checkpoint
+from models.registry import get_family
+from models.training import checkpoint_hash, load_checkpoint, read_checkpoint_meta
 from tasks.core.errors import UserError
 from tasks.core.files import file_sha256
 from tasks.core.images import to_uint8, write_png
@@ -29,6 +31,7 @@ from tasks.core.shards import (
 )
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
+SAMPLING_KNOBS = ("guidance_scale", "sample_steps")  # generator config fields `generate` may set at sampling time
 
 
 class GenerateParams(Section):
@@ -36,11 +39,53 @@ class GenerateParams(Section):
 
     seed: base of the per-image seeds (image i of class k gets seed + k*1e6 + i).
     batch_size: images sampled per forward pass (does not change the pixels).
+    guidance_scale: classifier-free guidance weight to sample with (diffusion families); null: the one the
+      generator was trained with (``model.<family>.guidance_scale``). A sampling knob: another value needs no
+      retraining, so it can be chosen on validation (README "Choosing the sampling guidance").
+    sample_steps: sampler steps per image (diffusion families); null: the generator's own.
     """
 
     seed: int = Field(0, ge=0)
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    guidance_scale: float | None = Field(None, ge=0.0)
+    sample_steps: int | None = Field(None, ge=1)
+
+    def sampling_knobs(self) -> dict[str, Any]:
+        """The sampling knobs set here (not null): they replace the checkpoint's own values when sampling."""
+        return {k: getattr(self, k) for k in SAMPLING_KNOBS if getattr(self, k) is not None}
+
+
+def sampling_config(family: str, config: dict[str, Any], knobs: dict[str, Any]) -> Any:
+    """The ``family`` generator config ``config`` (a dict, as checkpoints store it) with ``knobs`` applied;
+    ValueError naming the knob when the family has no such field or the family's own checks refuse the value."""
+    missing = [k for k in knobs if k not in config]
+    if missing:
+        raise ValueError(f"{missing[0]} is a sampling knob of the diffusion families; the {family} generator has "
+                         "none")
+    return get_family(family).Config(**{**config, **knobs})
+
+
+def sampler_key(checkpoint_dir: Path, params: GenerateParams) -> str:
+    """What decides the pixels of a (class, seed): the checkpoint's hash plus the sampling knobs set in
+    ``generate``. A folder of images made under another key must not be resumed into."""
+    knobs = params.sampling_knobs()
+    digest = checkpoint_hash(checkpoint_dir)
+    return f"{digest} {json.dumps(knobs, sort_keys=True)}" if knobs else digest
+
+
+def _load_for_sampling(checkpoint_dir: Path, params: GenerateParams, device: torch.device) -> tuple[Any, dict]:
+    knobs = params.sampling_knobs()
+    override = None
+    if knobs:
+        meta = read_checkpoint_meta(checkpoint_dir)
+        try:
+            override = sampling_config(meta["family"], meta["config"], knobs)
+        except ValueError as exc:
+            raise UserError(f"{checkpoint_dir}: generate: {exc} (set generate.{', '.join(knobs)} to null, or give "
+                            "values this checkpoint accepts)") from None
+    model, meta, _ = load_checkpoint(checkpoint_dir, device, override)
+    return model, meta
 
 
 @dataclass(frozen=True)
@@ -71,7 +116,7 @@ def generate(checkpoint_dir: Path, requests: list[Request], params: GeneratePara
     An image whose file already exists is not sampled again, so an interrupted run resumes where it stopped.
     ``rank`` (the worker's index) picks the GPU when there are several.
     """
-    model, meta, _ = load_checkpoint(checkpoint_dir, pick_device(params.device, rank))
+    model, meta = _load_for_sampling(checkpoint_dir, params, pick_device(params.device, rank))
     digest = checkpoint_hash(checkpoint_dir)
     index = {name: i for i, name in enumerate(meta["class_names"])}
     unknown = sorted({r.label for r in requests} - set(index))

@@ -114,3 +114,16 @@ def test_markdown_adds_the_tuned_recipe_and_its_test_tables() -> None:
     assert "winner share 0.50, order informative, weight 2.00, validation objective +0.0300 (default recipe +0.0100)" \
         in tail
     assert "+0.060 [+0.020, +0.100] | 0.40 |" in tail and "chosen on: synthaug tune on validation" in tail
+
+
+def test_markdown_names_the_winning_guidance_when_it_was_searched() -> None:
+    default = {"number": 0, "recipe": {"share": 1.0, "selection": "random", "weight": 1.0, "guidance": 2.0},
+               "objective": 0.01}
+    winner = {"number": 2, "recipe": {"share": 0.8, "selection": "random", "weight": 1.5, "guidance": 1.0},
+              "objective": 0.04}
+    tuned = _utility((0.02, 0.10), 0.40)
+    tuned["setup"]["recipe"] = {**{k: v for k, v in winner["recipe"].items() if k != "guidance"}, "chosen_on": "tune"}
+    text = markdown({"utility": _utility((-0.01, 0.09), 0.35),
+                     "tuned": {"trials": {"winner": winner, "trials": [default, winner], "validated_on": "val"},
+                               "utility": tuned}})
+    assert "weight 1.50, guidance 1, validation objective +0.0400 (default recipe +0.0100)" in text

@@ -55,7 +55,6 @@ def test_a_resumed_study_scores_only_the_missing_trials(tuned) -> None:
     assert after[:3] == before  # the first three were read back from the study, not scored again
 
 
-
 def test_the_study_key_ignores_the_recipe_and_test_seeds_but_not_the_tune_seeds(tuned) -> None:
     from flows.tune import study_key
 
@@ -73,11 +72,67 @@ def test_a_default_trial_cut_off_while_running_is_queued_again(tuned, tmp_path) 
     from tasks.tune import suggest
 
     _, params, _, _ = tuned
-    study = _study(params, tmp_path, "cut")
+    study = _study(params, tmp_path, "cut", DEFAULT_TRIAL)
     first = study.ask()
     assert suggest(first) == DEFAULT_TRIAL  # the queued default, now RUNNING: the process is killed here
-    again = _study(params, tmp_path, "cut")
+    again = _study(params, tmp_path, "cut", DEFAULT_TRIAL)
     waiting = [t for t in again.get_trials() if t.state == optuna.trial.TrialState.WAITING]
     assert [t.system_attrs["fixed_params"] for t in waiting] == [DEFAULT_TRIAL]
-    assert _study(params, tmp_path, "cut").get_trials()[-1].state == optuna.trial.TrialState.WAITING
-    assert len(_study(params, tmp_path, "cut").get_trials()) == 2  # queued once, not once per resume
+    assert _study(params, tmp_path, "cut", DEFAULT_TRIAL).get_trials()[-1].state == optuna.trial.TrialState.WAITING
+    assert len(_study(params, tmp_path, "cut", DEFAULT_TRIAL).get_trials()) == 2  # queued once, not once per resume
+
+
+# A diffusion generator at toy size: the family with a sampling guidance.
+DIFFUSION = ["model.family=diffusion", "model.diffusion.steps=2", "model.diffusion.batch_size=8",
+             "model.diffusion.channels=[8, 16]", "model.diffusion.attention_levels=[false, true]",
+             "model.diffusion.norm_num_groups=4", "model.diffusion.num_head_channels=8",
+             "model.diffusion.sample_steps=2", "model.diffusion.sample_batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def guided(tmp_path_factory):
+    """tune.guidance=[1]: the params' own guidance (2) and 1 searched with the recipe. The winner is forced to a
+    guidance-1 trial (a 2-step generator's validation gains are noise), to follow it into the params file and the
+    confirming run."""
+    import flows.tune
+
+    root = tmp_path_factory.mktemp("tune-guidance")
+    source = digits_folder(root / "digits")
+    params = load_params(None, [*TINY, *DIFFUSION, f"data.source={source}", "plan.ratio=0.5", "plan.cap=6",
+                                *LENIENT, *TUNE, "tune.trials=4", "tune.guidance=[1.0]"])
+    out = root / "params.tuned.yaml"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flows.tune, "choose", lambda trials, min_gain, default: max(
+            trials, key=lambda t: (t["recipe"]["guidance"] == 1.0, t["objective"])))
+        tune(params, str(root / "work"), str(out))
+    return root, out
+
+
+def _pixels(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted((folder / "images").rglob("*.png"))}
+
+
+def test_guidance_candidates_are_sampled_apart_and_searched_with_the_recipe(guided) -> None:
+    root, _ = guided
+    work = root / "work"
+    trials = json.loads((work / "tune" / "trials.json").read_text())["trials"]
+    assert trials[0]["recipe"] == {**DEFAULT_TRIAL, "guidance": 2.0}  # the default trial: the params' own guidance
+    assert {t["recipe"]["guidance"] for t in trials} == {1.0, 2.0}
+    candidate = work / "tune" / "guidance-1"
+    assert (candidate / "filter" / "manifest.parquet").is_file()
+    assert '"guidance_scale": 1.0' in (candidate / "generate" / ".checkpoint").read_text()
+    assert (candidate / "model").resolve() == (work / "model").resolve()  # sampled from the workdir's generator
+
+
+def test_a_winning_guidance_goes_into_the_params_file_and_the_confirming_run(guided) -> None:
+    root, out = guided
+    work = root / "work"
+    loaded = load_params(out)
+    assert loaded.generate.guidance_scale == 1.0
+    assert "sampling guidance 1 of 2, 1" in loaded.evaluate.recipe.chosen_on
+    # The workdir was sampled again with the winner: the same images as the candidate's, then evaluated.
+    assert '"guidance_scale": 1.0' in (work / "generate" / ".checkpoint").read_text()
+    images = _pixels(work / "generate")
+    assert images and images == _pixels(work / "tune" / "guidance-1" / "generate")
+    metrics = json.loads((work / "evaluate" / "metrics.json").read_text())
+    assert metrics["utility"]["setup"]["recipe"] == loaded.evaluate.recipe.model_dump()
