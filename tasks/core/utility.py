@@ -7,7 +7,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,8 @@ MIN_GAP = 0.01  # gap_closed is null when the oracle is less than this above the
 DEFAULT_CLASSIFIER = JudgeConfig(width=16, feature_dim=64, steps=300, batch_size=64)
 
 
-SELECTIONS = ("random", "k_center", "informative")  # orders a share of a class's synthetic images is taken in
+Selection = Literal["random", "k_center", "informative"]  # orders a share of a class's synthetic images is taken in
+SELECTIONS: tuple[str, ...] = get_args(Selection)
 
 
 class SyntheticRecipe(Section):
@@ -53,7 +54,7 @@ class SyntheticRecipe(Section):
     """
 
     share: float = Field(1.0, gt=0.0, le=1.0)
-    selection: Literal["random", "k_center", "informative"] = "random"
+    selection: Selection = "random"
     weight: float = Field(1.0, gt=0.0, le=10.0)
     chosen_on: str = "the defaults: fixed in code before any result of this dataset"
 
@@ -180,12 +181,23 @@ def _real_synthetic(data: _Data) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return x, y, copy, synthetic
 
 
-def synthetic_weights(condition: str, data: _Data, weight: float) -> torch.Tensor | None:
-    """Per-row loss weights of ``training_set(condition, data, ...)``: ``weight`` for synthetic rows, 1 for real;
-    None where every row weighs 1 (no synthetic rows, or ``weight`` 1)."""
+def _with_synthetic_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A ``WITH_SYNTHETIC`` condition's training set and the mask of its synthetic rows (originals and copies)."""
+    xs, ys, copy, synthetic = _real_synthetic(data)
+    if condition == "real_classical_aug_synthetic":
+        xs = xs.clone()
+        xs[copy] = augment_images(xs[copy], seed)
+    return xs, ys, synthetic
+
+
+def weighted_training_set(condition: str, data: _Data, seed: int,
+                          weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``training_set`` and per-row loss weights: ``weight`` for synthetic rows, 1 for real; None where every row
+    weighs 1 (no synthetic rows, or ``weight`` 1). The set is built once."""
     if condition not in WITH_SYNTHETIC or weight == 1.0:
-        return None
-    return torch.where(_real_synthetic(data)[3], weight, 1.0).float()
+        return (*training_set(condition, data, seed), None)
+    xs, ys, synthetic = _with_synthetic_set(condition, data, seed)
+    return xs, ys, torch.where(synthetic, weight, 1.0).float()
 
 
 def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,12 +211,8 @@ def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, 
     if condition == "real_classical_aug":
         fill = torch.from_numpy(fill_indices(y.numpy(), k))
         return torch.cat([x, augment_images(x[fill], seed)]), torch.cat([y, y[fill]])
-    if condition in ("real_synthetic", "real_classical_aug_synthetic"):
-        xs, ys, copy, _ = _real_synthetic(data)
-        if condition == "real_classical_aug_synthetic":
-            xs = xs.clone()
-            xs[copy] = augment_images(xs[copy], seed)
-        return xs, ys
+    if condition in WITH_SYNTHETIC:
+        return _with_synthetic_set(condition, data, seed)[:2]
     if condition == "synthetic_only":
         return data.syn_x, data.syn_y
     if condition == "real_oracle":
@@ -219,8 +227,7 @@ def train_and_score(condition: str, data: _Data, seed: int, params: EvaluatePara
     size."""
     from models.judge import train_judge
 
-    x, y = training_set(condition, data, seed)
-    w = synthetic_weights(condition, data, params.recipe.weight)
+    x, y, w = weighted_training_set(condition, data, seed, params.recipe.weight)
     k, truth = len(data.class_names), data.test_y.numpy()
     model = train_judge(x, y, num_classes=k, config=dataclasses.replace(params.classifier, seed=seed), device=device,
                         sample_weights=w)

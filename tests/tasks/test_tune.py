@@ -16,7 +16,7 @@ from rich.console import Console
 from tasks.core.features import embed, load_judge_step
 from tasks.core.inputs import read_data
 from tasks.core.recipe import apply_recipe, informativeness, synthetic_subset, validation_gain
-from tasks.core.utility import SyntheticRecipe, synthetic_weights, training_set
+from tasks.core.utility import SyntheticRecipe, training_set, weighted_training_set
 from tasks.evaluate import evaluate_step
 from tasks.tune import DEFAULT_TRIAL, choose, score_baselines, score_trial
 
@@ -53,14 +53,15 @@ def _rows_in(rows: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
 def test_synthetic_weight_falls_on_the_synthetic_rows_and_their_copies(data, condition: str) -> None:
     d, _, _ = data
     x, y = training_set("real_synthetic", d, 0)  # unaugmented, so every row is an exact image
-    w = synthetic_weights(condition, d, 0.25)
+    xc, yc, w = weighted_training_set(condition, d, 0, 0.25)
+    assert torch.equal(yc, y) and torch.equal(xc, training_set(condition, d, 0)[0])  # the condition's own set
     assert w.shape == y.shape and set(w.unique().tolist()) == {0.25, 1.0}
     synthetic = w == 0.25
     assert bool(_rows_in(x[synthetic], d.syn_x).all()) and bool(_rows_in(x[~synthetic], d.train_x).all())
     oversampled, m = 4 * max(_fixtures.TRAIN.values()), d.syn_x.shape[0]
     assert not synthetic[:oversampled].any() and synthetic[oversampled:oversampled + m].all()  # [real | syn | copies]
-    assert synthetic_weights(condition, d, 1.0) is None  # weight 1: the unweighted loss, as before
-    assert synthetic_weights("real_oversampled", d, 0.25) is None
+    assert weighted_training_set(condition, d, 0, 1.0)[2] is None  # weight 1: the unweighted loss, as before
+    assert weighted_training_set("real_oversampled", d, 0, 0.25)[2] is None
 
 
 def test_informativeness_ranks_what_a_real_only_classifier_gets_wrong_first() -> None:
