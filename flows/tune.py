@@ -83,9 +83,11 @@ def _sample(params: Params, root: Path, guidance: float) -> Path:
     sub = TUNE.path(root) / f"guidance-{guidance:g}"
     sub.mkdir(parents=True, exist_ok=True)
     for artifact in (INGEST, PLAN, MODEL, JUDGE):
-        link = artifact.path(sub)
+        link, target = artifact.path(sub), artifact.path(root).resolve()
+        if link.is_symlink() and link.resolve() != target:  # a moved workdir: point at this one
+            link.unlink()
         if not link.is_symlink():
-            link.symlink_to(artifact.path(root).resolve(), target_is_directory=True)
+            link.symlink_to(target, target_is_directory=True)
     for name in ("generate", "filter"):
         step(name).run(_with_guidance(params, guidance), sub)
     return FILTER.path(sub)

@@ -10,6 +10,8 @@ from PIL import Image
 
 from bench.utility import (
     DIGITS_SCARCE,
+    HOLDOUT,
+    HOLDOUT_SCARCE,
     PATCH,
     TEST_PER_CLASS,
     TEST_ROWS,
@@ -78,6 +80,10 @@ def test_texture_patches_come_from_disjoint_regions(textures: tuple[Path, pd.Dat
 
 def test_source_names_the_scenario(tmp_path: Path) -> None:
     assert source("digits-example", tmp_path) == "example:digits"
+    held_out = _table(Path(source(HOLDOUT, tmp_path / "holdout")))
+    counts = held_out.groupby(["label", "split"]).size().unstack(fill_value=0)
+    assert set(HOLDOUT_SCARCE).isdisjoint({*DIGITS_SCARCE, "3", "5", "8"})  # no scarce class of the other two
+    assert all(counts.loc[label, "train"] == n for label, n in HOLDOUT_SCARCE.items())
     with pytest.raises(ValueError, match="scenarios"):
         source("nope", tmp_path)
 
