@@ -72,7 +72,8 @@ class DiffusionConfig(TrainConfig):
             guidance).
         guidance_scale: classifier-free guidance weight w in eps_u + w * (eps_c - eps_u); 1 is plain conditional
             sampling (one network call per step), 0 unconditional, > 1 trades diversity for label fidelity; at most
-            ``MAX_GUIDANCE``.
+            ``MAX_GUIDANCE``. 1 by default: chosen over 2 and 4 on the real val splits of three scarce scenarios
+            (docs/BENCHMARKS.md, "Sampling guidance"); ``generate.guidance_scale`` overrides it without retraining.
         sampler: ``ddim`` (eta = 0), ``dpm`` (DPM-Solver++ 2M) or ``ddpm`` (ancestral, fresh noise every step).
         sample_steps: network evaluations per image (times two with guidance); at most ``timesteps``.
         sample_batch_size: images per network call when sampling; requests are split and padded to it.
@@ -97,7 +98,7 @@ class DiffusionConfig(TrainConfig):
     timesteps: int = 1000
     schedule: str = "cosine"
     label_dropout: float = 0.1
-    guidance_scale: float = 2.0
+    guidance_scale: float = 1.0
     sampler: str = "dpm"
     sample_steps: int = 20
     sample_batch_size: int = 64

@@ -86,7 +86,8 @@ def test_a_default_trial_cut_off_while_running_is_queued_again(tuned, tmp_path) 
 DIFFUSION = ["model.family=diffusion", "model.diffusion.steps=2", "model.diffusion.batch_size=8",
              "model.diffusion.channels=[8, 16]", "model.diffusion.attention_levels=[false, true]",
              "model.diffusion.norm_num_groups=4", "model.diffusion.num_head_channels=8",
-             "model.diffusion.sample_steps=2", "model.diffusion.sample_batch_size=4"]
+             "model.diffusion.sample_steps=2", "model.diffusion.sample_batch_size=4",
+             "model.diffusion.guidance_scale=2"]
 
 
 @pytest.fixture(scope="module")

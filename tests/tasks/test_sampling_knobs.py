@@ -36,8 +36,7 @@ def _save(model_cls, config, folder):
 def setup(tmp_path_factory):
     """An untrained tiny diffusion checkpoint (guidance 2), the same weights saved with guidance 1, and a plan."""
     root = tmp_path_factory.mktemp("knobs")
-    config = DiffusionConfig.tiny()
-    assert config.guidance_scale == 2.0
+    config = dataclasses.replace(DiffusionConfig.tiny(), guidance_scale=2.0)
     _save(Diffusion, config, root / "w2")
     _save(Diffusion, dataclasses.replace(config, guidance_scale=1.0), root / "w1")
     plan = root / "plan.csv"
