@@ -167,10 +167,12 @@ def tune(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: 
     params = _params(params_file, overrides)
     result = tune_flow.with_options(task_runner=task_runner(params.runner))(params, str(workdir), str(out))
     recipe = result["winner"]
+    guidance = f", sampling guidance {recipe['guidance']:g}" if "guidance" in recipe else ""
     console.print(f"\n[bold]recipe[/]   share {recipe['share']:.2f}, order {recipe['selection']}, synthetic loss "
-                  f"weight {recipe['weight']:.2f} (validation objective {result['validation_objective']:+.4f}; "
-                  f"trials {result['trials']})\n[bold]params[/]   {result['params']}  (synthaug run -p "
-                  f"{result['params']} publishes with it)\n[bold]test[/]     confirmed once:", highlight=False)
+                  f"weight {recipe['weight']:.2f}{guidance} (validation objective "
+                  f"{result['validation_objective']:+.4f}; trials {result['trials']})\n[bold]params[/]   "
+                  f"{result['params']}  (synthaug run -p {result['params']} publishes with it)\n[bold]test[/]     "
+                  "confirmed once:", highlight=False)
     for line in result["test"]:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print(result["gate"], highlight=False, soft_wrap=True)
