@@ -7,6 +7,7 @@ nothing is published.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,11 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
     for family in family_names():
         # Every family from scratch: a warm start from a published generator would not be a like-for-like comparison.
         model = params.model.model_copy(update={"family": family, "warm_start": "never"})
-        family_params = params.model_copy(update={"model": model})
+        # generate.guidance_scale / sample_steps apply to the families that have them; the others sample as they do.
+        own = dataclasses.asdict(model.family_config())
+        absent = {k: None for k in params.generate.sampling_knobs() if k not in own}
+        generate = params.generate.model_copy(update=absent)
+        family_params = params.model_copy(update={"model": model, "generate": generate})
         family_dir = Path(workdir) / family
         with workdir_lock(family_dir):
             for step in STEPS:

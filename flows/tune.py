@@ -80,7 +80,7 @@ def _with_guidance(params: Params, guidance: float) -> Params:
 def _sample(params: Params, root: Path, guidance: float) -> Path:
     """The generate and filter steps at ``guidance`` in ``<workdir>/tune/guidance-<w>/``, whose ingest, plan, model
     and judge are the workdir's (linked); returns its filter folder. Resumes as the steps do."""
-    sub = TUNE.path(root) / f"guidance-{guidance:g}"
+    sub = TUNE.path(root) / f"guidance-{guidance!r}"  # repr: two candidates never share a folder
     sub.mkdir(parents=True, exist_ok=True)
     for artifact in (INGEST, PLAN, MODEL, JUDGE):
         link, target = artifact.path(sub), artifact.path(root).resolve()
@@ -95,7 +95,8 @@ def _sample(params: Params, root: Path, guidance: float) -> Path:
 
 def study_key(params: Params, root: Path) -> str:
     """What a study's trials depend on: the evaluate step's inputs and code with the recipe and test seeds left out
-    (a tuned params file resumes the study that made it), the tuner's own code, and the tune seeds."""
+    (a tuned params file resumes the study that made it, unless another guidance won), the tuner's own code, the
+    tune seeds and the guidance candidates."""
     base = params.model_copy(update={"evaluate": params.evaluate.model_copy(
         update={"recipe": SyntheticRecipe(), "seeds": EvaluateParams.model_fields["seeds"].default})})
     code = "".join(file_sha256(REPO_ROOT / rel) for rel in TUNER_CODE)
@@ -178,7 +179,7 @@ def tune(params: Params, workdir: str = "data/work", out: str = "params.tuned.ya
     how = chosen_on(winner, len(trials), baselines["validated_on"], default_trial(guidance), guidance)
     recipe = SyntheticRecipe(**{k: winner["recipe"][k] for k in DEFAULT_TRIAL}, chosen_on=how)
     tuned = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"recipe": recipe})})
-    if guidance and winner["recipe"]["guidance"] != guidance[0]:
+    if len(guidance) > 1 and winner["recipe"]["guidance"] != guidance[0]:  # searched, and another won
         tuned = _with_guidance(tuned, winner["recipe"]["guidance"])
     if study_key(params, root) != key:  # the lock was let go for the steps below: another run changed the data
         raise UserError(f"{root}: the data the recipe was validated on changed during `synthaug tune` (another run "

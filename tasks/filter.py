@@ -93,7 +93,7 @@ from tasks.core.rules import (
     reject_reasons,
     topup_count,
 )
-from tasks.core.sampling import GenerateParams, Request, generate_sharded, sampler_key, seeds_for
+from tasks.core.sampling import SAMPLER_FILE, GenerateParams, Request, generate_sharded, sampler_key, seeds_for
 from tasks.core.scoring import _Scorer
 from tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
@@ -234,7 +234,9 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
             break
         if digest is None:
             digest, gen_classes = _topup_source(checkpoint_dir, frame)
-            _prepare_topup_dir(out_dir, sampler_key(checkpoint_dir, generate_params), linked)
+            key = sampler_key(checkpoint_dir, generate_params)
+            _same_sampler(generate_dir, key)
+            _prepare_topup_dir(out_dir, key, linked)
         requests = []
         for c, n in asks.items():
             if c not in gen_classes:
@@ -305,6 +307,15 @@ def _topup_source(checkpoint_dir: Path, frame: pd.DataFrame) -> tuple[str, list[
         raise UserError(f"{checkpoint_dir}: checkpoint {digest[:12]} differs from the one the generate step used "
                         f"({', '.join(o[:12] for o in others)}); rerun `synthaug generate` first")
     return digest, [str(c) for c in read_checkpoint_meta(checkpoint_dir)["class_names"]]
+
+
+def _same_sampler(generate_dir: Path, key: str) -> None:
+    """Top-ups must sample as the generate step did (same ``generate.guidance_scale`` / ``sample_steps``)."""
+    state = generate_dir / SAMPLER_FILE
+    if state.is_file() and state.read_text().strip() != key:
+        raise UserError(f"{generate_dir}: its images were sampled with other generate params (sampling knobs) than "
+                        "this filter run's; its top-ups would mix samplers. Run `synthaug generate` with the same "
+                        "params first")
 
 
 def _mark_surplus(frame: pd.DataFrame, needed: dict[str, int]) -> None:

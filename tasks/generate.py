@@ -18,7 +18,15 @@ from models.training import read_checkpoint_meta
 from tasks.core.logs import get_logger, progress
 from tasks.core.manifest import SCHEMA
 from tasks.core.quotas import read_plan
-from tasks.core.sampling import GenerateParams, Progress, Request, generate_sharded, sampler_key, seeds_for
+from tasks.core.sampling import (
+    SAMPLER_FILE,
+    GenerateParams,
+    Progress,
+    Request,
+    generate_sharded,
+    sampler_key,
+    seeds_for,
+)
 from tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
@@ -29,7 +37,7 @@ from tasks.core.shards import (
     run_in_process,
 )
 
-CHECKPOINT_FILE = ".checkpoint"  # sampler_key (checkpoint sha256 + sampling knobs) of the folder's images
+CHECKPOINT_FILE = SAMPLER_FILE  # sampler_key (checkpoint sha256 + the config it samples with) of the images
 
 
 def requests_from_plan(plan: pd.DataFrame, class_names: list[str], base_seed: int) -> list[Request]:

@@ -38,7 +38,7 @@ from tasks.core.labels import natural_key
 from tasks.core.manifest import read_manifest, write_manifest
 from tasks.core.model_params import ModelParams
 from tasks.core.registry import PublishParams, code_version, fetch_generator, latest_generator
-from tasks.core.sampling import GenerateParams, Request, generate, seeds_for
+from tasks.core.sampling import SAMPLING_FIELDS, GenerateParams, Request, generate, seeds_for
 
 GENERATOR_FILE = "generator.json"
 ORIGIN_FILE = "origin.json"  # <train out>/origin.json: where the run's training started (written by the flow)
@@ -124,7 +124,7 @@ def _mismatch(meta: dict[str, Any], frame: pd.DataFrame, model: ModelParams) -> 
         return f"classes {removed} are no longer in the source"
     ours = json.loads(json.dumps(dataclasses.asdict(model.family_config())))
     differs = sorted(k for k in set(ours) | set(meta["config"])
-                     if k not in RETRAINED_FIELDS and ours.get(k) != meta["config"].get(k))
+                     if k not in (*RETRAINED_FIELDS, *SAMPLING_FIELDS) and ours.get(k) != meta["config"].get(k))
     if differs:
         return f"model.{model.family} differs in {differs}"
     return None

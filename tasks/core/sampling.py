@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from tasks.core.shards import (
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
 SAMPLING_KNOBS = ("guidance_scale", "sample_steps")  # generator config fields `generate` may set at sampling time
+SAMPLING_FIELDS = (*SAMPLING_KNOBS, "sampler", "sample_batch_size")  # config fields that act at sampling time only
+SAMPLER_FILE = ".checkpoint"  # in a folder of sampled images: the sampler_key they were sampled with
 
 
 class GenerateParams(Section):
@@ -67,11 +70,12 @@ def sampling_config(family: str, config: dict[str, Any], knobs: dict[str, Any]) 
 
 
 def sampler_key(checkpoint_dir: Path, params: GenerateParams) -> str:
-    """What decides the pixels of a (class, seed): the checkpoint's hash plus the sampling knobs set in
-    ``generate``. A folder of images made under another key must not be resumed into."""
-    knobs = params.sampling_knobs()
-    digest = checkpoint_hash(checkpoint_dir)
-    return f"{digest} {json.dumps(knobs, sort_keys=True)}" if knobs else digest
+    """What decides the pixels of a (class, seed): the checkpoint's weights (their sha256, first) and the config it
+    samples with — its own, with the sampling knobs of ``generate`` applied (a checkpoint re-saved with another
+    guidance has the same weights). A folder of images made under another key must not be resumed into."""
+    config = {**read_checkpoint_meta(checkpoint_dir)["config"], **params.sampling_knobs()}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{checkpoint_hash(checkpoint_dir)} {digest}"
 
 
 def _load_for_sampling(checkpoint_dir: Path, params: GenerateParams, device: torch.device) -> tuple[Any, dict]:
@@ -171,7 +175,7 @@ def generate_sharded(checkpoint_dir: Path, jobs: list[Job], params: GeneratePara
     "Generators", **Determinism**).
     """
     shard_dir = out_dir / SHARDS_DIR
-    context = {"checkpoint": checkpoint_hash(checkpoint_dir), "params": params.model_dump(mode="json")}
+    context = {"checkpoint": sampler_key(checkpoint_dir, params), "params": params.model_dump(mode="json")}
     shards = cut(jobs, shard_size, shard_dir, prefix, context)
     # A shard counts as done only while its images are there too: a deleted image is sampled again (same pixels).
     todo = [s for s in shards if not finished(s)

@@ -7,6 +7,7 @@ import pytest
 
 from flows.params import load_params
 from flows.tune import tune
+from tasks.core.sampling import GenerateParams, sampler_key
 from tasks.tune import DEFAULT_TRIAL
 from tests.toy import TINY, digits_folder
 
@@ -119,9 +120,10 @@ def test_guidance_candidates_are_sampled_apart_and_searched_with_the_recipe(guid
     trials = json.loads((work / "tune" / "trials.json").read_text())["trials"]
     assert trials[0]["recipe"] == {**DEFAULT_TRIAL, "guidance": 2.0}  # the default trial: the params' own guidance
     assert {t["recipe"]["guidance"] for t in trials} == {1.0, 2.0}
-    candidate = work / "tune" / "guidance-1"
+    candidate = work / "tune" / "guidance-1.0"
     assert (candidate / "filter" / "manifest.parquet").is_file()
-    assert '"guidance_scale": 1.0' in (candidate / "generate" / ".checkpoint").read_text()
+    key = sampler_key(work / "model" / "checkpoint", GenerateParams(guidance_scale=1.0))
+    assert (candidate / "generate" / ".checkpoint").read_text().strip() == key
     assert (candidate / "model").resolve() == (work / "model").resolve()  # sampled from the workdir's generator
 
 
@@ -132,8 +134,20 @@ def test_a_winning_guidance_goes_into_the_params_file_and_the_confirming_run(gui
     assert loaded.generate.guidance_scale == 1.0
     assert "sampling guidance 1 of 2, 1" in loaded.evaluate.recipe.chosen_on
     # The workdir was sampled again with the winner: the same images as the candidate's, then evaluated.
-    assert '"guidance_scale": 1.0' in (work / "generate" / ".checkpoint").read_text()
+    key = sampler_key(work / "model" / "checkpoint", loaded.generate)
+    assert (work / "generate" / ".checkpoint").read_text().strip() == key
     images = _pixels(work / "generate")
-    assert images and images == _pixels(work / "tune" / "guidance-1" / "generate")
+    assert images and images == _pixels(work / "tune" / "guidance-1.0" / "generate")
     metrics = json.loads((work / "evaluate" / "metrics.json").read_text())
     assert metrics["utility"]["setup"]["recipe"] == loaded.evaluate.recipe.model_dump()
+
+
+def test_the_params_own_guidance_alone_is_no_search(tmp_path) -> None:
+    """tune.guidance naming only the params' own guidance: nothing to search, no candidate folder, no crash."""
+    source = digits_folder(tmp_path / "digits")
+    params = load_params(None, [*TINY, *DIFFUSION, f"data.source={source}", "plan.ratio=0.5", "plan.cap=6",
+                                *LENIENT, *TUNE, "tune.trials=2", "tune.guidance=[2.0]"])
+    out = tmp_path / "params.tuned.yaml"
+    result = tune(params, str(tmp_path / "work"), str(out))
+    assert "guidance" not in result["winner"] and load_params(out).generate.guidance_scale is None
+    assert not list((tmp_path / "work" / "tune").glob("guidance-*"))

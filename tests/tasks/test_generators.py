@@ -3,6 +3,7 @@ decision, and the class conditioning a warm start extends."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -137,6 +138,16 @@ def test_warm_start_needs_the_same_family_shape_config_and_no_removed_class() ->
     assert "classes ['1'] are no longer in the source" in _mismatch(meta, _frame(["0", "2"]), model)
     assert "differs in ['latent_dim']" in _mismatch({**meta, "config": {**config, "latent_dim": 99}},
                                                      _frame(["0", "1"]), model)
+
+
+def test_warm_start_ignores_what_acts_at_sampling_time_only() -> None:
+    model = ModelParams(family="diffusion")
+    config = json.loads(json.dumps(dataclasses.asdict(model.diffusion)))
+    meta = {"family": "diffusion", "image_shape": [1, 16, 16], "class_names": ["0", "1"], "config": config}
+    sampled = {**config, "guidance_scale": 2.0, "sample_steps": 50, "sampler": "ddim", "sample_batch_size": 8}
+    assert _mismatch({**meta, "config": sampled}, _frame(["0", "1"]), model) is None  # e.g. the old default guidance
+    assert "differs in ['label_dropout']" in _mismatch({**meta, "config": {**config, "label_dropout": 0.2}},
+                                                        _frame(["0", "1"]), model)
 
 
 def test_warm_start_applies_the_fewer_steps_to_the_family(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from models.diffusion import Diffusion, DiffusionConfig
 from models.training import save_checkpoint
 from models.vae import VAE, VAEConfig
 from tasks.core.errors import UserError
-from tasks.core.sampling import GenerateParams
+from tasks.core.sampling import GenerateParams, sampler_key
 from tasks.generate import CHECKPOINT_FILE, generate_from_plan
 
 CLASSES = ["a", "b"]
@@ -67,7 +67,27 @@ def test_a_folder_sampled_with_other_knobs_is_resampled_not_mixed(setup, tmp_pat
     generate_from_plan(plan, root / "w2", knob, tmp_path / "fresh")
     assert _pixels(out) == _pixels(tmp_path / "fresh")
     assert set(_pixels(out).values()).isdisjoint(before.values())
-    assert '"guidance_scale": 1.0' in (out / CHECKPOINT_FILE).read_text()
+    assert (out / CHECKPOINT_FILE).read_text().strip() == sampler_key(root / "w2", knob)
+
+
+def test_a_checkpoint_resaved_with_another_guidance_resamples_the_folder(setup, tmp_path):
+    """w1 and w2 hold the same weights (the same sha256); only the guidance in their config differs."""
+    root, plan = setup
+    out = tmp_path / "g"
+    generate_from_plan(plan, root / "w2", GenerateParams(device="cpu"), out)
+    generate_from_plan(plan, root / "w1", GenerateParams(device="cpu"), out)
+    generate_from_plan(plan, root / "w1", GenerateParams(device="cpu"), tmp_path / "fresh")
+    assert _pixels(out) == _pixels(tmp_path / "fresh")
+
+
+def test_filter_top_ups_refuse_a_generate_folder_of_another_sampler(setup, tmp_path):
+    from tasks.filter import _same_sampler
+
+    root, plan = setup
+    generate_from_plan(plan, root / "w2", GenerateParams(device="cpu"), tmp_path / "g")
+    _same_sampler(tmp_path / "g", sampler_key(root / "w2", GenerateParams(device="cpu")))  # the same: no error
+    with pytest.raises(UserError, match="sampled with other generate params"):
+        _same_sampler(tmp_path / "g", sampler_key(root / "w2", GenerateParams(device="cpu", guidance_scale=3.0)))
 
 
 def test_a_family_without_the_knob_is_refused_naming_checkpoint_and_knob(tmp_path):
