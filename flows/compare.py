@@ -29,18 +29,11 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
     """Run every family on ``params``' data; writes and returns ``<workdir>/compare.csv`` (+ ``compare.md``)."""
     rows = []
     for family in family_names():
-        # Every family from scratch: a warm start from a published generator would not be a like-for-like comparison.
-        model = params.model.model_copy(update={"family": family, "warm_start": "never"})
-        # generate.guidance_scale / sample_steps apply to the families that have them; the others sample as they do.
-        own = dataclasses.asdict(model.family_config())
-        absent = {k: None for k in params.generate.sampling_knobs() if k not in own}
-        generate = params.generate.model_copy(update=absent)
-        family_params = params.model_copy(update={"model": model, "generate": generate})
         family_dir = Path(workdir) / family
         with workdir_lock(family_dir):
             for step in STEPS:
                 if step.name != "publish":
-                    step_task(step, family_dir)(family_params, str(family_dir))
+                    step_task(step, family_dir)(params_for(params, family), str(family_dir))
         rows.append(family_row(family, family_dir))
     table = pd.DataFrame(rows)
     out = Path(workdir) / "compare.csv"
@@ -50,6 +43,16 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
                           description="generator families on the same data")
     print(table.to_string(index=False))
     return out
+
+
+def params_for(params: Params, family: str) -> Params:
+    """``params`` for one family of the comparison: from scratch (a warm start from a published generator would not
+    be like-for-like), and ``generate.guidance_scale`` / ``sample_steps`` only for the families that have them (the
+    others sample as they do)."""
+    model = params.model.model_copy(update={"family": family, "warm_start": "never"})
+    own = dataclasses.asdict(model.family_config())
+    absent = {k: None for k in params.generate.sampling_knobs() if k not in own}
+    return params.model_copy(update={"model": model, "generate": params.generate.model_copy(update=absent)})
 
 
 def family_row(family: str, workdir: Path) -> dict[str, Any]:

@@ -112,3 +112,15 @@ def test_params_refuse_knobs_the_configured_family_cannot_take(overrides, messag
     with pytest.raises(ParamsError, match=message):
         load_params(None, overrides)
     assert load_params(None, ["generate.guidance_scale=1.0"]).generate.sampling_knobs() == {"guidance_scale": 1.0}
+
+
+def test_compare_gives_the_sampling_knobs_only_to_the_families_that_have_them():
+    from flows.compare import params_for
+    from flows.params import Params
+
+    params = load_params(None, ["generate.guidance_scale=2.0", "generate.sample_steps=10"])
+    for family in ("gan", "vae"):
+        own = params_for(params, family)
+        assert own.generate.sampling_knobs() == {} and own.model.warm_start == "never"
+        Params.model_validate(own.model_dump())  # what load_params would accept for that family
+    assert params_for(params, "diffusion").generate.sampling_knobs() == {"guidance_scale": 2.0, "sample_steps": 10}
