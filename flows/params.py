@@ -61,10 +61,7 @@ class Params(BaseModel):
         """``generate.guidance_scale`` / ``sample_steps`` fit ``model.family`` (checked at load, not after training)."""
         knobs, model = value.sampling_knobs(), info.data.get("model")
         if knobs and model is not None:
-            try:
-                sampling_config(model.family, dataclasses.asdict(model.family_config()), knobs)
-            except ValueError as exc:
-                raise ValueError(f"{exc}: set generate.{', '.join(knobs)} to null") from None
+            _check_sampling(model, knobs, f"set generate.{', '.join(knobs)} to null")
         return value
 
     @field_validator("tune")
@@ -73,11 +70,17 @@ class Params(BaseModel):
         """Each ``tune.guidance`` candidate is a sampling guidance ``model.family`` accepts."""
         model = info.data.get("model")
         for guidance in value.guidance if model is not None else ():
-            try:
-                sampling_config(model.family, dataclasses.asdict(model.family_config()), {"guidance_scale": guidance})
-            except ValueError as exc:
-                raise ValueError(f"guidance {guidance:g}: {exc}: leave tune.guidance empty or fix the value") from None
+            _check_sampling(model, {"guidance_scale": guidance},
+                            "leave tune.guidance empty or fix the value", f"guidance {guidance:g}: ")
         return value
+
+
+def _check_sampling(model: ModelParams, knobs: dict[str, Any], fix: str, where: str = "") -> None:
+    """ValueError (``where``, the reason, ``fix``) unless ``model.family`` can sample with ``knobs``."""
+    try:
+        sampling_config(model.family, dataclasses.asdict(model.family_config()), knobs)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}: {fix}") from None
 
 
 class ParamsError(UserError):

@@ -124,12 +124,11 @@ def _study(params: Params, root: Path, key: str, default: dict[str, Any]):
     return study
 
 
-def _search(params: Params, root: Path, key: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _search(params: Params, root: Path, key: str, guidance: list[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the trials still missing; returns every finished trial's record and the baselines."""
     import optuna
 
     logger = get_run_logger()
-    guidance = guidance_candidates(params)
     default = default_trial(guidance)
     filters = {None: FILTER.path(root)}  # a trial without "guidance" uses the workdir's own images
     filters.update({w: _sample(params, root, w) if i else FILTER.path(root) for i, w in enumerate(guidance)})
@@ -171,9 +170,8 @@ def tune(params: Params, workdir: str = "data/work", out: str = "params.tuned.ya
     root = Path(workdir)
     run_steps([s for s in STEPS if s.name in UPSTREAM], params, workdir)
     with workdir_lock(root):
-        key = study_key(params, root)
-        trials, baselines = _search(params, root, key)
-        guidance = guidance_candidates(params)
+        key, guidance = study_key(params, root), guidance_candidates(params)
+        trials, baselines = _search(params, root, key, guidance)
         winner = choose(trials, params.tune.min_gain, default_trial(guidance))
         write_trials(TUNE_TRIALS.path(root), trials, winner, baselines, params.tune)
     how = chosen_on(winner, len(trials), baselines["validated_on"], default_trial(guidance), guidance)
