@@ -512,7 +512,7 @@ def test_augmentation_is_seeded_and_small() -> None:
 
 def test_default_classifier_is_the_judge_network() -> None:
     assert dataclasses.asdict(DEFAULT_CLASSIFIER).keys() == dataclasses.asdict(JudgeConfig()).keys()
-    assert DEFAULT_CLASSIFIER.steps == 300 and DEFAULT_CLASSIFIER.width == 16
+    assert DEFAULT_CLASSIFIER.steps == 1000 and DEFAULT_CLASSIFIER.width == 16
 
 
 # ------------------------------------------------------------------------------- the recipe chosen on validation
