@@ -252,7 +252,8 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
             "generated_before": generated[r.label], "needed": needed[r.label]} for r in requests}})
         console.print(f"filter: top-up round {rounds}: " + ", ".join(f"{r.label}: {len(r.seeds)}" for r in requests))
         made = generate_sharded(checkpoint_dir, [(r.label, s) for r in requests for s in r.seeds], generate_params,
-                                out_dir, prefix=f"topup{rounds}", shard_size=shard_size, run_shards=run_shards)
+                                out_dir, sampler=key, prefix=f"topup{rounds}", shard_size=shard_size,
+                                run_shards=run_shards)
         new = read_manifests(made)
         new_scores, new_feats, scored = scorer(new, f"score-topup{rounds}")
         tables += made + scored

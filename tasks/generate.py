@@ -60,7 +60,8 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
     plan = read_plan(plan_csv)
     class_names = read_checkpoint_meta(checkpoint_dir)["class_names"]
     jobs = [(r.label, s) for r in requests_from_plan(plan, class_names, params.seed) for s in r.seeds]
-    _drop_other_checkpoint(out_dir, sampler_key(checkpoint_dir, params))
+    sampler = sampler_key(checkpoint_dir, params)
+    _drop_other_checkpoint(out_dir, sampler)
     remove_temporaries(out_dir)
     start = time.perf_counter()
     with progress(get_logger("generate"), "generate", len(jobs), unit="images") as bar:
@@ -70,8 +71,8 @@ def generate_from_plan(plan_csv: Path, checkpoint_dir: Path, params: GeneratePar
             if on_progress is not None:
                 on_progress(done, total)
 
-        tables = generate_sharded(checkpoint_dir, jobs, params, out_dir, prefix="generate", shard_size=shard_size,
-                                  run_shards=run_shards, on_progress=report)
+        tables = generate_sharded(checkpoint_dir, jobs, params, out_dir, sampler=sampler, prefix="generate",
+                                  shard_size=shard_size, run_shards=run_shards, on_progress=report)
     remove_stale(out_dir / SHARDS_DIR, "generate", tables)
     # Sampling cost, for comparing families (`synthaug compare`); a resumed run times only what it sampled.
     (out_dir / "timing.json").write_text(json.dumps({"images": len(jobs),

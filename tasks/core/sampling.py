@@ -164,10 +164,12 @@ def generate_shard(checkpoint_dir: Path, jobs: list[Job], params: GenerateParams
     return len(frame)
 
 
-def generate_sharded(checkpoint_dir: Path, jobs: list[Job], params: GenerateParams, out_dir: Path, *,
+def generate_sharded(checkpoint_dir: Path, jobs: list[Job], params: GenerateParams, out_dir: Path, *, sampler: str,
                      prefix: str, shard_size: int, run_shards: RunShards = run_in_process,
                      on_progress: Progress | None = None) -> list[Path]:
     """Sample ``jobs`` into ``out_dir`` in shards of ``shard_size`` images; returns the shard tables in job order.
+    ``sampler``: ``sampler_key(checkpoint_dir, params)``, which the caller has already computed to check the folder
+    (it hashes the weights file).
 
     Shard tables go to ``out_dir/shards/<prefix>-<index>-<key>.parquet``; a shard's key covers the checkpoint's
     hash, the sampling params and its jobs, so a finished shard is skipped only when it would be made again the
@@ -175,7 +177,7 @@ def generate_sharded(checkpoint_dir: Path, jobs: list[Job], params: GeneratePara
     "Generators", **Determinism**).
     """
     shard_dir = out_dir / SHARDS_DIR
-    context = {"checkpoint": sampler_key(checkpoint_dir, params), "params": params.model_dump(mode="json")}
+    context = {"checkpoint": sampler, "params": params.model_dump(mode="json")}
     shards = cut(jobs, shard_size, shard_dir, prefix, context)
     # A shard counts as done only while its images are there too: a deleted image is sampled again (same pixels).
     todo = [s for s in shards if not finished(s)
