@@ -18,6 +18,7 @@ from tasks.core.utility import (
     EvaluateParams,
     SyntheticRecipe,
     _Data,
+    classifier_config,
     score,
     train_and_score,
     training_set,
@@ -181,8 +182,8 @@ def choose_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, params: Ev
                 rows = synthetic_subset(fold, fold_real_f, syn_f, dict.fromkeys(data.class_names, share),
                                         selection, seed)
                 x, y = training_set("real_synthetic", _with_synthetic(fold, rows), seed)
-                model = train_judge(x, y, num_classes=k, config=dataclasses.replace(params.classifier, seed=seed),
-                                    device=device)
+                model = train_judge(x, y, num_classes=k, device=device,
+                                    config=classifier_config(params, "real_synthetic", fold, len(y), seed))
                 truth = fold.test_y.numpy()
                 pred = model.predict_logits(fold.test_x).argmax(dim=1).numpy()
                 s = score(pred, truth, data.class_names, minority)

@@ -84,6 +84,9 @@ class EvaluateParams(Section):
     choose_on_validation: add ``real_synthetic_chosen``: the selection order (k-center or random) and a per-class
       share of the accepted synthetic images chosen on validation only (``choose_recipe``), then scored on test.
     validation_seeds: classifier runs per candidate and fold in that search.
+    equal_passes: the project's classifier trains a real + synthetic set (about twice the balanced real set)
+      ``classifier.steps`` times its size over the balanced real set's: as many passes over its images as the
+      baselines make over theirs (``classifier_config``). False: every condition trains ``classifier.steps``.
     recipe: share, order and loss weight of the synthetic images in ``real_synthetic`` and
       ``real_classical_aug_synthetic`` (``SyntheticRecipe``).
     """
@@ -94,6 +97,7 @@ class EvaluateParams(Section):
     gate_margin: float = Field(0.01, ge=0.0, le=1.0)
     choose_on_validation: bool = False  # measured and did not help (docs/BENCHMARKS.md): off by default
     validation_seeds: int = Field(2, ge=1)
+    equal_passes: bool = True
     recipe: SyntheticRecipe = SyntheticRecipe()
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
@@ -223,6 +227,18 @@ def training_set(condition: str, data: _Data, seed: int) -> tuple[torch.Tensor, 
     raise ValueError(f"unknown condition {condition!r}; conditions: {', '.join(CONDITIONS)}")
 
 
+def classifier_config(params: EvaluateParams, condition: str, data: _Data, size: int, seed: int) -> JudgeConfig:
+    """The project's classifier for one condition's training set of ``size`` images: ``params.classifier`` with
+    ``seed``; under ``equal_passes``, a real + synthetic set (``WITH_SYNTHETIC``) larger than the balanced real set
+    trains proportionally more steps, so it makes as many passes over its images as the baselines over theirs."""
+    steps = params.classifier.steps
+    if params.equal_passes and condition in WITH_SYNTHETIC:
+        counts = np.bincount(data.train_y.numpy(), minlength=len(data.class_names))
+        balanced = int(counts.max(initial=0)) * int((counts > 0).sum())
+        steps = max(steps, math.ceil(steps * size / balanced)) if balanced else steps
+    return dataclasses.replace(params.classifier, seed=seed, steps=steps)
+
+
 def train_and_score(condition: str, data: _Data, seed: int, params: EvaluateParams, minority: Sequence[str],
                     device: torch.device) -> tuple[dict[str, dict], dict[str, int]]:
     """Both classifier families trained on ``training_set(condition, data, seed)`` (synthetic rows weighted by
@@ -232,8 +248,8 @@ def train_and_score(condition: str, data: _Data, seed: int, params: EvaluatePara
 
     x, y, w = weighted_training_set(condition, data, seed, params.recipe.weight)
     k, truth = len(data.class_names), data.test_y.numpy()
-    model = train_judge(x, y, num_classes=k, config=dataclasses.replace(params.classifier, seed=seed), device=device,
-                        sample_weights=w)
+    model = train_judge(x, y, num_classes=k, config=classifier_config(params, condition, data, len(y), seed),
+                        device=device, sample_weights=w)
     scores = {PROJECT_FAMILY: score(model.predict_logits(data.test_x).argmax(dim=1).numpy(), truth,
                                     data.class_names, minority)}
     other = fit_independent(params.independent, seed, x, y, w)

@@ -486,6 +486,26 @@ def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Pat
     assert not same[n:oversampled].all() and not same[oversampled + m:].all()  # the copies are augmented
 
 
+def test_real_synthetic_sets_train_as_many_passes_as_the_baselines(workdir: dict[str, Path]) -> None:
+    from tasks.core.inputs import read_data
+    from tasks.core.utility import classifier_config, training_set
+
+    judge, class_names = load_judge_step(workdir["judge"])
+    data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
+    params = tiny_params()
+    balanced = training_set("real_oversampled", data, 0)[1].numel()
+    for condition in ("real_synthetic", "real_classical_aug_synthetic"):
+        size = training_set(condition, data, 0)[1].numel()
+        assert size > balanced  # the synthetic images make the set larger
+        config = classifier_config(params, condition, data, size, seed=7)
+        assert config.seed == 7 and config.steps == math.ceil(params.classifier.steps * size / balanced)
+        fixed = classifier_config(params.model_copy(update={"equal_passes": False}), condition, data, size, seed=7)
+        assert fixed.steps == params.classifier.steps
+    for condition in ("real_oversampled", "real_classical_aug", "real_only", "real_oracle"):
+        size = training_set(condition, data, 0)[1].numel()
+        assert classifier_config(params, condition, data, size, seed=0).steps == params.classifier.steps
+
+
 def test_fill_indices_balance_and_keep_order() -> None:
     labels = np.array([0, 0, 0, 0, 1, 2, 2])
     fill = fill_indices(labels, 4)
