@@ -233,8 +233,8 @@ def classifier_config(params: EvaluateParams, condition: str, data: _Data, size:
     trains proportionally more steps, so it makes as many passes over its images as the baselines over theirs."""
     steps = params.classifier.steps
     if params.equal_passes and condition in WITH_SYNTHETIC:
-        counts = np.bincount(data.train_y.numpy(), minlength=len(data.class_names))
-        balanced = int(counts.max(initial=0)) * int((counts > 0).sum())
+        labels = data.train_y.numpy()
+        balanced = len(labels) + len(fill_indices(labels, len(data.class_names)))
         steps = max(steps, math.ceil(steps * size / balanced)) if balanced else steps
     return dataclasses.replace(params.classifier, seed=seed, steps=steps)
 
