@@ -10,10 +10,10 @@ export DVC_NO_ANALYTICS := 1
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q torch==2.13.0 uv==0.13.9
+	# uv resolves and downloads the rest in parallel: seconds where pip took over two minutes. It keeps that torch.
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/uv pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -204,7 +204,7 @@ def _evaluate(p: Params, workdir: Path) -> Record:
     from tasks.evaluate import evaluate_step
 
     path = evaluate_step(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.evaluate,
-                         EVALUATE.path(workdir))
+                         EVALUATE.path(workdir), processes=p.runner.cpu_processes)
     return {"metrics": str(path)}
 
 

@@ -1,4 +1,5 @@
-"""Where the generate and filter steps run their shards: a Prefect task runner chosen by the ``runner`` params.
+"""Where the generate and filter steps run their shards: a Prefect task runner chosen by the ``runner`` params
+(and how many local processes the evaluate step's classifier runs use: ``cpu_processes``).
 
 ``with shard_runner(params, name) as run_shards`` gives a ``tasks.core.shards.RunShards``: each call becomes one Prefect
 task run of a flow named ``name``, submitted to threads in this process (``ThreadPoolTaskRunner``), a Dask cluster
@@ -6,8 +7,8 @@ task run of a flow named ``name``, submitted to threads in this process (``Threa
 scheduler) or a Ray cluster (``prefect-ray``'s ``RayTaskRunner``). Called inside a running flow (the ``augment``
 flow's step task) it is a nested flow run; called from the CLI or ``dvc repro`` it is a flow run of its own.
 
-The runner never changes what a step writes (a synthetic image is a function of checkpoint, class and seed), so the
-``runner`` section is in no step's cache key.
+The runner never changes what a step writes (a synthetic image is a function of checkpoint, class and seed; a
+classifier run uses one thread whatever the process count), so the ``runner`` section is in no step's cache key.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class RunnerParams(Section):
     shard_size: images per shard, the unit that is skipped when a re-run finds it finished.
     gpus_per_shard: GPUs Ray reserves for each shard task (Ray then sets its ``CUDA_VISIBLE_DEVICES``); 0 on
       CPU-only clusters. Threads and Dask workers pick GPU ``worker index % GPUs`` themselves.
+    cpu_processes: the evaluate step's classifier runs on the CPU go to this many local processes of one thread
+      each (``tasks/core/pool.py``; the same results for any count); null: one per CPU core.
     """
 
     kind: Literal["threads", "dask", "ray"] = "threads"
@@ -42,6 +45,7 @@ class RunnerParams(Section):
     workers: int | None = Field(None, ge=1)
     shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1)
     gpus_per_shard: float = Field(0.0, ge=0.0)
+    cpu_processes: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _address_needs_a_cluster(self) -> RunnerParams:

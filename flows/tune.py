@@ -52,13 +52,14 @@ TUNER_CODE = ("tasks/tune.py", "flows/tune.py")  # a change to either starts a n
 
 @task(name="tune-baselines", cache_policy=NO_CACHE, persist_result=False)
 def _baselines(dirs: tuple[Path, Path, Path], params: Params) -> dict[str, Any]:
-    return score_baselines(*dirs, params.evaluate, params.tune.seeds)
+    return score_baselines(*dirs, params.evaluate, params.tune.seeds, processes=params.runner.cpu_processes)
 
 
 @task(name="tune-trial", cache_policy=NO_CACHE, persist_result=False)
 def _trial(dirs: tuple[Path, Path, Path], params: Params, recipe: dict[str, Any],
            baselines: dict[str, Any]) -> dict[str, Any]:
-    return score_trial(*dirs, params.evaluate, params.tune.seeds, recipe, baselines)
+    return score_trial(*dirs, params.evaluate, params.tune.seeds, recipe, baselines,
+                       processes=params.runner.cpu_processes)
 
 
 def guidance_candidates(params: Params) -> list[float]:

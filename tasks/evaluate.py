@@ -55,8 +55,11 @@ better mean of ``real_oversampled`` and ``real_classical_aug``. For ``real_synth
 share of the baseline -> ``real_oracle`` gap closed. ``utility.gate`` applies the utility gate's rule
 (``gate_verdict``) to those differences; the publish step enforces it.
 
+On the CPU the classifier runs are spread over processes of one thread each (``runner.cpu_processes``, one per
+core by default; ``tasks/core/pool.py``): the results are the same for any number of processes.
+
 Where the pieces live: set metrics ``tasks/core/set_metrics.py``, training conditions and their summary
-``tasks/core/utility.py``, the chosen recipe ``tasks/core/recipe.py``, the gate ``tasks/core/gate.py``, the charts
+``tasks/core/utility.py``, the chosen recipe and the runs ``tasks/core/recipe.py``, the gate ``tasks/core/gate.py``, the charts
 ``tasks/core/charts.py``; this module reads the inputs, runs them and writes ``metrics.json`` and the tables.
 """
 
@@ -64,7 +67,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,7 @@ from tasks.core.files import write_atomic
 from tasks.core.gate import gain_lines, gate_verdict
 from tasks.core.headline import SUMMARY_FILE, write_headline
 from tasks.core.inputs import read_inputs
-from tasks.core.recipe import _with_synthetic, apply_recipe, choose_recipe, synthetic_subset
+from tasks.core.recipe import Setup, _with_synthetic, choose_recipe, run_conditions, synthetic_subset
 from tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY
 from tasks.core.set_metrics import _finite, quality_metrics
 from tasks.core.utility import (
@@ -89,13 +91,11 @@ from tasks.core.utility import (
     COMPARED,
     CONDITIONS,
     PROJECT_FAMILY,
-    WITH_SYNTHETIC,
     EvaluateParams,
     SyntheticRecipe,
     _Data,
     families,
     summarize,
-    train_and_score,
 )
 
 FORMAT = "synthaug-metrics/1"
@@ -127,11 +127,12 @@ CHOICES = (
 
 def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str], device: torch.device, *,
                     real_f: np.ndarray | None = None, syn_f: np.ndarray | None = None,
-                    console: Console | None = None) -> dict[str, Any]:
+                    console: Console | None = None, processes: int | None = None) -> dict[str, Any]:
     """Train both classifier families under every condition and seed; score on the real test split (module doc).
 
     ``real_f`` (features of the real train then val images) and ``syn_f`` (of the accepted synthetic images) are the
-    feature space of the k-center selection; without them ``real_synthetic_chosen`` is not run."""
+    feature space of the k-center selection; without them ``real_synthetic_chosen`` is not run. On the CPU the runs
+    go to ``processes`` processes of one thread each (``tasks.core.pool``; None: one per core)."""
     conditions = [c for c in CONDITIONS if c != "real_oracle" or data.heldback_x.shape[0] > 0]
     skipped: dict[str, str] = {}
     if data.heldback_x.shape[0] == 0:
@@ -152,30 +153,30 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
     train_f = None if real_f is None else real_f[:data.train_x.shape[0]]
     if params.recipe.share < 1.0 and (train_f is None or syn_f is None):
         raise ValueError("evaluate.recipe.share < 1 selects images in the feature space: give real_f and syn_f")
-    plain = params.model_copy(update={"recipe": SyntheticRecipe()})  # real_synthetic_chosen: its own shares
-    runs: dict[str, dict[str, list[dict]]] = {f: {c: [] for c in conditions}
-                                              for f in (PROJECT_FAMILY, params.independent)}
-    sizes: dict[str, dict[str, int]] = {}
-    seconds: dict[str, float] = {}
+    setups: list[Setup] = [(data, train_f, params)]
+    if recipe is not None:  # real_synthetic_chosen: real_synthetic on its own shares, every image at weight 1
+        setups.append((chosen, None, params.model_copy(update={"recipe": SyntheticRecipe()})))
+    seeds = range(params.classifier.seed, params.classifier.seed + params.seeds)
+    jobs = [(1, "real_synthetic", seed) if condition == "real_synthetic_chosen" else (0, condition, seed)
+            for condition in conditions for seed in seeds]
     columns = (TextColumn("[bold]evaluate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console or Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("", total=len(conditions) * params.seeds)
-        for condition in conditions:
-            start = time.perf_counter()
-            for i in range(params.seeds):
-                bar.update(task, description=f"{condition} seed {i + 1}/{params.seeds}")
-                seed = params.classifier.seed + i
-                if condition == "real_synthetic_chosen":
-                    scores, sizes[condition] = train_and_score("real_synthetic", chosen, seed, plain, minority, device)
-                else:
-                    used = (apply_recipe(data, train_f, syn_f, params.recipe, seed) if condition in WITH_SYNTHETIC
-                            else data)
-                    scores, sizes[condition] = train_and_score(condition, used, seed, params, minority, device)
-                for family, s in scores.items():
-                    runs[family][condition].append(s)
-                bar.advance(task)
-            seconds[condition] = round(time.perf_counter() - start, 2)
+        task = bar.add_task(f"{len(jobs)} classifier runs", total=len(jobs))
+        results, workers = run_conditions(
+            setups, jobs, syn_f, minority, device, processes=processes,
+            on_done=lambda job: bar.update(task, advance=1, description=f"{job[1]} seed {job[2]} done"))
+
+    runs: dict[str, dict[str, list[dict]]] = {f: {c: [] for c in conditions}
+                                              for f in (PROJECT_FAMILY, params.independent)}
+    sizes: dict[str, dict[str, int]] = {}
+    seconds: dict[str, float] = dict.fromkeys(conditions, 0.0)
+    job_conditions = [c for c in conditions for _ in range(params.seeds)]  # the jobs' order
+    for condition, (scores, size, elapsed) in zip(job_conditions, results, strict=True):
+        for family, s in scores.items():
+            runs[family][condition].append(s)
+        sizes[condition] = size
+        seconds[condition] = round(seconds[condition] + elapsed, 2)
 
     out = summarize(runs[PROJECT_FAMILY], data.class_names, params.seeds)
     out["independent"] = {"family": params.independent, "input": "raw pixels, flattened",
@@ -195,6 +196,7 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
         "test_per_class": {name: int((truth == j).sum()) for j, name in enumerate(data.class_names)},
         "minority_classes": list(minority), "train_per_class": sizes, "train_seconds": seconds,
         "classifier": dataclasses.asdict(params.classifier), "independent": params.independent,
+        "workers": workers, "threads_per_run": 1 if device.type == "cpu" else None,
         "recipe": params.recipe.model_dump(),
         "device": str(device), "std": "sample standard deviation over seeds (ddof=1)",
         "baselines": list(BASELINES), "context": "real_only (untreated; shown, never a baseline for gains)",
@@ -231,7 +233,8 @@ def acceptance(synthetic: pd.DataFrame, class_names: Sequence[str], summary: Map
 
 
 def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams, out_dir: Path, *,
-                  extractor: str | Path | None = None, console: Console | None = None) -> Path:
+                  extractor: str | Path | None = None, console: Console | None = None,
+                  processes: int | None = None) -> Path:
     """Measure the accepted synthetic images (set quality, downstream utility); write ``out_dir/metrics.json``.
 
     Also writes ``utility.png``, ``class_counts.png`` and ``per_class_recall.png``, the tables ``utility.csv`` and
@@ -247,6 +250,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         extractor: a local feature-extractor file (``filter.extractor``); None: the one the filter used (the
             ``feature_space`` of ``filter_summary.json``), else the judge's features.
         console: where the progress bar goes (stderr by default).
+        processes: CPU processes for the classifier runs (``runner.cpu_processes``); None: one per core.
 
     Returns:
         The path of ``metrics.json``.
@@ -282,7 +286,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         "real_heldback": {n: int((data.heldback_y == i).sum()) for i, n in enumerate(class_names)},
     }
     utility = utility_metrics(data, params, minority, device, real_f=inputs.real_f, syn_f=inputs.syn_f,
-                              console=console)
+                              console=console, processes=processes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {"utility": plot_utility(utility, out_dir / PLOT_UTILITY).name,

@@ -100,26 +100,27 @@ def _validation_params(params: EvaluateParams, seeds: int, recipe: dict[str, Any
 
 
 def score_baselines(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams,
-                    seeds: int) -> dict[str, Any]:
-    """Both families under each real baseline on the validation folds: what every trial's gain is measured from."""
+                    seeds: int, *, processes: int | None = None) -> dict[str, Any]:
+    """Both families under each real baseline on the validation folds: what every trial's gain is measured from
+    (classifier runs on ``processes`` CPU processes, as ``validation_runs``)."""
     inputs, folds, how = _inputs(ingest_dir, filter_dir, judge_dir, params)
     if inputs.data.syn_x.shape[0] == 0:
         raise UserError(f"{filter_dir}: no accepted synthetic images; there is no recipe to tune (rerun the filter "
                         "step, or generate more)")
     device = pick_device(params.device)
-    runs = {c: validation_runs(folds, inputs.syn_f, _validation_params(params, seeds), inputs.minority, device, c)
-            for c in BASELINES}
+    runs = {c: validation_runs(folds, inputs.syn_f, _validation_params(params, seeds), inputs.minority, device, c,
+                               processes=processes) for c in BASELINES}
     return {"validated_on": how, "minority": inputs.minority, "runs": runs}
 
 
 def score_trial(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: EvaluateParams, seeds: int,
-                recipe: dict[str, Any], baselines: dict[str, Any]) -> dict[str, Any]:
+                recipe: dict[str, Any], baselines: dict[str, Any], *, processes: int | None = None) -> dict[str, Any]:
     """One recipe on the validation folds, with the synthetic images of ``filter_dir``: {"recipe", "gains" (per
     family and metric), "objective"}."""
     inputs, folds, _ = _inputs(ingest_dir, filter_dir, judge_dir, params)
     device = pick_device(params.device)
     runs = validation_runs(folds, inputs.syn_f, _validation_params(params, seeds, recipe), inputs.minority, device,
-                           "real_synthetic")
+                           "real_synthetic", processes=processes)
     return {"recipe": recipe, **validation_gain(runs, baselines["runs"])}
 
 

@@ -5,16 +5,19 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from models.judge import train_judge
+from tasks.core.pool import nbytes, run_jobs, worker_count
 from tasks.core.utility import (
     BASELINES,
     COMPARED,
+    WITH_SYNTHETIC,
     EvaluateParams,
     SyntheticRecipe,
     _Data,
@@ -102,19 +105,47 @@ def apply_recipe(data: _Data, real_f: np.ndarray, syn_f: np.ndarray, recipe: Syn
     return _with_synthetic(data, synthetic_subset(data, real_f, syn_f, shares, recipe.selection, seed))
 
 
+# A training setup of ``run_conditions``: the real data (with any synthetic images), the features of its real train
+# images (for a recipe's selection; None where the recipe takes every image) and the params it trains under.
+Setup = tuple[_Data, np.ndarray | None, EvaluateParams]
+Job = tuple[int, str, int]  # (index of the setup, condition, classifier seed)
+
+
+def _condition_run(shared: Mapping[str, Any], setup: int, condition: str,
+                   seed: int) -> tuple[dict[str, dict], dict[str, int], float]:
+    """One ``run_conditions`` job, in a worker process or here: ``train_and_score`` on the setup's data with its
+    recipe's synthetic images; its scores, the training set's per-class size and the seconds it took."""
+    start = time.perf_counter()
+    data, real_f, params = shared["setups"][setup]
+    if condition in WITH_SYNTHETIC:
+        data = apply_recipe(data, real_f, shared["syn_f"], params.recipe, seed)
+    scores, size = train_and_score(condition, data, seed, params, shared["minority"], shared["device"])
+    return scores, size, time.perf_counter() - start
+
+
+def run_conditions(setups: Sequence[Setup], jobs: Sequence[Job], syn_f: np.ndarray | None, minority: Sequence[str],
+                   device: torch.device, *, processes: int | None = None,
+                   on_done: Callable[[Job], None] | None = None) -> tuple[list[tuple[dict, dict, float]], int]:
+    """Every job's classifier runs (``train_and_score``, both families), in job order, spread over CPU processes of
+    one thread each (``tasks.core.pool``; ``processes`` None: one per core); and the number of processes used."""
+    shared = {"setups": list(setups), "syn_f": syn_f, "minority": list(minority), "device": device}
+    workers = worker_count(processes, len(jobs), nbytes(shared))
+    return run_jobs(_condition_run, jobs, shared, workers=workers, device=device, on_done=on_done), workers
+
+
 def validation_runs(folds: Sequence[tuple], syn_f: np.ndarray, params: EvaluateParams, minority: Sequence[str],
-                    device: torch.device, condition: str) -> dict[str, list[dict]]:
+                    device: torch.device, condition: str, *, processes: int | None = None) -> dict[str, list[dict]]:
     """{family: scores} of ``condition`` under ``params.recipe`` on every validation fold (``validation_folds``)
     and ``params.validation_seeds`` classifier seeds: both families trained on the fold's real train images (plus
-    the recipe's synthetic images) and scored on its held-out real images."""
+    the recipe's synthetic images) and scored on its held-out real images; runs spread as ``run_conditions``."""
+    jobs = [(f, condition, params.classifier.seed + i) for f in range(len(folds))
+            for i in range(params.validation_seeds)]
+    results, _ = run_conditions([(fold, real_f, params) for fold, real_f in folds], jobs, syn_f, minority, device,
+                                processes=processes)
     runs: dict[str, list[dict]] = {}
-    for fold, fold_real_f in folds:
-        for i in range(params.validation_seeds):
-            seed = params.classifier.seed + i
-            scores, _ = train_and_score(condition, apply_recipe(fold, fold_real_f, syn_f, params.recipe, seed), seed,
-                                        params, minority, device)
-            for family, s in scores.items():
-                runs.setdefault(family, []).append(s)
+    for scores, _, _ in results:
+        for family, s in scores.items():
+            runs.setdefault(family, []).append(s)
     return runs
 
 

@@ -135,7 +135,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dirs = build_workdir(tmp_path_factory.mktemp("evaluate"))
     log = io.StringIO()
     evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], tiny_params(), dirs["evaluate"],
-                  console=Console(file=log, width=120))
+                  console=Console(file=log, width=120), processes=2)
     dirs["log"] = log  # type: ignore[assignment]
     return dirs
 
@@ -606,3 +606,20 @@ def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> No
     single, how = validation_folds(doubled, real_f, ["3"])  # 8 val images of "3": the val split itself
     assert len(single) == 1 and how == "the real val split"
     assert torch.equal(single[0][0].test_y, doubled.val_y) and torch.equal(single[0][0].train_y, data.train_y)
+
+
+def test_classifier_runs_give_the_same_results_in_any_number_of_processes(workdir: dict[str, Path], metrics: dict,
+                                                                       tmp_path: Path) -> None:
+    # The fixture ran its 24 classifier runs (and the validation search's) in 2 worker processes; here in this one.
+    evaluate_step(workdir["ingest"], workdir["filter"], workdir["judge"], tiny_params(), tmp_path,
+                  console=Console(file=io.StringIO()), processes=1)
+    alone = json.loads((tmp_path / "metrics.json").read_text())["utility"]
+    spread = metrics["utility"]
+    assert (spread["setup"]["workers"], alone["setup"]["workers"]) == (2, 1)
+    assert spread["setup"]["threads_per_run"] == alone["setup"]["threads_per_run"] == 1
+    for family in ("cnn", "independent"):
+        for condition in spread["setup"]["conditions"]:
+            a = spread[condition] if family == "cnn" else spread[family][condition]
+            b = alone[condition] if family == "cnn" else alone[family][condition]
+            assert a == b, (family, condition)
+    assert spread["recipe"] == alone["recipe"] and spread["gate"] == alone["gate"]
