@@ -59,8 +59,9 @@ On the CPU the classifier runs are spread over processes of one thread each (``r
 core by default; ``tasks/core/pool.py``): the results are the same for any number of processes.
 
 Where the pieces live: set metrics ``tasks/core/set_metrics.py``, training conditions and their summary
-``tasks/core/utility.py``, the chosen recipe and the runs ``tasks/core/recipe.py``, the gate ``tasks/core/gate.py``, the charts
-``tasks/core/charts.py``; this module reads the inputs, runs them and writes ``metrics.json`` and the tables.
+``tasks/core/utility.py``, the chosen recipe and the runs ``tasks/core/recipe.py``, the gate ``tasks/core/gate.py``,
+the charts ``tasks/core/charts.py``; this module reads the inputs, runs them and writes ``metrics.json`` and the
+tables.
 """
 
 from __future__ import annotations
