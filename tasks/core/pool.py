@@ -10,6 +10,7 @@ results do not depend on it. On a GPU the runs go one after another in this proc
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,9 @@ import torch
 
 _SHARED: Any = None  # a worker's copy of the data every run reads, sent once per worker (not once per run)
 MEMORY_SHARE = 0.5  # the workers' copies of the shared data may take at most this share of the free memory
+# Starting a worker (a new interpreter importing torch and the project) costs several seconds of both cores; below
+# this much work the runs stay in this process (still one thread each, so the results are the same).
+MIN_SPREAD_SECONDS = 60.0
 
 
 def _init_worker(shared: Any) -> None:
@@ -51,9 +55,12 @@ def nbytes(obj: Any) -> int:
     return 0
 
 
-def worker_count(requested: int | None, jobs: int, shared_bytes: int) -> int:
-    """Processes for ``jobs`` runs: ``requested``, or one per CPU this process may use; never more than the runs,
-    nor than ``MEMORY_SHARE`` of the free memory holds copies of ``shared_bytes`` (each worker keeps its own)."""
+def worker_count(requested: int | None, jobs: int, shared_bytes: int, work: float = math.inf) -> int:
+    """Processes for ``jobs`` runs: ``requested``, or one per CPU this process may use when the runs' ``work``
+    (one thread's seconds, roughly) is at least ``MIN_SPREAD_SECONDS``; never more than the runs, nor than
+    ``MEMORY_SHARE`` of the free memory holds copies of ``shared_bytes`` (each worker keeps its own)."""
+    if requested is None and work < MIN_SPREAD_SECONDS:
+        return 1
     wanted = requested if requested is not None else len(os.sched_getaffinity(0))
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     by_memory = int(MEMORY_SHARE * free // max(1, shared_bytes))

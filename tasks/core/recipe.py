@@ -123,13 +123,26 @@ def _condition_run(shared: Mapping[str, Any], setup: int, condition: str,
     return scores, size, time.perf_counter() - start
 
 
+# One thread trains the evaluation CNN (width 16, batch 64, 16x16 pixels) at about 35 ms a step on the 2-core
+# machines of docs/BENCHMARKS.md: this many pixels of batch a second. Only decides whether to start processes.
+PIXELS_PER_SECOND = 64 * 16 * 16 / 0.035
+
+
+def _seconds(setup: Setup) -> float:
+    """Rough one-thread seconds of one run of ``setup`` (the real + synthetic sets train up to about twice this)."""
+    data, _, params = setup
+    pixels = data.train_x.shape[2] * data.train_x.shape[3] * (params.classifier.width / 16) ** 2
+    return params.classifier.steps * params.classifier.batch_size * pixels / PIXELS_PER_SECOND
+
+
 def run_conditions(setups: Sequence[Setup], jobs: Sequence[Job], syn_f: np.ndarray | None, minority: Sequence[str],
                    device: torch.device, *, processes: int | None = None,
                    on_done: Callable[[Job], None] | None = None) -> tuple[list[tuple[dict, dict, float]], int]:
     """Every job's classifier runs (``train_and_score``, both families), in job order, spread over CPU processes of
-    one thread each (``tasks.core.pool``; ``processes`` None: one per core); and the number of processes used."""
+    one thread each (``tasks.core.pool``; ``processes`` None: one per core, or this process alone when the runs
+    would take under a minute); and the number of processes used."""
     shared = {"setups": list(setups), "syn_f": syn_f, "minority": list(minority), "device": device}
-    workers = worker_count(processes, len(jobs), nbytes(shared))
+    workers = worker_count(processes, len(jobs), nbytes(shared), work=sum(_seconds(setups[s]) for s, _, _ in jobs))
     return run_jobs(_condition_run, jobs, shared, workers=workers, device=device, on_done=on_done), workers
 
 

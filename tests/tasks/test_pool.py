@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +20,9 @@ def test_worker_count_is_capped_by_runs_and_memory() -> None:
     assert worker_count(2, 10, 1) == 2
     assert worker_count(None, 1000, 1) >= 1
     assert worker_count(8, 10, 2**62) == 1  # copies of the data would not fit: one process
+    assert worker_count(None, 10, 1, work=5.0) == 1  # under a minute of work: not worth starting processes
+    assert worker_count(None, 10, 1, work=600.0) == min(10, len(os.sched_getaffinity(0)))
+    assert worker_count(2, 10, 1, work=5.0) == 2  # asked for explicitly
 
 
 def test_nbytes_counts_the_arrays_a_worker_copies() -> None:
