@@ -1,10 +1,11 @@
 """Independent CPU runs (the evaluation's classifier trainings) spread over processes of one thread each.
 
-A small network on small images keeps two intra-op threads only partly busy (the evaluation CNN: about 1.2x the
-speed of one thread on two cores), while two one-thread processes run at nearly twice the speed
-(docs/BENCHMARKS.md, "End to end"). Every CPU run therefore uses exactly one thread, in a worker process or, with
-one worker, in this process: floating-point sums then happen in the same order whatever the worker count, so the
-results do not depend on it. On a GPU the runs go one after another in this process.
+A small network on small images keeps two intra-op threads only partly busy: on two cores the evaluation CNN
+trained 1.1-1.3x faster with two threads than with one, while two one-thread processes side by side delivered
+1.75-2.15x the runs (docs/BENCHMARKS.md, "Classifier runs in one-thread processes"). Every CPU run therefore uses
+exactly one thread, in a worker process or, with one worker, in this process: floating-point sums then happen in
+the same order whatever the worker count, so the results do not depend on it. On a GPU the runs go one after
+another in this process.
 """
 
 from __future__ import annotations
