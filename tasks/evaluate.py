@@ -158,22 +158,23 @@ def utility_metrics(data: _Data, params: EvaluateParams, minority: Sequence[str]
     if recipe is not None:  # real_synthetic_chosen: real_synthetic on its own shares, every image at weight 1
         setups.append((chosen, None, params.model_copy(update={"recipe": SyntheticRecipe()})))
     seeds = range(params.classifier.seed, params.classifier.seed + params.seeds)
-    jobs = [(1, "real_synthetic", seed) if condition == "real_synthetic_chosen" else (0, condition, seed)
-            for condition in conditions for seed in seeds]
+    named = [(condition, (1, "real_synthetic", seed) if condition == "real_synthetic_chosen" else (0, condition, seed))
+             for condition in conditions for seed in seeds]
+    jobs = [job for _, job in named]
     columns = (TextColumn("[bold]evaluate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console or Console(stderr=True), transient=False) as bar:
         task = bar.add_task(f"{len(jobs)} classifier runs", total=len(jobs))
         results, workers = run_conditions(
             setups, jobs, syn_f, minority, device, processes=processes,
-            on_done=lambda job: bar.update(task, advance=1, description=f"{job[1]} seed {job[2]} done"))
+            on_done=lambda job: bar.update(
+                task, advance=1, description=f"{'real_synthetic_chosen' if job[0] else job[1]} seed {job[2]} done"))
 
     runs: dict[str, dict[str, list[dict]]] = {f: {c: [] for c in conditions}
                                               for f in (PROJECT_FAMILY, params.independent)}
     sizes: dict[str, dict[str, int]] = {}
     seconds: dict[str, float] = dict.fromkeys(conditions, 0.0)
-    job_conditions = [c for c in conditions for _ in range(params.seeds)]  # the jobs' order
-    for condition, (scores, size, elapsed) in zip(job_conditions, results, strict=True):
+    for (condition, _), (scores, size, elapsed) in zip(named, results, strict=True):
         for family, s in scores.items():
             runs[family][condition].append(s)
         sizes[condition] = size
