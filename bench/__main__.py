@@ -1,8 +1,8 @@
 """``python -m bench [--only train|sample|quality|scale|finetune] [--family NAME] [--device auto|cpu|cuda] [--quick]``.
 
 With ``--size S`` (repeatable) the train and sample benchmarks compare pixel and latent diffusion on S x S images
-(``bench.sizes``) instead of timing every family on the bundled example's 16 x 16 shape. Every benchmark writes its
-JSON record and a markdown table into ``--out``.
+(``bench.sizes``) instead of timing every family on a 16 x 16 shape (the bundled example's until 2026-12-07).
+Every benchmark writes its JSON record and a markdown table into ``--out``.
 """
 
 from __future__ import annotations

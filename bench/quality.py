@@ -1,7 +1,8 @@
 """Are generated images recognizably their class? Each family, default config, trained on the bundled example.
 
-1. The example (``tasks.core.example``) goes through ``tasks.ingest.ingest`` with the default ``DataParams``: 8x8 scans
-   resized to 16x16 (bilinear), 8-bit PNGs, the example's splits (train has 6 images of each scarce class 3, 5, 8).
+1. The example (``tasks.core.example``) goes through ``tasks.ingest.ingest`` with the default ``DataParams``: the 8x8
+   scans at their own size (resized to 16x16 before 2026-12-07, as in docs/BENCHMARKS.md's records), 8-bit PNGs, the
+   example's splits (train has 6 images of each scarce class 3, 5, 8).
 2. A reference classifier (``models.judge.train_judge``, default ``JudgeConfig``) is trained on every real image
    except the test split (train + val + heldback), so it knows all ten digits well; its accuracy on the real test
    split is reported as the reference.

@@ -15,7 +15,8 @@ see ``sampler_variants``). On CUDA every sampler is measured twice, as the famil
 
 The arms of one family alternate repeat by repeat, so a load change on a shared machine hits them alike; warm-up
 steps are excluded and the median repeat is reported. The data are random images of the bundled example's shape
-(856 images, 1x16x16, 10 classes): throughput does not depend on pixel values or on how well a model is trained.
+until 2026-12-07 (856 images, 1x16x16, 10 classes): throughput does not depend on pixel values or on how well a
+model is trained.
 
 Every row also has the arm's peak memory in MiB over its timed repeats: on CUDA the allocator's peak of tensors
 (weights, optimizer state, the dataset on the device and activations), on the CPU the process's peak resident set

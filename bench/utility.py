@@ -53,6 +53,9 @@ HOLDOUT_SCARCE = {"1": 3, "4": 6, "6": 3}
 TEXTURES = ("brick", "grass", "gravel", "moon")
 TEXTURES_SCARCE = {"grass": 3, "gravel": 6}
 PATCH = 32
+# A scenario's own data params, as its user would set them: the texture photographs' patches are resized to 16 px
+# (the digits keep the default, their native 8 px).
+SCENARIO_PARAMS = {"textures": ("data.image_size=16",)}
 TRAIN_ROWS, VAL_ROWS, TEST_ROWS = (0, 192), (192, 256), (256, 512)
 VAL_PER_CLASS, TEST_PER_CLASS = 10, 50
 
@@ -124,7 +127,8 @@ def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequenc
     from flows.params import dump_params, load_params
 
     workdir.mkdir(parents=True, exist_ok=True)
-    params = load_params(None, [f"data.source={source(scenario, workdir)}", f"evaluate.seeds={seeds}", *overrides])
+    params = load_params(None, [f"data.source={source(scenario, workdir)}", *SCENARIO_PARAMS.get(scenario, ()),
+                                 f"evaluate.seeds={seeds}", *overrides])
     seconds = {}
     for name in STEPS[STEPS.index(first):]:
         start = time.perf_counter()

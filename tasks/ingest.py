@@ -95,7 +95,7 @@ class DataParams(Section):
     source: str = "example:digits"
     repo: str | None = None
     rev: str | None = None
-    image_size: int = Field(16, ge=4, le=1024)
+    image_size: int = Field(8, ge=4, le=1024)
     channels: Literal[1, 3] = 1
     min_size: int = Field(8, ge=1)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)

@@ -38,7 +38,9 @@ from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, lea
 from tests.toy import COUNTS, TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
-ANON = [*TINY, "plan.overgenerate=2.0", "filter.judge.steps=60", "filter.min_confidence=0.0",
+# 16 px, as these tests were built: at the digits' own 8 px the filter rejected 3 of the 14 unseen real digits
+# of one class that stand in for an honest generator here, so the release was not at the real size.
+ANON = [*TINY, "data.image_size=16", "plan.overgenerate=2.0", "filter.judge.steps=60", "filter.min_confidence=0.0",
         "privacy.bootstrap=200"]
 BALANCED = {"4": 20, "5": 20, "6": 20}
 

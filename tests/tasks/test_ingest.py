@@ -80,14 +80,14 @@ def test_folder_with_splits_csv_keeps_its_splits(tmp_path: Path, capsys: pytest.
         assert row.path == f"images/{row.label}/{row.image_id}.png"
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == row.image_id
         with Image.open(stored) as image:
-            assert (image.mode, image.size) == ("L", (16, 16))
+            assert (image.mode, image.size) == ("L", (8, 8))  # the default data.image_size
     assert set(frame["source"]) == {"real"} and frame["accepted"].all()
     assert frame[["generator", "checkpoint", "reject_reason"]].isna().all().all() and frame["seed"].isna().all()
-    assert (frame["height"] == 16).all() and (frame["width"] == 16).all() and (frame["channels"] == 1).all()
+    assert (frame["height"] == 8).all() and (frame["width"] == 8).all() and (frame["channels"] == 1).all()
     files = [p for p in root.rglob("*") if p.is_file()]
     assert meta["content_hash"] == expected_hash(root, files)
     assert (meta["source"], meta["repo"], meta["rev"], meta["resolved_rev"]) == (str(root), None, None, None)
-    assert meta["params"]["image_size"] == 16 and "bilinear" in meta["interpolation"]
+    assert meta["params"]["image_size"] == 8 and "bilinear" in meta["interpolation"]
     assert "ingested images" in capsys.readouterr().err
 
 
