@@ -118,17 +118,25 @@ def source(scenario: str, root: Path) -> str:
     raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
 
 
+def scenario_params(scenario: str, workdir: Path, overrides: Sequence[str] = ()):
+    """The params ``scenario`` runs with: the defaults, its source (written under ``workdir``), its own data params
+    (``SCENARIO_PARAMS``), then ``overrides``."""
+    from flows.params import load_params
+
+    return load_params(None, [f"data.source={source(scenario, workdir)}", *SCENARIO_PARAMS.get(scenario, ()),
+                              *overrides])
+
+
 def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequence[str] = (),
                  first: str = STEPS[0], tune: bool = False) -> dict[str, Any]:
     """Run the steps up to the report on ``scenario`` (from ``first``: the earlier ones' outputs in ``workdir`` are
     reused); returns the utility block, counts and step times. ``tune``: then run ``synthaug tune``'s flow in the
     same workdir and add its trials and the tuned utility block (``tuned``)."""
     from flows.dag import step
-    from flows.params import dump_params, load_params
+    from flows.params import dump_params
 
     workdir.mkdir(parents=True, exist_ok=True)
-    params = load_params(None, [f"data.source={source(scenario, workdir)}", *SCENARIO_PARAMS.get(scenario, ()),
-                                 f"evaluate.seeds={seeds}", *overrides])
+    params = scenario_params(scenario, workdir, [f"evaluate.seeds={seeds}", *overrides])
     seconds = {}
     for name in STEPS[STEPS.index(first):]:
         start = time.perf_counter()
@@ -221,9 +229,19 @@ def utility_tables(utility: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
+    """``<out>/<name>.json``: ``result`` with the machine it was measured on."""
+    import torch
+
     from bench.speed import machine_info
 
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({**result, "machine": machine_info(torch.device("cpu"))}, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.utility", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", action="append", choices=(*SCENARIOS, HOLDOUT),
                         help=f"repeatable; default: the three of SCENARIOS ({HOLDOUT}: only when named)")
@@ -242,16 +260,12 @@ def main(argv: list[str] | None = None) -> None:
             result = json.loads(path.read_text())
             print(f"### {result['scenario']}\n\n{markdown(result)}\n")
         return
-    import torch
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for scenario in args.scenario or SCENARIOS:
         result = run_scenario(scenario, args.workdir / scenario, seeds=args.seeds, overrides=args.overrides,
                               first=args.from_step, tune=args.tune)
-        result["machine"] = machine_info(torch.device("cpu"))
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"utility-{scenario}-{stamp}.json"
-        path.write_text(json.dumps(result, indent=2))
+        path = write_result(args.out, f"utility-{scenario}-{stamp}", result)
         print(f"{scenario}: {result['utility']['gate']['verdict']}\n-> {path}", flush=True)
 
 

@@ -25,12 +25,11 @@ SYNTHETIC = ("real_synthetic", "real_classical_aug_synthetic")
 
 def run_steps(scenario: str, workdir: Path):
     """The scenario's params, after running every step up to the filter whose output folder is missing."""
-    from bench.utility import SCENARIO_PARAMS, source
+    from bench.utility import scenario_params
     from flows.dag import step
-    from flows.params import load_params
 
     workdir.mkdir(parents=True, exist_ok=True)
-    params = load_params(None, [f"data.source={source(scenario, workdir)}", *SCENARIO_PARAMS.get(scenario, ())])
+    params = scenario_params(scenario, workdir)
     for name in STEPS:
         if not (workdir / ("model" if name == "train" else name)).exists():
             start = time.perf_counter()
@@ -75,7 +74,7 @@ def validate(scenario: str, workdir: Path, step_counts: list[int], seeds: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.utility import HOLDOUT, RESULTS, SCENARIOS
+    from bench.utility import HOLDOUT, RESULTS, SCENARIOS, write_result
 
     parser = argparse.ArgumentParser(prog="python -m bench.validate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True, choices=(*SCENARIOS, HOLDOUT))
@@ -86,9 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = validate(args.scenario, args.workdir / args.scenario, [int(s) for s in args.steps.split(",")],
                       args.seeds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"validate-{args.scenario}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(args.out, f"validate-{args.scenario}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}", result)
     print(f"{args.scenario}: rule picks {result['rule_steps']} steps -> {path}", flush=True)
 
 

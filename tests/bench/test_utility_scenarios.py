@@ -21,6 +21,7 @@ from bench.utility import (
     VAL_PER_CLASS,
     bar,
     markdown,
+    scenario_params,
     source,
     write_digits,
     write_textures,
@@ -86,6 +87,13 @@ def test_source_names_the_scenario(tmp_path: Path) -> None:
     assert all(counts.loc[label, "train"] == n for label, n in HOLDOUT_SCARCE.items())
     with pytest.raises(ValueError, match="scenarios"):
         source("nope", tmp_path)
+
+
+
+def test_each_scenario_runs_at_its_own_image_size(tmp_path: Path) -> None:
+    assert scenario_params("digits-example", tmp_path / "d").data.image_size == 8  # the default: the digits' own
+    assert scenario_params("textures", tmp_path / "t").data.image_size == 16
+    assert scenario_params("textures", tmp_path / "t", ["data.image_size=32"]).data.image_size == 32
 
 
 def _utility(minority_ci: tuple[float, float], gap: float) -> dict:
