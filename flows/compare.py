@@ -2,7 +2,8 @@
 
 One table (quality, utility, training and sampling time) per family: the GAN vs VAE vs diffusion survey,
 for the user's own data. Each family runs the augment steps up to the report in ``<workdir>/<family>``;
-nothing is published.
+nothing is published. A family whose network cannot take the images' size (e.g. the latent UNet at 8 px) is
+skipped before anything trains, with its reason in the output.
 """
 
 from __future__ import annotations
@@ -19,16 +20,24 @@ from prefect.artifacts import create_table_artifact
 from flows.augment import step_task
 from flows.dag import STEPS
 from flows.params import Params
+from flows.preflight import unfit
 from models.registry import family_names
 from tasks.core.catalog import GENERATE_TIMING, METRICS, TRAIN_LOG
+from tasks.core.errors import UserError
 from tasks.core.locks import workdir_lock
 
 
 @flow(name="compare", log_prints=True)
 def compare(params: Params, workdir: str = "data/work/compare") -> Path:
     """Run every family on ``params``' data; writes and returns ``<workdir>/compare.csv`` (+ ``compare.md``)."""
+    skipped = {f: why for f in family_names() if (why := unfit(params, f)) is not None}
+    if len(skipped) == len(family_names()):
+        raise UserError(f"no generator family can take data.image_size={params.data.image_size}: "
+                        + "; ".join(skipped.values()))
+    for family, why in skipped.items():
+        print(f"compare: {family} skipped: {why}")
     rows = []
-    for family in family_names():
+    for family in (f for f in family_names() if f not in skipped):
         family_dir = Path(workdir) / family
         with workdir_lock(family_dir):
             for step in STEPS:
@@ -38,7 +47,8 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
     table = pd.DataFrame(rows)
     out = Path(workdir) / "compare.csv"
     table.to_csv(out, index=False)
-    (Path(workdir) / "compare.md").write_text(_markdown(table))
+    (Path(workdir) / "compare.md").write_text(_markdown(table) + "".join(f"\nskipped {f}: {why}\n"
+                                                                          for f, why in skipped.items()))
     create_table_artifact(json.loads(table.to_json(orient="records")), key="compare-families",
                           description="generator families on the same data")
     print(table.to_string(index=False))

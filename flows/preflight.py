@@ -4,8 +4,9 @@ instead of failing after minutes of training.
 From the ingest manifest and the params: two or more classes with real train images (the judge), more real train
 images than ``filter.realism_k`` (the realism test), real val images (the filter's and the privacy gate's
 memorization thresholds are calibrated on val -> train distances), real test images (utility is scored on them),
-``evaluate.minority_classes`` naming real classes, and a usable ``filter.extractor`` file. Classes without a val
-image are named in a note: the thresholds are calibrated on the others.
+``evaluate.minority_classes`` naming real classes, a usable ``filter.extractor`` file, and a generator network that
+takes ``data.image_size``. Classes without a val image are named in a note: the thresholds are calibrated on the
+others.
 """
 
 from __future__ import annotations
@@ -15,6 +16,23 @@ from pathlib import Path
 from flows.params import Params
 from tasks.core.errors import UserError
 from tasks.core.manifest import iter_manifest
+
+
+def unfit(params: Params, family: str, num_classes: int = 2) -> str | None:
+    """Why ``family``'s network, as ``params`` configure it, refuses the images' shape (its constructor's message),
+    or None. Builds the network once on the CPU: cheap at the sizes a network refuses."""
+    import torch
+
+    from models.registry import get_family
+
+    data = params.data
+    model = params.model.model_copy(update={"family": family})
+    try:
+        get_family(family)(model.family_config(), num_classes=num_classes, device=torch.device("cpu"),
+                           image_shape=(data.channels, data.image_size, data.image_size))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def preflight(params: Params, manifest: Path) -> list[str]:
@@ -52,6 +70,10 @@ def preflight(params: Params, manifest: Path) -> list[str]:
             load_feature_extractor(params.filter.extractor)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(f"filter.extractor={params.filter.extractor}: {exc}") from None
+    why = unfit(params, params.model.family, len(classes))
+    if why is not None:
+        raise UserError(f"model.family={params.model.family} at data.image_size={params.data.image_size}: {why}; set "
+                        "data.image_size to a size it takes, or another model.family")
     without_val = [c for c in classes if c not in per_split["val"]]
     return [f"classes without real val images: {', '.join(without_val)} (the thresholds are calibrated on the "
             "others)"] if without_val else []

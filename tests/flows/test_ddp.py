@@ -48,7 +48,8 @@ def test_two_cpu_processes_train_and_write_one_checkpoint(setup, tmp_path):
     loaded, meta, _ = load_checkpoint(model / "checkpoint", torch.device("cpu"))
     assert meta["step"] == STEPS
     x = loaded.sample(torch.tensor([0, 1, 2, 3]), [0, 1, 2, 3])
-    assert x.shape == (4, 1, 16, 16) and torch.isfinite(x).all()
+    side = load_params(None, overrides).data.image_size
+    assert x.shape == (4, 1, side, side) and torch.isfinite(x).all()
 
     # The same seed and process count give the same weights.
     again = tmp_path / "b"

@@ -51,6 +51,8 @@ def manifest(tmp_path_factory) -> Path:
     (["filter.realism_k=100"], "needs more than that"),
     (["evaluate.minority_classes=['7']"], r"evaluate.minority_classes: \['7'\] are not classes"),
     (["filter.extractor=/nowhere/net.ts"], "filter.extractor=/nowhere/net.ts: .*no feature extractor file"),
+    (["model.family=latent_diffusion", "data.image_size=8"], "model.family=latent_diffusion at data.image_size=8: "
+     ".*divisible by 4.*set data.image_size"),
 ])
 def test_params_that_later_steps_would_refuse_stop_now(manifest: Path, override: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):
