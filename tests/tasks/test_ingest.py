@@ -212,7 +212,7 @@ def test_16bit_png_and_tiff_are_scaled_by_the_full_range(tmp_path: Path) -> None
     with Image.open(root / "x" / "ramp.png") as check:
         assert check.mode.startswith("I")  # really a 16-bit file
 
-    frame, _, quarantine, out = run(tmp_path, root)
+    frame, _, quarantine, out = run(tmp_path, root, image_size=16)  # the ramp's own size: no resampling
 
     assert quarantine.empty
     values = sorted((np.asarray(Image.open(out / p)) for p in frame["path"]), key=lambda a: int(a.min()))
