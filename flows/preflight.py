@@ -20,7 +20,7 @@ from tasks.core.manifest import iter_manifest
 
 def unfit(params: Params, family: str, num_classes: int = 2) -> str | None:
     """Why ``family``'s network, as ``params`` configure it, refuses the images' shape (its constructor's message),
-    or None. Builds the network once on the CPU: cheap at the sizes a network refuses."""
+    or None. Builds the network once on the CPU (every run's preflight does, once)."""
     import torch
 
     from models.registry import get_family

@@ -118,12 +118,12 @@ class Judge(nn.Module):
     """A CNN sized to the images, as ``config.backbone`` says.
 
     VGG-style (up to 64 px with ``auto``): stages of two 3x3 convs then 2x2 average pooling, down to about 4x4 and
-    at least two stages; 8 to 16 px -> 2 stages, 32 px -> 3, 64 px -> 4 (the smaller side decides). One stage at
-    8 px was too weak a classifier: 0.83 balanced accuracy on the digits' real val split, against 0.93 with two
-    (docs/BENCHMARKS.md). ResNet (above 64 px): MONAI's
-    ResNet-10, whose stem brings the side to a quarter before any stage, then 4 stages down to 1/32. A global
-    average pool and a linear layer give the embedding; one more linear layer gives the logits. ``temperature``
-    (a buffer, saved with the weights) is 1 until ``fit_temperature`` sets it.
+    at least two stages; 8 to 16 px -> 2 stages, 32 px -> 3, 64 px -> 4 (the smaller side decides). One stage at 8
+    px was too weak a classifier: 0.83 balanced accuracy on the digits' real val split, against 0.93 with two
+    (docs/BENCHMARKS.md). ResNet (above 64 px): MONAI's ResNet-10, whose stem brings the side to a quarter before
+    any stage, then 4 stages down to 1/32. A global average pool and a linear layer give the embedding; one more
+    linear layer gives the logits. ``temperature`` (a buffer, saved with the weights) is 1 until ``fit_temperature``
+    sets it.
 
     Args:
         image_shape: (C, H, W) of the images; H and W at least 8.
