@@ -25,11 +25,11 @@ import torch
 
 from bench.quality import accuracy, as_stored, load_example
 from bench.speed import machine_info, markdown_table
-from models.diffusion import Diffusion, DiffusionConfig
-from models.judge import JudgeConfig, train_judge
-from models.training import fit
-from tasks.core.example import SCARCE_CLASSES
-from tasks.core.pretrained import apply_pretrained, read_pretrained, write_bundle
+from synthaug.models.diffusion import Diffusion, DiffusionConfig
+from synthaug.models.judge import JudgeConfig, train_judge
+from synthaug.models.training import fit
+from synthaug.tasks.core.example import SCARCE_CLASSES
+from synthaug.tasks.core.pretrained import apply_pretrained, read_pretrained, write_bundle
 
 CPU = torch.device("cpu")
 SMALL = DiffusionConfig(channels=(16, 32), num_head_channels=16, batch_size=32, steps=400)

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 
 from bench.speed import machine_info, markdown_table
-from models.judge import JudgeConfig, train_judge
-from models.registry import get_family
-from models.training import fit
-from tasks.core.images import load_images, save_grid, to_uint8
-from tasks.core.labels import natural_key
-from tasks.core.manifest import read_manifest
-from tasks.ingest import DataParams, ingest
+from synthaug.models.judge import JudgeConfig, train_judge
+from synthaug.models.registry import get_family
+from synthaug.models.training import fit
+from synthaug.tasks.core.images import load_images, save_grid, to_uint8
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.ingest import DataParams, ingest
 
 Split = tuple[torch.Tensor, torch.Tensor]
 

@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from flows.anonymize import release_params
-from flows.dag import step
-from flows.params import load_params
-from models.judge import train_judge
-from tasks.core.features import load_judge_step
-from tasks.core.inputs import read_data
-from tasks.core.tstr import METRICS, TRTR, TSTR, release_utility
-from tasks.core.utility import EvaluateParams, score, training_set
-from tasks.privacy import privacy_gate
+from synthaug.flows.anonymize import release_params
+from synthaug.flows.dag import step
+from synthaug.flows.params import load_params
+from synthaug.models.judge import train_judge
+from synthaug.tasks.core.features import load_judge_step
+from synthaug.tasks.core.inputs import read_data
+from synthaug.tasks.core.tstr import METRICS, TRTR, TSTR, release_utility
+from synthaug.tasks.core.utility import EvaluateParams, score, training_set
+from synthaug.tasks.privacy import privacy_gate
 
 STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")
 

@@ -58,8 +58,8 @@ def _rss_mib() -> float:
 
 def search(n: int, device_name: str) -> dict[str, Any]:
     """Time and memory of the filter's two searches, n synthetic x n real images."""
-    from models.common import pick_device
-    from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
+    from synthaug.models.common import pick_device
+    from synthaug.models.metrics import nearest_correlation_streamed, nearest_distance_streamed
 
     device = pick_device(device_name)
     g = torch.Generator().manual_seed(0)
@@ -90,12 +90,12 @@ def generate(n: int, device_name: str) -> dict[str, Any]:
     """Time and memory of generating n images through the sharded generate step (threads runner)."""
     import pandas as pd
 
-    from flows.runners import RunnerParams, shard_runner
-    from models.training import save_checkpoint
-    from models.vae import VAE, VAEConfig
-    from tasks.core.sampling import GenerateParams
-    from tasks.core.shards import DEFAULT_SHARD_SIZE
-    from tasks.generate import generate_from_plan
+    from synthaug.flows.runners import RunnerParams, shard_runner
+    from synthaug.models.training import save_checkpoint
+    from synthaug.models.vae import VAE, VAEConfig
+    from synthaug.tasks.core.sampling import GenerateParams
+    from synthaug.tasks.core.shards import DEFAULT_SHARD_SIZE
+    from synthaug.tasks.generate import generate_from_plan
 
     classes = [str(c) for c in range(CLASSES)]
     with tempfile.TemporaryDirectory(prefix="synthaug-bench-") as tmp:

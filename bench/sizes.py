@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from bench import speed
-from models.common import pick_device
-from models.registry import get_family
+from synthaug.models.common import pick_device
+from synthaug.models.registry import get_family
 
 SIZE_FAMILIES = ("diffusion", "latent_diffusion")
 CHANNEL_LADDER = (32, 64, 64, 128, 128, 128)

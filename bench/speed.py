@@ -45,9 +45,9 @@ from unittest import mock
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.common import peak_memory_mib, pick_device, reset_peak_memory
-from models.registry import get_family
-from models.training import fit
+from synthaug.models.common import peak_memory_mib, pick_device, reset_peak_memory
+from synthaug.models.registry import get_family
+from synthaug.models.training import fit
 
 IMAGE_SHAPE = (1, 16, 16)
 NUM_CLASSES = 10

@@ -74,7 +74,7 @@ def _write_folder(directory: Path, images: Sequence[tuple[str, str, np.ndarray, 
 
 def write_digits(directory: Path, *, scarce: dict[str, int] = DIGITS_SCARCE, seed: int = 0) -> Path:
     """The digits scenario with other scarce classes: the example's pixels and split rule, ``scarce`` train counts."""
-    from tasks.core.example import digit_pixels, example_splits
+    from synthaug.tasks.core.example import digit_pixels, example_splits
 
     pixels, targets = digit_pixels()
     splits = example_splits(targets, seed=seed, scarce=scarce)
@@ -121,7 +121,7 @@ def source(scenario: str, root: Path) -> str:
 def scenario_params(scenario: str, workdir: Path, overrides: Sequence[str] = ()):
     """The params ``scenario`` runs with: the defaults, its source (written under ``workdir``), its own data params
     (``SCENARIO_PARAMS``), then ``overrides``."""
-    from flows.params import load_params
+    from synthaug.flows.params import load_params
 
     return load_params(None, [f"data.source={source(scenario, workdir)}", *SCENARIO_PARAMS.get(scenario, ()),
                               *overrides])
@@ -132,8 +132,8 @@ def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequenc
     """Run the steps up to the report on ``scenario`` (from ``first``: the earlier ones' outputs in ``workdir`` are
     reused); returns the utility block, counts and step times. ``tune``: then run ``synthaug tune``'s flow in the
     same workdir and add its trials and the tuned utility block (``tuned``)."""
-    from flows.dag import step
-    from flows.params import dump_params
+    from synthaug.flows.dag import step
+    from synthaug.flows.params import dump_params
 
     workdir.mkdir(parents=True, exist_ok=True)
     params = scenario_params(scenario, workdir, [f"evaluate.seeds={seeds}", *overrides])
@@ -148,7 +148,7 @@ def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequenc
               "classes": metrics["classes"], "minority_classes": metrics["minority_classes"],
               "counts": metrics["counts"], "utility": metrics["utility"]}
     if tune:
-        from flows.tune import tune as tune_flow
+        from synthaug.flows.tune import tune as tune_flow
 
         start = time.perf_counter()
         tune_flow(params, str(workdir), str(workdir / "params.tuned.yaml"))
@@ -164,7 +164,7 @@ BAR_GAP = 0.30  # the bar: share of the best-baseline -> oracle gap closed in mi
 def bar(utility: dict[str, Any]) -> dict[str, list[str]]:
     """Per classifier family, the treated conditions that clear the bar: a minority-recall gain over the best real
     baseline whose 95% interval excludes zero, closing >= ``BAR_GAP`` of the gap to the oracle."""
-    from tasks.core.utility import families
+    from synthaug.tasks.core.utility import families
 
     out = {}
     for family, results in families(utility).items():
@@ -181,7 +181,7 @@ def _ms(entry: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The scenario's tables for docs/BENCHMARKS.md (``utility_tables``), and those of the tuned recipe when the
     run tuned one."""
-    from tasks.tune import DEFAULT_TRIAL
+    from synthaug.tasks.tune import DEFAULT_TRIAL
 
     text = utility_tables(result["utility"])
     tuned = result.get("tuned")
@@ -200,7 +200,7 @@ def markdown(result: dict[str, Any]) -> str:
 def utility_tables(utility: dict[str, Any]) -> str:
     """Every condition with both families, then every treated condition against the best real baseline, the
     recipe, the gate and the bar."""
-    from tasks.core.utility import COMPARED, families
+    from synthaug.tasks.core.utility import COMPARED, families
 
     fams = families(utility)
     head = " | ".join(f"{f} {m.replace('_', ' ')}" for f in fams for m in COMPARED)

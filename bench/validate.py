@@ -26,7 +26,7 @@ SYNTHETIC = ("real_synthetic", "real_classical_aug_synthetic")
 def run_steps(scenario: str, workdir: Path):
     """The scenario's params, after running every step up to the filter whose output folder is missing."""
     from bench.utility import scenario_params
-    from flows.dag import step
+    from synthaug.flows.dag import step
 
     workdir.mkdir(parents=True, exist_ok=True)
     params = scenario_params(scenario, workdir)
@@ -42,9 +42,9 @@ def validate(scenario: str, workdir: Path, step_counts: list[int], seeds: int) -
     """{steps: {condition: {family: [balanced accuracy, minority recall]}}} on the validation folds."""
     import torch
 
-    from tasks.core.inputs import read_inputs
-    from tasks.core.recipe import mean_score, validation_folds, validation_runs
-    from tasks.core.utility import BASELINES, COMPARED
+    from synthaug.tasks.core.inputs import read_inputs
+    from synthaug.tasks.core.recipe import mean_score, validation_folds, validation_runs
+    from synthaug.tasks.core.utility import BASELINES, COMPARED
 
     params = run_steps(scenario, workdir)
     base = params.evaluate.model_copy(update={"validation_seeds": seeds})

@@ -36,11 +36,11 @@ import torch
 
 from bench.quality import Split, accuracy, as_stored, load_example
 from bench.speed import machine_info
-from models.judge import JudgeConfig, train_judge
-from models.registry import get_family
-from models.training import fit, load_checkpoint, save_checkpoint
-from tasks.core.example import SCARCE_CLASSES
-from tasks.core.utility import DEFAULT_CLASSIFIER
+from synthaug.models.judge import JudgeConfig, train_judge
+from synthaug.models.registry import get_family
+from synthaug.models.training import fit, load_checkpoint, save_checkpoint
+from synthaug.tasks.core.example import SCARCE_CLASSES
+from synthaug.tasks.core.utility import DEFAULT_CLASSIFIER
 
 EXTRA = 12  # new train images per scarce class in revision 2
 SCRATCH_POINTS = (0.05, 0.1, 1 / 6, 0.25, 1 / 3, 0.5, 2 / 3, 1.0)

@@ -17,12 +17,12 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.augment import run_steps
-from flows.dag import ANONYMIZE, Record, step
-from flows.params import Params
-from tasks.core.privacy_report import ATTACKS, PRIVACY_FILE
-from tasks.core.tstr import utility_rows
-from tasks.plan import PlanParams
+from synthaug.flows.augment import run_steps
+from synthaug.flows.dag import ANONYMIZE, Record, step
+from synthaug.flows.params import Params
+from synthaug.tasks.core.privacy_report import ATTACKS, PRIVACY_FILE
+from synthaug.tasks.core.tstr import utility_rows
+from synthaug.tasks.plan import PlanParams
 
 
 @flow(name="anonymize", log_prints=True)

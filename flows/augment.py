@@ -16,13 +16,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from flows.dag import STEPS, Record, Step, cache_key
-from flows.params import Params
-from flows.preflight import preflight
-from tasks.core.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PLAN_CSV
-from tasks.core.errors import UserError
-from tasks.core.locks import workdir_lock
-from tasks.core.logs import enable
+from synthaug.flows.dag import STEPS, Record, Step, cache_key
+from synthaug.flows.params import Params
+from synthaug.flows.preflight import preflight
+from synthaug.tasks.core.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PLAN_CSV
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.locks import workdir_lock
+from synthaug.tasks.core.logs import enable
 
 
 def _key(step: Step):

@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from flows.dag import PRIVACY_STEPS, STEPS
-from flows.params import DEFAULT_PARAMS, Params, load_params
-from tasks.core.logs import get_logger, log_to_stderr, route_to_prefect
+from synthaug.flows.dag import PRIVACY_STEPS, STEPS
+from synthaug.flows.params import DEFAULT_PARAMS, Params, load_params
+from synthaug.tasks.core.logs import get_logger, log_to_stderr, route_to_prefect
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fix scarce and imbalanced image datasets with class-conditional synthetic data.")
@@ -30,7 +30,7 @@ def _params(params_file: Path, overrides: list[str]) -> Params:
 def example(directory: Path = typer.Argument(..., help="Folder to write the example dataset into."),
             seed: int = typer.Option(0, help="Seed of the class cut and the splits.")) -> None:
     """Write the bundled scarce, imbalanced example (scikit-learn's handwritten digits)."""
-    from tasks.core.example import write_example
+    from synthaug.tasks.core.example import write_example
 
     summary = write_example(directory, seed=seed)
     console.print(summary)
@@ -39,15 +39,15 @@ def example(directory: Path = typer.Argument(..., help="Folder to write the exam
 def other_checkout(cwd: Path) -> Path | None:
     """The checkout whose code runs, when ``cwd`` is another synthaug checkout (`dvc repro` in a clone where
     `synthaug` on PATH was installed from elsewhere); None when they are the same or ``cwd`` is no checkout."""
-    from flows.dag import REPO_ROOT
+    from synthaug.flows.dag import REPO_ROOT
 
     is_checkout = (cwd / "dvc.yaml").is_file() and (cwd / "flows" / "dag.py").is_file()
     return REPO_ROOT if is_checkout and cwd.resolve() != REPO_ROOT.resolve() else None
 
 
 def _run_step(name: str, params: Params, workdir: Path) -> None:
-    from flows.dag import step
-    from tasks.core.locks import workdir_lock
+    from synthaug.flows.dag import step
+    from synthaug.tasks.core.locks import workdir_lock
 
     running = other_checkout(Path.cwd())
     if running is not None:  # DVC hashes this checkout's code as the stage's deps, but another checkout's code runs
@@ -89,7 +89,7 @@ def _add_step_command(name: str, help_text: str) -> None:
         if generator is None:
             _run_step(name, _params(params_file, overrides), workdir)
             return
-        from tasks.generators import sample_published
+        from synthaug.tasks.generators import sample_published
 
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         manifest = sample_published(generator, out, count=count, classes=wanted,
@@ -115,7 +115,7 @@ def _run_flow(flow_fn, params: Params, workdir: Path) -> dict[str, dict]:
 @app.command()
 def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
     """Run the whole pipeline as the Prefect flow `augment` (a temporary local Prefect server; nothing to start)."""
-    from flows.augment import augment
+    from synthaug.flows.augment import augment
 
     params = _params(params_file, overrides)
     records = _run_flow(augment, params, workdir)
@@ -133,7 +133,7 @@ def anonymize(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, work
 
     A failed gate publishes nothing and exits 1 naming each failed check, its measured value and its threshold.
     """
-    from flows.anonymize import anonymize as anonymize_flow
+    from synthaug.flows.anonymize import anonymize as anonymize_flow
 
     params = _params(params_file, overrides)
     released = _run_flow(anonymize_flow, params, workdir)["release"]
@@ -148,7 +148,7 @@ def compare(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt,
             workdir: Path = typer.Option(Path("data/work/compare"), "--workdir", "-w",
                                          help="Where each family's outputs go (<workdir>/<family>).")) -> None:
     """Train and evaluate every generator family on the same data; one comparison table (nothing published)."""
-    from flows.compare import compare as run_compare
+    from synthaug.flows.compare import compare as run_compare
 
     console.print(f"comparison: {run_compare(_params(params_file, overrides), str(workdir))}")
 
@@ -161,8 +161,8 @@ def tune(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: 
 
     The winner goes into --out and is confirmed once on the test split; `synthaug run -p <out>` publishes with it.
     """
-    from flows.runners import task_runner
-    from flows.tune import tune as tune_flow
+    from synthaug.flows.runners import task_runner
+    from synthaug.flows.tune import tune as tune_flow
 
     params = _params(params_file, overrides)
     result = tune_flow.with_options(task_runner=task_runner(params.runner))(params, str(workdir), str(out))
@@ -182,7 +182,7 @@ def tune(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: 
 def serve(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
           cron: str | None = typer.Option(None, help="Cron schedule (default: publish.schedule).")) -> None:
     """Serve the pipeline on a schedule (needs a Prefect server); a run publishes only when something changed."""
-    from flows.serve import serve_command
+    from synthaug.flows.serve import serve_command
 
     serve_command(params_file, overrides, workdir, cron=cron)
 
@@ -190,7 +190,7 @@ def serve(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir:
 @app.command()
 def dag(write: bool = typer.Option(False, help="Write dvc.yaml instead of printing it.")) -> None:
     """Print (or write) dvc.yaml: the same stages as the flow, each running one step through the CLI."""
-    from flows.dag import dvc_yaml
+    from synthaug.flows.dag import dvc_yaml
 
     text = dvc_yaml()
     if write:
@@ -225,7 +225,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, Abort):
             sys.exit(130)
-        from tasks.core.errors import mask_secrets
+        from synthaug.tasks.core.errors import mask_secrets
 
         first = str(exc).strip().splitlines()
         detail = mask_secrets("\n".join(first)) if first else type(exc).__name__

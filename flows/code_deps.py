@@ -16,41 +16,55 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("tasks", "models")  # the packages whose code a step's result depends on (flows/ only wires them)
+PREFIX = "synthaug."  # the installed namespace; in the repository ``synthaug.tasks`` is the folder ``tasks/``
+PROJECT = ("synthaug.tasks", "synthaug.models")  # the packages whose code a step's result depends on (flows/ wires)
 PACKAGE_FILES = ("tasks/__init__.py", "models/__init__.py", "tasks/core/__init__.py")
-# "models.vae:VAE": a module imported by name on first use (models/registry.py), as much a dependency as an import
-LAZY = re.compile(r"((?:tasks|models)(?:\.\w+)+):\w+")
+# "synthaug.models.vae:VAE": a module imported by name on first use (models/registry.py), as much a dependency as an
+# import
+LAZY = re.compile(r"(synthaug\.(?:tasks|models)(?:\.\w+)+):\w+")
+
+
+def _in_project(module: str) -> bool:
+    return any(module == p or module.startswith(f"{p}.") for p in PROJECT)
 
 
 def project_imports(source: str) -> set[str]:
-    """The ``tasks``/``models`` modules a piece of code imports, including those it names as ``"module:attr"``
-    strings to import on first use."""
+    """The ``synthaug.tasks``/``synthaug.models`` modules a piece of code imports, including those it names as
+    ``"module:attr"`` strings to import on first use. ``from package import name`` counts ``package.name`` too
+    (``code_files`` keeps it when it is a module)."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and (lazy := LAZY.fullmatch(node.value)):
             found.add(lazy.group(1))
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PROJECT:
-            found |= {f"{node.module}.{a.name}" if node.module in PROJECT else node.module for a in node.names}
+        if isinstance(node, ast.ImportFrom) and node.module and _in_project(node.module):
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] in PROJECT}
+            found |= {a.name for a in node.names if _in_project(a.name)}
     return found
 
 
-def module_file(module: str, root: Path = REPO_ROOT) -> Path:
-    path = root / module.replace(".", "/")
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+def module_file(module: str, root: Path = REPO_ROOT) -> Path | None:
+    """The file of ``synthaug.<package>.<...>`` in the repository (``<package>/<...>.py`` or its ``__init__.py``);
+    None when the name is not a module (a function or class imported from one)."""
+    path = root / module.removeprefix(PREFIX).replace(".", "/")
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def code_files(source: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
     """Every project file ``source`` reaches through imports, as sorted POSIX paths relative to ``root``."""
-    todo, seen = project_imports(source), set()
+    todo, seen, files = project_imports(source), set(), set()
     while todo:
         module = todo.pop()
         if module in seen:
             continue
         seen.add(module)
-        todo |= project_imports(module_file(module, root).read_text())
-    files = {module_file(m, root).relative_to(root).as_posix() for m in seen}
+        path = module_file(module, root)
+        if path is not None:
+            files.add(path.relative_to(root).as_posix())
+            todo |= project_imports(path.read_text())
     return tuple(sorted(files - set(PACKAGE_FILES)))
 
 

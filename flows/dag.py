@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from flows.code_deps import REPO_ROOT, step_code
-from flows.params import Params
-from tasks.core.catalog import (
+from synthaug.flows.code_deps import REPO_ROOT, step_code
+from synthaug.flows.params import Params
+from synthaug.tasks.core.catalog import (
     CHARTS,
     CHECKPOINT,
     DATASET,
@@ -53,7 +53,7 @@ from tasks.core.catalog import (
     WARM_START,
     Artifact,
 )
-from tasks.core.files import file_sha256
+from synthaug.tasks.core.files import file_sha256
 
 DEFAULT_WORKDIR = Path("data/work")
 
@@ -84,21 +84,21 @@ class Step:
 
 
 def _fingerprint(p: Params, workdir: Path) -> Record:
-    from tasks.ingest import fingerprint_source
+    from synthaug.tasks.ingest import fingerprint_source
 
     lineage = fingerprint_source(p.data, SOURCE_JSON.path(workdir), cache_dir=SOURCES.path(workdir))
     return {"content_hash": lineage["content_hash"], "resolved_rev": lineage["resolved_rev"]}
 
 
 def _ingest(p: Params, workdir: Path) -> Record:
-    from tasks.ingest import ingest
+    from synthaug.tasks.ingest import ingest
 
     result = ingest(p.data, INGEST.path(workdir), cache_dir=SOURCES.path(workdir))
     return {"manifest": str(result.manifest_path)}
 
 
 def _plan(p: Params, workdir: Path) -> Record:
-    from tasks.plan import make_plan
+    from synthaug.tasks.plan import make_plan
 
     plan = make_plan(INGEST_MANIFEST.path(workdir), p.plan, PLAN.path(workdir))
     return {"plan": str(PLAN_CSV.path(workdir)), "to_generate": int(plan["to_generate"].sum())}
@@ -116,9 +116,9 @@ def _say(message: str) -> None:
 
 
 def _train(p: Params, workdir: Path) -> Record:
-    from models.training import checkpoint_hash
-    from tasks.generators import resolve_warm_start, write_origin
-    from tasks.train import train
+    from synthaug.models.training import checkpoint_hash
+    from synthaug.tasks.generators import resolve_warm_start, write_origin
+    from synthaug.tasks.train import train
 
     if "WORLD_SIZE" not in os.environ:  # under torchrun the launching process has decided already
         warm = resolve_warm_start(INGEST_MANIFEST.path(workdir), p.model, p.publish,
@@ -128,7 +128,7 @@ def _train(p: Params, workdir: Path) -> Record:
         never = {"warm_start": "never"}  # the torchrun processes train exactly what was decided here
         p = p.model_copy(update={"model": warm.apply(p.model).model_copy(update=never)})
     if p.model.processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside torchrun: launch it
-        from flows.launch import torchrun_step
+        from synthaug.flows.launch import torchrun_step
 
         torchrun_step("train", p, workdir, p.model.processes)
         checkpoint = CHECKPOINT.path(workdir)
@@ -151,7 +151,7 @@ def _train_facts(summary: dict[str, Any]) -> Record:
 
 
 def _warm_from(workdir: Path) -> str | None:
-    from tasks.generators import ORIGIN_FILE
+    from synthaug.tasks.generators import ORIGIN_FILE
 
     origin = MODEL.path(workdir) / ORIGIN_FILE
     return json.loads(origin.read_text()).get("from") if origin.is_file() else None
@@ -170,8 +170,8 @@ def _progress(key: str) -> Callable[[int, int], None] | None:
 
 
 def _generate(p: Params, workdir: Path) -> Record:
-    from flows.runners import shard_runner
-    from tasks.generate import generate_from_plan
+    from synthaug.flows.runners import shard_runner
+    from synthaug.tasks.generate import generate_from_plan
 
     with shard_runner(p.runner, "generate-shards") as run_shards:
         manifest = generate_from_plan(PLAN_CSV.path(workdir), CHECKPOINT.path(workdir), p.generate,
@@ -181,7 +181,7 @@ def _generate(p: Params, workdir: Path) -> Record:
 
 
 def _judge(p: Params, workdir: Path) -> Record:
-    from tasks.judge import train_judge_step
+    from synthaug.tasks.judge import train_judge_step
 
     out = train_judge_step(INGEST_MANIFEST.path(workdir), p.filter.judge, JUDGE.path(workdir),
                            device=p.filter.device)
@@ -189,8 +189,8 @@ def _judge(p: Params, workdir: Path) -> Record:
 
 
 def _filter(p: Params, workdir: Path) -> Record:
-    from flows.runners import shard_runner
-    from tasks.filter import filter_step
+    from synthaug.flows.runners import shard_runner
+    from synthaug.tasks.filter import filter_step
 
     with shard_runner(p.runner, "filter-shards") as run_shards:
         result = filter_step(INGEST.path(workdir), GENERATE.path(workdir), JUDGE.path(workdir),
@@ -201,7 +201,7 @@ def _filter(p: Params, workdir: Path) -> Record:
 
 
 def _evaluate(p: Params, workdir: Path) -> Record:
-    from tasks.evaluate import evaluate_step
+    from synthaug.tasks.evaluate import evaluate_step
 
     path = evaluate_step(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.evaluate,
                          EVALUATE.path(workdir), processes=p.runner.cpu_processes)
@@ -209,19 +209,19 @@ def _evaluate(p: Params, workdir: Path) -> Record:
 
 
 def _report(p: Params, workdir: Path) -> Record:
-    from tasks.report import report_step
+    from synthaug.tasks.report import report_step
 
     return {"report": str(report_step(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir),
                                       REPORT.path(workdir)))}
 
 
 def _publish(p: Params, workdir: Path) -> Record:
-    from flows.params import dump_params
-    from models.training import has_checkpoint
-    from tasks.core.gate import enforce_gate
-    from tasks.generators import assemble_generator
-    from tasks.publish import publish
-    from tasks.release import assemble
+    from synthaug.flows.params import dump_params
+    from synthaug.models.training import has_checkpoint
+    from synthaug.tasks.core.gate import enforce_gate
+    from synthaug.tasks.generators import assemble_generator
+    from synthaug.tasks.publish import publish
+    from synthaug.tasks.release import assemble
 
     gate = enforce_gate(EVALUATE.path(workdir), p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), REPORT.path(workdir),
@@ -241,7 +241,7 @@ def _publish(p: Params, workdir: Path) -> Record:
 
 
 def _privacy(p: Params, workdir: Path) -> Record:
-    from tasks.privacy import privacy_gate
+    from synthaug.tasks.privacy import privacy_gate
 
     result = privacy_gate(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.privacy, p.filter,
                           PRIVACY.path(workdir), checkpoint_dir=CHECKPOINT.path(workdir))
@@ -255,12 +255,12 @@ def _privacy(p: Params, workdir: Path) -> Record:
 
 
 def _release(p: Params, workdir: Path) -> Record:
-    from flows.params import dump_params
-    from tasks.core.privacy_report import PRIVACY_FILE
-    from tasks.core.render import read_run
-    from tasks.publish import publish
-    from tasks.release import assemble_anonymized
-    from tasks.report import report_step
+    from synthaug.flows.params import dump_params
+    from synthaug.tasks.core.privacy_report import PRIVACY_FILE
+    from synthaug.tasks.core.render import read_run
+    from synthaug.tasks.publish import publish
+    from synthaug.tasks.release import assemble_anonymized
+    from synthaug.tasks.report import report_step
 
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
     dataset = assemble_anonymized(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir),

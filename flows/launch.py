@@ -7,8 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flows.params import Params, dump_params
-from tasks.core.errors import UserError
+from synthaug.flows.params import Params, dump_params
+from synthaug.tasks.core.errors import UserError
 
 
 def torchrun_step(step: str, params: Params, workdir: Path, processes: int) -> None:
@@ -22,7 +22,7 @@ def torchrun_step(step: str, params: Params, workdir: Path, processes: int) -> N
         resolved = Path(tmp) / "params.yaml"
         resolved.write_text(dump_params(params))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "flows", step, "--params", str(resolved), "--workdir", str(workdir)]
+               "-m", "synthaug", step, "--params", str(resolved), "--workdir", str(workdir)]
         done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
         raise UserError(f"{step} in {processes} processes (torchrun) failed with exit code {done.returncode}; "

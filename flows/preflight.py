@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.params import Params
-from tasks.core.errors import UserError
-from tasks.core.manifest import iter_manifest
+from synthaug.flows.params import Params
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.manifest import iter_manifest
 
 
 def unfit(params: Params, family: str, num_classes: int = 2) -> str | None:
@@ -23,7 +23,7 @@ def unfit(params: Params, family: str, num_classes: int = 2) -> str | None:
     or None. Builds the network once on the CPU (every run's preflight does, once)."""
     import torch
 
-    from models.registry import get_family
+    from synthaug.models.registry import get_family
 
     data = params.data
     model = params.model.model_copy(update={"family": family})
@@ -64,7 +64,7 @@ def preflight(params: Params, manifest: Path) -> list[str]:
         raise UserError(f"evaluate.minority_classes: {unknown} are not classes of this dataset ({classes}); fix the "
                         "names or set it to null")
     if params.filter.extractor is not None:
-        from models.judge import load_feature_extractor
+        from synthaug.models.judge import load_feature_extractor
 
         try:
             load_feature_extractor(params.filter.extractor)

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tasks.core.errors import UserError
-from tasks.core.params_base import Section
-from tasks.core.shards import DEFAULT_SHARD_SIZE, RunShards
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.params_base import Section
+from synthaug.tasks.core.shards import DEFAULT_SHARD_SIZE, RunShards
 
 DASK_MISSING = "runner.kind=dask needs prefect-dask: pip install 'synthaug[dask]'"
 

@@ -37,14 +37,14 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core.errors import UserError
-from tasks.core.files import file_sha256, write_atomic
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import file_sha256, write_atomic
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
-    from flows.params import Params
-    from tasks.ingest import DataParams
+    from synthaug.flows.params import Params
+    from synthaug.tasks.ingest import DataParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLOW_NAME = "scheduled-augment"
@@ -88,8 +88,8 @@ def source_lineage(data: DataParams, cache_dir: Path) -> dict[str, Any]:
     """
     from rich.console import Console
 
-    from tasks.core.sources import content_hash, read_source
-    from tasks.ingest import locate
+    from synthaug.tasks.core.sources import content_hash, read_source
+    from synthaug.tasks.ingest import locate
 
     path, lineage = locate(data, cache_dir, Console(stderr=True))
     lineage["content_hash"] = content_hash(read_source(path))
@@ -107,9 +107,9 @@ def code_digest(root: Path = REPO_ROOT) -> str:
 
 def fingerprint(params: Params, workdir: Path) -> Fingerprint:
     """The fingerprint of what running ``augment(params, workdir)`` now would publish."""
-    from flows.params import dump_params
-    from tasks.core.catalog import SOURCES
-    from tasks.core.registry import code_version
+    from synthaug.flows.params import dump_params
+    from synthaug.tasks.core.catalog import SOURCES
+    from synthaug.tasks.core.registry import code_version
 
     parts = {
         "source": source_lineage(params.data, SOURCES.path(workdir)),  # the cache folder the ingest step uses
@@ -234,8 +234,8 @@ def scheduled_augment(params_file: str = "params.yaml", overrides: list[str] | N
     from prefect.artifacts import create_markdown_artifact
     from prefect.runtime import flow_run
 
-    from flows.augment import augment
-    from flows.params import load_params
+    from synthaug.flows.augment import augment
+    from synthaug.flows.params import load_params
 
     logger = get_run_logger()
     params = load_params(Path(params_file), overrides or [])
@@ -366,8 +366,8 @@ def serve_command(params_file: Path, overrides: Sequence[str] = (), workdir: Pat
     ``cron`` defaults to ``publish.schedule`` of the params (``DEFAULT_CRON`` while that key does not exist).
     Raises ServeError (before registering anything) when no Prefect server is configured and reachable.
     """
-    from flows.params import load_params
-    from tasks.core.logs import route_to_prefect
+    from synthaug.flows.params import load_params
+    from synthaug.tasks.core.logs import route_to_prefect
 
     route_to_prefect()  # the runs' training progress, filter summary and published tag in their log in the UI
     params = load_params(params_file, overrides)

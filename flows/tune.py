@@ -24,17 +24,17 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.augment import run_steps
-from flows.dag import REPO_ROOT, STEPS, cache_key, step
-from flows.params import Params, dump_params
-from flows.runners import local_workers
-from tasks.core.catalog import FILTER, INGEST, JUDGE, METRICS, MODEL, PLAN, TUNE, TUNE_TRIALS
-from tasks.core.errors import UserError
-from tasks.core.files import file_sha256, write_atomic
-from tasks.core.gate import gain_lines
-from tasks.core.locks import workdir_lock
-from tasks.core.utility import EvaluateParams, SyntheticRecipe
-from tasks.tune import (
+from synthaug.flows.augment import run_steps
+from synthaug.flows.dag import REPO_ROOT, STEPS, cache_key, step
+from synthaug.flows.params import Params, dump_params
+from synthaug.flows.runners import local_workers
+from synthaug.tasks.core.catalog import FILTER, INGEST, JUDGE, METRICS, MODEL, PLAN, TUNE, TUNE_TRIALS
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import file_sha256, write_atomic
+from synthaug.tasks.core.gate import gain_lines
+from synthaug.tasks.core.locks import workdir_lock
+from synthaug.tasks.core.utility import EvaluateParams, SyntheticRecipe
+from synthaug.tasks.tune import (
     DEFAULT_TRIAL,
     choose,
     chosen_on,

@@ -36,8 +36,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.base import TrainConfig
-from models.common import EMA, autocast, per_image_normal, per_image_streams, stream_normal
+from synthaug.models.base import TrainConfig
+from synthaug.models.common import EMA, autocast, per_image_normal, per_image_streams, stream_normal
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
 SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")

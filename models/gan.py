@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from models.base import TrainConfig
-from models.common import EMA, autocast, fixed_shape_batches, per_image_normal
+from synthaug.models.base import TrainConfig
+from synthaug.models.common import EMA, autocast, fixed_shape_batches, per_image_normal
 
 SUPPORTED_SIZES = (8, 16, 32, 64)
 AUGMENTATIONS = ("color", "translation", "cutout")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import nn
 
-from models.common import eval_mode
+from synthaug.models.common import eval_mode
 
 StepCallback = Callable[[int, dict[str, float]], None]
 

@@ -32,8 +32,8 @@ from monai.losses.adversarial_loss import PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import nn
 
-from models.common import autocast
-from models.diffusion import Diffusion, DiffusionConfig
+from synthaug.models.common import autocast
+from synthaug.models.diffusion import Diffusion, DiffusionConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-from models.base import GeneratorFamily
+from synthaug.models.base import GeneratorFamily
 
 # name -> "module:Class"; imported on first use so `import models` stays light and nothing runs at import.
 _FAMILIES: dict[str, str] = {
-    "diffusion": "models.diffusion:Diffusion",
-    "gan": "models.gan:GAN",
-    "latent_diffusion": "models.latent_diffusion:LatentDiffusion",
-    "vae": "models.vae:VAE",
+    "diffusion": "synthaug.models.diffusion:Diffusion",
+    "gan": "synthaug.models.gan:GAN",
+    "latent_diffusion": "synthaug.models.latent_diffusion:LatentDiffusion",
+    "vae": "synthaug.models.vae:VAE",
 }
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from models.base import GeneratorFamily
-from models.registry import get_family
+from synthaug.models.base import GeneratorFamily
+from synthaug.models.registry import get_family
 
 StepCallback = Callable[[int, dict[str, float]], None]
 CONFIG_FILE = "config.json"  # a checkpoint folder: this module owns its format (save, load, read, hash)

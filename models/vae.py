@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-from models.base import TrainConfig
-from models.common import EMA, autocast, fixed_shape_batches, per_image_normal
+from synthaug.models.base import TrainConfig
+from synthaug.models.common import EMA, autocast, fixed_shape_batches, per_image_normal
 
 RECONSTRUCTIONS = ("mse", "bce")
 

@@ -78,16 +78,23 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from models.common import pick_device
-from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY, plot_counts, plot_per_class_recall, plot_utility
-from tasks.core.files import write_atomic
-from tasks.core.gate import gain_lines, gate_verdict
-from tasks.core.headline import SUMMARY_FILE, write_headline
-from tasks.core.inputs import read_inputs
-from tasks.core.recipe import Setup, _with_synthetic, choose_recipe, run_conditions, synthetic_subset
-from tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY
-from tasks.core.set_metrics import _finite, quality_metrics
-from tasks.core.utility import (
+from synthaug.models.common import pick_device
+from synthaug.tasks.core.charts import (
+    PLOT_COUNTS,
+    PLOT_RECALL,
+    PLOT_UTILITY,
+    plot_counts,
+    plot_per_class_recall,
+    plot_utility,
+)
+from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.gate import gain_lines, gate_verdict
+from synthaug.tasks.core.headline import SUMMARY_FILE, write_headline
+from synthaug.tasks.core.inputs import read_inputs
+from synthaug.tasks.core.recipe import Setup, _with_synthetic, choose_recipe, run_conditions, synthetic_subset
+from synthaug.tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY
+from synthaug.tasks.core.set_metrics import _finite, quality_metrics
+from synthaug.tasks.core.utility import (
     BASELINES,
     COMPARED,
     CONDITIONS,

@@ -75,17 +75,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from models.common import pick_device
-from models.training import checkpoint_hash, has_checkpoint, read_checkpoint_meta
-from tasks.core.errors import UserError
-from tasks.core.features import load_judge_step
-from tasks.core.files import atomic_path, file_sha256, write_atomic
-from tasks.core.labels import natural_key
-from tasks.core.logs import get_logger
-from tasks.core.manifest import COLUMNS, read_manifest, read_manifests, write_manifest
-from tasks.core.quotas import read_plan
-from tasks.core.reference import REFERENCE_DIR, _reference, _save_reference
-from tasks.core.rules import (
+from synthaug.models.common import pick_device
+from synthaug.models.training import checkpoint_hash, has_checkpoint, read_checkpoint_meta
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.features import load_judge_step
+from synthaug.tasks.core.files import atomic_path, file_sha256, write_atomic
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.logs import get_logger
+from synthaug.tasks.core.manifest import COLUMNS, read_manifest, read_manifests, write_manifest
+from synthaug.tasks.core.quotas import read_plan
+from synthaug.tasks.core.reference import REFERENCE_DIR, _reference, _save_reference
+from synthaug.tasks.core.rules import (
     REJECT_REASONS,
     SCORE_COLUMNS,
     FilterParams,
@@ -93,9 +93,9 @@ from tasks.core.rules import (
     reject_reasons,
     topup_count,
 )
-from tasks.core.sampling import SAMPLER_FILE, GenerateParams, Request, generate_sharded, sampler_key, seeds_for
-from tasks.core.scoring import _Scorer
-from tasks.core.shards import (
+from synthaug.tasks.core.sampling import SAMPLER_FILE, GenerateParams, Request, generate_sharded, sampler_key, seeds_for
+from synthaug.tasks.core.scoring import _Scorer
+from synthaug.tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
     RunShards,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.training import read_checkpoint_meta
-from tasks.core.logs import get_logger, progress
-from tasks.core.manifest import SCHEMA
-from tasks.core.quotas import read_plan
-from tasks.core.sampling import (
+from synthaug.models.training import read_checkpoint_meta
+from synthaug.tasks.core.logs import get_logger, progress
+from synthaug.tasks.core.manifest import SCHEMA
+from synthaug.tasks.core.quotas import read_plan
+from synthaug.tasks.core.sampling import (
     SAMPLER_FILE,
     GenerateParams,
     Progress,
@@ -27,7 +27,7 @@ from tasks.core.sampling import (
     sampler_key,
     seeds_for,
 )
-from tasks.core.shards import (
+from synthaug.tasks.core.shards import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
     RunShards,

@@ -31,14 +31,14 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.core.card import _cell
-from tasks.core.errors import UserError
-from tasks.core.files import write_atomic
-from tasks.core.labels import natural_key
-from tasks.core.manifest import read_manifest, write_manifest
-from tasks.core.model_params import ModelParams
-from tasks.core.registry import PublishParams, code_version, fetch_generator, latest_generator
-from tasks.core.sampling import SAMPLING_FIELDS, GenerateParams, Request, generate, seeds_for
+from synthaug.tasks.core.card import _cell
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.manifest import read_manifest, write_manifest
+from synthaug.tasks.core.model_params import ModelParams
+from synthaug.tasks.core.registry import PublishParams, code_version, fetch_generator, latest_generator
+from synthaug.tasks.core.sampling import SAMPLING_FIELDS, GenerateParams, Request, generate, seeds_for
 
 GENERATOR_FILE = "generator.json"
 ORIGIN_FILE = "origin.json"  # <train out>/origin.json: where the run's training started (written by the flow)
@@ -143,7 +143,7 @@ def write_origin(model_dir: Path, warm: WarmStart) -> Path:
 
 def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str, out_dir: Path) -> Path:
     """Build ``out_dir`` (replaced whole) from the train step's ``model_dir`` and the source lineage of the ingest."""
-    from models.training import CHECKPOINT_FILES, checkpoint_hash, read_checkpoint_meta
+    from synthaug.models.training import CHECKPOINT_FILES, checkpoint_hash, read_checkpoint_meta
 
     ckpt = model_dir / "checkpoint"
     meta = read_checkpoint_meta(ckpt)

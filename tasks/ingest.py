@@ -63,12 +63,12 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from tasks.core.errors import Quarantined, UserError
-from tasks.core.files import write_atomic
-from tasks.core.manifest import SPLITS, write_manifest
-from tasks.core.medical import MedicalReader, Spacing, WindowPreset, is_medical
-from tasks.core.params_base import Section
-from tasks.core.sources import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
+from synthaug.tasks.core.errors import Quarantined, UserError
+from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.manifest import SPLITS, write_manifest
+from synthaug.tasks.core.medical import MedicalReader, Spacing, WindowPreset, is_medical
+from synthaug.tasks.core.params_base import Section
+from synthaug.tasks.core.sources import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
 EXAMPLE = "example:digits"
 HASH_CACHE = "hashes.json"  # <cache_dir>/hashes.json: source files' sha256 by size, mtime and inode
@@ -244,7 +244,7 @@ def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path,
     if params.source == EXAMPLE:
         path = cache_dir / "example"
         if not path.exists():
-            from tasks.core.example import write_example
+            from synthaug.tasks.core.example import write_example
 
             console.print(f"writing the bundled example to {path}")
             partial = cache_dir / "example.partial"  # renamed when complete: an interrupted write is never reused

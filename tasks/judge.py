@@ -20,21 +20,14 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from models.common import pick_device
-from models.judge import (
-    Judge,
-    JudgeConfig,
-    balanced_class_weights,
-    fit_temperature,
-    save_judge,
-    train_judge,
-)
-from tasks.core.errors import UserError
-from tasks.core.features import INFO_FILE, JUDGE_FILE
-from tasks.core.files import write_atomic
-from tasks.core.images import load_images
-from tasks.core.labels import natural_key
-from tasks.core.manifest import read_manifest
+from synthaug.models.common import pick_device
+from synthaug.models.judge import Judge, JudgeConfig, balanced_class_weights, fit_temperature, save_judge, train_judge
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.features import INFO_FILE, JUDGE_FILE
+from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.manifest import read_manifest
 
 ECE_BINS = 10
 

@@ -28,12 +28,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.core.errors import UserError
-from tasks.core.files import atomic_path
-from tasks.core.labels import natural_key
-from tasks.core.manifest import read_manifest
-from tasks.core.params_base import Section
-from tasks.core.quotas import PLAN_FILE
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import atomic_path
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.params_base import Section
+from synthaug.tasks.core.quotas import PLAN_FILE
 
 PLAN_COLUMNS = ("class", "real", "target", "to_generate")
 

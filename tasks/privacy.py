@@ -43,16 +43,16 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from models.common import pick_device
-from models.judge import Judge
-from models.metrics import nearest_correlation_streamed, nearest_distance_streamed
-from tasks.core.dp import dp_claim
-from tasks.core.errors import UserError
-from tasks.core.features import embed, load_judge_step
-from tasks.core.files import file_sha256, write_atomic
-from tasks.core.images import load_images
-from tasks.core.labels import natural_key
-from tasks.core.privacy_report import (
+from synthaug.models.common import pick_device
+from synthaug.models.judge import Judge
+from synthaug.models.metrics import nearest_correlation_streamed, nearest_distance_streamed
+from synthaug.tasks.core.dp import dp_claim
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.features import embed, load_judge_step
+from synthaug.tasks.core.files import file_sha256, write_atomic
+from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.privacy_report import (
     ATTACKS,
     DCR_PLOT,
     PRIVACY_FILE,
@@ -61,8 +61,8 @@ from tasks.core.privacy_report import (
     PrivacyGateError,
     PrivacyParams,
 )
-from tasks.core.results import FILTER_SUMMARY, real_rows, synthetic_rows
-from tasks.core.rules import FilterParams, MemorizationThresholds, memorization_thresholds
+from synthaug.tasks.core.results import FILTER_SUMMARY, real_rows, synthetic_rows
+from synthaug.tasks.core.rules import FilterParams, MemorizationThresholds, memorization_thresholds
 
 FORMAT = "synthaug-privacy/1"
 HOLDOUT_SPLITS = ("val", "test", "heldback")  # real images no generator, judge or filter threshold trained on

@@ -49,10 +49,10 @@ from pathlib import Path
 
 import yaml
 
-from tasks.core.card import CARD_CHECKPOINT_ROW
-from tasks.core.errors import UserError
-from tasks.core.locks import with_registry_lock
-from tasks.core.registry import (
+from synthaug.tasks.core.card import CARD_CHECKPOINT_ROW
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.locks import with_registry_lock
+from synthaug.tasks.core.registry import (
     DATASETS_DIR,
     MODELS_DIR,
     SITE_CACHE,
@@ -67,7 +67,7 @@ from tasks.core.registry import (
     generator_name,
     tag_for,
 )
-from tasks.core.render import read_run, stamp_run
+from synthaug.tasks.core.render import read_run, stamp_run
 
 log = logging.getLogger("synthaug.publish")  # tasks.core.logs: reaches the Prefect run log
 
@@ -400,7 +400,7 @@ class _StagedGenerator:
 def _stage_generator(wc: Path, generator_dir: Path, name: str, dataset_copy: Path, *, push: bool) -> _StagedGenerator:
     """Add the generator as ``models/<name>`` (and push it) unless a version has its checkpoint hash; name the
     version in the registry's copy of the dataset card. The caller commits and tags (``_tag_generator``)."""
-    from models.training import WEIGHTS_FILE, checkpoint_hash
+    from synthaug.models.training import WEIGHTS_FILE, checkpoint_hash
 
     if not (generator_dir / "checkpoint" / WEIGHTS_FILE).is_file():
         raise UserError(f"{generator_dir}: no checkpoint/weights.pt in the generator folder; nothing was published")

@@ -22,16 +22,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from tasks.core.card import write_card
-from tasks.core.dp import card_lines as dp_card_lines
-from tasks.core.errors import UserError
-from tasks.core.export import export_images
-from tasks.core.manifest import COLUMNS, read_manifest, write_manifest
-from tasks.core.privacy_report import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
-from tasks.core.registry import code_version
-from tasks.core.render import run_info, stamp_run, write_run
-from tasks.core.results import synthetic_rows
-from tasks.core.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
+from synthaug.tasks.core.card import write_card
+from synthaug.tasks.core.dp import card_lines as dp_card_lines
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.export import export_images
+from synthaug.tasks.core.manifest import COLUMNS, read_manifest, write_manifest
+from synthaug.tasks.core.privacy_report import DCR_PLOT, PRIVACY_FILE, PrivacyParams, card_section, read_privacy
+from synthaug.tasks.core.registry import code_version
+from synthaug.tasks.core.render import run_info, stamp_run, write_run
+from synthaug.tasks.core.results import synthetic_rows
+from synthaug.tasks.core.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
 
 # The headline numbers the card lists; metrics.json beside it has everything. Gains and gaps are measured from the
 # best real baseline (tasks/core/utility.py); the untreated real_only stays in metrics.json as context only.

@@ -32,19 +32,19 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from models.metrics import nearest_correlation
-from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
-from tasks.core.dp import card_lines as dp_card_lines
-from tasks.core.errors import UserError
-from tasks.core.files import write_atomic
-from tasks.core.images import load_images
-from tasks.core.labels import natural_key
-from tasks.core.manifest import read_manifest
-from tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, attacks_side_by_side, check_rows
-from tasks.core.render import RunInfo, render, run_info
-from tasks.core.results import read_metrics, real_rows, synthetic_rows
-from tasks.core.tstr import utility_rows
-from tasks.core.utility import BASELINES, COMPARED, PROJECT_FAMILY, families
+from synthaug.models.metrics import nearest_correlation
+from synthaug.tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
+from synthaug.tasks.core.dp import card_lines as dp_card_lines
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, attacks_side_by_side, check_rows
+from synthaug.tasks.core.render import RunInfo, render, run_info
+from synthaug.tasks.core.results import read_metrics, real_rows, synthetic_rows
+from synthaug.tasks.core.tstr import utility_rows
+from synthaug.tasks.core.utility import BASELINES, COMPARED, PROJECT_FAMILY, families
 
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"

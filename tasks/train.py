@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
-from models.base import TrainConfig
-from models.common import peak_memory_mib, pick_device, reset_peak_memory
-from models.registry import get_family
-from models.training import (
+from synthaug.models.base import TrainConfig
+from synthaug.models.common import peak_memory_mib, pick_device, reset_peak_memory
+from synthaug.models.registry import get_family
+from synthaug.models.training import (
     CONFIG_FILE,
     checkpoint_hash,
     fit,
@@ -29,14 +29,14 @@ from models.training import (
     load_extended,
     read_checkpoint_meta,
 )
-from tasks.core.dp import DP_FILE, fit_private
-from tasks.core.errors import UserError
-from tasks.core.images import load_images, save_grid
-from tasks.core.labels import natural_key
-from tasks.core.logs import get_logger, progress
-from tasks.core.manifest import read_manifest
-from tasks.core.model_params import ModelParams
-from tasks.core.pretrained import apply_pretrained, read_pretrained, write_bundle
+from synthaug.tasks.core.dp import DP_FILE, fit_private
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.images import load_images, save_grid
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.logs import get_logger, progress
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.model_params import ModelParams
+from synthaug.tasks.core.pretrained import apply_pretrained, read_pretrained, write_bundle
 
 GRID_PER_CLASS = 8
 RUN_FILE = "run.json"  # <out>/run.json: the data and start of the checkpoint being trained (see _run_key)

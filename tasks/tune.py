@@ -23,13 +23,13 @@ from typing import Any
 
 from pydantic import Field
 
-from models.common import pick_device
-from tasks.core.errors import UserError
-from tasks.core.files import write_atomic
-from tasks.core.inputs import Inputs, read_inputs
-from tasks.core.params_base import Section
-from tasks.core.recipe import mean_score, validation_folds, validation_gain, validation_runs
-from tasks.core.utility import BASELINES, COMPARED, SELECTIONS, EvaluateParams, SyntheticRecipe
+from synthaug.models.common import pick_device
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.inputs import Inputs, read_inputs
+from synthaug.tasks.core.params_base import Section
+from synthaug.tasks.core.recipe import mean_score, validation_folds, validation_gain, validation_runs
+from synthaug.tasks.core.utility import BASELINES, COMPARED, SELECTIONS, EvaluateParams, SyntheticRecipe
 
 TRIALS_FILE = "trials.json"
 SHARES = (0.1, 1.0)  # the share's search range

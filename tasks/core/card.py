@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.core.files import write_atomic
-from tasks.core.render import RunInfo, render, run_info
+from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.render import RunInfo, render, run_info
 
 CARD_CHECKPOINT_ROW = "| generator checkpoint (sha256) |"
 
@@ -55,7 +55,7 @@ def _contents(manifest: Path) -> dict[str, Any] | None:
     """Accepted images per label and source (real, synthetic) for the card's contents table."""
     if not manifest.is_file():
         return None
-    from tasks.core.manifest import read_manifest
+    from synthaug.tasks.core.manifest import read_manifest
 
     frame, _ = read_manifest(manifest)
     frame = frame[frame["accepted"]]

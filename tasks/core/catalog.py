@@ -14,14 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-from models.training import read_checkpoint_meta
-from tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
-from tasks.core.features import load_judge_step
-from tasks.core.headline import SUMMARY_FILE
-from tasks.core.manifest import read_manifest
-from tasks.core.privacy_report import DCR_PLOT, PRIVACY_FILE
-from tasks.core.quotas import PLAN_FILE, read_plan
-from tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY, read_metrics
+from synthaug.models.training import read_checkpoint_meta
+from synthaug.tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
+from synthaug.tasks.core.features import load_judge_step
+from synthaug.tasks.core.headline import SUMMARY_FILE
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.privacy_report import DCR_PLOT, PRIVACY_FILE
+from synthaug.tasks.core.quotas import PLAN_FILE, read_plan
+from synthaug.tasks.core.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY, read_metrics
 
 
 def read_json(path: Path) -> Any:

@@ -34,10 +34,10 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from models.base import GeneratorFamily
-from models.training import checkpoint_hash, save_checkpoint
-from tasks.core.errors import UserError
-from tasks.core.params_base import Section
+from synthaug.models.base import GeneratorFamily
+from synthaug.models.training import checkpoint_hash, save_checkpoint
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.params_base import Section
 
 DP_FILE = "dp.json"
 DP_FAMILIES = ("vae",)  # families whose networks Opacus gives per-sample gradients for (README "Differential privacy")

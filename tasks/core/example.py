@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.core.errors import UserError
-from tasks.core.files import atomic_path, write_atomic
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import atomic_path, write_atomic
 
 TEST_PER_CLASS = 50  # held-out real test images per class (balanced, never cut)
 VAL_PER_CLASS = 10  # validation images per class

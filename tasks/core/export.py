@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
 
-from tasks.core.errors import UserError
-from tasks.core.files import write_atomic
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import write_atomic
 
 ReleaseFormat = Literal["png", "png16", "nifti", "dicom"]
 SUFFIXES: dict[str, str] = {"png": ".png", "png16": ".png", "nifti": ".nii.gz", "dicom": ".dcm"}

@@ -8,12 +8,8 @@ from pathlib import Path
 
 import torch
 
-from models.judge import (
-    Judge,
-    load_feature_extractor,
-    load_judge,
-)
-from tasks.core.errors import UserError
+from synthaug.models.judge import Judge, load_feature_extractor, load_judge
+from synthaug.tasks.core.errors import UserError
 
 JUDGE_FILE = "judge.pt"
 INFO_FILE = "judge.json"

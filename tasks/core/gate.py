@@ -6,13 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.core.errors import UserError
-from tasks.core.results import read_metrics
-from tasks.core.utility import (
-    COMPARED,
-    GATED,
-    families,
-)
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.results import read_metrics
+from synthaug.tasks.core.utility import COMPARED, GATED, families
 
 _LABELS = {"balanced_accuracy": "balanced accuracy", "minority_recall": "minority recall"}
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.core.files import write_atomic
+from synthaug.tasks.core.files import write_atomic
 
 SUMMARY_FILE = "summary.json"
 CONDITION = "real_synthetic"  # real + accepted synthetic: the condition the utility gate judges

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.core.files import write_atomic
+from synthaug.tasks.core.files import write_atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

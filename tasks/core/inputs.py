@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.core.errors import UserError
-from tasks.core.features import embed, load_judge_step
-from tasks.core.images import load_images
-from tasks.core.labels import natural_key
-from tasks.core.results import FILTER_SUMMARY, real_rows, synthetic_rows
-from tasks.core.utility import EvaluateParams, _Data
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.features import embed, load_judge_step
+from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.results import FILTER_SUMMARY, real_rows, synthetic_rows
+from synthaug.tasks.core.utility import EvaluateParams, _Data
 
 
 def _load(root: Path, rows: pd.DataFrame, index: Mapping[str, int], shape: tuple[int, int, int]):

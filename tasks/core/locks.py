@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
-from tasks.core.errors import UserError, mask_secrets
+from synthaug.tasks.core.errors import UserError, mask_secrets
 
 DEFAULT_TIMEOUT = 3600.0  # seconds: long enough for another run's step to finish, short enough to notice
 TIMEOUT_ENV = "SYNTHAUG_LOCK_TIMEOUT"

@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.core.errors import UserError
-from tasks.core.files import atomic_path
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import atomic_path
 
 SPLITS = ("train", "val", "test", "heldback")  # heldback: real images withheld from training (the oracle set)
 SOURCES = ("real", "synthetic")

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tasks.core.errors import Quarantined
+from synthaug.tasks.core.errors import Quarantined
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -6,14 +6,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from models.base import TrainConfig
-from models.diffusion import DiffusionConfig
-from models.gan import GANConfig
-from models.latent_diffusion import LatentDiffusionConfig
-from models.registry import family_names
-from models.vae import VAEConfig
-from tasks.core.dp import DP_FAMILIES, DPParams
-from tasks.core.params_base import Section
+from synthaug.models.base import TrainConfig
+from synthaug.models.diffusion import DiffusionConfig
+from synthaug.models.gan import GANConfig
+from synthaug.models.latent_diffusion import LatentDiffusionConfig
+from synthaug.models.registry import family_names
+from synthaug.models.vae import VAEConfig
+from synthaug.tasks.core.dp import DP_FAMILIES, DPParams
+from synthaug.tasks.core.params_base import Section
 
 
 class ModelParams(Section):

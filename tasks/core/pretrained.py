@@ -28,8 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from tasks.core.errors import UserError
-from tasks.core.files import atomic_path, file_sha256
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import atomic_path, file_sha256
 
 BUNDLE_WEIGHTS = "models/model.pt"
 FILE_NAMES = {"unet": "unet", "diffusion_model": "unet", "autoencoder": "autoencoder", "vae": "autoencoder"}
@@ -108,7 +108,7 @@ def write_bundle(folder: Path, parts: dict[str, dict[str, torch.Tensor]], metada
 def export_checkpoint(checkpoint_dir: Path, folder: Path) -> str:
     """A training checkpoint's networks (the EMA UNet, and the autoencoder of a latent family) as a bundle folder
     with its class names: a pretrained starting point for another dataset. Returns the weights' sha256."""
-    from models.training import load_checkpoint
+    from synthaug.models.training import load_checkpoint
 
     model, meta, _ = load_checkpoint(checkpoint_dir, torch.device("cpu"))
     if not hasattr(model, "pretrained_networks"):

@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from tasks.core.errors import UserError
-from tasks.core.export import ReleaseFormat
-from tasks.core.files import file_sha256
-from tasks.core.params_base import Section
-from tasks.core.registry import check_name
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.export import ReleaseFormat
+from synthaug.tasks.core.files import file_sha256
+from synthaug.tasks.core.params_base import Section
+from synthaug.tasks.core.registry import check_name
 
 PRIVACY_FILE = "privacy.json"
 DCR_PLOT = "dcr.png"

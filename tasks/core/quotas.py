@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError
 
 PLAN_FILE = "plan.csv"
 

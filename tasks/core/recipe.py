@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.judge import train_judge
-from tasks.core.pool import nbytes, run_jobs, worker_count
-from tasks.core.utility import (
+from synthaug.models.judge import train_judge
+from synthaug.tasks.core.pool import nbytes, run_jobs, worker_count
+from synthaug.tasks.core.utility import (
     BASELINES,
     COMPARED,
     WITH_SYNTHETIC,

@@ -11,24 +11,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.judge import Judge
-from models.metrics import (
-    knn_radii,
-)
-from tasks.core.errors import UserError
-from tasks.core.features import JUDGE_FILE, embed, load_judge_step
-from tasks.core.files import atomic_path, file_sha256
-from tasks.core.images import load_images
-from tasks.core.manifest import iter_manifest
-from tasks.core.rules import (
-    FilterParams,
-    Thresholds,
-    memorization_thresholds,
-    pixels_uint8,
-)
-from tasks.core.shards import (
-    digest,
-)
+from synthaug.models.judge import Judge
+from synthaug.models.metrics import knn_radii
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.features import JUDGE_FILE, embed, load_judge_step
+from synthaug.tasks.core.files import atomic_path, file_sha256
+from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.manifest import iter_manifest
+from synthaug.tasks.core.rules import FilterParams, Thresholds, memorization_thresholds, pixels_uint8
+from synthaug.tasks.core.shards import digest
 
 EMBED_BLOCK = 1024  # images decoded at once when embedding the real reference
 

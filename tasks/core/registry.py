@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import field_validator
 
-from tasks.core.errors import UserError
-from tasks.core.params_base import Section
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.params_base import Section
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from tasks.core.files import write_atomic
+from synthaug.tasks.core.files import write_atomic
 
 RUN_FILE = "run.json"
 RUN_BEGIN = "<!-- synthaug:run -->"
@@ -119,7 +119,7 @@ def replace_run_block(text: str, block: str) -> str:
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("tasks", "templates"),
+        loader=jinja2.PackageLoader("synthaug.tasks", "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the render instead of printing nothing
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.core.errors import UserError
-from tasks.core.manifest import read_manifest
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.manifest import read_manifest
 
 METRICS_FILE = "metrics.json"
 FILTER_SUMMARY = "filter_summary.json"

@@ -13,13 +13,9 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from models.judge import JudgeConfig
-from models.metrics import (
-    nearest_correlation_streamed,
-    nearest_distance_streamed,
-    pairwise_near_duplicates,
-)
-from tasks.core.params_base import Section
+from synthaug.models.judge import JudgeConfig
+from synthaug.models.metrics import nearest_correlation_streamed, nearest_distance_streamed, pairwise_near_duplicates
+from synthaug.tasks.core.params_base import Section
 
 REJECT_REASONS = ("sanity", "label", "memorized_pixel", "memorized_feature", "unrealistic", "near_duplicate",
                   "surplus")

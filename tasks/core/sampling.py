@@ -14,22 +14,15 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
-from models.common import pick_device
-from models.registry import get_family
-from models.training import checkpoint_hash, load_checkpoint, read_checkpoint_meta
-from tasks.core.errors import UserError
-from tasks.core.files import file_sha256
-from tasks.core.images import to_uint8, write_png
-from tasks.core.manifest import COLUMNS, SCHEMA, check_rows
-from tasks.core.params_base import Section
-from tasks.core.shards import (
-    SHARDS_DIR,
-    RunShards,
-    cut,
-    finished,
-    run_in_process,
-    write_table,
-)
+from synthaug.models.common import pick_device
+from synthaug.models.registry import get_family
+from synthaug.models.training import checkpoint_hash, load_checkpoint, read_checkpoint_meta
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import file_sha256
+from synthaug.tasks.core.images import to_uint8, write_png
+from synthaug.tasks.core.manifest import COLUMNS, SCHEMA, check_rows
+from synthaug.tasks.core.params_base import Section
+from synthaug.tasks.core.shards import SHARDS_DIR, RunShards, cut, finished, run_in_process, write_table
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
 SAMPLING_KNOBS = ("guidance_scale", "sample_steps")  # generator config fields `generate` may set at sampling time

@@ -12,27 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from models.common import pick_device
-from models.metrics import (
-    nearest_correlation_streamed,
-    nearest_distance_streamed,
-    realism_score,
-)
-from tasks.core.features import embed
-from tasks.core.images import load_images
-from tasks.core.logs import get_logger, progress
-from tasks.core.reference import _load_reference, _Reference
-from tasks.core.rules import (
-    SCORE_COLUMNS,
-    sanity_reason,
-)
-from tasks.core.shards import (
-    SHARDS_DIR,
-    RunShards,
-    cut,
-    finished,
-    write_table,
-)
+from synthaug.models.common import pick_device
+from synthaug.models.metrics import nearest_correlation_streamed, nearest_distance_streamed, realism_score
+from synthaug.tasks.core.features import embed
+from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.logs import get_logger, progress
+from synthaug.tasks.core.reference import _load_reference, _Reference
+from synthaug.tasks.core.rules import SCORE_COLUMNS, sanity_reason
+from synthaug.tasks.core.shards import SHARDS_DIR, RunShards, cut, finished, write_table
 
 REALISM_CAP = 1e3
 

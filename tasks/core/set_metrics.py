@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import metrics as M
-from tasks.core.utility import (
-    EvaluateParams,
-)
+from synthaug.models import metrics as M
+from synthaug.tasks.core.utility import EvaluateParams
 
 PR_K = 3  # improved precision/recall neighbourhood (Kynkäänniemi et al. 2019)
 DC_K = 5  # density/coverage neighbourhood (Naeem et al. 2020)

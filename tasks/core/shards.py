@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.core.files import atomic_path
-from tasks.core.manifest import METADATA_KEY
+from synthaug.tasks.core.files import atomic_path
+from synthaug.tasks.core.manifest import METADATA_KEY
 
 SHARDS_DIR = "shards"
 

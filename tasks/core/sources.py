@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.core.errors import UserError
-from tasks.core.files import atomic_path, file_sha256
-from tasks.core.manifest import SPLITS
-from tasks.core.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import atomic_path, file_sha256
+from synthaug.tasks.core.manifest import SPLITS
+from synthaug.tasks.core.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 KNOWN_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES

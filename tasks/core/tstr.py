@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError
 
 TSTR, TRTR = "synthetic_only", "real_only"  # the evaluate step's conditions
 METRICS = ("balanced_accuracy", "macro_f1")

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 from pydantic import Field, field_validator
 
-from models.judge import JudgeConfig
-from tasks.core.images import to_uint8
-from tasks.core.params_base import Section
+from synthaug.models.judge import JudgeConfig
+from synthaug.tasks.core.images import to_uint8
+from synthaug.tasks.core.params_base import Section
 
 CONDITIONS = ("real_only", "real_classical_aug", "real_oversampled", "real_synthetic", "real_classical_aug_synthetic",
               "real_synthetic_chosen", "synthetic_only", "real_oracle")
@@ -244,7 +244,7 @@ def train_and_score(condition: str, data: _Data, seed: int, params: EvaluatePara
     """Both classifier families trained on ``training_set(condition, data, seed)`` (synthetic rows weighted by
     ``params.recipe.weight``) and scored on ``data.test_x``: {family: score}, and the training set's per-class
     size."""
-    from models.judge import train_judge
+    from synthaug.models.judge import train_judge
 
     x, y, w = weighted_training_set(condition, data, seed, params.recipe.weight)
     k, truth = len(data.class_names), data.test_y.numpy()

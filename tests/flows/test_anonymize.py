@@ -24,16 +24,16 @@ from prefect import flow
 from pydicom.pixels import apply_modality_lut
 from sklearn.datasets import load_digits
 
-from flows.anonymize import anonymize, release_params
-from flows.augment import run_steps
-from flows.dag import ANONYMIZE, STEPS, step
-from flows.params import Params, load_params
-from tasks.core.manifest import read_manifest
-from tasks.core.privacy_report import PrivacyGateError
-from tasks.core.quotas import read_plan
-from tasks.core.sampling import image_path
-from tasks.generate import requests_from_plan
-from tasks.ingest import normalize, png
+from synthaug.flows.anonymize import anonymize, release_params
+from synthaug.flows.augment import run_steps
+from synthaug.flows.dag import ANONYMIZE, STEPS, step
+from synthaug.flows.params import Params, load_params
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.privacy_report import PrivacyGateError
+from synthaug.tasks.core.quotas import read_plan
+from synthaug.tasks.core.sampling import image_path
+from synthaug.tasks.generate import requests_from_plan
+from synthaug.tasks.ingest import normalize, png
 from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, leaked
 from tests.toy import COUNTS, TINY, digits_folder
 
@@ -210,7 +210,7 @@ def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) ->
     assert not privacy["passed"] and set(generated["image_id"]) <= real_hashes(work)
 
     # the command line says the same in one message, and exits 1
-    cli = subprocess.run([sys.executable, "-m", "flows", "anonymize", "-w", str(work),
+    cli = subprocess.run([sys.executable, "-m", "synthaug", "anonymize", "-w", str(work),
                           *(a for o in overrides(source, tmp_path) for a in ("-S", o))],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert cli.returncode == 1

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.augment import augment
-from flows.dag import REPO_ROOT, STEPS
-from flows.params import load_params
-from tasks.core.registry import fetch
-from tasks.core.render import read_run
+from synthaug.flows.augment import augment
+from synthaug.flows.dag import REPO_ROOT, STEPS
+from synthaug.flows.params import load_params
+from synthaug.tasks.core.registry import fetch
+from synthaug.tasks.core.render import read_run
 from tests.toy import TINY, digits_folder
 
 
@@ -112,8 +112,8 @@ def test_dvc_repro_runs_the_same_dag_as_the_flow(setup, tmp_path):
 
 @pytest.mark.slow
 def test_compare_runs_every_family_on_the_same_data(setup, tmp_path):
-    from flows.compare import compare
-    from models.registry import family_names
+    from synthaug.flows.compare import compare
+    from synthaug.models.registry import family_names
 
     _, overrides = setup
     tiny = [f"model.{f}.{k}={v}" for f in family_names() for k, v in (("steps", 2), ("batch_size", 8))]
@@ -132,7 +132,7 @@ def test_compare_runs_every_family_on_the_same_data(setup, tmp_path):
 
 
 def test_compare_skips_a_family_that_cannot_take_the_image_size_before_training(setup) -> None:
-    from flows.preflight import unfit
+    from synthaug.flows.preflight import unfit
 
     _, overrides = setup
     at_8 = load_params(None, [*overrides, "data.image_size=8"])

@@ -8,15 +8,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.core.manifest import COLUMNS
+from synthaug.flows.cli import app
+from synthaug.tasks.core.manifest import COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def synthaug(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """The real entry point in a fresh interpreter, as a user calls it."""
-    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "synthaug", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -84,8 +84,8 @@ def test_default_ingest_then_plan_in_process(tmp_path):
 
 
 def test_a_step_run_from_another_checkout_names_the_code_that_runs(tmp_path):
-    from flows.cli import other_checkout
-    from flows.dag import REPO_ROOT
+    from synthaug.flows.cli import other_checkout
+    from synthaug.flows.dag import REPO_ROOT
 
     assert other_checkout(REPO_ROOT) is None
     assert other_checkout(tmp_path) is None  # not a checkout: nothing to compare

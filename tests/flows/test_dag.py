@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli import app
-from flows.code_deps import code_files
-from flows.dag import PRIVACY_STEPS, REPO_ROOT, STEPS, cache_key, dvc_yaml, step
-from flows.params import Params
-from tasks.core import catalog
+from synthaug.flows.cli import app
+from synthaug.flows.code_deps import code_files
+from synthaug.flows.dag import PRIVACY_STEPS, REPO_ROOT, STEPS, cache_key, dvc_yaml, step
+from synthaug.flows.params import Params
+from synthaug.tasks.core import catalog
 
 
 def test_committed_dvc_yaml_matches_the_declared_steps():
@@ -84,7 +84,7 @@ def test_a_step_reruns_when_code_it_imports_changes_and_only_then(tmp_path):
 
 
 def test_code_deps_are_the_imports_followed_through_modules():
-    source = "def run():\n    from tasks.plan import make_plan\n"
+    source = "def run():\n    from synthaug.tasks.plan import make_plan\n"
     files = code_files(source)
     assert "tasks/plan.py" in files and "tasks/core/labels.py" in files  # plan.py -> tasks.core.labels
     assert "tasks/ingest.py" not in files and not any(f.startswith("models/") for f in files)

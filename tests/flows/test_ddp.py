@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.dag import step
-from flows.launch import torchrun_step
-from flows.params import load_params
-from models.training import load_checkpoint
+from synthaug.flows.cli import app
+from synthaug.flows.dag import step
+from synthaug.flows.launch import torchrun_step
+from synthaug.flows.params import load_params
+from synthaug.models.training import load_checkpoint
 from tests.toy import TINY, digits_folder
 
 STEPS = 4

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.dag import PLOTS, REPO_ROOT, STEPS
-from flows.params import load_params
+from synthaug.flows.dag import PLOTS, REPO_ROOT, STEPS
+from synthaug.flows.params import load_params
 from tests.toy import TINY, digits_folder
 
 DATASET = "toy-clone"

@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from flows.dag import step
-from flows.params import load_params
-from models.judge import JudgeConfig
-from tasks.core.gate import UtilityGateRefused
-from tasks.core.images import load_images, write_png
-from tasks.core.manifest import read_manifest, write_manifest
-from tasks.evaluate import evaluate_step
-from tasks.report import report_step
+from synthaug.flows.dag import step
+from synthaug.flows.params import load_params
+from synthaug.models.judge import JudgeConfig
+from synthaug.tasks.core.gate import UtilityGateRefused
+from synthaug.tasks.core.images import load_images, write_png
+from synthaug.tasks.core.manifest import read_manifest, write_manifest
+from synthaug.tasks.evaluate import evaluate_step
+from synthaug.tasks.report import report_step
 
 
 def _evaluate_fixtures():
@@ -119,7 +119,7 @@ def test_a_harmful_generator_is_refused_and_nothing_is_published(tmp_path: Path)
     assert "utility gate refused" in page and "Gate rule:" in page
 
     # The CLI: exit 1 and one line naming the numbers (as `synthaug run` ends when the publish step refuses).
-    cli = subprocess.run([sys.executable, "-m", "flows", "publish", "--workdir", str(root),
+    cli = subprocess.run([sys.executable, "-m", "synthaug", "publish", "--workdir", str(root),
                           "-S", f"publish.registry={root / 'registry'}", "-S", f"publish.remote={root / 'remote'}",
                           "-S", "publish.name=gate"], capture_output=True, text=True, cwd=Path(__file__).parents[2],
                          env={**os.environ, "COLUMNS": "1000"})  # a wide terminal: rich wraps at its width
@@ -136,7 +136,7 @@ def test_a_refused_gate_is_not_retried_but_a_network_error_is() -> None:
     """The publish step retries (remote storage); a refusal, or any error the user must fix, would fail again."""
     from prefect.states import Failed
 
-    from flows.augment import _transient
+    from synthaug.flows.augment import _transient
 
     assert not _transient(None, None, Failed(data=UtilityGateRefused("utility gate refused: ...")))
     assert _transient(None, None, Failed(data=OSError("connection reset")))

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from models.judge import load_judge
-from tasks.core.manifest import read_manifest
+from synthaug.models.judge import load_judge
+from synthaug.tasks.core.manifest import read_manifest
 from tests.medical import dicom_digits_folder
 from tests.toy import COUNTS, TINY
 
@@ -50,7 +50,7 @@ def run(tmp_path: Path, source: Path, *extra: str) -> Path:
     work = tmp_path / "work"
     # The real command line in its own process (as a user runs it), with the test environment (conftest.py).
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "flows", "run", "-w", str(work),
+    done = subprocess.run([sys.executable, "-m", "synthaug", "run", "-w", str(work),
                            *(a for o in overrides for a in ("-S", o))], env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

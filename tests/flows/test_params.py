@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.params import Params, ParamsError, dump_params, load_params
+from synthaug.flows.params import Params, ParamsError, dump_params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.augment import augment
-from flows.params import load_params
-from flows.preflight import preflight
-from tasks.core.errors import UserError
-from tasks.ingest import ingest
+from synthaug.flows.augment import augment
+from synthaug.flows.params import load_params
+from synthaug.flows.preflight import preflight
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.ingest import ingest
 from tests.toy import TINY, digits_folder
 
 

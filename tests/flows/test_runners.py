@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.dag import step
-from flows.params import load_params
-from flows.runners import RunnerParams, shard_runner
-from tasks.filter import filter_step
-from tasks.generate import generate_from_plan
+from synthaug.flows.dag import step
+from synthaug.flows.params import load_params
+from synthaug.flows.runners import RunnerParams, shard_runner
+from synthaug.tasks.filter import filter_step
+from synthaug.tasks.generate import generate_from_plan
 from tests.toy import TINY, digits_folder
 
 SHARD = 8
@@ -82,7 +82,7 @@ def test_killed_generation_resumes_to_the_uninterrupted_result(world, tmp_path):
                        reference / "generate", shard_size=4)
     killed = _copy_inputs(world, tmp_path / "killed")
     shards = killed / "generate" / "shards"
-    cmd = [sys.executable, "-m", "flows", "generate", "-w", str(killed), *(a for o in world["overrides"]
+    cmd = [sys.executable, "-m", "synthaug", "generate", "-w", str(killed), *(a for o in world["overrides"]
                                                                           for a in ("-S", o)),
            "-S", "runner.shard_size=4"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

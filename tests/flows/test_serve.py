@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
+from synthaug.flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
 from tests.toy import TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ import time
 
 from prefect import flow
 
-from flows.serve import dataset_lock
+from synthaug.flows.serve import dataset_lock
 
 
 @flow(name="standin-guarded")
@@ -224,8 +224,8 @@ def _artifact_markdown(client, run_id) -> str:
 
 def test_fingerprint_names_what_changed(tmp_path):
     """Source bytes, a param and the code each change the fingerprint; nothing changed gives the same digest."""
-    from flows.params import load_params
-    from flows.serve import fingerprint
+    from synthaug.flows.params import load_params
+    from synthaug.flows.serve import fingerprint
 
     source = digits_folder(tmp_path / "source", {"0": 3, "1": 3})
     params = load_params(None, [f"data.source={source}"])
@@ -266,8 +266,8 @@ def test_prefect_yaml_matches_params_and_the_flow():
 
     from prefect.cli.deploy._models import PrefectYamlModel
 
-    from flows.params import load_params
-    from flows.serve import scheduled_augment
+    from synthaug.flows.params import load_params
+    from synthaug.flows.serve import scheduled_augment
 
     raw = yaml.safe_load((REPO / "prefect.yaml").read_text())
     model = PrefectYamlModel.model_validate(raw)
@@ -313,7 +313,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
-    from flows.dag import STEPS
+    from synthaug.flows.dag import STEPS
 
     workdir, registry = tmp_path / "work", tmp_path / "registry"
     params = tmp_path / "params.yaml"
@@ -322,7 +322,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
                                                   "remote": str(registry / "remote")}}))
     script = f"""
         from pathlib import Path
-        from flows.serve import serve_command
+        from synthaug.flows.serve import serve_command
         serve_command(Path({str(params)!r}), {TINY!r}, Path({str(workdir)!r}), cron="0 3 * * *")
     """
     with serving(server, tmp_path, script, "serve-augment") as log, api(server), \
@@ -370,12 +370,12 @@ def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
     from prefect.concurrency.sync import concurrency
     from prefect.deployments import run_deployment
 
-    from flows.serve import dataset_lock
+    from synthaug.flows.serve import dataset_lock
 
     (tmp_path / "standin_flows.py").write_text(STANDIN)
     spans = tmp_path / "spans.txt"
     script = f"""
-        from flows.serve import one_at_a_time, serve_deployments
+        from synthaug.flows.serve import one_at_a_time, serve_deployments
         from standin_flows import guarded, tick
         serve_deployments(one_at_a_time(guarded, "a", parameters={{"log": {str(spans)!r}, "sleep_s": 4.0}}),
                           one_at_a_time(guarded, "b", parameters={{"log": {str(spans)!r}, "sleep_s": 4.0}}),

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from flows.augment import augment
-from flows.dag import STEPS
-from flows.params import load_params
-from tasks.core.sources import Item
-from tasks.ingest import normalize, open_image, png
+from synthaug.flows.augment import augment
+from synthaug.flows.dag import STEPS
+from synthaug.flows.params import load_params
+from synthaug.tasks.core.sources import Item
+from synthaug.tasks.ingest import normalize, open_image, png
 from tests.toy import TINY, digits_folder
 
 
@@ -68,8 +68,8 @@ def test_fingerprint_follows_folder_table_and_npz_content(tmp_path: Path, monkey
     .npz; it stays byte-identical when nothing changed, and unchanged files are not read again."""
     import json
 
-    import tasks.core.sources
-    from tasks.ingest import DataParams, fingerprint_source
+    import synthaug.tasks.core.sources
+    from synthaug.tasks.ingest import DataParams, fingerprint_source
 
     folder = digits_folder(tmp_path / "folder", {"0": 3, "1": 3})
     shutil.copytree(folder, tmp_path / "table")
@@ -79,8 +79,8 @@ def test_fingerprint_follows_folder_table_and_npz_content(tmp_path: Path, monkey
     np.savez(npz, train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.array([0, 1]))
 
     reads: list[Path] = []
-    real_sha = tasks.core.sources.file_sha256
-    monkeypatch.setattr(tasks.core.sources, "file_sha256", lambda p: reads.append(p) or real_sha(p))
+    real_sha = synthaug.tasks.core.sources.file_sha256
+    monkeypatch.setattr(synthaug.tasks.core.sources, "file_sha256", lambda p: reads.append(p) or real_sha(p))
 
     def fingerprint(source: Path) -> bytes:
         out = tmp_path / "work" / "fingerprint.json"

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from flows.params import load_params
-from flows.tune import tune
-from tasks.core.sampling import GenerateParams, sampler_key
-from tasks.tune import DEFAULT_TRIAL
+from synthaug.flows.params import load_params
+from synthaug.flows.tune import tune
+from synthaug.tasks.core.sampling import GenerateParams, sampler_key
+from synthaug.tasks.tune import DEFAULT_TRIAL
 from tests.toy import TINY, digits_folder
 
 TUNE = ["tune.trials=3", "tune.seeds=1", "evaluate.seeds=3"]
@@ -57,7 +57,7 @@ def test_a_resumed_study_scores_only_the_missing_trials(tuned) -> None:
 
 
 def test_the_study_key_ignores_the_recipe_and_test_seeds_but_not_the_tune_seeds(tuned) -> None:
-    from flows.tune import study_key
+    from synthaug.flows.tune import study_key
 
     root, params, out, _ = tuned
     work = root / "work"
@@ -69,8 +69,8 @@ def test_the_study_key_ignores_the_recipe_and_test_seeds_but_not_the_tune_seeds(
 def test_a_default_trial_cut_off_while_running_is_queued_again(tuned, tmp_path) -> None:
     import optuna
 
-    from flows.tune import _study
-    from tasks.tune import suggest
+    from synthaug.flows.tune import _study
+    from synthaug.tasks.tune import suggest
 
     _, params, _, _ = tuned
     study = _study(params, tmp_path, "cut", DEFAULT_TRIAL)
@@ -96,7 +96,7 @@ def guided(tmp_path_factory):
     """tune.guidance=[1]: the params' own guidance (2) and 1 searched with the recipe. The winner is forced to a
     guidance-1 trial (a 2-step generator's validation gains are noise), to follow it into the params file and the
     confirming run."""
-    import flows.tune
+    import synthaug.flows.tune
 
     root = tmp_path_factory.mktemp("tune-guidance")
     source = digits_folder(root / "digits")
@@ -104,7 +104,7 @@ def guided(tmp_path_factory):
                                 *LENIENT, *TUNE, "tune.trials=4", "tune.guidance=[1.0]"])
     out = root / "params.tuned.yaml"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flows.tune, "choose", lambda trials, min_gain, default: max(
+        patch.setattr(synthaug.flows.tune, "choose", lambda trials, min_gain, default: max(
             trials, key=lambda t: (t["recipe"]["guidance"] == 1.0, t["objective"])))
         tune(params, str(root / "work"), str(out))
     return root, out

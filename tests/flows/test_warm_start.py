@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.serve import FLOW_NAME
+from synthaug.flows.serve import FLOW_NAME
 from tests.flows.test_serve import _deployment, _runs, _server_process, _tail, _wait, api, server, serving
 from tests.toy import TINY, digits_folder
 
@@ -90,7 +90,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         "publish": {"name": DATASET, "registry": str(registry / "repo"), "remote": str(registry / "remote")}}))
     script = f"""
         from pathlib import Path
-        from flows.serve import serve_command
+        from synthaug.flows.serve import serve_command
         serve_command(Path({str(params)!r}), {TINY!r}, Path({str(workdir)!r}), cron="0 3 * * *")
     """
     with serving(server, tmp_path, script, "serve-warm") as log, api(server), get_client(sync_client=True) as client:
@@ -108,7 +108,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         plan = pd.read_csv(workdir / "plan" / "plan.csv", dtype={"class": str})
         count = int(plan["to_generate"].max())
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        done = subprocess.run([sys.executable, "-m", "flows", "generate", "--generator",
+        done = subprocess.run([sys.executable, "-m", "synthaug", "generate", "--generator",
                                f"{registry / 'repo'}@{GEN}/v1", "--count", str(count), "--out", "out",
                                "-S", "generate.device=cpu"], cwd=fresh, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -117,7 +117,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         for image in ours:
             theirs = fresh / "out" / "images" / image.parent.name / image.name
             assert theirs.read_bytes() == image.read_bytes(), image.name
-        from tasks.core.manifest import read_manifest
+        from synthaug.tasks.core.manifest import read_manifest
 
         _, meta = read_manifest(fresh / "out" / "manifest.parquet")
         assert meta["generator_version"]["tag"] == f"{GEN}/v1"

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.base import GeneratorFamily, TrainConfig
-from models.registry import family_names, get_family
-from models.training import fit, has_checkpoint, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from synthaug.models.base import GeneratorFamily, TrainConfig
+from synthaug.models.registry import family_names, get_family
+from synthaug.models.training import fit, has_checkpoint, load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 CPU = torch.device("cpu")
 IMAGE_SHAPE = (1, 16, 16)

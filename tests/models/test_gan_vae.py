@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.gan import GAN, GANConfig, Generator, diff_augment, mode_seeking_loss
-from models.vae import VAE, VAEConfig, kl_beta
+from synthaug.models.gan import GAN, GANConfig, Generator, diff_augment, mode_seeking_loss
+from synthaug.models.vae import VAE, VAEConfig, kl_beta
 
 CPU = torch.device("cpu")
 

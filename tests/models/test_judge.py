@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from models.judge import (
+from synthaug.models.judge import (
     Judge,
     JudgeConfig,
     _shift,
@@ -284,7 +284,7 @@ def test_auto_backbone_keeps_vgg_up_to_64_px_and_takes_monai_resnet_above() -> N
 
 
 def test_resnet_judge_learns_128_px_rgb_and_embeds_in_bounded_memory() -> None:
-    from models.common import peak_memory_mib, reset_peak_memory
+    from synthaug.models.common import peak_memory_mib, reset_peak_memory
 
     g = torch.Generator().manual_seed(0)
     n = 48

@@ -9,9 +9,9 @@ import pytest
 import torch
 from monai.metrics import PSNRMetric
 
-from models.diffusion import Diffusion, DiffusionConfig
-from models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
-from models.training import fit, load_checkpoint
+from synthaug.models.diffusion import Diffusion, DiffusionConfig
+from synthaug.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+from synthaug.models.training import fit, load_checkpoint
 
 CPU = torch.device("cpu")
 CLASSES = ["a", "b"]

@@ -13,7 +13,7 @@ from sklearn.metrics.pairwise import euclidean_distances
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
-from models import metrics
+from synthaug.models import metrics
 
 CHUNKS = (1, 3, 7, 4096)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.dag import REPO_ROOT
-from flows.params import ParamsError, load_params
-from tasks.ingest import DataParams, ingest
-from tasks.train import train
+from synthaug.flows.dag import REPO_ROOT
+from synthaug.flows.params import ParamsError, load_params
+from synthaug.tasks.ingest import DataParams, ingest
+from synthaug.tasks.train import train
 from tests.toy import TINY, digits_folder
 
 
@@ -41,7 +41,7 @@ def test_a_password_in_the_registry_url_is_masked_in_every_message(tmp_path: Pat
     with pytest.raises(ParamsError) as caught:
         load_params(None, [f"publish.registry=https://bob:{secret}@git.example.com/r.git"])
     assert secret not in str(caught.value) and "bob:***@" in str(caught.value)
-    done = subprocess.run([sys.executable, "-m", "flows", "plan", "--workdir", str(tmp_path),
+    done = subprocess.run([sys.executable, "-m", "synthaug", "plan", "--workdir", str(tmp_path),
                            "-S", f"publish.registry=https://bob:{secret}@git.example.com/r.git"],
                           cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
                           capture_output=True, text=True, timeout=300)

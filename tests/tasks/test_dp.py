@@ -12,11 +12,11 @@ import torch
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from pydantic import ValidationError
 
-from models.training import checkpoint_hash, load_checkpoint
-from models.vae import VAE, VAEConfig
-from tasks.core.dp import DP_FILE, DPParams, card_lines, dp_claim, fit_private
-from tasks.core.errors import UserError
-from tasks.core.model_params import ModelParams
+from synthaug.models.training import checkpoint_hash, load_checkpoint
+from synthaug.models.vae import VAE, VAEConfig
+from synthaug.tasks.core.dp import DP_FILE, DPParams, card_lines, dp_claim, fit_private
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.model_params import ModelParams
 
 CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
 ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # Opacus RDPAccountant's default orders
@@ -92,7 +92,7 @@ def test_per_sample_gradients_of_the_vae_average_to_the_batch_gradient() -> None
     average to the ordinary gradient of the batch-mean loss: DP-SGD clips the real per-image gradients."""
     from opacus import GradSampleModule
 
-    from models.vae import kl_divergence, reconstruction_loss
+    from synthaug.models.vae import kl_divergence, reconstruction_loss
 
     m = model()
     wrapped = GradSampleModule(m.net)

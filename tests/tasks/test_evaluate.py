@@ -20,16 +20,16 @@ from rich.console import Console
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from models import metrics as M
-from models.judge import JudgeConfig
-from tasks.core.errors import UserError
-from tasks.core.features import embed, load_judge_step
-from tasks.core.gate import gate_verdict
-from tasks.core.images import load_images, write_png
-from tasks.core.inputs import default_minority
-from tasks.core.manifest import read_manifest, write_manifest
-from tasks.core.recipe import k_center_order
-from tasks.core.utility import (
+from synthaug.models import metrics as M
+from synthaug.models.judge import JudgeConfig
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.features import embed, load_judge_step
+from synthaug.tasks.core.gate import gate_verdict
+from synthaug.tasks.core.images import load_images, write_png
+from synthaug.tasks.core.inputs import default_minority
+from synthaug.tasks.core.manifest import read_manifest, write_manifest
+from synthaug.tasks.core.recipe import k_center_order
+from synthaug.tasks.core.utility import (
     BASELINES,
     COMPARED,
     CONDITIONS,
@@ -46,8 +46,8 @@ from tasks.core.utility import (
     score,
     summarize,
 )
-from tasks.evaluate import CHOICES, evaluate_step
-from tasks.judge import train_judge_step
+from synthaug.tasks.evaluate import CHOICES, evaluate_step
+from synthaug.tasks.judge import train_judge_step
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN = {"0": 25, "1": 25, "2": 25, "3": 4}  # "3" is the scarce class
@@ -471,8 +471,8 @@ def test_gate_refuses_measured_harm_and_passes_noise() -> None:
 
 
 def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Path]) -> None:
-    from tasks.core.inputs import read_data
-    from tasks.core.utility import training_set
+    from synthaug.tasks.core.inputs import read_data
+    from synthaug.tasks.core.utility import training_set
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -487,8 +487,8 @@ def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Pat
 
 
 def test_real_synthetic_sets_train_as_many_passes_as_the_baselines(workdir: dict[str, Path]) -> None:
-    from tasks.core.inputs import read_data
-    from tasks.core.utility import classifier_config, training_set
+    from synthaug.tasks.core.inputs import read_data
+    from synthaug.tasks.core.utility import classifier_config, training_set
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -556,8 +556,8 @@ def test_k_center_order_matches_its_definition() -> None:
 
 
 def test_synthetic_subset_takes_each_class_share_in_order(workdir: dict[str, Path]) -> None:
-    from tasks.core.inputs import read_data
-    from tasks.core.recipe import synthetic_subset
+    from synthaug.tasks.core.inputs import read_data
+    from synthaug.tasks.core.recipe import synthetic_subset
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -590,8 +590,8 @@ def test_recipe_is_chosen_on_validation_and_scored_once(metrics: dict) -> None:
 
 
 def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> None:
-    from tasks.core.inputs import read_data
-    from tasks.core.recipe import validation_folds
+    from synthaug.tasks.core.inputs import read_data
+    from synthaug.tasks.core.recipe import validation_folds
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)

@@ -18,8 +18,8 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from tasks.core.errors import UserError
-from tasks.core.export import export_images
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.export import export_images
 from tests.medical import (
     CR,
     CT,

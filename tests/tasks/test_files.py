@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tasks.core.files import atomic_path, file_sha256, write_atomic
+from synthaug.tasks.core.files import atomic_path, file_sha256, write_atomic
 
 
 def test_write_atomic_writes_text_and_bytes_and_returns_their_sha256(tmp_path):

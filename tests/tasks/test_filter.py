@@ -22,15 +22,15 @@ from pydantic import ValidationError
 from rich.console import Console
 from sklearn.datasets import load_digits
 
-from models.judge import JudgeConfig
-from models.metrics import nearest_correlation, nearest_distance, realism_inside
-from models.vae import VAEConfig
-from tasks.core.features import embed, load_judge_step
-from tasks.core.images import load_images, to_uint8, write_png
-from tasks.core.manifest import COLUMNS, read_manifest, write_manifest
-from tasks.core.model_params import ModelParams
-from tasks.core.reference import class_radii
-from tasks.core.rules import (
+from synthaug.models.judge import JudgeConfig
+from synthaug.models.metrics import nearest_correlation, nearest_distance, realism_inside
+from synthaug.models.vae import VAEConfig
+from synthaug.tasks.core.features import embed, load_judge_step
+from synthaug.tasks.core.images import load_images, to_uint8, write_png
+from synthaug.tasks.core.manifest import COLUMNS, read_manifest, write_manifest
+from synthaug.tasks.core.model_params import ModelParams
+from synthaug.tasks.core.reference import class_radii
+from synthaug.tasks.core.rules import (
     MIN_ACCEPTANCE_RATE,
     REJECT_REASONS,
     SCORE_COLUMNS,
@@ -43,11 +43,11 @@ from tasks.core.rules import (
     sanity_reason,
     topup_count,
 )
-from tasks.core.sampling import GenerateParams, image_path, seeds_for
-from tasks.filter import filter_step
-from tasks.generate import generate_from_plan
-from tasks.judge import train_judge_step
-from tasks.train import train
+from synthaug.tasks.core.sampling import GenerateParams, image_path, seeds_for
+from synthaug.tasks.filter import filter_step
+from synthaug.tasks.generate import generate_from_plan
+from synthaug.tasks.judge import train_judge_step
+from synthaug.tasks.train import train
 
 CLASSES = ("0", "1", "2", "3")
 SCARCE = "3"  # keeps only SCARCE_TRAIN training images

@@ -15,9 +15,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tasks.core.errors import UserError
-from tasks.core.manifest import read_manifest
-from tasks.ingest import DataParams, ingest
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.ingest import DataParams, ingest
 
 SEED = 20261125
 ORDINARY = ("png", "jpg", "tiff", "bmp")

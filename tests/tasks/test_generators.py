@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.core.errors import UserError
-from tasks.core.model_params import ModelParams
-from tasks.core.registry import PublishError, PublishParams, fetch, fetch_generator, latest_generator
-from tasks.generators import WarmStart, _mismatch, parse_spec
-from tasks.publish import publish
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.model_params import ModelParams
+from synthaug.tasks.core.registry import PublishError, PublishParams, fetch, fetch_generator, latest_generator
+from synthaug.tasks.generators import WarmStart, _mismatch, parse_spec
+from synthaug.tasks.publish import publish
 from tests.tasks.test_publish import bare_origin, break_remote, git, hermetic, make_dataset, mend_remote, snapshot
 
 NAME = "digits"
@@ -166,7 +166,7 @@ TINY_VAE = {"steps": 2, "batch_size": 8, "latent_dim": 4, "channels": 8, "embed_
 
 
 def _ingested(root: Path, counts: dict[str, int]) -> Path:
-    from tasks.ingest import DataParams, ingest
+    from synthaug.tasks.ingest import DataParams, ingest
     from tests.toy import digits_folder
 
     source = digits_folder(root / "source", counts)
@@ -178,9 +178,9 @@ def _model(**changes) -> ModelParams:
 
 
 def test_warm_start_from_the_published_generator_extends_classes_and_replays_its_start(tmp_path: Path) -> None:
-    from models.training import checkpoint_hash
-    from tasks.generators import assemble_generator, resolve_warm_start, write_origin
-    from tasks.train import train
+    from synthaug.models.training import checkpoint_hash
+    from synthaug.tasks.generators import assemble_generator, resolve_warm_start, write_origin
+    from synthaug.tasks.train import train
 
     params = PublishParams(name=NAME, registry=str(tmp_path / "registry"), remote=str(tmp_path / "remote"))
     rev1 = _ingested(tmp_path / "rev1", {"0": 12, "1": 12, "2": 12})
@@ -226,7 +226,7 @@ def test_warm_start_from_the_published_generator_extends_classes_and_replays_its
 
 
 def test_a_checkpoint_of_other_data_is_trained_again_not_resumed(tmp_path: Path) -> None:
-    from tasks.train import train
+    from synthaug.tasks.train import train
 
     rev1 = _ingested(tmp_path / "rev1", {"0": 12, "1": 12})
     rev2 = _ingested(tmp_path / "rev2", {"0": 20, "1": 20})
@@ -242,7 +242,7 @@ def test_generate_with_a_bad_generator_says_so_in_one_line(tmp_path: Path) -> No
     env = {**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "250"}  # wide: the message on one line
 
     def generate(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows", "generate", *args], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "synthaug", "generate", *args], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=300)
 
     bad_spec = generate("--generator", "registry/repo")

@@ -15,10 +15,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tasks.core.errors import UserError
-from tasks.core.manifest import read_manifest
-from tasks.core.medical import MAX_VOXELS
-from tasks.ingest import DataParams, ingest
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.medical import MAX_VOXELS
+from synthaug.tasks.ingest import DataParams, ingest
 from tests.tasks.test_ingest import folder, noise
 
 

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from tasks.core.errors import UserError
-from tasks.core.manifest import COLUMNS, read_manifest
-from tasks.ingest import DataParams, assign_splits, fingerprint_source, ingest, locate, manifest_frame
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.manifest import COLUMNS, read_manifest
+from synthaug.tasks.ingest import DataParams, assign_splits, fingerprint_source, ingest, locate, manifest_frame
 
 RNG_SEED = 1234
 KNOWN = ".png, .jpg, .jpeg, .tif, .tiff, .bmp, .dcm, .dicom, .nii, .nii.gz"  # what ingest reads, in its message

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from flows.dag import REPO_ROOT
-from tasks.core.locks import TIMEOUT_ENV, registry_lock, workdir_lock
+from synthaug.flows.dag import REPO_ROOT
+from synthaug.tasks.core.locks import TIMEOUT_ENV, registry_lock, workdir_lock
 from tests.tasks.test_publish import NAME, git, hermetic, make_dataset, tags  # noqa: F401  (hermetic: a fixture)
 from tests.toy import TINY, digits_folder
 
 PUBLISH = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from tasks.publish import PublishParams, publish
+    from synthaug.tasks.publish import PublishParams, publish
     params = PublishParams(name=sys.argv[1], registry=sys.argv[2], remote=sys.argv[3])
     result = publish(Path(sys.argv[4]), params, workdir=Path(sys.argv[5]))
     print(result.tag, result.content_hash)
@@ -72,7 +72,7 @@ def test_two_publishes_in_parallel_processes_are_serialized_and_every_tag_is_on_
 def test_a_second_writer_of_a_workdir_waits_then_stops_naming_the_holder(tmp_path: Path) -> None:
     work = tmp_path / "work"
     with workdir_lock(work):
-        done = subprocess.run([sys.executable, "-m", "flows", "plan", "--workdir", str(work)], cwd=tmp_path,
+        done = subprocess.run([sys.executable, "-m", "synthaug", "plan", "--workdir", str(work)], cwd=tmp_path,
                               env={**env(), TIMEOUT_ENV: "2"}, capture_output=True, text=True, timeout=120)
     said = " ".join(done.stderr.split())  # the console wraps long lines
     assert done.returncode == 1
@@ -93,7 +93,7 @@ def test_two_runs_on_one_workdir_in_parallel_are_serialized(tmp_path: Path) -> N
             source = digits_folder(tmp_path / f"source{i}", counts)
             overrides = [*TINY, f"data.source={source}", f"publish.registry={tmp_path / 'registry'}",
                          f"publish.remote={tmp_path / 'remote'}", "publish.name=toy"]
-            cmd = [sys.executable, "-m", "flows", "run", "--workdir", str(work), *(f"-S{o}" for o in overrides)]
+            cmd = [sys.executable, "-m", "synthaug", "run", "--workdir", str(work), *(f"-S{o}" for o in overrides)]
             logs.append(tmp_path / f"run{i}.log")
             runs.append(subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=logs[-1].open("w"),
                                          env={**env(), "PREFECT_HOME": str(tmp_path / f"prefect{i}"),

@@ -8,8 +8,8 @@ import sys
 
 from rich.console import Console
 
-from tasks.core.logs import EXTRA_LOGGERS, ROOT, get_logger, progress, route_to_prefect
-from tasks.filter import summary_line
+from synthaug.tasks.core.logs import EXTRA_LOGGERS, ROOT, get_logger, progress, route_to_prefect
+from synthaug.tasks.filter import summary_line
 
 
 def _messages(caplog) -> list[str]:
@@ -58,7 +58,7 @@ def test_route_to_prefect_adds_synthaug_to_the_extra_loggers(monkeypatch):
 
 
 def test_cli_prints_synthaug_records_once_on_stderr():
-    code = ("import logging, sys; from flows import cli; sys.argv = ['synthaug', '--help']; "
+    code = ("import logging, sys; from synthaug.flows import cli; sys.argv = ['synthaug', '--help']; "
             "cli.log_to_stderr(); cli.log_to_stderr(); logging.getLogger('synthaug.publish').info('published x/v1')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.count("published x/v1") == 1, done.stderr

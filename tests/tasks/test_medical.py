@@ -16,9 +16,9 @@ import yaml
 from PIL import Image
 from pydantic import ValidationError
 
-from flows.params import ParamsError, load_params
-from tasks.core.errors import UserError
-from tasks.ingest import DataParams
+from synthaug.flows.params import ParamsError, load_params
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.ingest import DataParams
 from tests.medical import CR, CT, MR, bundled, mr_volume, physical, run_ingest, windowed, write_nifti, write_series
 
 CT_SPACING = 0.661468  # CT_small's PixelSpacing

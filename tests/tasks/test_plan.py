@@ -10,11 +10,11 @@ import pytest
 from pydantic import ValidationError
 from rich.console import Console
 
-from tasks.core.errors import UserError
-from tasks.core.labels import natural_key
-from tasks.core.manifest import write_manifest
-from tasks.core.quotas import read_plan
-from tasks.plan import PlanParams, make_plan, plan_counts
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.labels import natural_key
+from synthaug.tasks.core.manifest import write_manifest
+from synthaug.tasks.core.quotas import read_plan
+from synthaug.tasks.plan import PlanParams, make_plan, plan_counts
 
 COUNTS = {"10": 4, "2": 30, "1": 13}  # natural order: 1, 2, 10
 

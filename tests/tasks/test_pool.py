@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from models.judge import JudgeConfig
-from tasks.core.pool import nbytes, run_jobs, worker_count
-from tasks.core.recipe import run_conditions
-from tasks.core.utility import EvaluateParams, _Data
+from synthaug.models.judge import JudgeConfig
+from synthaug.tasks.core.pool import nbytes, run_jobs, worker_count
+from synthaug.tasks.core.recipe import run_conditions
+from synthaug.tasks.core.utility import EvaluateParams, _Data
 
 
 def test_worker_count_is_capped_by_runs_and_memory() -> None:

@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.diffusion import Diffusion, DiffusionConfig
-from models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
-from models.training import fit, save_checkpoint
-from tasks.core.errors import UserError
-from tasks.core.model_params import ModelParams
-from tasks.core.pretrained import apply_pretrained, export_checkpoint, read_pretrained, write_bundle
-from tasks.ingest import DataParams, ingest
-from tasks.train import train
+from synthaug.models.diffusion import Diffusion, DiffusionConfig
+from synthaug.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+from synthaug.models.training import fit, save_checkpoint
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.model_params import ModelParams
+from synthaug.tasks.core.pretrained import apply_pretrained, export_checkpoint, read_pretrained, write_bundle
+from synthaug.tasks.ingest import DataParams, ingest
+from synthaug.tasks.train import train
 from tests.toy import digits_folder
 
 CPU = torch.device("cpu")

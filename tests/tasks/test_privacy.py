@@ -22,12 +22,12 @@ from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from models.judge import JudgeConfig
-from tasks.core.errors import UserError
-from tasks.core.files import file_sha256
-from tasks.core.images import write_png
-from tasks.core.manifest import COLUMNS, write_manifest
-from tasks.core.privacy_report import (
+from synthaug.models.judge import JudgeConfig
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.files import file_sha256
+from synthaug.tasks.core.images import write_png
+from synthaug.tasks.core.manifest import COLUMNS, write_manifest
+from synthaug.tasks.core.privacy_report import (
     PRIVACY_FILE,
     PrivacyGateError,
     PrivacyParams,
@@ -35,12 +35,12 @@ from tasks.core.privacy_report import (
     check_rows,
     read_privacy,
 )
-from tasks.core.rules import FilterParams, memorization_thresholds
-from tasks.core.sampling import GenerateParams, image_path
-from tasks.core.tstr import ReleaseUtilityError
-from tasks.filter import filter_step
-from tasks.judge import train_judge_step
-from tasks.privacy import (
+from synthaug.tasks.core.rules import FilterParams, memorization_thresholds
+from synthaug.tasks.core.sampling import GenerateParams, image_path
+from synthaug.tasks.core.tstr import ReleaseUtilityError
+from synthaug.tasks.filter import filter_step
+from synthaug.tasks.judge import train_judge_step
+from synthaug.tasks.privacy import (
     Records,
     audit,
     class_flagged,
@@ -50,7 +50,7 @@ from tasks.privacy import (
     privacy_gate,
     summarize,
 )
-from tasks.release import assemble_anonymized, withhold_source
+from synthaug.tasks.release import assemble_anonymized, withhold_source
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN, HOLDOUT, FRESH = 40, 40, 40  # per class: members, non-members, never-seen digits for honest releases

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from tasks.core.card import write_card
-from tasks.core.errors import UserError
-from tasks.core.manifest import write_manifest
-from tasks.core.registry import PublishError, PublishParams, code_version, fetch
-from tasks.core.render import RunInfo, read_run, render, write_run
-from tasks.publish import REQUIRED_FILES, publish
+from synthaug.tasks.core.card import write_card
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.manifest import write_manifest
+from synthaug.tasks.core.registry import PublishError, PublishParams, code_version, fetch
+from synthaug.tasks.core.render import RunInfo, read_run, render, write_run
+from synthaug.tasks.publish import REQUIRED_FILES, publish
 
 NAME = "digits"
 

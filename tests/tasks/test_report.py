@@ -19,12 +19,12 @@ from markupsafe import escape
 from PIL import Image
 from rich.console import Console
 
-from tasks.core.errors import UserError
-from tasks.core.images import write_png
-from tasks.core.manifest import read_manifest, write_manifest
-from tasks.core.utility import CONDITIONS, TREATED, families
-from tasks.evaluate import evaluate_step
-from tasks.report import report_step
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.images import write_png
+from synthaug.tasks.core.manifest import read_manifest, write_manifest
+from synthaug.tasks.core.utility import CONDITIONS, TREATED, families
+from synthaug.tasks.evaluate import evaluate_step
+from synthaug.tasks.report import report_step
 
 
 def _sibling(name: str):
@@ -185,13 +185,13 @@ def test_report_renders_in_headless_chromium(workdir: dict[str, Path], tmp_path:
 
 def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str, Path], tmp_path: Path) -> None:
     """The real filter step (no top-up) on perturbed heldback images; evaluate and report take its output as is."""
-    filter_mod = pytest.importorskip("tasks.filter")
+    filter_mod = pytest.importorskip("synthaug.tasks.filter")
     import json
 
     import pandas as pd
 
-    from models.judge import JudgeConfig
-    from tasks.core.sampling import GenerateParams
+    from synthaug.models.judge import JudgeConfig
+    from synthaug.tasks.core.sampling import GenerateParams
 
     real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")
     held = real[real["split"] == "heldback"].head(12)
@@ -229,7 +229,7 @@ def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str,
 
 def test_report_template_escapes_class_names_and_source_paths() -> None:
     """The templates autoescape: a class name and a file or source path carrying markup arrive as text."""
-    from tasks.core.render import RunInfo, environment, render
+    from synthaug.tasks.core.render import RunInfo, environment, render
 
     nasty = '<script>alert(1)</script>"'
     sections = environment().get_template("report_sections.html.j2").module

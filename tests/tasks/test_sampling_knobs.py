@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from flows.params import ParamsError, load_params
-from models.diffusion import Diffusion, DiffusionConfig
-from models.training import save_checkpoint
-from models.vae import VAE, VAEConfig
-from tasks.core.errors import UserError
-from tasks.core.sampling import GenerateParams, sampler_key
-from tasks.generate import CHECKPOINT_FILE, generate_from_plan
+from synthaug.flows.params import ParamsError, load_params
+from synthaug.models.diffusion import Diffusion, DiffusionConfig
+from synthaug.models.training import save_checkpoint
+from synthaug.models.vae import VAE, VAEConfig
+from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.sampling import GenerateParams, sampler_key
+from synthaug.tasks.generate import CHECKPOINT_FILE, generate_from_plan
 
 CLASSES = ["a", "b"]
 
@@ -81,7 +81,7 @@ def test_a_checkpoint_resaved_with_another_guidance_resamples_the_folder(setup, 
 
 
 def test_filter_top_ups_refuse_a_generate_folder_of_another_sampler(setup, tmp_path):
-    from tasks.filter import _same_sampler
+    from synthaug.tasks.filter import _same_sampler
 
     root, plan = setup
     generate_from_plan(plan, root / "w2", GenerateParams(device="cpu"), tmp_path / "g")
@@ -115,8 +115,8 @@ def test_params_refuse_knobs_the_configured_family_cannot_take(overrides, messag
 
 
 def test_compare_gives_the_sampling_knobs_only_to_the_families_that_have_them():
-    from flows.compare import params_for
-    from flows.params import Params
+    from synthaug.flows.compare import params_for
+    from synthaug.flows.params import Params
 
     params = load_params(None, ["generate.guidance_scale=2.0", "generate.sample_steps=10"])
     for family in ("gan", "vae"):

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.training import save_checkpoint
-from models.vae import VAE, VAEConfig
-from tasks.core.sampling import GenerateParams
-from tasks.core.shards import (
+from synthaug.models.training import save_checkpoint
+from synthaug.models.vae import VAE, VAEConfig
+from synthaug.tasks.core.sampling import GenerateParams
+from synthaug.tasks.core.shards import (
     concat_tables,
     cut,
     finished,
@@ -23,7 +23,7 @@ from tasks.core.shards import (
     run_in_process,
     write_table,
 )
-from tasks.generate import CHECKPOINT_FILE, generate_from_plan
+from synthaug.tasks.generate import CHECKPOINT_FILE, generate_from_plan
 
 CLASSES = ["a", "b", "c"]
 

@@ -6,11 +6,11 @@ import json
 
 import torch
 
-from models.training import fit, load_checkpoint
-from models.vae import VAE, VAEConfig
-from tasks.core.model_params import ModelParams
-from tasks.ingest import DataParams, ingest
-from tasks.train import train
+from synthaug.models.training import fit, load_checkpoint
+from synthaug.models.vae import VAE, VAEConfig
+from synthaug.tasks.core.model_params import ModelParams
+from synthaug.tasks.ingest import DataParams, ingest
+from synthaug.tasks.train import train
 from tests.toy import digits_folder
 
 

@@ -1,5 +1,0 @@
-"""``python -m flows`` is the ``synthaug`` command."""
-
-from flows.cli import main
-
-main()

@@ -1,0 +1,1 @@
+"""synthaug: fix scarce and imbalanced image datasets with class-conditional synthetic data."""

@@ -1,0 +1,5 @@
+"""``python -m synthaug`` is the ``synthaug`` command."""
+
+from synthaug.flows.cli import main
+
+main()
