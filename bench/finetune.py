@@ -6,7 +6,7 @@
    the default's 1000 steps of a 4x wider net do not fit a shared 2-core CPU three times over) trained on the real
    train split (all ten classes); its accuracy is the target.
 3. The pretrained folder: the same config trained on the train images of the seven ordinary classes only (the
-   scarce classes 3, 5, 8 left out), written as a MONAI bundle (``tasks.core.pretrained.write_bundle``) with its
+   scarce classes 3, 5, 8 left out), written as a MONAI bundle (``tasks.train.pretrained.write_bundle``) with its
    class names, read back with ``read_pretrained`` and loaded by ``apply_pretrained``: seven classes mapped by name,
    the three scarce ones get fresh class-embedding rows.
 4. Fine-tuning: from that folder on the full train split, accuracy after a growing number of steps until it reaches
@@ -28,8 +28,8 @@ from bench.speed import machine_info, markdown_table
 from synthaug.models.diffusion import Diffusion, DiffusionConfig
 from synthaug.models.judge import JudgeConfig, train_judge
 from synthaug.models.training import fit
-from synthaug.tasks.core.example import SCARCE_CLASSES
-from synthaug.tasks.core.pretrained import apply_pretrained, read_pretrained, write_bundle
+from synthaug.tasks.core.sources.example import SCARCE_CLASSES
+from synthaug.tasks.train.pretrained import apply_pretrained, read_pretrained, write_bundle
 
 CPU = torch.device("cpu")
 SMALL = DiffusionConfig(channels=(16, 32), num_head_channels=16, batch_size=32, steps=400)

@@ -1,8 +1,8 @@
 """Are generated images recognizably their class? Each family, default config, trained on the bundled example.
 
-1. The example (``tasks.core.example``) goes through ``tasks.ingest.ingest`` with the default ``DataParams``: the 8x8
-   scans at their own size (resized to 16x16 before 2026-12-07, as in docs/BENCHMARKS.md's records), 8-bit PNGs, the
-   example's splits (train has 6 images of each scarce class 3, 5, 8).
+1. The example (``tasks.core.sources.example``) goes through ``tasks.ingest.ingest`` with the default ``DataParams``:
+   the 8x8 scans at their own size (resized to 16x16 before 2026-12-07, as in docs/BENCHMARKS.md's records), 8-bit PNGs,
+   the example's splits (train has 6 images of each scarce class 3, 5, 8).
 2. A reference classifier (``models.judge.train_judge``, default ``JudgeConfig``) is trained on every real image
    except the test split (train + val + heldback), so it knows all ten digits well; its accuracy on the real test
    split is reported as the reference.
@@ -28,10 +28,11 @@ from bench.speed import machine_info, markdown_table
 from synthaug.models.judge import JudgeConfig, train_judge
 from synthaug.models.registry import get_family
 from synthaug.models.training import fit
-from synthaug.tasks.core.images import load_images, save_grid, to_uint8
+from synthaug.tasks.core.io.images import load_images, save_grid, to_uint8
+from synthaug.tasks.core.io.manifest import read_manifest
 from synthaug.tasks.core.labels import natural_key
-from synthaug.tasks.core.manifest import read_manifest
-from synthaug.tasks.ingest import DataParams, ingest
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.ingest import ingest
 
 Split = tuple[torch.Tensor, torch.Tensor]
 

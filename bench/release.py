@@ -6,8 +6,8 @@ It runs the anonymize flow's steps as plain functions (no Prefect, no publishing
 run: utility is measured whether it passes or not. To fit 2 shared CPU cores, only the two conditions TSTR vs TRTR
 compares are trained (``real_only`` and ``synthetic_only`` of ``tasks.evaluate``, with its code, recipe and seeds),
 not the evaluate step's other four. The JSON holds the params overrides, the seconds per step, the plan, the
-released images per class, the gate's verdict and attack AUCs, TSTR vs TRTR (``tasks.core.tstr``) and, for a DP-trained
-generator, its (epsilon, delta).
+released images per class, the gate's verdict and attack AUCs, TSTR vs TRTR (``tasks.core.privacy.tstr``) and, for a
+DP-trained generator, its (epsilon, delta).
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ from typing import Any
 import torch
 
 from synthaug.flows.anonymize import release_params
-from synthaug.flows.dag import step
+from synthaug.flows.dag import step, steps_through
 from synthaug.flows.params import load_params
 from synthaug.models.judge import train_judge
-from synthaug.tasks.core.features import load_judge_step
-from synthaug.tasks.core.inputs import read_data
-from synthaug.tasks.core.tstr import METRICS, TRTR, TSTR, release_utility
-from synthaug.tasks.core.utility import EvaluateParams, score, training_set
+from synthaug.tasks.core.evaluation.downstream import score, training_set
+from synthaug.tasks.core.evaluation.inputs import read_data
+from synthaug.tasks.core.params.evaluate import EvaluateParams
+from synthaug.tasks.core.privacy.tstr import METRICS, TRTR, TSTR, release_utility
+from synthaug.tasks.core.scoring.features import load_judge_step
 from synthaug.tasks.privacy import privacy_gate
 
-STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")
+STEPS = steps_through("filter")[1:]  # no fingerprint: the scenario writes its own source
 
 
 def tstr_trtr(workdir: Path, params: EvaluateParams) -> dict[str, Any]:

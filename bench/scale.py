@@ -90,11 +90,11 @@ def generate(n: int, device_name: str) -> dict[str, Any]:
     """Time and memory of generating n images through the sharded generate step (threads runner)."""
     import pandas as pd
 
-    from synthaug.flows.runners import RunnerParams, shard_runner
+    from synthaug.flows.runners import shard_runner
     from synthaug.models.training import save_checkpoint
     from synthaug.models.vae import VAE, VAEConfig
-    from synthaug.tasks.core.sampling import GenerateParams
-    from synthaug.tasks.core.shards import DEFAULT_SHARD_SIZE
+    from synthaug.tasks.core.params.generate import GenerateParams
+    from synthaug.tasks.core.params.runner import DEFAULT_SHARD_SIZE, RunnerParams
     from synthaug.tasks.generate import generate_from_plan
 
     classes = [str(c) for c in range(CLASSES)]

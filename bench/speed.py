@@ -96,12 +96,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "models_changed_since_commit": _git("status", "--porcelain", "--", "models"),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "models_changed_since_commit": git("status", "--porcelain", "--", "models"),
     }
 
 
-def _git(*args: str) -> str | None:
+def git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10)
     except (OSError, subprocess.SubprocessError):

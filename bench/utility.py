@@ -3,10 +3,10 @@ that ship offline, each with held-back real images of its scarce classes as the 
 
 Scenarios (``SCENARIOS``):
 
-- ``digits-example``: the bundled example (``tasks.core.example``: scikit-learn's digits, classes 3, 5, 8 cut to 6 train
-  images each).
-- ``digits-279``: the same scans and split rule (``tasks.core.example.example_splits``), other scarce classes and
-  counts: 2 and 9 keep 3 train images, 7 keeps 6; the rest of their train part is ``heldback``.
+- ``digits-example``: the bundled example (``tasks.core.sources.example``: scikit-learn's digits, classes 3, 5, 8 cut to
+  6 train images each).
+- ``digits-279``: the same scans and split rule (``tasks.core.sources.example.example_splits``), other scarce classes
+  and counts: 2 and 9 keep 3 train images, 7 keeps 6; the rest of their train part is ``heldback``.
 - ``digits-146`` (``HOLDOUT``, run only when named): the digits again with scarce classes 1 and 6 (3 train images)
   and 4 (6). It was kept out of every choice, to be run once to confirm a recipe whose choice followed a reading of
   the three other scenarios' test splits.
@@ -44,10 +44,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from synthaug.flows.dag import steps_through
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("digits-example", "digits-279", "textures")
 HOLDOUT = "digits-146"  # kept out of every choice: run on its own, once, to confirm what the others' tests prompted
-STEPS = ("ingest", "plan", "train", "generate", "judge", "filter", "evaluate", "report")
+STEPS = (*steps_through("filter")[1:], "evaluate", "report")  # no fingerprint: the scenario writes its own source
 DIGITS_SCARCE = {"2": 3, "7": 6, "9": 3}
 HOLDOUT_SCARCE = {"1": 3, "4": 6, "6": 3}
 TEXTURES = ("brick", "grass", "gravel", "moon")
@@ -74,7 +76,7 @@ def _write_folder(directory: Path, images: Sequence[tuple[str, str, np.ndarray, 
 
 def write_digits(directory: Path, *, scarce: dict[str, int] = DIGITS_SCARCE, seed: int = 0) -> Path:
     """The digits scenario with other scarce classes: the example's pixels and split rule, ``scarce`` train counts."""
-    from synthaug.tasks.core.example import digit_pixels, example_splits
+    from synthaug.tasks.core.sources.example import digit_pixels, example_splits
 
     pixels, targets = digit_pixels()
     splits = example_splits(targets, seed=seed, scarce=scarce)
@@ -164,7 +166,7 @@ BAR_GAP = 0.30  # the bar: share of the best-baseline -> oracle gap closed in mi
 def bar(utility: dict[str, Any]) -> dict[str, list[str]]:
     """Per classifier family, the treated conditions that clear the bar: a minority-recall gain over the best real
     baseline whose 95% interval excludes zero, closing >= ``BAR_GAP`` of the gap to the oracle."""
-    from synthaug.tasks.core.utility import families
+    from synthaug.tasks.core.evaluation.downstream import families
 
     out = {}
     for family, results in families(utility).items():
@@ -200,7 +202,7 @@ def markdown(result: dict[str, Any]) -> str:
 def utility_tables(utility: dict[str, Any]) -> str:
     """Every condition with both families, then every treated condition against the best real baseline, the
     recipe, the gate and the bar."""
-    from synthaug.tasks.core.utility import COMPARED, families
+    from synthaug.tasks.core.evaluation.downstream import COMPARED, families
 
     fams = families(utility)
     head = " | ".join(f"{f} {m.replace('_', ' ')}" for f in fams for m in COMPARED)

@@ -2,8 +2,8 @@
 what the synthetic conditions score, with equal passes and with equal steps, on a scenario of ``bench.utility``.
 
 The scenario's steps up to the filter run first, with the default params (each only when its folder is missing).
-Then, on the validation folds of ``synthaug tune`` (``tasks.core.recipe.validation_folds``: the real val split, or
-k-fold over real train + val), both classifier families train ``--seeds`` times per condition: the two real
+Then, on the validation folds of ``synthaug tune`` (``tasks.core.evaluation.recipe.validation_folds``: the real val
+split, or k-fold over real train + val), both classifier families train ``--seeds`` times per condition: the two real
 baselines at every ``--steps`` count, and ``real_synthetic`` / ``real_classical_aug_synthetic`` at the default
 count with ``evaluate.equal_passes`` on and off. The rule the default step count follows (docs/BENCHMARKS.md): the
 fewest steps whose best-baseline balanced accuracy is within 0.01 of the best count tried.
@@ -19,7 +19,9 @@ import json
 import time
 from pathlib import Path
 
-STEPS = ("ingest", "plan", "train", "generate", "judge", "filter")
+from synthaug.flows.dag import steps_through
+
+STEPS = steps_through("filter")[1:]  # no fingerprint: the scenario writes its own source
 SYNTHETIC = ("real_synthetic", "real_classical_aug_synthetic")
 
 
@@ -42,9 +44,9 @@ def validate(scenario: str, workdir: Path, step_counts: list[int], seeds: int) -
     """{steps: {condition: {family: [balanced accuracy, minority recall]}}} on the validation folds."""
     import torch
 
-    from synthaug.tasks.core.inputs import read_inputs
-    from synthaug.tasks.core.recipe import mean_score, validation_folds, validation_runs
-    from synthaug.tasks.core.utility import BASELINES, COMPARED
+    from synthaug.tasks.core.evaluation.downstream import BASELINES, COMPARED
+    from synthaug.tasks.core.evaluation.inputs import read_inputs
+    from synthaug.tasks.core.evaluation.recipe import mean_score, validation_folds, validation_runs
 
     params = run_steps(scenario, workdir)
     base = params.evaluate.model_copy(update={"validation_seeds": seeds})

@@ -15,10 +15,10 @@ The bundled example at two source revisions:
    labelled by the reference classifier of ``bench.quality`` (trained on real train + val + heldback).
 5. Utility at each warm-start point and at the from-scratch run's last step (the target), on the **validation**
    split (10 per class): the evaluate step's classifier recipe
-   (``tasks.core.utility.DEFAULT_CLASSIFIER``, seeds 0..2) trained on revision 2's real train images plus synthetic
-   images of the scarce classes up to the median train count of the other classes (seeds from 100000); balanced
-   accuracy, mean over seeds. The **test** split is read once, at the end, for three conditions: real only, real +
-   the from-scratch model's final samples, real + the warm start's final samples.
+   (``tasks.core.evaluation.downstream.DEFAULT_CLASSIFIER``, seeds 0..2) trained on revision 2's real train images plus
+   synthetic images of the scarce classes up to the median train count of the other classes (seeds from 100000);
+   balanced accuracy, mean over seeds. The **test** split is read once, at the end, for three conditions: real only,
+   real + the from-scratch model's final samples, real + the warm start's final samples.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from bench.speed import machine_info
 from synthaug.models.judge import JudgeConfig, train_judge
 from synthaug.models.registry import get_family
 from synthaug.models.training import fit, load_checkpoint, save_checkpoint
-from synthaug.tasks.core.example import SCARCE_CLASSES
-from synthaug.tasks.core.utility import DEFAULT_CLASSIFIER
+from synthaug.tasks.core.params.evaluate import DEFAULT_CLASSIFIER
+from synthaug.tasks.core.sources.example import SCARCE_CLASSES
 
 EXTRA = 12  # new train images per scarce class in revision 2
 SCRATCH_POINTS = (0.05, 0.1, 1 / 6, 0.25, 1 / 3, 0.5, 2 / 3, 1.0)

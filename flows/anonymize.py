@@ -20,9 +20,9 @@ from prefect.artifacts import create_markdown_artifact
 from synthaug.flows.augment import run_steps
 from synthaug.flows.dag import ANONYMIZE, Record, step
 from synthaug.flows.params import Params
-from synthaug.tasks.core.privacy_report import ATTACKS, PRIVACY_FILE
-from synthaug.tasks.core.tstr import utility_rows
-from synthaug.tasks.plan import PlanParams
+from synthaug.tasks.core.params.plan import PlanParams
+from synthaug.tasks.core.privacy.record import ATTACKS, PRIVACY_FILE
+from synthaug.tasks.core.privacy.tstr import utility_rows
 
 
 @flow(name="anonymize", log_prints=True)

@@ -16,12 +16,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from synthaug.flows.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PLAN_CSV
 from synthaug.flows.dag import STEPS, Record, Step, cache_key
 from synthaug.flows.params import Params
 from synthaug.flows.preflight import preflight
-from synthaug.tasks.core.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PLAN_CSV
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.locks import workdir_lock
+from synthaug.tasks.core.io.locks import workdir_lock
 from synthaug.tasks.core.logs import enable
 
 
@@ -56,13 +56,13 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
 
     if step.always_changed:
         return task(run, name=step.name, cache_policy=NO_CACHE, retries=step.retries, retry_delay_seconds=[5, 30],
-                    retry_condition_fn=_transient)
+                    retry_condition_fn=transient)
     return task(run, name=step.name, cache_key_fn=_key(step), persist_result=True,
                 result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing) or overwritten,
-                retries=step.retries, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
+                retries=step.retries, retry_delay_seconds=[5, 30], retry_condition_fn=transient)
 
 
-def _transient(_task: Any, _run: Any, state: Any) -> bool:
+def transient(_task: Any, _run: Any, state: Any) -> bool:
     """Retry a failed step unless the failure is the user's to fix (bad input, a refused gate): that would fail
     the same way again."""
     return not isinstance(state.result(raise_on_failure=False), UserError)

@@ -30,7 +30,7 @@ def _params(params_file: Path, overrides: list[str]) -> Params:
 def example(directory: Path = typer.Argument(..., help="Folder to write the example dataset into."),
             seed: int = typer.Option(0, help="Seed of the class cut and the splits.")) -> None:
     """Write the bundled scarce, imbalanced example (scikit-learn's handwritten digits)."""
-    from synthaug.tasks.core.example import write_example
+    from synthaug.tasks.core.sources.example import write_example
 
     summary = write_example(directory, seed=seed)
     console.print(summary)
@@ -39,7 +39,7 @@ def example(directory: Path = typer.Argument(..., help="Folder to write the exam
 def other_checkout(cwd: Path) -> Path | None:
     """The checkout whose code runs, when ``cwd`` is another synthaug checkout (`dvc repro` in a clone where
     `synthaug` on PATH was installed from elsewhere); None when they are the same or ``cwd`` is no checkout."""
-    from synthaug.flows.dag import REPO_ROOT
+    from synthaug.flows.code_deps import REPO_ROOT
 
     is_checkout = (cwd / "dvc.yaml").is_file() and (cwd / "flows" / "dag.py").is_file()
     return REPO_ROOT if is_checkout and cwd.resolve() != REPO_ROOT.resolve() else None
@@ -47,7 +47,7 @@ def other_checkout(cwd: Path) -> Path | None:
 
 def _run_step(name: str, params: Params, workdir: Path) -> None:
     from synthaug.flows.dag import step
-    from synthaug.tasks.core.locks import workdir_lock
+    from synthaug.tasks.core.io.locks import workdir_lock
 
     running = other_checkout(Path.cwd())
     if running is not None:  # DVC hashes this checkout's code as the stage's deps, but another checkout's code runs
@@ -89,7 +89,7 @@ def _add_step_command(name: str, help_text: str) -> None:
         if generator is None:
             _run_step(name, _params(params_file, overrides), workdir)
             return
-        from synthaug.tasks.generators import sample_published
+        from synthaug.tasks.core.publishing.generators import sample_published
 
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         manifest = sample_published(generator, out, count=count, classes=wanted,

@@ -18,13 +18,13 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from synthaug.flows.augment import step_task
+from synthaug.flows.catalog import GENERATE_TIMING, METRICS, TRAIN_LOG
 from synthaug.flows.dag import STEPS
 from synthaug.flows.params import Params
 from synthaug.flows.preflight import unfit
 from synthaug.models.registry import family_names
-from synthaug.tasks.core.catalog import GENERATE_TIMING, METRICS, TRAIN_LOG
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.locks import workdir_lock
+from synthaug.tasks.core.io.locks import workdir_lock
 
 
 @flow(name="compare", log_prints=True)

@@ -2,7 +2,7 @@
 ``dvc.yaml`` is generated from them (a test keeps the committed file identical).
 
 A step reads params sections, files of earlier steps (``deps``, relative to the workdir, named in the workdir catalog
-``tasks/core/catalog.py``) and code (``code``: the files its adapter reaches through imports, computed by
+``flows/catalog.py``) and code (``code``: the files its adapter reaches through imports, computed by
 ``flows/code_deps.py``); it writes ``outs`` (catalog paths too). Its cache key is the hash of all three.
 
 ``STEPS`` is the ``augment`` DAG (and ``dvc.yaml``). The ``anonymize`` flow runs ``ANONYMIZE``: the same steps up to
@@ -23,9 +23,7 @@ from typing import Any
 
 import yaml
 
-from synthaug.flows.code_deps import REPO_ROOT, step_code
-from synthaug.flows.params import Params
-from synthaug.tasks.core.catalog import (
+from synthaug.flows.catalog import (
     CHARTS,
     CHECKPOINT,
     DATASET,
@@ -53,7 +51,9 @@ from synthaug.tasks.core.catalog import (
     WARM_START,
     Artifact,
 )
-from synthaug.tasks.core.files import file_sha256
+from synthaug.flows.code_deps import REPO_ROOT, step_code
+from synthaug.flows.params import Params
+from synthaug.tasks.core.io.files import files_under, tree_sha256
 
 DEFAULT_WORKDIR = Path("data/work")
 
@@ -117,8 +117,8 @@ def _say(message: str) -> None:
 
 def _train(p: Params, workdir: Path) -> Record:
     from synthaug.models.training import checkpoint_hash
-    from synthaug.tasks.generators import resolve_warm_start, write_origin
-    from synthaug.tasks.train import train
+    from synthaug.tasks.core.publishing.generators import resolve_warm_start, write_origin
+    from synthaug.tasks.train.step import train
 
     if "WORLD_SIZE" not in os.environ:  # under torchrun the launching process has decided already
         warm = resolve_warm_start(INGEST_MANIFEST.path(workdir), p.model, p.publish,
@@ -151,7 +151,7 @@ def _train_facts(summary: dict[str, Any]) -> Record:
 
 
 def _warm_from(workdir: Path) -> str | None:
-    from synthaug.tasks.generators import ORIGIN_FILE
+    from synthaug.tasks.core.publishing.generators import ORIGIN_FILE
 
     origin = MODEL.path(workdir) / ORIGIN_FILE
     return json.loads(origin.read_text()).get("from") if origin.is_file() else None
@@ -190,7 +190,7 @@ def _judge(p: Params, workdir: Path) -> Record:
 
 def _filter(p: Params, workdir: Path) -> Record:
     from synthaug.flows.runners import shard_runner
-    from synthaug.tasks.filter import filter_step
+    from synthaug.tasks.filter.step import filter_step
 
     with shard_runner(p.runner, "filter-shards") as run_shards:
         result = filter_step(INGEST.path(workdir), GENERATE.path(workdir), JUDGE.path(workdir),
@@ -201,7 +201,7 @@ def _filter(p: Params, workdir: Path) -> Record:
 
 
 def _evaluate(p: Params, workdir: Path) -> Record:
-    from synthaug.tasks.evaluate import evaluate_step
+    from synthaug.tasks.evaluate.step import evaluate_step
 
     path = evaluate_step(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.evaluate,
                          EVALUATE.path(workdir), processes=p.runner.cpu_processes)
@@ -218,10 +218,10 @@ def _report(p: Params, workdir: Path) -> Record:
 def _publish(p: Params, workdir: Path) -> Record:
     from synthaug.flows.params import dump_params
     from synthaug.models.training import has_checkpoint
-    from synthaug.tasks.core.gate import enforce_gate
-    from synthaug.tasks.generators import assemble_generator
-    from synthaug.tasks.publish import publish
-    from synthaug.tasks.release import assemble
+    from synthaug.tasks.core.evaluation.gate import enforce_gate
+    from synthaug.tasks.core.publishing.generators import assemble_generator
+    from synthaug.tasks.publish.assemble import assemble
+    from synthaug.tasks.publish.step import publish
 
     gate = enforce_gate(EVALUATE.path(workdir), p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), REPORT.path(workdir),
@@ -256,10 +256,10 @@ def _privacy(p: Params, workdir: Path) -> Record:
 
 def _release(p: Params, workdir: Path) -> Record:
     from synthaug.flows.params import dump_params
-    from synthaug.tasks.core.privacy_report import PRIVACY_FILE
+    from synthaug.tasks.core.privacy.record import PRIVACY_FILE
     from synthaug.tasks.core.render import read_run
-    from synthaug.tasks.publish import publish
-    from synthaug.tasks.release import assemble_anonymized
+    from synthaug.tasks.publish.step import publish
+    from synthaug.tasks.release.step import assemble_anonymized
     from synthaug.tasks.report import report_step
 
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
@@ -323,8 +323,16 @@ PRIVACY_STEPS: tuple[Step, ...] = (
          _release, params=("privacy", "publish"), deps=_rel(INGEST_MANIFEST, FILTER, METRICS, *CHARTS, PRIVACY),
          outs=_rel(RELEASE), retries=2),
 )
-ANONYMIZE: tuple[str, ...] = ("fingerprint", "ingest", "plan", "train", "generate", "judge", "filter", "privacy",
-                              "evaluate", "release")
+
+
+def steps_through(last: str) -> tuple[str, ...]:
+    """The names of the ``augment`` steps up to and including ``last``, in order (e.g. the steps every flow runs
+    before its own: ``steps_through("filter")``)."""
+    names = tuple(s.name for s in STEPS)
+    return names[: names.index(last) + 1]
+
+
+ANONYMIZE: tuple[str, ...] = (*steps_through("filter"), "privacy", "evaluate", "release")
 
 
 def step(name: str) -> Step:
@@ -332,14 +340,6 @@ def step(name: str) -> Step:
         if s.name == name:
             return s
     raise ValueError(f"unknown step {name!r}; steps: {', '.join(s.name for s in STEPS + PRIVACY_STEPS)}")
-
-
-def _hash_path(digest: hashlib._Hash, path: Path) -> None:
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if f.is_file() and "__pycache__" not in f.parts:  # bytecode changes when Python compiles, not the code
-            digest.update(f.relative_to(path.parent).as_posix().encode())
-            digest.update(bytes.fromhex(file_sha256(f)))
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -354,10 +354,8 @@ def cache_key(s: Step, params: Params, workdir: Path, extra: str = "", *, root: 
     dumped = params.model_dump(mode="json")
     sections = {name: _lookup(dumped, name) for name in s.params}
     digest.update(json.dumps(sections, sort_keys=True).encode())
-    for dep in s.deps:
-        _hash_path(digest, workdir / dep)
-    for code in s.code:
-        _hash_path(digest, root / code)
+    for path in [workdir / dep for dep in s.deps] + [root / code for code in s.code]:
+        digest.update(f"{path.name}\0{tree_sha256(files_under(path), path.parent)}\n".encode())
     digest.update(extra.encode())
     return digest.hexdigest()
 

@@ -11,17 +11,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from synthaug.flows.runners import RunnerParams
 from synthaug.tasks.core.errors import UserError, mask_secrets
-from synthaug.tasks.core.model_params import ModelParams
-from synthaug.tasks.core.privacy_report import PrivacyParams
-from synthaug.tasks.core.registry import PublishParams
-from synthaug.tasks.core.rules import FilterParams
-from synthaug.tasks.core.sampling import GenerateParams, sampling_config
-from synthaug.tasks.core.utility import EvaluateParams
-from synthaug.tasks.ingest import DataParams
-from synthaug.tasks.plan import PlanParams
-from synthaug.tasks.tune import TuneParams
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.core.params.evaluate import EvaluateParams
+from synthaug.tasks.core.params.filter import FilterParams
+from synthaug.tasks.core.params.generate import GenerateParams, sampling_config
+from synthaug.tasks.core.params.model import ModelParams
+from synthaug.tasks.core.params.plan import PlanParams
+from synthaug.tasks.core.params.privacy import PrivacyParams
+from synthaug.tasks.core.params.publish import PublishParams
+from synthaug.tasks.core.params.runner import RunnerParams
+from synthaug.tasks.core.params.tune import TuneParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 

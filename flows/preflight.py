@@ -15,7 +15,7 @@ from pathlib import Path
 
 from synthaug.flows.params import Params
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.manifest import iter_manifest
+from synthaug.tasks.core.io.manifest import iter_manifest
 
 
 def unfit(params: Params, family: str, num_classes: int = 2) -> str | None:

@@ -1,9 +1,9 @@
 """Where the generate and filter steps run their shards: a Prefect task runner chosen by the ``runner`` params
 (and how many local processes the evaluate step's classifier runs use: ``cpu_processes``).
 
-``with shard_runner(params, name) as run_shards`` gives a ``tasks.core.shards.RunShards``: each call becomes one Prefect
-task run of a flow named ``name``, submitted to threads in this process (``ThreadPoolTaskRunner``), a Dask cluster
-(``prefect-dask``'s ``DaskTaskRunner``: a ``LocalCluster`` living as long as the ``with`` block, or an existing
+``with shard_runner(params, name) as run_shards`` gives a ``tasks.core.io.shards.RunShards``: each call becomes one
+Prefect task run of a flow named ``name``, submitted to threads in this process (``ThreadPoolTaskRunner``), a Dask
+cluster (``prefect-dask``'s ``DaskTaskRunner``: a ``LocalCluster`` living as long as the ``with`` block, or an existing
 scheduler) or a Ray cluster (``prefect-ray``'s ``RayTaskRunner``). Called inside a running flow (the ``augment``
 flow's step task) it is a nested flow run; called from the CLI or ``dvc repro`` it is a flow run of its own.
 
@@ -15,43 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
-
-from pydantic import Field, model_validator
+from typing import Any
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.params_base import Section
-from synthaug.tasks.core.shards import DEFAULT_SHARD_SIZE, RunShards
+from synthaug.tasks.core.io.shards import RunShards
+from synthaug.tasks.core.params.runner import RunnerParams
 
 DASK_MISSING = "runner.kind=dask needs prefect-dask: pip install 'synthaug[dask]'"
-
-
-class RunnerParams(Section):
-    """``runner`` section: how the generate and filter steps' shards are run.
-
-    kind: ``threads`` (in this process), ``dask`` or ``ray`` (pip extras ``synthaug[dask]`` / ``synthaug[ray]``).
-    address: an existing cluster's scheduler (dask: ``tcp://host:8786``; ray: ``ray://host:10001``); null starts
-      a local one (a Dask ``LocalCluster`` of ``workers`` processes, or a local Ray instance).
-    workers: concurrent shards (threads, or local cluster workers); null: one per CUDA GPU, else 1.
-    shard_size: images per shard, the unit that is skipped when a re-run finds it finished.
-    gpus_per_shard: GPUs Ray reserves for each shard task (Ray then sets its ``CUDA_VISIBLE_DEVICES``); 0 on
-      CPU-only clusters. Threads and Dask workers pick GPU ``worker index % GPUs`` themselves.
-    cpu_processes: the evaluate step's classifier runs on the CPU go to this many local processes of one thread
-      each (``tasks/core/pool.py``; the same results for any count); null: one per CPU core.
-    """
-
-    kind: Literal["threads", "dask", "ray"] = "threads"
-    address: str | None = None
-    workers: int | None = Field(None, ge=1)
-    shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1)
-    gpus_per_shard: float = Field(0.0, ge=0.0)
-    cpu_processes: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _address_needs_a_cluster(self) -> RunnerParams:
-        if self.address and self.kind == "threads":
-            raise ValueError(f"runner.address={self.address!r} needs runner.kind dask or ray (threads run here)")
-        return self
 
 
 def local_workers(params: RunnerParams) -> int:

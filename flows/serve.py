@@ -37,21 +37,22 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from synthaug.flows.code_deps import REPO_ROOT
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.files import file_sha256, write_atomic
+from synthaug.tasks.core.io.files import tree_sha256, write_atomic
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
     from synthaug.flows.params import Params
-    from synthaug.tasks.ingest import DataParams
+    from synthaug.tasks.core.params.data import DataParams
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
 FLOW_NAME = "scheduled-augment"
 DEFAULT_CRON = "0 3 * * *"  # every day at 03:00 (the server's timezone, UTC unless configured)
 STATE_DIR = "schedule"  # <workdir>/schedule/<publish.name>.json: the fingerprint of the last successful run
 LOCK_PREFIX = "synthaug-dataset-"
-CODE_DIRS = ("flows", "tasks", "models")
+CODE_DIRS = ("synthaug", "flows", "tasks", "models")
 CODE_FILES = ("pyproject.toml",)
 START_SERVER_HELP = (
     "start one with `prefect server start` (in another terminal, or as a service), then "
@@ -88,7 +89,7 @@ def source_lineage(data: DataParams, cache_dir: Path) -> dict[str, Any]:
     """
     from rich.console import Console
 
-    from synthaug.tasks.core.sources import content_hash, read_source
+    from synthaug.tasks.core.sources.readers import content_hash, read_source
     from synthaug.tasks.ingest import locate
 
     path, lineage = locate(data, cache_dir, Console(stderr=True))
@@ -98,18 +99,15 @@ def source_lineage(data: DataParams, cache_dir: Path) -> dict[str, Any]:
 
 def code_digest(root: Path = REPO_ROOT) -> str:
     """sha256 over the pipeline's Python sources and ``pyproject.toml`` (path and bytes of each file)."""
-    digest = hashlib.sha256()
     files = [f for d in CODE_DIRS for f in (root / d).rglob("*.py")] + [root / f for f in CODE_FILES]
-    for f in sorted(f for f in files if f.is_file()):
-        digest.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f)}\n".encode())
-    return digest.hexdigest()
+    return tree_sha256([f for f in files if f.is_file()], root)
 
 
 def fingerprint(params: Params, workdir: Path) -> Fingerprint:
     """The fingerprint of what running ``augment(params, workdir)`` now would publish."""
+    from synthaug.flows.catalog import SOURCES
     from synthaug.flows.params import dump_params
-    from synthaug.tasks.core.catalog import SOURCES
-    from synthaug.tasks.core.registry import code_version
+    from synthaug.tasks.core.publishing.registry import code_version
 
     parts = {
         "source": source_lineage(params.data, SOURCES.path(workdir)),  # the cache folder the ingest step uses

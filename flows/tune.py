@@ -25,15 +25,16 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from synthaug.flows.augment import run_steps
-from synthaug.flows.dag import REPO_ROOT, STEPS, cache_key, step
+from synthaug.flows.catalog import FILTER, INGEST, JUDGE, METRICS, MODEL, PLAN, TUNE, TUNE_TRIALS
+from synthaug.flows.code_deps import REPO_ROOT
+from synthaug.flows.dag import STEPS, cache_key, step, steps_through
 from synthaug.flows.params import Params, dump_params
 from synthaug.flows.runners import local_workers
-from synthaug.tasks.core.catalog import FILTER, INGEST, JUDGE, METRICS, MODEL, PLAN, TUNE, TUNE_TRIALS
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.files import file_sha256, write_atomic
-from synthaug.tasks.core.gate import gain_lines
-from synthaug.tasks.core.locks import workdir_lock
-from synthaug.tasks.core.utility import EvaluateParams, SyntheticRecipe
+from synthaug.tasks.core.evaluation.gate import gain_lines
+from synthaug.tasks.core.io.files import file_sha256, write_atomic
+from synthaug.tasks.core.io.locks import workdir_lock
+from synthaug.tasks.core.params.evaluate import EvaluateParams, SyntheticRecipe
 from synthaug.tasks.tune import (
     DEFAULT_TRIAL,
     choose,
@@ -45,7 +46,7 @@ from synthaug.tasks.tune import (
     write_trials,
 )
 
-UPSTREAM = ("fingerprint", "ingest", "plan", "train", "generate", "judge", "filter")
+UPSTREAM = steps_through("filter")
 STUDY_DB = "study.db"
 TUNER_CODE = ("tasks/tune.py", "flows/tune.py")  # a change to either starts a new study
 
@@ -106,7 +107,7 @@ def study_key(params: Params, root: Path) -> str:
                           ).hexdigest()[:16]
 
 
-def _study(params: Params, root: Path, key: str, default: dict[str, Any]):
+def open_study(params: Params, root: Path, key: str, default: dict[str, Any]):
     """The Optuna study ``key`` names in ``<workdir>/tune/study.db``, the ``default`` trial queued unless scored."""
     import optuna
 
@@ -136,7 +137,7 @@ def _search(params: Params, root: Path, key: str, guidance: list[float]) -> tupl
     dirs = (INGEST.path(root), FILTER.path(root), JUDGE.path(root))
     baselines = _baselines(dirs, params)
     logger.info("tune: validating on %s; minority classes %s", baselines["validated_on"], baselines["minority"])
-    study = _study(params, root, key, default)
+    study = open_study(params, root, key, default)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if done:
         logger.info("tune: resuming the study in %s: %d of %d trials already scored", TUNE.path(root) / STUDY_DB,

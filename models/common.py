@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -131,3 +132,9 @@ def fixed_shape_batches(n: int, size: int, device: torch.device) -> list[tuple[t
         rows = torch.arange(start, start + keep, device=device)
         passes.append((torch.cat([rows, rows.new_full((size - keep,), start)]), keep))
     return passes
+
+
+def group_count(channels: int) -> int:
+    """GroupNorm groups for a layer of ``channels``: the largest of 8, 4, 2, 1 that divides it (the small nets here
+    have 8 to 128 channels; 8 groups keep at least one channel per group and normalize over several)."""
+    return math.gcd(8, channels)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from synthaug.models.base import TrainConfig
-from synthaug.models.common import EMA, autocast, fixed_shape_batches, per_image_normal
+from synthaug.models.common import EMA, autocast, fixed_shape_batches, group_count, per_image_normal
 
 SUPPORTED_SIZES = (8, 16, 32, 64)
 AUGMENTATIONS = ("color", "translation", "cutout")
@@ -174,9 +174,6 @@ def diff_augment(x: torch.Tensor, policy: Sequence[str], generator: torch.Genera
 # ------------------------------------------------------------------------------------------------ networks
 
 
-def _groups(channels: int) -> int:
-    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
-
 
 def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(image_shape) != 3:
@@ -199,7 +196,7 @@ class ConditionalGroupNorm(nn.Module):
 
     def __init__(self, channels: int, cond_dim: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(channels), channels, affine=False)
+        self.norm = nn.GroupNorm(group_count(channels), channels, affine=False)
         self.scale = nn.Linear(cond_dim, channels)
         self.shift = nn.Linear(cond_dim, channels)
         nn.init.zeros_(self.scale.weight)  # start as plain GroupNorm (scale 1, shift 0)

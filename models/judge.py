@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import nn
 
-from synthaug.models.common import eval_mode
+from synthaug.models.common import eval_mode, group_count
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -89,19 +89,16 @@ class JudgeConfig:
             raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
 
 
-def _groups(channels: int) -> int:
-    return math.gcd(8, channels)
-
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     # GroupNorm, not BatchNorm: an image's features must not depend on the batch it is embedded with
     # (the determinism contract), and train/eval behave the same.
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.GroupNorm(_groups(c_out), c_out),
+        nn.GroupNorm(group_count(c_out), c_out),
         nn.SiLU(),
         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.GroupNorm(_groups(c_out), c_out),
+        nn.GroupNorm(group_count(c_out), c_out),
         nn.SiLU(),
     )
 
@@ -111,7 +108,7 @@ def _resnet(channels_in: int, width: int) -> nn.Module:
     GroupNorm instead of BatchNorm (see ``_conv_block``); no pretrained weights."""
     return ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[width * 2**i for i in range(4)],
                   spatial_dims=2, n_input_channels=channels_in, conv1_t_size=7, conv1_t_stride=2,
-                  feed_forward=False, norm=("group", {"num_groups": _groups(width)}))
+                  feed_forward=False, norm=("group", {"num_groups": group_count(width)}))
 
 
 class Judge(nn.Module):
@@ -254,7 +251,7 @@ def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tens
     return weights.float()
 
 
-def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
     """Translate each image by its own (dy, dx) with edge padding, through one gather (no per-image loop)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
@@ -269,7 +266,7 @@ def _augment(x: torch.Tensor, config: JudgeConfig, rng: torch.Generator) -> torc
     n = x.shape[0]
     if config.max_shift > 0:
         dy, dx = torch.randint(-config.max_shift, config.max_shift + 1, (2, n), generator=rng).to(x.device)
-        x = _shift(x, dy, dx, config.max_shift)
+        x = translate(x, dy, dx, config.max_shift)
     if config.hflip:
         flip = (torch.rand(n, generator=rng) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)

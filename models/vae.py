@@ -23,7 +23,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 from synthaug.models.base import TrainConfig
-from synthaug.models.common import EMA, autocast, fixed_shape_batches, per_image_normal
+from synthaug.models.common import EMA, autocast, fixed_shape_batches, group_count, per_image_normal
 
 RECONSTRUCTIONS = ("mse", "bce")
 
@@ -90,12 +90,9 @@ class VAEConfig(TrainConfig):
 # ------------------------------------------------------------------------------------------------ networks
 
 
-def _groups(channels: int) -> int:
-    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
-
 
 def _block(in_channels: int, out_channels: int, *, strides: int = 1) -> ResidualUnit:
-    norm, act = ("group", {"num_groups": _groups(out_channels)}), ("leakyrelu", {"negative_slope": 0.2})
+    norm, act = ("group", {"num_groups": group_count(out_channels)}), ("leakyrelu", {"negative_slope": 0.2})
     return ResidualUnit(2, in_channels, out_channels, strides=strides, norm=norm, act=act)
 
 

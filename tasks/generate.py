@@ -1,8 +1,8 @@
 """Generate the planned synthetic images: one PNG per (class, seed), plus a manifest of what was made.
 
-The (class, seed) list is cut into shards (``tasks.core.shards``) that run wherever ``run_shards`` sends them (a Prefect
-task runner from ``flows.runners``, or this process); each writes its images and then its manifest atomically, and
-a re-run skips the shards already finished.
+The (class, seed) list is cut into shards (``tasks.core.io.shards``) that run wherever ``run_shards`` sends them (a
+Prefect task runner from ``flows.runners``, or this process); each writes its images and then its manifest atomically,
+and a re-run skips the shards already finished.
 """
 
 from __future__ import annotations
@@ -15,20 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from synthaug.models.training import read_checkpoint_meta
-from synthaug.tasks.core.logs import get_logger, progress
-from synthaug.tasks.core.manifest import SCHEMA
-from synthaug.tasks.core.quotas import read_plan
-from synthaug.tasks.core.sampling import (
-    SAMPLER_FILE,
-    GenerateParams,
-    Progress,
-    Request,
-    generate_sharded,
-    sampler_key,
-    seeds_for,
-)
-from synthaug.tasks.core.shards import (
-    DEFAULT_SHARD_SIZE,
+from synthaug.tasks.core.io.manifest import SCHEMA
+from synthaug.tasks.core.io.plan_csv import read_plan
+from synthaug.tasks.core.io.shards import (
     SHARDS_DIR,
     RunShards,
     concat_tables,
@@ -36,6 +25,10 @@ from synthaug.tasks.core.shards import (
     remove_temporaries,
     run_in_process,
 )
+from synthaug.tasks.core.logs import get_logger, progress
+from synthaug.tasks.core.params.generate import GenerateParams
+from synthaug.tasks.core.params.runner import DEFAULT_SHARD_SIZE
+from synthaug.tasks.core.sampling import SAMPLER_FILE, Progress, Request, generate_sharded, sampler_key, seeds_for
 
 CHECKPOINT_FILE = SAMPLER_FILE  # sampler_key (checkpoint sha256 + the config it samples with) of the images
 

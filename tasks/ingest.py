@@ -1,6 +1,6 @@
 """Ingest: read a source dataset into a normalized working copy plus ``manifest.parquet``.
 
-Sources (see ``tasks.core.sources``): an image folder
+Sources (see ``tasks.core.sources.readers``): an image folder
 ``<root>/<label>/*.png|jpg|jpeg|tif|tiff|bmp|dcm|dicom|nii|nii.gz`` and DICOM series folders (splits from an
 optional ``<root>/splits.csv`` with columns path,split), a CSV/parquet table
 ``path,label[,split]``, a MedMNIST-style ``.npz``, the bundled example (``example:digits``), or any of these at a
@@ -8,10 +8,10 @@ revision of a git/DVC repository.
 
 Normalization, in this order, for every image:
 
-1. An EXIF orientation (photos) is applied. DICOM and NIfTI sources become 8-bit slices first (``tasks.core.medical``:
-   modality LUT, MONOCHROME1 inverted, one window for the dataset, one image per selected slice of a volume).
-   Images narrower or shorter than ``data.min_size`` pixels are quarantined (checked on the source size).
-2. 16-bit images (Pillow modes ``I;16*`` and ``I``) are scaled to 8 bits by the full 16-bit range,
+1. An EXIF orientation (photos) is applied. DICOM and NIfTI sources become 8-bit slices first
+   (``tasks.core.sources.medical``: modality LUT, MONOCHROME1 inverted, one window for the dataset, one image per
+   selected slice of a volume). Images narrower or shorter than ``data.min_size`` pixels are quarantined (checked on the
+source size). 2. 16-bit images (Pillow modes ``I;16*`` and ``I``) are scaled to 8 bits by the full 16-bit range,
    ``round(v * 255 / 65535)``, so one intensity means the same in every image (no per-image stretching).
 3. Conversion to ``data.channels``: 1 -> Pillow ``L`` (ITU-R 601-2 luma), 3 -> ``RGB``; an alpha channel is dropped;
    other modes go through Pillow's ``convert``.
@@ -30,10 +30,10 @@ patient is on both sides): each class is split on its own (stratified) into trai
 fractions keeps at least one training image. A split given by the source is kept.
 
 Bad input never stops the run midway: each bad item goes to ``quarantine.parquet`` (source_path, reason), before
-anything of it is written: a label that cannot be a folder name (``tasks.core.sources.label_problem``), pixels without a
-fixed 8-bit mapping (float, signed or 32-bit integers: ``check_pixel_format``), a decompression bomb, the minority
-kind in a folder mixing ordinary and medical images, and both copies of one image under two labels. The run stops
-with a ``UserError`` only when no usable image remains, a class named by the source lost every image, or a class
+anything of it is written: a label that cannot be a folder name (``tasks.core.sources.readers.label_problem``), pixels
+without a fixed 8-bit mapping (float, signed or 32-bit integers: ``check_pixel_format``), a decompression bomb, the
+minority kind in a folder mixing ordinary and medical images, and both copies of one image under two labels. The run
+stops with a ``UserError`` only when no usable image remains, a class named by the source lost every image, or a class
 would have no training image.
 
 ``fingerprint_source`` (the DAG's first step) hashes the source on every run, so a changed source re-runs ingest.
@@ -44,31 +44,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import shutil
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
-from pydantic import Field, ValidationInfo, field_validator
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
 from synthaug.tasks.core.errors import Quarantined, UserError
-from synthaug.tasks.core.files import write_atomic
-from synthaug.tasks.core.manifest import SPLITS, write_manifest
-from synthaug.tasks.core.medical import MedicalReader, Spacing, WindowPreset, is_medical
-from synthaug.tasks.core.params_base import Section
-from synthaug.tasks.core.sources import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
+from synthaug.tasks.core.io.files import write_atomic
+from synthaug.tasks.core.io.manifest import SPLITS, write_manifest
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.core.sources.medical import MedicalReader, Spacing, is_medical
+from synthaug.tasks.core.sources.readers import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
 EXAMPLE = "example:digits"
 HASH_CACHE = "hashes.json"  # <cache_dir>/hashes.json: source files' sha256 by size, mtime and inode
@@ -78,69 +76,6 @@ QUARANTINE_SCHEMA = pa.schema([
     pa.field("source_path", pa.string(), nullable=False),
     pa.field("reason", pa.string(), nullable=False),
 ])
-
-
-class DataParams(Section):
-    """``data`` section of params.yaml.
-
-    source: ``example:digits`` (the bundled example, written on first use), a local path (image folder,
-      CSV/parquet table or ``.npz``), or a path inside the DVC/git repository ``repo`` at revision ``rev``.
-    window: a CT window preset (``tasks.core.medical.WINDOW_PRESETS``) for DICOM/NIfTI sources, or null.
-    window_center, window_width: an explicit window in physical units (both or neither; not with ``window``).
-      With neither, the physical range of the stored bits is the window.
-    slice_axis: the array axis a 3D volume (NIfTI, DICOM series) is cut into 2D slices along.
-    slices: ``all`` or ``start:stop`` (first slice, one past the last) along ``slice_axis``.
-    """
-
-    source: str = "example:digits"
-    repo: str | None = None
-    rev: str | None = None
-    image_size: int = Field(8, ge=4, le=1024)
-    channels: Literal[1, 3] = 1
-    min_size: int = Field(8, ge=1)
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    split_seed: int = 0
-    window: WindowPreset | None = None
-    window_center: float | None = None
-    window_width: float | None = Field(None, gt=0, validate_default=True)
-    slice_axis: Literal[0, 1, 2] = 2
-    slices: str = "all"
-
-    @field_validator("window_width")
-    @classmethod
-    def _one_window(cls, width: float | None, info: ValidationInfo) -> float | None:
-        if (width is None) != (info.data.get("window_center") is None):
-            raise ValueError("set data.window_center and data.window_width together, or neither")
-        if width is not None and info.data.get("window") is not None:
-            raise ValueError("data.window (a preset) and data.window_center/width exclude each other; keep one")
-        return width
-
-    @field_validator("test_fraction")
-    @classmethod
-    def _room_for_train(cls, test: float, info: ValidationInfo) -> float:
-        val = info.data.get("val_fraction")
-        if val is not None and val + test >= 1.0:
-            raise ValueError(f"data.val_fraction={val} + data.test_fraction={test} leaves no share for train; keep "
-                             "their sum below 1 (e.g. 0.15 each)")
-        return test
-
-    @field_validator("slices", mode="before")
-    @classmethod
-    def _slice_range(cls, value: Any) -> str:
-        # YAML reads an unquoted 10:20 as the base-60 number 620, hence the hint.
-        match = re.fullmatch(r"(\d+):(\d+)", value.strip()) if isinstance(value, str) else None
-        if value != "all" and (match is None or int(match[1]) >= int(match[2])):
-            raise ValueError("expected 'all' or 'start:stop' with start < stop (quoted in YAML: '10:20')")
-        return value.strip()
-
-    @property
-    def slice_range(self) -> tuple[int, int] | None:
-        """``slices`` as (start, stop); None for all."""
-        if self.slices == "all":
-            return None
-        start, stop = self.slices.split(":")
-        return int(start), int(stop)
 
 
 @dataclass(frozen=True)
@@ -244,7 +179,7 @@ def locate(params: DataParams, cache_dir: Path, console: Console) -> tuple[Path,
     if params.source == EXAMPLE:
         path = cache_dir / "example"
         if not path.exists():
-            from synthaug.tasks.core.example import write_example
+            from synthaug.tasks.core.sources.example import write_example
 
             console.print(f"writing the bundled example to {path}")
             partial = cache_dir / "example.partial"  # renamed when complete: an interrupted write is never reused

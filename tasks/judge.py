@@ -23,11 +23,11 @@ from rich.console import Console
 from synthaug.models.common import pick_device
 from synthaug.models.judge import Judge, JudgeConfig, balanced_class_weights, fit_temperature, save_judge, train_judge
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.features import INFO_FILE, JUDGE_FILE
-from synthaug.tasks.core.files import write_atomic
-from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.io.files import write_atomic
+from synthaug.tasks.core.io.images import load_images
+from synthaug.tasks.core.io.manifest import read_manifest
 from synthaug.tasks.core.labels import natural_key
-from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.scoring.features import INFO_FILE, JUDGE_FILE
 
 ECE_BINS = 10
 

@@ -20,42 +20,20 @@ import math
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
-from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.files import atomic_path
+from synthaug.tasks.core.io.files import atomic_path
+from synthaug.tasks.core.io.manifest import read_manifest
+from synthaug.tasks.core.io.plan_csv import PLAN_FILE
 from synthaug.tasks.core.labels import natural_key
-from synthaug.tasks.core.manifest import read_manifest
-from synthaug.tasks.core.params_base import Section
-from synthaug.tasks.core.quotas import PLAN_FILE
+from synthaug.tasks.core.params.plan import PlanParams
 
 PLAN_COLUMNS = ("class", "real", "target", "to_generate")
-
-
-class PlanParams(Section):
-    """``plan`` section of params.yaml.
-
-    strategy: ``match_majority`` raises every class to the largest; ``target`` raises every class to
-      ``target``; ``ratio`` adds ``ratio`` synthetic images per real one, at most ``cap`` per class; ``release``
-      (set by ``synthaug anonymize``, whatever this section says) gives every class ``release_per_class`` synthetic
-      images, or as many as its real train images when null.
-    release_per_class: synthetic images per class of ``release``; the anonymize flow copies
-      ``privacy.release_per_class`` here.
-    overgenerate: factor on the number to generate, to cover what the filter rejects.
-    """
-
-    strategy: Literal["match_majority", "target", "ratio", "release"] = "match_majority"
-    target: int = Field(100, ge=1)
-    ratio: float = Field(1.0, gt=0.0)
-    cap: int = Field(1000, ge=1)
-    release_per_class: int | None = Field(None, ge=1)
-    overgenerate: float = Field(1.5, ge=1.0)
 
 
 def plan_counts(counts: Mapping[str, int], params: PlanParams) -> pd.DataFrame:

@@ -7,7 +7,7 @@ images no model was trained on):
 (a) **Memorization.** Every released image is compared again with *every* training image: its highest Pearson
     pixel correlation and its smallest feature distance (the filter's feature space: the judge's, or
     ``filter.extractor``'s). The thresholds are calibrated exactly as the filter's
-    (``tasks.core.rules.memorization_thresholds`` on the real val -> train nearest distances), at
+    (``tasks.core.scoring.rules.memorization_thresholds`` on the real val -> train nearest distances), at
     ``privacy.memorization_quantile``. No released image may lie within either threshold. With
     ``privacy.memorization_quantile <= filter.memorization_quantile`` the filter has already rejected every image
     this check would flag; the gate holds the line when the filter is loosened, and re-measures the files actually
@@ -46,23 +46,24 @@ from scipy import stats
 from synthaug.models.common import pick_device
 from synthaug.models.judge import Judge
 from synthaug.models.metrics import nearest_correlation_streamed, nearest_distance_streamed
-from synthaug.tasks.core.dp import dp_claim
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.features import embed, load_judge_step
-from synthaug.tasks.core.files import file_sha256, write_atomic
-from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.io.files import file_sha256, write_atomic
+from synthaug.tasks.core.io.images import load_images
+from synthaug.tasks.core.io.results import FILTER_SUMMARY, real_rows, synthetic_rows
 from synthaug.tasks.core.labels import natural_key
-from synthaug.tasks.core.privacy_report import (
+from synthaug.tasks.core.params.filter import FilterParams
+from synthaug.tasks.core.params.privacy import PrivacyParams
+from synthaug.tasks.core.privacy.dp import dp_claim
+from synthaug.tasks.core.privacy.record import (
     ATTACKS,
     DCR_PLOT,
     PRIVACY_FILE,
     REFERENCE_FOLDS,
     SPACES,
     PrivacyGateError,
-    PrivacyParams,
 )
-from synthaug.tasks.core.results import FILTER_SUMMARY, real_rows, synthetic_rows
-from synthaug.tasks.core.rules import FilterParams, MemorizationThresholds, memorization_thresholds
+from synthaug.tasks.core.scoring.features import embed, load_judge_step
+from synthaug.tasks.core.scoring.rules import MemorizationThresholds, memorization_thresholds
 
 FORMAT = "synthaug-privacy/1"
 HOLDOUT_SPLITS = ("val", "test", "heldback")  # real images no generator, judge or filter threshold trained on
@@ -105,7 +106,7 @@ def memorization_check(release_to_train: Mapping[str, np.ndarray], thresholds: M
 
     Args:
         release_to_train: ``closeness(release, train)``.
-        thresholds: from ``tasks.core.rules.memorization_thresholds`` (inclusive, as the filter applies them).
+        thresholds: from ``tasks.core.scoring.rules.memorization_thresholds`` (inclusive, as the filter applies them).
     """
     corr, dist = release_to_train["pixel"], release_to_train["feature"]
     pixel_within = int((corr >= thresholds.pixel_correlation).sum())
@@ -412,8 +413,8 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
         filter_params: the ``filter`` section: its feature extractor and device, and its memorization quantile
             (for the advice when the gate is stricter than the filter).
         out_dir: where ``privacy.json`` and ``dcr.png`` go.
-        checkpoint_dir: the generator checkpoint the images came from; its ``dp.json`` (``tasks.core.dp``) decides
-            whether the release may claim differential privacy (``dp`` in ``privacy.json``). None: no claim.
+        checkpoint_dir: the generator checkpoint the images came from; its ``dp.json`` (``tasks.core.privacy.dp``)
+            decides whether the release may claim differential privacy (``dp`` in ``privacy.json``). None: no claim.
 
     Returns the verdict; ``raise_if_failed()`` turns a failure into a ``PrivacyGateError``.
 

@@ -33,18 +33,18 @@ import pandas as pd
 from markupsafe import Markup
 
 from synthaug.models.metrics import nearest_correlation
-from synthaug.tasks.core.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
-from synthaug.tasks.core.dp import card_lines as dp_card_lines
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.files import write_atomic
-from synthaug.tasks.core.images import load_images
+from synthaug.tasks.core.evaluation.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
+from synthaug.tasks.core.evaluation.downstream import BASELINES, COMPARED, PROJECT_FAMILY, families
+from synthaug.tasks.core.io.files import write_atomic
+from synthaug.tasks.core.io.images import load_images
+from synthaug.tasks.core.io.manifest import read_manifest
+from synthaug.tasks.core.io.results import read_metrics, real_rows, synthetic_rows
 from synthaug.tasks.core.labels import natural_key
-from synthaug.tasks.core.manifest import read_manifest
-from synthaug.tasks.core.privacy_report import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, attacks_side_by_side, check_rows
+from synthaug.tasks.core.privacy.dp import card_lines as dp_card_lines
+from synthaug.tasks.core.privacy.record import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, attacks_side_by_side, check_rows
+from synthaug.tasks.core.privacy.tstr import utility_rows
 from synthaug.tasks.core.render import RunInfo, render, run_info
-from synthaug.tasks.core.results import read_metrics, real_rows, synthetic_rows
-from synthaug.tasks.core.tstr import utility_rows
-from synthaug.tasks.core.utility import BASELINES, COMPARED, PROJECT_FAMILY, families
 
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"
@@ -331,7 +331,7 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
 
 
 def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
-    """TSTR vs TRTR of an anonymized release, overall and per class (``tasks.core.tstr``)."""
+    """TSTR vs TRTR of an anonymized release, overall and per class (``tasks.core.privacy.tstr``)."""
     if release is None:
         return []
     rows = "".join("<tr><td class='l'>" + _esc(what) + "</td>" + "".join(f"<td>{_esc(v)}</td>" for v in values)

@@ -3,8 +3,8 @@ synthetic images) on validation data only.
 
 A trial scores one recipe: both classifier families trained on ``real_synthetic`` built from the validation folds'
 real train images plus the recipe's synthetic images, scored on the folds' held-out real images
-(``tasks.core.recipe.validation_folds``: the real val split, or k-fold over train + val where a minority class has
-too few val images). Its objective is the mean, over the two families and the two compared metrics (balanced
+(``tasks.core.evaluation.recipe.validation_folds``: the real val split, or k-fold over train + val where a minority
+class has too few val images). Its objective is the mean, over the two families and the two compared metrics (balanced
 accuracy, minority recall), of the gain over the best real baseline (``real_oversampled`` or
 ``real_classical_aug``) on the same folds and seeds. The test split is not read here: the flow (``flows/tune.py``)
 confirms the winner once, by running the evaluate step with it.
@@ -21,41 +21,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from synthaug.models.common import pick_device
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.files import write_atomic
-from synthaug.tasks.core.inputs import Inputs, read_inputs
-from synthaug.tasks.core.params_base import Section
-from synthaug.tasks.core.recipe import mean_score, validation_folds, validation_gain, validation_runs
-from synthaug.tasks.core.utility import BASELINES, COMPARED, SELECTIONS, EvaluateParams, SyntheticRecipe
+from synthaug.tasks.core.evaluation.downstream import BASELINES, COMPARED
+from synthaug.tasks.core.evaluation.inputs import Inputs, read_inputs
+from synthaug.tasks.core.evaluation.recipe import mean_score, validation_folds, validation_gain, validation_runs
+from synthaug.tasks.core.io.files import write_atomic
+from synthaug.tasks.core.params.evaluate import SELECTIONS, EvaluateParams, SyntheticRecipe
+from synthaug.tasks.core.params.tune import TuneParams
 
 TRIALS_FILE = "trials.json"
 SHARES = (0.1, 1.0)  # the share's search range
 WEIGHTS = (0.25, 4.0)  # the loss weight's search range (log scale)
-
-
-class TuneParams(Section):
-    """``tune`` section of params.yaml (``synthaug tune``).
-
-    trials: recipes scored, the default recipe (every image, weight 1) first; a resumed study counts the trials
-      already scored.
-    seeds: classifier runs per recipe and validation fold (both families).
-    seed: the Optuna sampler's seed (TPE).
-    min_gain: the winner replaces the default recipe only when its validation objective is more than this above the
-      default's; otherwise the default is kept (a tie or a gain within noise changes nothing).
-    guidance: sampling guidance scales (``generate.guidance_scale``, diffusion families) searched together with the
-      recipe: each is sampled and filtered once into ``<workdir>/tune/guidance-<w>/``, and a trial draws its
-      synthetic images from one of them. The params' own guidance is always a candidate (the default trial's);
-      empty: only the params' own sampling is tuned over.
-    """
-
-    trials: int = Field(16, ge=1)
-    seeds: int = Field(2, ge=1)
-    seed: int = 0
-    min_gain: float = Field(0.005, ge=0.0)
-    guidance: list[float] = Field(default_factory=list)
 
 
 def suggest(trial: Any, guidance: Sequence[float] = ()) -> dict[str, Any]:

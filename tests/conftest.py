@@ -5,6 +5,8 @@ import tempfile
 
 import pytest
 
+pytest_plugins = ["tests.prefect_server"]  # the session's real Prefect server, started by the first test asking
+
 # Before prefect/albumentations/dvc are imported anywhere (ENVIRONMENT.md).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -19,8 +19,9 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
-from synthaug.tasks.core.manifest import read_manifest
-from synthaug.tasks.ingest import DataParams, ingest
+from synthaug.tasks.core.io.manifest import read_manifest
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.ingest import ingest
 
 CT, MR, CR = "CT_small.dcm", "MR_small.dcm", "6154"  # CR: a MONOCHROME1 radiograph among pydicom's DICOMDIR tests
 

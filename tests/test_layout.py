@@ -4,6 +4,7 @@ pyproject.toml, and no module importing another module's private name."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -67,7 +68,7 @@ def test_import_contracts_hold(tmp_path):
             (farm / folder).symlink_to(REPO / folder, target_is_directory=True)
     (farm / "__init__.py").symlink_to(REPO / "synthaug" / "__init__.py")
     lint = Path(sys.executable).with_name("lint-imports")
-    done = subprocess.run([str(lint), "--config", str(REPO / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
+    done = subprocess.run([str(lint), str(REPO / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
                           env={"PYTHONPATH": str(farm.parent), "PATH": ""}, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
@@ -75,9 +76,13 @@ def test_import_contracts_hold(tmp_path):
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel built from a copy of the sources (setuptools writes build/ beside them)."""
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("sources")
+    for name in ("pyproject.toml", "README.md", "LICENSE", *PACKAGES):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copyfile
+        copy(REPO / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(REPO)], check=True, capture_output=True, text=True)
+                    "--wheel-dir", str(out), str(src)], check=True, capture_output=True, text=True)
     (found,) = out.glob("synthaug-*.whl")
     return found
 

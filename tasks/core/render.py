@@ -26,7 +26,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from synthaug.tasks.core.files import write_atomic
+from synthaug.tasks.core.io.files import write_atomic
 
 RUN_FILE = "run.json"
 RUN_BEGIN = "<!-- synthaug:run -->"

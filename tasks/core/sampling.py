@@ -7,59 +7,23 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import torch
-from pydantic import Field
 
 from synthaug.models.common import pick_device
-from synthaug.models.registry import get_family
 from synthaug.models.training import checkpoint_hash, load_checkpoint, read_checkpoint_meta
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.files import file_sha256
-from synthaug.tasks.core.images import to_uint8, write_png
-from synthaug.tasks.core.manifest import COLUMNS, SCHEMA, check_rows
-from synthaug.tasks.core.params_base import Section
-from synthaug.tasks.core.shards import SHARDS_DIR, RunShards, cut, finished, run_in_process, write_table
+from synthaug.tasks.core.io.files import file_sha256
+from synthaug.tasks.core.io.images import to_uint8, write_png
+from synthaug.tasks.core.io.manifest import COLUMNS, SCHEMA, check_rows
+from synthaug.tasks.core.io.shards import SHARDS_DIR, RunShards, cut, finished, run_in_process, write_table
+from synthaug.tasks.core.params.generate import GenerateParams, sampling_config
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
-SAMPLING_KNOBS = ("guidance_scale", "sample_steps")  # generator config fields `generate` may set at sampling time
-SAMPLING_FIELDS = (*SAMPLING_KNOBS, "sampler", "sample_batch_size")  # config fields that act at sampling time only
 SAMPLER_FILE = ".checkpoint"  # in a folder of sampled images: the sampler_key they were sampled with
-
-
-class GenerateParams(Section):
-    """``generate`` section.
-
-    seed: base of the per-image seeds (image i of class k gets seed + k*1e6 + i).
-    batch_size: images sampled per forward pass (does not change the pixels).
-    guidance_scale: classifier-free guidance weight to sample with (diffusion families); null: the one the
-      generator was trained with (``model.<family>.guidance_scale``). A sampling knob: another value needs no
-      retraining, so it can be chosen on validation (README "Choosing the sampling guidance").
-    sample_steps: sampler steps per image (diffusion families); null: the generator's own.
-    """
-
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(64, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    guidance_scale: float | None = Field(None, ge=0.0)
-    sample_steps: int | None = Field(None, ge=1)
-
-    def sampling_knobs(self) -> dict[str, Any]:
-        """The sampling knobs set here (not null): they replace the checkpoint's own values when sampling."""
-        return {k: getattr(self, k) for k in SAMPLING_KNOBS if getattr(self, k) is not None}
-
-
-def sampling_config(family: str, config: dict[str, Any], knobs: dict[str, Any]) -> Any:
-    """The ``family`` generator config ``config`` (a dict, as checkpoints store it) with ``knobs`` applied;
-    ValueError naming the knob when the family has no such field or the family's own checks refuse the value."""
-    missing = [k for k in knobs if k not in config]
-    if missing:
-        raise ValueError(f"{missing[0]} is a sampling knob of the diffusion families; the {family} generator has "
-                         "none")
-    return get_family(family).Config(**{**config, **knobs})
 
 
 def sampler_key(checkpoint_dir: Path, params: GenerateParams) -> str:

@@ -28,9 +28,9 @@ from synthaug.flows.anonymize import anonymize, release_params
 from synthaug.flows.augment import run_steps
 from synthaug.flows.dag import ANONYMIZE, STEPS, step
 from synthaug.flows.params import Params, load_params
-from synthaug.tasks.core.manifest import read_manifest
-from synthaug.tasks.core.privacy_report import PrivacyGateError
-from synthaug.tasks.core.quotas import read_plan
+from synthaug.tasks.core.io.manifest import read_manifest
+from synthaug.tasks.core.io.plan_csv import read_plan
+from synthaug.tasks.core.privacy.record import PrivacyGateError
 from synthaug.tasks.core.sampling import image_path
 from synthaug.tasks.generate import requests_from_plan
 from synthaug.tasks.ingest import normalize, png

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from synthaug.flows.augment import augment
-from synthaug.flows.dag import REPO_ROOT, STEPS
+from synthaug.flows.code_deps import REPO_ROOT
+from synthaug.flows.dag import STEPS
 from synthaug.flows.params import load_params
-from synthaug.tasks.core.registry import fetch
+from synthaug.tasks.core.publishing.registry import fetch
 from synthaug.tasks.core.render import read_run
 from tests.toy import TINY, digits_folder
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from synthaug.flows.cli import app
-from synthaug.tasks.core.manifest import COLUMNS
+from synthaug.tasks.core.io.manifest import COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,7 +85,7 @@ def test_default_ingest_then_plan_in_process(tmp_path):
 
 def test_a_step_run_from_another_checkout_names_the_code_that_runs(tmp_path):
     from synthaug.flows.cli import other_checkout
-    from synthaug.flows.dag import REPO_ROOT
+    from synthaug.flows.code_deps import REPO_ROOT
 
     assert other_checkout(REPO_ROOT) is None
     assert other_checkout(tmp_path) is None  # not a checkout: nothing to compare

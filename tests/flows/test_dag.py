@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from synthaug.flows import catalog
 from synthaug.flows.cli import app
-from synthaug.flows.code_deps import code_files
-from synthaug.flows.dag import PRIVACY_STEPS, REPO_ROOT, STEPS, cache_key, dvc_yaml, step
+from synthaug.flows.code_deps import REPO_ROOT, code_files
+from synthaug.flows.dag import PRIVACY_STEPS, STEPS, cache_key, dvc_yaml, step
 from synthaug.flows.params import Params
-from synthaug.tasks.core import catalog
 
 
 def test_committed_dvc_yaml_matches_the_declared_steps():
@@ -102,7 +102,7 @@ def test_steps_and_flows_take_workdir_paths_from_the_catalog():
     spelled = re.compile(rf'/ "({folders})"')
     for module in sorted((REPO_ROOT / "flows").glob("*.py")):
         found = spelled.findall(module.read_text())
-        assert not found, f"{module.name} spells workdir folders {found}: take them from tasks/core/catalog.py"
+        assert not found, f"{module.name} spells workdir folders {found}: take them from flows/catalog.py"
 
 
 def test_catalog_readers_read_what_they_name(tmp_path):

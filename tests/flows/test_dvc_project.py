@@ -13,24 +13,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synthaug.flows.dag import PLOTS, REPO_ROOT, STEPS
+from synthaug.flows.code_deps import REPO_ROOT
+from synthaug.flows.dag import PLOTS, STEPS
 from synthaug.flows.params import load_params
 from tests.toy import TINY, digits_folder
 
 DATASET = "toy-clone"
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+def run_command(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     return done.stdout
 
 
-def _dvc(project: Path, *args: str) -> str:
+def dvc(project: Path, *args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            # `synthaug` runs this clone's code, as after `pip install -e .` in it
            "PYTHONPATH": str(project), "DVC_NO_ANALYTICS": "1"}
-    return _run([sys.executable, "-m", "dvc", *args], project, env)
+    return run_command([sys.executable, "-m", "dvc", *args], project, env)
 
 
 def _lock_md5(project: Path, stage: str) -> dict[str, str]:
@@ -39,7 +40,7 @@ def _lock_md5(project: Path, stage: str) -> dict[str, str]:
 
 
 def _tags(project: Path) -> list[str]:
-    return _run(["git", "tag", "--list"], project / "registry" / "repo").split()
+    return run_command(["git", "tag", "--list"], project / "registry" / "repo").split()
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,14 @@ def clone(tmp_path_factory) -> Path:
     """The committed tree cloned into a temp folder, toy params committed there, then `dvc repro`."""
     root = tmp_path_factory.mktemp("dvc-project")
     project = root / "clone"
-    _run(["git", "clone", "-q", str(REPO_ROOT), str(project)], root)
+    run_command(["git", "clone", "-q", str(REPO_ROOT), str(project)], root)
     for key, value in (("user.email", "test@example.com"), ("user.name", "test")):
-        _run(["git", "config", key, value], project)
+        run_command(["git", "config", key, value], project)
     source = digits_folder(root / "source")
     params = load_params(project / "params.yaml", [*TINY, f"data.source={source}", f"publish.name={DATASET}"])
     (project / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
-    _run(["git", "commit", "-qam", "toy params"], project)
-    _dvc(project, "repro", "-q")
+    run_command(["git", "commit", "-qam", "toy params"], project)
+    dvc(project, "repro", "-q")
     return project
 
 
@@ -68,13 +69,13 @@ def test_dvc_repro_in_a_fresh_clone_runs_the_dag(clone):
     # publish used the default registry, registry/repo inside the clone: created there and tagged
     assert _tags(clone) == [f"{DATASET}-generator/v1", f"{DATASET}/v1"]
     # The clone's own git sees only the new dvc.lock: the workdir and the registry are git-ignored.
-    status = _run(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines()
+    status = run_command(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines()
     assert status == ["?? dvc.lock"], status
 
 
 @pytest.mark.slow
 def test_dvc_metrics_show_prints_a_few_headline_numbers(clone):
-    shown = json.loads(_dvc(clone, "metrics", "show", "--json"))
+    shown = json.loads(dvc(clone, "metrics", "show", "--json"))
     (files,) = [rev["data"] for rev in shown.values()]
     assert list(files) == ["data/work/evaluate/summary.json"], list(files)
 
@@ -98,7 +99,7 @@ def test_dvc_metrics_show_prints_a_few_headline_numbers(clone):
 
 @pytest.mark.slow
 def test_dvc_plots_show_draws_the_tables_and_the_charts(clone):
-    shown = json.loads(_dvc(clone, "plots", "show", "--json"))
+    shown = json.loads(dvc(clone, "plots", "show", "--json"))
     plots = shown.get("data", shown)
     for name, spec in PLOTS.items():
         (rendered,) = plots[name]
@@ -112,22 +113,22 @@ def test_dvc_plots_show_draws_the_tables_and_the_charts(clone):
         (rendered,) = plots[chart]
         assert rendered["type"] == "image" and (clone / rendered["url"]).is_file(), rendered
     # its HTML folder, dvc_plots/, is git-ignored
-    assert _run(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines() == ["?? dvc.lock"]
+    assert run_command(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines() == ["?? dvc.lock"]
 
 
 @pytest.mark.slow
 def test_dvc_exp_run_set_param_reruns_what_depends_on_it(clone):
-    _run(["git", "add", "dvc.lock"], clone)
-    _run(["git", "commit", "-qm", "dvc.lock of the toy run"], clone)
+    run_command(["git", "add", "dvc.lock"], clone)
+    run_command(["git", "commit", "-qm", "dvc.lock of the toy run"], clone)
     before = {s: _lock_md5(clone, s) for s in ("train", "generate")}
-    _dvc(clone, "exp", "run", "-q", "-S", "generate.seed=7")
+    dvc(clone, "exp", "run", "-q", "-S", "generate.seed=7")
     after = {s: _lock_md5(clone, s) for s in ("train", "generate")}
     assert after["train"] == before["train"]  # generate.seed is not a param of train
     assert after["generate"] != before["generate"]
     assert yaml.safe_load((clone / "params.yaml").read_text())["generate"]["seed"] == 7
     assert f"{DATASET}/v2" in _tags(clone)  # other images: a new dataset version
     # `dvc exp show` lists the experiment with its param and its headline metrics (from the DVC cache)
-    (baseline,) = [row for row in json.loads(_dvc(clone, "exp", "show", "--json")) if row["rev"] != "workspace"]
+    (baseline,) = [row for row in json.loads(dvc(clone, "exp", "show", "--json")) if row["rev"] != "workspace"]
     (experiment,) = [rev["data"] for exp in baseline["experiments"] for rev in exp["revs"]]
     assert experiment["params"]["params.yaml"]["data"]["generate"]["seed"] == 7
     assert experiment["metrics"]["data/work/evaluate/summary.json"]["data"]["utility_gate_passed"] in (0, 1)

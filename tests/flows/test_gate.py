@@ -18,10 +18,10 @@ from rich.console import Console
 from synthaug.flows.dag import step
 from synthaug.flows.params import load_params
 from synthaug.models.judge import JudgeConfig
-from synthaug.tasks.core.gate import UtilityGateRefused
-from synthaug.tasks.core.images import load_images, write_png
-from synthaug.tasks.core.manifest import read_manifest, write_manifest
-from synthaug.tasks.evaluate import evaluate_step
+from synthaug.tasks.core.evaluation.gate import UtilityGateRefused
+from synthaug.tasks.core.io.images import load_images, write_png
+from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
+from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
 
 
@@ -136,7 +136,7 @@ def test_a_refused_gate_is_not_retried_but_a_network_error_is() -> None:
     """The publish step retries (remote storage); a refusal, or any error the user must fix, would fail again."""
     from prefect.states import Failed
 
-    from synthaug.flows.augment import _transient
+    from synthaug.flows.augment import transient
 
-    assert not _transient(None, None, Failed(data=UtilityGateRefused("utility gate refused: ...")))
-    assert _transient(None, None, Failed(data=OSError("connection reset")))
+    assert not transient(None, None, Failed(data=UtilityGateRefused("utility gate refused: ...")))
+    assert transient(None, None, Failed(data=OSError("connection reset")))

@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from synthaug.models.judge import load_judge
-from synthaug.tasks.core.manifest import read_manifest
+from synthaug.tasks.core.io.manifest import read_manifest
 from tests.medical import dicom_digits_folder
 from tests.toy import COUNTS, TINY
 

@@ -16,8 +16,9 @@ import pytest
 
 from synthaug.flows.dag import step
 from synthaug.flows.params import load_params
-from synthaug.flows.runners import RunnerParams, shard_runner
-from synthaug.tasks.filter import filter_step
+from synthaug.flows.runners import shard_runner
+from synthaug.tasks.core.params.runner import RunnerParams
+from synthaug.tasks.filter.step import filter_step
 from synthaug.tasks.generate import generate_from_plan
 from tests.toy import TINY, digits_folder
 
@@ -48,7 +49,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
 
-def _run(world, work: Path, runner: RunnerParams) -> None:
+def run_command(world, work: Path, runner: RunnerParams) -> None:
     p = world["params"]
     with shard_runner(runner, "shards") as run_shards:  # one cluster for both steps
         generate_from_plan(work / "plan" / "plan.csv", work / "model" / "checkpoint", p.generate, work / "generate",
@@ -62,8 +63,8 @@ def _run(world, work: Path, runner: RunnerParams) -> None:
 def test_dask_local_cluster_gives_exactly_the_threads_result(world, tmp_path):
     threads = _copy_inputs(world, tmp_path / "threads")
     dask = _copy_inputs(world, tmp_path / "dask")
-    _run(world, threads, RunnerParams(kind="threads", workers=2, shard_size=SHARD))
-    _run(world, dask, RunnerParams(kind="dask", workers=2, shard_size=SHARD))
+    run_command(world, threads, RunnerParams(kind="threads", workers=2, shard_size=SHARD))
+    run_command(world, dask, RunnerParams(kind="dask", workers=2, shard_size=SHARD))
     for name in ("generate", "filter"):
         a = pd.read_parquet(threads / name / "manifest.parquet")
         b = pd.read_parquet(dask / name / "manifest.parquet")

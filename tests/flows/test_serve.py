@@ -9,22 +9,27 @@ Every subprocess runs in its own process group and is killed with it.
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import textwrap
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
 import yaml
 
 from synthaug.flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
+from tests.prefect_server import (
+    api,
+    artifact_markdown,
+    final_runs,
+    find_deployment,
+    flow_runs,
+    free_port,
+    server_env,
+    serving,
+    tail,
+    wait_for,
+)
 from tests.toy import TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,163 +64,22 @@ def tick() -> str:
 '''
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "NO_ALBUMENTATIONS_UPDATE": "1",
-                "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "INFO",
-                # one thread per process: on a shared 2-core machine torch's default threads make tiny steps 3x slower
-                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra})
-    return env
-
-
-@contextmanager
-def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 10)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        with suppress(ProcessLookupError):  # the flow-run children of a runner live in the same group
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.exists() else "(no log)"
-
-
-def _wait(what: str, check, timeout: float, log: Path | None = None, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + (_tail(log) if log else ""))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _server_process(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, str, Path]]:
-    """Starts `prefect server start` on a free loopback port when the module starts (it boots while the tests that
-    need no server run); killed with its process group at the end."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    env = _env(root / "home", PREFECT_SERVER_UI_ENABLED="false", PREFECT_SERVER_LOGGING_LEVEL="WARNING",
-               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-               PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1")
-    log = root / "server.log"
-    with _process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log) as proc:
-        yield proc, f"http://127.0.0.1:{port}/api", log
-
-
-@pytest.fixture(scope="module")
-def server(_server_process) -> str:
-    """The API URL of the module's Prefect server, once /api/health answers."""
-    import httpx
-
-    proc, url, log = _server_process
-
-    def healthy() -> bool:
-        assert proc.poll() is None, f"prefect server exited ({proc.returncode}):\n{_tail(log)}"
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    _wait("the Prefect server's /api/health", healthy, SERVER_START_S, log)
-    return url
-
-
-@contextmanager
-def api(url: str):
-    """This process's Prefect client talks to ``url`` inside the block (settings restored afterwards)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: url}):
-        yield
-
-
-@contextmanager
-def serving(url: str, tmp: Path, script: str, name: str) -> Iterator[Path]:
-    """Run ``script`` (which serves deployments) in a subprocess pointed at the server; yields its log."""
-    log = tmp / f"{name}.log"
-    env = _env(tmp / f"{name}-home", PREFECT_API_URL=url, PREFECT_RUNNER_POLL_FREQUENCY="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(tmp)]))
-    with _process([PYTHON, "-c", textwrap.dedent(script)], env, log):
-        yield log
-
-
-def _deployment(client, name: str, log: Path, timeout: float = 90):
-    from prefect.exceptions import ObjectNotFound
-
-    def found():
-        try:
-            return client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            return None
-
-    return _wait(f"deployment {name} to be registered", found, timeout, log)
-
-
-def _runs(client, deployment_id=None, flow_name: str | None = None) -> list:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
-
-    return client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])) if deployment_id else None,
-        flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])) if flow_name else None, limit=200)
-
-
-def _final(client, run_ids: list, log: Path, timeout: float) -> list:
-    def done():
-        runs = [client.read_flow_run(i) for i in run_ids]
-        return runs if all(r.state is not None and r.state.is_final() for r in runs) else None
-
-    return _wait(f"runs {[str(i)[:8] for i in run_ids]} to finish", done, timeout, log, every=1)
-
-
-def _assert_step_logs_reached_the_api(client, log: Path) -> None:
+def assert_step_logs_reached_the_api(client, log: Path) -> None:
     """The synthaug logger's records of the served run (PREFECT_LOGGING_EXTRA_LOGGERS, set by `synthaug serve`),
     read back from the server: training progress, the filter summary, the published tag."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    (pipeline,) = _runs(client, flow_name="augment")
+    (pipeline,) = flow_runs(client, flow_name="augment")
 
     def messages() -> str | None:
         found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline.id])))
         text = "\n".join(f"{entry.name}: {entry.message}" for entry in found)
         return text if f"published {DATASET}/v1" in text else None
 
-    text = _wait("the published tag in the run's logs", messages, 30, log)
+    text = wait_for("the published tag in the run's logs", messages, 30, log)
     assert re.search(r"synthaug\.train: train vae: 2/2 steps \w+=\S+", text), text
     assert re.search(r"synthaug\.filter: filter: accepted \d+ of \d+ generated .*; rejected: ", text), text
     assert re.search(r"synthaug\.generate: generate: \d+/\d+ images", text), text
-
-
-def _artifact_markdown(client, run_id) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    only_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
-    return "\n".join(str(a.data) for a in client.read_artifacts(artifact_filter=only_run))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -253,7 +117,7 @@ def test_serve_refuses_without_a_reachable_server(tmp_path):
     assert "PREFECT_API_URL is not set" in str(err.value) and "never runs its schedule" in str(err.value)
     assert "prefect server start" in str(err.value)
 
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{_free_port()}/api"}), \
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}), \
             pytest.raises(ServeError, match=r"no Prefect server answers at .*prefect server start"):
         serve_command(params, [], tmp_path / "work")
     with pytest.raises(ServeError, match=r"'61 \* \* \* \*' is not a valid cron"):
@@ -293,9 +157,9 @@ def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path)
         client.create_work_pool(WorkPoolCreate(name="gpu", type="process"))
         log = tmp_path / "deploy.log"
         done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, capture_output=True, text=True,
-                              env=_env(tmp_path / "home", PREFECT_API_URL=server), timeout=120)
+                              env=server_env(tmp_path / "home", PREFECT_API_URL=server), timeout=120)
         log.write_text(done.stdout + done.stderr)
-        assert done.returncode == 0, _tail(log)
+        assert done.returncode == 0, tail(log)
         params = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]
         deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{params['name']}")
         assert deployment.work_pool_name == "gpu"
@@ -327,25 +191,25 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
     """
     with serving(server, tmp_path, script, "serve-augment") as log, api(server), \
             get_client(sync_client=True) as client:
-        deployment = _deployment(client, f"{FLOW_NAME}/{DATASET}", log)
+        deployment = find_deployment(client, f"{FLOW_NAME}/{DATASET}", log)
         assert deployment.global_concurrency_limit.limit == 1
 
         first = run_deployment(deployment.id, timeout=120, poll_interval=1)
-        assert first.state.is_completed(), f"{first.state}\n{_tail(log, 80)}"
+        assert first.state.is_completed(), f"{first.state}\n{tail(log, 80)}"
         for step in STEPS:  # the pipeline ran: every step left its outputs
             for out in step.outs:
-                assert (workdir / out).exists(), f"{step.name} wrote no {out}\n{_tail(log, 80)}"
-        _assert_step_logs_reached_the_api(client, log)
+                assert (workdir / out).exists(), f"{step.name} wrote no {out}\n{tail(log, 80)}"
+        assert_step_logs_reached_the_api(client, log)
         recorded = read_recorded(workdir, DATASET)
         assert recorded is not None and recorded["flow_run_id"] == str(first.id)
         assert recorded["parts"]["source"]["content_hash"] and recorded["parts"]["code_version"]
-        assert "pipeline run" in _artifact_markdown(client, first.id)
+        assert "pipeline run" in artifact_markdown(client, first.id)
 
         second = run_deployment(deployment.id, timeout=60, poll_interval=1)
-        assert second.state.is_completed(), f"{second.state}\n{_tail(log, 80)}"
-        assert "no change" in _artifact_markdown(client, second.id)
+        assert second.state.is_completed(), f"{second.state}\n{tail(log, 80)}"
+        assert "no change" in artifact_markdown(client, second.id)
         assert read_recorded(workdir, DATASET) == recorded
-        assert len(_runs(client, flow_name="augment")) == 1  # the second run started no pipeline
+        assert len(flow_runs(client, flow_name="augment")) == 1  # the second run started no pipeline
 
         # Published once: the unchanged run added no version.
         tags = subprocess.run(["git", "tag", "--list"], cwd=registry / "repo", capture_output=True, text=True,
@@ -354,8 +218,9 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
         assert recorded["publish"]["tag"] == f"{DATASET}/v1"
 
         # The server's scheduler turned the cron into scheduled runs, each at 03:00 UTC.
-        scheduled = _wait("scheduled runs of the cron", lambda: [
-            r for r in _runs(client, deployment.id) if r.state_type == StateType.SCHEDULED and r.auto_scheduled], 30)
+        scheduled = wait_for("scheduled runs of the cron", lambda: [
+            r for r in flow_runs(client, deployment.id)
+            if r.state_type == StateType.SCHEDULED and r.auto_scheduled], 30)
         assert all((r.expected_start_time.hour, r.expected_start_time.minute) == (3, 0) for r in scheduled)
 
 
@@ -383,13 +248,13 @@ def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
     """
     with serving(server, tmp_path, script, "serve-standin") as log, api(server), \
             get_client(sync_client=True) as client:
-        a = _deployment(client, "standin-guarded/a", log)
-        b = _deployment(client, "standin-guarded/b", log)
-        ticker = _deployment(client, "standin-tick/every-5s", log)
+        a = find_deployment(client, "standin-guarded/a", log)
+        b = find_deployment(client, "standin-guarded/b", log)
+        ticker = find_deployment(client, "standin-tick/every-5s", log)
 
         runs = [run_deployment(d.id, timeout=0) for d in (a, a, b)]
-        finished = _final(client, [r.id for r in runs], log, timeout=90)
-        assert all(r.state.is_completed() for r in finished), [r.state for r in finished] + [_tail(log)]
+        finished = final_runs(client, [r.id for r in runs], log, timeout=90)
+        assert all(r.state.is_completed() for r in finished), [r.state for r in finished] + [tail(log)]
 
         # Runs of one deployment: the API's start/end times never overlap, and the later one was held back.
         of_a = sorted((r for r in finished if r.deployment_id == a.id), key=lambda r: r.start_time)
@@ -410,11 +275,11 @@ def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
         # The interval schedule: the server's scheduler creates runs and the served process executes them.
         client.resume_deployment(ticker.id)
         try:
-            _wait("scheduled runs of the interval schedule", lambda: [
-                r for r in _runs(client, ticker.id) if r.state_type == StateType.SCHEDULED and r.auto_scheduled],
+            wait_for("scheduled runs of the interval schedule", lambda: [
+                r for r in flow_runs(client, ticker.id) if r.state_type == StateType.SCHEDULED and r.auto_scheduled],
                 30, log)
-            _wait("a scheduled run to complete", lambda: [
-                r for r in _runs(client, ticker.id) if r.auto_scheduled and r.state_type == StateType.COMPLETED],
+            wait_for("a scheduled run to complete", lambda: [
+                r for r in flow_runs(client, ticker.id) if r.auto_scheduled and r.state_type == StateType.COMPLETED],
                 60, log)
         finally:
             client.pause_deployment(ticker.id)

@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from synthaug.flows.augment import augment
 from synthaug.flows.dag import STEPS
 from synthaug.flows.params import load_params
-from synthaug.tasks.core.sources import Item
+from synthaug.tasks.core.sources.readers import Item
 from synthaug.tasks.ingest import normalize, open_image, png
 from tests.toy import TINY, digits_folder
 
@@ -68,8 +68,9 @@ def test_fingerprint_follows_folder_table_and_npz_content(tmp_path: Path, monkey
     .npz; it stays byte-identical when nothing changed, and unchanged files are not read again."""
     import json
 
-    import synthaug.tasks.core.sources
-    from synthaug.tasks.ingest import DataParams, fingerprint_source
+    import synthaug.tasks.core.sources.readers
+    from synthaug.tasks.core.params.data import DataParams
+    from synthaug.tasks.ingest import fingerprint_source
 
     folder = digits_folder(tmp_path / "folder", {"0": 3, "1": 3})
     shutil.copytree(folder, tmp_path / "table")

@@ -7,7 +7,8 @@ import pytest
 
 from synthaug.flows.params import load_params
 from synthaug.flows.tune import tune
-from synthaug.tasks.core.sampling import GenerateParams, sampler_key
+from synthaug.tasks.core.params.generate import GenerateParams
+from synthaug.tasks.core.sampling import sampler_key
 from synthaug.tasks.tune import DEFAULT_TRIAL
 from tests.toy import TINY, digits_folder
 
@@ -69,18 +70,18 @@ def test_the_study_key_ignores_the_recipe_and_test_seeds_but_not_the_tune_seeds(
 def test_a_default_trial_cut_off_while_running_is_queued_again(tuned, tmp_path) -> None:
     import optuna
 
-    from synthaug.flows.tune import _study
+    from synthaug.flows.tune import open_study
     from synthaug.tasks.tune import suggest
 
     _, params, _, _ = tuned
-    study = _study(params, tmp_path, "cut", DEFAULT_TRIAL)
+    study = open_study(params, tmp_path, "cut", DEFAULT_TRIAL)
     first = study.ask()
     assert suggest(first) == DEFAULT_TRIAL  # the queued default, now RUNNING: the process is killed here
-    again = _study(params, tmp_path, "cut", DEFAULT_TRIAL)
+    again = open_study(params, tmp_path, "cut", DEFAULT_TRIAL)
     waiting = [t for t in again.get_trials() if t.state == optuna.trial.TrialState.WAITING]
     assert [t.system_attrs["fixed_params"] for t in waiting] == [DEFAULT_TRIAL]
-    assert _study(params, tmp_path, "cut", DEFAULT_TRIAL).get_trials()[-1].state == optuna.trial.TrialState.WAITING
-    assert len(_study(params, tmp_path, "cut", DEFAULT_TRIAL).get_trials()) == 2  # queued once, not once per resume
+    assert open_study(params, tmp_path, "cut", DEFAULT_TRIAL).get_trials()[-1].state == optuna.trial.TrialState.WAITING
+    assert len(open_study(params, tmp_path, "cut", DEFAULT_TRIAL).get_trials()) == 2  # queued once, not once per resume
 
 
 # A diffusion generator at toy size: the family with a sampling guidance.

@@ -20,13 +20,12 @@ import pytest
 import yaml
 
 from synthaug.flows.serve import FLOW_NAME
-from tests.flows.test_serve import _deployment, _runs, _server_process, _tail, _wait, api, server, serving
+from tests.prefect_server import api, find_deployment, flow_runs, serving, tail, wait_for
 from tests.toy import TINY, digits_folder
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = "digits-warm"
 GEN = f"{DATASET}-generator"
-__all__ = ["_server_process", "server"]  # the module's Prefect server (fixtures shared with test_serve)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -71,7 +70,7 @@ def show(registry: Path, tag: str, rel: str, out: Path) -> Path:
 def flow_logs(client, flow_name: str) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    ids = [r.id for r in _runs(client, flow_name=flow_name)]
+    ids = [r.id for r in flow_runs(client, flow_name=flow_name)]
     logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
     return "\n".join(entry.message for entry in logs)
 
@@ -94,13 +93,14 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         serve_command(Path({str(params)!r}), {TINY!r}, Path({str(workdir)!r}), cron="0 3 * * *")
     """
     with serving(server, tmp_path, script, "serve-warm") as log, api(server), get_client(sync_client=True) as client:
-        deployment = _deployment(client, f"{FLOW_NAME}/{DATASET}", log)
+        deployment = find_deployment(client, f"{FLOW_NAME}/{DATASET}", log)
 
         # Revision 1: dataset v1 and generator v1, trained from scratch.
         first = run_deployment(deployment.id, timeout=180, poll_interval=1)
-        assert first.state.is_completed(), f"{first.state}\n{_tail(log, 80)}"
+        assert first.state.is_completed(), f"{first.state}\n{tail(log, 80)}"
         assert tags(registry / "repo") == [f"{GEN}/v1", f"{DATASET}/v1"]
-        _wait("the log of run 1", lambda: "no generator of digits-warm published" in flow_logs(client, "augment"), 30)
+        wait_for("the log of run 1", lambda: "no generator of digits-warm published" in flow_logs(client, "augment"),
+                 30)
 
         # Another machine with DVC access only: the published generator samples the same bytes for the same seeds.
         fresh = tmp_path / "elsewhere"
@@ -117,7 +117,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         for image in ours:
             theirs = fresh / "out" / "images" / image.parent.name / image.name
             assert theirs.read_bytes() == image.read_bytes(), image.name
-        from synthaug.tasks.core.manifest import read_manifest
+        from synthaug.tasks.core.io.manifest import read_manifest
 
         _, meta = read_manifest(fresh / "out" / "manifest.parquet")
         assert meta["generator_version"]["tag"] == f"{GEN}/v1"
@@ -125,10 +125,11 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         # Revision 2 adds images of the scarce class: the run fine-tunes from generator v1.
         rev2 = commit_images(source, {"3": 16}, "revision 2: more of the scarce class")
         second = run_deployment(deployment.id, timeout=180, poll_interval=1)
-        assert second.state.is_completed(), f"{second.state}\n{_tail(log, 80)}"
+        assert second.state.is_completed(), f"{second.state}\n{tail(log, 80)}"
         assert tags(registry / "repo") == [f"{GEN}/v1", f"{GEN}/v2", f"{DATASET}/v1", f"{DATASET}/v2"]
-        _wait("the fine-tuning line in the run's log", lambda: f"fine-tuning from generator {GEN}/v1 for 1 of 2 steps"
-              in flow_logs(client, "augment"), 30)
+        wait_for("the fine-tuning line in the run's log",
+                 lambda: f"fine-tuning from generator {GEN}/v1 for 1 of 2 steps"
+                 in flow_logs(client, "augment"), 30)
 
         # Lineage both ways: the dataset card names generator v2; generator v2 names revision 2 and generator v1.
         card = (show(registry / "repo", f"{DATASET}/v2", f"datasets/{DATASET}", tmp_path / "ds-v2") / "card.md")
@@ -143,6 +144,6 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
 
         # The source unchanged: the next run publishes nothing.
         third = run_deployment(deployment.id, timeout=120, poll_interval=1)
-        assert third.state.is_completed(), f"{third.state}\n{_tail(log, 80)}"
+        assert third.state.is_completed(), f"{third.state}\n{tail(log, 80)}"
         assert len(tags(registry / "repo")) == 4
-        assert len(_runs(client, flow_name="augment")) == 2
+        assert len(flow_runs(client, flow_name="augment")) == 2

@@ -13,13 +13,13 @@ from sklearn.datasets import load_digits
 from synthaug.models.judge import (
     Judge,
     JudgeConfig,
-    _shift,
     balanced_class_weights,
     fit_temperature,
     load_feature_extractor,
     load_judge,
     save_judge,
     train_judge,
+    translate,
 )
 
 # Small enough for ~5 s on one CPU thread, large enough for > 90% held-out accuracy on digits.
@@ -172,7 +172,7 @@ def test_vgg_keeps_at_least_two_stages(side: int, stages: int) -> None:
 
 def test_shift_translates_with_edge_padding() -> None:
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    out = _shift(x, torch.tensor([1]), torch.tensor([-1]), 1)
+    out = translate(x, torch.tensor([1]), torch.tensor([-1]), 1)
     # Down one row, left one column; the vacated top row / right column repeat the edge.
     expected = torch.tensor([[1.0, 2, 3, 3], [1, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11]])
     assert torch.equal(out[0, 0], expected)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from synthaug.flows.dag import REPO_ROOT
+from synthaug.flows.code_deps import REPO_ROOT
 from synthaug.flows.params import ParamsError, load_params
-from synthaug.tasks.ingest import DataParams, ingest
-from synthaug.tasks.train import train
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.ingest import ingest
+from synthaug.tasks.train.step import train
 from tests.toy import TINY, digits_folder
 
 

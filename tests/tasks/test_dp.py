@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from synthaug.models.training import checkpoint_hash, load_checkpoint
 from synthaug.models.vae import VAE, VAEConfig
-from synthaug.tasks.core.dp import DP_FILE, DPParams, card_lines, dp_claim, fit_private
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.model_params import ModelParams
+from synthaug.tasks.core.params.model import DPParams, ModelParams
+from synthaug.tasks.core.privacy.dp import DP_FILE, card_lines, dp_claim
+from synthaug.tasks.train.private import fit_private
 
 CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
 ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # Opacus RDPAccountant's default orders

@@ -23,30 +23,29 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from synthaug.models import metrics as M
 from synthaug.models.judge import JudgeConfig
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.features import embed, load_judge_step
-from synthaug.tasks.core.gate import gate_verdict
-from synthaug.tasks.core.images import load_images, write_png
-from synthaug.tasks.core.inputs import default_minority
-from synthaug.tasks.core.manifest import read_manifest, write_manifest
-from synthaug.tasks.core.recipe import k_center_order
-from synthaug.tasks.core.utility import (
+from synthaug.tasks.core.evaluation.downstream import (
     BASELINES,
     COMPARED,
     CONDITIONS,
-    DEFAULT_CLASSIFIER,
     MIN_GAP,
     TREATED,
-    EvaluateParams,
-    _gap_closed,
     augment_images,
     best_real_baseline,
     families,
     fill_indices,
+    gap_closed,
     paired_difference,
     score,
     summarize,
 )
-from synthaug.tasks.evaluate import CHOICES, evaluate_step
+from synthaug.tasks.core.evaluation.gate import gate_verdict
+from synthaug.tasks.core.evaluation.inputs import default_minority
+from synthaug.tasks.core.evaluation.recipe import k_center_order
+from synthaug.tasks.core.io.images import load_images, write_png
+from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
+from synthaug.tasks.core.params.evaluate import DEFAULT_CLASSIFIER, EvaluateParams
+from synthaug.tasks.core.scoring.features import embed, load_judge_step
+from synthaug.tasks.evaluate.step import CHOICES, evaluate_step
 from synthaug.tasks.judge import train_judge_step
 
 CLASSES = ("0", "1", "2", "3")
@@ -426,13 +425,13 @@ def test_gap_closed_edge_cases() -> None:
         return {"m": {"mean": mean}}
 
     base = {"real_oversampled": cond(0.5), "real_synthetic": cond(0.7)}
-    assert _gap_closed(base, "real_synthetic", "m", "real_oversampled")["value"] is None
-    flat = _gap_closed({**base, "real_oracle": cond(0.505)}, "real_synthetic", "m", "real_oversampled")
+    assert gap_closed(base, "real_synthetic", "m", "real_oversampled")["value"] is None
+    flat = gap_closed({**base, "real_oracle": cond(0.505)}, "real_synthetic", "m", "real_oversampled")
     assert flat["value"] is None and "no gap" in flat["reason"]
-    half = _gap_closed({**base, "real_oracle": cond(0.9)}, "real_synthetic", "m", "real_oversampled")
+    half = gap_closed({**base, "real_oracle": cond(0.9)}, "real_synthetic", "m", "real_oversampled")
     assert half["value"] == pytest.approx(0.5) and half["baseline"] == "real_oversampled"
     # from the best real baseline, not from real_only: real_only at 0.0 changes nothing
-    with_only = _gap_closed({**base, "real_only": cond(0.0), "real_oracle": cond(0.9)}, "real_synthetic", "m",
+    with_only = gap_closed({**base, "real_only": cond(0.0), "real_oracle": cond(0.9)}, "real_synthetic", "m",
                             "real_oversampled")
     assert with_only["value"] == pytest.approx(0.5)
 
@@ -471,8 +470,8 @@ def test_gate_refuses_measured_harm_and_passes_noise() -> None:
 
 
 def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Path]) -> None:
-    from synthaug.tasks.core.inputs import read_data
-    from synthaug.tasks.core.utility import training_set
+    from synthaug.tasks.core.evaluation.downstream import training_set
+    from synthaug.tasks.core.evaluation.inputs import read_data
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -487,8 +486,8 @@ def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Pat
 
 
 def test_real_synthetic_sets_train_as_many_passes_as_the_baselines(workdir: dict[str, Path]) -> None:
-    from synthaug.tasks.core.inputs import read_data
-    from synthaug.tasks.core.utility import classifier_config, training_set
+    from synthaug.tasks.core.evaluation.downstream import classifier_config, training_set
+    from synthaug.tasks.core.evaluation.inputs import read_data
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -556,8 +555,8 @@ def test_k_center_order_matches_its_definition() -> None:
 
 
 def test_synthetic_subset_takes_each_class_share_in_order(workdir: dict[str, Path]) -> None:
-    from synthaug.tasks.core.inputs import read_data
-    from synthaug.tasks.core.recipe import synthetic_subset
+    from synthaug.tasks.core.evaluation.inputs import read_data
+    from synthaug.tasks.core.evaluation.recipe import synthetic_subset
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)
@@ -590,8 +589,8 @@ def test_recipe_is_chosen_on_validation_and_scored_once(metrics: dict) -> None:
 
 
 def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> None:
-    from synthaug.tasks.core.inputs import read_data
-    from synthaug.tasks.core.recipe import validation_folds
+    from synthaug.tasks.core.evaluation.inputs import read_data
+    from synthaug.tasks.core.evaluation.recipe import validation_folds
 
     judge, class_names = load_judge_step(workdir["judge"])
     data = read_data(workdir["ingest"], workdir["filter"], class_names, judge.image_shape)

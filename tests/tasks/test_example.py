@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.example import MARKER_FILE, SCARCE_CLASSES, SPLITS_FILE, write_example
+from synthaug.tasks.core.sources.example import MARKER_FILE, SCARCE_CLASSES, SPLITS_FILE, write_example
 
 # load_digits has 178, 182, 177, 183, 181, 182, 181, 179, 174, 180 scans of 0..9. Each class gives 50 to test and
 # 10 to val; the rest is train, except for 3, 5 and 8, which keep 6 train and hold back the rest

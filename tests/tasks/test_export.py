@@ -19,7 +19,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.export import export_images
+from synthaug.tasks.release.export import export_images
 from tests.medical import (
     CR,
     CT,

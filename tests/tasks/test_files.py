@@ -1,11 +1,11 @@
-"""The one helper for atomic writes and the one for file hashes (tasks/core/files.py)."""
+"""The one helper for atomic writes and the one for file hashes (tasks/core/io/files.py)."""
 
 import hashlib
 import os
 
 import pytest
 
-from synthaug.tasks.core.files import atomic_path, file_sha256, write_atomic
+from synthaug.tasks.core.io.files import atomic_path, file_sha256, write_atomic
 
 
 def test_write_atomic_writes_text_and_bytes_and_returns_their_sha256(tmp_path):

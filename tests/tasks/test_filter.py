@@ -25,16 +25,17 @@ from sklearn.datasets import load_digits
 from synthaug.models.judge import JudgeConfig
 from synthaug.models.metrics import nearest_correlation, nearest_distance, realism_inside
 from synthaug.models.vae import VAEConfig
-from synthaug.tasks.core.features import embed, load_judge_step
-from synthaug.tasks.core.images import load_images, to_uint8, write_png
-from synthaug.tasks.core.manifest import COLUMNS, read_manifest, write_manifest
-from synthaug.tasks.core.model_params import ModelParams
-from synthaug.tasks.core.reference import class_radii
-from synthaug.tasks.core.rules import (
+from synthaug.tasks.core.io.images import load_images, to_uint8, write_png
+from synthaug.tasks.core.io.manifest import COLUMNS, read_manifest, write_manifest
+from synthaug.tasks.core.params.filter import FilterParams
+from synthaug.tasks.core.params.generate import GenerateParams
+from synthaug.tasks.core.params.model import ModelParams
+from synthaug.tasks.core.sampling import image_path, seeds_for
+from synthaug.tasks.core.scoring.features import embed, load_judge_step
+from synthaug.tasks.core.scoring.rules import (
     MIN_ACCEPTANCE_RATE,
     REJECT_REASONS,
     SCORE_COLUMNS,
-    FilterParams,
     MemorizationThresholds,
     Thresholds,
     memorization_thresholds,
@@ -43,11 +44,11 @@ from synthaug.tasks.core.rules import (
     sanity_reason,
     topup_count,
 )
-from synthaug.tasks.core.sampling import GenerateParams, image_path, seeds_for
-from synthaug.tasks.filter import filter_step
+from synthaug.tasks.filter.reference import class_radii
+from synthaug.tasks.filter.step import filter_step
 from synthaug.tasks.generate import generate_from_plan
 from synthaug.tasks.judge import train_judge_step
-from synthaug.tasks.train import train
+from synthaug.tasks.train.step import train
 
 CLASSES = ("0", "1", "2", "3")
 SCARCE = "3"  # keeps only SCARCE_TRAIN training images
@@ -188,7 +189,7 @@ def test_memorization_thresholds_are_holdout_quantiles() -> None:
 
 def test_pixels_uint8_are_the_stored_levels() -> None:
     levels = torch.randint(0, 256, (5, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
-    decoded = levels.float() / 127.5 - 1.0  # as tasks.core.images.load_images decodes a PNG
+    decoded = levels.float() / 127.5 - 1.0  # as tasks.core.io.images.load_images decodes a PNG
     assert np.array_equal(pixels_uint8(decoded), levels.reshape(5, -1).numpy())
 
 

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.manifest import read_manifest
-from synthaug.tasks.ingest import DataParams, ingest
+from synthaug.tasks.core.io.manifest import read_manifest
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.ingest import ingest
 
 SEED = 20261125
 ORDINARY = ("png", "jpg", "tiff", "bmp")

@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.model_params import ModelParams
-from synthaug.tasks.core.registry import PublishError, PublishParams, fetch, fetch_generator, latest_generator
-from synthaug.tasks.generators import WarmStart, _mismatch, parse_spec
-from synthaug.tasks.publish import publish
+from synthaug.tasks.core.params.model import ModelParams
+from synthaug.tasks.core.params.publish import PublishParams
+from synthaug.tasks.core.publishing.generators import WarmStart, parse_spec, warm_start_mismatch
+from synthaug.tasks.core.publishing.registry import fetch, fetch_generator, latest_generator
+from synthaug.tasks.core.publishing.vcs import PublishError
+from synthaug.tasks.publish.step import publish
 from tests.tasks.test_publish import bare_origin, break_remote, git, hermetic, make_dataset, mend_remote, snapshot
 
 NAME = "digits"
@@ -131,12 +133,12 @@ def test_warm_start_needs_the_same_family_shape_config_and_no_removed_class() ->
     model = ModelParams(family="vae")
     config = json.loads(json.dumps(model.vae.__dict__))
     meta = {"family": "vae", "image_shape": [1, 16, 16], "class_names": ["0", "1"], "config": config}
-    assert _mismatch(meta, _frame(["0", "1", "2"]), model) is None  # a superset: conditioning extended
-    assert _mismatch({**meta, "config": {**config, "steps": 5}}, _frame(["0", "1"]), model) is None
-    assert "model.family is vae" in _mismatch({**meta, "family": "gan"}, _frame(["0", "1"]), model)
-    assert "image shape is [1, 16, 16]" in _mismatch(meta, _frame(["0", "1"], (1, 32, 32)), model)
-    assert "classes ['1'] are no longer in the source" in _mismatch(meta, _frame(["0", "2"]), model)
-    assert "differs in ['latent_dim']" in _mismatch({**meta, "config": {**config, "latent_dim": 99}},
+    assert warm_start_mismatch(meta, _frame(["0", "1", "2"]), model) is None  # a superset: conditioning extended
+    assert warm_start_mismatch({**meta, "config": {**config, "steps": 5}}, _frame(["0", "1"]), model) is None
+    assert "model.family is vae" in warm_start_mismatch({**meta, "family": "gan"}, _frame(["0", "1"]), model)
+    assert "image shape is [1, 16, 16]" in warm_start_mismatch(meta, _frame(["0", "1"], (1, 32, 32)), model)
+    assert "classes ['1'] are no longer in the source" in warm_start_mismatch(meta, _frame(["0", "2"]), model)
+    assert "differs in ['latent_dim']" in warm_start_mismatch({**meta, "config": {**config, "latent_dim": 99}},
                                                      _frame(["0", "1"]), model)
 
 
@@ -145,8 +147,9 @@ def test_warm_start_ignores_what_acts_at_sampling_time_only() -> None:
     config = json.loads(json.dumps(dataclasses.asdict(model.diffusion)))
     meta = {"family": "diffusion", "image_shape": [1, 16, 16], "class_names": ["0", "1"], "config": config}
     sampled = {**config, "guidance_scale": 2.0, "sample_steps": 50, "sampler": "ddim", "sample_batch_size": 8}
-    assert _mismatch({**meta, "config": sampled}, _frame(["0", "1"]), model) is None  # e.g. the old default guidance
-    assert "differs in ['label_dropout']" in _mismatch({**meta, "config": {**config, "label_dropout": 0.2}},
+    # e.g. the old default guidance
+    assert warm_start_mismatch({**meta, "config": sampled}, _frame(["0", "1"]), model) is None
+    assert "differs in ['label_dropout']" in warm_start_mismatch({**meta, "config": {**config, "label_dropout": 0.2}},
                                                         _frame(["0", "1"]), model)
 
 
@@ -166,7 +169,8 @@ TINY_VAE = {"steps": 2, "batch_size": 8, "latent_dim": 4, "channels": 8, "embed_
 
 
 def _ingested(root: Path, counts: dict[str, int]) -> Path:
-    from synthaug.tasks.ingest import DataParams, ingest
+    from synthaug.tasks.core.params.data import DataParams
+    from synthaug.tasks.ingest import ingest
     from tests.toy import digits_folder
 
     source = digits_folder(root / "source", counts)
@@ -179,8 +183,8 @@ def _model(**changes) -> ModelParams:
 
 def test_warm_start_from_the_published_generator_extends_classes_and_replays_its_start(tmp_path: Path) -> None:
     from synthaug.models.training import checkpoint_hash
-    from synthaug.tasks.generators import assemble_generator, resolve_warm_start, write_origin
-    from synthaug.tasks.train import train
+    from synthaug.tasks.core.publishing.generators import assemble_generator, resolve_warm_start, write_origin
+    from synthaug.tasks.train.step import train
 
     params = PublishParams(name=NAME, registry=str(tmp_path / "registry"), remote=str(tmp_path / "remote"))
     rev1 = _ingested(tmp_path / "rev1", {"0": 12, "1": 12, "2": 12})
@@ -226,7 +230,7 @@ def test_warm_start_from_the_published_generator_extends_classes_and_replays_its
 
 
 def test_a_checkpoint_of_other_data_is_trained_again_not_resumed(tmp_path: Path) -> None:
-    from synthaug.tasks.train import train
+    from synthaug.tasks.train.step import train
 
     rev1 = _ingested(tmp_path / "rev1", {"0": 12, "1": 12})
     rev2 = _ingested(tmp_path / "rev2", {"0": 20, "1": 20})

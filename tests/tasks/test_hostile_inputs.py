@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.manifest import read_manifest
-from synthaug.tasks.core.medical import MAX_VOXELS
-from synthaug.tasks.ingest import DataParams, ingest
+from synthaug.tasks.core.io.manifest import read_manifest
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.core.sources.medical import MAX_VOXELS
+from synthaug.tasks.ingest import ingest
 from tests.tasks.test_ingest import folder, noise
 
 

@@ -18,8 +18,9 @@ from PIL import Image
 from rich.console import Console
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.manifest import COLUMNS, read_manifest
-from synthaug.tasks.ingest import DataParams, assign_splits, fingerprint_source, ingest, locate, manifest_frame
+from synthaug.tasks.core.io.manifest import COLUMNS, read_manifest
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.ingest import assign_splits, fingerprint_source, ingest, locate, manifest_frame
 
 RNG_SEED = 1234
 KNOWN = ".png, .jpg, .jpeg, .tif, .tiff, .bmp, .dcm, .dicom, .nii, .nii.gz"  # what ingest reads, in its message

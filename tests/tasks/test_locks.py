@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from synthaug.flows.dag import REPO_ROOT
-from synthaug.tasks.core.locks import TIMEOUT_ENV, registry_lock, workdir_lock
+from synthaug.flows.code_deps import REPO_ROOT
+from synthaug.tasks.core.io.locks import TIMEOUT_ENV, registry_lock, workdir_lock
 from tests.tasks.test_publish import NAME, git, hermetic, make_dataset, tags  # noqa: F401  (hermetic: a fixture)
 from tests.toy import TINY, digits_folder
 

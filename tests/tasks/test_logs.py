@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 
 from synthaug.tasks.core.logs import EXTRA_LOGGERS, ROOT, get_logger, progress, route_to_prefect
-from synthaug.tasks.filter import summary_line
+from synthaug.tasks.filter.step import summary_line
 
 
 def _messages(caplog) -> list[str]:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from synthaug.flows.params import ParamsError, load_params
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.ingest import DataParams
+from synthaug.tasks.core.params.data import DataParams
 from tests.medical import CR, CT, MR, bundled, mr_volume, physical, run_ingest, windowed, write_nifti, write_series
 
 CT_SPACING = 0.661468  # CT_small's PixelSpacing

@@ -11,10 +11,11 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.io.manifest import write_manifest
+from synthaug.tasks.core.io.plan_csv import read_plan
 from synthaug.tasks.core.labels import natural_key
-from synthaug.tasks.core.manifest import write_manifest
-from synthaug.tasks.core.quotas import read_plan
-from synthaug.tasks.plan import PlanParams, make_plan, plan_counts
+from synthaug.tasks.core.params.plan import PlanParams
+from synthaug.tasks.plan import make_plan, plan_counts
 
 COUNTS = {"10": 4, "2": 30, "1": 13}  # natural order: 1, 2, 10
 

@@ -1,4 +1,4 @@
-"""Classifier runs spread over processes (tasks/core/pool.py): how many, what a worker holds, errors."""
+"""Classifier runs spread over processes (tasks/core/evaluation/pool.py): how many, what a worker holds, errors."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from synthaug.models.judge import JudgeConfig
-from synthaug.tasks.core.pool import nbytes, run_jobs, worker_count
-from synthaug.tasks.core.recipe import run_conditions
-from synthaug.tasks.core.utility import EvaluateParams, _Data
+from synthaug.tasks.core.evaluation.downstream import EvalData
+from synthaug.tasks.core.evaluation.pool import nbytes, run_jobs, worker_count
+from synthaug.tasks.core.evaluation.recipe import run_conditions
+from synthaug.tasks.core.params.evaluate import EvaluateParams
 
 
 def test_worker_count_is_capped_by_runs_and_memory() -> None:
@@ -31,13 +32,13 @@ def test_nbytes_counts_the_arrays_a_worker_copies() -> None:
     assert nbytes(shared) == 120 + 40 + 16 + int(frame.memory_usage(deep=True).sum())
 
 
-def _tiny_data() -> _Data:
+def _tiny_data() -> EvalData:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(24, 1, 8, 8, generator=g) * 2 - 1
     y = torch.arange(24) % 2
     empty = torch.empty(0, 1, 8, 8)
     none = torch.empty(0, dtype=torch.int64)
-    return _Data(["a", "b"], x, y, x[:4], y[:4], x[:8], y[:8], empty, none, empty, none, pd.DataFrame())
+    return EvalData(["a", "b"], x, y, x[:4], y[:4], x[:8], y[:8], empty, none, empty, none, pd.DataFrame())
 
 
 def test_a_failing_run_raises_in_the_caller_with_its_message() -> None:

@@ -14,10 +14,11 @@ from synthaug.models.diffusion import Diffusion, DiffusionConfig
 from synthaug.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 from synthaug.models.training import fit, save_checkpoint
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.model_params import ModelParams
-from synthaug.tasks.core.pretrained import apply_pretrained, export_checkpoint, read_pretrained, write_bundle
-from synthaug.tasks.ingest import DataParams, ingest
-from synthaug.tasks.train import train
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.core.params.model import ModelParams
+from synthaug.tasks.ingest import ingest
+from synthaug.tasks.train.pretrained import apply_pretrained, export_checkpoint, read_pretrained, write_bundle
+from synthaug.tasks.train.step import train
 from tests.toy import digits_folder
 
 CPU = torch.device("cpu")

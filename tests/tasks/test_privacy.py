@@ -24,21 +24,17 @@ from sklearn.metrics import roc_auc_score
 
 from synthaug.models.judge import JudgeConfig
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.files import file_sha256
-from synthaug.tasks.core.images import write_png
-from synthaug.tasks.core.manifest import COLUMNS, write_manifest
-from synthaug.tasks.core.privacy_report import (
-    PRIVACY_FILE,
-    PrivacyGateError,
-    PrivacyParams,
-    card_section,
-    check_rows,
-    read_privacy,
-)
-from synthaug.tasks.core.rules import FilterParams, memorization_thresholds
-from synthaug.tasks.core.sampling import GenerateParams, image_path
-from synthaug.tasks.core.tstr import ReleaseUtilityError
-from synthaug.tasks.filter import filter_step
+from synthaug.tasks.core.io.files import file_sha256
+from synthaug.tasks.core.io.images import write_png
+from synthaug.tasks.core.io.manifest import COLUMNS, write_manifest
+from synthaug.tasks.core.params.filter import FilterParams
+from synthaug.tasks.core.params.generate import GenerateParams
+from synthaug.tasks.core.params.privacy import PrivacyParams
+from synthaug.tasks.core.privacy.record import PRIVACY_FILE, PrivacyGateError, card_section, check_rows, read_privacy
+from synthaug.tasks.core.privacy.tstr import ReleaseUtilityError
+from synthaug.tasks.core.sampling import image_path
+from synthaug.tasks.core.scoring.rules import memorization_thresholds
+from synthaug.tasks.filter.step import filter_step
 from synthaug.tasks.judge import train_judge_step
 from synthaug.tasks.privacy import (
     Records,
@@ -50,7 +46,7 @@ from synthaug.tasks.privacy import (
     privacy_gate,
     summarize,
 )
-from synthaug.tasks.release import assemble_anonymized, withhold_source
+from synthaug.tasks.release.step import assemble_anonymized, withhold_source
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN, HOLDOUT, FRESH = 40, 40, 40  # per class: members, non-members, never-seen digits for honest releases

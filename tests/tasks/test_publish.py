@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from synthaug.tasks.core.card import write_card
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.manifest import write_manifest
-from synthaug.tasks.core.registry import PublishError, PublishParams, code_version, fetch
+from synthaug.tasks.core.io.manifest import write_manifest
+from synthaug.tasks.core.params.publish import PublishParams
+from synthaug.tasks.core.publishing.card import write_card
+from synthaug.tasks.core.publishing.registry import code_version, fetch
+from synthaug.tasks.core.publishing.vcs import PublishError
 from synthaug.tasks.core.render import RunInfo, read_run, render, write_run
-from synthaug.tasks.publish import REQUIRED_FILES, publish
+from synthaug.tasks.publish.step import REQUIRED_FILES, publish
 
 NAME = "digits"
 

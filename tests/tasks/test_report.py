@@ -20,10 +20,10 @@ from PIL import Image
 from rich.console import Console
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.images import write_png
-from synthaug.tasks.core.manifest import read_manifest, write_manifest
-from synthaug.tasks.core.utility import CONDITIONS, TREATED, families
-from synthaug.tasks.evaluate import evaluate_step
+from synthaug.tasks.core.evaluation.downstream import CONDITIONS, TREATED, families
+from synthaug.tasks.core.io.images import write_png
+from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
+from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
 
 
@@ -191,7 +191,7 @@ def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str,
     import pandas as pd
 
     from synthaug.models.judge import JudgeConfig
-    from synthaug.tasks.core.sampling import GenerateParams
+    from synthaug.tasks.core.params.generate import GenerateParams
 
     real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")
     held = real[real["split"] == "heldback"].head(12)

@@ -14,7 +14,8 @@ from synthaug.models.diffusion import Diffusion, DiffusionConfig
 from synthaug.models.training import save_checkpoint
 from synthaug.models.vae import VAE, VAEConfig
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.sampling import GenerateParams, sampler_key
+from synthaug.tasks.core.params.generate import GenerateParams
+from synthaug.tasks.core.sampling import sampler_key
 from synthaug.tasks.generate import CHECKPOINT_FILE, generate_from_plan
 
 CLASSES = ["a", "b"]
@@ -81,13 +82,13 @@ def test_a_checkpoint_resaved_with_another_guidance_resamples_the_folder(setup, 
 
 
 def test_filter_top_ups_refuse_a_generate_folder_of_another_sampler(setup, tmp_path):
-    from synthaug.tasks.filter import _same_sampler
+    from synthaug.tasks.filter.step import same_sampler
 
     root, plan = setup
     generate_from_plan(plan, root / "w2", GenerateParams(device="cpu"), tmp_path / "g")
-    _same_sampler(tmp_path / "g", sampler_key(root / "w2", GenerateParams(device="cpu")))  # the same: no error
+    same_sampler(tmp_path / "g", sampler_key(root / "w2", GenerateParams(device="cpu")))  # the same: no error
     with pytest.raises(UserError, match="sampled with other generate params"):
-        _same_sampler(tmp_path / "g", sampler_key(root / "w2", GenerateParams(device="cpu", guidance_scale=3.0)))
+        same_sampler(tmp_path / "g", sampler_key(root / "w2", GenerateParams(device="cpu", guidance_scale=3.0)))
 
 
 def test_a_family_without_the_knob_is_refused_naming_checkpoint_and_knob(tmp_path):

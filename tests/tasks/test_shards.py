@@ -13,8 +13,7 @@ import torch
 
 from synthaug.models.training import save_checkpoint
 from synthaug.models.vae import VAE, VAEConfig
-from synthaug.tasks.core.sampling import GenerateParams
-from synthaug.tasks.core.shards import (
+from synthaug.tasks.core.io.shards import (
     concat_tables,
     cut,
     finished,
@@ -23,6 +22,7 @@ from synthaug.tasks.core.shards import (
     run_in_process,
     write_table,
 )
+from synthaug.tasks.core.params.generate import GenerateParams
 from synthaug.tasks.generate import CHECKPOINT_FILE, generate_from_plan
 
 CLASSES = ["a", "b", "c"]

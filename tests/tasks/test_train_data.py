@@ -8,9 +8,10 @@ import torch
 
 from synthaug.models.training import fit, load_checkpoint
 from synthaug.models.vae import VAE, VAEConfig
-from synthaug.tasks.core.model_params import ModelParams
-from synthaug.tasks.ingest import DataParams, ingest
-from synthaug.tasks.train import train
+from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.core.params.model import ModelParams
+from synthaug.tasks.ingest import ingest
+from synthaug.tasks.train.step import train
 from tests.toy import digits_folder
 
 

@@ -7,7 +7,14 @@ import math
 import pytest
 
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.tstr import card_lines, check_ratio, compare, mean_interval, release_utility, utility_rows
+from synthaug.tasks.core.privacy.tstr import (
+    card_lines,
+    check_ratio,
+    compare,
+    mean_interval,
+    release_utility,
+    utility_rows,
+)
 
 T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
 

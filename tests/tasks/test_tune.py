@@ -13,11 +13,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from synthaug.tasks.core.features import embed, load_judge_step
-from synthaug.tasks.core.inputs import read_data
-from synthaug.tasks.core.recipe import apply_recipe, informativeness, synthetic_subset, validation_gain
-from synthaug.tasks.core.utility import SyntheticRecipe, training_set, weighted_training_set
-from synthaug.tasks.evaluate import evaluate_step
+from synthaug.tasks.core.evaluation.downstream import training_set, weighted_training_set
+from synthaug.tasks.core.evaluation.inputs import read_data
+from synthaug.tasks.core.evaluation.recipe import apply_recipe, informativeness, synthetic_subset, validation_gain
+from synthaug.tasks.core.params.evaluate import SyntheticRecipe
+from synthaug.tasks.core.scoring.features import embed, load_judge_step
+from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.tune import DEFAULT_TRIAL, choose, score_baselines, score_trial
 
 

@@ -1,0 +1,95 @@
+"""The ``model`` section: which generator family, where it trains, and each family's own config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from synthaug.models.base import TrainConfig
+from synthaug.models.diffusion import DiffusionConfig
+from synthaug.models.gan import GANConfig
+from synthaug.models.latent_diffusion import LatentDiffusionConfig
+from synthaug.models.registry import family_names
+from synthaug.models.vae import VAEConfig
+from synthaug.tasks.core.params.base import Section
+
+DP_FAMILIES = ("vae",)  # families whose networks Opacus gives per-sample gradients for (README "Differential privacy")
+
+
+class DPParams(Section):
+    """``model.dp`` section: DP-SGD training of the generator (Opacus); ``epsilon: null`` trains without it.
+
+    epsilon: the privacy budget of the generator's weights; null: no differential privacy.
+    delta: the (epsilon, delta) guarantee's delta; keep it well below 1 / (training images).
+    max_grad_norm: per-sample gradient clipping norm.
+    """
+
+    epsilon: float | None = Field(None, gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+
+
+class ModelParams(Section):
+    """``model`` section: which family, where it runs, and each family's own config (one sub-section each).
+
+    init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
+      training from scratch, e.g. the model of the last published version when new source data lands. Classes the
+      checkpoint does not know are added to its class conditioning (``models.training.load_extended``).
+    warm_start: ``auto``: when ``init_from`` is unset, fine-tune from the last generator published with this dataset
+      (``<publish.name>-generator/v<N>`` in ``publish.registry``) if the family, image size and network config
+      match and no class was removed; from scratch otherwise, the reason in the log
+      (``tasks.core.publishing.generators``). ``never``: always from scratch (or ``init_from``).
+    warm_start_fraction: a warm start trains ``ceil(fraction * steps)`` of the family's ``steps``.
+    pretrained: a local pretrained folder to start from (a MONAI bundle: ``configs/`` + ``models/model.pt``; or a
+      diffusers-format folder: ``config.json`` + ``*.safetensors``) holding weights of this family's networks
+      (``tasks.train.pretrained``); classes are mapped by name or the conditioning head is re-initialised, as the log
+      and ``train.json`` say. Loaded as tensors only (``weights_only``, safetensors), never unpickled.
+    grid_every: steps between per-class sample grids written to ``<out>/samples`` (0: only at the end).
+    device_dataset_mb: training images up to this many MiB (as float32) are held on the training device as one
+      tensor; a larger set stays in host memory as 8-bit pixels (a quarter of the size; pinned on CUDA) and each
+      batch is copied over and converted there (``models.training.fit``).
+    processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
+      CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
+    dp: differentially private training (DP-SGD with Opacus, ``tasks.core.privacy.dp``); ``dp.epsilon: null`` (the
+      default) trains without it. Offered for ``tasks.core.privacy.dp.DP_FAMILIES``, one process, from scratch.
+    """
+
+    family: str = "diffusion"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    init_from: str | None = None
+    pretrained: str | None = None
+    warm_start: Literal["auto", "never"] = "auto"
+    warm_start_fraction: float = Field(0.3, gt=0, le=1)
+    grid_every: int = Field(0, ge=0)
+    device_dataset_mb: float = Field(2048, ge=0)
+    processes: int = Field(1, ge=1)
+    diffusion: DiffusionConfig = DiffusionConfig()
+    gan: GANConfig = GANConfig()
+    vae: VAEConfig = VAEConfig()
+    latent_diffusion: LatentDiffusionConfig = LatentDiffusionConfig()
+    dp: DPParams = DPParams()
+
+    @model_validator(mode="after")
+    def _dp_supported(self) -> ModelParams:
+        if self.dp.epsilon is None:
+            return self
+        if self.family not in DP_FAMILIES:
+            raise ValueError(f"model.dp.epsilon is set but DP-SGD is offered for {', '.join(DP_FAMILIES)} only, not "
+                             f"{self.family!r} (README \"Differential privacy\")")
+        if self.processes > 1 or self.init_from or self.pretrained:
+            raise ValueError("model.dp trains from scratch in one process: set model.processes=1, "
+                             "model.init_from=null and model.pretrained=null (a start from weights trained on the "
+                             "same images would escape the accounting)")
+        return self
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, name: str) -> str:
+        if name not in family_names():
+            raise ValueError(f"unknown family {name!r}; allowed: {', '.join(family_names())}")
+        return name
+
+    def family_config(self) -> TrainConfig:
+        return getattr(self, self.family)

@@ -1,0 +1,65 @@
+"""The ``publish`` section: the data registry, the dataset name and the utility gate."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import field_validator
+
+from synthaug.tasks.core.errors import mask_secrets
+from synthaug.tasks.core.params.base import Section
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class PublishParams(Section):
+    """``publish`` section of params.yaml.
+
+    name: dataset name; the registry path is ``datasets/<name>`` and versions are tagged ``<name>/v<N>``.
+      Letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; at most 100 characters.
+    registry: the data registry: a git URL (``https://…``, ``ssh://…``, ``git@host:org/repo.git``), a local bare
+      repository (cloned like a URL), or a local working repository, created with git + DVC on first use if absent.
+    remote: URL of the registry's default DVC remote (``s3://bucket/prefix``, ``gs://…``, ``ssh://…``, a local
+      folder, ...). Set as the default remote when the registry is created; for an existing registry it must equal
+      the registry's default remote. Credentials go into DVC's config or the environment, never here.
+    push: push the data to ``remote`` and the commit + tag to the registry's origin. ``false`` commits and tags in a
+      local registry only (an offline trial); a later run with ``true`` pushes the same content.
+    schedule: cron (UTC) of ``synthaug serve`` and ``prefect.yaml``; a scheduled run that finds the source, params
+      and code unchanged publishes nothing.
+    utility_gate: publish only when the evaluate step's utility gate passed (the synthetic images do not measurably
+      hurt against the best real baseline; the rule is ``tasks.core.evaluation.gate.gate_verdict``). ``false`` publishes
+      anyway and says so in the step's record.
+    """
+
+    name: str = "digits-balanced"
+    registry: str = "registry/repo"
+    remote: str = "registry/remote"
+    push: bool = True
+    schedule: str = "0 3 * * *"
+    utility_gate: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        check_name(value)
+        return value
+
+    @field_validator("registry", "remote")
+    @classmethod
+    def _no_secrets(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if _USERINFO_PASSWORD_RE.match(value):
+            raise ValueError(f"{mask_secrets(value)!r} embeds a password; put credentials in DVC's or git's own config "
+                             "or in the environment, never in params.yaml")
+        return value
+
+
+def check_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is safe as a folder name and as one component of a git tag."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
+        raise ValueError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_', '-', start with a "
+                         "letter or digit, no '..', not ending in '.' or '.lock', at most 100 characters")
+
+
+_USERINFO_PASSWORD_RE = re.compile(r"^[a-zA-Z][\w+.-]*://[^/@]*:[^/@]*@")  # scheme://user:secret@host

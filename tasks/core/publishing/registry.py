@@ -1,0 +1,132 @@
+"""The data registry: a git + DVC repository holding dataset and generator versions, tagged ``<name>/v<N>``.
+
+Naming and reading versions, and running git and DVC on it with secrets redacted; publishing a version is the
+publish step (``tasks/publish/__init__.py``)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import uuid
+from pathlib import Path
+
+from synthaug.tasks.core.errors import UserError, mask_secrets
+from synthaug.tasks.core.params.publish import check_name
+from synthaug.tasks.core.publishing.vcs import PublishError, dvc, git, is_url, normalize_location, rmtree, run_command
+
+log = logging.getLogger(__name__)
+
+DATASETS_DIR = "datasets"
+MODELS_DIR = "models"  # the generator of dataset <name> lives at models/<name>, tagged <name>-generator/v<N>
+GENERATOR_SUFFIX = "-generator"
+
+
+def tag_for(name: str, version: int) -> str:
+    return f"{name}/v{version}"
+
+
+def fetch(registry: str, name: str, version: int | str, out: Path) -> Path:
+    """Download version ``version`` of dataset ``name`` from ``registry`` into the new folder ``out``.
+
+    Plain DVC, the same as ``dvc get <registry> datasets/<name> --rev <name>/v<N> -o <out>``.
+    ``version`` is N, ``"vN"``, ``"<name>/vN"`` or ``"latest"``. ``out`` must not exist (or be an empty folder);
+    it appears only when complete.
+    """
+    return _get_version(registry, f"{DATASETS_DIR}/{name}", name, name, version, Path(out))
+
+
+def _get_version(registry: str, rel: str, name: str, tag_name: str, version: int | str, out: Path) -> Path:
+    """``rel`` at version ``version`` of the tags ``<tag_name>/v<N>`` (``name``: the dataset) into ``out``."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    location = normalize_location(registry)
+    return _get_into(location, rel, _resolve_tag(location, tag_name, version), out)
+
+
+def _get_into(location: str, rel: str, tag: str, out: Path) -> Path:
+    """``dvc get <location> <rel> --rev <tag>`` into the new folder ``out``, which appears only when complete."""
+    out = out.absolute()  # DVC runs in out's parent: a relative path would land one level too deep
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists; fetch into a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="dvc-site-") as site:
+            dvc(["get", "--quiet", location, rel, "--rev", tag, "-o", str(partial)],
+                 cwd=out.parent, site_cache=Path(site), what=f"dvc get {tag} from {mask_secrets(location)}")
+        if out.exists():
+            out.rmdir()
+        partial.rename(out)
+    finally:
+        rmtree(partial)
+    return out
+
+
+def _resolve_tag(location: str, name: str, version: int | str) -> str:
+    text = str(version).strip()
+    if text == "latest":
+        listed = git(["ls-remote", "--tags", "--refs", location, f"refs/tags/{name}/v*"], cwd=Path.cwd(),
+                      what=f"listing the versions of {name} in {mask_secrets(location)}").stdout
+        pattern = re.compile(rf"refs/tags/{re.escape(name)}/v([1-9][0-9]*)")
+        versions = [int(m.group(1)) for line in listed.splitlines() if (m := pattern.search(line.split()[-1]))]
+        if not versions:
+            raise UserError(f"{mask_secrets(location)}: no published version of {name!r}")
+        return tag_for(name, max(versions))
+    text = text.removeprefix(f"{name}/").removeprefix("v")
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"version {version!r}: expected N, 'vN', '{name}/vN' or 'latest' (N >= 1)")
+    return tag_for(name, int(text))
+
+
+def generator_name(name: str) -> str:
+    """The tag prefix of dataset ``name``'s generator: its versions are ``<name>-generator/v<N>``."""
+    return f"{name}{GENERATOR_SUFFIX}"
+
+
+def latest_generator(registry: str, name: str) -> str | None:
+    """The tag of the last generator published with dataset ``name`` in ``registry`` (None: none yet, or no
+    registry there). Reads only the registry's tags (``git ls-remote``)."""
+    location = normalize_location(registry)
+    if not is_url(location) and not Path(location).exists():  # created by the first publish
+        return None
+    try:
+        return _resolve_tag(location, generator_name(name), "latest")
+    except PublishError:  # the registry is unreachable: say so rather than silently train from scratch
+        raise
+    except UserError:  # no generator version yet
+        return None
+
+
+def fetch_generator(registry: str, tag: str, out: Path) -> Path:
+    """Download generator version ``tag`` (``<name>-generator/v<N>``) from ``registry`` into the new folder ``out``:
+    plain DVC, the same as ``dvc get <registry> models/<name> --rev <tag> -o <out>``."""
+    gname, _, version = tag.rpartition("/")
+    if not gname.endswith(GENERATOR_SUFFIX) or not re.fullmatch(r"v[1-9][0-9]*|latest", version):
+        raise UserError(f"generator tag {tag!r}: expected <dataset>{GENERATOR_SUFFIX}/v<N> (or /latest), e.g. "
+                        f"digits-balanced{GENERATOR_SUFFIX}/v1")
+    name = gname.removesuffix(GENERATOR_SUFFIX)
+    return _get_version(registry, f"{MODELS_DIR}/{name}", name, gname, version, Path(out))
+
+
+def code_version() -> str:
+    """The pipeline code's version: ``git describe`` (full sha, ``-dirty`` when modified) of the synthaug checkout,
+    or the installed package version when the code is not a git checkout."""
+    root = Path(__file__).resolve().parents[3]  # the checkout holding tasks/core/publishing/
+    top = run_command(["git", "rev-parse", "--show-toplevel"], cwd=root, check=False)
+    if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
+        described = run_command(["git", "describe", "--tags", "--always", "--dirty", "--abbrev=40"], cwd=root,
+                                check=False)
+        if described.returncode == 0 and described.stdout.strip():
+            return f"git {described.stdout.strip()}"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"synthaug {version('synthaug')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+
