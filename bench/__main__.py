@@ -1,4 +1,5 @@
-"""``python -m bench [--only train|sample|quality|scale|finetune] [--family NAME] [--device auto|cpu|cuda] [--quick]``.
+"""``python -m bench [--only train|sample|quality|scale|finetune|cli] [--family NAME] [--device auto|cpu|cuda]
+[--quick]``.
 
 With ``--size S`` (repeatable) the train and sample benchmarks compare pixel and latent diffusion on S x S images
 (``bench.sizes``) instead of timing every family on a 16 x 16 shape (the bundled example's until 2026-12-07).
@@ -19,7 +20,7 @@ from bench import speed
 from synthaug.models.registry import family_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KINDS = ("train", "sample", "quality", "scale", "finetune")
+KINDS = ("train", "sample", "quality", "scale", "finetune", "cli")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="image side of the pixel-vs-latent comparison (repeatable; e.g. 64, 128, 256)")
     parser.add_argument("--channels", type=int, default=3, help="image channels of the --size comparison")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown results")
+    parser.add_argument("--synthaug", help="the synthaug command the cli benchmark times (default: this venv's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.size:
@@ -59,6 +61,16 @@ def main(argv: list[str] | None = None) -> None:
             record = finetune.run(quick=args.quick, save=lambda r, path=path: quality.dump(r, path))
             path.with_suffix(".md").write_text(finetune.table(record) + "\n")
             print(finetune.table(record))
+        elif kind == "cli":
+            from bench import cli
+
+            record = {"machine": speed.machine_info(torch.device("cpu")),
+                      **cli.run(3 if args.quick else 7, args.synthaug)}
+            path = args.out / f"cli-{stamp}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2))
+            path.with_suffix(".md").write_text(cli.table(record) + "\n")
+            print(cli.table(record))
         elif kind == "scale":
             from bench import scale
 

@@ -25,8 +25,9 @@ import torch
 
 from bench.quality import accuracy, as_stored, load_example
 from bench.speed import machine_info, markdown_table
-from synthaug.models.diffusion import Diffusion, DiffusionConfig
-from synthaug.models.judge import JudgeConfig, train_judge
+from synthaug.models.config import DiffusionConfig, JudgeConfig
+from synthaug.models.diffusion import Diffusion
+from synthaug.models.judge import train_judge
 from synthaug.models.training import fit
 from synthaug.tasks.core.sources.example import SCARCE_CLASSES
 from synthaug.tasks.train.pretrained import apply_pretrained, read_pretrained, write_bundle

@@ -91,8 +91,9 @@ def generate(n: int, device_name: str) -> dict[str, Any]:
     import pandas as pd
 
     from synthaug.flows.runners import shard_runner
+    from synthaug.models.config import VAEConfig
     from synthaug.models.training import save_checkpoint
-    from synthaug.models.vae import VAE, VAEConfig
+    from synthaug.models.vae import VAE
     from synthaug.tasks.core.params.generate import GenerateParams
     from synthaug.tasks.core.params.runner import DEFAULT_SHARD_SIZE, RunnerParams
     from synthaug.tasks.generate import generate_from_plan

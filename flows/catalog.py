@@ -12,25 +12,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from synthaug.models.training import read_checkpoint_meta
-from synthaug.tasks.core.evaluation.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
-from synthaug.tasks.core.io.manifest import read_manifest
 from synthaug.tasks.core.io.plan_csv import PLAN_FILE, read_plan
-from synthaug.tasks.core.io.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY, read_metrics
+from synthaug.tasks.core.io.results import (
+    FILTER_SUMMARY,
+    METRICS_FILE,
+    PLOT_COUNTS,
+    PLOT_RECALL,
+    PLOT_UTILITY,
+    TABLE_PER_CLASS,
+    TABLE_UTILITY,
+    read_metrics,
+)
 from synthaug.tasks.core.privacy.record import DCR_PLOT, PRIVACY_FILE
-from synthaug.tasks.core.scoring.features import load_judge_step
 from synthaug.tasks.evaluate.headline import SUMMARY_FILE
+
+# The readers below import what they need when called: naming the artifacts (every CLI command, the DAG) loads no
+# torch, pandas or pyarrow.
 
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def read_classes_csv(path: Path) -> pd.DataFrame:
-    """A per-class table, with ``class`` kept as strings (``"01"`` stays ``"01"``)."""
+def read_csv(path: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+def read_classes_csv(path: Path) -> Any:
+    """A per-class table (a DataFrame), with ``class`` kept as strings (``"01"`` stays ``"01"``)."""
+    import pandas as pd
+
     return pd.read_csv(path, dtype={"class": str})
+
+
+def read_manifest(path: Path) -> Any:
+    """(rows, lineage) of a ``manifest.parquet`` (``tasks/core/io/manifest.py``)."""
+    from synthaug.tasks.core.io.manifest import read_manifest as read
+
+    return read(path)
+
+
+def read_checkpoint_meta(path: Path) -> Any:
+    from synthaug.models.training import read_checkpoint_meta as read
+
+    return read(path)
+
+
+def load_judge_step(path: Path) -> Any:
+    """(judge, class names) of the judge step's folder (``tasks/core/scoring/features.py``)."""
+    from synthaug.tasks.core.scoring.features import load_judge_step as load
+
+    return load(path)
 
 
 @dataclass(frozen=True)
@@ -74,7 +108,7 @@ FILTER_SUMMARY_JSON = Artifact(f"filter/{FILTER_SUMMARY}", read_json)
 EVALUATE = Artifact("evaluate")
 METRICS = Artifact(f"evaluate/{METRICS_FILE}", lambda path: read_metrics(path.parent))
 CHARTS = tuple(Artifact(f"evaluate/{name}") for name in (PLOT_UTILITY, PLOT_COUNTS, PLOT_RECALL))
-UTILITY_TABLE = Artifact(f"evaluate/{TABLE_UTILITY}", pd.read_csv)
+UTILITY_TABLE = Artifact(f"evaluate/{TABLE_UTILITY}", read_csv)
 PER_CLASS_TABLE = Artifact(f"evaluate/{TABLE_PER_CLASS}", read_classes_csv)
 SUMMARY = Artifact(f"evaluate/{SUMMARY_FILE}", read_json)  # the headline numbers `dvc metrics show` prints
 REPORT = Artifact("report")

@@ -89,11 +89,11 @@ def _add_step_command(name: str, help_text: str) -> None:
         if generator is None:
             _run_step(name, _params(params_file, overrides), workdir)
             return
+        params = _params(params_file, overrides)
         from synthaug.tasks.core.publishing.generators import sample_published
 
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-        manifest = sample_published(generator, out, count=count, classes=wanted,
-                                    params=_params(params_file, overrides).generate)
+        manifest = sample_published(generator, out, count=count, classes=wanted, params=params.generate)
         console.print(f"sampled {count} per class from {generator} into {out} (manifest {manifest})")
 
     commands = {"train": train_command, "generate": generate_command}
@@ -115,9 +115,9 @@ def _run_flow(flow_fn, params: Params, workdir: Path) -> dict[str, dict]:
 @app.command()
 def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
     """Run the whole pipeline as the Prefect flow `augment` (a temporary local Prefect server; nothing to start)."""
+    params = _params(params_file, overrides)  # a params error answers before Prefect and torch load
     from synthaug.flows.augment import augment
 
-    params = _params(params_file, overrides)
     records = _run_flow(augment, params, workdir)
     published = records["publish"]
     fresh = "" if published.get("new") else ", nothing new published"
@@ -133,9 +133,9 @@ def anonymize(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, work
 
     A failed gate publishes nothing and exits 1 naming each failed check, its measured value and its threshold.
     """
+    params = _params(params_file, overrides)
     from synthaug.flows.anonymize import anonymize as anonymize_flow
 
-    params = _params(params_file, overrides)
     released = _run_flow(anonymize_flow, params, workdir)["release"]
     name = params.privacy.release_name(params.publish.name)
     console.print(f"\n[bold]release[/]  {released['registry']} @ {released['tag']} (synthetic images only; working "
@@ -148,9 +148,10 @@ def compare(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt,
             workdir: Path = typer.Option(Path("data/work/compare"), "--workdir", "-w",
                                          help="Where each family's outputs go (<workdir>/<family>).")) -> None:
     """Train and evaluate every generator family on the same data; one comparison table (nothing published)."""
+    params = _params(params_file, overrides)
     from synthaug.flows.compare import compare as run_compare
 
-    console.print(f"comparison: {run_compare(_params(params_file, overrides), str(workdir))}")
+    console.print(f"comparison: {run_compare(params, str(workdir))}")
 
 
 @app.command()
@@ -161,10 +162,10 @@ def tune(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: 
 
     The winner goes into --out and is confirmed once on the test split; `synthaug run -p <out>` publishes with it.
     """
+    params = _params(params_file, overrides)
     from synthaug.flows.runners import task_runner
     from synthaug.flows.tune import tune as tune_flow
 
-    params = _params(params_file, overrides)
     result = tune_flow.with_options(task_runner=task_runner(params.runner))(params, str(workdir), str(out))
     recipe = result["winner"]
     guidance = f", sampling guidance {recipe['guidance']:g}" if "guidance" in recipe else ""
@@ -182,6 +183,7 @@ def tune(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: 
 def serve(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
           cron: str | None = typer.Option(None, help="Cron schedule (default: publish.schedule).")) -> None:
     """Serve the pipeline on a schedule (needs a Prefect server); a run publishes only when something changed."""
+    _params(params_file, overrides)  # a params error answers before Prefect loads
     from synthaug.flows.serve import serve_command
 
     serve_command(params_file, overrides, workdir, cron=cron)

@@ -42,19 +42,6 @@ class Params(BaseModel):
     runner: RunnerParams = RunnerParams()
     tune: TuneParams = TuneParams()
 
-    @field_validator("publish")
-    @classmethod
-    def _cron(cls, value: PublishParams) -> PublishParams:
-        """``publish.schedule`` is a cron expression Prefect accepts (checked here: tasks/ do not import prefect)."""
-        from prefect.client.schemas.schedules import CronSchedule
-
-        try:
-            CronSchedule(cron=value.schedule)
-        except ValueError:
-            raise ValueError(f"schedule {value.schedule!r} is not a cron expression (minute hour day month "
-                             "weekday), e.g. '0 3 * * *'") from None
-        return value
-
     @field_validator("generate")
     @classmethod
     def _sampling_knobs(cls, value: GenerateParams, info: ValidationInfo) -> GenerateParams:
@@ -87,7 +74,7 @@ class ParamsError(UserError):
     """params.yaml or an override is invalid; the message names the key and what is allowed."""
 
 
-def load_params(path: Path | None = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
+def load_params(path: Path | str | None = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
     """Read ``path`` (missing default file: all defaults), apply overrides in order, validate."""
     raw: dict[str, Any] = {}
     origin = "defaults"

@@ -9,46 +9,12 @@ Conventions (all families):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Options of the shared training driver (``models.training.fit``); every family config extends it.
-
-    Args:
-        steps: optimizer steps of one training run.
-        batch_size: images per step.
-        lr: learning rate of the (first) optimizer.
-        ema_decay: decay of the exponential moving average of the weights used for sampling.
-        checkpoint_every: steps between resumable checkpoints (0: only at the end).
-    """
-
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-4
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-
-    @classmethod
-    def tiny(cls) -> Self:
-        """A config for CPU tests: a few optimizer steps on 16x16 images in well under a second.
-
-        Every family overrides it; the registry contract test (tests/models/test_families.py) builds each family
-        from ``Config.tiny()`` plus generic overrides (steps, checkpoint_every) and nothing else.
-        """
-        raise NotImplementedError(f"{cls.__name__} must define tiny() for the family contract test")
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+from synthaug.models.config import TrainConfig
 
 
 @runtime_checkable

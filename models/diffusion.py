@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -36,123 +35,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from synthaug.models.base import TrainConfig
 from synthaug.models.common import EMA, autocast, per_image_normal, per_image_streams, stream_normal
-
-SAMPLERS = ("ddim", "dpm", "ddpm")
-SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
-MAX_GUIDANCE = 50.0  # classifier-free guidance papers use 1 to ~10; 50 leaves room, 1e9 is a typo
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(frozen=True, kw_only=True)
-class DiffusionConfig(TrainConfig):
-    """Options of the diffusion family. Defaults train the bundled 16x16 digits example in minutes on a 2-core CPU.
-
-    Args:
-        steps: optimizer steps of one training run.
-        batch_size: images per step.
-        lr: AdamW learning rate.
-        ema_decay: upper bound of the EMA decay; early in training the decay is ``(1 + n) / (10 + n)`` after ``n``
-            updates, so short runs are not dominated by their first, untrained weights.
-        checkpoint_every: steps between resumable checkpoints (0: only at the end).
-        channels: UNet feature channels per resolution level; the image side must be divisible by
-            ``2 ** (len(channels) - 1)``.
-        attention_levels: per level, whether the UNet adds self-attention; same length as ``channels``.
-        num_res_blocks: residual blocks per level.
-        norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
-        num_head_channels: channels per attention head; must divide the channels of every attention level.
-        timesteps: length of the training noise schedule.
-        schedule: noise schedule of MONAI's ``DDPMScheduler`` (``linear_beta``, ``scaled_linear_beta``,
-            ``sigmoid_beta`` or ``cosine``).
-        label_dropout: probability of training on the null class instead of the image's label (needed for
-            guidance).
-        guidance_scale: classifier-free guidance weight w in eps_u + w * (eps_c - eps_u); 1 is plain conditional
-            sampling (one network call per step), 0 unconditional, > 1 trades diversity for label fidelity; at most
-            ``MAX_GUIDANCE``. 1 by default: chosen over 2 and 4 on the real val splits of three scarce scenarios
-            (docs/BENCHMARKS.md, "Sampling guidance"); ``generate.guidance_scale`` overrides it without retraining.
-        sampler: ``ddim`` (eta = 0), ``dpm`` (DPM-Solver++ 2M) or ``ddpm`` (ancestral, fresh noise every step).
-        sample_steps: network evaluations per image (times two with guidance); at most ``timesteps``.
-        sample_batch_size: images per network call when sampling; requests are split and padded to it.
-        weight_decay: AdamW weight decay.
-        grad_clip: maximum gradient norm (0: no clipping).
-        compile: ``torch.compile`` the training forward on CUDA; ignored on the CPU, where compiling costs more
-            than it saves for nets this small.
-        gradient_checkpointing: recompute each UNet block's activations in the backward pass instead of keeping
-            them: less training memory (large images, large batches) for about a third more compute.
-    """
-
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-    channels: tuple[int, ...] = (32, 64)
-    attention_levels: tuple[bool, ...] = (False, True)
-    num_res_blocks: int = 1
-    norm_num_groups: int = 8
-    num_head_channels: int = 32
-    timesteps: int = 1000
-    schedule: str = "cosine"
-    label_dropout: float = 0.1
-    guidance_scale: float = 1.0
-    sampler: str = "dpm"
-    sample_steps: int = 20
-    sample_batch_size: int = 64
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    compile: bool = False
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # config.json gives lists back; keep tuples so configs compare and hash the same after a round trip.
-        object.__setattr__(self, "channels", tuple(self.channels))
-        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
-        if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {self.channels}")
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(f"attention_levels {self.attention_levels} must have one entry per level of "
-                             f"channels {self.channels}")
-        for name in ("num_res_blocks", "norm_num_groups", "num_head_channels", "timesteps", "sample_steps",
-                     "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every entry of "
-                             f"channels={self.channels}")
-        for c, attn in zip(self.channels, self.attention_levels, strict=True):
-            if attn and c % self.num_head_channels:
-                raise ValueError(f"num_head_channels={self.num_head_channels} must divide the channels ({c}) of "
-                                 f"every attention level")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
-        if self.sample_steps > self.timesteps:
-            raise ValueError(f"sample_steps={self.sample_steps} cannot exceed timesteps={self.timesteps}")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if not 0.0 <= self.guidance_scale <= MAX_GUIDANCE:  # far above it, eps_c - eps_u is amplified into noise
-            raise ValueError(f"guidance_scale must be in [0, {MAX_GUIDANCE}], got {self.guidance_scale} (useful "
-                             "values are 1 to about 10)")
-        if self.guidance_scale != 1.0 and self.label_dropout == 0.0:
-            raise ValueError(f"guidance_scale={self.guidance_scale} needs the null class, which "
-                             f"label_dropout={self.label_dropout} never trains; use label_dropout > 0 or "
-                             f"guidance_scale=1")
-        if self.lr <= 0.0 or self.weight_decay < 0.0 or self.grad_clip < 0.0:
-            raise ValueError(f"need lr > 0, weight_decay >= 0 and grad_clip >= 0; got lr={self.lr}, "
-                             f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}")
-
-    @classmethod
-    def tiny(cls) -> DiffusionConfig:
-        """A config for CPU tests: a few steps of a 45k-parameter UNet, 4-step sampling."""
-        return cls(steps=3, batch_size=8, checkpoint_every=2, channels=(8, 16), attention_levels=(False, True),
-                   norm_num_groups=4, num_head_channels=8, sample_steps=4, sample_batch_size=4)
-
+from synthaug.models.config import DiffusionConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # Network

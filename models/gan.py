@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,82 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from synthaug.models.base import TrainConfig
 from synthaug.models.common import EMA, autocast, fixed_shape_batches, group_count, per_image_normal
+from synthaug.models.config import GANConfig, TrainConfig, augment_policy
 
 SUPPORTED_SIZES = (8, 16, 32, 64)
-AUGMENTATIONS = ("color", "translation", "cutout")
-
-
-# ---------------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, kw_only=True)
-class GANConfig(TrainConfig):
-    """GAN options; defaults train the bundled 16x16 digits example on a 2-core CPU in a few minutes.
-
-    Args:
-        steps: training steps (one D and one G update each).
-        batch_size: real (and generated) images per step.
-        lr: generator learning rate.
-        d_lr: discriminator learning rate (higher than ``lr``: one D step per G step must keep D ahead).
-        beta1: Adam beta1 of both optimizers (0 is the usual GAN choice: momentum destabilises the game).
-        beta2: Adam beta2 of both optimizers.
-        ema_decay: decay of the generator EMA used by ``sample`` (warmed up over the first steps).
-        z_dim: size of the latent vector z.
-        g_channels: generator width at the output resolution; doubled per lower resolution, capped at 8x.
-        d_channels: discriminator width at the first block; doubled per lower resolution, capped at 8x.
-        embed_dim: size of the generator's class embedding.
-        mode_seeking: weight of the mode-seeking term in the generator loss (0 disables it; ~1 swamps the
-            adversarial loss and gives noise).
-        augment: comma-separated DiffAugment policy, a subset of ``color,translation,cutout`` ("" disables).
-        sample_batch: rows of every sampling forward pass (the last one padded), see ``fixed_shape_batches``.
-    """
-
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 5e-5
-    d_lr: float = 4e-4
-    beta1: float = 0.0
-    beta2: float = 0.99
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-    z_dim: int = 64
-    g_channels: int = 32
-    d_channels: int = 32
-    embed_dim: int = 32
-    mode_seeking: float = 0.02
-    augment: str = "color,translation,cutout"
-    sample_batch: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("lr", "d_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("z_dim", "g_channels", "d_channels", "embed_dim", "sample_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mode_seeking < 0:
-            raise ValueError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
-        augment_policy(self.augment)  # raises on an unknown name
-
-    @classmethod
-    def tiny(cls) -> GANConfig:
-        """A few-second CPU config for tests."""
-        return cls(steps=2, batch_size=8, z_dim=8, g_channels=8, d_channels=8, embed_dim=8, checkpoint_every=0)
-
-
-def augment_policy(text: str) -> tuple[str, ...]:
-    """Parse ``"color,translation"`` into names; an unknown name raises ValueError listing the valid ones."""
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown} in augment={text!r}; valid: {', '.join(AUGMENTATIONS)}")
-    return names
 
 
 # ---------------------------------------------------------------------------------------- DiffAugment

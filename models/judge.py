@@ -17,7 +17,6 @@ import math
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,67 +26,13 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from synthaug.models.common import eval_mode, group_count
+from synthaug.models.config import JudgeConfig
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
 _FORMAT = "synthaug-judge/1"
-BACKBONES = ("auto", "vgg", "resnet")
 VGG_MAX_SIDE = 64  # ``auto`` keeps the VGG stages up to this side (the bundled examples' numbers stay as they were)
 PIXELS_PER_PASS = 2**22  # inference passes hold at most this many input pixels per channel (bounded memory)
-
-
-@dataclass(frozen=True, kw_only=True)
-class JudgeConfig:
-    """Network size and training recipe of the judge classifier.
-
-    Args:
-        width: channels of the first conv stage; each later stage doubles it (up to 8x).
-        feature_dim: size of the penultimate embedding returned by ``Judge.features``.
-        dropout: dropout before the final linear layer (training only).
-        steps: optimizer steps.
-        batch_size: images per step (capped at the dataset size).
-        lr: peak AdamW learning rate (linear warm-up over the first 5% of steps, then cosine decay to 0).
-        weight_decay: AdamW decoupled weight decay.
-        label_smoothing: cross-entropy label smoothing (0 keeps the probabilities honest for calibration).
-        augment: random translations of up to ``max_shift`` pixels (edge padding) during training.
-        max_shift: largest translation in pixels, per axis.
-        hflip: also flip half of the images left-right (off by default: digits and laterality have a handedness).
-        seed: seed of the weight initialisation, batch order, augmentation and dropout.
-        backbone: ``vgg`` (full-resolution conv stages, see ``Judge``), ``resnet`` (MONAI's ResNet-10 with a
-            stride-2 stem and max pooling: a quarter of the side before the first stage, so memory stays bounded
-            at 128-256 px) or ``auto``: ``vgg`` up to 64 px (the smaller side), ``resnet`` above.
-    """
-
-    width: int = 32
-    feature_dim: int = 128
-    dropout: float = 0.1
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    augment: bool = True
-    max_shift: int = 2
-    hflip: bool = False
-    seed: int = 0
-    backbone: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {self.backbone!r}")
-        for name in ("width", "feature_dim", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("dropout", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.max_shift < 0:
-            raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
-
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

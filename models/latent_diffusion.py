@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -33,79 +32,8 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import nn
 
 from synthaug.models.common import autocast
-from synthaug.models.diffusion import Diffusion, DiffusionConfig
-
-# ----------------------------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(frozen=True, kw_only=True)
-class LatentDiffusionConfig(DiffusionConfig):
-    """Options of the latent diffusion family: every ``DiffusionConfig`` option (they configure the latent UNet and
-    its sampler) plus the autoencoder's. Defaults aim at 64-256 px images.
-
-    Args:
-        steps: optimizer steps of both stages together.
-        autoencoder_steps: the first steps, which train the autoencoder; the UNet trains for the rest. 0 keeps
-            the autoencoder as it is (e.g. loaded from a pretrained folder).
-        channels: latent UNet channels per level; the latent side (image side / 2 ** (len(ae_channels) - 1))
-            must be divisible by ``2 ** (len(channels) - 1)``.
-        ae_channels: autoencoder channels per level; each level after the first halves the image side.
-        ae_num_res_blocks: residual blocks per autoencoder level.
-        latent_channels: channels of the latent image.
-        ae_lr: Adam learning rate of the autoencoder (and of the discriminator).
-        kl_weight: weight of the KL term; small, so the latent keeps the image's detail (Rombach et al. use 1e-6).
-        adv_weight: weight of the patch adversarial term (0: no discriminator is built).
-        disc_channels: width of the patch discriminator's first layer.
-        norm_num_groups: GroupNorm groups of the UNet and the autoencoder; must divide their channels.
-        guidance_scale: as in ``DiffusionConfig``; 2 here (the pixel family's 1 was chosen on 16 px scenarios,
-            not measured at these sizes).
-    """
-
-    steps: int = 1500
-    guidance_scale: float = 2.0
-    batch_size: int = 32
-    checkpoint_every: int = 250
-    autoencoder_steps: int = 500
-    channels: tuple[int, ...] = (32, 64, 64)
-    attention_levels: tuple[bool, ...] = (False, False, True)
-    ae_channels: tuple[int, ...] = (32, 64, 64)
-    ae_num_res_blocks: int = 1
-    latent_channels: int = 3
-    ae_lr: float = 5e-4
-    kl_weight: float = 1e-6
-    adv_weight: float = 0.0
-    disc_channels: int = 32
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "ae_channels", tuple(self.ae_channels))
-        if not self.ae_channels or min(self.ae_channels) < 1:
-            raise ValueError(f"ae_channels must be a non-empty sequence of positive ints, got {self.ae_channels}")
-        if any(c % self.norm_num_groups for c in self.ae_channels):
-            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every entry of "
-                             f"ae_channels={self.ae_channels}")
-        for name in ("ae_num_res_blocks", "latent_channels", "disc_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.autoencoder_steps < 0:
-            raise ValueError(f"autoencoder_steps must be >= 0, got {self.autoencoder_steps}")
-        if self.ae_lr <= 0.0 or self.kl_weight < 0.0 or self.adv_weight < 0.0:
-            raise ValueError(f"need ae_lr > 0, kl_weight >= 0 and adv_weight >= 0; got ae_lr={self.ae_lr}, "
-                             f"kl_weight={self.kl_weight}, adv_weight={self.adv_weight}")
-
-    @property
-    def downsampling(self) -> int:
-        """Image side / latent side."""
-        return 2 ** (len(self.ae_channels) - 1)
-
-    @classmethod
-    def tiny(cls) -> LatentDiffusionConfig:
-        """A config for CPU tests: 2 autoencoder steps then 2 UNet steps on 8x8 latents of 16x16 images."""
-        return cls(steps=4, autoencoder_steps=2, batch_size=8, checkpoint_every=2, channels=(8, 16),
-                   attention_levels=(False, True), norm_num_groups=4, num_head_channels=8, ae_channels=(8, 16),
-                   latent_channels=2, sample_steps=4, sample_batch_size=4)
-
+from synthaug.models.config import LatentDiffusionConfig
+from synthaug.models.diffusion import Diffusion
 
 # ----------------------------------------------------------------------------------------------------------------
 # Autoencoder

@@ -14,7 +14,6 @@ Read top to bottom: config, networks (encoder, decoder), objective, sampler, the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -22,70 +21,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-from synthaug.models.base import TrainConfig
 from synthaug.models.common import EMA, autocast, fixed_shape_batches, group_count, per_image_normal
-
-RECONSTRUCTIONS = ("mse", "bce")
-
-
-# ---------------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, kw_only=True)
-class VAEConfig(TrainConfig):
-    """VAE options; defaults train the bundled 16x16 digits example on a 2-core CPU in a few minutes.
-
-    Args:
-        steps: optimizer steps.
-        batch_size: images per step.
-        lr: Adam learning rate.
-        ema_decay: decay of the weight EMA used by ``sample`` (warmed up over the first steps).
-        latent_dim: size of z.
-        channels: width at the input resolution; doubled per halving, capped at 8x.
-        embed_dim: size of the class embedding fed to encoder and decoder.
-        reconstruction: ``mse`` (Gaussian likelihood) or ``bce`` (Bernoulli likelihood on (x + 1) / 2).
-        kl_weight: final weight of the KL term (1 is the ELBO; below 1 z keeps more of each image, which gave
-            more varied samples on the digits example, at the risk of prior draws outside what the decoder saw).
-        kl_warmup: steps over which the KL weight ramps linearly from 0 to ``kl_weight`` (0: no ramp).
-        temperature: scale of the prior draws at sampling (< 1: cleaner, less diverse images).
-        sample_batch: rows of every sampling forward pass (the last one padded), see ``fixed_shape_batches``.
-    """
-
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-    latent_dim: int = 16
-    channels: int = 16
-    embed_dim: int = 16
-    reconstruction: str = "bce"
-    kl_weight: float = 0.5
-    kl_warmup: int = 500
-    temperature: float = 1.0
-    sample_batch: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("latent_dim", "channels", "embed_dim", "sample_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
-        if self.kl_weight <= 0:
-            raise ValueError(f"kl_weight must be > 0, got {self.kl_weight}")
-        if self.kl_warmup < 0:
-            raise ValueError(f"kl_warmup must be >= 0, got {self.kl_warmup}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-    @classmethod
-    def tiny(cls) -> VAEConfig:
-        """A few-second CPU config for tests."""
-        return cls(steps=2, batch_size=8, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
-
+from synthaug.models.config import TrainConfig, VAEConfig
 
 # ------------------------------------------------------------------------------------------------ networks
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from synthaug.models.common import pick_device
-from synthaug.models.judge import Judge, JudgeConfig, balanced_class_weights, fit_temperature, save_judge, train_judge
+from synthaug.models.config import JudgeConfig
+from synthaug.models.judge import Judge, balanced_class_weights, fit_temperature, save_judge, train_judge
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.images import load_images

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import pandas as pd
 from markupsafe import Markup
 
 from synthaug.tasks.core.io.files import write_atomic
@@ -73,7 +72,7 @@ class RunInfo:
 def run_info(lineage: Mapping[str, Any], generators: Iterable[Any], *, dataset: str | None = None,
              code_version: str | None = None) -> RunInfo:
     """The run of a dataset from its ingest lineage (the manifest metadata) and its synthetic rows' ``generator``."""
-    families = sorted({str(g) for g in generators if g is not None and not pd.isna(g)})
+    families = sorted({str(g) for g in generators if g is not None and g == g})  # g != g: NaN (no generator)
     return RunInfo(dataset=dataset, family=", ".join(families) or None, code_version=code_version,
                    source=lineage.get("source"), source_repo=lineage.get("repo"),
                    source_rev=lineage.get("resolved_rev") or lineage.get("rev"),

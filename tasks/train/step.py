@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
-from synthaug.models.base import TrainConfig
 from synthaug.models.common import peak_memory_mib, pick_device, reset_peak_memory
+from synthaug.models.config import TrainConfig
 from synthaug.models.registry import get_family
 from synthaug.models.training import (
     CONFIG_FILE,

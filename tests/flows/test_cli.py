@@ -29,6 +29,28 @@ def test_every_command_has_help():
         assert runner.invoke(app, [command, "--help"]).exit_code == 0
 
 
+HEAVY = ("torch", "monai", "prefect", "pandas", "dvc")
+
+
+def test_help_and_params_errors_load_no_heavy_library(tmp_path):
+    """`synthaug --help` and a misspelt key answer without importing torch, MONAI, Prefect, pandas or DVC: they
+    are imported inside the step that needs them (the time this saves is measured in `python -m bench --only cli`)."""
+    script = (
+        "import sys\n"
+        "from synthaug.flows import cli\n"
+        "for argv in (['--help'], ['run', '--help'], ['run', '-S', 'model.famly=gan'], ['serve', '-S', 'x.y=1'],\n"
+        "             ['generate', '--generator', 'r@t', '-S', 'generate.seed=-1']):\n"
+        "    sys.argv = ['synthaug', *argv]\n"
+        "    try:\n"
+        "        cli.main()\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:] + done.stderr[-2000:]
+    assert "unknown key 'model.famly'" in done.stderr and "generate.seed" in done.stderr
+
+
 def test_bad_param_exits_nonzero_with_one_line_reason(tmp_path):
     out = synthaug("plan", "-w", str(tmp_path), "-S", "plan.strategy=most")
     assert out.returncode == 1

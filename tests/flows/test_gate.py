@@ -17,7 +17,7 @@ from rich.console import Console
 
 from synthaug.flows.dag import step
 from synthaug.flows.params import load_params
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.evaluation.gate import UtilityGateRefused
 from synthaug.tasks.core.io.images import load_images, write_png
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest

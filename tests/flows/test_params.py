@@ -95,6 +95,9 @@ def test_missing_explicit_params_file_is_an_error(tmp_path):
 
 
 def test_a_schedule_that_is_not_cron_is_refused_by_name():
-    with pytest.raises(ParamsError, match=r"publish: .*schedule 'every day' is not a cron expression"):
+    with pytest.raises(ParamsError, match=r"publish\.schedule: .*schedule 'every day' is not a cron expression"):
         load_params(None, ["publish.schedule=every day"])
+    with pytest.raises(ParamsError, match=r"schedule '61 \* \* \* \*' is not a cron expression \(Bad minute\)"):
+        load_params(None, ["publish.schedule=61 * * * *"])
     assert load_params(None, ["publish.schedule=30 2 * * 1"]).publish.schedule == "30 2 * * 1"
+    assert load_params(None, ["publish.schedule=@daily"]).publish.schedule == "@daily"  # Prefect takes it too

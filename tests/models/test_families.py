@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from synthaug.models.base import GeneratorFamily, TrainConfig
+from synthaug.models.base import GeneratorFamily
+from synthaug.models.config import TrainConfig
 from synthaug.models.registry import family_names, get_family
 from synthaug.models.training import fit, has_checkpoint, load_checkpoint, read_checkpoint_meta, save_checkpoint
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synthaug.models.gan import GAN, GANConfig, Generator, diff_augment, mode_seeking_loss
-from synthaug.models.vae import VAE, VAEConfig, kl_beta
+from synthaug.models.config import GANConfig, VAEConfig
+from synthaug.models.gan import GAN, Generator, diff_augment, mode_seeking_loss
+from synthaug.models.vae import VAE, kl_beta
 
 CPU = torch.device("cpu")
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from synthaug.models.config import JudgeConfig
 from synthaug.models.judge import (
     Judge,
-    JudgeConfig,
     balanced_class_weights,
     fit_temperature,
     load_feature_extractor,

@@ -9,8 +9,9 @@ import pytest
 import torch
 from monai.metrics import PSNRMetric
 
-from synthaug.models.diffusion import Diffusion, DiffusionConfig
-from synthaug.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+from synthaug.models.config import DiffusionConfig, LatentDiffusionConfig
+from synthaug.models.diffusion import Diffusion
+from synthaug.models.latent_diffusion import LatentDiffusion
 from synthaug.models.training import fit, load_checkpoint
 
 CPU = torch.device("cpu")

@@ -12,8 +12,9 @@ import torch
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from pydantic import ValidationError
 
+from synthaug.models.config import VAEConfig
 from synthaug.models.training import checkpoint_hash, load_checkpoint
-from synthaug.models.vae import VAE, VAEConfig
+from synthaug.models.vae import VAE
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.params.model import DPParams, ModelParams
 from synthaug.tasks.core.privacy.dp import DP_FILE, card_lines, dp_claim

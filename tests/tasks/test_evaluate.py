@@ -21,7 +21,7 @@ from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from synthaug.models import metrics as M
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.evaluation.downstream import (
     BASELINES,

@@ -22,9 +22,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from sklearn.datasets import load_digits
 
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig, VAEConfig
 from synthaug.models.metrics import nearest_correlation, nearest_distance, realism_inside
-from synthaug.models.vae import VAEConfig
 from synthaug.tasks.core.io.images import load_images, to_uint8, write_png
 from synthaug.tasks.core.io.manifest import COLUMNS, read_manifest, write_manifest
 from synthaug.tasks.core.params.filter import FilterParams

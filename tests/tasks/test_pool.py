@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.evaluation.downstream import EvalData
 from synthaug.tasks.core.evaluation.pool import nbytes, run_jobs, worker_count
 from synthaug.tasks.core.evaluation.recipe import run_conditions

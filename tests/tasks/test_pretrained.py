@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from synthaug.models.diffusion import Diffusion, DiffusionConfig
-from synthaug.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+from synthaug.models.config import DiffusionConfig, LatentDiffusionConfig
+from synthaug.models.diffusion import Diffusion
+from synthaug.models.latent_diffusion import LatentDiffusion
 from synthaug.models.training import fit, save_checkpoint
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.params.data import DataParams

@@ -22,7 +22,7 @@ from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import file_sha256
 from synthaug.tasks.core.io.images import write_png

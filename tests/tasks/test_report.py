@@ -190,7 +190,7 @@ def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str,
 
     import pandas as pd
 
-    from synthaug.models.judge import JudgeConfig
+    from synthaug.models.config import JudgeConfig
     from synthaug.tasks.core.params.generate import GenerateParams
 
     real, _ = read_manifest(workdir["ingest"] / "manifest.parquet")

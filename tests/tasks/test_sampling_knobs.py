@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from synthaug.flows.params import ParamsError, load_params
-from synthaug.models.diffusion import Diffusion, DiffusionConfig
+from synthaug.models.config import DiffusionConfig, VAEConfig
+from synthaug.models.diffusion import Diffusion
 from synthaug.models.training import save_checkpoint
-from synthaug.models.vae import VAE, VAEConfig
+from synthaug.models.vae import VAE
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.params.generate import GenerateParams
 from synthaug.tasks.core.sampling import sampler_key

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from synthaug.models.config import VAEConfig
 from synthaug.models.training import save_checkpoint
-from synthaug.models.vae import VAE, VAEConfig
+from synthaug.models.vae import VAE
 from synthaug.tasks.core.io.shards import (
     concat_tables,
     cut,

@@ -6,8 +6,9 @@ import json
 
 import torch
 
+from synthaug.models.config import VAEConfig
 from synthaug.models.training import fit, load_checkpoint
-from synthaug.models.vae import VAE, VAEConfig
+from synthaug.models.vae import VAE
 from synthaug.tasks.core.params.data import DataParams
 from synthaug.tasks.core.params.model import ModelParams
 from synthaug.tasks.ingest import ingest

@@ -8,10 +8,6 @@ from typing import Any
 
 import numpy as np
 
-PLOT_UTILITY = "utility.png"
-PLOT_COUNTS = "class_counts.png"
-PLOT_RECALL = "per_class_recall.png"
-
 
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure  # object API: no pyplot state, the Agg canvas renders the PNG

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.io.images import to_uint8
 from synthaug.tasks.core.params.evaluate import EvaluateParams
 

@@ -76,8 +76,9 @@ def write_manifest(frame: pd.DataFrame, path: Path, metadata: dict[str, Any] | N
     return path
 
 
-def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The manifest rows and the synthaug metadata stored with them."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: manifest not found; run the step that writes it first (e.g. `synthaug ingest`)")
     table = pq.read_table(path)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from synthaug.tasks.core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PLAN_FILE = "plan.csv"
 
@@ -15,4 +17,6 @@ def read_plan(path: Path) -> pd.DataFrame:
     """A ``plan.csv`` written by ``make_plan``, with ``class`` kept as strings (``"01"`` stays ``"01"``)."""
     if not path.is_file():
         raise UserError(f"{path}: plan not found; run `synthaug plan` first")
+    import pandas as pd  # here: the catalog imports this module's names on every command
+
     return pd.read_csv(path, dtype={"class": str})

@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.params.base import Section
 
 # A CPU-friendly network trained to where the best real baseline stops improving on validation: 300 steps left it

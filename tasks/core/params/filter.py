@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from synthaug.models.judge import JudgeConfig
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.params.base import Section
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from synthaug.models.registry import get_family
+from synthaug.models.registry import get_config
 from synthaug.tasks.core.params.base import Section
 
 SAMPLING_KNOBS = ("guidance_scale", "sample_steps")  # generator config fields `generate` may set at sampling time
@@ -44,4 +44,4 @@ def sampling_config(family: str, config: dict[str, Any], knobs: dict[str, Any]) 
     if missing:
         raise ValueError(f"{missing[0]} is a sampling knob of the diffusion families; the {family} generator has "
                          "none")
-    return get_family(family).Config(**{**config, **knobs})
+    return get_config(family)(**{**config, **knobs})

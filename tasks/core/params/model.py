@@ -6,12 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from synthaug.models.base import TrainConfig
-from synthaug.models.diffusion import DiffusionConfig
-from synthaug.models.gan import GANConfig
-from synthaug.models.latent_diffusion import LatentDiffusionConfig
+from synthaug.models.config import DiffusionConfig, GANConfig, LatentDiffusionConfig, TrainConfig, VAEConfig
 from synthaug.models.registry import family_names
-from synthaug.models.vae import VAEConfig
 from synthaug.tasks.core.params.base import Section
 
 DP_FAMILIES = ("vae",)  # families whose networks Opacus gives per-sample gradients for (README "Differential privacy")

@@ -12,6 +12,10 @@ from synthaug.tasks.core.params.base import Section
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
+CRON_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *",
+                "@yearly": "0 0 1 1 *"}
+
+
 class PublishParams(Section):
     """``publish`` section of params.yaml.
 
@@ -42,6 +46,22 @@ class PublishParams(Section):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         check_name(value)
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        """A five-field cron expression (or @hourly, @daily, @weekly, @monthly, @yearly), checked with ``cronsim``
+        without importing Prefect (which reads the same expression when it schedules)."""
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(CRON_ALIASES.get(value.strip(), value), datetime(2000, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(f"schedule {value!r} is not a cron expression ({exc}): minute hour day month weekday, "
+                             "e.g. '0 3 * * *'") from None
         return value
 
     @field_validator("registry", "remote")

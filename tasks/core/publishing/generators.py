@@ -205,10 +205,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return registry, tag
 
 
-def sample_published(spec: str, out_dir: Path, *, count: int, params: GenerateParams,
+def sample_published(spec: str, out_dir: Path | str, *, count: int, params: GenerateParams | None = None,
                      classes: Sequence[str] | None = None) -> Path:
     """Fetch the generator ``spec`` (``<registry>@<tag>``) into ``out_dir/generator`` and sample ``count`` images of
-    each class (all its classes by default) into ``out_dir``; returns ``out_dir/manifest.parquet``.
+    each class (all its classes by default) into ``out_dir``; returns ``out_dir/manifest.parquet``. ``params``: the
+    ``generate`` section (seed, device, sampling knobs); None: its defaults.
 
     The seeds are the ones the pipeline gives the first ``count`` images of each class
     (``tasks.core.sampling.seeds_for`` with ``params.seed``), so the same seeds give the same bytes as the run that
@@ -217,6 +218,7 @@ def sample_published(spec: str, out_dir: Path, *, count: int, params: GeneratePa
     """
     if count < 1:
         raise UserError(f"--count {count}: ask for at least one image per class")
+    out_dir, params = Path(out_dir), params if params is not None else GenerateParams()
     registry, tag = parse_spec(spec)
     fetched = out_dir / "generator"
     if fetched.exists():

@@ -26,7 +26,7 @@ def tag_for(name: str, version: int) -> str:
     return f"{name}/v{version}"
 
 
-def fetch(registry: str, name: str, version: int | str, out: Path) -> Path:
+def fetch(registry: str, name: str, version: int | str, out: Path | str) -> Path:
     """Download version ``version`` of dataset ``name`` from ``registry`` into the new folder ``out``.
 
     Plain DVC, the same as ``dvc get <registry> datasets/<name> --rev <name>/v<N> -o <out>``.
