@@ -201,6 +201,19 @@ def dag(write: bool = typer.Option(False, help="Write dvc.yaml instead of printi
         typer.echo(text)
 
 
+@app.command(name="params-doc")
+def params_doc(write: bool = typer.Option(False, help="Write docs/params.md instead of printing it.")) -> None:
+    """Print (or write) docs/params.md: every key of params.yaml with its type, default and meaning."""
+    from synthaug.flows.params_doc import DOC_PATH, params_reference
+
+    text = params_reference()
+    if write:
+        Path(DOC_PATH).parent.mkdir(parents=True, exist_ok=True)
+        Path(DOC_PATH).write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
 def main() -> None:
     """Console entry point: user errors print one line and exit 1 (SYNTHAUG_DEBUG=1 shows the traceback)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

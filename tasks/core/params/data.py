@@ -17,6 +17,17 @@ class DataParams(Section):
 
     source: ``example:digits`` (the bundled example, written on first use), a local path (image folder,
       CSV/parquet table or ``.npz``), or a path inside the DVC/git repository ``repo`` at revision ``rev``.
+    repo: a git/DVC repository (URL or local path) holding ``source``; null: ``source`` is local.
+    rev: the revision of ``repo`` (branch, tag or commit); null: its HEAD.
+    image_size: side of the square every image is resized to (Pillow's bilinear filter, antialiased when shrinking;
+      non-square images are stretched, not cropped).
+    channels: every image is converted to 1 (grayscale) or 3 (RGB) channels; an alpha channel is dropped.
+    min_size: images narrower or shorter than this many pixels (at the source size) are quarantined.
+    val_fraction: share of each class's images drawn into val, for images the source gives no split (per source
+      item: the slices of one volume share a split); a class too small for the fractions keeps at least one
+      training image.
+    test_fraction: share of each class's images drawn into test, in the same draw.
+    split_seed: seed of that draw.
     window: a CT window preset (``tasks.core.sources.medical.WINDOW_PRESETS``) for DICOM/NIfTI sources, or null.
     window_center, window_width: an explicit window in physical units (both or neither; not with ``window``).
       With neither, the physical range of the stored bits is the window.

@@ -20,6 +20,7 @@ class GenerateParams(Section):
 
     seed: base of the per-image seeds (image i of class k gets seed + k*1e6 + i).
     batch_size: images sampled per forward pass (does not change the pixels).
+    device: where the generator samples: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or ``cuda``.
     guidance_scale: classifier-free guidance weight to sample with (diffusion families); null: the one the
       generator was trained with (``model.<family>.guidance_scale``). A sampling knob: another value needs no
       retraining, so it can be chosen on validation (README "Choosing the sampling guidance").

@@ -29,6 +29,11 @@ class DPParams(Section):
 class ModelParams(Section):
     """``model`` section: which family, where it runs, and each family's own config (one sub-section each).
 
+    family: the generator family trained and sampled (``models.registry``): ``diffusion``, ``gan``,
+      ``latent_diffusion`` or ``vae``.
+    device: where the generator trains: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or ``cuda``
+      (fails without a GPU).
+    seed: seed of training (initial weights, batch order, noise): a run is a function of it.
     init_from: a checkpoint folder (``config.json`` + ``weights.pt``) to fine-tune from instead of
       training from scratch, e.g. the model of the last published version when new source data lands. Classes the
       checkpoint does not know are added to its class conditioning (``models.training.load_extended``).
@@ -49,6 +54,8 @@ class ModelParams(Section):
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
     dp: differentially private training (DP-SGD with Opacus, ``tasks.core.privacy.dp``); ``dp.epsilon: null`` (the
       default) trains without it. Offered for ``tasks.core.privacy.dp.DP_FAMILIES``, one process, from scratch.
+    diffusion, gan, vae, latent_diffusion: each family's own config (``models/config.py``); only the one
+      ``family`` names is used.
     """
 
     family: str = "diffusion"

@@ -16,6 +16,9 @@ class PlanParams(Section):
       ``target``; ``ratio`` adds ``ratio`` synthetic images per real one, at most ``cap`` per class; ``release``
       (set by ``synthaug anonymize``, whatever this section says) gives every class ``release_per_class`` synthetic
       images, or as many as its real train images when null.
+    target: per-class total of ``target`` (a class already larger keeps its size, with no synthetic images).
+    ratio: synthetic images per real train image of ``ratio`` (rounded half up per class).
+    cap: at most this many synthetic images per class under ``ratio``.
     release_per_class: synthetic images per class of ``release``; the anonymize flow copies
       ``privacy.release_per_class`` here.
     overgenerate: factor on the number to generate, to cover what the filter rejects.
