@@ -13,7 +13,7 @@ WindowPreset = Literal["lung", "mediastinum", "soft_tissue", "bone", "brain"]
 
 
 class DataParams(Section):
-    """``data`` section of params.yaml.
+    """``data`` section: where the source is, how its images are normalized and split.
 
     source: ``example:digits`` (the bundled example, written on first use), a local path (image folder,
       CSV/parquet table or ``.npz``), or a path inside the DVC/git repository ``repo`` at revision ``rev``.

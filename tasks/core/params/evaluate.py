@@ -45,7 +45,7 @@ class SyntheticRecipe(Section):
 
 
 class EvaluateParams(Section):
-    """``evaluate`` section of params.yaml.
+    """``evaluate`` section: set metrics, downstream utility over seeds and classifier families, and the utility gate.
 
     seeds: training runs per condition (>= 3: the paired t-interval needs at least two degrees of freedom).
     classifier: the downstream classifier recipe (the judge's network, ``models.judge.JudgeConfig``), trained from

@@ -16,7 +16,7 @@ SAMPLING_FIELDS = (*SAMPLING_KNOBS, "sampler", "sample_batch_size")  # config fi
 
 
 class GenerateParams(Section):
-    """``generate`` section.
+    """``generate`` section: the seeds, batch and device of sampling, and the sampling knobs.
 
     seed: base of the per-image seeds (image i of class k gets seed + k*1e6 + i).
     batch_size: images sampled per forward pass (does not change the pixels).

@@ -10,7 +10,7 @@ from synthaug.tasks.core.params.base import Section
 
 
 class PlanParams(Section):
-    """``plan`` section of params.yaml.
+    """``plan`` section: how many synthetic images each class gets.
 
     strategy: ``match_majority`` raises every class to the largest; ``target`` raises every class to
       ``target``; ``ratio`` adds ``ratio`` synthetic images per real one, at most ``cap`` per class; ``release``

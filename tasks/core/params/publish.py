@@ -17,7 +17,7 @@ CRON_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 *
 
 
 class PublishParams(Section):
-    """``publish`` section of params.yaml.
+    """``publish`` section: the data registry, the dataset name, the schedule and the utility gate.
 
     name: dataset name; the registry path is ``datasets/<name>`` and versions are tagged ``<name>/v<N>``.
       Letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; at most 100 characters.

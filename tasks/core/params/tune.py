@@ -8,7 +8,7 @@ from synthaug.tasks.core.params.base import Section
 
 
 class TuneParams(Section):
-    """``tune`` section of params.yaml (``synthaug tune``).
+    """``tune`` section: the recipe search of ``synthaug tune``.
 
     trials: recipes scored, the default recipe (every image, weight 1) first; a resumed study counts the trials
       already scored.
