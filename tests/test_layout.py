@@ -46,6 +46,21 @@ def test_every_project_import_goes_through_the_synthaug_namespace():
     assert not found, "import these as synthaug.<folder>...:\n" + "\n".join(found)
 
 
+def test_every_module_imports():
+    """Every module of the package imports (a name moved to another module fails here, not deep in a run)."""
+    import importlib
+    import pkgutil
+
+    failed = []
+    for package in ("synthaug.flows", "synthaug.tasks", "synthaug.models"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            try:
+                importlib.import_module(info.name)
+            except Exception as exc:  # every failure, each named
+                failed.append(f"{info.name}: {exc!r}")
+    assert not failed, "\n".join(failed)
+
+
 def test_no_module_imports_a_private_name_of_another():
     found = []
     for path in python_files():

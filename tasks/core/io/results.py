@@ -22,7 +22,7 @@ PLOT_RECALL = "per_class_recall.png"
 
 def synthetic_rows(filter_dir: Path) -> pd.DataFrame:
     """The synthetic rows of the filter step's manifest (images relative to ``filter_dir``), accepted or not."""
-    from synthaug.tasks.core.io.manifest import read_manifest  # here: the catalog imports this module's names
+    from synthaug.tasks.core.io.manifest import read_manifest
 
     frame, _ = read_manifest(filter_dir / "manifest.parquet")
     rows = frame[frame["source"] == "synthetic"].copy()
