@@ -5,7 +5,8 @@ import tempfile
 
 import pytest
 
-pytest_plugins = ["tests.prefect_server"]  # the session's real Prefect server, started by the first test asking
+# Fixtures of the whole test run: the real Prefect server (started by the first test asking), the tiny workdirs.
+pytest_plugins = ["tests.prefect_server", "tests.workdirs"]
 
 # Before prefect/albumentations/dvc are imported anywhere (ENVIRONMENT.md).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -119,3 +119,12 @@ def test_the_wheel_holds_every_module_and_template(wheel):
             if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".j2"):
                 expected.add(f"{prefix}/{f.relative_to(REPO / folder).as_posix()}")
     assert expected - names == set()
+
+
+def test_the_tier_markers_are_registered_as_tests_markers_describes_them():
+    import tomllib
+
+    from tests.markers import MARKERS
+
+    registered = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert dict(m.split(": ", 1) for m in registered) == MARKERS

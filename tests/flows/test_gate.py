@@ -2,7 +2,6 @@
 scarce class are other digits) is refused with a one-line verdict naming the numbers, the report says why, and
 nothing is published; ``publish.utility_gate=false`` publishes it anyway and the record says so."""
 
-import importlib.util
 import io
 import json
 import os
@@ -23,17 +22,8 @@ from synthaug.tasks.core.io.images import load_images, write_png
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
+from tests.workdirs import copy_workdir, tiny_params, upscale
 
-
-def _evaluate_fixtures():
-    path = Path(__file__).parents[1] / "tasks" / "test_evaluate.py"  # the tiny digits workdir of the evaluate tests
-    spec = importlib.util.spec_from_file_location("_synthaug_gate_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _evaluate_fixtures()
 CLASSIFIER = JudgeConfig(width=8, feature_dim=16, steps=120, batch_size=32)  # steadier than the evaluate tests' 40
 
 
@@ -66,17 +56,17 @@ def _other_digits(per_class: int) -> list[np.ndarray]:
     from sklearn.datasets import load_digits
 
     digits = load_digits(n_class=3)
-    return [_fixtures._upscale(digits.images[i]) for k in range(3)
+    return [upscale(digits.images[i]) for k in range(3)
             for i in np.flatnonzero(digits.target == k)[-per_class:]]
 
 
-def _workdir(root: Path, kind: str) -> Path:
+def _workdir(tiny: dict[str, Path], root: Path, kind: str) -> Path:
     """A workdir up to the report: ``helpful`` synthetic 3s are real 3s the train split never saw (heldback);
     ``harmful`` ones are unseen real 0s, 1s and 2s labelled 3 (a generator whose samples carry the wrong class)."""
-    dirs = _fixtures.build_workdir(root)
+    dirs = copy_workdir(tiny, root)
     images = _real(dirs["ingest"], "heldback", ("3",), 20) if kind == "helpful" else _other_digits(20)
     _synthetic(images, "3", dirs["filter"])
-    params = _fixtures.tiny_params(classifier=CLASSIFIER)
+    params = tiny_params(classifier=CLASSIFIER)
     evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], params, dirs["evaluate"],
                   console=Console(file=io.StringIO()))
     report_step(dirs["ingest"], dirs["filter"], dirs["evaluate"], dirs["report"], thumbs=2, pairs=1)
@@ -96,8 +86,8 @@ def _tags(registry: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_helpful_generator_publishes(tmp_path: Path) -> None:
-    root = _workdir(tmp_path, "helpful")
+def test_a_helpful_generator_publishes(tiny_workdir: dict[str, Path], tmp_path: Path) -> None:
+    root = _workdir(tiny_workdir, tmp_path, "helpful")
     gate = json.loads((root / "evaluate" / "metrics.json").read_text())["utility"]["gate"]
     assert gate["passed"], gate["verdict"]
     record = step("publish").run(_params(root), root)
@@ -106,8 +96,9 @@ def test_a_helpful_generator_publishes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_harmful_generator_is_refused_and_nothing_is_published(tmp_path: Path) -> None:
-    root = _workdir(tmp_path, "harmful")
+def test_a_harmful_generator_is_refused_and_nothing_is_published(tiny_workdir: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    root = _workdir(tiny_workdir, tmp_path, "harmful")
     gate = json.loads((root / "evaluate" / "metrics.json").read_text())["utility"]["gate"]
     assert not gate["passed"] and any(c["hurts"] for c in gate["checks"])
     with pytest.raises(UtilityGateRefused, match=r"utility gate refused: real_synthetic measurably hurts") as info:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib.util
 import io
 import json
 import os
@@ -25,19 +24,7 @@ from synthaug.tasks.core.io.images import write_png
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
-
-
-def _sibling(name: str):
-    """A sibling test module, loaded by path (pytest runs with --import-mode=importlib: tests are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_synthaug_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _sibling("test_evaluate")  # the tiny digits workdir builder shared with the evaluate tests
-NASTY_REASON, TRAIN, build_workdir, tiny_params = (
-    _fixtures.NASTY_REASON, _fixtures.TRAIN, _fixtures.build_workdir, _fixtures.tiny_params)
+from tests.workdirs import NASTY_REASON, TRAIN, tiny_params
 
 
 def load_png(path: Path):
@@ -54,10 +41,8 @@ UTILITY_BAR = (103, 135, 188)  # the balanced-accuracy bar colour (#4C72B0 at al
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    dirs = build_workdir(tmp_path_factory.mktemp("report"))
-    evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], tiny_params(), dirs["evaluate"],
-                  console=Console(file=io.StringIO()))
+def workdir(evaluated_workdir: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    dirs = {**evaluated_workdir, "report": tmp_path_factory.mktemp("report") / "report"}
     report_step(dirs["ingest"], dirs["filter"], dirs["evaluate"], dirs["report"], thumbs=6, pairs=4)
     return dirs
 

@@ -3,7 +3,6 @@ the evaluate tests: which rows are synthetic, informativeness, the share, the va
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -20,22 +19,12 @@ from synthaug.tasks.core.params.evaluate import SyntheticRecipe
 from synthaug.tasks.core.scoring.features import embed, load_judge_step
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.tune import DEFAULT_TRIAL, choose, score_baselines, score_trial
-
-
-def _evaluate_fixtures():
-    path = Path(__file__).with_name("test_evaluate.py")  # the tiny digits workdir of the evaluate tests
-    spec = importlib.util.spec_from_file_location("_synthaug_tune_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _evaluate_fixtures()
+from tests.workdirs import TRAIN, copy_workdir, tiny_params
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return _fixtures.build_workdir(tmp_path_factory.mktemp("tune"))
+def workdir(tiny_workdir: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return copy_workdir(tiny_workdir, tmp_path_factory.mktemp("tune"))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,7 @@ def test_synthetic_weight_falls_on_the_synthetic_rows_and_their_copies(data, con
     assert w.shape == y.shape and set(w.unique().tolist()) == {0.25, 1.0}
     synthetic = w == 0.25
     assert bool(_rows_in(x[synthetic], d.syn_x).all()) and bool(_rows_in(x[~synthetic], d.train_x).all())
-    oversampled, m = 4 * max(_fixtures.TRAIN.values()), d.syn_x.shape[0]
+    oversampled, m = 4 * max(TRAIN.values()), d.syn_x.shape[0]
     assert not synthetic[:oversampled].any() and synthetic[oversampled:oversampled + m].all()  # [real | syn | copies]
     assert weighted_training_set(condition, d, 0, 1.0)[2] is None  # weight 1: the unweighted loss, as before
     assert weighted_training_set("real_oversampled", d, 0, 0.25)[2] is None
@@ -108,7 +97,7 @@ def test_the_winner_must_beat_the_default_by_more_than_min_gain() -> None:
 
 
 def test_a_trial_scores_validation_only_and_the_recipe_reaches_the_report(workdir, tmp_path) -> None:
-    params = _fixtures.tiny_params(choose_on_validation=False)
+    params = tiny_params(choose_on_validation=False)
     dirs = (workdir["ingest"], workdir["filter"], workdir["judge"])
     baselines = score_baselines(*dirs, params, 1)
     assert baselines["validated_on"].startswith("3-fold")  # 4 val images of the scarce class: k-fold train + val
@@ -126,4 +115,4 @@ def test_a_trial_scores_validation_only_and_the_recipe_reaches_the_report(workdi
     assert any(c["made_on"] == "a test's choice" and "informative" in c["choice"] for c in utility["choices"])
     sizes = utility["setup"]["train_per_class"]["real_synthetic"]
     accepted = {"3": 12, "1": 5}  # the fixture's accepted synthetic images per class; half of each is used
-    assert sizes["3"] == max(_fixtures.TRAIN.values()) + round(0.5 * accepted["3"])
+    assert sizes["3"] == max(TRAIN.values()) + round(0.5 * accepted["3"])
