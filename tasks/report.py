@@ -34,12 +34,18 @@ from markupsafe import Markup
 
 from synthaug.models.metrics import nearest_correlation
 from synthaug.tasks.core.errors import UserError
-from synthaug.tasks.core.evaluation.charts import PLOT_COUNTS, PLOT_RECALL, PLOT_UTILITY
 from synthaug.tasks.core.evaluation.downstream import BASELINES, COMPARED, PROJECT_FAMILY, families
 from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.images import load_images
 from synthaug.tasks.core.io.manifest import read_manifest
-from synthaug.tasks.core.io.results import read_metrics, real_rows, synthetic_rows
+from synthaug.tasks.core.io.results import (
+    PLOT_COUNTS,
+    PLOT_RECALL,
+    PLOT_UTILITY,
+    read_metrics,
+    real_rows,
+    synthetic_rows,
+)
 from synthaug.tasks.core.labels import natural_key
 from synthaug.tasks.core.privacy.dp import card_lines as dp_card_lines
 from synthaug.tasks.core.privacy.record import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, attacks_side_by_side, check_rows

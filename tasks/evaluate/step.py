@@ -79,14 +79,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from synthaug.models.common import pick_device
-from synthaug.tasks.core.evaluation.charts import (
-    PLOT_COUNTS,
-    PLOT_RECALL,
-    PLOT_UTILITY,
-    plot_counts,
-    plot_per_class_recall,
-    plot_utility,
-)
+from synthaug.tasks.core.evaluation.charts import plot_counts, plot_per_class_recall, plot_utility
 from synthaug.tasks.core.evaluation.downstream import (
     BASELINES,
     COMPARED,
@@ -100,7 +93,15 @@ from synthaug.tasks.core.evaluation.gate import gain_lines, gate_verdict
 from synthaug.tasks.core.evaluation.inputs import read_inputs
 from synthaug.tasks.core.evaluation.recipe import Setup, choose_recipe, run_conditions, synthetic_subset, with_synthetic
 from synthaug.tasks.core.io.files import write_atomic
-from synthaug.tasks.core.io.results import FILTER_SUMMARY, METRICS_FILE, TABLE_PER_CLASS, TABLE_UTILITY
+from synthaug.tasks.core.io.results import (
+    FILTER_SUMMARY,
+    METRICS_FILE,
+    PLOT_COUNTS,
+    PLOT_RECALL,
+    PLOT_UTILITY,
+    TABLE_PER_CLASS,
+    TABLE_UTILITY,
+)
 from synthaug.tasks.core.params.evaluate import EvaluateParams, SyntheticRecipe
 from synthaug.tasks.evaluate.headline import SUMMARY_FILE, write_headline
 from synthaug.tasks.evaluate.set_metrics import finite, quality_metrics
