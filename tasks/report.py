@@ -2,9 +2,10 @@
 
 Everything is inside the file: images are inlined as base64 ``data:`` URIs, the style sheet is inline, and there
 is no script, font or CDN link, so the report opens offline, in an e-mail attachment or in a DVC registry alike.
-The page is the template ``tasks/templates/report.html.j2`` (autoescaped, tasks/core/render.py) with the run block of
-``run.html.j2`` at the top; the sections built here escape all text from the data (labels, reasons, paths) with
-``html.escape``.
+The page is the template ``tasks/templates/report.html.j2`` with the run block of ``run.html.j2`` at the top, its style
+sheet ``report.css.j2`` and its sections the macros of ``report_sections.html.j2`` (and ``report_privacy.html.j2`` for
+an anonymized release). This module computes their data only (numbers, rows, ``data:`` URIs); the templates are
+autoescaped (tasks/core/render.py), so all text from the data (labels, reasons, paths) arrives as text.
 
 Sections: a summary; downstream utility (the utility gate's verdict and rule, the chart from the evaluate step, a
 table per classifier family, the paired difference to the best real baseline and the share of the best baseline ->
@@ -22,7 +23,6 @@ section instead: the gate's checks, the distance-to-closest-record histogram and
 from __future__ import annotations
 
 import base64
-import html
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
 
 from synthaug.models.metrics import nearest_correlation
 from synthaug.tasks.core.errors import UserError
@@ -47,7 +46,7 @@ from synthaug.tasks.core.io.results import (
     synthetic_rows,
 )
 from synthaug.tasks.core.labels import natural_key
-from synthaug.tasks.core.privacy.dp import card_lines as dp_card_lines
+from synthaug.tasks.core.privacy.dp import card_section as dp_card_section
 from synthaug.tasks.core.privacy.record import ATTACKS, DCR_PLOT, PRIVACY_FILE, SPACES, attacks_side_by_side, check_rows
 from synthaug.tasks.core.privacy.tstr import utility_rows
 from synthaug.tasks.core.render import RunInfo, render, run_info
@@ -55,64 +54,23 @@ from synthaug.tasks.core.render import RunInfo, render, run_info
 REPORT_FILE = "report.html"
 PIXEL_CORR = "score_nn_pixel_corr"
 THUMB_PX = 48  # displayed thumbnail side; pixels are upscaled without smoothing (image-rendering: pixelated)
-
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 24px auto;
-       max-width: 1150px; padding: 0 16px; background: #fff; }
-h1 { font-size: 24px; margin-bottom: 4px; } h2 { font-size: 19px; margin-top: 34px; border-bottom: 1px solid #ddd; }
-h3 { font-size: 15px; margin: 18px 0 6px; }
-p.lead { color: #555; margin-top: 0; }
-nav a { margin-right: 12px; }
-table { border-collapse: collapse; margin: 8px 0 4px; font-size: 13px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-td.na { color: #999; }
-.note { color: #666; font-size: 12px; margin: 2px 0 10px; }
-.chart { max-width: 100%; border: 1px solid #eee; }
-.grid { display: flex; flex-wrap: wrap; gap: 3px; align-items: flex-start; }
-.thumb { margin: 0; text-align: center; }
-.thumb img, .pair img { width: __PX__px; height: __PX__px; image-rendering: pixelated; image-rendering: crisp-edges;
-                        border: 1px solid #ccc; background: #000; display: block; }
-.reason { font-size: 11px; color: #b42318; margin: 4px 0 2px; }
-table.samples td { vertical-align: top; text-align: left; }
-table.samples td.cls { font-weight: bold; font-size: 16px; text-align: center; }
-.pairs { display: flex; flex-wrap: wrap; gap: 12px; }
-.pair { border: 1px solid #ddd; padding: 6px; font-size: 11px; }
-.pair .imgs { display: flex; gap: 4px; }
-.pair .imgs img { width: __BIG__px; height: __BIG__px; }
-.good { color: #1a7f37; } .bad { color: #b42318; }
-""".replace("__PX__", str(THUMB_PX)).replace("__BIG__", str(2 * THUMB_PX))
+DCR_QUANTILES = ("min", "p05", "median", "p95", "max")
 
 
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _img(path: Path, alt: str, *, css: str = "", title: str | None = None) -> str:
-    attrs = f' class="{css}"' if css else ""
-    if title:
-        attrs += f' title="{_esc(title)}"'
-    return f'<img src="{_data_uri(path.read_bytes())}" alt="{_esc(alt)}"{attrs}>'
+def _uri(path: Path, mime: str = "image/png") -> str:
+    """A file as a ``data:`` URI: the report embeds every image."""
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
 def _num(value: Any, digits: int = 3) -> str:
+    """A table number as text (the template's ``cell`` macro); ``digits`` decimals for a float."""
     if value is None:
         return "—"
     if isinstance(value, bool | str):
-        return str(value)  # escaped where it lands (the template, or _cell)
+        return str(value)
     if isinstance(value, int):
         return str(value)
     return f"{float(value):.{digits}f}"
-
-
-def _cell(value: Any, reason: str | None = None, *, digits: int = 3) -> str:
-    if value is None:
-        return f'<td class="na" title="{_esc(reason or "not available")}">—</td>'
-    return f"<td>{_esc(_num(value, digits))}</td>"
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -127,10 +85,6 @@ def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
             "accepted": sum(counts["synthetic_accepted"].values()),
             "extractor": metrics["feature_space"]["extractor"], "dim": metrics["feature_space"]["dim"],
             "reference": metrics["quality"]["reference"]}
-
-
-def _uri(path: Path) -> str:
-    return _data_uri(path.read_bytes())
 
 
 def _utility(metrics: Mapping[str, Any], evaluate_dir: Path) -> dict[str, Any]:
@@ -286,68 +240,24 @@ def _memorization(real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
     return {"pairs": pairs, "has_score": has_score, "score": PIXEL_CORR}
 
 
-def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> str:
-    """The privacy gate: verdict, checks, the DCR histogram and table, the attack's per-class AUCs."""
-    verdict = ('<b class="good">passed</b>' if report["passed"] else '<b class="bad">failed</b>: '
-               + "; ".join(_esc(f) for f in report["failures"]))
-    checks = "".join(f'<tr><td class="l">{_esc(c)}</td><td>{_esc(m)}</td><td>{_esc(t)}</td>'
-                     f'<td class="{"good" if ok else "bad"}">{"pass" if ok else "FAIL"}</td></tr>'
-                     for c, m, t, ok in check_rows(report))
-    dcr_rows, attack_rows = [], []
-    for space in SPACES:
-        for key, name in (("released_to_train", "released → train"), ("holdout_to_train", "held-out real → train")):
-            st = report["dcr"][space][key]
-            dcr_rows.append(f'<tr><td class="l">{space}</td><td class="l">{name}</td><td>{st["n"]}</td>'
-                            + "".join(_cell(st[q], digits=4) for q in ("min", "p05", "median", "p95", "max"))
-                            + "</tr>")
-        for key, (name, _) in ATTACKS.items():
-            for label, entry in report[key][space].get("per_class", {}).items():
-                attack_rows.append(f'<tr><td class="l">{_esc(name)}</td><td class="l">{space}</td>'
-                                   f'<td class="l">{_esc(label)}</td><td>{entry["auc"]:.3f}</td>'
-                                   f'<td>[{entry["ci"][0]:.3f}, {entry["ci"][1]:.3f}]</td>'
-                                   + (f'<td>{entry["p_value"]:.2g}</td>' if "p_value" in entry else _cell(None))
-                                   + f'<td>{entry["members"]}</td><td>{entry["non_members"]}</td></tr>')
-    attack = report["attack"]
-    return "\n".join([
-        *_release_utility(report.get("utility")),
-        '<h2 id="privacy">Privacy</h2>',
-        f"<p>Privacy gate: {verdict}. Feature space: {_esc(report['feature_space'])}.</p>",
-        '<p id="dp">Differential privacy: ' + " ".join(_esc(line) for line in dp_card_lines(report["dp"])) + "</p>",
-        "<table><tr><th class='l'>check</th><th>measured</th><th>threshold</th><th>result</th></tr>", checks,
-        "</table>",
-        "<table><tr><th class='l'>space</th><th>distance attack AUC</th><th>density-ratio attack AUC</th></tr>",
-        *(f'<tr><td class="l">{space}</td><td>{distance}</td><td>{density}</td></tr>'
-          for space, distance, density in attacks_side_by_side(report)), "</table>",
-        '<p class="note">Membership attacks: '
-        + "; ".join(f"{_esc(name)}: {_esc(report[key]['method'])}" for key, (name, _) in ATTACKS.items())
-        + f'. Members: {_esc(attack["members"])}, '
-        f'non-members: {_esc(attack["non_members"])}; {attack["confidence"]:.0%} bootstrap interval over '
-        f'{attack["bootstrap"]} resamples. An AUC near 0.5: the release does not tell who was trained on.</p>',
-        '<h3 id="dcr">Distance to the closest training record</h3>',
-        _img(privacy_dir / DCR_PLOT, "distance to the closest training record", css="chart"),
-        "<table><tr><th class='l'>measure</th><th class='l'>set</th><th>n</th><th>min</th><th>p05</th>"
-        "<th>median</th><th>p95</th><th>max</th></tr>", *dcr_rows, "</table>",
-        '<p class="note">pixel: highest Pearson correlation with a training image (1: a copy); feature: smallest '
-        "feature distance to a training image (0: a copy). Released images should look like held-out real ones: "
-        "no closer to the training images than real images that were never trained on.</p>",
-        "<h3>Attack AUC per class</h3><table><tr><th class='l'>attack</th><th class='l'>space</th>"
-        "<th class='l'>class</th><th>AUC</th><th>interval (Bonferroni)</th><th>one-sided p</th><th>members</th>"
-        "<th>non-members</th></tr>",
-        *attack_rows, "</table>"])
-
-
-def _release_utility(release: Mapping[str, Any] | None) -> list[str]:
-    """TSTR vs TRTR of an anonymized release, overall and per class (``tasks.core.privacy.tstr``)."""
-    if release is None:
-        return []
-    rows = "".join("<tr><td class='l'>" + _esc(what) + "</td>" + "".join(f"<td>{_esc(v)}</td>" for v in values)
-                   + "</tr>" for what, *values in utility_rows(release))
-    return ['<h2 id="tstr">Utility of the release: TSTR vs TRTR</h2>',
-            f'<p class="note">TSTR: {_esc(release["tstr"])}; TRTR: {_esc(release["trtr"])}; scored on the '
-            f'{_esc(release["scored_on"])} over {release["seeds"]} seeds; {release["confidence"]:.0%} '
-            f'{_esc(release["interval"])}.</p>',
-            "<table><tr><th class='l'></th><th>TSTR</th><th>TRTR</th><th>TSTR − TRTR</th><th>TSTR / TRTR</th></tr>",
-            rows, "</table>"]
+def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> dict[str, Any]:
+    """The privacy section's data (macros of ``report_privacy.html.j2``): the gate's verdict and checks, the attacks
+    side by side and per class, the DCR histogram and table, and the release's TSTR vs TRTR."""
+    dcr = [{"space": space, "set": name, "n": report["dcr"][space][key]["n"],
+            "quantiles": [report["dcr"][space][key][q] for q in DCR_QUANTILES]}
+           for space in SPACES
+           for key, name in (("released_to_train", "released → train"), ("holdout_to_train", "held-out real → train"))]
+    per_class = [{"attack": name, "space": space, "label": label, "auc": entry["auc"], "ci": entry["ci"],
+                  "p_value": entry.get("p_value"), "members": entry["members"], "non_members": entry["non_members"]}
+                 for space in SPACES for key, (name, _) in ATTACKS.items()
+                 for label, entry in report[key][space].get("per_class", {}).items()]
+    release = report.get("utility")
+    return {"passed": report["passed"], "failures": report["failures"], "feature_space": report["feature_space"],
+            "dp": dp_card_section(report["dp"]).strip("\n").replace("\n", " "),  # the card's words, on one line
+            "checks": check_rows(report), "side_by_side": attacks_side_by_side(report),
+            "methods": [(name, report[key]["method"]) for key, (name, _) in ATTACKS.items()],
+            "attack": report["attack"], "dcr_chart": _uri(privacy_dir / DCR_PLOT), "dcr": dcr, "per_class": per_class,
+            "utility": None if release is None else {**release, "rows": utility_rows(release)}}
 
 
 def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.DataFrame, ingest_dir: Path,
@@ -359,21 +269,20 @@ def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.
                                                                            ("privacy", "privacy")]
     nav = [("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
            ("samples", "samples"), *last]
-    context: dict[str, Any] = {}
     if privacy_dir is None:
         title = "synthaug report"
         lead = "Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?"
-        context["memorization"] = _memorization(real, synthetic, ingest_dir, filter_dir, pairs)
+        memorization, privacy = _memorization(real, synthetic, ingest_dir, filter_dir, pairs), None
     else:
         title, lead = ("synthaug anonymized release", "Synthetic images only, released after the privacy gate: "
                                                       "are they useful, and do they give away who was trained on?")
-        # Built and escaped (_esc) in Python; Markup keeps the template from escaping it twice.
-        context["privacy"] = Markup(_privacy(json.loads((privacy_dir / PRIVACY_FILE).read_text()), privacy_dir))
-    return render("report.html.j2", title=title, lead=lead, css=Markup(CSS), nav=nav, summary=_summary(metrics),
+        memorization = None
+        privacy = _privacy(json.loads((privacy_dir / PRIVACY_FILE).read_text()), privacy_dir)
+    return render("report.html.j2", title=title, lead=lead, thumb_px=THUMB_PX, nav=nav, summary=_summary(metrics),
                   utility=_utility(metrics, evaluate_dir), counts=_counts(metrics, evaluate_dir),
                   quality=_quality(metrics), num=_num, run=run or RunInfo(),
                   samples=_samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs,
-                                   accepted_only=privacy_dir is not None), **context)
+                                   accepted_only=privacy_dir is not None), memorization=memorization, privacy=privacy)
 
 
 def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir: Path, *, thumbs: int = 12,

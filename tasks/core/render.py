@@ -1,8 +1,11 @@
 """Templates of the report and the card (``tasks/templates``), and the record of the run that made a dataset.
 
-Rendering: one jinja2 environment; templates named ``*.html.j2`` are autoescaped, so every value from the data
-(class names, paths, reasons) is escaped unless the code marks it safe on purpose (``Markup``). Markdown templates
-(``*.md.j2``) are not HTML: their table cells go through the ``cell`` filter instead.
+Rendering: one jinja2 environment; all the HTML and Markdown of report.html and of the dataset and generator cards
+(their sections included) is in its templates, and the Python code passes plain data (numbers, rows, ``data:``
+URIs). Templates named ``*.html.j2`` are autoescaped, so every value from the data (class names, paths, reasons) is
+escaped; nothing is marked safe but the run block's markers (``Markup``). Markdown templates (``*.md.j2``) are not
+HTML: their table cells go through the ``cell`` filter (``md_cell``) instead. One escape per format: autoescape for
+HTML, ``md_cell`` for Markdown.
 
 The run: ``run.json`` beside the report and the card names what made the dataset (dataset name and version tag,
 generator family, pipeline code version, source repository and revision, publish date, the params file). The report

@@ -23,9 +23,10 @@ from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.manifest import COLUMNS, read_manifest, write_manifest
 from synthaug.tasks.core.io.results import synthetic_rows
 from synthaug.tasks.core.params.privacy import PrivacyParams
-from synthaug.tasks.core.privacy.dp import card_lines as dp_card_lines
+from synthaug.tasks.core.privacy.dp import card_section as dp_card_section
 from synthaug.tasks.core.privacy.record import DCR_PLOT, PRIVACY_FILE, card_section, read_privacy
-from synthaug.tasks.core.privacy.tstr import ReleaseUtilityError, card_lines, check_ratio, release_utility
+from synthaug.tasks.core.privacy.tstr import ReleaseUtilityError, check_ratio, release_utility
+from synthaug.tasks.core.privacy.tstr import card_section as tstr_card_section
 from synthaug.tasks.core.publishing.card import card_metrics, write_card
 from synthaug.tasks.core.publishing.registry import code_version
 from synthaug.tasks.core.render import run_info, write_run
@@ -96,9 +97,9 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
                summary="Synthetic images only: an anonymized release of class-conditional synthetic images made by "
                        "the synthaug pipeline, published after its privacy gate passed. Every image is listed in "
                        "`manifest.parquet` with its label, generator, checkpoint and seed.",
-               sections=[("Utility of the release (TSTR vs TRTR)", card_lines(utility)),
+               sections=[("Utility of the release (TSTR vs TRTR)", tstr_card_section(utility)),
                          ("Privacy", card_section(privacy)),
-                         ("Differential privacy", dp_card_lines(privacy["dp"]))])
+                         ("Differential privacy", dp_card_section(privacy["dp"]))])
     return out_dir
 
 

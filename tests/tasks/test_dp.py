@@ -17,7 +17,7 @@ from synthaug.models.training import checkpoint_hash, load_checkpoint
 from synthaug.models.vae import VAE
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.params.model import DPParams, ModelParams
-from synthaug.tasks.core.privacy.dp import DP_FILE, card_lines, dp_claim
+from synthaug.tasks.core.privacy.dp import DP_FILE, card_section, dp_claim
 from synthaug.tasks.train.private import fit_private
 
 CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
@@ -66,12 +66,12 @@ def test_a_release_claims_dp_only_when_every_image_came_from_the_dp_checkpoint(t
     claim = dp_claim(out, ours)
     assert claim["claimed"] and claim["epsilon"] == record["epsilon"]
     assert "generator's weights" in claim["covers"] and "filter" in claim["does_not_cover"]
-    card = "\n".join(card_lines(claim))
+    card = card_section(claim)
     assert f"(ε, δ) = ({record['epsilon']:.3g}, 0.001)" in card and "What it does not cover" in card
     mixed = pd.DataFrame({"checkpoint": [record["weights_sha256"], "ab" * 32]})
     assert not dp_claim(out, mixed)["claimed"] and "2 checkpoint(s)" in dp_claim(out, mixed)["reason"]
     assert not dp_claim(tmp_path, ours)["claimed"]  # no dp.json: not DP-trained
-    assert card_lines(dp_claim(tmp_path, ours))[0].startswith("No differential-privacy guarantee")
+    assert card_section(dp_claim(tmp_path, ours)).startswith("No differential-privacy guarantee")
 
 
 def test_refusals() -> None:

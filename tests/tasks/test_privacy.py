@@ -499,7 +499,7 @@ def test_the_density_ratio_attack_is_at_least_as_strong_as_the_distance_attack_o
 
 def test_the_card_shows_both_attacks_side_by_side_and_the_per_class_test(sets, digits) -> None:
     report = _small_class_leak(sets, digits)
-    lines = card_section(report)
+    lines = card_section(report).splitlines()
     start = lines.index("| space | distance to closest record | density ratio |")
     for space, line in zip(("pixel", "feature"), lines[start + 2:start + 4], strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]

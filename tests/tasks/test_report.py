@@ -1,8 +1,10 @@
-"""report.html: one self-contained, escaped page; images inline and decodable; the memorization pairs; and a
-render in headless Chromium (skipped only off CI when there is no chromium binary)."""
+"""report.html: one self-contained, escaped page; images inline and decodable; the memorization pairs; the sections of
+an anonymized release (and its card's); no HTML or Markdown built in Python; and a render in headless Chromium (skipped
+only off CI when there is no chromium binary)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import html
 import io
@@ -22,6 +24,9 @@ from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.evaluation.downstream import CONDITIONS, TREATED, families
 from synthaug.tasks.core.io.images import write_png
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
+from synthaug.tasks.core.privacy import dp, record, tstr
+from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW, write_card
+from synthaug.tasks.core.render import md_cell
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
 from tests.workdirs import NASTY_REASON, TRAIN, tiny_params
@@ -170,7 +175,7 @@ def test_report_renders_in_headless_chromium(workdir: dict[str, Path], tmp_path:
 
 def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str, Path], tmp_path: Path) -> None:
     """The real filter step (no top-up) on perturbed heldback images; evaluate and report take its output as is."""
-    filter_mod = pytest.importorskip("synthaug.tasks.filter")
+    filter_mod = pytest.importorskip("synthaug.tasks.filter.step")
     import json
 
     import pandas as pd
@@ -240,6 +245,108 @@ def test_templates_ship_as_package_data() -> None:
     import tomllib
 
     root = Path(__file__).resolve().parents[2]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tasks"]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = package_data["synthaug.tasks"]
     templates = sorted(p.relative_to(root / "tasks").as_posix() for p in (root / "tasks" / "templates").iterdir())
     assert templates and all(any(fnmatch.fnmatch(t, pat) for pat in patterns) for t in templates), templates
+
+
+def _privacy_record(nasty: str) -> dict:
+    """A ``privacy.json`` with the fields the report and the card read, one class named ``nasty``; its failures
+    name that class, as the gate's do."""
+    def attack(auc: float | None, *, p_value: bool = True) -> dict:
+        per_class = {"0": {"auc": 0.51, "ci": [0.40, 0.62], "members": 10, "non_members": 30},
+                     nasty: {"auc": 0.77, "ci": [0.55, 0.91], "members": 6, "non_members": 20}}
+        for entry in per_class.values():
+            entry.update({"p_value": 0.0123} if p_value else {})
+        return {"auc": auc, "ci": None if auc is None else [auc - 0.05, auc + 0.05], "per_class": per_class,
+                "class_confidence": 0.99375, "members": 16, "non_members": 50, "passed": auc is not None}
+
+    runs = {c: {"balanced_accuracy": {"values": v}, "macro_f1": {"values": v},
+                "per_class_recall": {"0": {"values": v}, nasty: {"values": v}}}
+            for c, v in (("synthetic_only", [0.5, 0.6, 0.7]), ("real_only", [0.9, 0.8, 0.9]))}
+    dcr = {"n": 40, "min": 0.25, "p05": None, "median": 0.5, "p95": 0.75, "max": 1.0}
+    return {"passed": False, "failures": [f"membership inference (pixel), class {nasty}: AUC 0.770"],
+            "feature_space": "judge", "dp": {"claimed": False, "reason": "model.dp.epsilon is null"},
+            "memorization": {"thresholds": {"pixel_correlation": 0.9123, "feature_distance": 1.5, "n_calibration": 120,
+                                            "quantile": 0.01},
+                             "pixel": {"within": 0, "highest_correlation": 0.8765, "passed": True},
+                             "feature": {"within": 0, "smallest_distance": 2.5, "passed": True}},
+            "attack": {"method": "distance", "max_auc": 0.6, "members": "real train", "non_members": "real held-out",
+                       "confidence": 0.95, "bootstrap": 100, "pixel": attack(0.55),
+                       "feature": attack(None, p_value=False)},
+            "density_attack": {"method": "density ratio", "max_auc": 0.6, "pixel": attack(0.58),
+                               "feature": attack(0.49)},
+            "dcr": {s: {"released_to_train": dcr, "holdout_to_train": dcr} for s in ("pixel", "feature")},
+            "utility": tstr.release_utility(runs)}
+
+
+def test_an_anonymized_release_shows_its_privacy_sections_escaped(workdir: dict[str, Path], tmp_path: Path) -> None:
+    """The report of a release (privacy section, TSTR vs TRTR, no memorization audit) and the card's sections: a class
+    name carrying markup arrives as text in both, and every Markdown table keeps its columns."""
+    nasty = '<script>alert(1)</script> | "x"'
+    report = _privacy_record(nasty)
+    privacy_dir = tmp_path / "privacy"
+    privacy_dir.mkdir()
+    (privacy_dir / record.PRIVACY_FILE).write_text(json.dumps(report))
+    shutil.copyfile(workdir["evaluate"] / "class_counts.png", privacy_dir / record.DCR_PLOT)
+    page = report_step(workdir["ingest"], workdir["filter"], workdir["evaluate"], tmp_path / "report", thumbs=2,
+                       pairs=1, privacy_dir=privacy_dir).read_text(encoding="utf-8")
+    for anchor in ("tstr", "privacy", "dp", "dcr"):
+        assert f'id="{anchor}"' in page, anchor
+    assert 'id="memorization"' not in page and "<script" not in page.lower()
+    assert f'<b class="bad">failed</b>: {escape(report["failures"][0])}. Feature space: judge.' in page
+    assert f"<td class='l'>recall, class {escape(nasty)}</td><td>0.600 [" in page
+    assert f'<td class="l">pixel</td><td class="l">{escape(nasty)}</td><td>0.770</td><td>[0.550, 0.910]</td>' in page
+    section = page[page.index('id="privacy"'):]
+    assert section.count('<td class="na" title="not available">—</td>') == 4 + 2  # DCR p05; feature p-values
+    assert "No differential-privacy guarantee: model.dp.epsilon is null." in section
+    dcr_plot = base64.b64encode((privacy_dir / record.DCR_PLOT).read_bytes()).decode()
+    assert IMG.findall(section) == [f"data:image/png;base64,{dcr_plot}"]
+
+    sections = [("Utility of the release (TSTR vs TRTR)", tstr.card_section(report["utility"])),
+                ("Privacy", record.card_section(report)), ("Differential privacy", dp.card_section(report["dp"]))]
+    card = write_card(tmp_path / "card", source={}, params_yaml="a: 1\n", code_version="", checkpoint=None,
+                      metrics={}, sections=sections).read_text()
+    assert "<script" not in card and md_cell(nasty) in card
+    assert f"| recall, class {md_cell(nasty)} | 0.600 [" in card
+    assert ("## Differential privacy\n\nNo differential-privacy guarantee: model.dp.epsilon is null.\n\n"
+            "## Params") in card
+    for table in re.findall(r"(?m)(?:^\|.*\|\n)+", card):  # every row of a table has its header's columns
+        widths = {len(re.findall(r"(?<!\\)\|", row)) for row in table.splitlines()}
+        assert len(widths) == 1, table
+
+
+HTML_TAG = re.compile(r"</?(?:html|head|body|style|meta|title|nav|div|span|table|tr|th|td|img|figure|p|b|ul|li|a|h[1-6]"
+                      r"|sup|code)\b", re.IGNORECASE)
+CSS_RULE = re.compile(r"[\w.#-]+\s*\{[^{}]*:[^{}]*;")
+MARKDOWN = re.compile(r"(?m)^\s*\||\|\s*$|\|---|^#{1,6} |\*\*\S")  # a table row, a heading, bold text
+MARKDOWN_MODULES = ("tasks/core/publishing/card.py", "tasks/core/publishing/generators.py",
+                    "tasks/core/privacy/record.py", "tasks/core/privacy/dp.py", "tasks/core/privacy/tstr.py")
+
+
+def _literals(path: Path) -> list[str]:
+    """The string literals of a module, f-strings' literal parts included, docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings]
+
+
+def test_no_html_or_markdown_is_built_in_python() -> None:
+    """report.html (its style sheet included) and the cards' Markdown come from tasks/templates: tasks/report.py holds
+    no tag and no CSS and marks nothing safe, no card module builds Markdown (a table row, a heading, bold text),
+    and Markdown cells have one escape, the templates' ``cell`` filter."""
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "tasks" / "report.py").read_text(encoding="utf-8")
+    assert not HTML_TAG.findall(source), HTML_TAG.findall(source)
+    assert not [s for s in _literals(root / "tasks" / "report.py") if CSS_RULE.search(s)]
+    assert not re.search(r"\bMarkup\b|\bescape\(|^import html$", source, re.MULTILINE)  # autoescape does it all
+    for module in MARKDOWN_MODULES:  # CARD_CHECKPOINT_ROW finds a row in a written card, it builds none
+        rows = [s for s in _literals(root / module) if MARKDOWN.search(s) and s != CARD_CHECKPOINT_ROW]
+        assert not rows, (module, rows)
+    for path in (root / "tasks").rglob("*.py"):
+        if path.name != "render.py":
+            assert "md_cell" not in path.read_text(encoding="utf-8"), path

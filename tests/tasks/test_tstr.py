@@ -8,7 +8,7 @@ import pytest
 
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.privacy.tstr import (
-    card_lines,
+    card_section,
     check_ratio,
     compare,
     mean_interval,
@@ -56,7 +56,7 @@ def test_release_utility_overall_and_per_class_and_the_ratio_gate() -> None:
     rows = utility_rows(out)
     assert [r[0] for r in rows] == ["balanced accuracy", "macro f1", "recall, class a", "recall, class b"]
     assert rows[2][4].startswith("0.600 [")
-    assert any(line.startswith("| recall, class a | 0.600") for line in card_lines(out))
+    assert any(line.startswith("| recall, class a | 0.600") for line in card_section(out).splitlines())
     assert check_ratio(out, None) is None and check_ratio(out, 0.7) is None
     assert "below privacy.min_tstr_ratio=0.8" in check_ratio(out, 0.8)
 

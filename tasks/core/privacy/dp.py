@@ -1,4 +1,4 @@
-"""What differential privacy a release may claim, and the card's lines that say it.
+"""What differential privacy a release may claim, and the card's section that says it.
 
 ``model.dp.epsilon`` set: the train step trains the generator with DP-SGD (``tasks/train/private.py``) and writes
 ``dp.json`` beside the checkpoint with the epsilon spent and the weights' sha256.
@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from synthaug.models.training import checkpoint_hash
+from synthaug.tasks.core.render import render
 
 DP_FILE = "dp.json"
 COVERS = "the generator's weights and every image sampled from them (post-processing)"
@@ -43,14 +44,6 @@ def dp_claim(checkpoint_dir: Path, released: pd.DataFrame) -> dict[str, Any]:
     return {"claimed": True, **record, "covers": COVERS, "does_not_cover": NOT_COVERED}
 
 
-def card_lines(claim: Mapping[str, Any]) -> list[str]:
-    """The card's differential-privacy section (markdown lines)."""
-    if not claim["claimed"]:
-        return [f"No differential-privacy guarantee: {claim['reason']}."]
-    return [f"The generator was trained with differential privacy: (ε, δ) = ({claim['epsilon']:.3g}, "
-            f"{claim['delta']:.3g}), {claim['mechanism']}; {claim['sampling']}; noise multiplier "
-            f"{claim['noise_multiplier']:.4g}, clipping norm {claim['max_grad_norm']}, {claim['steps']} steps over "
-            f"{claim['training_images']} training images; accountant: {claim['accountant']}.", "",
-            f"**What ε covers:** {claim['covers']}.", "",
-            f"**What it does not cover:** {claim['does_not_cover']}. The guarantee of the released set is therefore "
-            "not (ε, δ): it holds for the generator, not for the choice of which of its samples were released."]
+def card_section(claim: Mapping[str, Any]) -> str:
+    """The card's differential-privacy section (Markdown, template ``card_dp.md.j2``)."""
+    return render("card_dp.md.j2", claim=claim)

@@ -1,5 +1,5 @@
 """The privacy audit's record (``privacy.json``, written by the privacy step): the ``privacy`` params, the attacks it
-reports, its reader and its lines in the report and the card."""
+reports, its reader, and the rows and the card section (template ``card_privacy.md.j2``) that show it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import file_sha256
-from synthaug.tasks.core.render import md_cell
+from synthaug.tasks.core.render import render
 
 PRIVACY_FILE = "privacy.json"
 DCR_PLOT = "dcr.png"
@@ -81,34 +81,16 @@ def attacks_side_by_side(report: Mapping[str, Any]) -> list[tuple[str, str, str]
     return [(space, cell(report["attack"][space]), cell(report["density_attack"][space])) for space in SPACES]
 
 
-def card_section(report: Mapping[str, Any]) -> list[str]:
-    """The card's privacy section (markdown lines): the verdict, the checks, the DCR distributions."""
-    attack = report["attack"]
-    lines = ["Synthetic images only: no real image and no source path is in this release. It was published "
-             "because it passed every check of the privacy gate (`privacy.json` has every number).", "",
-             f"Feature space: {md_cell(report['feature_space'])}. Memorization thresholds: calibrated on "
-             f"{report['memorization']['thresholds']['n_calibration']} real val images (quantile "
-             f"{report['memorization']['thresholds']['quantile']}). Membership attacks: "
-             + "; ".join(f"{name}: {report[key]['method']}" for key, (name, _) in ATTACKS.items())
-             + f". Members: {attack['members']}, non-members: {attack['non_members']}; {attack['confidence']:.0%} "
-             f"bootstrap interval over {attack['bootstrap']} resamples pooled over classes, and per class at the "
-             "Bonferroni-corrected level given in the table; a class fails only when its one-sided Mann-Whitney "
-             "test (exact for small classes) is significant at that level too.", "",
-             "| check | measured | threshold | result |", "|---|---|---|---|"]
-    lines += [f"| {md_cell(c)} | {md_cell(m)} | {md_cell(t)} | {'pass' if ok else 'FAIL'} |" for c, m, t, ok in
-              check_rows(report)]
-    lines += ["", "Membership attacks side by side (pooled AUC over same-class pairs, "
-              f"{attack['confidence']:.0%} interval; 0.5: chance):", "",
-              "| space | distance to closest record | density ratio |", "|---|---|---|"]
-    lines += [f"| {space} | {distance} | {density} |" for space, distance, density in attacks_side_by_side(report)]
-    lines += ["", "Distance to the closest training record (DCR):", "",
-              "| measure | set | n | min | p05 | median | p95 | max |", "|---|---|---|---|---|---|---|---|"]
-    for space in SPACES:
-        for key, name in (("released_to_train", "released -> train"), ("holdout_to_train", "held-out real -> train")):
-            s = report["dcr"][space][key]
-            lines.append(f"| {space} | {name} | {s['n']} | " + " | ".join(_fmt(s[q]) for q in ("min", "p05", "median",
-                                                                                                 "p95", "max")) + " |")
-    return lines
+def card_section(report: Mapping[str, Any]) -> str:
+    """The card's privacy section (Markdown, template ``card_privacy.md.j2``): the verdict, the checks, the attacks
+    side by side, the DCR distributions."""
+    sets = (("released_to_train", "released -> train"), ("holdout_to_train", "held-out real -> train"))
+    dcr = [(space, name, report["dcr"][space][key]["n"],
+            *(_fmt(report["dcr"][space][key][q]) for q in ("min", "p05", "median", "p95", "max")))
+           for space in SPACES for key, name in sets]
+    return render("card_privacy.md.j2", report=report, attack=report["attack"], checks=check_rows(report),
+                  methods=[(name, report[key]["method"]) for key, (name, _) in ATTACKS.items()],
+                  side_by_side=attacks_side_by_side(report), dcr=dcr)
 
 
 def _fmt(value: Any) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 
 from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.render import render
 
 TSTR, TRTR = "synthetic_only", "real_only"  # the evaluate step's conditions
 METRICS = ("balanced_accuracy", "macro_f1")
@@ -104,10 +105,6 @@ def utility_rows(release: Mapping[str, Any]) -> list[tuple[str, str, str, str, s
     return rows
 
 
-def card_lines(release: Mapping[str, Any]) -> list[str]:
-    """The card's utility section (markdown lines)."""
-    lines = [f"Train on synthetic, test on real (TSTR: {release['tstr']}) against train on real (TRTR: "
-             f"{release['trtr']}), scored on the {release['scored_on']} over {release['seeds']} seeds; "
-             f"{release['confidence']:.0%} {release['interval']}.", "",
-             "| | TSTR | TRTR | TSTR - TRTR | TSTR / TRTR |", "|---|---|---|---|---|"]
-    return lines + [f"| {' | '.join(row)} |" for row in utility_rows(release)]
+def card_section(release: Mapping[str, Any]) -> str:
+    """The card's utility section (Markdown, template ``card_tstr.md.j2``)."""
+    return render("card_tstr.md.j2", release=release, rows=utility_rows(release))

@@ -16,7 +16,7 @@ CARD_CHECKPOINT_ROW = "| generator checkpoint (sha256) |"
 
 def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str, code_version: str,
                checkpoint: str | None, metrics: Mapping[str, Any], summary: str | None = None,
-               sections: Sequence[tuple[str, Sequence[str]]] = (), run: RunInfo | None = None) -> Path:
+               sections: Sequence[tuple[str, str]] = (), run: RunInfo | None = None) -> Path:
     """Write ``dataset_dir/card.md`` (template ``tasks/templates/card.md.j2``): the run, lineage, contents, metrics
     and params.
 
@@ -29,7 +29,8 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
         checkpoint: sha256 of the generator weights; None when the dataset has no synthetic images.
         metrics: the evaluation metrics (nested mappings are flattened to dotted keys).
         summary: the paragraph under the title; None: real plus synthetic images, as ``assemble`` publishes.
-        sections: more ``(title, markdown lines)`` sections, placed after the metrics (e.g. the privacy gate).
+        sections: more ``(title, Markdown text)`` sections, placed after the metrics (e.g. the privacy gate's,
+            rendered by ``tasks.core.privacy.record.card_section``).
         run: the run that made the dataset (``tasks/core/render.py``); publish fills in its version tag and date.
 
     The card holds no timestamp until publish stamps the registry's copy: the same inputs give the same bytes, so

@@ -39,7 +39,7 @@ from synthaug.tasks.core.params.generate import SAMPLING_FIELDS, GenerateParams
 from synthaug.tasks.core.params.model import ModelParams
 from synthaug.tasks.core.params.publish import PublishParams
 from synthaug.tasks.core.publishing.registry import code_version, fetch_generator, latest_generator
-from synthaug.tasks.core.render import md_cell
+from synthaug.tasks.core.render import render
 from synthaug.tasks.core.sampling import Request, generate, seeds_for
 
 GENERATOR_FILE = "generator.json"
@@ -174,6 +174,7 @@ def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str,
 
 
 def _write_card(out_dir: Path, record: dict[str, Any], params_yaml: str) -> None:
+    """``out_dir/card.md`` (template ``generator_card.md.j2``): the lineage of ``record``, the files, the params."""
     started = record["origin"].get("from") or "scratch"
     rows = [("family", record["family"]), ("checkpoint (sha256)", record["checkpoint"]),
             ("classes", ", ".join(record["class_names"])), ("image shape (C, H, W)", record["image_shape"]),
@@ -182,14 +183,8 @@ def _write_card(out_dir: Path, record: dict[str, Any], params_yaml: str) -> None
             *((k if k == "source" else f"source {k}", v) for k, v in record["source"].items()),
             ("pipeline code", record["code_version"])]
     rows = [(k, v) for k, v in rows if v is not None]  # a value not recorded (e.g. no source repo) leaves its row out
-    lines = ["# Generator card", "",
-             "The class-conditional generator that made the synthetic images of the dataset version published with "
-             "it. Sample more with `synthaug generate --generator <registry>@<this tag>`.", "",
-             "## Lineage", "", "| | |", "|---|---|", *(f"| {md_cell(k)} | {md_cell(v)} |" for k, v in rows), "",
-             "## Files", "", "`checkpoint/` (config.json + weights.pt), `train_log.jsonl`, `samples.png` (one row per "
-             "class), `generator.json` (this lineage, machine-readable), `params.yaml`.", "",
-             "## Params", "", "```yaml", params_yaml.rstrip("\n"), "```", ""]
-    write_atomic("\n".join(lines), out_dir / "card.md")
+    text = render("generator_card.md.j2", rows=rows, params_yaml=params_yaml.rstrip("\n"))
+    write_atomic(text, out_dir / "card.md")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
