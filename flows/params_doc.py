@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from synthaug.flows.params import Params
+from synthaug.tasks.core.render import CODE_SPAN, md_cell, md_text
 
 DOC_PATH = "docs/params.md"
 
@@ -38,7 +39,6 @@ _BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))  # pydantic Fie
 
 _ENTRY = re.compile(r"(?P<names>[A-Za-z_]\w*(?:, [A-Za-z_]\w*)*): (?P<text>\S.*)")
 
-_CODE = re.compile(r"(``.+?``|`[^`]+`)")  # code spans: kept as they are (a `<` in one is no tag)
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _render(block: Block, level: int) -> list[str]:
     lines += [f"`{block.cls.__name__}`: {_text(block.summary)}" if level > 2 else _text(block.summary), ""]
     if block.rows:
         lines += ["| key | type | default | description |", "|---|---|---|---|"]
-        lines += [f"| `{r.key}` | {_cell(r.type)} | {_cell(r.default)} | {_cell(_text(r.description))} |"
+        lines += [f"| `{r.key}` | {md_cell(r.type)} | {md_cell(r.default)} | {md_cell(_markdown(r.description))} |"
                   for r in block.rows]
         lines.append("")
     for nested in block.nested:
@@ -188,7 +188,7 @@ def _joined(parts: list[str]) -> str:
 def _type_cell(annotation: Any, info: FieldInfo | None) -> str:
     bounds = [f"{sign} {json.dumps(getattr(meta, attr))}" for meta in (info.metadata if info else [])
               for attr, sign in _BOUNDS if getattr(meta, attr, None) is not None]
-    return f"`{_type_name(annotation)}`" + (f" ({', '.join(bounds)})" if bounds else "")
+    return f"`{_type_name(annotation)}`" + (f" (`{', '.join(bounds)}`)" if bounds else "")
 
 
 def _type_name(annotation: Any) -> str:
@@ -211,13 +211,13 @@ def _type_name(annotation: Any) -> str:
     raise TypeError(f"params_doc cannot render the type {annotation!r}; teach _type_name")
 
 
+def _markdown(text: str) -> str:
+    """Docstring text as Markdown: an RST literal (double backticks) becomes a code span (single ones)."""
+    return "".join(f"`{part[2:-2]}`" if i % 2 and part.startswith("``") and "`" not in part[2:-2] else part
+                    for i, part in enumerate(CODE_SPAN.split(text)))
+
+
 def _text(text: str) -> str:
-    """Docstring text as Markdown: an RST literal (double backticks) becomes a code span (single ones), kept as it
-    is; outside code spans a ``<`` becomes ``&lt;`` (no stray HTML tag) and a backslash is doubled."""
-    return "".join((f"`{part[2:-2]}`" if part.startswith("``") and "`" not in part[2:-2] else part) if i % 2
-                   else part.replace("\\", "\\\\").replace("<", "&lt;") for i, part in enumerate(_CODE.split(text)))
+    return md_text(_markdown(text))
 
 
-def _cell(text: str) -> str:
-    """One table cell: a ``|`` (in a code span too, as GitHub's tables need) and a newline cannot break the row."""
-    return text.replace("|", "\\|").replace("\n", " ")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -135,8 +136,18 @@ def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
 
 
+CODE_SPAN = re.compile(r"(``.+?``|`[^`]+`)")  # a Markdown code span: a ``<`` in one is shown, not read as a tag
+
+
+def md_text(text: str) -> str:
+    """Plain text as Markdown: outside code spans a backslash is doubled and a ``<`` cannot open an HTML tag."""
+    return "".join(part if i % 2 else part.replace("\\", "\\\\").replace("<", "&lt;")
+                   for i, part in enumerate(CODE_SPAN.split(text)))
+
+
 def md_cell(value: Any) -> str:
-    """A value as one Markdown table cell: ``|`` and newlines cannot break the table, ``<`` cannot open a tag."""
+    """A value as one Markdown table cell (``md_text``, and a ``|`` or newline cannot break the row: GitHub's tables
+    split a row at an unescaped ``|`` even inside a code span)."""
     if value is None:
         return NOT_RECORDED
-    return (str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;"))
+    return md_text(str(value)).replace("|", "\\|").replace("\n", " ")

@@ -80,9 +80,9 @@ def test_defaults_types_and_bounds_come_from_the_classes(reference):
                        "model.diffusion.channels": list(params.model.diffusion.channels),
                        "privacy.name": params.privacy.name, "tune.guidance": params.tune.guidance}.items():
         assert rows[key][1] == f"`{json.dumps(value)}`", key
-    assert rows["data.image_size"][0] == "`int` (>= 4, <= 1024)"
+    assert rows["data.image_size"][0] == "`int` (`>= 4, <= 1024`)"
     assert rows["model.device"][0] == '`"auto" \\| "cpu" \\| "cuda"`'
-    assert rows["generate.guidance_scale"][0] == "`float \\| None` (>= 0.0)"
+    assert rows["generate.guidance_scale"][0] == "`float \\| None` (`>= 0.0`)"
     assert rows["model.diffusion.channels"][0] == "`list[int]`"
     assert rows["data.window_width"][2] == rows["data.window_center"][2] != ""  # one line, `a, b: text`
     assert "<" not in rows["privacy.memorization_quantile"][2].split("`")[0]  # `<` outside code: no stray tag
