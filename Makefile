@@ -1,12 +1,12 @@
-# Two entry points (README): `make demo` runs the pipeline on the bundled example,
-# `make test` runs the tests. Both install what they need into .venv first.
+# Entry points (README): `make demo` runs the pipeline on the bundled example; `make test` runs the fast tier of the
+# tests (before every commit), `make test-full` all of them (CI). Each installs what it needs into .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-full lint bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,9 +22,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/synthaug run
 
-test: $(STAMP)
+# The tiers are pytest markers (tests/markers.py): the fast tier leaves out slow, integration, browser and dicom tests.
+FAST := not slow and not integration and not browser and not dicom
+# Test processes (pytest-xdist); tests use one torch thread each, so one process per core. Tests sharing an expensive
+# session fixture (the Prefect server, the evaluated tiny workdir) carry one xdist_group and run in one process.
+WORKERS ?= $(shell nproc)
+
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+
+test: lint
+	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup -m "$(FAST)"
+
+test-full: lint
+	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -3,7 +3,6 @@ series folders and NIfTI volumes the tests write from their pixel data."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,6 @@ import nibabel
 import numpy as np
 import pandas as pd
 import pydicom
-import pytest
 from pydicom.data import get_testdata_file
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
@@ -22,6 +20,7 @@ from pydicom.uid import generate_uid
 from synthaug.tasks.core.io.manifest import read_manifest
 from synthaug.tasks.core.params.data import DataParams
 from synthaug.tasks.ingest import ingest
+from tests.markers import require_tool
 
 CT, MR, CR = "CT_small.dcm", "MR_small.dcm", "6154"  # CR: a MONOCHROME1 radiograph among pydicom's DICOMDIR tests
 
@@ -35,9 +34,7 @@ def bundled(name: str) -> Path:
 def dciodvfy_errors(path: Path) -> list[str]:
     """The "Error" lines of dicom3tools' ``dciodvfy`` (the standard's IOD checker) on one file; fails the test when
     the tool is missing (``.ci/run`` installs it)."""
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.fail("dciodvfy is not installed: apt-get install dicom3tools")
+    tool = require_tool("dciodvfy", "apt-get install dicom3tools (.ci/run does)")
     out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 

@@ -151,6 +151,13 @@ def flow_runs(client, deployment_id=None, flow_name: str | None = None) -> list:
         flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])) if flow_name else None, limit=200)
 
 
+def pipeline_runs(client, workdir: Path, flow_name: str = "augment") -> list:
+    """The runs of the flow ``flow_name`` that worked in ``workdir`` (their ``workdir`` parameter): the server is
+    shared by the whole test session, so other tests' runs are on it too."""
+    return [r for r in flow_runs(client, flow_name=flow_name)
+            if Path(str(r.parameters.get("workdir", ""))).resolve() == Path(workdir).resolve()]
+
+
 def final_runs(client, run_ids: list, log: Path, timeout: float) -> list:
     def done():
         runs = [client.read_flow_run(i) for i in run_ids]

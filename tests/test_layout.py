@@ -124,7 +124,8 @@ def test_the_wheel_holds_every_module_and_template(wheel):
 def test_the_tier_markers_are_registered_as_tests_markers_describes_them():
     import tomllib
 
-    from tests.markers import MARKERS
+    from tests.markers import FAST_TIER, MARKERS
 
     registered = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
     assert dict(m.split(": ", 1) for m in registered) == MARKERS
+    assert f"FAST := {FAST_TIER}\n" in (REPO / "Makefile").read_text()  # make test runs that expression

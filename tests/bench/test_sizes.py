@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.sizes import unet_levels
+from tests.markers import slow
 
 REPO = Path(__file__).resolve().parents[2]
 # What the GPU host lacks (it has torch, numpy, einops, pandas, pillow, scikit-learn and a carried monai wheel):
@@ -32,7 +33,7 @@ def test_unet_levels_take_the_input_down_to_8() -> None:
         unet_levels(48)
 
 
-@pytest.mark.slow
+@slow
 def test_quick_size_bench_runs_without_the_project_only_packages_and_writes_json_and_markdown(tmp_path) -> None:
     out = tmp_path / "results"
     argv = ["bench", "--only", "train", "--only", "sample", "--device", "cpu", "--family", "diffusion",

@@ -26,6 +26,7 @@ from bench.utility import (
     write_digits,
     write_textures,
 )
+from tests.markers import slow
 
 
 def _table(root: Path) -> pd.DataFrame:
@@ -55,7 +56,7 @@ def test_digits_scarce_counts_and_oracle(digits: pd.DataFrame) -> None:
     assert (counts["test"] == 50).all() and (counts["val"] == 10).all()
 
 
-@pytest.mark.slow
+@slow
 def test_texture_patches_come_from_disjoint_regions(textures: tuple[Path, pd.DataFrame]) -> None:
     """Every test patch is found in its photograph only in the test rows; train and heldback only in the train
     rows (searched over every position of the photograph, so a patch copied across the border would be caught)."""

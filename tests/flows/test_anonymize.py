@@ -34,8 +34,11 @@ from synthaug.tasks.core.privacy.record import PrivacyGateError
 from synthaug.tasks.core.sampling import image_path
 from synthaug.tasks.generate import requests_from_plan
 from synthaug.tasks.ingest import normalize, png
+from tests.markers import dicom, integration, slow
 from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, leaked
 from tests.toy import COUNTS, TINY, digits_folder
+
+pytestmark = [slow]
 
 REPO = Path(__file__).resolve().parents[2]
 # 16 px, as these tests were built: at the digits' own 8 px the filter rejected 3 of the 14 unseen real digits
@@ -105,7 +108,6 @@ def real_hashes(work: Path) -> set[str]:
     return set(real["image_id"])
 
 
-@pytest.mark.slow
 def test_balanced_source_releases_every_class_at_its_real_size(tmp_path) -> None:
     source = digits_folder(tmp_path / "balanced", BALANCED)
     params = load_params(None, overrides(source, tmp_path))
@@ -121,7 +123,6 @@ def test_balanced_source_releases_every_class_at_its_real_size(tmp_path) -> None
         train[c] * 2 for c in sorted(train)]
 
 
-@pytest.mark.slow
 def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp_path) -> None:
     params = load_params(None, overrides(source, tmp_path))
     work = tmp_path / "work"
@@ -175,7 +176,6 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
         assert str(source) not in text and str(tmp_path) not in text
 
 
-@pytest.mark.slow
 def test_dp_trained_release_records_epsilon_in_privacy_json_and_card(source, tmp_path) -> None:
     params = load_params(None, [*overrides(source, tmp_path), "model.dp.epsilon=10", "model.dp.delta=1e-4",
                                 "model.vae.batch_size=16"])
@@ -195,7 +195,7 @@ def test_dp_trained_release_records_epsilon_in_privacy_json_and_card(source, tmp
     assert 'id="dp"' in (release / "report.html").read_text()
 
 
-@pytest.mark.slow
+@integration
 def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) -> None:
     params = load_params(None, overrides(source, tmp_path))
     work = tmp_path / "work"
@@ -253,7 +253,7 @@ def test_anonymize_steps_are_the_dag_steps_up_to_the_filter_then_gate_evaluate_r
     assert {"privacy", "release"}.isdisjoint(names)  # the augment DAG (and dvc.yaml) stays as it is
 
 
-@pytest.mark.slow
+@dicom
 def test_dicom_folder_in_anonymized_dicom_release_out(tmp_path) -> None:
     """README's medical walkthrough: CT files carrying a patient's name, IDs and dates in, synthetic DICOM out."""
     source = dicom_digits_folder(tmp_path / "scans", COUNTS)

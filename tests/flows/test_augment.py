@@ -17,7 +17,10 @@ from synthaug.flows.dag import STEPS
 from synthaug.flows.params import load_params
 from synthaug.tasks.core.publishing.registry import fetch
 from synthaug.tasks.core.render import read_run
+from tests.markers import integration, slow
 from tests.toy import TINY, digits_folder
+
+pytestmark = [slow]
 
 
 def _tags(registry: Path) -> list[str]:
@@ -37,7 +40,6 @@ def setup(tmp_path_factory):
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIASYNTHAUGTEST7Q3Z", "AWS_SECRET_ACCESS_KEY": "synthaug-test-secret-9f2c41"}
 
 
-@pytest.mark.slow
 def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     root, overrides = setup
     work = root / "work"
@@ -82,7 +84,7 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1", "toy/v2"]
 
 
-@pytest.mark.slow
+@integration
 def test_dvc_repro_runs_the_same_dag_as_the_flow(setup, tmp_path):
     """dvc.yaml's stages, run by `dvc repro` through the CLI, give the flow's images and filter decisions."""
     _, overrides = setup
@@ -111,7 +113,6 @@ def test_dvc_repro_runs_the_same_dag_as_the_flow(setup, tmp_path):
     assert (project / "dvc.lock").is_file()
 
 
-@pytest.mark.slow
 def test_compare_runs_every_family_on_the_same_data(setup, tmp_path):
     from synthaug.flows.compare import compare
     from synthaug.models.registry import family_names

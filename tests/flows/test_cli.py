@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from synthaug.flows.cli import app
 from synthaug.tasks.core.io.manifest import COLUMNS
+from tests.markers import integration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,6 +52,7 @@ def test_help_and_params_errors_load_no_heavy_library(tmp_path):
     assert "unknown key 'model.famly'" in done.stderr and "generate.seed" in done.stderr
 
 
+@integration
 def test_bad_param_exits_nonzero_with_one_line_reason(tmp_path):
     out = synthaug("plan", "-w", str(tmp_path), "-S", "plan.strategy=most")
     assert out.returncode == 1
@@ -58,6 +60,7 @@ def test_bad_param_exits_nonzero_with_one_line_reason(tmp_path):
     assert "plan.strategy" in out.stderr and "match_majority" in out.stderr
 
 
+@integration
 def test_missing_source_names_the_path_and_the_key(tmp_path):
     out = synthaug("ingest", "-w", str(tmp_path / "w"), "-S", f"data.source={tmp_path / 'nope'}")
     assert out.returncode == 1
@@ -65,6 +68,7 @@ def test_missing_source_names_the_path_and_the_key(tmp_path):
     assert "nope" in out.stderr and "data.source" in out.stderr
 
 
+@integration
 def test_example_then_ingest_writes_contract_manifest(tmp_path):
     example = tmp_path / "x"
     assert synthaug("example", str(example)).returncode == 0
@@ -78,6 +82,7 @@ def test_example_then_ingest_writes_contract_manifest(tmp_path):
     assert all((manifest.parent / p).is_file() for p in frame["path"])
 
 
+@integration
 def test_corrupt_and_zero_byte_images_are_quarantined_and_named(tmp_path):
     example = tmp_path / "x"
     assert synthaug("example", str(example)).returncode == 0

@@ -14,7 +14,10 @@ from synthaug.flows.dag import step
 from synthaug.flows.launch import torchrun_step
 from synthaug.flows.params import load_params
 from synthaug.models.training import load_checkpoint
+from tests.markers import integration, slow
 from tests.toy import TINY, digits_folder
+
+pytestmark = [integration, slow]
 
 STEPS = 4
 
@@ -30,7 +33,6 @@ def setup(tmp_path_factory):
     return root, overrides
 
 
-@pytest.mark.slow
 def test_two_cpu_processes_train_and_write_one_checkpoint(setup, tmp_path):
     root, overrides = setup
     work = root / "a"

@@ -16,7 +16,10 @@ import yaml
 from synthaug.flows.code_deps import REPO_ROOT
 from synthaug.flows.dag import PLOTS, STEPS
 from synthaug.flows.params import load_params
+from tests.markers import integration, slow
 from tests.toy import TINY, digits_folder
+
+pytestmark = [integration, slow]
 
 DATASET = "toy-clone"
 
@@ -59,7 +62,6 @@ def clone(tmp_path_factory) -> Path:
     return project
 
 
-@pytest.mark.slow
 def test_dvc_repro_in_a_fresh_clone_runs_the_dag(clone):
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
     assert list(lock) == [s.name for s in STEPS]
@@ -73,7 +75,6 @@ def test_dvc_repro_in_a_fresh_clone_runs_the_dag(clone):
     assert status == ["?? dvc.lock"], status
 
 
-@pytest.mark.slow
 def test_dvc_metrics_show_prints_a_few_headline_numbers(clone):
     shown = json.loads(dvc(clone, "metrics", "show", "--json"))
     (files,) = [rev["data"] for rev in shown.values()]
@@ -97,7 +98,6 @@ def test_dvc_metrics_show_prints_a_few_headline_numbers(clone):
     assert summary["best_real_baseline"]["balanced_accuracy"] == full["utility"][best]["balanced_accuracy"]["mean"]
 
 
-@pytest.mark.slow
 def test_dvc_plots_show_draws_the_tables_and_the_charts(clone):
     shown = json.loads(dvc(clone, "plots", "show", "--json"))
     plots = shown.get("data", shown)
@@ -116,7 +116,6 @@ def test_dvc_plots_show_draws_the_tables_and_the_charts(clone):
     assert run_command(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines() == ["?? dvc.lock"]
 
 
-@pytest.mark.slow
 def test_dvc_exp_run_set_param_reruns_what_depends_on_it(clone):
     run_command(["git", "add", "dvc.lock"], clone)
     run_command(["git", "commit", "-qm", "dvc.lock of the toy run"], clone)

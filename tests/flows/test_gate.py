@@ -22,6 +22,7 @@ from synthaug.tasks.core.io.images import load_images, write_png
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
+from tests.markers import integration, slow
 from tests.workdirs import copy_workdir, tiny_params, upscale
 
 CLASSIFIER = JudgeConfig(width=8, feature_dim=16, steps=120, batch_size=32)  # steadier than the evaluate tests' 40
@@ -85,7 +86,7 @@ def _tags(registry: Path) -> list[str]:
     return out.stdout.split()
 
 
-@pytest.mark.slow
+@slow
 def test_a_helpful_generator_publishes(tiny_workdir: dict[str, Path], tmp_path: Path) -> None:
     root = _workdir(tiny_workdir, tmp_path, "helpful")
     gate = json.loads((root / "evaluate" / "metrics.json").read_text())["utility"]["gate"]
@@ -95,7 +96,8 @@ def test_a_helpful_generator_publishes(tiny_workdir: dict[str, Path], tmp_path: 
     assert _tags(root / "registry") == ["gate/v1"]
 
 
-@pytest.mark.slow
+@integration
+@slow
 def test_a_harmful_generator_is_refused_and_nothing_is_published(tiny_workdir: dict[str, Path],
                                                                  tmp_path: Path) -> None:
     root = _workdir(tiny_workdir, tmp_path, "harmful")

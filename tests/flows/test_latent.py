@@ -10,15 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from synthaug.models.judge import load_judge
 from synthaug.tasks.core.io.manifest import read_manifest
+from tests.markers import integration, slow
 from tests.medical import dicom_digits_folder
 from tests.toy import COUNTS, TINY
+
+pytestmark = [integration, slow]
 
 REPO = Path(__file__).resolve().parents[2]
 # The latent family at toy size: 1 autoencoder step, then 2 UNet steps; the autoencoder halves twice (f = 4).
@@ -77,7 +79,6 @@ def check_latent_outputs(work: Path, shape: tuple[int, int, int]) -> None:
             assert img.size == shape[1:] and img.mode == ("RGB" if shape[0] == 3 else "L")
 
 
-@pytest.mark.slow
 def test_latent_diffusion_runs_end_to_end_on_rgb_at_128_px(tmp_path) -> None:
     work = run(tmp_path, rgb_digits_folder(tmp_path / "source"), "data.image_size=128", "data.channels=3")
     check_latent_outputs(work, (3, 128, 128))
@@ -89,7 +90,6 @@ def test_latent_diffusion_runs_end_to_end_on_rgb_at_128_px(tmp_path) -> None:
     assert pixels.shape == (128, 128, 3) and np.ptp(pixels.reshape(-1, 3).mean(0)) > 10  # tinted, not grey
 
 
-@pytest.mark.slow
 def test_latent_diffusion_runs_end_to_end_on_windowed_dicom_at_64_px(tmp_path) -> None:
     source = dicom_digits_folder(tmp_path / "scans", COUNTS)
     work = run(tmp_path, source, "data.image_size=64", "data.window_center=-200", "data.window_width=1600")

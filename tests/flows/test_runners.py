@@ -20,7 +20,10 @@ from synthaug.flows.runners import shard_runner
 from synthaug.tasks.core.params.runner import RunnerParams
 from synthaug.tasks.filter.step import filter_step
 from synthaug.tasks.generate import generate_from_plan
+from tests.markers import integration, slow
 from tests.toy import TINY, digits_folder
+
+pytestmark = [integration, slow]
 
 SHARD = 8
 
@@ -59,7 +62,6 @@ def run_command(world, work: Path, runner: RunnerParams) -> None:
                     shard_size=runner.shard_size, run_shards=run_shards)
 
 
-@pytest.mark.slow
 def test_dask_local_cluster_gives_exactly_the_threads_result(world, tmp_path):
     threads = _copy_inputs(world, tmp_path / "threads")
     dask = _copy_inputs(world, tmp_path / "dask")
@@ -75,7 +77,6 @@ def test_dask_local_cluster_gives_exactly_the_threads_result(world, tmp_path):
     assert shards == sorted(p.name for p in (threads / "generate" / "shards").iterdir())
 
 
-@pytest.mark.slow
 def test_killed_generation_resumes_to_the_uninterrupted_result(world, tmp_path):
     p = world["params"]
     reference = _copy_inputs(world, tmp_path / "reference")

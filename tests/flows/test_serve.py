@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from synthaug.flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
+from tests.markers import integration, slow
 from tests.prefect_server import (
     api,
     artifact_markdown,
@@ -25,12 +26,15 @@ from tests.prefect_server import (
     find_deployment,
     flow_runs,
     free_port,
+    pipeline_runs,
     server_env,
     serving,
     tail,
     wait_for,
 )
 from tests.toy import TINY, digits_folder
+
+pytestmark = [integration, pytest.mark.xdist_group("prefect-server")]
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -64,12 +68,12 @@ def tick() -> str:
 '''
 
 
-def assert_step_logs_reached_the_api(client, log: Path) -> None:
+def assert_step_logs_reached_the_api(client, workdir: Path, log: Path) -> None:
     """The synthaug logger's records of the served run (PREFECT_LOGGING_EXTRA_LOGGERS, set by `synthaug serve`),
     read back from the server: training progress, the filter summary, the published tag."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    (pipeline,) = flow_runs(client, flow_name="augment")
+    (pipeline,) = pipeline_runs(client, workdir)
 
     def messages() -> str | None:
         found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline.id])))
@@ -168,7 +172,7 @@ def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path)
         assert deployment.entrypoint == "flows/serve.py:scheduled_augment"
 
 
-@pytest.mark.slow
+@slow
 def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
     """The real flow, served: the first run executes the pipeline and publishes <name>/v1, and its log on the server
     has the steps' progress, filter summary and tag; a second run with nothing changed records "no change", runs no
@@ -199,7 +203,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
         for step in STEPS:  # the pipeline ran: every step left its outputs
             for out in step.outs:
                 assert (workdir / out).exists(), f"{step.name} wrote no {out}\n{tail(log, 80)}"
-        assert_step_logs_reached_the_api(client, log)
+        assert_step_logs_reached_the_api(client, workdir, log)
         recorded = read_recorded(workdir, DATASET)
         assert recorded is not None and recorded["flow_run_id"] == str(first.id)
         assert recorded["parts"]["source"]["content_hash"] and recorded["parts"]["code_version"]
@@ -209,7 +213,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
         assert second.state.is_completed(), f"{second.state}\n{tail(log, 80)}"
         assert "no change" in artifact_markdown(client, second.id)
         assert read_recorded(workdir, DATASET) == recorded
-        assert len(flow_runs(client, flow_name="augment")) == 1  # the second run started no pipeline
+        assert len(pipeline_runs(client, workdir)) == 1  # the second run started no pipeline
 
         # Published once: the unchanged run added no version.
         tags = subprocess.run(["git", "tag", "--list"], cwd=registry / "repo", capture_output=True, text=True,

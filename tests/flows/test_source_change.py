@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -17,6 +16,7 @@ from synthaug.flows.dag import STEPS
 from synthaug.flows.params import load_params
 from synthaug.tasks.core.sources.readers import Item
 from synthaug.tasks.ingest import normalize, open_image, png
+from tests.markers import slow
 from tests.toy import TINY, digits_folder
 
 
@@ -31,7 +31,7 @@ def real_rows(dataset: Path) -> set[tuple[str, str]]:
     return set(zip(real["label"], real["image_id"], strict=True))
 
 
-@pytest.mark.slow
+@slow
 def test_added_deleted_and_modified_files_publish_v2_with_exactly_those_changes(tmp_path: Path) -> None:
     source = digits_folder(tmp_path / "source")
     overrides = [*TINY, f"data.source={source}", f"publish.registry={tmp_path / 'registry'}",
@@ -80,8 +80,8 @@ def test_fingerprint_follows_folder_table_and_npz_content(tmp_path: Path, monkey
     np.savez(npz, train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.array([0, 1]))
 
     reads: list[Path] = []
-    real_sha = synthaug.tasks.core.sources.file_sha256
-    monkeypatch.setattr(synthaug.tasks.core.sources, "file_sha256", lambda p: reads.append(p) or real_sha(p))
+    real_sha = synthaug.tasks.core.sources.readers.file_sha256
+    monkeypatch.setattr(synthaug.tasks.core.sources.readers, "file_sha256", lambda p: reads.append(p) or real_sha(p))
 
     def fingerprint(source: Path) -> bytes:
         out = tmp_path / "work" / "fingerprint.json"

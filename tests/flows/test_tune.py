@@ -10,7 +10,10 @@ from synthaug.flows.tune import tune
 from synthaug.tasks.core.params.generate import GenerateParams
 from synthaug.tasks.core.sampling import sampler_key
 from synthaug.tasks.tune import DEFAULT_TRIAL
+from tests.markers import slow
 from tests.toy import TINY, digits_folder
+
+pytestmark = [slow]
 
 TUNE = ["tune.trials=3", "tune.seeds=1", "evaluate.seeds=3"]
 # A 2-step generator's images pass only a lenient filter; the tuner needs some accepted images to choose among.

@@ -20,8 +20,11 @@ import pytest
 import yaml
 
 from synthaug.flows.serve import FLOW_NAME
-from tests.prefect_server import api, find_deployment, flow_runs, serving, tail, wait_for
+from tests.markers import integration, slow
+from tests.prefect_server import api, find_deployment, pipeline_runs, serving, tail, wait_for
 from tests.toy import TINY, digits_folder
+
+pytestmark = [integration, slow, pytest.mark.xdist_group("prefect-server")]
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = "digits-warm"
@@ -67,15 +70,15 @@ def show(registry: Path, tag: str, rel: str, out: Path) -> Path:
     return out
 
 
-def flow_logs(client, flow_name: str) -> str:
+def flow_logs(client, workdir: Path) -> str:
+    """The log lines of the pipeline runs in ``workdir``."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    ids = [r.id for r in flow_runs(client, flow_name=flow_name)]
+    ids = [r.id for r in pipeline_runs(client, workdir)]
     logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
     return "\n".join(entry.message for entry in logs)
 
 
-@pytest.mark.slow
 def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -99,7 +102,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         first = run_deployment(deployment.id, timeout=180, poll_interval=1)
         assert first.state.is_completed(), f"{first.state}\n{tail(log, 80)}"
         assert tags(registry / "repo") == [f"{GEN}/v1", f"{DATASET}/v1"]
-        wait_for("the log of run 1", lambda: "no generator of digits-warm published" in flow_logs(client, "augment"),
+        wait_for("the log of run 1", lambda: "no generator of digits-warm published" in flow_logs(client, workdir),
                  30)
 
         # Another machine with DVC access only: the published generator samples the same bytes for the same seeds.
@@ -129,7 +132,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         assert tags(registry / "repo") == [f"{GEN}/v1", f"{GEN}/v2", f"{DATASET}/v1", f"{DATASET}/v2"]
         wait_for("the fine-tuning line in the run's log",
                  lambda: f"fine-tuning from generator {GEN}/v1 for 1 of 2 steps"
-                 in flow_logs(client, "augment"), 30)
+                 in flow_logs(client, workdir), 30)
 
         # Lineage both ways: the dataset card names generator v2; generator v2 names revision 2 and generator v1.
         card = (show(registry / "repo", f"{DATASET}/v2", f"datasets/{DATASET}", tmp_path / "ds-v2") / "card.md")
@@ -146,4 +149,4 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         third = run_deployment(deployment.id, timeout=120, poll_interval=1)
         assert third.state.is_completed(), f"{third.state}\n{tail(log, 80)}"
         assert len(tags(registry / "repo")) == 4
-        assert len(flow_runs(client, flow_name="augment")) == 2
+        assert len(pipeline_runs(client, workdir)) == 2

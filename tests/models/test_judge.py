@@ -21,6 +21,7 @@ from synthaug.models.judge import (
     train_judge,
     translate,
 )
+from tests.markers import slow
 
 # Small enough for ~5 s on one CPU thread, large enough for > 90% held-out accuracy on digits.
 FAST = JudgeConfig(steps=200, width=16, feature_dim=64, batch_size=64, lr=5e-3, seed=0)
@@ -130,6 +131,7 @@ def test_class_weights_and_step_callback(digits) -> None:
         train_judge(x, y, num_classes=10, config=cfg, device="cpu", class_weights=torch.ones(3))
 
 
+@slow
 def test_sample_weights_weigh_images_in_the_loss(digits) -> None:
     """Equal weights change nothing (a weighted mean of equal weights is the mean); where the same images carry two
     labels, the heavier label wins, in either direction; bad weights are refused."""
@@ -283,6 +285,7 @@ def test_auto_backbone_keeps_vgg_up_to_64_px_and_takes_monai_resnet_above() -> N
         JudgeConfig(backbone="vit")
 
 
+@slow
 def test_resnet_judge_learns_128_px_rgb_and_embeds_in_bounded_memory() -> None:
     from synthaug.models.common import peak_memory_mib, reset_peak_memory
 

@@ -19,6 +19,7 @@ from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.params.model import DPParams, ModelParams
 from synthaug.tasks.core.privacy.dp import DP_FILE, card_section, dp_claim
 from synthaug.tasks.train.private import fit_private
+from tests.markers import slow
 
 CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
 ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # Opacus RDPAccountant's default orders
@@ -46,6 +47,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict, VAE]:
     return out, record, m
 
 
+@slow
 def test_epsilon_is_opacus_rdp_analysis_of_the_noise_steps_and_poisson_rate(trained) -> None:
     out, record, _ = trained
     assert record["sample_rate"] == pytest.approx(16 / 120) and record["steps"] == CONFIG.steps

@@ -46,7 +46,11 @@ from synthaug.tasks.core.io.manifest import read_manifest
 from synthaug.tasks.core.params.evaluate import DEFAULT_CLASSIFIER, EvaluateParams
 from synthaug.tasks.core.scoring.features import embed, load_judge_step
 from synthaug.tasks.evaluate.step import CHOICES, evaluate_step
+from tests.markers import slow
 from tests.workdirs import CLASSES, HELDBACK, SEEDS, TEST, TRAIN, VAL, tiny_params
+
+# One test process builds the evaluated tiny workdir (a session fixture) for both modules.
+pytestmark = pytest.mark.xdist_group("evaluated-workdir")
 
 
 @pytest.fixture(scope="module")
@@ -522,6 +526,7 @@ def test_validation_folds_never_hold_test_images(workdir: dict[str, Path]) -> No
     assert torch.equal(single[0][0].test_y, doubled.val_y) and torch.equal(single[0][0].train_y, data.train_y)
 
 
+@slow
 def test_classifier_runs_give_the_same_results_in_any_number_of_processes(workdir: dict[str, Path], metrics: dict,
                                                                        tmp_path: Path) -> None:
     # The fixture ran its 24 classifier runs (and the validation search's) in 2 worker processes; here in this one.

@@ -20,6 +20,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.release.export import export_images
+from tests.markers import dicom
 from tests.medical import (
     CR,
     CT,
@@ -52,6 +53,7 @@ def ingest_one(tmp_path: Path, name: str, label: str, **params: Any) -> tuple[pd
     return frame, meta
 
 
+@dicom
 @pytest.mark.parametrize(("name", "params"), [
     (CT, {"image_size": 128, "window": "lung"}),
     (MR, {"image_size": 64, "window_center": 1000, "window_width": 2000}),
@@ -93,6 +95,7 @@ def test_dicom_export_holds_no_source_identifier_and_new_uids(tmp_path: Path, na
     assert out["image_id"].iloc[0] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@dicom
 def test_dicom_uids_one_study_a_series_per_class_and_the_same_bytes_again(tmp_path: Path) -> None:
     write_series(tmp_path / "src" / "chest" / "series", 3)
     frame, meta, _ = run_ingest(tmp_path, tmp_path / "src", image_size=16, window="lung")

@@ -20,6 +20,7 @@ from synthaug.tasks.core.publishing.generators import WarmStart, parse_spec, war
 from synthaug.tasks.core.publishing.registry import fetch, fetch_generator, latest_generator
 from synthaug.tasks.core.publishing.vcs import PublishError
 from synthaug.tasks.publish.step import publish
+from tests.markers import integration
 from tests.tasks.test_publish import bare_origin, break_remote, git, hermetic, make_dataset, mend_remote, snapshot
 
 NAME = "digits"
@@ -52,6 +53,7 @@ def card_of(registry: Path, version: int, out: Path) -> str:
     return (fetch(str(registry), NAME, version, out) / "card.md").read_text()
 
 
+@integration
 def test_generator_versions_publish_with_the_dataset_whole_or_not_at_all(tmp_path: Path) -> None:
     origin, remote, work, params = bare_origin(tmp_path)
     gen_a = make_generator(tmp_path / "gen-a", b"weights A" * 100)
@@ -100,6 +102,7 @@ def test_generator_versions_publish_with_the_dataset_whole_or_not_at_all(tmp_pat
     assert len(all_tags(origin)) == 5
 
 
+@integration
 def test_local_registry_rolls_back_the_generator_too(tmp_path: Path) -> None:
     registry, remote = tmp_path / "registry" / "repo", tmp_path / "registry" / "remote"
     params = PublishParams(name=NAME, registry=str(registry), remote=str(remote))
@@ -181,6 +184,7 @@ def _model(**changes) -> ModelParams:
     return ModelParams.model_validate({"family": "vae", "device": "cpu", "vae": TINY_VAE, **changes})
 
 
+@integration
 def test_warm_start_from_the_published_generator_extends_classes_and_replays_its_start(tmp_path: Path) -> None:
     from synthaug.models.training import checkpoint_hash
     from synthaug.tasks.core.publishing.generators import assemble_generator, resolve_warm_start, write_origin
@@ -241,6 +245,7 @@ def test_a_checkpoint_of_other_data_is_trained_again_not_resumed(tmp_path: Path)
     assert train(rev2, _model(), tmp_path / "model").resumed_from == 2  # the same data: resumed (already done)
 
 
+@integration
 def test_generate_with_a_bad_generator_says_so_in_one_line(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "250"}  # wide: the message on one line

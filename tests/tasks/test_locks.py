@@ -14,13 +14,17 @@ import pytest
 
 from synthaug.flows.code_deps import REPO_ROOT
 from synthaug.tasks.core.io.locks import TIMEOUT_ENV, registry_lock, workdir_lock
+from tests.markers import integration, slow
 from tests.tasks.test_publish import NAME, git, hermetic, make_dataset, tags  # noqa: F401  (hermetic: a fixture)
 from tests.toy import TINY, digits_folder
+
+pytestmark = [integration]
 
 PUBLISH = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from synthaug.tasks.publish import PublishParams, publish
+    from synthaug.tasks.core.params.publish import PublishParams
+    from synthaug.tasks.publish.step import publish
     params = PublishParams(name=sys.argv[1], registry=sys.argv[2], remote=sys.argv[3])
     result = publish(Path(sys.argv[4]), params, workdir=Path(sys.argv[5]))
     print(result.tag, result.content_hash)
@@ -82,7 +86,7 @@ def test_a_second_writer_of_a_workdir_waits_then_stops_naming_the_holder(tmp_pat
     assert not (work / "plan").exists()  # it wrote nothing
 
 
-@pytest.mark.slow
+@slow
 def test_two_runs_on_one_workdir_in_parallel_are_serialized(tmp_path: Path) -> None:
     """Two `synthaug run` with different sources on one workdir (one crashed on a missing file): both finish,
     one after the other, and both versions are on the registry's branch."""

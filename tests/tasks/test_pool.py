@@ -14,6 +14,7 @@ from synthaug.tasks.core.evaluation.downstream import EvalData
 from synthaug.tasks.core.evaluation.pool import nbytes, run_jobs, worker_count
 from synthaug.tasks.core.evaluation.recipe import run_conditions
 from synthaug.tasks.core.params.evaluate import EvaluateParams
+from tests.markers import slow
 
 
 def test_worker_count_is_capped_by_runs_and_memory() -> None:
@@ -41,6 +42,7 @@ def _tiny_data() -> EvalData:
     return EvalData(["a", "b"], x, y, x[:4], y[:4], x[:8], y[:8], empty, none, empty, none, pd.DataFrame())
 
 
+@slow
 def test_a_failing_run_raises_in_the_caller_with_its_message() -> None:
     params = EvaluateParams(classifier=JudgeConfig(width=4, feature_dim=4, steps=2, batch_size=8))
     data = _tiny_data()

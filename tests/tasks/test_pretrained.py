@@ -20,6 +20,7 @@ from synthaug.tasks.core.params.model import ModelParams
 from synthaug.tasks.ingest import ingest
 from synthaug.tasks.train.pretrained import apply_pretrained, export_checkpoint, read_pretrained, write_bundle
 from synthaug.tasks.train.step import train
+from tests.markers import slow
 from tests.toy import digits_folder
 
 CPU = torch.device("cpu")
@@ -129,7 +130,7 @@ def read_pretrained_autoencoder(tmp_path: Path):
     return read_pretrained(tmp_path / "ae")
 
 
-@pytest.mark.slow
+@slow
 def test_train_step_starts_from_a_pretrained_folder_and_says_so(tmp_path) -> None:
     """`model.pretrained` in the train step: the first loss is far below a from-scratch start, and train.json
     records how the classes were mapped."""

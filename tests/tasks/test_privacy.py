@@ -47,6 +47,7 @@ from synthaug.tasks.privacy import (
     summarize,
 )
 from synthaug.tasks.release.step import assemble_anonymized, withhold_source
+from tests.markers import slow
 
 CLASSES = ("0", "1", "2", "3")
 TRAIN, HOLDOUT, FRESH = 40, 40, 40  # per class: members, non-members, never-seen digits for honest releases
@@ -511,6 +512,7 @@ def test_the_card_shows_both_attacks_side_by_side_and_the_per_class_test(sets, d
     assert any(f"one-sided p {p:.2g} <" in f for f in report["failures"])
 
 
+@slow
 def test_an_honest_release_with_classes_of_6_fails_the_gate_no_more_often_than_its_level() -> None:
     """Attack scores with no signal at all (members and non-members drawn alike) for the bundled example's 3 scarce
     classes (6 members, 170 non-members each) under 4 attacks (2 attacks x 2 spaces): 12 per-class tests at the

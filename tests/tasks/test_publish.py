@@ -18,6 +18,9 @@ from synthaug.tasks.core.publishing.registry import code_version, fetch
 from synthaug.tasks.core.publishing.vcs import PublishError
 from synthaug.tasks.core.render import RunInfo, read_run, render, write_run
 from synthaug.tasks.publish.step import REQUIRED_FILES, publish
+from tests.markers import integration
+
+pytestmark = [integration]
 
 NAME = "digits"
 

@@ -1,6 +1,6 @@
 """report.html: one self-contained, escaped page; images inline and decodable; the memorization pairs; the sections of
-an anonymized release (and its card's); no HTML or Markdown built in Python; and a render in headless Chromium (skipped
-only off CI when there is no chromium binary)."""
+an anonymized release (and its card's); no HTML or Markdown built in Python; and a render in headless Chromium
+(a ``browser`` test: it fails where no Chromium is installed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import base64
 import html
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,11 @@ from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW, write_card
 from synthaug.tasks.core.render import md_cell
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
+from tests.markers import browser, require_tool
 from tests.workdirs import NASTY_REASON, TRAIN, tiny_params
+
+# One test process builds the evaluated tiny workdir (a session fixture) for both modules.
+pytestmark = pytest.mark.xdist_group("evaluated-workdir")
 
 
 def load_png(path: Path):
@@ -147,12 +150,9 @@ def _chromium() -> str | None:
     return None
 
 
+@browser
 def test_report_renders_in_headless_chromium(workdir: dict[str, Path], tmp_path: Path) -> None:
-    binary = _chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but no chromium binary was found: .ci/run installs Debian's chromium")
-        pytest.skip("no chromium binary (install Debian's chromium to run this test)")
+    binary = _chromium() or require_tool("chromium", "apt-get install chromium (.ci/run does)")
     url = (workdir["report"] / "report.html").resolve().as_uri()
     shot = tmp_path / "shot.png"
     base = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]

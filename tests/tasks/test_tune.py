@@ -19,6 +19,7 @@ from synthaug.tasks.core.params.evaluate import SyntheticRecipe
 from synthaug.tasks.core.scoring.features import embed, load_judge_step
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.tune import DEFAULT_TRIAL, choose, score_baselines, score_trial
+from tests.markers import slow
 from tests.workdirs import TRAIN, copy_workdir, tiny_params
 
 
@@ -96,6 +97,7 @@ def test_the_winner_must_beat_the_default_by_more_than_min_gain() -> None:
     assert choose([close], 0.005) is close  # no default among the trials: the best
 
 
+@slow
 def test_a_trial_scores_validation_only_and_the_recipe_reaches_the_report(workdir, tmp_path) -> None:
     params = tiny_params(choose_on_validation=False)
     dirs = (workdir["ingest"], workdir["filter"], workdir["judge"])
