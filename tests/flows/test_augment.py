@@ -1,23 +1,18 @@
 """The augment flow end to end at toy size: publish v1, a cached re-run that publishes nothing, a changed
-param that re-runs only what depends on it, and `dvc repro` of dvc.yaml giving the flow's outputs."""
+param that re-runs only what depends on it (`dvc repro` of dvc.yaml giving the flow's outputs: test_dvc_project.py)."""
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from synthaug.flows.augment import augment
-from synthaug.flows.code_deps import REPO_ROOT
 from synthaug.flows.dag import STEPS
 from synthaug.flows.params import load_params
 from synthaug.tasks.core.publishing.registry import fetch
 from synthaug.tasks.core.render import read_run
-from tests.markers import integration, slow
+from tests.markers import slow
 from tests.toy import TINY, digits_folder
 
 pytestmark = [slow]
@@ -82,35 +77,6 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     # The same generator (same checkpoint) made v2: no new generator version, and the card says which one.
     assert changed["publish"]["generator_tag"] == "toy-generator/v1" and changed["publish"]["generator_new"] is False
     assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1", "toy/v2"]
-
-
-@integration
-def test_dvc_repro_runs_the_same_dag_as_the_flow(setup, tmp_path):
-    """dvc.yaml's stages, run by `dvc repro` through the CLI, give the flow's images and filter decisions."""
-    _, overrides = setup
-    project = tmp_path / "project"
-    project.mkdir()
-    for item in ("flows", "tasks", "models", "dvc.yaml", ".dvcignore"):
-        src = REPO_ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, project / item)
-    params = load_params(None, [*overrides, f"publish.registry={tmp_path / 'registry'}",
-                                f"publish.remote={tmp_path / 'remote'}"])
-    (project / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(project)}
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"],
-                [sys.executable, "-m", "dvc", "init", "-q"], [sys.executable, "-m", "dvc", "repro", "-q"]):
-        done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    flow_work = tmp_path / "flow"
-    augment(params, str(flow_work))
-    for manifest in ("generate/manifest.parquet", "filter/manifest.parquet"):
-        by_dvc = pd.read_parquet(project / "data" / "work" / manifest)
-        by_flow = pd.read_parquet(flow_work / manifest)
-        cols = ["path", "image_id", "accepted", "reject_reason"]
-        pd.testing.assert_frame_equal(by_dvc[cols], by_flow[cols])
-    assert (project / "dvc.lock").is_file()
 
 
 def test_compare_runs_every_family_on_the_same_data(setup, tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -31,9 +32,9 @@ def run_command(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) ->
 
 
 def dvc(project: Path, *args: str) -> str:
+    # The stages' `synthaug` is this environment's (the checkout under test; the clone holds the same committed code).
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           # `synthaug` runs this clone's code, as after `pip install -e .` in it
-           "PYTHONPATH": str(project), "DVC_NO_ANALYTICS": "1"}
+           "DVC_NO_ANALYTICS": "1"}
     return run_command([sys.executable, "-m", "dvc", *args], project, env)
 
 
@@ -73,6 +74,22 @@ def test_dvc_repro_in_a_fresh_clone_runs_the_dag(clone):
     # The clone's own git sees only the new dvc.lock: the workdir and the registry are git-ignored.
     status = run_command(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines()
     assert status == ["?? dvc.lock"], status
+
+
+def test_dvc_repro_gives_the_images_and_decisions_of_the_flow(clone, tmp_path):
+    """dvc.yaml's stages, run by `dvc repro` through the CLI, are the flow's DAG: the same images and filter
+    decisions from the same params (the flow publishes into a registry of its own)."""
+    from synthaug.flows.augment import augment
+
+    params = load_params(clone / "params.yaml", [f"publish.registry={tmp_path / 'registry'}",
+                                                 f"publish.remote={tmp_path / 'remote'}"])
+    flow_work = tmp_path / "flow"
+    augment(params, str(flow_work))
+    for manifest in ("generate/manifest.parquet", "filter/manifest.parquet"):
+        by_dvc = pd.read_parquet(clone / "data" / "work" / manifest)
+        by_flow = pd.read_parquet(flow_work / manifest)
+        cols = ["path", "image_id", "accepted", "reject_reason"]
+        pd.testing.assert_frame_equal(by_dvc[cols], by_flow[cols])
 
 
 def test_dvc_metrics_show_prints_a_few_headline_numbers(clone):

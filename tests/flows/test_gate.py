@@ -67,7 +67,7 @@ def _workdir(tiny: dict[str, Path], root: Path, kind: str) -> Path:
     dirs = copy_workdir(tiny, root)
     images = _real(dirs["ingest"], "heldback", ("3",), 20) if kind == "helpful" else _other_digits(20)
     _synthetic(images, "3", dirs["filter"])
-    params = tiny_params(classifier=CLASSIFIER)
+    params = tiny_params(classifier=CLASSIFIER, choose_on_validation=False)  # the gate judges real_synthetic
     evaluate_step(dirs["ingest"], dirs["filter"], dirs["judge"], params, dirs["evaluate"],
                   console=Console(file=io.StringIO()))
     report_step(dirs["ingest"], dirs["filter"], dirs["evaluate"], dirs["report"], thumbs=2, pairs=1)
