@@ -32,3 +32,12 @@ def _quiet_logging_at_exit():
 
     yield
     logging.raiseExceptions = False
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test without an xdist_group runs in the group of its module: a module's fixtures (a trained model, a
+    dvc-repro'd clone) are then built by one test process, not by every process that gets one of its tests."""
+    for item in items:
+        if next(item.iter_markers("xdist_group"), None) is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
