@@ -25,6 +25,7 @@ from synthaug.flows.preflight import unfit
 from synthaug.models.registry import family_names
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.locks import workdir_lock
+from synthaug.tasks.core.render import render
 
 
 @flow(name="compare", log_prints=True)
@@ -47,8 +48,10 @@ def compare(params: Params, workdir: str = "data/work/compare") -> Path:
     table = pd.DataFrame(rows)
     out = Path(workdir) / "compare.csv"
     table.to_csv(out, index=False)
-    (Path(workdir) / "compare.md").write_text(_markdown(table) + "".join(f"\nskipped {f}: {why}\n"
-                                                                          for f, why in skipped.items()))
+    cells = table.map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
+    (Path(workdir) / "compare.md").write_text(render("compare.md.j2", columns=list(table.columns),
+                                                     rows=list(cells.itertuples(index=False)),
+                                                     skipped=list(skipped.items())))
     create_table_artifact(json.loads(table.to_json(orient="records")), key="compare-families",
                           description="generator families on the same data")
     print(table.to_string(index=False))
@@ -90,10 +93,3 @@ def family_row(family: str, workdir: Path) -> dict[str, Any]:
         "train_seconds": json.loads(log[-1])["time_s"] if log else None,
         "sample_images_per_second": timing["images"] / timing["seconds"] if timing["seconds"] else None,
     }
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    cells = table.map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join(lines) + "\n"

@@ -22,11 +22,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from synthaug.flows.params import Params
-from synthaug.tasks.core.render import CODE_SPAN, md_cell, md_text
+from synthaug.tasks.core.render import CODE_SPAN, md_text, render
 
 DOC_PATH = "docs/params.md"
 
-TITLE = "# Params reference"
 
 INTRO = (
     "`params.yaml` is the one source of every knob of the pipeline: each step reads its section, validated into one "
@@ -72,26 +71,18 @@ def params_reference(root: type[BaseModel] = Params) -> str:
     if problems:
         raise ValueError("params docstrings out of step with the fields (add or fix the `name: description` line in "
                          "the class docstring; a dataclass's goes in its `Args:` block):\n  " + "\n  ".join(problems))
-    lines = [TITLE, "", "<!-- Generated from the params classes by `synthaug params-doc --write`; edit their "
-             "docstrings, not this file. -->", "", INTRO, ""]
-    for block in blocks:
-        lines += _render(block, level=2)
-    return "\n".join(lines).rstrip("\n") + "\n"
+    text = render("params_reference.md.j2", intro=INTRO, blocks=[_view(block, top=True) for block in blocks])
+    return text.rstrip("\n") + "\n"
 
 
-def _render(block: Block, level: int) -> list[str]:
-    lines = ["#" * level + " " + block.key, ""]
-    if block.description:  # the parent's line for this field, as a sentence
-        lines += [_text(block.description[:1].upper() + block.description[1:]), ""]
-    lines += [f"`{block.cls.__name__}`: {_text(block.summary)}" if level > 2 else _text(block.summary), ""]
-    if block.rows:
-        lines += ["| key | type | default | description |", "|---|---|---|---|"]
-        lines += [f"| `{r.key}` | {md_cell(r.type)} | {md_cell(r.default)} | {md_cell(_markdown(r.description))} |"
-                  for r in block.rows]
-        lines.append("")
-    for nested in block.nested:
-        lines += _render(nested, level=min(level + 1, 6))
-    return lines
+def _view(block: Block, *, top: bool = False) -> dict[str, Any]:
+    """A block as the template lays it out: every text already Markdown (the table cells escaped by the template)."""
+    description = block.description[:1].upper() + block.description[1:]
+    return {"key": block.key, "class_name": block.cls.__name__, "summary": _text(block.summary),
+            "description": _text(description) if description and not top else "",
+            "rows": [{"key": r.key, "type": r.type, "default": r.default, "description": _markdown(r.description)}
+                     for r in block.rows],
+            "nested": [_view(nested) for nested in block.nested]}
 
 
 def _block(key: str, cls: type, description: str, defaults: dict[str, Any], problems: list[str]) -> Block:
