@@ -20,7 +20,7 @@ from synthaug.flows.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PL
 from synthaug.flows.dag import STEPS, Record, Step, cache_key
 from synthaug.flows.params import Params
 from synthaug.flows.preflight import preflight
-from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError, masked_exception
 from synthaug.tasks.core.io.locks import workdir_lock
 from synthaug.tasks.core.logs import enable
 
@@ -48,7 +48,13 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
     overwritten = key is not None and stamp.is_file() and stamp.read_text() != key
 
     def run(params: Params, workdir: str) -> Record:
-        record = step.run(params, Path(workdir))
+        try:
+            record = step.run(params, Path(workdir))
+        except Exception as exc:  # Prefect stores the message as the run's state: no credential in it
+            masked = masked_exception(exc)
+            if masked is exc:
+                raise
+            raise masked from None
         if key is not None:
             stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.write_text(key)

@@ -67,3 +67,91 @@ def test_init_from_is_used_even_when_the_workdir_holds_a_checkpoint(tmp_path: Pa
     assert tuned.resumed_from == 0, "the checkpoint trained from scratch was resumed instead of init_from"
     start = json.loads((tmp_path / "work" / "run.json").read_text())
     assert start["init_from"] == pretrained.checkpoint_hash
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# credentials (issue 29, finding 2): refused in every URL field, masked everywhere a URL may be printed or logged
+
+SECRET = "S3CRET-marker-29"
+CREDENTIAL_URLS = {
+    f"https://bob:{SECRET}@git.example.com/r.git": "embeds a password",
+    f"https://{SECRET}@git.example.com/r.git": "embeds a token",  # a GitHub token as the user part
+    f"https://oauth2:{SECRET}@gitlab.example.com/r.git": "embeds a password",
+    f"https://git.example.com/r.git?private_token={SECRET}": "secret in its query",
+    f"s3://bucket/prefix?X-Amz-Signature={SECRET}&X-Amz-Credential={SECRET}": "secret in its query",
+}
+
+
+@pytest.mark.parametrize("field", ["data.repo", "publish.registry", "publish.remote", "runner.address"])
+@pytest.mark.parametrize("url", list(CREDENTIAL_URLS))
+def test_credentials_are_refused_in_every_url_field_naming_where_they_go(field: str, url: str) -> None:
+    overrides = [f"{field}={url}", *(["runner.kind=dask"] if field == "runner.address" else [])]
+    with pytest.raises(ParamsError) as caught:
+        load_params(None, overrides)
+    message = str(caught.value)
+    assert SECRET not in message and field in message and CREDENTIAL_URLS[url] in message
+    assert "credential helper" in message and "dvc remote modify" in message
+
+
+def test_urls_without_credentials_stay_allowed() -> None:
+    params = load_params(None, ["data.repo=git@github.com:org/data.git", "publish.registry=ssh://git@host/reg.git",
+                                "publish.remote=s3://bucket/prefix", "data.source=data/x"])
+    assert params.data.repo == "git@github.com:org/data.git"
+
+
+def test_mask_secrets_masks_passwords_tokens_and_query_secrets_but_not_ssh_users() -> None:
+    from synthaug.tasks.core.errors import UserError, mask_secrets
+
+    for url in CREDENTIAL_URLS:
+        assert SECRET not in mask_secrets(f"cloning {url} failed") and "***" in mask_secrets(url)
+    assert mask_secrets("ssh://git@host/r.git and git@host:org/r.git") == "ssh://git@host/r.git and git@host:org/r.git"
+    assert mask_secrets("https://u:p@ss@h/r") == "https://u:***@h/r"  # the password ends at the last '@'
+    assert SECRET not in str(UserError(f"cannot reach https://{SECRET}@h/r"))  # a UserError is masked when made
+
+
+def test_generator_spec_with_a_credential_is_refused() -> None:
+    from synthaug.tasks.core.errors import UserError
+    from synthaug.tasks.core.publishing.generators import parse_spec
+
+    with pytest.raises(UserError) as caught:
+        parse_spec(f"https://{SECRET}@git.example.com/reg.git@digits-generator/v1")
+    assert SECRET not in str(caught.value) and "credential helper" in str(caught.value)
+
+
+def test_every_log_record_and_traceback_is_masked_whoever_logs_it() -> None:
+    """Prefect logged a failed run's URL in clear in six lines (its task-run logger and the traceback)."""
+    import io
+    import logging
+
+    from synthaug.tasks.core.logs import enable
+
+    enable()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    logger = logging.getLogger("prefect.task_runs.trust-test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        raise RuntimeError(f"git clone https://{SECRET}@host/r.git failed")
+    except RuntimeError:
+        logger.error("Task run failed: fetching %s", f"https://u:{SECRET}@h/x", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "Traceback" in text and "RuntimeError" in text and "https://***@host" in text
+    assert SECRET not in text
+
+
+def test_a_failing_step_task_ends_with_a_masked_state_message(tmp_path: Path) -> None:
+    """What a Prefect task raises becomes its state message (the UI, the API): the credential is masked."""
+    from synthaug.flows.augment import step_task
+    from synthaug.flows.dag import Step
+
+    def fail(params, workdir):
+        raise RuntimeError(f"SCM error: cannot fetch https://bob:{SECRET}@git.example.com/r.git")
+
+    task = step_task(Step("trust-test", "", fail, params=(), deps=(), outs=(), always_changed=True), tmp_path)
+    with pytest.raises(RuntimeError) as caught:
+        task.fn(load_params(None), str(tmp_path))
+    assert SECRET not in str(caught.value) and "bob:***@" in str(caught.value)

@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError, refuse_credentials
 from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.core.labels import natural_key
@@ -197,6 +197,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if not sep or not registry or "/" not in tag:
         raise UserError(f"--generator {spec!r}: expected <registry>@<dataset>-generator/v<N>, e.g. "
                         "registry/repo@digits-balanced-generator/v1")
+    try:
+        refuse_credentials(registry, "--generator: the registry")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return registry, tag
 
 

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from synthaug.tasks.core.errors import UserError, mask_secrets
+from synthaug.tasks.core.errors import UserError, mask_secrets, refuse_credentials
 from synthaug.tasks.core.params.publish import check_name
 from synthaug.tasks.core.publishing.vcs import PublishError, dvc, git, is_url, normalize_location, rmtree, run_command
 
@@ -40,6 +40,7 @@ def _get_version(registry: str, rel: str, name: str, tag_name: str, version: int
     """``rel`` at version ``version`` of the tags ``<tag_name>/v<N>`` (``name``: the dataset) into ``out``."""
     try:
         check_name(name)
+        refuse_credentials(registry, "registry")
     except ValueError as exc:
         raise UserError(str(exc)) from None
     location = normalize_location(registry)
