@@ -4,6 +4,7 @@ leave no train share, a password echoed in an error, and ``model.init_from`` ign
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,68 @@ def test_a_failing_step_task_ends_with_a_masked_state_message(tmp_path: Path) ->
     with pytest.raises(RuntimeError) as caught:
         task.fn(load_params(None), str(tmp_path))
     assert SECRET not in str(caught.value) and "bob:***@" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bounded parsing (issue 29, finding 4): each bomb is refused within 5 s of CPU and 300 MB (tests/bounds.py)
+
+ALIAS_BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"]  # 9 ** 9 = 387 million values once expanded
+                       + [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]"
+                          for a, b in zip("abcdefgh", "bcdefghi", strict=True)]) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path: Path) -> None:
+    """343 bytes of aliases took 439 s and 4.4 GB and built a 2-billion-character error message."""
+    from tests.bounds import run_bounded
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB)
+    assert len(ALIAS_BOMB) < 400
+    done = run_bounded("from synthaug.flows.params import ParamsError, load_params", f"""
+        try:
+            load_params({str(bomb)!r})
+        except ParamsError as exc:
+            print("refused:", exc)
+        """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "YAML alias *a is not allowed" in done.stdout and len(done.stdout) < 1000
+
+
+def test_a_10_mb_value_is_refused_quickly_in_bounded_memory(tmp_path: Path) -> None:
+    """A 10 MB ``publish.name`` did not finish in 150 s (in a params file, or as an override from Python)."""
+    from tests.bounds import run_bounded
+
+    big = tmp_path / "big.yaml"
+    big.write_text("publish:\n  name: " + "a" * 10_000_000 + "\n")
+    done = run_bounded("from synthaug.flows.params import ParamsError, load_params", f"""
+        for path, overrides in (({str(big)!r}, []), (None, ["publish.name=" + "b" * 10_000_000])):
+            try:
+                load_params(path, overrides)
+            except ParamsError as exc:
+                print("refused:", exc)
+        """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all(len(line) < 400 for line in lines), done.stdout[:2000]
+    assert "a params file may have at most 1048576" in lines[0] and "at most 8192" in lines[1]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("publish:\n  name: " + "a" * 5000 + "\n", "publish.name: a text of 5000 characters; at most 4096"),
+    ("tune:\n  guidance: [" + ", ".join(["1"] * 1001) + "]\n", "tune.guidance: 1001 entries; at most 1000"),
+    ("data: " + "[" * 5000 + "]" * 5000 + "\n", "nested"),
+    ("base: &base {seed: 1}\ngenerate:\n  <<: *base\n", "YAML alias *base is not allowed"),
+], ids=["long-text", "long-list", "deep", "merge-key"])
+def test_oversized_nested_or_aliased_values_are_refused_by_name(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_params(path)
+
+
+@pytest.mark.parametrize("override", ["model.dp.epsilon=inf", "model.dp.epsilon=1e-300", "model.diffusion.lr=inf",
+                                      "model.vae.kl_weight=nan", "tune.guidance=[1, .inf]"])
+def test_non_finite_and_absurd_numbers_are_refused_in_every_spelling(override: str) -> None:
+    """README: non-finite numbers are refused; ``-S model.dp.epsilon=inf`` (a string to YAML) and 1e-300 passed."""
+    with pytest.raises(ParamsError, match=override.split("=")[0].replace("[", "")):
+        load_params(None, ["model.family=vae", override])
