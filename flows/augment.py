@@ -69,9 +69,11 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
 
 
 def transient(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry a failed step unless the failure is the user's to fix (bad input, a refused gate): that would fail
-    the same way again."""
-    return not isinstance(state.result(raise_on_failure=False), UserError)
+    """Retry a failed step unless the failure is the user's to fix (bad input, a refused gate, a full or read-only
+    remote, a missing tag): that would fail the same way again. A registry or remote that timed out or refused the
+    connection (``PublishError.transient``) is retried."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, UserError) or bool(getattr(error, "transient", False))
 
 
 def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, Record]:

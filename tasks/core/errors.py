@@ -90,3 +90,19 @@ def masked_exception(exc: BaseException) -> BaseException:
         return type(exc)(masked)
     except Exception:  # an exception class whose constructor wants other arguments
         return RuntimeError(f"{type(exc).__name__}: {masked}")
+
+
+def exception_chain(exc: BaseException, limit: int = 400) -> str:
+    """An exception and its causes in one line (``SCM error`` tells nothing; the clone error under it does):
+    the first message and the deepest, generic ones dropped, masked and clipped."""
+    messages, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = " ".join(str(exc).split())
+        if text and text not in ("SCM error",) and text not in messages:
+            messages.append(text)
+        exc = exc.__cause__ or exc.__context__
+    if not messages:
+        return "no detail"
+    shown = messages if len(messages) <= 2 else [messages[0], messages[-1]]
+    return mask_secrets(": ".join(m[:limit // len(shown)] for m in shown))

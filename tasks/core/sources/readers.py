@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError, exception_chain
 from synthaug.tasks.core.io.files import atomic_path, file_sha256, tree_sha256
 from synthaug.tasks.core.io.manifest import SPLITS
 from synthaug.tasks.core.sources.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
@@ -264,8 +264,12 @@ def fetch_dvc(repo: str, rev: str | None, path: str, cache_dir: Path) -> tuple[P
                 fs.get(str(fetched), str(partial / fetched), recursive=True)
                 partial.replace(key)
     except (DvcException, FileNotFoundError) as exc:
-        raise UserError(f"cannot fetch {path} from {at}: {exc}; check data.repo, data.rev, data.source and that the "
-                        f"repository's DVC remote holds the data (dvc push)") from None
+        raise UserError(f"cannot fetch {path} from {at}: {exception_chain(exc)}; check data.repo, data.rev, "
+                        "data.source and that the repository's DVC remote holds the data (dvc push)") from None
+    except Exception as exc:  # scmrepo's and dulwich's errors (an unknown revision, an unreachable host)
+        raise UserError(f"cannot fetch {path} from {at}: {type(exc).__name__}: {exception_chain(exc)}; check "
+                        "data.repo (reachable from here, credentials in git's credential helper) and "
+                        "data.rev") from None
     if not (key / inner).exists():  # a table's folder came, but not the table
         raise UserError(f"data.source: {path} not found in {at}")
     return key / inner, resolved
