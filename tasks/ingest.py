@@ -66,6 +66,7 @@ from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.manifest import SPLITS, write_manifest
 from synthaug.tasks.core.labels import colliding_labels
 from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.core.publishing.public import public_lineage
 from synthaug.tasks.core.sources.medical import MedicalReader, Spacing, is_medical
 from synthaug.tasks.core.sources.readers import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
@@ -146,9 +147,11 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     frame = manifest_frame(rows, params)
     check_usable(frame, params.source, quarantine_path, len(rejected), expected_labels(source.items))
     intensity = None if medical is None else medical.record(common_spacing(spacings, len(frame)))
+    # The lineage travels with every published version: its locations in their public form (no local path).
     manifest_path = write_manifest(frame, out_dir / "manifest.parquet",
-                                   {**lineage, "interpolation": INTERPOLATION, "params": params.model_dump(),
-                                    "intensity": intensity, "pixel_spacing": spacings})
+                                   public_lineage({**lineage, "interpolation": INTERPOLATION,
+                                                   "params": params.model_dump(), "intensity": intensity,
+                                                   "pixel_spacing": spacings}))
     counts = {label: dict(Counter(group)) for label, group in frame.groupby("label")["split"]}
     print_summary(console, counts, rejected)
     return IngestResult(manifest_path, quarantine_path, counts, len(rejected))

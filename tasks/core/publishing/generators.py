@@ -38,7 +38,9 @@ from synthaug.tasks.core.labels import natural_key
 from synthaug.tasks.core.params.generate import SAMPLING_FIELDS, GenerateParams
 from synthaug.tasks.core.params.model import ModelParams
 from synthaug.tasks.core.params.publish import PublishParams, check_name
+from synthaug.tasks.core.publishing.public import public_lineage, public_location, public_params_yaml
 from synthaug.tasks.core.publishing.registry import GENERATOR_SUFFIX, code_version, fetch_generator, latest_generator
+from synthaug.tasks.core.publishing.vcs import normalize_location
 from synthaug.tasks.core.render import render
 from synthaug.tasks.core.sampling import Request, generate, seeds_for
 from synthaug.tasks.core.untrusted import check_class_names, checked_checkpoint_meta, load_checked, read_json_object
@@ -76,14 +78,17 @@ def resolve_warm_start(manifest_path: Path, model: ModelParams, publish: Publish
     checked and its weights loaded on the CPU (``checked_generator``). One that cannot be fetched, checked or loaded
     is not used: the run trains from scratch and the reason says why. An unreachable registry stops the run."""
     steps = model.family_config().steps
+    # The reason is published (generator.json, the generator card): locations in their public form.
+    registry = public_location(publish.registry)
     if model.init_from:
-        return WarmStart(None, None, f"fine-tuning from model.init_from={model.init_from} (set by hand)", steps)
+        return WarmStart(None, None, f"fine-tuning from model.init_from={public_location(model.init_from)} (set by "
+                                     "hand)", steps)
     if model.warm_start == "never":
         return WarmStart(None, None, "training from scratch (model.warm_start: never)", steps)
     tag = latest_generator(publish.registry, publish.name)
     if tag is None:
         return WarmStart(None, None, f"training from scratch: no generator of {publish.name} published in "
-                                     f"{publish.registry} yet", steps)
+                                     f"{registry} yet", steps)
     frame, lineage = read_manifest(manifest_path)
     source = lineage.get("content_hash")
     try:
@@ -97,7 +102,11 @@ def resolve_warm_start(manifest_path: Path, model: ModelParams, publish: Publish
             tag = str(origin)
             fetched, meta = checked_generator(publish.registry, tag, out_dir)
     except UserError as exc:
-        return WarmStart(None, None, f"training from scratch: the published generator {tag} cannot be used ({exc})",
+        why = str(exc)
+        for local, shown in ((str(out_dir.absolute()), "<warm start>"), (str(out_dir), "<warm start>"),
+                             (normalize_location(publish.registry), registry), (publish.registry, registry)):
+            why = why.replace(local, shown)
+        return WarmStart(None, None, f"training from scratch: the published generator {tag} cannot be used ({why})",
                          steps)
     mismatch = warm_start_mismatch(meta, frame, model)
     if mismatch:
@@ -119,7 +128,7 @@ def checked_generator(registry: str, tag: str, out_dir: Path) -> tuple[Path, dic
     import torch
 
     fetched = _fetch(registry, tag, out_dir)
-    fix = f"this version of {registry} is damaged or was not made by synthaug"
+    fix = f"this version of {public_location(registry)} is damaged or was not made by synthaug"
     _, checkpoint, _ = load_checked(fetched / "checkpoint", torch.device("cpu"), fix)
     record = read_json_object(fetched / GENERATOR_FILE, fix=fix)
     if record.get("class_names") != checkpoint["class_names"]:
@@ -187,6 +196,8 @@ def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str,
     ckpt = model_dir / "checkpoint"
     meta = read_checkpoint_meta(ckpt)
     _, lineage = read_manifest(ingest_manifest)
+    lineage = public_lineage(lineage)  # no local path in a published file
+    params_yaml = public_params_yaml(params_yaml)
     origin_file = model_dir / ORIGIN_FILE
     origin = json.loads(origin_file.read_text()) if origin_file.is_file() else {"from": None, "reason": "not recorded"}
     grids = sorted((model_dir / "samples").glob("step_*.png"))
