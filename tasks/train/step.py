@@ -165,6 +165,8 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     log_path = out_dir / "train_log.jsonl"
     if start == 0:
         log_path.unlink(missing_ok=True)
+    else:  # a killed attempt logged steps past its last checkpoint: they are trained (and logged) again
+        keep_logged_steps(log_path, start)
     # A bar on a terminal; in a log or on a Prefect worker, a progress line every ~30 s and every tenth of the steps.
     with progress(get_logger("train"), f"train {params.family}", config.steps, unit="steps") as bar, \
             open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
@@ -197,6 +199,24 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
         summary["autoencoder"] = _autoencoder_outputs(model, manifest_path, out_dir / "autoencoder")
     (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(ckpt_dir, summary["checkpoint_sha256"], config.steps, start, summary)
+
+
+def keep_logged_steps(log_path: Path, last: int) -> None:
+    """Keep the lines of ``train_log.jsonl`` up to step ``last`` (the checkpoint a run resumes from); a line that
+    does not parse (cut by a kill) goes too."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(step, int) and step <= last:
+            kept.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(log_path)
 
 
 def _training_data(images: torch.Tensor, device: torch.device, limit_mb: float) -> tuple[torch.Tensor, str]:
