@@ -20,7 +20,7 @@ from synthaug.flows.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PL
 from synthaug.flows.dag import STEPS, Record, Step, cache_key
 from synthaug.flows.params import Params
 from synthaug.flows.preflight import preflight
-from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError, masked_exception
 from synthaug.tasks.core.io.locks import workdir_lock
 from synthaug.tasks.core.logs import enable
 
@@ -48,7 +48,13 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
     overwritten = key is not None and stamp.is_file() and stamp.read_text() != key
 
     def run(params: Params, workdir: str) -> Record:
-        record = step.run(params, Path(workdir))
+        try:
+            record = step.run(params, Path(workdir))
+        except Exception as exc:  # Prefect stores the message as the run's state: no credential in it
+            masked = masked_exception(exc)
+            if masked is exc:
+                raise
+            raise masked from None
         if key is not None:
             stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.write_text(key)
@@ -63,9 +69,11 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
 
 
 def transient(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry a failed step unless the failure is the user's to fix (bad input, a refused gate): that would fail
-    the same way again."""
-    return not isinstance(state.result(raise_on_failure=False), UserError)
+    """Retry a failed step unless the failure is the user's to fix (bad input, a refused gate, a full or read-only
+    remote, a missing tag): that would fail the same way again. A registry or remote that timed out or refused the
+    connection (``PublishError.transient``) is retried."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, UserError) or bool(getattr(error, "transient", False))
 
 
 def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, Record]:

@@ -19,17 +19,18 @@ from synthaug.tasks.core.io.manifest import iter_manifest
 
 
 def unfit(params: Params, family: str, num_classes: int = 2) -> str | None:
-    """Why ``family``'s network, as ``params`` configure it, refuses the images' shape (its constructor's message),
-    or None. Builds the network once on the CPU (every run's preflight does, once)."""
+    """Why ``family``'s network, as ``params`` configure it, refuses the images' shape (its constructor's message)
+    or would be too large (``models.training.build_family``), or None. Builds the network once on torch's meta
+    device (every run's preflight does, once): no memory is allocated."""
     import torch
 
-    from synthaug.models.registry import get_family
+    from synthaug.models.training import build_family
 
     data = params.data
     model = params.model.model_copy(update={"family": family})
-    try:
-        get_family(family)(model.family_config(), num_classes=num_classes, device=torch.device("cpu"),
-                           image_shape=(data.channels, data.image_size, data.image_size))
+    try:  # on torch's meta device: the constructor's checks and the network's size, no memory
+        build_family(family, model.family_config(), num_classes=num_classes, device=torch.device("meta"),
+                     image_shape=(data.channels, data.image_size, data.image_size))
     except ValueError as exc:
         return str(exc)
     return None

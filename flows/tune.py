@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ def open_study(params: Params, root: Path, key: str, default: dict[str, Any]):
     study = optuna.create_study(storage=f"sqlite:///{path.resolve()}", study_name=f"recipe-{key}",
                                 direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=params.tune.seed))
+    # A resumed study continues the sampler's random stream instead of replaying it from the seed: replayed, its
+    # first suggestions were the recipes the interrupted run had already scored.
+    study.sampler = optuna.samplers.TPESampler(seed=params.tune.seed + len(study.get_trials(deepcopy=False)))
     # The default recipe is always scored: the bar every winner must clear. A run killed while scoring it leaves
     # that trial RUNNING, so it is queued again unless it finished or waits in the queue.
     alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
@@ -146,10 +150,15 @@ def _search(params: Params, root: Path, key: str, guidance: list[float]) -> tupl
     while len(done) < params.tune.trials:
         batch = [study.ask() for _ in range(min(workers, params.tune.trials - len(done)))]
         chosen = [suggest(t, guidance) for t in batch]
-        futures = [_trial.submit((dirs[0], filters[c.get("guidance")], dirs[2]), params,
+        scored = {json.dumps(t.params, sort_keys=True): t for t in done}
+        futures = [None if json.dumps(c, sort_keys=True) in scored else
+                   _trial.submit((dirs[0], filters[c.get("guidance")], dirs[2]), params,
                                  {k: c[k] for k in DEFAULT_TRIAL}, baselines) for c in chosen]
         for trial, choice, future in zip(batch, chosen, futures, strict=True):
-            result = future.result()
+            same = scored.get(json.dumps(choice, sort_keys=True))
+            # A recipe scored already (the sampler may suggest one again) is not trained and scored twice.
+            result = future.result() if future is not None else {"gains": same.user_attrs.get("gains"),
+                                                                  "objective": same.value}
             trial.set_user_attr("gains", result["gains"])
             study.tell(trial, result["objective"])
             done.append(study.trials[trial.number])

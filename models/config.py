@@ -8,8 +8,68 @@ CLI reads them without loading torch; each family's networks, objective and samp
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
+
+# Upper bounds of every size field. A config is untrusted input (a params file, a checkpoint's or a published
+# generator's config.json): each bound keeps what it describes far above any useful value and far below what would
+# exhaust a machine (``channels: [200000]`` asked for terabytes).
+MAX_STEPS = 100_000_000
+MAX_BATCH = 65_536  # images per training step or per sampling call
+MAX_WIDTH = 4096  # channels of one layer, and latent, embedding and noise sizes
+MAX_LEVELS = 8  # resolution levels of a UNet or an autoencoder
+MAX_BLOCKS = 16  # residual blocks per level
+MAX_TIMESTEPS = 100_000  # length of a noise schedule
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def config_from_dict(cls: type, raw: Any) -> Any:
+    """``cls(**raw)`` for a config read from a file, with each value's type checked against the field first (an
+    unknown or missing key, ``"8"`` or ``true`` for an int, a list of the wrong items), so a tampered
+    ``config.json`` ends in one ValueError naming the field rather than a TypeError deep inside a network."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a mapping of {cls.__name__} fields, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(str(k) for k in raw if k not in fields)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown[:5]} for {cls.__name__}; its fields: {', '.join(fields)}")
+    for name, value in raw.items():
+        problem = _type_problem(str(fields[name].type), value)
+        if problem:
+            raise ValueError(f"{name}: {problem}")
+    return cls(**raw)
+
+
+def _type_problem(annotation: str, value: Any) -> str | None:
+    """Why ``value`` (from JSON) does not fit the field type ``annotation`` (a string, as ``from __future__
+    import annotations`` leaves it), or None."""
+    if annotation.startswith("tuple[") and annotation.endswith(", ...]"):
+        if not isinstance(value, list | tuple) or len(value) > MAX_LEVELS:
+            return f"expected a list of at most {MAX_LEVELS} items, got {_shown(value)}"
+        item = annotation[len("tuple["):-len(", ...]")]
+        return next((f"item {i}: {p}" for i, v in enumerate(value) if (p := _type_problem(item, v))), None)
+    kind = _SCALARS.get(annotation)
+    if kind is None:
+        return None  # no field of another type exists; a new one is checked by its __post_init__
+    ok = (isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str
+          else isinstance(value, int) and not isinstance(value, bool) if kind is int
+          else isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+    return None if ok else f"expected {'a finite number' if kind is float else annotation}, got {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _at_most(config: Any, limit: int, *names: str) -> None:
+    """ValueError naming the first of ``names`` (an int, or a tuple of ints) above ``limit``."""
+    for name in names:
+        value = getattr(config, name)
+        if max(value if isinstance(value, tuple) else (value,), default=0) > limit:
+            raise ValueError(f"{name} must be at most {limit}, got {_shown(value)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +103,8 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _at_most(self, MAX_STEPS, "steps", "checkpoint_every")
+        _at_most(self, MAX_BATCH, "batch_size")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -122,6 +184,12 @@ class DiffusionConfig(TrainConfig):
         object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {self.channels}")
+        if len(self.channels) > MAX_LEVELS:
+            raise ValueError(f"channels may have at most {MAX_LEVELS} levels, got {len(self.channels)}")
+        _at_most(self, MAX_WIDTH, "channels", "num_head_channels", "norm_num_groups")
+        _at_most(self, MAX_BLOCKS, "num_res_blocks")
+        _at_most(self, MAX_TIMESTEPS, "timesteps")
+        _at_most(self, MAX_BATCH, "sample_batch_size")
         if len(self.attention_levels) != len(self.channels):
             raise ValueError(f"attention_levels {self.attention_levels} must have one entry per level of "
                              f"channels {self.channels}")
@@ -205,6 +273,11 @@ class LatentDiffusionConfig(DiffusionConfig):
         object.__setattr__(self, "ae_channels", tuple(self.ae_channels))
         if not self.ae_channels or min(self.ae_channels) < 1:
             raise ValueError(f"ae_channels must be a non-empty sequence of positive ints, got {self.ae_channels}")
+        if len(self.ae_channels) > MAX_LEVELS:
+            raise ValueError(f"ae_channels may have at most {MAX_LEVELS} levels, got {len(self.ae_channels)}")
+        _at_most(self, MAX_WIDTH, "ae_channels", "latent_channels", "disc_channels")
+        _at_most(self, MAX_BLOCKS, "ae_num_res_blocks")
+        _at_most(self, MAX_STEPS, "autoencoder_steps")
         if any(c % self.norm_num_groups for c in self.ae_channels):
             raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every entry of "
                              f"ae_channels={self.ae_channels}")
@@ -291,6 +364,8 @@ class GANConfig(TrainConfig):
         for name in ("z_dim", "g_channels", "d_channels", "embed_dim", "sample_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _at_most(self, MAX_WIDTH, "z_dim", "g_channels", "d_channels", "embed_dim")
+        _at_most(self, MAX_BATCH, "sample_batch")
         if self.mode_seeking < 0:
             raise ValueError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         augment_policy(self.augment)  # raises on an unknown name
@@ -345,6 +420,9 @@ class VAEConfig(TrainConfig):
         for name in ("latent_dim", "channels", "embed_dim", "sample_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _at_most(self, MAX_WIDTH, "latent_dim", "channels", "embed_dim")
+        _at_most(self, MAX_BATCH, "sample_batch")
+        _at_most(self, MAX_STEPS, "kl_warmup")
         if self.reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
         if self.kl_weight <= 0:

@@ -217,7 +217,8 @@ class Diffusion:
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         use_compile = config.compile and self.device.type == "cuda"
         self._train_net = torch.compile(self.net) if use_compile else self.net
-        schedule = DDPMScheduler(num_train_timesteps=config.timesteps, schedule=config.schedule)
+        with torch.device("cpu"):  # a few thousand numbers, on the host even while the networks are built elsewhere
+            schedule = DDPMScheduler(num_train_timesteps=config.timesteps, schedule=config.schedule)
         # float64 on the host for the sampler's scalar coefficients; float32 on the device for training.
         self._alphas_cumprod = schedule.alphas_cumprod.double().tolist()
         self._alphas_cumprod_dev = schedule.alphas_cumprod.float().to(self.device)
@@ -388,6 +389,11 @@ def _check_state(name: str, state: dict[str, torch.Tensor], own: dict[str, torch
         if tuple(value.shape) != tuple(own[key].shape):
             raise ValueError(f"{name}: {key} has shape {tuple(value.shape)} in the pretrained weights but "
                              f"{tuple(own[key].shape)} here; set the model config to the pretrained one")
+        if own[key].is_floating_point() and not value.is_floating_point():
+            raise ValueError(f"{name}: {key} holds {value.dtype} values in the pretrained weights, {own[key].dtype} "
+                             "here; pretrained weights must be floating point")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name}: {key} holds NaN or infinite values in the pretrained weights; they are broken")
 
 
 def _map_class_rows(state: dict[str, torch.Tensor], own: torch.Tensor, source_classes: list[str] | None,

@@ -35,6 +35,25 @@ from synthaug.models.common import autocast
 from synthaug.models.config import LatentDiffusionConfig
 from synthaug.models.diffusion import Diffusion
 
+# The latent scale is 1 / std of the latents: about 0.01 to 100 in practice (Stable Diffusion's is 0.18215).
+LATENT_SCALE_RANGE = (1e-6, 1e6)
+
+
+def latent_scale_value(value: Any) -> float | None:
+    """``value`` as a latent scale (None: not set yet); ValueError unless a finite number in ``LATENT_SCALE_RANGE``
+    (a checkpoint's or a pretrained folder's value is untrusted input: NaN, 0, -1, 1e308 or ``true`` would make
+    every sample noise)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()
+    low, high = LATENT_SCALE_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ValueError(f"latent_scale must be a finite number from {low:g} to {high:g}, got {str(value)[:40]}")
+    return float(value)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Autoencoder
 
@@ -244,7 +263,7 @@ class LatentDiffusion(Diffusion):
         notes = super().load_pretrained(parts, source_classes=source_classes, classes=classes, metadata=metadata)
         if "autoencoder" in parts:
             if metadata.get("latent_scale") is not None:
-                self.latent_scale = float(metadata["latent_scale"])
+                self.latent_scale = latent_scale_value(metadata["latent_scale"])
                 notes.append(f"latent scale {self.latent_scale:.6g} from the pretrained folder")
             steps = self.config.autoencoder_steps
             notes.append(f"the autoencoder trains {steps} more steps first (model.latent_diffusion.autoencoder_steps"
@@ -275,7 +294,7 @@ class LatentDiffusion(Diffusion):
         for group in self.ae_optimizer.param_groups:
             group["lr"] = self.config.ae_lr
         self.ae_steps_done = int(state["ae_steps_done"])
-        self.latent_scale = None if state["latent_scale"] is None else float(state["latent_scale"])
+        self.latent_scale = latent_scale_value(state["latent_scale"])
         if self.discriminator is not None and "discriminator" in state:
             self.discriminator.load_state_dict(state["discriminator"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])

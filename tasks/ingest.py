@@ -64,7 +64,9 @@ from rich.table import Table
 from synthaug.tasks.core.errors import Quarantined, UserError
 from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.manifest import SPLITS, write_manifest
+from synthaug.tasks.core.labels import colliding_labels
 from synthaug.tasks.core.params.data import DataParams
+from synthaug.tasks.core.publishing.public import public_lineage
 from synthaug.tasks.core.sources.medical import MedicalReader, Spacing, is_medical
 from synthaug.tasks.core.sources.readers import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
@@ -96,6 +98,7 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     console = Console(stderr=True)
     path, lineage = locate(params, cache_dir, console)
     source = read_source(path)
+    refuse_colliding_labels(source.items, params.source)  # before anything is written
     lineage["content_hash"] = content_hash(source, HashCache(cache_dir / HASH_CACHE))
 
     # Stale images of an earlier run must not survive next to the new manifest.
@@ -144,9 +147,11 @@ def ingest(params: DataParams, out_dir: Path, *, cache_dir: Path) -> IngestResul
     frame = manifest_frame(rows, params)
     check_usable(frame, params.source, quarantine_path, len(rejected), expected_labels(source.items))
     intensity = None if medical is None else medical.record(common_spacing(spacings, len(frame)))
+    # The lineage travels with every published version: its locations in their public form (no local path).
     manifest_path = write_manifest(frame, out_dir / "manifest.parquet",
-                                   {**lineage, "interpolation": INTERPOLATION, "params": params.model_dump(),
-                                    "intensity": intensity, "pixel_spacing": spacings})
+                                   public_lineage({**lineage, "interpolation": INTERPOLATION,
+                                                   "params": params.model_dump(), "intensity": intensity,
+                                                   "pixel_spacing": spacings}))
     counts = {label: dict(Counter(group)) for label, group in frame.groupby("label")["split"]}
     print_summary(console, counts, rejected)
     return IngestResult(manifest_path, quarantine_path, counts, len(rejected))
@@ -211,6 +216,18 @@ def expected_labels(items: Sequence[Item]) -> set[str]:
             if item.label and item.pixels is not None and label_problem(item.label) is None}
 
 
+def refuse_colliding_labels(items: Sequence[Item], source: str) -> None:
+    """UserError naming both spellings when two classes differ only in case, Unicode normalization, invisible
+    characters or look-alike letters of another script (``tasks.core.labels.label_key``): their folders would
+    merge on a case-insensitive or normalizing file system (macOS, Windows) and readers cannot tell them apart."""
+    pairs = colliding_labels(expected_labels(items))
+    if pairs:
+        shown = "; ".join(f"{a!r} and {b!r} ({a!a} vs {b!a})" for a, b in pairs[:5])
+        raise UserError(f"data.source {source}: class labels that differ only in case, Unicode form or look-alike "
+                        f"letters: {shown}{' ...' if len(pairs) > 5 else ''}; they would collide as folders on "
+                        "case-insensitive file systems: rename or merge those classes in the source")
+
+
 def _duplicate(image_id: str, stored: tuple[str, str], label: str | None, ref: str, conflicts: dict[str, str]) -> str:
     """Why an image equal to one already stored is quarantined; same bytes under another label withdraw both."""
     first_ref, first_label = stored
@@ -265,6 +282,10 @@ def open_image(item: Item) -> Image.Image:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, before decoding.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(item.pixels) as image:
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:  # an animated GIF or APNG (whatever its name says), a multi-page TIFF
+                    raise Quarantined(f"an animated or multi-frame {image.format} image ({frames} frames); only its "
+                                      "first frame could be read: save the frames as separate still images")
                 image.load()  # decode now: a truncated file fails here, not later
                 check_pixel_format(image)
                 return ImageOps.exif_transpose(image)  # an upright copy (cameras store rotation in EXIF)

@@ -13,11 +13,14 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from synthaug.tasks.core.errors import mask_secrets
 
 ROOT = "synthaug"
 EXTRA_LOGGERS = "PREFECT_LOGGING_EXTRA_LOGGERS"
@@ -27,9 +30,37 @@ EVERY_SHARE = 0.1  # and at every tenth of the work, so that a short step still 
 Update = Callable[..., None]  # update(done, note="")
 
 
+def mask_log_records() -> None:
+    """Mask credentials (``mask_secrets``) in every log record this process makes from now on, whoever logs it:
+    synthaug, Prefect (its task and flow run loggers, the tracebacks of failed runs it logs and sends to its API),
+    DVC, git output. Installed once, as the process's log record factory."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "masks_secrets", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit its format: logging reports that itself
+            return record
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            if mask_secrets(text) != text:  # formatters use exc_text when it is set: the masked traceback
+                record.exc_text = mask_secrets(text)
+        return record
+
+    factory.masks_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def enable() -> logging.Logger:
     """The ``synthaug`` logger, at INFO when nothing set its level (the root logger's default WARNING would drop
-    the progress lines)."""
+    the progress lines); every record of the process masked (``mask_log_records``)."""
+    mask_log_records()
     root = logging.getLogger(ROOT)
     if root.level == logging.NOTSET:
         root.setLevel(logging.INFO)

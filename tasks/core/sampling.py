@@ -14,13 +14,14 @@ import pyarrow as pa
 import torch
 
 from synthaug.models.common import pick_device
-from synthaug.models.training import checkpoint_hash, load_checkpoint, read_checkpoint_meta
+from synthaug.models.training import checkpoint_hash, read_checkpoint_meta
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import file_sha256
 from synthaug.tasks.core.io.images import to_uint8, write_png
 from synthaug.tasks.core.io.manifest import COLUMNS, SCHEMA, check_rows
 from synthaug.tasks.core.io.shards import SHARDS_DIR, RunShards, cut, finished, run_in_process, write_table
 from synthaug.tasks.core.params.generate import GenerateParams, sampling_config
+from synthaug.tasks.core.untrusted import load_checked
 
 SEED_BLOCK = 1_000_000  # seeds of class k are base + k*SEED_BLOCK + i: unique, and top-ups continue the block
 SAMPLER_FILE = ".checkpoint"  # in a folder of sampled images: the sampler_key they were sampled with
@@ -45,7 +46,8 @@ def _load_for_sampling(checkpoint_dir: Path, params: GenerateParams, device: tor
         except ValueError as exc:
             raise UserError(f"{checkpoint_dir}: generate: {exc} (set generate.{', '.join(knobs)} to null, or give "
                             "values this checkpoint accepts)") from None
-    model, meta, _ = load_checkpoint(checkpoint_dir, device, override)
+    model, meta, _ = load_checked(checkpoint_dir, device, "re-train it, or sample from an intact generator version",
+                                  override)
     return model, meta
 
 

@@ -306,7 +306,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         "classes": class_names,
         "minority_classes": minority,
         "feature_space": {"extractor": str(extractor) if extractor is not None else "judge penultimate features",
-                          "dim": int(ref_f.shape[1]), "judge_dir": str(judge_dir)},
+                          "dim": int(ref_f.shape[1]), "judge_dir": judge_dir.name},
         "counts": counts,
         "acceptance": acceptance(data.synthetic, class_names, summary),
         "quality": quality,

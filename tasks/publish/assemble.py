@@ -11,6 +11,7 @@ import pandas as pd
 from synthaug.tasks.core.io.files import link_or_copy
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.core.publishing.card import card_metrics, write_card
+from synthaug.tasks.core.publishing.public import public_lineage, public_params_yaml
 from synthaug.tasks.core.publishing.registry import code_version
 from synthaug.tasks.core.render import run_info, stamp_run
 
@@ -20,6 +21,8 @@ def assemble(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, report_dir:
     """Build ``out_dir`` from scratch (a half-built folder from a killed run is replaced, never mixed); ``name``:
     the dataset's published name, shown with the run in the report and the card (``run.json``)."""
     real, lineage = read_manifest(ingest_dir / "manifest.parquet")
+    lineage = public_lineage(lineage)  # (ingest records it so; a manifest ingested before it did may not)
+    params_yaml = public_params_yaml(params_yaml)  # no local path in a published file
     synthetic, _ = read_manifest(filter_dir / "manifest.parquet")
     generators = synthetic["generator"]  # the run's generator family, whether or not its images were accepted
     real = real[real["split"] != "heldback"]

@@ -55,7 +55,17 @@ from synthaug.tasks.core.io.locks import with_registry_lock
 from synthaug.tasks.core.params.publish import PublishParams
 from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW
 from synthaug.tasks.core.publishing.registry import DATASETS_DIR, MODELS_DIR, generator_name, tag_for
-from synthaug.tasks.core.publishing.vcs import SITE_CACHE, dvc, git, is_url, normalize_location, rmtree, run_command
+from synthaug.tasks.core.publishing.vcs import (
+    SITE_CACHE,
+    PublishError,
+    dvc,
+    git,
+    is_url,
+    normalize_location,
+    os_error_detail,
+    rmtree,
+    run_command,
+)
 from synthaug.tasks.core.render import read_run, stamp_run
 
 log = logging.getLogger("synthaug.publish")  # tasks.core.logs: reaches the Prefect run log
@@ -108,7 +118,15 @@ def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path,
     Returns the new version, or the latest one with ``new=False`` when its content is identical.
     Raises UserError for a missing file, a registry that cannot be used as is, or a failed push (nothing published).
     """
-    dataset_dir = Path(dataset_dir)
+    try:
+        return _publish(Path(dataset_dir), params, workdir=workdir, generator=generator)
+    except OSError as exc:  # synthaug's own file operations (a copy, a folder made): one line, errno and fix
+        raise PublishError(f"publishing {params.name} to {mask_secrets(params.registry)} failed: "
+                           f"{os_error_detail(exc)} (nothing was published)") from None
+
+
+def _publish(dataset_dir: Path, params: PublishParams, *, workdir: Path,
+             generator: Path | None = None) -> PublishResult:
     check_dataset(dataset_dir)
     name = params.name
     remote = normalize_location(params.remote)
@@ -167,9 +185,11 @@ def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, 
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise UserError(f"{root}: publish.registry exists but is not a git repository; point it at a registry "
                             "repository, a git URL, or a path that does not exist yet (it is then created)")
-        log.info("creating data registry %s", root)
-        root.mkdir(parents=True, exist_ok=True)
-        git(["init", "--quiet", "-b", "main"], cwd=root)
+        _create_registry(root, remote)
+    elif _half_created(root):
+        log.warning("%s: a registry whose creation was interrupted (DVC initialised, no commit); creating it again",
+                    root)
+        _clear_half_created(root)
     _ensure_identity(root)
     if git(["symbolic-ref", "-q", "HEAD"], cwd=root, check=False).returncode != 0:
         raise UserError(f"{root}: the registry has a detached HEAD; check out its branch (git checkout main)")
@@ -178,7 +198,12 @@ def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, 
     if dirty:
         raise UserError(f"{root}: the registry has uncommitted changes ({dirty.splitlines()[0].strip()} ...); "
                         "commit or discard them, then re-run")
-    _ensure_registry(root, remote, bootstrap_message="Initialise the data registry (git + DVC)")
+    try:
+        _ensure_registry(root, remote, bootstrap_message="Initialise the data registry (git + DVC)")
+    except BaseException:
+        if _half_created(root):  # a repository without a commit that this run began to initialise
+            _clear_half_created(root)
+        raise
     base = git(["rev-parse", "HEAD"], cwd=root).stdout.strip()
     created: list[str] = []
     try:
@@ -196,6 +221,49 @@ def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, 
             git(["reset", "--quiet", "--hard", base], cwd=root, check=False)
         _restore_own_paths(root, name)
         raise
+
+
+def _create_registry(root: Path, remote: str) -> None:
+    """A new registry at ``root`` (absent, or an empty folder): git init, DVC init, the default remote, the first
+    commit. Whole or not at all: on any failure what was made is removed again, so no half-created registry (DVC
+    initialised, nothing committed) is left to block the next run."""
+    log.info("creating data registry %s", root)
+    existed = root.exists()
+    made_remote = not is_url(remote) and not Path(remote).exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        git(["init", "--quiet", "-b", "main"], cwd=root)
+        _ensure_identity(root)
+        _ensure_registry(root, remote, bootstrap_message="Initialise the data registry (git + DVC)")
+    except BaseException:
+        log.warning("creating the data registry %s failed; removing what was made", root)
+        if existed:
+            for child in root.iterdir():
+                rmtree(child)
+        else:
+            rmtree(root)
+        if made_remote and Path(remote).is_dir() and not any(Path(remote).iterdir()):
+            Path(remote).rmdir()
+        raise
+
+
+def _half_created(root: Path) -> bool:
+    """Whether ``root`` is a registry an interrupted creation left: a git repository without a commit, DVC
+    initialised, holding nothing but what initialising writes (``.dvc``, ``.dvcignore``). Such a repository blocked
+    every later run ("uncommitted changes")."""
+    if not (root / ".dvc").is_dir():
+        return False
+    if git(["rev-parse", "-q", "--verify", "HEAD"], cwd=root, check=False).returncode == 0:
+        return False
+    return {p.name for p in root.iterdir()} <= {".git", ".dvc", ".dvcignore"}
+
+
+def _clear_half_created(root: Path) -> None:
+    """Undo an interrupted initialisation: unstage everything and remove ``.dvc`` and ``.dvcignore`` (git's own
+    repository and its config are kept)."""
+    git(["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", "."], cwd=root, check=False)
+    for name in (".dvc", ".dvcignore"):
+        rmtree(root / name)
 
 
 def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: bool,

@@ -28,6 +28,7 @@ from synthaug.tasks.core.privacy.record import DCR_PLOT, PRIVACY_FILE, card_sect
 from synthaug.tasks.core.privacy.tstr import ReleaseUtilityError, check_ratio, release_utility
 from synthaug.tasks.core.privacy.tstr import card_section as tstr_card_section
 from synthaug.tasks.core.publishing.card import card_metrics, write_card
+from synthaug.tasks.core.publishing.public import public_params_yaml
 from synthaug.tasks.core.publishing.registry import code_version
 from synthaug.tasks.core.render import run_info, write_run
 from synthaug.tasks.release.export import export_images
@@ -89,7 +90,7 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     run = dataclasses.replace(run_info(lineage, generators, dataset=name, code_version=code_version()),
                               source=WITHHELD, source_repo=WITHHELD, source_rev=lineage.get("resolved_rev"))
     write_run(out_dir, run)
-    released_params = withhold_source(params_yaml)
+    released_params = withhold_source(public_params_yaml(params_yaml))
     (out_dir / "params.yaml").write_text(released_params)
     checkpoints = sorted(set(synthetic["checkpoint"].dropna()))
     write_card(out_dir, source=source, params_yaml=released_params, code_version=code_version(),

@@ -19,19 +19,24 @@ head re-initialised) is returned as notes for the log and ``train.json``.
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
+from synthaug.models.latent_diffusion import latent_scale_value
+from synthaug.models.training import MAX_CLASSES, MAX_STATE_NUMEL
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import atomic_path, file_sha256
+from synthaug.tasks.core.untrusted import read_json_object
 
 BUNDLE_WEIGHTS = "models/model.pt"
+MAX_PRETRAINED_NUMEL = MAX_STATE_NUMEL  # weights in a pretrained folder: no network here holds more
 FILE_NAMES = {"unet": "unet", "diffusion_model": "unet", "autoencoder": "autoencoder", "vae": "autoencoder"}
 
 
@@ -73,8 +78,20 @@ def read_pretrained(folder: Path) -> Pretrained:
                 _add_parts(parts, path, _safetensors(path), name)
         layout = "diffusers"
     names = metadata.get("class_names")
-    if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
-        raise UserError(f"model.pretrained={folder}: class_names must be a list of strings, got {names!r}")
+    if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)
+                                  and len(names) <= MAX_CLASSES):
+        raise UserError(f"model.pretrained={folder}: class_names must be a list of at most {MAX_CLASSES} strings, got "
+                        f"{str(names)[:80]}")
+    if "latent_scale" in metadata:
+        try:
+            metadata["latent_scale"] = latent_scale_value(metadata["latent_scale"])
+        except ValueError as exc:
+            raise UserError(f"model.pretrained={folder}: {exc}; fix latent_scale in its metadata.json or "
+                            "config.json (or remove it: the scale is then measured)") from None
+    total = sum(t.numel() for state in parts.values() for t in state.values())
+    if total > MAX_PRETRAINED_NUMEL:
+        raise UserError(f"model.pretrained={folder}: {total:,} weights, more than the {MAX_PRETRAINED_NUMEL:,} a "
+                        "network of this project can hold; not a starting point for it")
     return Pretrained(folder, layout, parts, names, metadata)
 
 
@@ -86,8 +103,8 @@ def apply_pretrained(model: Any, pretrained: Pretrained, class_names: list[str])
     try:
         notes = model.load_pretrained(pretrained.parts, source_classes=pretrained.class_names, classes=class_names,
                                       metadata=pretrained.metadata)
-    except ValueError as err:
-        raise UserError(f"model.pretrained={pretrained.folder}: {err}") from None
+    except (ValueError, RuntimeError, IndexError, KeyError, TypeError) as err:  # one line, whatever failed
+        raise UserError(f"model.pretrained={pretrained.folder}: {str(err).strip().splitlines()[0][:300]}") from None
     return [f"pretrained {pretrained.layout} folder {pretrained.folder}", *notes]
 
 
@@ -123,31 +140,42 @@ def export_checkpoint(checkpoint_dir: Path, folder: Path) -> str:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+    return read_json_object(path, fix="give the pretrained folder's JSON as a JSON object")
 
 
 def _torch_weights(path: Path) -> dict[str, Any]:
+    """A ``.pt`` file read tensors-only and memory-mapped (its tensors are read when used, after their shapes are
+    checked); any failure of torch's reader (not a zip, a pickle of other objects, a truncated file) is one line."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise UserError(f"{path}: not a tensors-only state dict (loaded with weights_only=True: "
-                        f"{str(err).splitlines()[0]}); save it with torch.save(model.state_dict(), ...)") from None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, zipfile.BadZipFile) as err:
+        refused = ("holds objects other than tensors and numbers, which are never unpickled"
+                   if isinstance(err, pickle.UnpicklingError) else f"unreadable: {type(err).__name__}")
+        raise UserError(f"{path}: not a tensors-only state dict (loaded with weights_only=True: {refused}); save it "
+                        "with torch.save(model.state_dict(), ...)") from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file; its header (names, dtypes, shapes) is checked before any tensor is read."""
     try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            names = list(handle.keys())
+            numel = sum(math.prod(handle.get_slice(k).get_shape()) for k in names)
+            if numel > MAX_PRETRAINED_NUMEL:
+                raise UserError(f"{path}: declares {numel:,} weights, more than the {MAX_PRETRAINED_NUMEL:,} a network "
+                                "of this project can hold")
+            return {k: handle.get_tensor(k) for k in names}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0][:200]})") from None
 
 
 def _add_parts(parts: dict[str, dict[str, torch.Tensor]], path: Path, state: dict[str, Any],
@@ -157,8 +185,12 @@ def _add_parts(parts: dict[str, dict[str, torch.Tensor]], path: Path, state: dic
         for key, sub in state.items():
             _add_parts(parts, path, sub, FILE_NAMES.get(key, key))
         return
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UserError(f"{path}: a state dict must map names to tensors")
+    for key, value in state.items():
+        if not value.is_floating_point():  # networks' weights are floats: int64 "weights" would be cast silently
+            raise UserError(f"{path}: {key} holds {str(value.dtype).removeprefix('torch.')} values; pretrained "
+                            "weights must be floating point")
     name = name or FILE_NAMES.get(path.stem) or _recognise(path, state)
     if name in parts:
         raise UserError(f"{path}: a second set of {name} weights in the pretrained folder; keep one")

@@ -19,9 +19,10 @@ from rich.console import Console
 
 from synthaug.models.common import peak_memory_mib, pick_device, reset_peak_memory
 from synthaug.models.config import TrainConfig
-from synthaug.models.registry import get_family
 from synthaug.models.training import (
     CONFIG_FILE,
+    CheckpointError,
+    build_family,
     checkpoint_hash,
     fit,
     has_checkpoint,
@@ -36,6 +37,7 @@ from synthaug.tasks.core.labels import natural_key
 from synthaug.tasks.core.logs import get_logger, progress
 from synthaug.tasks.core.params.model import ModelParams
 from synthaug.tasks.core.privacy.dp import DP_FILE
+from synthaug.tasks.core.untrusted import load_checked
 from synthaug.tasks.train.pretrained import apply_pretrained, read_pretrained, write_bundle
 from synthaug.tasks.train.private import fit_private
 
@@ -121,8 +123,15 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # every process has decided before rank 0 changes the folder
     if resume:
-        model, _, state = load_checkpoint(ckpt_dir, device)
-        start, rng_state = state["step"], state.get("rng")
+        try:
+            model, _, state = load_checkpoint(ckpt_dir, device)
+            start, rng_state = state["step"], state.get("rng")
+        except CheckpointError as exc:  # the run's own checkpoint, damaged: train it again rather than stop
+            get_logger("train").warning(f"train: not resuming ({exc}); training from the start")
+            model, resume = None, False
+            if rank == 0:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+                (out_dir / RUN_FILE).write_text(json.dumps(run_key) + "\n")
     elif rank == 0:  # a checkpoint of other data or another start is never resumed: remove it, then say what runs
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +142,11 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
         # Initial weights come from the global RNG: seed a forked copy so a run is a function of model.seed.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(params.seed)
-            model = get_family(params.family)(config, image_shape=tuple(images.shape[1:]),
-                                              num_classes=len(class_names), device=device)
+            try:  # params are untrusted too: the network is sized before it is built
+                model = build_family(params.family, config, image_shape=tuple(images.shape[1:]),
+                                     num_classes=len(class_names), device=device)
+            except ValueError as exc:
+                raise UserError(f"model.{params.family}: {exc}") from None
         if params.pretrained:
             notes = apply_pretrained(model, read_pretrained(Path(params.pretrained)), class_names)
             if rank == 0:
@@ -153,6 +165,8 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
     log_path = out_dir / "train_log.jsonl"
     if start == 0:
         log_path.unlink(missing_ok=True)
+    else:  # a killed attempt logged steps past its last checkpoint: they are trained (and logged) again
+        keep_logged_steps(log_path, start)
     # A bar on a terminal; in a log or on a Prefect worker, a progress line every ~30 s and every tenth of the steps.
     with progress(get_logger("train"), f"train {params.family}", config.steps, unit="steps") as bar, \
             open(log_path, "a", buffering=1) as log:  # line-buffered: tail -f works
@@ -185,6 +199,24 @@ def _train(manifest_path: Path, params: ModelParams, out_dir: Path, device: torc
         summary["autoencoder"] = _autoencoder_outputs(model, manifest_path, out_dir / "autoencoder")
     (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(ckpt_dir, summary["checkpoint_sha256"], config.steps, start, summary)
+
+
+def keep_logged_steps(log_path: Path, last: int) -> None:
+    """Keep the lines of ``train_log.jsonl`` up to step ``last`` (the checkpoint a run resumes from); a line that
+    does not parse (cut by a kill) goes too."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(step, int) and step <= last:
+            kept.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(log_path)
 
 
 def _training_data(images: torch.Tensor, device: torch.device, limit_mb: float) -> tuple[torch.Tensor, str]:
@@ -227,7 +259,10 @@ def _resumable(ckpt_dir: Path, family: str, config: TrainConfig, class_names: li
                image_shape: tuple[int, ...]) -> bool:
     if not has_checkpoint(ckpt_dir):
         return False
-    meta = read_checkpoint_meta(ckpt_dir)
+    try:
+        meta = read_checkpoint_meta(ckpt_dir)
+    except CheckpointError:  # damaged: not resumed, trained again
+        return False
     return (meta["family"] == family and meta["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
             and meta["class_names"] == class_names and tuple(meta["image_shape"]) == image_shape)
 
@@ -249,8 +284,12 @@ def _same_run(out_dir: Path, run_key: dict[str, str | None]) -> bool:
 
 
 def _finetune_start(init_from: Path, device: torch.device, config: TrainConfig, class_names: list[str], seed: int):
-    """Load the checkpoint to fine-tune; classes of the new data it does not know extend its class conditioning."""
-    model, meta, _ = load_checkpoint(init_from, device, config_override=config)
+    """Load the checkpoint to fine-tune; classes of the new data it does not know extend its class conditioning.
+
+    ``init_from`` is untrusted input (``tasks.core.untrusted.load_checked``): its class names become the model's,
+    and later folder names."""
+    fix = "set model.init_from to a checkpoint folder synthaug wrote (config.json + weights.pt)"
+    model, meta, _ = load_checked(init_from, device, fix, config_override=config)
     known = list(meta["class_names"])
     new = [c for c in class_names if c not in known]
     if not new:

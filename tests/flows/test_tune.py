@@ -58,6 +58,8 @@ def test_a_resumed_study_scores_only_the_missing_trials(tuned) -> None:
     after = json.loads((root / "work" / "tune" / "trials.json").read_text())["trials"]
     assert [t["number"] for t in after] == [0, 1, 2, 3]
     assert after[:3] == before  # the first three were read back from the study, not scored again
+    # Issue 29: the resumed sampler replayed its seed, so the new trial was a recipe scored already.
+    assert after[3]["recipe"] not in [t["recipe"] for t in before]
 
 
 def test_the_study_key_ignores_the_recipe_and_test_seeds_but_not_the_tune_seeds(tuned) -> None:

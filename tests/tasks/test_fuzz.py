@@ -123,10 +123,13 @@ def test_hostile_labels_and_paths_in_every_source_kind(tmp_path: Path) -> None:
             (root / "folder" / label / f"{i}_{j}.png").write_bytes(encode("png", rng))
     os.symlink(tmp_path, root / "folder" / "up")  # a class folder that is the whole parent
     os.symlink(tmp_path / "outside.png", root / "folder" / "a" / "out.png")
+    # A class folder named like an image ("NUL.png") is one quarantine row, its files unread.
+    like_images = [d for d in (root / "folder").iterdir() if d.is_dir() and d.name.lower().endswith(".png")]
     expected = sum(1 for p in (root / "folder").rglob("*.png")
-                   if p.is_file() and not p.is_symlink() and "up" not in p.parts)
-    frame, why = outcome(tmp_path / "f", root / "folder", expected=expected + 2)
+                   if p.is_file() and not p.is_symlink() and "up" not in p.parts and p.parent not in like_images)
+    frame, why = outcome(tmp_path / "f", root / "folder", expected=expected + 2 + len(like_images))
     assert why["up"] == why["a/out.png"] == "path escapes the source root"
+    assert like_images and all(why[d.name].startswith("a folder named like an image file") for d in like_images)
     assert set(frame["label"]) == {"a", "b"}
 
     # table: hostile paths and hostile labels on real files

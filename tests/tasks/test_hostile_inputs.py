@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import nibabel
@@ -217,3 +218,112 @@ def test_same_bytes_under_two_labels_are_both_quarantined(tmp_path: Path) -> Non
     assert "conflicting labels, both quarantined" in why["b/copy.png"] and "(label 'a')" in why["b/copy.png"]
     assert why["a/again.png"] == "duplicate of a/1.png"
     assert len(list((tmp_path / "out" / "images").rglob("*.png"))) == 5
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 29: header bombs refused in bounded memory, labels that collide, images that are not one still image
+
+
+def nifti_header_bomb(path: Path, shape: tuple[int, ...], dtype: type) -> Path:
+    """A .nii.gz of zeros whose header declares ``shape`` of ``dtype``: gzip members of 16 MiB of zeros repeated
+    (a valid multi-member gzip), about 1 MB on disk for a GB of data."""
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header["vox_offset"] = 352
+    left = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    member = gzip.compress(bytes(1 << 24), compresslevel=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(header.binaryblock + bytes(4)))
+        for _ in range(left >> 24):
+            fh.write(member)
+        fh.write(gzip.compress(bytes(left % (1 << 24))))
+    return path
+
+
+@pytest.mark.parametrize("windowed", [False, True], ids=["no-window", "window"])
+def test_a_nifti_header_bomb_is_refused_quickly_in_bounded_memory(tmp_path: Path, windowed: bool) -> None:
+    """A 1.3 MB .nii.gz declaring 168 M float64 voxels reached 3 GB and ran 4.5 min before it was refused for its
+    dtype, which its header gives; with a window set it would have been read whole."""
+    from tests.bounds import run_bounded
+
+    bomb = nifti_header_bomb(tmp_path / "bomb.nii.gz", (550, 550, 555), np.float64)  # 168 M voxels, 1.34 GB
+    assert bomb.stat().st_size < 2_000_000
+    done = run_bounded("from pathlib import Path\nimport monai.data, nibabel  # the imports are not the bomb\n"
+                       "from synthaug.tasks.core.errors import Quarantined\n"
+                       "from synthaug.tasks.core.sources.medical import MedicalReader", f"""
+        reader = MedicalReader(preset=None, center={40.0 if windowed else None}, width={400.0 if windowed else None},
+                               slice_axis=2, slices=None)
+        try:
+            reader.read(Path({str(bomb)!r}), "bomb.nii.gz")
+        except Quarantined as exc:
+            print("quarantined:", exc)
+        """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = "a decompression bomb?" if windowed else "stores floating-point values: no bit range"
+    assert done.stdout.startswith("quarantined:") and expected in done.stdout, done.stdout
+
+
+def test_a_nifti_whose_header_declares_more_than_the_file_holds_is_refused_unread(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 1000, (12, 12, 1)).astype(np.int16)
+    src = tmp_path / "src"
+    for label, seed in (("a", 0), ("a", 1), ("b", 2), ("b", 3)):
+        pixels = np.random.default_rng(seed).integers(0, 1000, (12, 12, 1)).astype(np.int16)
+        (src / label).mkdir(parents=True, exist_ok=True)
+        nibabel.save(nibabel.Nifti1Image(pixels, np.eye(4)), src / label / f"ok{seed}.nii.gz")
+    liar = nibabel.Nifti1Image(data, np.eye(4))
+    liar.header.set_data_shape((12, 12, 400))  # 115 KB declared, 288 bytes given
+    blob = liar.header.binaryblock + bytes(4) + data.tobytes()
+    (src / "a" / "liar.nii.gz").write_bytes(gzip.compress(blob))
+    (src / "a" / "liar.nii").write_bytes(blob)
+    frame, why = run(tmp_path, src)
+    assert len(frame) == 4, why
+    for name in ("liar.nii.gz", "liar.nii"):
+        assert "its header declares 115200 bytes of data but the file holds 640" in why[f"a/{name}"], why
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("Cat", "cat"),  # case: one folder on macOS and Windows
+    (unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")),  # Unicode normalization
+    ("cat", "\u0441at"),  # a Cyrillic 'с'
+    ("dog", "ｄｏｇ"),  # full-width letters
+    ("ab", "a\u200bb"),  # an invisible zero-width space
+], ids=["case", "nfc-nfd", "homoglyph", "fullwidth", "invisible"])
+def test_labels_that_collide_are_refused_before_anything_is_written_naming_both(
+        tmp_path: Path, first: str, second: str) -> None:
+    """``Cat``/``cat``, NFC/NFD ``café`` and a Cyrillic ``сat`` became separate classes, published so."""
+    root = folder(tmp_path / "src", {first: 2, second: 2, "other": 2})
+    with pytest.raises(UserError) as caught:
+        run(tmp_path, root)
+    message = str(caught.value)
+    assert repr(first) in message and repr(second) in message and "rename or merge" in message
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_animated_images_and_entries_that_are_not_image_files_are_quarantined_with_a_reason(tmp_path: Path) -> None:
+    """An animated GIF named .png and an APNG were ingested as their first frame without a word; a folder named
+    x.png and a FIFO were skipped without a quarantine row."""
+    root = folder(tmp_path / "src", {"a": 3, "b": 3})
+    frames = [Image.fromarray(np.full((12, 12), v, np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(root / "a" / "gif.png", format="GIF", save_all=True, append_images=frames[1:])
+    frames[0].save(root / "a" / "apng.png", format="PNG", save_all=True, append_images=frames[1:])
+    (root / "b" / "folder.png").mkdir()
+    noise(root / "b" / "folder.png" / "inside.png", seed=99)
+    os.mkfifo(root / "b" / "pipe.png")
+    frame, why = run(tmp_path, root)
+    assert sorted(frame["label"]) == ["a"] * 3 + ["b"] * 3
+    assert "animated or multi-frame GIF image (3 frames)" in why["a/gif.png"]
+    assert "animated or multi-frame PNG image (3 frames)" in why["a/apng.png"]
+    assert why["b/folder.png"].startswith("a folder named like an image file")
+    assert why["b/pipe.png"].startswith("not a regular file (a FIFO, socket or device)")
+
+
+def test_a_table_row_naming_a_fifo_is_quarantined_unopened(tmp_path: Path) -> None:
+    root = folder(tmp_path / "src", {"a": 2, "b": 2})
+    os.mkfifo(root / "a" / "pipe.png")  # opening it would block the run forever
+    rows = [(f"{c}/{i}.png", c) for c in "ab" for i in range(2)] + [("a/pipe.png", "a")]
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(root / "labels.csv", index=False)
+    frame, why = run(tmp_path, root / "labels.csv")
+    assert len(frame) == 4 and why["a/pipe.png"].startswith("not a regular file")

@@ -87,7 +87,10 @@ def test_folder_with_splits_csv_keeps_its_splits(tmp_path: Path, capsys: pytest.
     assert (frame["height"] == 8).all() and (frame["width"] == 8).all() and (frame["channels"] == 1).all()
     files = [p for p in root.rglob("*") if p.is_file()]
     assert meta["content_hash"] == expected_hash(root, files)
-    assert (meta["source"], meta["repo"], meta["rev"], meta["resolved_rev"]) == (str(root), None, None, None)
+    # The lineage travels with published versions: a local source in its public form (issue 29), no local path.
+    assert (meta["source"], meta["repo"], meta["rev"], meta["resolved_rev"]) == (f"local:{root.name}", None, None,
+                                                                                   None)
+    assert str(root) not in str(meta)
     assert meta["params"]["image_size"] == 8 and "bilinear" in meta["interpolation"]
     assert "ingested images" in capsys.readouterr().err
 
@@ -349,7 +352,8 @@ def test_dvc_source_at_two_revisions(tmp_path: Path, monkeypatch: pytest.MonkeyP
                         tmp_path / rev, cache_dir=tmp_path / "cache")
         frame, metas[rev] = read_manifest(result.manifest_path)
         assert len(frame) == {"v1": 4, "v2": 5}[rev]
-        assert metas[rev]["rev"] == rev and metas[rev]["repo"] == str(repo)
+        assert metas[rev]["rev"] == rev and metas[rev]["repo"] == f"local:{repo.name}"
+        assert metas[rev]["source"] == "data/scans"  # a path inside the repository is published as it is
         assert metas[rev]["resolved_rev"] == git(repo, "rev-parse", f"{rev}^{{commit}}")
     assert metas["v1"]["content_hash"] != metas["v2"]["content_hash"]
     assert sorted(p.name for p in (tmp_path / "cache" / "dvc").iterdir()) == sorted(

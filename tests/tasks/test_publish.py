@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -314,3 +315,65 @@ def test_code_version_names_the_checkout_or_the_package() -> None:
         assert version == f"git {described}"
     else:
         assert version.startswith("synthaug ") and len(version) > 9
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 29, finding 7: git and DVC failures name their cause; no half-created registry; no retry of what fails alike
+
+
+def test_a_missing_version_or_registry_says_which_and_what_there_is(tmp_path: Path) -> None:
+    """A missing tag or registry said only `dvc get ... failed: exit status 1`."""
+    from synthaug.tasks.core.publishing.registry import fetch_generator
+
+    origin, _, work, params = bare_origin(tmp_path)
+    publish(make_dataset(tmp_path / "ds1", "one"), params, workdir=work)
+    with pytest.raises(UserError, match=rf"no version {NAME}/v7 \(its versions of {NAME}: {NAME}/v1\)"):
+        fetch(str(origin), NAME, 7, tmp_path / "get")
+    with pytest.raises(UserError, match=rf"no version {NAME}-generator/v1 \(it has no version of {NAME}-generator\)"):
+        fetch_generator(str(origin), f"{NAME}-generator/v1", tmp_path / "get-gen")
+    with pytest.raises(PublishError, match="does not appear to be a git repository"):
+        fetch(str(tmp_path / "nowhere"), NAME, 1, tmp_path / "get-nowhere")
+    assert not (tmp_path / "get").exists() and not (tmp_path / "get-gen").exists()
+
+
+def test_a_read_only_remote_names_the_cause_leaves_no_half_created_registry_and_is_not_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only remote: the OSError(30) appeared only in a log line, Prefect retried the publish, the user was
+    told "the registry has uncommitted changes", and a staged `dvc init` without a commit blocked later runs."""
+    import errno
+
+    from synthaug.flows.augment import transient
+
+    registry, remote = tmp_path / "registry" / "repo", tmp_path / "ro" / "remote"
+    params = PublishParams(name=NAME, registry=str(registry), remote=str(remote))
+    real_mkdir = Path.mkdir
+
+    def read_only(self: Path, *args, **kwargs) -> None:
+        if self == remote:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(PublishError) as caught:
+        publish(make_dataset(tmp_path / "ds1", "one"), params, workdir=tmp_path / "work")
+    message = str(caught.value)
+    assert "EROFS" in message and "read-only" in message and "nothing was published" in message
+    assert not registry.exists(), "a half-created registry was left behind"
+
+    class Failed:  # a Prefect state whose result is the error
+        def result(self, raise_on_failure: bool = False) -> BaseException:
+            return caught.value
+
+    assert transient(None, None, Failed()) is False  # the same cause would fail the same way again
+    monkeypatch.undo()
+    assert publish(make_dataset(tmp_path / "ds2", "two"), params, workdir=tmp_path / "work").tag == f"{NAME}/v1"
+
+
+def test_a_half_created_registry_left_by_an_earlier_run_is_created_again(tmp_path: Path) -> None:
+    registry, remote = tmp_path / "registry" / "repo", tmp_path / "registry" / "remote"
+    registry.mkdir(parents=True)
+    git("init", "-q", "-b", "main", cwd=registry)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=registry, check=True)  # staged, not committed
+    params = PublishParams(name=NAME, registry=str(registry), remote=str(remote))
+    result = publish(make_dataset(tmp_path / "ds", "one"), params, workdir=tmp_path / "work")
+    assert result.tag == f"{NAME}/v1" and git("status", "--porcelain", cwd=registry) == ""

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from synthaug.tasks.core.errors import refuse_credentials
 from synthaug.tasks.core.params.base import Section
 
 WindowPreset = Literal["lung", "mediastinum", "soft_tissue", "bone", "brain"]
@@ -17,7 +18,9 @@ class DataParams(Section):
 
     source: ``example:digits`` (the bundled example, written on first use), a local path (image folder,
       CSV/parquet table or ``.npz``), or a path inside the DVC/git repository ``repo`` at revision ``rev``.
-    repo: a git/DVC repository (URL or local path) holding ``source``; null: ``source`` is local.
+    repo: a git/DVC repository (URL or local path) holding ``source``; null: ``source`` is local. Credentials go
+      into git's credential helper or DVC's remote config, never into the URL (one with a password, a token or a
+      secret query parameter is refused).
     rev: the revision of ``repo`` (branch, tag or commit); null: its HEAD.
     image_size: side of the square every image is resized to (Pillow's bilinear filter, antialiased when shrinking;
       non-square images are stretched, not cropped).
@@ -49,6 +52,13 @@ class DataParams(Section):
     window_width: float | None = Field(None, gt=0, validate_default=True)
     slice_axis: Literal[0, 1, 2] = 2
     slices: str = "all"
+
+    @field_validator("repo")
+    @classmethod
+    def _no_secrets(cls, value: str | None) -> str | None:
+        if value is not None:
+            refuse_credentials(value, "data.repo")
+        return value
 
     @field_validator("window_width")
     @classmethod

@@ -10,20 +10,24 @@ from synthaug.models.config import DiffusionConfig, GANConfig, LatentDiffusionCo
 from synthaug.models.registry import family_names
 from synthaug.tasks.core.params.base import Section
 
+# An epsilon below 0.01 needs noise that drowns every gradient (and Opacus' search for it does not end); above
+# 100 the guarantee says nothing. Useful budgets are about 1 to 10.
+MIN_EPSILON, MAX_EPSILON = 0.01, 100.0
 DP_FAMILIES = ("vae",)  # families whose networks Opacus gives per-sample gradients for (README "Differential privacy")
 
 
 class DPParams(Section):
     """``model.dp`` section: DP-SGD training of the generator (Opacus); ``epsilon: null`` trains without it.
 
-    epsilon: the privacy budget of the generator's weights; null: no differential privacy.
+    epsilon: the privacy budget of the generator's weights, from ``MIN_EPSILON`` to ``MAX_EPSILON``; null: no
+      differential privacy.
     delta: the (epsilon, delta) guarantee's delta; keep it well below 1 / (training images).
     max_grad_norm: per-sample gradient clipping norm.
     """
 
-    epsilon: float | None = Field(None, gt=0.0)
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    epsilon: float | None = Field(None, ge=MIN_EPSILON, le=MAX_EPSILON)
+    delta: float = Field(1e-5, ge=1e-30, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
 
 
 class ModelParams(Section):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 
-from synthaug.tasks.core.errors import mask_secrets
+from synthaug.tasks.core.errors import refuse_credentials
 from synthaug.tasks.core.params.base import Section
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -66,12 +66,10 @@ class PublishParams(Section):
 
     @field_validator("registry", "remote")
     @classmethod
-    def _no_secrets(cls, value: str) -> str:
+    def _no_secrets(cls, value: str, info: ValidationInfo) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        if _USERINFO_PASSWORD_RE.match(value):
-            raise ValueError(f"{mask_secrets(value)!r} embeds a password; put credentials in DVC's or git's own config "
-                             "or in the environment, never in params.yaml")
+        refuse_credentials(value, f"publish.{info.field_name}")
         return value
 
 
@@ -81,5 +79,3 @@ def check_name(name: str) -> None:
         raise ValueError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_', '-', start with a "
                          "letter or digit, no '..', not ending in '.' or '.lock', at most 100 characters")
 
-
-_USERINFO_PASSWORD_RE = re.compile(r"^[a-zA-Z][\w+.-]*://[^/@]*:[^/@]*@")  # scheme://user:secret@host

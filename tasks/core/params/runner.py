@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from synthaug.tasks.core.errors import refuse_credentials
 from synthaug.tasks.core.params.base import Section
 
 DEFAULT_SHARD_SIZE = 1024
@@ -36,6 +37,8 @@ class RunnerParams(Section):
     def _address_needs_a_cluster(self) -> RunnerParams:
         if self.address and self.kind == "threads":
             raise ValueError(f"runner.address={self.address!r} needs runner.kind dask or ray (threads run here)")
+        if self.address:
+            refuse_credentials(self.address, "runner.address")
         return self
 
 

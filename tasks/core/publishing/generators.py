@@ -31,16 +31,19 @@ from typing import Any
 
 import pandas as pd
 
-from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError, refuse_credentials
 from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.core.labels import natural_key
 from synthaug.tasks.core.params.generate import SAMPLING_FIELDS, GenerateParams
 from synthaug.tasks.core.params.model import ModelParams
-from synthaug.tasks.core.params.publish import PublishParams
-from synthaug.tasks.core.publishing.registry import code_version, fetch_generator, latest_generator
+from synthaug.tasks.core.params.publish import PublishParams, check_name
+from synthaug.tasks.core.publishing.public import public_lineage, public_location, public_params_yaml
+from synthaug.tasks.core.publishing.registry import GENERATOR_SUFFIX, code_version, fetch_generator, latest_generator
+from synthaug.tasks.core.publishing.vcs import normalize_location
 from synthaug.tasks.core.render import render
 from synthaug.tasks.core.sampling import Request, generate, seeds_for
+from synthaug.tasks.core.untrusted import check_class_names, checked_checkpoint_meta, load_checked, read_json_object
 
 GENERATOR_FILE = "generator.json"
 ORIGIN_FILE = "origin.json"  # <train out>/origin.json: where the run's training started (written by the flow)
@@ -69,28 +72,42 @@ class WarmStart:
 
 
 def resolve_warm_start(manifest_path: Path, model: ModelParams, publish: PublishParams, out_dir: Path) -> WarmStart:
-    """Decide where training on ``manifest_path`` starts; a generator to fine-tune is fetched into ``out_dir``."""
+    """Decide where training on ``manifest_path`` starts; a generator to fine-tune is fetched into ``out_dir``.
+
+    A published generator is untrusted input: it is used only once fetched, its ``generator.json`` and checkpoint
+    checked and its weights loaded on the CPU (``checked_generator``). One that cannot be fetched, checked or loaded
+    is not used: the run trains from scratch and the reason says why. An unreachable registry stops the run."""
     steps = model.family_config().steps
+    # The reason is published (generator.json, the generator card): locations in their public form.
+    registry = public_location(publish.registry)
     if model.init_from:
-        return WarmStart(None, None, f"fine-tuning from model.init_from={model.init_from} (set by hand)", steps)
+        return WarmStart(None, None, f"fine-tuning from model.init_from={public_location(model.init_from)} (set by "
+                                     "hand)", steps)
     if model.warm_start == "never":
         return WarmStart(None, None, "training from scratch (model.warm_start: never)", steps)
     tag = latest_generator(publish.registry, publish.name)
     if tag is None:
         return WarmStart(None, None, f"training from scratch: no generator of {publish.name} published in "
-                                     f"{publish.registry} yet", steps)
+                                     f"{registry} yet", steps)
     frame, lineage = read_manifest(manifest_path)
     source = lineage.get("content_hash")
-    fetched = _fetch(publish.registry, tag, out_dir)
-    meta = json.loads((fetched / GENERATOR_FILE).read_text())
-    if source and meta.get("source", {}).get("content_hash") == source:
-        # Same data as that generator: start where it started, so the run remakes it rather than tuning it further.
-        origin = (meta.get("origin") or {}).get("from")
-        if origin is None:
-            return WarmStart(None, None, f"training from scratch: the source is the one {tag} was trained on, "
-                                         "and it was trained from scratch", steps)
-        tag, fetched = origin, _fetch(publish.registry, origin, out_dir)
-        meta = json.loads((fetched / GENERATOR_FILE).read_text())
+    try:
+        fetched, meta = checked_generator(publish.registry, tag, out_dir)
+        if source and (meta.get("source") or {}).get("content_hash") == source:
+            # Same data as that generator: start where it started, so the run remakes it rather than tuning it.
+            origin = (meta.get("origin") or {}).get("from")
+            if origin is None:
+                return WarmStart(None, None, f"training from scratch: the source is the one {tag} was trained on, "
+                                             "and it was trained from scratch", steps)
+            tag = str(origin)
+            fetched, meta = checked_generator(publish.registry, tag, out_dir)
+    except UserError as exc:
+        why = str(exc)
+        for local, shown in ((str(out_dir.absolute()), "<warm start>"), (str(out_dir), "<warm start>"),
+                             (normalize_location(publish.registry), registry), (publish.registry, registry)):
+            why = why.replace(local, shown)
+        return WarmStart(None, None, f"training from scratch: the published generator {tag} cannot be used ({why})",
+                         steps)
     mismatch = warm_start_mismatch(meta, frame, model)
     if mismatch:
         return WarmStart(None, None, f"training from scratch, not from {tag}: {mismatch}", steps)
@@ -102,7 +119,36 @@ def resolve_warm_start(manifest_path: Path, model: ModelParams, publish: Publish
                      fewer)
 
 
+def checked_generator(registry: str, tag: str, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Fetch generator version ``tag`` into ``out_dir`` and check it as untrusted input: ``generator.json`` a bounded
+    JSON object; the checkpoint's ``config.json`` bounded (family, config, image shape, classes) with class names
+    that pass the label rules; the weights loadable into the network it describes (tensors only, shapes, dtypes,
+    finite; ``tasks.core.untrusted.load_checked``, on the CPU). Returns the folder and the lineage, whose
+    ``family``, ``class_names``, ``image_shape`` and ``config`` are the checkpoint's own. UserError otherwise."""
+    import torch
+
+    fetched = _fetch(registry, tag, out_dir)
+    fix = f"this version of {public_location(registry)} is damaged or was not made by synthaug"
+    _, checkpoint, _ = load_checked(fetched / "checkpoint", torch.device("cpu"), fix)
+    record = read_json_object(fetched / GENERATOR_FILE, fix=fix)
+    if record.get("class_names") != checkpoint["class_names"]:
+        raise UserError(f"{fetched / GENERATOR_FILE}: class_names differ from checkpoint/config.json's; {fix}")
+    lineage = {k: record.get(k) if isinstance(record.get(k), dict) else {} for k in ("source", "origin")}
+    if lineage["origin"].get("from") is not None and not isinstance(lineage["origin"]["from"], str):
+        raise UserError(f"{fetched / GENERATOR_FILE}: origin.from must be a generator tag; {fix}")
+    digest = record.get("checkpoint")
+    return fetched, {**lineage, "checkpoint": digest if isinstance(digest, str) else None,
+                     **{k: checkpoint[k] for k in ("family", "class_names", "image_shape", "config")}}
+
+
 def _fetch(registry: str, tag: str, out_dir: Path) -> Path:
+    gname, _, version = tag.rpartition("/")
+    try:  # a tag may come from a published generator.json (its origin): a folder name only once checked
+        check_name(gname.removesuffix(GENERATOR_SUFFIX))
+        if not gname.endswith(GENERATOR_SUFFIX) or not version.startswith("v") or not version[1:].isdigit():
+            raise ValueError(f"expected <dataset>{GENERATOR_SUFFIX}/v<N>")
+    except ValueError as exc:
+        raise UserError(f"generator tag {tag[:120]!r}: {exc}") from None
     target = out_dir / tag.replace("/", "_")
     shutil.rmtree(target, ignore_errors=True)  # a half-fetched folder of a killed run
     return fetch_generator(registry, tag, target)
@@ -150,6 +196,8 @@ def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str,
     ckpt = model_dir / "checkpoint"
     meta = read_checkpoint_meta(ckpt)
     _, lineage = read_manifest(ingest_manifest)
+    lineage = public_lineage(lineage)  # no local path in a published file
+    params_yaml = public_params_yaml(params_yaml)
     origin_file = model_dir / ORIGIN_FILE
     origin = json.loads(origin_file.read_text()) if origin_file.is_file() else {"from": None, "reason": "not recorded"}
     grids = sorted((model_dir / "samples").glob("step_*.png"))
@@ -197,6 +245,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if not sep or not registry or "/" not in tag:
         raise UserError(f"--generator {spec!r}: expected <registry>@<dataset>-generator/v<N>, e.g. "
                         "registry/repo@digits-balanced-generator/v1")
+    try:
+        refuse_credentials(registry, "--generator: the registry")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return registry, tag
 
 
@@ -219,13 +271,19 @@ def sample_published(spec: str, out_dir: Path | str, *, count: int, params: Gene
     if fetched.exists():
         shutil.rmtree(fetched)
     fetch_generator(registry, tag, fetched)
-    meta = json.loads((fetched / GENERATOR_FILE).read_text())
-    known = list(meta["class_names"])
+    # The registry is untrusted: its class names become folders under out_dir, its config sizes the network.
+    fix = f"this version of {registry} is damaged or was not made by synthaug; sample another version"
+    meta = read_json_object(fetched / GENERATOR_FILE, fix=fix)
+    known = check_class_names(meta.get("class_names"), fetched / GENERATOR_FILE, fix)
+    if checked_checkpoint_meta(fetched / "checkpoint", fix)["class_names"] != known:
+        raise UserError(f"{fetched / GENERATOR_FILE}: class_names differ from checkpoint/config.json's; {fix}")
     wanted = list(classes) if classes else known
     unknown = [c for c in wanted if c not in known]
     if unknown:
         raise UserError(f"--classes: {unknown} are not classes of {tag} (it knows {known})")
     requests = [Request(c, seeds_for(known.index(c), 0, count, params.seed)) for c in wanted]
     frame = generate(fetched / "checkpoint", requests, params, out_dir)
-    version = {"registry": registry, "tag": tag, "checkpoint": meta["checkpoint"]}
+    from synthaug.models.training import checkpoint_hash
+
+    version = {"registry": registry, "tag": tag, "checkpoint": checkpoint_hash(fetched / "checkpoint")}
     return write_manifest(frame, out_dir / "manifest.parquet", metadata={"generator_version": version})

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from synthaug.tasks.core.errors import UserError, mask_secrets
+from synthaug.tasks.core.errors import UserError, mask_secrets, refuse_credentials
 from synthaug.tasks.core.params.publish import check_name
 from synthaug.tasks.core.publishing.vcs import PublishError, dvc, git, is_url, normalize_location, rmtree, run_command
 
@@ -40,17 +40,33 @@ def _get_version(registry: str, rel: str, name: str, tag_name: str, version: int
     """``rel`` at version ``version`` of the tags ``<tag_name>/v<N>`` (``name``: the dataset) into ``out``."""
     try:
         check_name(name)
+        refuse_credentials(registry, "registry")
     except ValueError as exc:
         raise UserError(str(exc)) from None
     location = normalize_location(registry)
-    return _get_into(location, rel, _resolve_tag(location, tag_name, version), out)
+    _refuse_existing(out.absolute())
+    tag = _resolve_tag(location, tag_name, version)
+    if str(version).strip() != "latest":
+        _require_tag(location, tag_name, tag)
+    return _get_into(location, rel, tag, out)
+
+
+def _require_tag(location: str, name: str, tag: str) -> None:
+    """UserError naming the versions there are when ``location`` has no tag ``tag`` (DVC alone would say only that
+    it failed); a missing or unreachable registry fails in ``git ls-remote``, with git's reason."""
+    listed = git(["ls-remote", "--tags", "--refs", location, f"refs/tags/{name}/v*"], cwd=Path.cwd(),
+                 what=f"reading the versions in {mask_secrets(location)}").stdout
+    tags = sorted({line.split()[-1].removeprefix("refs/tags/") for line in listed.splitlines() if line.strip()},
+                  key=lambda t: int(t.rpartition("/v")[2]) if t.rpartition("/v")[2].isdigit() else 0)
+    if tag not in tags:
+        there = f"its versions of {name}: {', '.join(tags)}" if tags else f"it has no version of {name}"
+        raise UserError(f"{mask_secrets(location)}: no version {tag} ({there}); ask for one of them or 'latest'")
 
 
 def _get_into(location: str, rel: str, tag: str, out: Path) -> Path:
     """``dvc get <location> <rel> --rev <tag>`` into the new folder ``out``, which appears only when complete."""
     out = out.absolute()  # DVC runs in out's parent: a relative path would land one level too deep
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists; fetch into a new folder")
+    _refuse_existing(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
@@ -63,6 +79,11 @@ def _get_into(location: str, rel: str, tag: str, out: Path) -> Path:
     finally:
         rmtree(partial)
     return out
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists; fetch into a new folder")
 
 
 def _resolve_tag(location: str, name: str, version: int | str) -> str:

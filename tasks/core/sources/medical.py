@@ -44,6 +44,9 @@ AXIS_NAMES = "xyz"
 # A volume is refused from its header before its pixels are read: a few MB of .nii.gz can inflate to gigabytes.
 # The limit is Pillow's DecompressionBombError threshold (2 x Image.MAX_IMAGE_PIXELS), in voxels.
 MAX_VOXELS = 2 * 89_478_485
+# A compressed volume inflating more than BOMB_RATIO times to more than BOMB_BYTES is refused from its header too:
+# real scans compress a few times, a gzip of zeros a thousand times.
+BOMB_BYTES, BOMB_RATIO = 256 * 2**20, 200
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 Spacing = tuple[float | None, ...]  # mm per array axis; None where the source does not say
@@ -155,8 +158,9 @@ class MedicalReader:
     def read(self, path: Path, ref: str) -> list[tuple[str, np.ndarray, Spacing]]:
         """(ref, uint8 (H, W) image, spacing in mm per image axis) per selected slice of ``path``."""
         kind = "NIfTI" if is_nifti(path) else "DICOM"
+        windowed = self.preset is not None or self.center is not None
         try:
-            volume = read_nifti(path) if is_nifti(path) else read_dicom(path)
+            volume = read_nifti(path, windowed=windowed) if is_nifti(path) else read_dicom(path)
         except Quarantined:
             raise
         except Exception as exc:  # a damaged header can fail anywhere: a bad value, a missing tag, a wrong type
@@ -201,7 +205,7 @@ def _load(path: Path, reader: Any, kind: str) -> tuple[np.ndarray, np.ndarray]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "no ImagePositionPatient, identity affine": expected for 2D
             image = _loader()(str(path), reader=reader)
-        return image.numpy().astype(np.float64), image.affine.numpy()
+        return image.numpy().astype(np.float64, copy=False), image.affine.numpy()
     except Exception as exc:  # a corrupt file can fail anywhere inside pydicom, nibabel or MONAI
         raise Quarantined(f"unreadable {kind}: {exc}") from None
 
@@ -217,6 +221,8 @@ def read_dicom(path: Path) -> Volume:
     first = headers[0]
     _check_voxels([int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0),
                    int(first.get("NumberOfFrames", 1) or 1), len(headers)])
+    for file, header in zip(files, headers, strict=True):
+        _check_dicom_pixels(file, header, path.is_dir())
     if len(headers) > 1:
         _check_series(headers)
     photometric = str(first.get("PhotometricInterpretation", ""))
@@ -249,8 +255,11 @@ def read_dicom(path: Path) -> Volume:
     return Volume(values, spacing, (low, high), unit, modality)
 
 
-def read_nifti(path: Path) -> Volume:
-    """A ``.nii``/``.nii.gz`` file -> physical values (scl_slope/scl_inter applied), 2D or 3D."""
+def read_nifti(path: Path, *, windowed: bool = True) -> Volume:
+    """A ``.nii``/``.nii.gz`` file -> physical values (scl_slope/scl_inter applied), 2D or 3D.
+
+    The header is checked before any voxel is read (``check_nifti_header``); ``windowed``: the dataset has a window
+    (a preset or center/width), without which floating-point voxels have no mapping to 8 bits."""
     import nibabel
     from monai.data import NibabelReader
 
@@ -258,7 +267,7 @@ def read_nifti(path: Path) -> Volume:
         image = nibabel.load(path)  # the header only: the pixels come through MONAI below
     except Exception as exc:  # nibabel raises its own errors, gzip's, numpy's on a broken header
         raise Quarantined(f"unreadable NIfTI: {exc}") from None
-    _check_voxels(list(image.header.get_data_shape()))
+    check_nifti_header(path, image.header, windowed=windowed)
     values, _ = _load(path, NibabelReader(), "NIfTI")
     if values.ndim == 4 and values.shape[3] == 1:
         values = values[..., 0]
@@ -281,6 +290,81 @@ def _check_voxels(shape: list[int]) -> None:
     if voxels > MAX_VOXELS:
         raise Quarantined(f"declares {' x '.join(map(str, shape))} = {voxels} voxels, more than the limit of "
                           f"{MAX_VOXELS} (a decompression bomb?); crop or split the volume")
+
+
+def check_nifti_header(path: Path, header: Any, *, windowed: bool) -> None:
+    """Quarantine a NIfTI file from its header alone, before its voxels are read: more than ``MAX_VOXELS``
+    voxels, a data type without one value per voxel (complex, RGB, structured), floating-point voxels when no
+    window maps them to 8 bits, a declared data size above ``BOMB_BYTES`` that is more than ``BOMB_RATIO`` times
+    the file's, or a declared data size the file cannot hold (a truncated file, or a header that lies about its
+    shape)."""
+    shape = [int(s) for s in header.get_data_shape()]
+    _check_voxels(shape)
+    dtype = np.dtype(header.get_data_dtype())
+    if dtype.kind not in "uif" or dtype.fields is not None:
+        raise Quarantined(f"NIfTI data type {dtype} (from its header) is not one value per voxel; save it as "
+                          "integers or floats")
+    if dtype.kind == "f" and not windowed:
+        raise Quarantined("stores floating-point values: no bit range to map to 8 bits; set data.window or "
+                          "data.window_center and data.window_width")
+    declared = int(header.get_data_offset()) + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    stored = path.stat().st_size
+    if declared > BOMB_BYTES and declared > BOMB_RATIO * stored:
+        raise Quarantined(f"its header declares {declared} bytes of data in a file of {stored} bytes, more than "
+                          f"{BOMB_RATIO}:1 (a decompression bomb?); re-save it uncompressed or crop it")
+    held = _data_size(path, declared)
+    if held < declared:
+        raise Quarantined(f"its header declares {declared} bytes of data but the file holds {held}: truncated, "
+                          "or a header that does not describe the file; re-save it")
+
+
+def _data_size(path: Path, declared: int) -> int:
+    """The bytes the NIfTI file holds once decompressed, counted up to ``declared`` (enough to know it suffices).
+
+    A ``.nii`` holds its size. A ``.nii.gz`` says its size (mod 2**32) in its last four bytes (gzip's ISIZE), which
+    is taken when it agrees with ``declared``; otherwise (several gzip members, or a lie) the stream is decompressed
+    in 1 MiB chunks and counted, never held."""
+    import gzip
+    import zlib
+
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        return size
+    with open(path, "rb") as fh:
+        if size >= 18:  # a gzip header (10 bytes) and trailer (8 bytes) at least
+            fh.seek(-4, 2)
+            if int.from_bytes(fh.read(4), "little") == declared % 2**32:
+                return declared
+        fh.seek(0)
+        counted = 0
+        try:
+            with gzip.GzipFile(fileobj=fh) as stream:
+                while counted < declared and (chunk := stream.read(1 << 20)):
+                    counted += len(chunk)
+        except (OSError, EOFError, zlib.error):
+            pass  # a damaged stream holds what was counted
+        return counted
+
+
+def _check_dicom_pixels(path: Path, header: Any, in_series: bool) -> None:
+    """Quarantine a DICOM file from its header alone: float pixel data, a BitsAllocated other than 1, 8, 16 or 32,
+    or, for an uncompressed transfer syntax, fewer bytes in the file than its Rows, Columns, frames and samples
+    declare."""
+    where = f" ({path.name})" if in_series else ""
+    if "FloatPixelData" in header or "DoubleFloatPixelData" in header:
+        raise Quarantined(f"floating-point pixel data{where}: no fixed range to map to 8 bits")
+    bits = int(header.get("BitsAllocated", 0) or 0)
+    if bits not in (1, 8, 16, 32):
+        raise Quarantined(f"BitsAllocated {bits}{where}: expected 1, 8, 16 or 32")
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not getattr(syntax, "is_compressed", True):
+        declared = (int(header.get("Rows", 0) or 0) * int(header.get("Columns", 0) or 0)
+                    * int(header.get("NumberOfFrames", 1) or 1) * int(header.get("SamplesPerPixel", 1) or 1)
+                    * bits + 7) // 8
+        held = path.stat().st_size
+        if held < declared:
+            raise Quarantined(f"its header declares {declared} bytes of pixels but the file{where} holds {held}: "
+                              "truncated, or a header that does not describe the file")
 
 
 def _header(path: Path, in_series: bool) -> Any:

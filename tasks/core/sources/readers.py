@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthaug.tasks.core.errors import UserError
+from synthaug.tasks.core.errors import UserError, exception_chain
 from synthaug.tasks.core.io.files import atomic_path, file_sha256, tree_sha256
 from synthaug.tasks.core.io.manifest import SPLITS
 from synthaug.tasks.core.sources.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom, is_nifti
@@ -84,8 +84,9 @@ def read_source(path: Path) -> Source:
 def read_folder(root: Path) -> Source:
     """``<root>/<label>/**/<image>``; splits from ``<root>/splits.csv`` (path,split) when present."""
     splits = _read_splits_file(root) if (root / SPLITS_FILE).is_file() else {}
-    files, escaping = _walk(root)
+    files, escaping, odd = _walk(root)
     items = [Item(ref, None, None, None, ESCAPES) for ref in escaping]
+    items += [Item(ref, _class_of(ref), None, None, why) for ref, why in odd]
     series: set[Path] = set()
     for path in files:
         ref = path.relative_to(root).as_posix()
@@ -135,6 +136,8 @@ def read_table(table: Path) -> Source:
             problem = "no label"
         elif problem is None and not path.exists():
             problem = "file not found"
+        elif problem is None and not path.is_file() and not path.is_dir():
+            problem = NOT_REGULAR
         elif problem is None and path.is_dir() and not any(is_dicom(p) for p in path.iterdir() if p.is_file()):
             problem = "a folder, not an image file (a row may name a folder only when it is a DICOM series)"
         items.append(_file_item(ref, label or None, split, path, problem))
@@ -261,8 +264,12 @@ def fetch_dvc(repo: str, rev: str | None, path: str, cache_dir: Path) -> tuple[P
                 fs.get(str(fetched), str(partial / fetched), recursive=True)
                 partial.replace(key)
     except (DvcException, FileNotFoundError) as exc:
-        raise UserError(f"cannot fetch {path} from {at}: {exc}; check data.repo, data.rev, data.source and that the "
-                        f"repository's DVC remote holds the data (dvc push)") from None
+        raise UserError(f"cannot fetch {path} from {at}: {exception_chain(exc)}; check data.repo, data.rev, "
+                        "data.source and that the repository's DVC remote holds the data (dvc push)") from None
+    except Exception as exc:  # scmrepo's and dulwich's errors (an unknown revision, an unreachable host)
+        raise UserError(f"cannot fetch {path} from {at}: {type(exc).__name__}: {exception_chain(exc)}; check "
+                        "data.repo (reachable from here, credentials in git's credential helper) and "
+                        "data.rev") from None
     if not (key / inner).exists():  # a table's folder came, but not the table
         raise UserError(f"data.source: {path} not found in {at}")
     return key / inner, resolved
@@ -310,13 +317,20 @@ def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip()
 
 
-def _walk(root: Path) -> tuple[list[Path], list[str]]:
-    """The files under ``root``, following symlinks while they stay inside it; and the refs of links that leave it.
+NOT_REGULAR = ("not a regular file (a FIFO, socket or device): not read, since opening one can block or never "
+               "end; remove it from the source")
+FOLDER_LIKE_IMAGE = "a folder named like an image file: not read; rename it (or move its images up)"
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
+    """The regular files under ``root``, following symlinks while they stay inside it; the refs of links that leave
+    it; and (ref, why) of entries skipped unread: a FIFO, socket or device, and a folder named like an image file
+    (``x.png/``).
 
     A folder reached twice (a link to a folder inside the root, or a link loop) is read once.
     """
     inside = root.resolve()
-    files, escaping, seen = [], [], set()
+    files, escaping, odd, seen = [], [], [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
         if here.resolve() in seen:
@@ -325,10 +339,13 @@ def _walk(root: Path) -> tuple[list[Path], list[str]]:
         seen.add(here.resolve())
         kept = []
         for name in sorted(dirnames):
-            if (here / name).resolve().is_relative_to(inside):
-                kept.append(name)
+            ref = (here / name).relative_to(root).as_posix()
+            if not (here / name).resolve().is_relative_to(inside):
+                escaping.append(ref)
+            elif name.lower().endswith(IMAGE_SUFFIXES + NIFTI_SUFFIXES):
+                odd.append((ref, FOLDER_LIKE_IMAGE))
             else:
-                escaping.append((here / name).relative_to(root).as_posix())
+                kept.append(name)
         dirnames[:] = kept
         for name in filenames:
             path = here / name
@@ -336,7 +353,15 @@ def _walk(root: Path) -> tuple[list[Path], list[str]]:
                 escaping.append(path.relative_to(root).as_posix())
             elif path.is_file():
                 files.append(path)
-    return sorted(files), sorted(escaping)
+            elif path.exists():  # os.walk lists FIFOs, sockets and devices among the files
+                odd.append((path.relative_to(root).as_posix(), NOT_REGULAR))
+    return sorted(files), sorted(escaping), sorted(odd)
+
+
+def _class_of(ref: str) -> str | None:
+    """The class folder an entry sits in (None at the root)."""
+    parts = PurePosixPath(ref).parts
+    return parts[0] if len(parts) > 1 else None
 
 
 def _inside(root: Path, ref: str) -> Path | None:
