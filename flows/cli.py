@@ -120,11 +120,12 @@ def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: P
 
     records = _run_flow(augment, params, workdir)
     published = records["publish"]
-    fresh = "" if published.get("new") else ", nothing new published"
-    console.print(f"\n[bold]dataset[/]  {published['registry']} @ {published['tag']} "
+    fresh = "" if published.get("new") else "; nothing new published: the images and manifest are those of this version"
+    console.print(f"\n[bold]verdict[/]  {records['evaluate']['utility_gate']}\n"
+                  f"[bold]dataset[/]  {published['registry']} @ {published['tag']} "
                   f"(working copy {published['dataset']}{fresh})\n[bold]report[/]   {records['report']['report']}\n"
                   f"[bold]metrics[/]  {records['evaluate']['metrics']}\n"
-                  f"fetch it: dvc get {published['registry']} datasets/{params.publish.name} --rev {published['tag']}")
+                  f"fetch it: {published['fetch']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -137,10 +138,9 @@ def anonymize(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, work
     from synthaug.flows.anonymize import anonymize as anonymize_flow
 
     released = _run_flow(anonymize_flow, params, workdir)["release"]
-    name = params.privacy.release_name(params.publish.name)
     console.print(f"\n[bold]release[/]  {released['registry']} @ {released['tag']} (synthetic images only; working "
                   f"copy {released['dataset']})\n[bold]privacy[/]  {workdir / 'privacy' / 'privacy.json'}\n"
-                  f"fetch it: dvc get {released['registry']} datasets/{name} --rev {released['tag']}")
+                  f"fetch it: {released['fetch']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
