@@ -110,6 +110,8 @@ def _verdict(metrics: Mapping[str, Any], privacy: Mapping[str, Any] | None) -> d
     rows = headline_gains(u)
     gains = [(family, [r for r in rows if r["family"] == family])
              for family in dict.fromkeys(r["family"] for r in rows)]
+    if situation == "nothing_accepted":  # real_synthetic is the oversampled real set: no gain to show
+        gains = []
     return {"css": situation, "privacy": None, "headline": HEADLINES[situation], "passed": gate["passed"],
             "verdict": gate["verdict"], "rule": gate["rule"], "accepted": accepted, "generated": generated,
             "share": accepted / generated if generated else None, "shortfall": shortfall,
@@ -376,7 +378,7 @@ def privacy_report(ingest_dir: Path, filter_dir: Path, privacy_dir: Path, *, pai
     synthetic = synthetic_rows(filter_dir)
     audited = "attack" in record and (privacy_dir / DCR_PLOT).is_file()  # an empty release has no audit
     page = render("report_refused.html.j2", title="synthaug privacy gate: nothing released", thumb_px=THUMB_PX,
-                  verdict=_privacy_verdict(record), run=RunInfo(),
+                  num=_num, verdict=_privacy_verdict(record), run=RunInfo(),
                   privacy=_privacy(record, privacy_dir) if audited else None,
                   memorization=_memorization(real_rows(ingest_dir), synthetic, ingest_dir, filter_dir, pairs))
     path = privacy_dir / REPORT_FILE

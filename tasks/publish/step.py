@@ -74,7 +74,7 @@ from synthaug.tasks.core.publishing.registry import (
     tag_for,
 )
 from synthaug.tasks.core.publishing.vcs import SITE_CACHE, dvc, git, is_url, normalize_location, rmtree, run_command
-from synthaug.tasks.core.render import RUN_FILE, read_run, stamp_run
+from synthaug.tasks.core.render import RUN_FILE, read_run, render, stamp_run
 
 log = logging.getLogger("synthaug.publish")  # tasks.core.logs: reaches the Prefect run log
 
@@ -315,7 +315,7 @@ def name_version(folder: Path, name: str, tag: str, date: str, *, registry: str 
         lines = [line for line in card.read_text(encoding="utf-8").splitlines() if not line.startswith(GENERATOR_ROW)]
         at = next((i + 1 for i, line in enumerate(lines) if line.startswith(CARD_CHECKPOINT_ROW)), None)
         if at is not None:
-            lines.insert(at, f"{GENERATOR_ROW} {generator} (`{MODELS_DIR}/{name}` in this registry) |")
+            lines.insert(at, render("card_generator_row.md.j2", tag=generator, path=f"{MODELS_DIR}/{name}").strip())
             write_atomic(("\n".join(lines) + "\n").encode("utf-8"), card)
 
 

@@ -299,7 +299,7 @@ def _stamped_dataset(folder: Path, variant: str, run: RunInfo, extras: str | Non
 
 
 def test_publish_names_the_version_in_both_copies_and_an_unchanged_rerun_publishes_nothing(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     run = RunInfo(dataset=NAME, family="diffusion", code_version="git 1234abcd", source="digits",
                   source_rev="e" * 40, source_hash="d" * 64)
     ds = _stamped_dataset(tmp_path / "ds", "a", run)
@@ -331,6 +331,7 @@ def test_publish_names_the_version_in_both_copies_and_an_unchanged_rerun_publish
 
     # Params, metrics, report and card changed, images and manifest not (a params-only re-run): nothing published,
     # the log says so, and the assembled copy names the version it equals.
+    monkeypatch.setattr(logging.getLogger("synthaug"), "propagate", True)  # the CLI's stderr handler may own it
     caplog.set_level(logging.INFO, logger="synthaug")
     params_only = _stamped_dataset(tmp_path / "ds-params", "a", run, extras="other params and metrics")
     same = publish(params_only, params, workdir=tmp_path / "work")

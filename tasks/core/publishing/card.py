@@ -23,7 +23,8 @@ UNKNOWN_LICENSE = "unknown"  # Hugging Face's id for "the license is not known":
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
 SPLITS = ("train", "val", "test")
-SITUATIONS = {"nothing_accepted": "nothing was accepted", "harm": "the synthetic images measurably hurt",
+NOTHING = "nothing was accepted"
+SITUATIONS = {"nothing_accepted": NOTHING, "harm": "the synthetic images measurably hurt",
               "gain": "measurable gain", "no_gain": "no measurable gain"}  # tasks/core/evaluation/gate.py
 
 
@@ -66,7 +67,7 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
                   header=_header(name, run, contents, license, synthetic_only=synthetic_only),
                   summary=summary or _summary(contents, run, counts),
                   gate=gate, situation=_situation(gate),
-                  gains=_gains(utility) if utility and not synthetic_only else None,
+                  gains=_gains(utility) if utility and not synthetic_only and _situation(gate) != NOTHING else None,
                   test_size=(utility or {}).get("setup", {}).get("test_size"),
                   seeds=(utility or {}).get("setup", {}).get("seeds"), acceptance=counts,
                   recipe=(utility or {}).get("setup", {}).get("recipe"), gate_enforced=gate_enforced,
