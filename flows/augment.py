@@ -1,12 +1,18 @@
 """The ``augment`` flow: every step of ``flows.dag.STEPS`` as a Prefect task with a content-based cache key.
 
-A re-run with nothing changed gets each step's result from Prefect's cache (keyed on the step's params
-sections, input files and code) and says so; a step whose outputs were deleted is run again.
+A re-run with nothing changed gets each step's result from Prefect's cache (keyed on the step's params keys, input
+files and code) and says so; a step whose outputs were deleted is run again. The publish step is never cached: it asks
+the registry every time (and publishes nothing when the images and manifest are those of the latest version).
+
+The run's log tells the story (``tasks/core/logs.py`` routes the ``synthaug`` logger to it): progress, the filter
+summary and shortfall, the utility gate's verdict, the published tags. A problem the user must fix (``UserError``) is
+one ERROR line there, its message, without a traceback (``one_line_errors``); other failures keep theirs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,7 @@ from synthaug.flows.catalog import INGEST_MANIFEST, METRICS, PER_CLASS_TABLE, PL
 from synthaug.flows.dag import STEPS, Record, Step, cache_key
 from synthaug.flows.params import Params
 from synthaug.flows.preflight import preflight
-from synthaug.tasks.core.errors import UserError, masked_exception
+from synthaug.tasks.core.errors import UserError, mask_secrets, masked_exception
 from synthaug.tasks.core.io.locks import workdir_lock
 from synthaug.tasks.core.logs import enable
 
@@ -51,6 +57,8 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
         try:
             record = step.run(params, Path(workdir))
         except Exception as exc:  # Prefect stores the message as the run's state: no credential in it
+            if isinstance(exc, UserError):
+                report_user_error(exc)
             masked = masked_exception(exc)
             if masked is exc:
                 raise
@@ -60,12 +68,77 @@ def step_task(step: Step, workdir: Path, params: Params | None = None):
             stamp.write_text(key)
         return record
 
-    if step.always_changed:
+    if step.always_changed or step.publishes:
         return task(run, name=step.name, cache_policy=NO_CACHE, retries=step.retries, retry_delay_seconds=[5, 30],
                     retry_condition_fn=transient)
     return task(run, name=step.name, cache_key_fn=_key(step), persist_result=True,
                 result_storage=(workdir / ".prefect-results").resolve(), refresh_cache=bool(missing) or overwritten,
                 retries=step.retries, retry_delay_seconds=[5, 30], retry_condition_fn=transient)
+
+
+class _OneLineUserErrors(logging.Filter):
+    """On Prefect's run loggers: a ``UserError`` is one ERROR line per flow run, its message (secrets masked). The
+    first record carrying it becomes that line (unless ``report_user_error`` logged it already); later ones (the task
+    engine's "failed with exception" and the flow engine's "Encountered exception", each with a traceback) are
+    dropped, and "Finished in state Failed(...)" lines repeating it are logged at INFO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def remember(self, run: str, exc: BaseException) -> bool:
+        """Record ``exc`` for flow run ``run``; False when it was already."""
+        key = (run, _gist(str(exc)))
+        new = key not in self.seen
+        self.seen.add(key)
+        return new
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = str(getattr(record, "flow_run_id", "") or "")
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UserError):
+            if not self.remember(run, exc):
+                return False
+            record.msg, record.args, record.exc_info, record.exc_text = one_line(exc), (), None, None
+            record.levelno, record.levelname = logging.ERROR, "ERROR"
+            return True
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Finished in state"):
+            said = _gist(record.getMessage())
+            if any(r == run and gist and gist in said for r, gist in self.seen):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_FILTER = _OneLineUserErrors()
+RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+
+
+def _gist(text: str) -> str:
+    """A message's first line without quotes and backslashes (Prefect repeats messages through ``repr``)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return "".join(ch for ch in first if ch not in "'\"\\")[:80]
+
+
+def one_line(exc: BaseException) -> str:
+    """A user error as the command line prints it: its message, secrets masked."""
+    return mask_secrets(str(exc).strip()) or type(exc).__name__
+
+
+def one_line_errors() -> None:
+    """Install the filter of ``_OneLineUserErrors`` on Prefect's run loggers (once per process)."""
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+def report_user_error(exc: UserError) -> None:
+    """Log ``exc`` as the one ERROR line of the current run (a task's or a flow's) before it propagates."""
+    one_line_errors()
+    logger = get_run_logger()
+    run = getattr(logger, "extra", {}).get("flow_run_id")
+    if _FILTER.remember(str(run or ""), exc):
+        logger.error("%s", one_line(exc))
 
 
 def transient(_task: Any, _run: Any, state: Any) -> bool:
@@ -83,6 +156,7 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
     """
     logger = get_run_logger()
     enable()  # the steps' synthaug records (progress, filter summary, published tag) at INFO in the run's log
+    one_line_errors()
     root = Path(workdir)
     records: dict[str, Record] = {}
     with workdir_lock(root):  # the whole run: another writer would delete files between our steps
@@ -91,11 +165,9 @@ def run_steps(steps: Sequence[Step], params: Params, workdir: str) -> dict[str, 
             records[step.name] = state.result()
             if state.name == "Cached":
                 logger.info("%s: unchanged inputs, params and code: reused the cached result", step.name)
-                record = {"reused": "cached result of an earlier run", **records[step.name]}
-                for flag in ("new", "generator_new"):  # the earlier run published those versions; this one nothing
-                    if flag in record:
-                        record[flag] = False
-                records[step.name] = record
+                records[step.name] = {"reused": "cached result of an earlier run", **records[step.name]}
+            if step.publishes:
+                _say_published(logger, records[step.name])
             if step.name == "ingest" and "train" in [s.name for s in steps]:
                 for note in preflight(params, INGEST_MANIFEST.path(root)):
                     logger.warning("preflight: %s", note)
@@ -110,28 +182,52 @@ def augment(params: Params, workdir: str = "data/work") -> dict[str, Record]:
     return records
 
 
+def _say_published(logger: Any, record: Record) -> None:
+    """The published tag (or why nothing was published) and how to fetch it, in the run's log."""
+    if record.get("new"):
+        logger.info("published %s in %s; fetch it: %s", record["tag"], record["registry"], record.get("fetch"))
+    else:
+        logger.info("nothing new published: the images and manifest are those of %s; fetch it: %s", record["tag"],
+                    record.get("fetch"))
+
+
 def _summary_artifacts(workdir: Path, records: dict[str, Record]) -> None:
-    """The run at a glance in the Prefect UI: a markdown summary and a per-class table."""
+    """The run at a glance in the Prefect UI: a markdown summary (the verdict, the published version and how to fetch
+    it, acceptance, utility) and a per-class table."""
+    from synthaug.tasks.core.evaluation.gate import headline_gains
+
     plan = PLAN_CSV.read(workdir)
     per_class = PER_CLASS_TABLE.read(workdir)
     table = plan.merge(per_class.drop(columns=["real"]), on="class", how="left")
     metrics = METRICS.read(workdir)
     utility = metrics["utility"]
+    gate = utility["gate"]
     published = records["publish"]
     shortfall = records["filter"].get("shortfall") or {}
+    counts = metrics["counts"]
+    generated, accepted = (sum(counts[k].values()) for k in ("synthetic_generated", "synthetic_accepted"))
+    gains = headline_gains(utility)
     lines = [
         "# synthaug augment", "",
-        f"**Dataset:** `{published['registry']}` @ `{published['tag']}`"
-        + ("" if published.get("new") else " (nothing new to publish)"), "",
-        f"**Plan:** {int(plan['to_generate'].sum())} synthetic images to generate over {len(plan)} classes.", "",
-        "**Shortfall after top-up:** " + (", ".join(f"{k}: {v}" for k, v in shortfall.items()) or "none"), "",
+        f"**Verdict:** {gate['verdict']}", "",
+        (f"**Published:** `{published['tag']}` in `{published['registry']}`" if published.get("new") else
+         f"**Nothing new published:** the images and manifest are those of `{published['tag']}`"), "",
+        f"Fetch it: `{published.get('fetch')}`", "",
+        f"**Accepted:** {accepted} of {generated} generated synthetic images; **shortfall after top-up:** "
+        + (", ".join(f"{k}: {v}" for k, v in shortfall.items()) or "none"), "",
+        "| family | metric | best real baseline | real + synthetic | gain [95% CI] |", "|---|---|---|---|---|",
+        *(f"| {r['family']} | {r['label']} | {_fmt(r['baseline_mean'])} ({r['baseline']}) | {_fmt(r['mean'])} | "
+          + (f"{r['gain']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]" if r["gain"] is not None
+             else "not measured") + " |" for r in gains),
+        "", f"**Plan:** {int(plan['to_generate'].sum())} synthetic images to generate over {len(plan)} classes.", "",
         "| condition | balanced accuracy | minority recall |", "|---|---|---|",
         *(f"| {c} | {utility[c]['balanced_accuracy']['mean']:.3f} ± {utility[c]['balanced_accuracy']['std']:.3f} | "
           f"{_fmt(utility[c]['minority_recall']['mean'])} |"
           for c in utility["setup"]["conditions"]),
-        "", f"Report: `{records['report']['report']}`; metrics: `{records['evaluate']['metrics']}`.",
+        "", f"Report (on this machine): `{records['report']['report']}`, also inside the published dataset; metrics: "
+            f"`{records['evaluate']['metrics']}`.",
     ]
-    create_markdown_artifact("\n".join(lines), key="augment-summary", description="plan, acceptance, utility")
+    create_markdown_artifact("\n".join(lines), key="augment-summary", description="verdict, published version, utility")
     create_table_artifact(json.loads(table.to_json(orient="records")), key="augment-per-class",
                           description="per class: plan, accepted synthetic images, recall per condition")
 

@@ -120,11 +120,12 @@ def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: P
 
     records = _run_flow(augment, params, workdir)
     published = records["publish"]
-    fresh = "" if published.get("new") else ", nothing new published"
-    console.print(f"\n[bold]dataset[/]  {published['registry']} @ {published['tag']} "
+    fresh = "" if published.get("new") else "; nothing new published: the images and manifest are those of this version"
+    console.print(f"\n[bold]verdict[/]  {records['evaluate']['utility_gate']}\n"
+                  f"[bold]dataset[/]  {published['registry']} @ {published['tag']} "
                   f"(working copy {published['dataset']}{fresh})\n[bold]report[/]   {records['report']['report']}\n"
                   f"[bold]metrics[/]  {records['evaluate']['metrics']}\n"
-                  f"fetch it: dvc get {published['registry']} datasets/{params.publish.name} --rev {published['tag']}")
+                  f"fetch it: {published['fetch']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -137,10 +138,9 @@ def anonymize(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, work
     from synthaug.flows.anonymize import anonymize as anonymize_flow
 
     released = _run_flow(anonymize_flow, params, workdir)["release"]
-    name = params.privacy.release_name(params.publish.name)
     console.print(f"\n[bold]release[/]  {released['registry']} @ {released['tag']} (synthetic images only; working "
                   f"copy {released['dataset']})\n[bold]privacy[/]  {workdir / 'privacy' / 'privacy.json'}\n"
-                  f"fetch it: dvc get {released['registry']} datasets/{name} --rev {released['tag']}")
+                  f"fetch it: {released['fetch']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -215,7 +215,11 @@ def params_doc(write: bool = typer.Option(False, help="Write docs/params.md inst
 
 
 def main() -> None:
-    """Console entry point: user errors print one line and exit 1 (SYNTHAUG_DEBUG=1 shows the traceback)."""
+    """Console entry point: user errors print one line and exit 1 (SYNTHAUG_DEBUG=1 shows the traceback); SIGTERM
+    and SIGINT stop the command within seconds, exiting 143 / 130 (``flows/stopping.py``)."""
+    from synthaug.flows.stopping import install
+
+    install()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls (and errors) offline
@@ -230,6 +234,8 @@ def main() -> None:
         app(standalone_mode=False)
     except SystemExit:
         raise
+    except KeyboardInterrupt as exc:  # Stopped by SIGTERM or SIGINT: the with blocks have unwound
+        _stopped(exc)
     except Exception as exc:  # one line for the user; the traceback on request
         if os.environ.get("SYNTHAUG_DEBUG"):
             raise
@@ -238,11 +244,22 @@ def main() -> None:
         if isinstance(exc, ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, Abort):
-            sys.exit(130)
+        if isinstance(exc, Abort):  # click turns a KeyboardInterrupt into Abort
+            _stopped(exc.__cause__)
         from synthaug.tasks.core.errors import mask_secrets
 
         first = str(exc).strip().splitlines()
         detail = mask_secrets("\n".join(first)) if first else type(exc).__name__
         console.print(f"[bold red]error:[/] {detail}", highlight=False)
         sys.exit(1)
+
+
+def _stopped(exc: BaseException | None) -> None:
+    """Exit after a stop signal: one line, and the shell's code for it (128 + the signal number)."""
+    import signal
+
+    from synthaug.flows.stopping import exit_code
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    console.print(f"stopped ({signal.Signals(signum).name}); run the same command again to continue", highlight=False)
+    sys.exit(exit_code(signum))

@@ -5,9 +5,17 @@ A step reads params sections, files of earlier steps (``deps``, relative to the 
 ``flows/catalog.py``) and code (``code``: the files its adapter reaches through imports, computed by
 ``flows/code_deps.py``); it writes ``outs`` (catalog paths too). Its cache key is the hash of all three.
 
-``STEPS`` is the ``augment`` DAG (and ``dvc.yaml``). The ``anonymize`` flow runs ``ANONYMIZE``: the same steps up to
-the filter, then the privacy gate, the evaluation and the synthetic-only release (``PRIVACY_STEPS``). Those two are
-not stages of ``dvc.yaml``: `dvc repro` would otherwise publish an anonymized release beside every augmented one.
+``STEPS`` is the ``augment`` DAG. Publishing is an act, never a side effect of ``dvc repro`` or ``dvc exp run``: the
+steps that write a data registry (``publishes``: ``publish``, and the ``release`` of ``PRIVACY_STEPS``) are no stages
+of ``dvc.yaml`` and are never taken from Prefect's cache. ``dvc repro`` builds everything up to the publishable
+dataset folder (the ``assemble`` stage); ``synthaug publish`` (or ``synthaug run``, or a scheduled run) publishes it.
+The ``anonymize`` flow runs ``ANONYMIZE``: the same steps up to the filter, then the privacy gate, the evaluation and
+the synthetic-only release.
+
+Params: each step lists the keys it reads (``Step.params``): a dotted key (``filter.device``), a whole section when
+the step reads all of it (``plan``), ``model.${model.family}`` for the chosen family's sub-section (DVC resolves the
+same template from params.yaml, so ``-S model.family=gan`` re-runs train and ``-S model.vae.steps=9`` does not while
+the family is diffusion), or ``ALL_PARAMS`` for a step that ships the whole resolved params file.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +65,9 @@ from synthaug.flows.params import Params
 from synthaug.tasks.core.io.files import files_under, tree_sha256
 
 DEFAULT_WORKDIR = Path("data/work")
+PARAMS_FILE = "params.yaml"
+ALL_PARAMS = "*"  # Step.params entry: every key (dvc.yaml: the whole params file)
+_TEMPLATE = re.compile(r"\$\{([\w.]+)\}")  # ${model.family} in a params key, as DVC's dvc.yaml templating reads it
 
 Record = dict[str, Any]  # what a step returns: small, JSON-able facts (paths, hashes, counts)
 
@@ -72,6 +84,7 @@ class Step:
     plots: tuple[str, ...] = ()  # CSV tables (drawn as PLOTS says) and PNG charts `dvc plots show` renders
     retries: int = 0  # steps that touch remote storage (DVC fetch, push) retry with backoff
     always_changed: bool = False  # reads what no dep can name (the source): runs every time, never cached
+    publishes: bool = False  # writes a data registry: an act (no dvc.yaml stage), run every time, never cached
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -205,7 +218,7 @@ def _evaluate(p: Params, workdir: Path) -> Record:
 
     path = evaluate_step(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.evaluate,
                          EVALUATE.path(workdir), processes=p.runner.cpu_processes)
-    return {"metrics": str(path)}
+    return {"metrics": str(path), "utility_gate": json.loads(path.read_text())["utility"]["gate"]["verdict"]}
 
 
 def _report(p: Params, workdir: Path) -> Record:
@@ -215,29 +228,59 @@ def _report(p: Params, workdir: Path) -> Record:
                                       REPORT.path(workdir)))}
 
 
-def _publish(p: Params, workdir: Path) -> Record:
+def _license(p: Params) -> str | None:
+    """The cards' license: ``publish.license``, else the bundled example's when it is the source (None: unknown)."""
+    from synthaug.tasks.core.sources.example import LICENSE, SOURCE
+
+    return p.publish.license or (LICENSE if p.data.source == SOURCE and p.data.repo is None else None)
+
+
+def _assemble(p: Params, workdir: Path) -> Record:
+    """The publishable dataset folder and its generator folder; nothing leaves the workdir (``_publish`` does that)."""
     from synthaug.flows.params import dump_params
     from synthaug.models.training import has_checkpoint
-    from synthaug.tasks.core.evaluation.gate import enforce_gate
     from synthaug.tasks.core.publishing.generators import assemble_generator
     from synthaug.tasks.publish.assemble import assemble
-    from synthaug.tasks.publish.step import publish
 
-    gate = enforce_gate(EVALUATE.path(workdir), p.publish.utility_gate)  # refused: raises, nothing assembled
     dataset = assemble(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), REPORT.path(workdir),
-                       dump_params(p), DATASET.path(workdir), name=p.publish.name)
-    generator = None
+                       dump_params(p), DATASET.path(workdir), name=p.publish.name, license=_license(p),
+                       gate_enforced=p.publish.utility_gate)
+    generator = GENERATOR.path(workdir)
     if has_checkpoint(CHECKPOINT.path(workdir)):
-        generator = assemble_generator(MODEL.path(workdir), INGEST_MANIFEST.path(workdir), dump_params(p),
-                                       GENERATOR.path(workdir))
+        assemble_generator(MODEL.path(workdir), INGEST_MANIFEST.path(workdir), dump_params(p), generator,
+                           license=_license(p))
     else:  # a workdir whose steps came from elsewhere (no trained model here): the dataset alone is published
-        _say("publish: no generator checkpoint in this workdir; the dataset is published without a generator version")
-    result = publish(dataset, p.publish, workdir=workdir, generator=generator)
+        import shutil
+
+        shutil.rmtree(generator, ignore_errors=True)
+        _say("assemble: no generator checkpoint in this workdir; the dataset will be published without a generator")
+    return {"dataset": str(dataset), "generator": str(generator) if generator.is_dir() else None}
+
+
+def _publish(p: Params, workdir: Path) -> Record:
+    """The act of publishing the assembled dataset (and its generator) to the registry; the workdir's report and
+    dataset then carry the same version stamp as the registry's copy."""
+    import shutil
+
+    from synthaug.models.training import has_checkpoint
+    from synthaug.tasks.core.evaluation.gate import enforce_gate
+    from synthaug.tasks.publish.step import check_dataset, publish
+
+    dataset = DATASET.path(workdir)
+    check_dataset(dataset, hint=f"run `synthaug assemble --workdir {workdir}` (or `dvc repro`) first")
+    gate = enforce_gate(dataset, p.publish.utility_gate)  # the metrics shipped with the dataset; refused: raises
+    generator = GENERATOR.path(workdir)
+    result = publish(dataset, p.publish, workdir=workdir,
+                     generator=generator if has_checkpoint(generator / "checkpoint") else None)
+    stamped = dataset / "report.html"  # publish stamped the workdir copy as it stamped the registry's
+    if REPORT.path(workdir).is_dir() and stamped.is_file():
+        shutil.copyfile(stamped, REPORT.path(workdir) / "report.html")
     if result.generator_new:
         _say(f"publish: generator {result.generator_tag} (started from {_warm_from(workdir) or 'scratch'})")
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
             "generator_tag": result.generator_tag, "generator_new": result.generator_new,
-            "utility_gate": "passed" if gate["passed"] else "refused, published anyway (publish.utility_gate=false)"}
+            "utility_gate": "passed" if gate["passed"] else "refused, published anyway (publish.utility_gate=false)",
+            "fetch": result.fetch_command}
 
 
 def _privacy(p: Params, workdir: Path) -> Record:
@@ -245,7 +288,11 @@ def _privacy(p: Params, workdir: Path) -> Record:
 
     result = privacy_gate(INGEST.path(workdir), FILTER.path(workdir), JUDGE.path(workdir), p.privacy, p.filter,
                           PRIVACY.path(workdir), checkpoint_dir=CHECKPOINT.path(workdir))
-    result.raise_if_failed()
+    if not result.passed:  # the failed checks, the pictures that show them and what to change; nothing released
+        from synthaug.tasks.report import privacy_report
+
+        result.raise_if_failed(report=privacy_report(INGEST.path(workdir), FILTER.path(workdir),
+                                                     PRIVACY.path(workdir)))
     attack = result.report["attack"]
     return {"privacy": str(result.path), "passed": True, "released": result.report["release"]["images"],
             **{f"attack_auc_{s}": round(attack[s]["auc"], 4) for s in ("pixel", "feature")},
@@ -265,7 +312,7 @@ def _release(p: Params, workdir: Path) -> Record:
     target = p.publish.model_copy(update={"name": p.privacy.release_name(p.publish.name)})
     dataset = assemble_anonymized(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir),
                                   PRIVACY.path(workdir), dump_params(p), p.privacy, RELEASE.path(workdir),
-                                  name=target.name)
+                                  name=target.name, license=_license(p))
     # The release's report shows only what is released: its privacy.json, no real or rejected image, and the run
     # record assemble_anonymized wrote (source withheld).
     report_step(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), dataset, privacy_dir=dataset,
@@ -273,7 +320,7 @@ def _release(p: Params, workdir: Path) -> Record:
     result = publish(dataset, target, workdir=workdir)
     ratio = json.loads((dataset / PRIVACY_FILE).read_text())["utility"]["balanced_accuracy"]["ratio"]["mean"]
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
-            "tstr_trtr_balanced_accuracy": ratio}
+            "tstr_trtr_balanced_accuracy": ratio, "fetch": result.fetch_command}
 
 
 def _rel(*artifacts: Artifact) -> tuple[str, ...]:
@@ -281,11 +328,23 @@ def _rel(*artifacts: Artifact) -> tuple[str, ...]:
     return tuple(a.rel for a in artifacts)
 
 
+# What train reads of the model section: every key but the families' sub-sections, and the chosen family's.
+TRAIN_MODEL_KEYS = tuple(f"model.{key}" for key in ("family", "device", "seed", "init_from", "pretrained", "warm_start",
+                                                    "warm_start_fraction", "grid_every", "device_dataset_mb",
+                                                    "processes", "dp"))
+FAMILY_SECTION = "model.${model.family}"
+
+# What train reads of the model section: every key but the families' sub-sections, and the chosen family's.
+TRAIN_MODEL_KEYS = tuple(f"model.{key}" for key in ("family", "device", "seed", "init_from", "pretrained", "warm_start",
+                                                    "warm_start_fraction", "grid_every", "device_dataset_mb",
+                                                    "processes", "dp"))
+FAMILY_SECTION = "model.${model.family}"
+
 STEPS: tuple[Step, ...] = (
     # The source lives outside the workdir (a folder, a table, a DVC repository at a moving revision): this step
     # hashes it on every run, and ingest depends on the hash, so a changed source re-runs ingest and what follows.
     Step("fingerprint", "Hash the source dataset (stat-cached, as DVC does) so that a changed source re-runs ingest.",
-         _fingerprint, params=("data",), deps=(), outs=_rel(FINGERPRINT),
+         _fingerprint, params=("data.source", "data.repo", "data.rev"), deps=(), outs=_rel(FINGERPRINT),
          retries=2, always_changed=True),
     Step("ingest", "Read the source dataset into normalized images, manifest.parquet and quarantine.parquet.",
          _ingest, params=("data",), deps=_rel(SOURCE_JSON), outs=_rel(INGEST),
@@ -294,7 +353,8 @@ STEPS: tuple[Step, ...] = (
          _plan, params=("plan",), deps=_rel(INGEST_MANIFEST), outs=_rel(PLAN)),
     Step("train", "Train or fine-tune the model.family generator on the real train split (warm start: from the "
                   "last published generator).",
-         _train, params=("model", "publish.name", "publish.registry"), deps=_rel(INGEST_MANIFEST),
+         _train, params=(*TRAIN_MODEL_KEYS, FAMILY_SECTION, "publish.name", "publish.registry"),
+         deps=_rel(INGEST_MANIFEST),
          outs=_rel(MODEL)),
     Step("generate", "Sample the planned number of images per class, one file per seed.",
          _generate, params=("generate",), deps=_rel(PLAN_CSV, CHECKPOINT), outs=_rel(GENERATE)),
@@ -308,10 +368,16 @@ STEPS: tuple[Step, ...] = (
          metrics=_rel(SUMMARY), plots=_rel(UTILITY_TABLE, PER_CLASS_TABLE, *CHARTS)),
     Step("report", "Write the self-contained report.html.",
          _report, params=(), deps=_rel(INGEST, FILTER, METRICS, *CHARTS), outs=_rel(REPORT)),
-    Step("publish", "Assemble the dataset and its generator; publish them to the DVC data registry as <name>/v<N> "
-                    "and <name>-generator/v<N>.",
-         _publish, params=("publish",), deps=_rel(INGEST, FILTER, METRICS, REPORT, MODEL),
-         outs=_rel(DATASET, GENERATOR), retries=2),
+    # The dataset ships the resolved params: every key is an input of this step.
+    Step("assemble", "Assemble the publishable dataset folder (images, manifest, metrics, report, card, params) and "
+                     "its generator folder; nothing is published.",
+         _assemble, params=(ALL_PARAMS,), deps=_rel(INGEST, FILTER, METRICS, REPORT, MODEL),
+         outs=_rel(DATASET, GENERATOR)),
+    # Publishing is an act: no stage of dvc.yaml (`dvc repro` / `dvc exp run` never write the registry), and never
+    # taken from Prefect's cache (the registry is asked every time).
+    Step("publish", "Publish the assembled dataset and its generator to the DVC data registry as <name>/v<N> and "
+                    "<name>-generator/v<N> (nothing when the images and manifest equal the latest version).",
+         _publish, params=("publish",), deps=_rel(DATASET, GENERATOR), outs=(), retries=2, publishes=True),
 )
 
 
@@ -320,8 +386,8 @@ PRIVACY_STEPS: tuple[Step, ...] = (
          _privacy, params=("privacy", "filter.extractor", "filter.device", "filter.memorization_quantile"),
          deps=_rel(INGEST, FILTER, JUDGE, CHECKPOINT), outs=_rel(PRIVACY)),
     Step("release", "Assemble the synthetic-only release (gate passed) and publish it as <privacy name>/v<N>.",
-         _release, params=("privacy", "publish"), deps=_rel(INGEST_MANIFEST, FILTER, METRICS, *CHARTS, PRIVACY),
-         outs=_rel(RELEASE), retries=2),
+         _release, params=(ALL_PARAMS,), deps=_rel(INGEST_MANIFEST, FILTER, METRICS, *CHARTS, PRIVACY),
+         outs=_rel(RELEASE), retries=2, publishes=True),
 )
 
 
@@ -348,12 +414,23 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def cache_key(s: Step, params: Params, workdir: Path, extra: str = "", *, root: Path = REPO_ROOT) -> str:
-    """Content hash of what the step reads: its params sections, its input files and its code (under ``root``)."""
-    digest = hashlib.sha256(s.name.encode())
+def resolve_key(key: str, dumped: dict[str, Any]) -> str:
+    """A ``Step.params`` key with its ``${...}`` templates filled in from the params (as DVC fills dvc.yaml's)."""
+    return _TEMPLATE.sub(lambda m: str(_lookup(dumped, m.group(1))), key)
+
+
+def params_read(s: Step, params: Params) -> dict[str, Any]:
+    """The values of the params ``s`` reads, by resolved key (``ALL_PARAMS``: the whole params document)."""
     dumped = params.model_dump(mode="json")
-    sections = {name: _lookup(dumped, name) for name in s.params}
-    digest.update(json.dumps(sections, sort_keys=True).encode())
+    if ALL_PARAMS in s.params:
+        return dumped
+    return {resolve_key(k, dumped): _lookup(dumped, resolve_key(k, dumped)) for k in s.params}
+
+
+def cache_key(s: Step, params: Params, workdir: Path, extra: str = "", *, root: Path = REPO_ROOT) -> str:
+    """Content hash of what the step reads: its params keys, its input files and its code (under ``root``)."""
+    digest = hashlib.sha256(s.name.encode())
+    digest.update(json.dumps(params_read(s, params), sort_keys=True).encode())
     for path in [workdir / dep for dep in s.deps] + [root / code for code in s.code]:
         digest.update(f"{path.name}\0{tree_sha256(files_under(path), path.parent)}\n".encode())
     digest.update(extra.encode())
@@ -380,7 +457,8 @@ PLOTS: dict[str, dict[str, Any]] = {
 
 
 def _plot_definitions(workdir: Path) -> list[Any]:
-    """dvc.yaml's top-level ``plots``: PLOTS with workdir paths, then each PNG chart as an image plot."""
+    """dvc.yaml's top-level ``plots``: PLOTS with workdir paths, then each PNG chart as an image plot. These are the
+    only plot definitions: the stages list the same files as plain outs, so `dvc plots show` draws each once."""
     tables = [{name: {**spec, "y": {(workdir / t).as_posix(): col for t, col in spec["y"].items()}}}
               for name, spec in PLOTS.items()]
     images = [(workdir / p).as_posix() for s in STEPS for p in s.plots if p.endswith(".png")]
@@ -388,23 +466,25 @@ def _plot_definitions(workdir: Path) -> list[Any]:
 
 
 def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
-    """``dvc.yaml`` for the same DAG: one stage per step, each running that step through the CLI."""
+    """``dvc.yaml`` for the same DAG: one stage per step, each running that step through the CLI; the steps that
+    publish are no stages (publishing is an act: ``synthaug publish``)."""
     stages = {}
     for s in STEPS:
+        if s.publishes:
+            continue
         stage: dict[str, Any] = {"cmd": f"synthaug {s.name} --workdir {workdir.as_posix()}"}
         deps = list(s.code) + [(workdir / d).as_posix() for d in s.deps]
         stage["deps"] = deps
         if s.params:
-            stage["params"] = list(s.params)
+            stage["params"] = [{PARAMS_FILE: None} if k == ALL_PARAMS else k for k in s.params]
         if s.always_changed:
             stage["always_changed"] = True
-        stage["outs"] = [(workdir / o).as_posix() for o in s.outs]
-        # Metrics and plots go to the DVC cache like the outs: the workdir is git-ignored, and `dvc exp show` /
-        # `dvc plots diff` read other experiments' files from the cache.
+        # The plotted tables and charts are plain outs (the top-level `plots` draw them once each). Outs, metrics
+        # and plots go to the DVC cache: the workdir is git-ignored, and `dvc exp show` / `dvc plots diff` read other
+        # experiments' files from the cache.
+        stage["outs"] = [(workdir / o).as_posix() for o in s.outs + s.plots]
         if s.metrics:
             stage["metrics"] = [(workdir / m).as_posix() for m in s.metrics]
-        if s.plots:
-            stage["plots"] = [(workdir / m).as_posix() for m in s.plots]
         stages[s.name] = stage
     header = "# Generated from flows/dag.py by `synthaug dag --write`; a test keeps the two identical.\n"
     return header + yaml.safe_dump({"stages": stages, "plots": _plot_definitions(workdir)}, sort_keys=False)

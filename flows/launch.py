@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,15 @@ def torchrun_step(step: str, params: Params, workdir: Path, processes: int) -> N
         resolved.write_text(dump_params(params))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "synthaug", step, "--params", str(resolved), "--workdir", str(workdir)]
-        done = subprocess.run(cmd, check=False)
-    if done.returncode != 0:
-        raise UserError(f"{step} in {processes} processes (torchrun) failed with exit code {done.returncode}; "
+        proc = subprocess.Popen(cmd)
+        try:
+            while proc.poll() is None:  # wake every half second: a stop signal is handled (flows/stopping.py)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.5)
+        finally:
+            if proc.poll() is None:  # stopped while torchrun ran: it stops too
+                proc.terminate()
+                proc.wait(timeout=30)
+    if proc.returncode != 0:
+        raise UserError(f"{step} in {processes} processes (torchrun) failed with exit code {proc.returncode}; "
                         "the processes' errors are printed above")

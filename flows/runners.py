@@ -14,6 +14,7 @@ classifier run uses one thread whatever the process count), so the ``runner`` se
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -110,7 +111,7 @@ def shard_runner(params: RunnerParams, name: str) -> Iterator[RunShards]:
                 futures = [_submit(shard_task, params, fn, kwargs, i) for i, kwargs in enumerate(calls)]
                 results = []
                 for i, future in enumerate(futures):  # in call order; a failed shard raises here
-                    results.append(future.result())
+                    results.append(wait_result(future))
                     if on_done is not None:
                         on_done(i)
                 return results
@@ -120,6 +121,23 @@ def shard_runner(params: RunnerParams, name: str) -> Iterator[RunShards]:
             return sharded.with_options(task_runner=task_runner(params, address))()
 
         yield run
+
+
+POLL_S = 0.5  # the main thread wakes at least this often while it waits for workers
+
+
+def wait_result(future: Any) -> Any:
+    """``future.result()``, waking every ``POLL_S`` seconds meanwhile: a signal delivered to a worker thread is
+    handled only when the main thread runs Python again, and a plain wait for a long shard would keep a SIGTERM
+    waiting as long (``flows/stopping.py``)."""
+    done = threading.Event()
+    add = getattr(future, "add_done_callback", None)
+    if add is None:
+        return future.result()
+    add(lambda _: done.set())
+    while not done.wait(POLL_S):
+        pass
+    return future.result()
 
 
 def _submit(shard_task, params: RunnerParams, fn: Callable[..., Any], kwargs: dict[str, Any], index: int):

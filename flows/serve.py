@@ -210,7 +210,13 @@ def _slots_taken(name: str) -> bool:
 
 @task(name="fingerprint", cache_policy=NO_CACHE)
 def fingerprint_task(params: Params, workdir: str) -> Fingerprint:
-    return fingerprint(params, Path(workdir))
+    from synthaug.flows.augment import report_user_error
+
+    try:
+        return fingerprint(params, Path(workdir))
+    except UserError as exc:  # one ERROR line in the run's log, no traceback (flows/augment.py)
+        report_user_error(exc)
+        raise
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -232,10 +238,11 @@ def scheduled_augment(params_file: str = "params.yaml", overrides: list[str] | N
     from prefect.artifacts import create_markdown_artifact
     from prefect.runtime import flow_run
 
-    from synthaug.flows.augment import augment
+    from synthaug.flows.augment import augment, one_line_errors
     from synthaug.flows.params import load_params
 
     logger = get_run_logger()
+    one_line_errors()  # a params or source error is one ERROR line in this run's log, without a traceback
     params = load_params(Path(params_file), overrides or [])
     name = params.publish.name
     root = Path(workdir)
@@ -285,11 +292,17 @@ def _no_change_markdown(name: str, fp: Fingerprint, recorded: dict[str, Any]) ->
 
 
 def _ran_markdown(name: str, fp: Fingerprint, why: str, records: dict[str, Any]) -> str:
-    published = records.get("publish")
-    outcome = (", ".join(f"{k} = `{v}`" for k, v in published.items()) if isinstance(published, dict)
-               else "(no publish record)")
-    return "\n".join([f"# {name}: pipeline run", "", f"Why: {why}.", "", f"Published: {outcome}.", "",
-                      *_lineage_lines(fp)])
+    published = records.get("publish") or {}
+    gate = (records.get("evaluate") or {}).get("utility_gate")
+    if published.get("new"):
+        outcome = f"**Published:** `{published.get('tag')}` in `{published.get('registry')}`"
+    else:
+        outcome = f"**Nothing new published:** the images and manifest are those of `{published.get('tag')}`"
+    return "\n".join([f"# {name}: pipeline run", "", f"Why: {why}.", "", outcome, "",
+                      f"Fetch it: `{published.get('fetch')}`", "",
+                      *([f"**Verdict:** {gate}", ""] if gate else []),
+                      "The run's `augment-summary` artifact has the utility table; the dataset's `report.html` "
+                      "the pictures.", "", *_lineage_lines(fp)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -67,10 +67,10 @@ from synthaug.tasks.core.io.manifest import SPLITS, write_manifest
 from synthaug.tasks.core.labels import colliding_labels
 from synthaug.tasks.core.params.data import DataParams
 from synthaug.tasks.core.publishing.public import public_lineage
+from synthaug.tasks.core.sources.example import SOURCE as EXAMPLE
 from synthaug.tasks.core.sources.medical import MedicalReader, Spacing, is_medical
 from synthaug.tasks.core.sources.readers import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
 
-EXAMPLE = "example:digits"
 HASH_CACHE = "hashes.json"  # <cache_dir>/hashes.json: source files' sha256 by size, mtime and inode
 INTERPOLATION = "bilinear (Pillow, antialiased on downscale)"
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

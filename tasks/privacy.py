@@ -32,6 +32,7 @@ step refuses to assemble anything unless ``privacy.json`` passed for the very fi
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ from synthaug.tasks.core.privacy.record import (
 )
 from synthaug.tasks.core.scoring.features import embed, load_judge_step
 from synthaug.tasks.core.scoring.rules import MemorizationThresholds, memorization_thresholds
+
+log = logging.getLogger("synthaug.privacy")  # tasks/core/logs.py: reaches the Prefect run log
 
 FORMAT = "synthaug-privacy/1"
 HOLDOUT_SPLITS = ("val", "test", "heldback")  # real images no generator, judge or filter threshold trained on
@@ -387,10 +390,12 @@ class GateResult:
     path: Path  # privacy.json
     report: dict[str, Any]
 
-    def raise_if_failed(self) -> None:
+    def raise_if_failed(self, report: Path | None = None) -> None:
+        """Raise PrivacyGateError naming each failed check and what to change (``report``: the page showing them)."""
         if not self.passed:
-            lines = "\n".join(f"- {f}" for f in self.failures + self.advice)
-            raise PrivacyGateError(f"privacy gate failed, nothing was published:\n{lines}\ndetails: {self.path}")
+            lines = "\n".join(f"- {f}" for f in self.failures + [f"to change: {a}" for a in self.advice])
+            where = f"report: {report}; details: {self.path}" if report is not None else f"details: {self.path}"
+            raise PrivacyGateError(f"privacy gate failed, nothing was published:\n{lines}\n{where}")
 
 
 def _records(root: Path, rows: pd.DataFrame, judge: Judge, extractor: str | None) -> Records:
@@ -463,11 +468,41 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
                          "filter_manifest_sha256": file_sha256(filter_dir / "manifest.parquet")}
     report["dp"] = (dp_claim(checkpoint_dir, accepted) if checkpoint_dir is not None else
                     {"claimed": False, "reason": "no generator checkpoint was given to the gate"})
+    if not report["passed"] and not advice:
+        advice = gate_advice(report["failures"], filter_params)
     report["advice"] = advice
     report["params"] = params.model_dump(mode="json")
     path = out_dir / PRIVACY_FILE
     write_atomic(json.dumps(report, indent=2, allow_nan=False), path)
+    if report["passed"]:
+        log.info("privacy gate passed: %d synthetic images; no memorization within the thresholds, no membership "
+                 "attack above privacy.max_attack_auc=%s", len(accepted), params.max_attack_auc)
+    else:
+        log.warning("privacy gate failed, nothing will be released: %s. To change: %s", "; ".join(report["failures"]),
+                    "; ".join(advice))
     return GateResult(passed=report["passed"], failures=report["failures"], advice=advice, path=path, report=report)
+
+
+def gate_advice(failures: Sequence[str], filter_params: FilterParams) -> list[str]:
+    """What to change, one line per kind of failed check (the check lines themselves name the numbers)."""
+    advice = []
+    if any(f.startswith("release:") for f in failures):
+        advice.append(f"the filter accepted nothing: train the generator longer (model.<family>.steps), lower "
+                      f"filter.min_confidence (now {filter_params.min_confidence}) or generate more "
+                      "(plan.overgenerate)")
+    if any(f.startswith("memorization") for f in failures):
+        advice.append("released images sit too close to training images: train fewer steps or on more real images, "
+                      f"make the filter stricter (filter.memorization_quantile, now "
+                      f"{filter_params.memorization_quantile}), or train with differential privacy "
+                      "(model.family=vae with model.dp.epsilon)")
+    if any("AUC" in f and "wholly above" in f for f in failures):
+        advice.append("a membership attack tells training images apart: train with differential privacy "
+                      "(model.family=vae with model.dp.epsilon), train fewer steps, or release fewer images "
+                      "(privacy.release_per_class)")
+    if any("cannot be measured" in f or "cannot be audited" in f for f in failures):
+        advice.append("the attack needs real val/test images of every released class: raise data.val_fraction / "
+                      "data.test_fraction, or leave the class out of the release")
+    return advice or ["see the failed checks above; report.html shows them (the DCR histogram, the closest images)"]
 
 
 # ------------------------------------------------------------------------------------------------- presentation

@@ -34,6 +34,7 @@ import pandas as pd
 from synthaug.models.metrics import nearest_correlation
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.evaluation.downstream import BASELINES, COMPARED, PROJECT_FAMILY, families
+from synthaug.tasks.core.evaluation.gate import headline_gains
 from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.images import load_images
 from synthaug.tasks.core.io.manifest import read_manifest
@@ -85,6 +86,47 @@ def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
             "accepted": sum(counts["synthetic_accepted"].values()),
             "extractor": metrics["feature_space"]["extractor"], "dim": metrics["feature_space"]["dim"],
             "reference": metrics["quality"]["reference"]}
+
+
+HEADLINES = {"nothing_accepted": "Nothing was accepted: this dataset holds real images only",
+             "harm": "Refused: the synthetic images measurably hurt",
+             "gain": "Measurable gain from the synthetic images",
+             "no_gain": "No measurable gain from the synthetic images"}
+
+
+def _verdict(metrics: Mapping[str, Any], privacy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The verdict box at the top (template ``verdict.html.j2``): the situation the utility gate names
+    (``tasks/core/evaluation/gate.py``), its rule, the accepted share and the headline gains of both classifier
+    families; for an anonymized release, the privacy gate's verdict, failed checks and advice instead."""
+    u = metrics["utility"]
+    gate = u["gate"]
+    counts = metrics["counts"]
+    generated = sum(counts["synthetic_generated"].values())
+    accepted = sum(counts["synthetic_accepted"].values())
+    shortfall = sum(int(v) for v in (metrics["acceptance"].get("shortfall") or {}).values() if v)
+    if privacy is not None:
+        return _privacy_verdict(privacy)
+    situation = gate.get("situation") or ("no_gain" if gate["passed"] else "harm")
+    rows = headline_gains(u)
+    gains = [(family, [r for r in rows if r["family"] == family])
+             for family in dict.fromkeys(r["family"] for r in rows)]
+    if situation == "nothing_accepted":  # real_synthetic is the oversampled real set: no gain to show
+        gains = []
+    return {"css": situation, "privacy": None, "headline": HEADLINES[situation], "passed": gate["passed"],
+            "verdict": gate["verdict"], "rule": gate["rule"], "accepted": accepted, "generated": generated,
+            "share": accepted / generated if generated else None, "shortfall": shortfall,
+            "metrics": list(dict.fromkeys(r["label"] for r in rows)), "gains": gains}
+
+
+def _privacy_verdict(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The verdict box of a release's report, or of a refused privacy gate's: the gate, its failed checks, advice."""
+    passed = bool(record["passed"])
+    release = record.get("release") or {}
+    return {"css": "passed" if passed else "failed",
+            "headline": "Released: the privacy gate passed" if passed else "Not released: the privacy gate failed",
+            "privacy": {"passed": passed, "failures": record.get("failures") or [],
+                        "advice": record.get("advice") or [], "released": release.get("images", 0),
+                        "generated": release.get("generated")}}
 
 
 def _utility(metrics: Mapping[str, Any], evaluate_dir: Path) -> dict[str, Any]:
@@ -278,7 +320,9 @@ def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.
                                                       "are they useful, and do they give away who was trained on?")
         memorization = None
         privacy = _privacy(json.loads((privacy_dir / PRIVACY_FILE).read_text()), privacy_dir)
+    record = None if privacy_dir is None else json.loads((privacy_dir / PRIVACY_FILE).read_text())
     return render("report.html.j2", title=title, lead=lead, thumb_px=THUMB_PX, nav=nav, summary=_summary(metrics),
+                  verdict=_verdict(metrics, record),
                   utility=_utility(metrics, evaluate_dir), counts=_counts(metrics, evaluate_dir),
                   quality=_quality(metrics), num=_num, run=run or RunInfo(),
                   samples=_samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs,
@@ -321,5 +365,22 @@ def report_step(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, out_dir:
                          evaluate_dir, thumbs=thumbs, pairs=pairs, privacy_dir=privacy_dir, run=run)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
+    write_atomic(page, path)
+    return path
+
+
+def privacy_report(ingest_dir: Path, filter_dir: Path, privacy_dir: Path, *, pairs: int = 12) -> Path:
+    """Write ``privacy_dir/report.html`` for a privacy gate that failed (nothing is released, the page stays in the
+    workdir): the verdict with each failed check and what to change, the gate's checks, attacks and DCR histogram,
+    and the accepted synthetic images closest to a training image beside that image (the pictures of a
+    memorization failure). It needs no evaluation: the anonymize flow evaluates only after the gate passes."""
+    record = json.loads((privacy_dir / PRIVACY_FILE).read_text())
+    synthetic = synthetic_rows(filter_dir)
+    audited = "attack" in record and (privacy_dir / DCR_PLOT).is_file()  # an empty release has no audit
+    page = render("report_refused.html.j2", title="synthaug privacy gate: nothing released", thumb_px=THUMB_PX,
+                  num=_num, verdict=_privacy_verdict(record), run=RunInfo(),
+                  privacy=_privacy(record, privacy_dir) if audited else None,
+                  memorization=_memorization(real_rows(ingest_dir), synthetic, ingest_dir, filter_dir, pairs))
+    path = privacy_dir / REPORT_FILE
     write_atomic(page, path)
     return path

@@ -8,11 +8,12 @@ HTML: their table cells go through the ``cell`` filter (``md_cell``) instead. On
 HTML, ``md_cell`` for Markdown.
 
 The run: ``run.json`` beside the report and the card names what made the dataset (dataset name and version tag,
-generator family, pipeline code version, source repository and revision, publish date, the params file). The report
-and the card show it in a block between ``RUN_BEGIN`` and ``RUN_END``. The version tag and the date are known only
-under the registry lock, when ``tasks.publish`` decides the tag: it re-renders that block (``stamp_run``) in the
-registry's copy only, after it compared the unstamped content with the latest version's, so a tag or a date never
-makes an unchanged run a new version.
+generator family, pipeline code version, source repository and revision, publish date, the registry, the params
+file). The report and the card show it in blocks between ``<!-- synthaug:<block> -->`` markers (``BLOCKS``: the run
+table of both, the report's publish status at the top of its summary box, and the card's "how to load"). The version
+tag and the date are known only under the registry lock, when ``tasks.publish`` decides the tag: it re-renders those
+blocks (``stamp_run``) in the registry's copy and then in the workdir's, so both say the same. A version's identity
+is its images and manifest (``tasks/publish/step.py``), so the tag and date never make an unchanged run a new version.
 """
 
 from __future__ import annotations
@@ -34,9 +35,19 @@ from synthaug.tasks.core.io.files import write_atomic
 RUN_FILE = "run.json"
 RUN_BEGIN = "<!-- synthaug:run -->"
 RUN_END = "<!-- /synthaug:run -->"
-# The files that show the run block, and the template of the block in each.
-RUN_BLOCKS = (("report.html", "run.html.j2"), ("card.md", "run.md.j2"))
+# The files that show blocks of the run, each block's name and its template.
+BLOCKS = (("report.html", "run", "run.html.j2"), ("report.html", "status", "status.html.j2"),
+          ("card.md", "run", "run.md.j2"), ("card.md", "load", "card_load.md.j2"))
 NOT_RECORDED = "not recorded"
+NOT_PUBLISHED = "not published (publishing is an act: `synthaug publish`, `synthaug run` or a scheduled run)"
+
+
+def begin(block: str) -> str:
+    return f"<!-- synthaug:{block} -->"
+
+
+def end(block: str) -> str:
+    return f"<!-- /synthaug:{block} -->"
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,8 @@ class RunInfo:
     the synthetic images (accepted or not); code_version: ``tasks.publish.code_version()``; source: the source
     location; source_repo / source_rev: its repository (``data.repo``; a local source has none) and resolved
     revision; source_hash: the source's content hash; params_file: the resolved params shipped beside the report and
-    the card.
+    the card; registry: the data registry the version is in and artifact: the dataset's DVC artifact name there (set
+    with the tag); unchanged: this run published nothing because its images and manifest equal version ``tag``.
     """
 
     dataset: str | None = None
@@ -60,14 +72,37 @@ class RunInfo:
     source_rev: str | None = None
     source_hash: str | None = None
     params_file: str = "params.yaml"
+    registry: str | None = None
+    artifact: str | None = None
+    unchanged: bool = False
 
-    def published(self, tag: str, date: str) -> RunInfo:
-        return dataclasses.replace(self, tag=tag, date=date)
+    def published(self, tag: str, date: str, *, registry: str | None = None, artifact: str | None = None,
+                  unchanged: bool = False) -> RunInfo:
+        return dataclasses.replace(self, tag=tag, date=date, registry=registry, artifact=artifact,
+                                   unchanged=unchanged)
+
+    @property
+    def fetch(self) -> str | None:
+        """The ``dvc get`` command that fetches the version (None before it is published)."""
+        if self.tag is None or self.registry is None:
+            return None
+        return f"dvc get {self.registry} datasets/{self.tag.rpartition('/')[0]} --rev {self.tag} -o {self.dataset}"
+
+    @property
+    def version_number(self) -> int | None:
+        return int(self.tag.rpartition("/v")[2]) if self.tag and self.tag.rpartition("/v")[2].isdigit() else None
+
+    def version_text(self) -> str:
+        if self.tag is None:
+            return NOT_PUBLISHED
+        if self.unchanged:
+            return f"{self.tag} (nothing new published: this run's images and manifest are identical to it)"
+        return self.tag
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) of the run block; a value not known is left out, the version says why it is missing."""
-        rows = [("dataset", self.dataset), ("version", self.tag or "not published yet (publish names the version)"),
-                ("published", self.date), ("generator family", self.family), ("pipeline code", self.code_version),
+        rows = [("dataset", self.dataset), ("version", self.version_text()), ("published", self.date),
+                ("registry", self.registry), ("generator family", self.family), ("pipeline code", self.code_version),
                 ("source", self.source), ("source repository", self.source_repo),
                 ("source revision", self.source_rev), ("source content hash", self.source_hash)]
         return [(label, value) for label, value in rows if value is not None]
@@ -97,23 +132,30 @@ def write_run(folder: Path, run: RunInfo) -> None:
 
 
 def stamp_run(folder: Path, run: RunInfo) -> None:
-    """Write ``run.json`` and re-render the run block of the folder's report.html and card.md (where present)."""
+    """Write ``run.json`` and re-render the run's blocks in the folder's report.html and card.md (where present)."""
     folder = Path(folder)
     write_run(folder, run)
-    for file, template in RUN_BLOCKS:
+    for file in dict.fromkeys(f for f, _, _ in BLOCKS):
         path = folder / file
         if path.is_file():
-            text = replace_run_block(path.read_text(encoding="utf-8"), render(template, run=run))
-            write_atomic(text.encode("utf-8"), path)
+            write_atomic(stamp_text(path.read_text(encoding="utf-8"), file, run).encode("utf-8"), path)
 
 
-def replace_run_block(text: str, block: str) -> str:
-    """``text`` with what lies between ``RUN_BEGIN`` and ``RUN_END`` replaced by ``block`` (unchanged without
-    the markers: a page rendered by an older version of this code)."""
-    start, end = text.find(RUN_BEGIN), text.find(RUN_END)
-    if start < 0 or end < start:
+def stamp_text(text: str, file: str, run: RunInfo) -> str:
+    """``text`` (the content of ``file``: report.html or card.md) with its run blocks rendered for ``run``."""
+    for name, block, template in BLOCKS:
+        if name == file:
+            text = replace_block(text, block, render(template, run=run))
+    return text
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """``text`` with what lies between the markers of block ``name`` replaced by ``block`` (unchanged without the
+    markers: a page rendered by an older version of this code)."""
+    start, stop = text.find(begin(name)), text.find(end(name))
+    if start < 0 or stop < start:
         return text
-    return text[:start] + block.rstrip("\n") + text[end + len(RUN_END):]
+    return text[:start] + block.rstrip("\n") + text[stop + len(end(name)):]
 
 
 # ------------------------------------------------------------------------------------------------------ rendering
@@ -127,8 +169,8 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the render instead of printing nothing
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["cell"] = md_cell
-    env.globals.update(RUN_BEGIN=Markup(RUN_BEGIN), RUN_END=Markup(RUN_END),
-                       NOT_RECORDED=NOT_RECORDED)
+    env.globals.update(RUN_BEGIN=Markup(RUN_BEGIN), RUN_END=Markup(RUN_END), NOT_RECORDED=NOT_RECORDED,
+                       begin=lambda name: Markup(begin(name)), end=lambda name: Markup(end(name)))
     return env
 
 

@@ -89,7 +89,7 @@ from synthaug.tasks.core.evaluation.downstream import (
     families,
     summarize,
 )
-from synthaug.tasks.core.evaluation.gate import gain_lines, gate_verdict
+from synthaug.tasks.core.evaluation.gate import gain_lines, gate_verdict, log_verdict
 from synthaug.tasks.core.evaluation.inputs import read_inputs
 from synthaug.tasks.core.evaluation.recipe import Setup, choose_recipe, run_conditions, synthetic_subset, with_synthetic
 from synthaug.tasks.core.io.files import write_atomic
@@ -190,7 +190,8 @@ def utility_metrics(data: EvalData, params: EvaluateParams, minority: Sequence[s
     out = summarize(runs[PROJECT_FAMILY], data.class_names, params.seeds)
     out["independent"] = {"family": params.independent, "input": "raw pixels, flattened",
                           **summarize(runs[params.independent], data.class_names, params.seeds)}
-    out["gate"] = gate_verdict(out, params.gate_margin)
+    out["gate"] = gate_verdict(out, params.gate_margin, accepted=int(data.syn_x.shape[0]),
+                               generated=len(data.synthetic))
     out["choices"] = [dict(c) for c in CHOICES]
     out["choices"].append({"choice": "synthetic recipe of real_synthetic and real_classical_aug_synthetic (share "
                                         f"{params.recipe.share:g}, order {params.recipe.selection}, loss weight "
@@ -358,7 +359,7 @@ def _print_summary(console: Console, utility: Mapping[str, Any]) -> None:
     console.print("gain over the best real baseline (paired by seed):", highlight=False)
     for line in gain_lines(utility):
         console.print(f"  {line}", highlight=False, soft_wrap=True)
-    console.print(utility["gate"]["verdict"], highlight=False, soft_wrap=True)
+    log_verdict(utility["gate"])  # a log line (stderr, and the Prefect run's log), not only the terminal
 
 
 def _clean(obj: Any) -> Any:

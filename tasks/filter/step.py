@@ -59,6 +59,7 @@ Where the pieces live: the rules and thresholds ``tasks/core/scoring/rules.py``,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -264,7 +265,8 @@ def filter_step(ingest_dir: Path, generate_dir: Path, judge_dir: Path, plan_csv:
 
     classes = summary["classes"]
     console.print(summary_table(summary, title=f"filter: {manifest_path}"))
-    get_logger("filter").info(summary_line(summary))
+    short = summary["totals"]["shortfall"] or not summary["totals"]["accepted"]  # a warning in the run's log
+    get_logger("filter").log(logging.WARNING if short else logging.INFO, summary_line(summary))
     shortfall = {c: v["shortfall"] for c, v in classes.items() if v["shortfall"] > 0}
     for c, n in shortfall.items():
         v = classes[c]

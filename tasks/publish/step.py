@@ -7,26 +7,32 @@ files live in the registry's default DVC remote. Consumers need nothing but DVC:
     dvc get  <registry> datasets/<name> --rev <name>/v<N> -o <name>-v<N>
     dvc import <registry> datasets/<name> --rev <name>/v<N> -o data/<name>
 
-Atomicity (a version is published whole or not at all). The order is: copy the dataset into the working copy,
-``dvc add`` it, ``dvc push`` its objects, then ``git commit`` + ``git tag``, then (for a cloned registry) one
-``git push --atomic`` of the branch and the tag together. DVC's remote is content-addressed, so objects pushed by a run
-that fails later are harmless orphans that a re-run finds already there. Until the tag exists nothing names the new
-version; on any failure the working copy goes back to the commit it started from (a local registry: tag deleted,
-``git reset --hard``; a cloned one: the throw-away clone is deleted; the origin changed only if the atomic push
-succeeded). A re-run therefore starts from the last good state and creates the version once; a re-run whose content
-equals the latest version publishes nothing and returns that version with ``new=False``.
+A version means new content. Its identity is its images and the manifest's data columns
+(``tasks.core.publishing.registry.dataset_identity``; the ``identity:`` line of its tag message): a run whose images
+and manifest equal the latest version's publishes nothing, whatever its params, metrics, report or card say, and
+returns that version with ``new=False`` (and the log says so). A generator version's identity is its checkpoint.
 
-Run naming: when the dataset has a ``run.json`` (tasks/core/render.py), the registry's copy names its version: once
-the tag is decided (under the registry lock), ``_stamp`` writes the tag and the date into run.json and the run
-block of report.html and card.md, then adds it again. The comparison with the latest version uses the content as
-assembled, before stamping (the ``unstamped:`` line of the tag message), so a tag or a date never makes an
-unchanged run a new version.
+Atomicity (a version is published whole or not at all). The order is: copy the dataset into the working copy, name
+the version in that copy, ``dvc add`` it, ``dvc push`` its objects, then ``git commit`` + ``git tag``, then (for a
+cloned registry) one ``git push --atomic`` of the branch and the tags together. DVC's remote is content-addressed, so
+objects pushed by a run that fails later are harmless orphans that a re-run finds already there. Until the tag exists
+nothing names the new version; on any failure the working copy goes back to the commit it started from (a local
+registry: tags deleted, ``git reset --hard``; a cloned one: the throw-away clone is deleted; the origin changed only
+if the atomic push succeeded). A re-run therefore starts from the last good state and creates the version once.
+
+Run naming: when the dataset has a ``run.json`` (tasks/core/render.py), once the tag is decided (under the registry
+lock) the registry's copy gets the tag, the date and the registry in run.json and in the run blocks of report.html
+and card.md; after the tags are made (and pushed) the assembled folder gets the same files, so the workdir's copy says
+what the registry's says. An unchanged run stamps the assembled folder with the version it equals.
 
 Generators: ``publish(..., generator=<folder>)`` adds the generator that made the dataset as ``models/<name>`` in the
 same commit, tagged ``<name>-generator/v<N>`` (the checkpoint sha256 in the tag message), unless a published version
-has the same checkpoint hash; the registry's copy of the dataset card names the generator version. Both tags are
-created after the one commit and pushed in the same atomic push (``tasks.core.publishing.generators`` assembles the
-folder).
+has the same checkpoint hash; the dataset card names the generator version. Both tags are created after the one
+commit and pushed in the same atomic push (``tasks.core.publishing.generators`` assembles the folder). A generator is
+published only with a new dataset version: when the dataset is unchanged, the generator made nothing new.
+
+DVC artifacts: each version commit also declares the dataset and its generator in the registry's ``dvc.yaml``
+(``artifacts:``) and tags them ``<artifact>@v<N>.0.0`` for ``dvc artifacts get`` (``tasks.core.publishing.registry``).
 
 Registry kinds (``publish.registry``): a git URL, or a local path to a bare repository, is cloned afresh into a
 temporary working copy under ``workdir`` for each run and pushed back; a local path to a non-bare repository is used
@@ -51,10 +57,22 @@ from pathlib import Path
 import yaml
 
 from synthaug.tasks.core.errors import UserError, mask_secrets
+from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.locks import with_registry_lock
 from synthaug.tasks.core.params.publish import PublishParams
-from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW
-from synthaug.tasks.core.publishing.registry import DATASETS_DIR, MODELS_DIR, generator_name, tag_for
+from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW, GENERATOR_ROW
+from synthaug.tasks.core.publishing.registry import (
+    ARTIFACTS_FILE,
+    DATASETS_DIR,
+    MODELS_DIR,
+    artifact_name,
+    artifact_tag,
+    dataset_identity,
+    generator_name,
+    identity_rows,
+    rows_identity,
+    tag_for,
+)
 from synthaug.tasks.core.publishing.vcs import (
     SITE_CACHE,
     PublishError,
@@ -66,13 +84,15 @@ from synthaug.tasks.core.publishing.vcs import (
     rmtree,
     run_command,
 )
-from synthaug.tasks.core.render import read_run, stamp_run
+from synthaug.tasks.core.render import RUN_FILE, read_run, render, stamp_run
 
 log = logging.getLogger("synthaug.publish")  # tasks.core.logs: reaches the Prefect run log
 
 REQUIRED_FILES = ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml")
 REQUIRED_DIRS = ("images",)
-UNSTAMPED = "unstamped"  # tag-message key: the content hash before the tag and date went into the files
+IDENTITY = "identity"  # tag-message key: dataset_identity of the version (its images and manifest data columns)
+GENERATOR_KEY = "generator"  # tag-message key: the generator version the dataset version names
+STAMPED_FILES = (RUN_FILE, "card.md", "report.html")  # what naming the version rewrites in a dataset folder
 REMOTE_NAME = "storage"  # name given to the default DVC remote of a registry this module creates
 
 
@@ -94,6 +114,13 @@ class PublishResult:
     content_hash: str
     generator_tag: str | None = None  # ``<name>-generator/v<N>`` published with (or reused by) this version
     generator_new: bool = False
+    shown: str | None = None  # the registry as the card and report show it (``publish.registry``, masked)
+
+    @property
+    def fetch_command(self) -> str:
+        """``dvc get`` of this version, as a person would type it."""
+        name = self.tag.rpartition("/")[0]
+        return f"dvc get {self.shown or self.registry} {self.path} --rev {self.tag} -o {name}-v{self.version}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -115,7 +142,8 @@ def publish(dataset_dir: Path, params: PublishParams, *, workdir: Path,
             tagged ``<name>-generator/v<N>`` unless a version with the same checkpoint hash exists; the registry's copy
             of the dataset card names that generator version.
 
-    Returns the new version, or the latest one with ``new=False`` when its content is identical.
+    Returns the new version, or the latest one with ``new=False`` when its images and manifest are identical. Either
+    way the assembled folder's run.json, card.md and report.html then name that version (as the registry's copy).
     Raises UserError for a missing file, a registry that cannot be used as is, or a failed push (nothing published).
     """
     try:
@@ -129,6 +157,7 @@ def _publish(dataset_dir: Path, params: PublishParams, *, workdir: Path,
              generator: Path | None = None) -> PublishResult:
     check_dataset(dataset_dir)
     name = params.name
+    shown = mask_secrets(params.registry)
     remote = normalize_location(params.remote)
     location = normalize_location(params.registry)
     if is_url(location) or _is_bare_repo(Path(location)):
@@ -139,16 +168,17 @@ def _publish(dataset_dir: Path, params: PublishParams, *, workdir: Path,
         workdir.mkdir(parents=True, exist_ok=True)
         wc = Path(tempfile.mkdtemp(prefix="registry-", dir=workdir))
         try:
-            return _publish_cloned(location, wc, dataset_dir, name, remote, generator)
+            return _publish_cloned(location, wc, dataset_dir, name, remote, generator, shown=shown)
         finally:
             rmtree(wc)
-    return _publish_in_place(Path(location), dataset_dir, name, remote, push=params.push, generator=generator)
+    return _publish_in_place(Path(location), dataset_dir, name, remote, push=params.push, generator=generator,
+                             shown=shown)
 
 
-def check_dataset(dataset_dir: Path) -> None:
+def check_dataset(dataset_dir: Path, *, hint: str = "assemble the dataset before publishing") -> None:
     """Raise UserError naming the first required file or folder missing from ``dataset_dir``."""
     if not dataset_dir.is_dir():
-        raise UserError(f"{dataset_dir}: dataset folder not found; assemble the dataset before publishing")
+        raise UserError(f"{dataset_dir}: dataset folder not found; {hint}")
     for sub in REQUIRED_DIRS:
         if not (dataset_dir / sub).is_dir():
             raise UserError(f"{dataset_dir / sub}: required folder missing from the dataset; nothing was published")
@@ -158,7 +188,7 @@ def check_dataset(dataset_dir: Path) -> None:
 
 
 def _publish_cloned(url: str, wc: Path, dataset_dir: Path, name: str, remote: str,
-                    generator: Path | None = None) -> PublishResult:
+                    generator: Path | None = None, *, shown: str | None = None) -> PublishResult:
     """Clone ``url`` into ``wc`` (a fresh, throw-away folder), publish there, push branch + tag atomically."""
     git(["clone", "--quiet", url, str(wc)], cwd=wc.parent)
     _ensure_identity(wc)
@@ -175,11 +205,11 @@ def _publish_cloned(url: str, wc: Path, dataset_dir: Path, name: str, remote: st
 
     # Nothing to roll back here: the working copy is deleted by the caller, the origin changes only in push_refs.
     return _publish_in(wc, url, dataset_dir, name, push=True, after_tag=push_refs, created_tags=created,
-                       generator=generator)
+                       generator=generator, shown=shown)
 
 
 def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, push: bool,
-                      generator: Path | None = None) -> PublishResult:
+                      generator: Path | None = None, shown: str | None = None) -> PublishResult:
     """Publish into the local working repository ``root`` (created if absent); roll back to the start on failure."""
     if not (root.exists() and _is_repo_root(root)):
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -208,7 +238,7 @@ def _publish_in_place(root: Path, dataset_dir: Path, name: str, remote: str, *, 
     created: list[str] = []
     try:
         return _publish_in(root, str(root), dataset_dir, name, push=push, after_tag=None, created_tags=created,
-                           generator=generator)
+                           generator=generator, shown=shown)
     except BaseException:
         log.warning("publishing %s failed; resetting %s to %s", name, root, base[:12])
         for tag in created:
@@ -268,7 +298,7 @@ def _clear_half_created(root: Path) -> None:
 
 def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: bool,
                 after_tag: Callable[[str], None] | None, created_tags: list[str] | None = None,
-                generator: Path | None = None) -> PublishResult:
+                generator: Path | None = None, shown: str | None = None) -> PublishResult:
     """The steps shared by both registry kinds, run in the working copy ``wc``."""
     rel = f"{DATASETS_DIR}/{name}"
     latest = _latest_version(wc, name)
@@ -276,66 +306,163 @@ def _publish_in(wc: Path, registry: str, dataset_dir: Path, name: str, *, push: 
     src, dst = dataset_dir.resolve(), target.resolve()
     if src == dst or src in dst.parents or dst in src.parents:
         raise UserError(f"{dataset_dir}: the dataset folder overlaps the registry's {rel}; assemble it elsewhere")
-    rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(dataset_dir, target, symlinks=False)
-    staged = None if generator is None else _stage_generator(wc, Path(generator), name, target, push=push)
-    dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
-    unstamped = _dvc_hash(wc / f"{rel}.dvc")  # the content before the version tag and date are written into it
-
-    if latest is not None and _unstamped_hash_at(wc, latest, name) == unstamped:
-        tag = tag_for(name, latest)
-        log.info("%s: content identical to %s (%s); nothing new published", name, tag, unstamped)
-        stored = _dvc_hash_at(wc, latest, name) or unstamped
-        _restore_paths(wc, DATASETS_DIR, rel)  # back to the latest version's .dvc (stamped with its tag and date)
-        # Make sure the data is there (idempotent: uploads nothing when it is). A stamped version's files are in a
-        # local registry's cache (a push=false trial pushes them later); a cloned registry's tag reached the origin
-        # only after its data was pushed, and its fresh clone has no cache to push from.
-        if push and (stored == unstamped or after_tag is None):
-            _dvc_push(wc, rel)
-        commit = git(["rev-parse", f"refs/tags/{tag}^{{commit}}"], cwd=wc).stdout.strip()
-        return PublishResult(tag, latest, commit, registry, rel, False, stored, generator_tag=staged and staged.tag)
+    identity = dataset_identity(dataset_dir)
+    if latest is not None and _identity_at(wc, latest, name) == identity:
+        return _unchanged(wc, registry, dataset_dir, name, latest, identity, push=push, cloned=after_tag is not None,
+                          generator=generator, shown=shown)
 
     version = (latest or 0) + 1
     tag = tag_for(name, version)
-    content_hash = _stamp(wc, rel, tag)
+    rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(dataset_dir, target, symlinks=False)
+    staged = None if generator is None else _stage_generator(wc, Path(generator), name, push=push)
+    name_version(target, name, tag, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), registry=shown,
+                 generator=staged and staged.tag)
+    dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
+    content_hash = _dvc_hash(wc / f"{rel}.dvc")
     if push:
         _dvc_push(wc, rel)
-    git(["add", "--", f"{rel}.dvc", f"{DATASETS_DIR}/.gitignore"], cwd=wc)
+    declared = _declare_artifacts(wc, name, generator=staged is not None)
+    git(["add", "--", f"{rel}.dvc", f"{DATASETS_DIR}/.gitignore", *([ARTIFACTS_FILE] if declared else [])], cwd=wc)
     if git(["diff", "--cached", "--quiet"], cwd=wc, check=False).returncode != 0:
-        git(["commit", "--quiet", "-m", f"Publish {tag}\n\ncontent: {content_hash}"], cwd=wc)
+        git(["commit", "--quiet", "-m", f"Publish {tag}\n\ncontent: {content_hash}\n{IDENTITY}: {identity}"], cwd=wc)
     # else: HEAD already tracks this content (an earlier run stopped between commit and tag); tag it.
     if staged is not None and staged.new:
         _tag_generator(wc, staged, created_tags)
-    git(["tag", "-a", tag, "-m", f"{tag}\n\ncontent: {content_hash}\n{UNSTAMPED}: {unstamped}"], cwd=wc)
-    if created_tags is not None:
-        created_tags.append(tag)
+    message = f"{tag}\n\ncontent: {content_hash}\n{IDENTITY}: {identity}"
+    if staged is not None:
+        message += f"\n{GENERATOR_KEY}: {staged.tag}"
+    _tag(wc, tag, message, created_tags)
+    gto = artifact_tag(name, version)
+    if gto is not None:
+        _tag(wc, gto, f"Registering artifact {artifact_name(name)} version v{version}.0.0 ({tag})", created_tags)
     if after_tag is not None:
         after_tag(tag)
     commit = git(["rev-parse", "HEAD"], cwd=wc).stdout.strip()
     log.info("published %s (%s) at %s", tag, content_hash, commit[:12])
+    for file in STAMPED_FILES:  # the assembled folder says what the registry's copy says
+        if (target / file).is_file():
+            write_atomic((target / file).read_bytes(), dataset_dir / file)
     return PublishResult(tag, version, commit, registry, rel, True, content_hash,
-                         generator_tag=staged and staged.tag, generator_new=bool(staged and staged.new))
+                         generator_tag=staged and staged.tag, generator_new=bool(staged and staged.new), shown=shown)
 
 
-def _stamp(wc: Path, rel: str, tag: str) -> str:
-    """Name the version in the registry's copy of the dataset (``stamp_run`` of tasks/core/render.py: run.json
-    and the run block of report.html and card.md) and return DVC's hash of what is published. A dataset without
-    run.json is published as it is."""
-    run = read_run(wc / rel)
-    if run is None:
-        return _dvc_hash(wc / f"{rel}.dvc")
-    stamp_run(wc / rel, run.published(tag, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
-    dvc(["add", "--quiet", rel], cwd=wc, what=f"dvc add {rel}")
-    return _dvc_hash(wc / f"{rel}.dvc")
+def _unchanged(wc: Path, registry: str, dataset_dir: Path, name: str, latest: int, identity: str, *, push: bool,
+               cloned: bool, generator: Path | None, shown: str | None) -> PublishResult:
+    """The run's images and manifest equal version ``latest``: publish nothing (no generator either: it made nothing
+    new) and name that version in the assembled folder."""
+    rel = f"{DATASETS_DIR}/{name}"
+    tag = tag_for(name, latest)
+    found = re.search(rf"^{GENERATOR_KEY}: (\S+)$", _tag_message(wc, tag), re.M)
+    generator_tag = found.group(1) if found else _same_generator(wc, name, generator)
+    log.info("%s: images and manifest identical to %s (identity %s): nothing new published; params, metrics, the "
+             "report or the card alone make no version", name, tag, identity[:12])
+    stored = _dvc_hash_at(wc, latest, name) or ""
+    # Make sure the data is there (idempotent: uploads nothing when it is): a local registry's cache has a push=false
+    # trial's files, which a later run with push=true uploads; a cloned registry's tag reached the origin only after
+    # its data was pushed, and its fresh clone has no cache to push from.
+    if push and not cloned:
+        _dvc_push(wc, rel)
+    commit = git(["rev-parse", f"refs/tags/{tag}^{{commit}}"], cwd=wc).stdout.strip()
+    name_version(dataset_dir, name, tag, _tag_date(wc, tag), registry=shown, generator=generator_tag, unchanged=True)
+    return PublishResult(tag, latest, commit, registry, rel, False, stored, generator_tag=generator_tag, shown=shown)
 
 
-def _unstamped_hash_at(wc: Path, version: int, name: str) -> str | None:
-    """The content hash of version ``version`` before publish stamped it (its tag message); versions published
-    before stamping existed were stored unstamped: their DVC hash."""
-    message = git(["tag", "--list", "--format=%(contents)", tag_for(name, version)], cwd=wc).stdout
-    found = re.search(rf"^{UNSTAMPED}: (\S+)$", message, re.M)
-    return found.group(1) if found else _dvc_hash_at(wc, version, name)
+def name_version(folder: Path, name: str, tag: str, date: str, *, registry: str | None, generator: str | None,
+                 unchanged: bool = False) -> None:
+    """Name version ``tag`` of dataset ``name`` in a dataset folder: run.json and the run blocks of report.html and
+    card.md (``stamp_run``; a folder without run.json keeps them as they are), and the card's generator version row
+    (after its checkpoint row)."""
+    run = read_run(folder)
+    if run is not None:
+        stamp_run(folder, run.published(tag, date, registry=registry, artifact=artifact_name(name),
+                                        unchanged=unchanged))
+    card = folder / "card.md"
+    if generator is not None and card.is_file():
+        lines = [line for line in card.read_text(encoding="utf-8").splitlines() if not line.startswith(GENERATOR_ROW)]
+        at = next((i + 1 for i, line in enumerate(lines) if line.startswith(CARD_CHECKPOINT_ROW)), None)
+        if at is not None:
+            lines.insert(at, render("card_generator_row.md.j2", tag=generator, path=f"{MODELS_DIR}/{name}").strip())
+            write_atomic(("\n".join(lines) + "\n").encode("utf-8"), card)
+
+
+def _tag(wc: Path, tag: str, message: str, created_tags: list[str] | None) -> None:
+    git(["tag", "-a", tag, "-m", message], cwd=wc)
+    if created_tags is not None:
+        created_tags.append(tag)
+
+
+def _tag_message(wc: Path, tag: str) -> str:
+    return git(["tag", "--list", "--format=%(contents)", tag], cwd=wc).stdout
+
+
+def _tag_date(wc: Path, tag: str) -> str:
+    """When ``tag`` was made, as the run block writes a publish date (UTC)."""
+    stamp = git(["tag", "--list", "--format=%(taggerdate:unix)", tag], cwd=wc).stdout.strip()
+    return datetime.fromtimestamp(int(stamp), UTC).strftime("%Y-%m-%d %H:%M UTC") if stamp.isdigit() else "?"
+
+
+def _identity_at(wc: Path, version: int, name: str) -> str | None:
+    """The identity of version ``version`` (its tag message); a version published before identities were recorded
+    is read from the registry (its manifest, through DVC); None when that fails (the run then publishes)."""
+    tag = tag_for(name, version)
+    found = re.search(rf"^{IDENTITY}: (\S+)$", _tag_message(wc, tag), re.M)
+    if found:
+        return found.group(1)
+    try:
+        import io
+
+        import pyarrow.parquet as pq
+        from dvc.api import read
+
+        raw = read(f"{DATASETS_DIR}/{name}/manifest.parquet", repo=str(wc), rev=tag, mode="rb")
+        return rows_identity(identity_rows(pq.read_table(io.BytesIO(raw))))
+    except Exception as exc:  # an old version that cannot be read is compared as different
+        log.warning("could not read the manifest of %s to compare with it (%s); publishing a new version",
+                    tag, mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        return None
+
+
+def _same_generator(wc: Path, name: str, generator: Path | None) -> str | None:
+    """The published generator version with ``generator``'s checkpoint, if any (read from the tag messages)."""
+    if generator is None:
+        return None
+    from synthaug.models.training import checkpoint_hash
+
+    digest = checkpoint_hash(Path(generator) / "checkpoint")
+    same = [v for v, c in _generator_checkpoints(wc, generator_name(name)).items() if c == digest]
+    return tag_for(generator_name(name), max(same)) if same else None
+
+
+def _declare_artifacts(wc: Path, name: str, *, generator: bool) -> bool:
+    """Declare ``datasets/<name>`` (and ``models/<name>``) in the registry's dvc.yaml ``artifacts:`` section, keeping
+    whatever else it holds; returns whether the file exists (to be committed)."""
+    path = wc / ARTIFACTS_FILE
+    data: object = {}
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: the registry's dvc.yaml is not YAML ({exc}); fix or remove it") from None
+    artifacts = data.setdefault("artifacts", {}) if isinstance(data, dict) else None
+    if not isinstance(artifacts, dict):
+        raise UserError(f"{path}: the registry's dvc.yaml has no mapping at `artifacts:`; fix or remove it")
+    wanted: dict[str, dict[str, object]] = {}
+    dataset = artifact_name(name)
+    if dataset is not None:
+        wanted[dataset] = {"path": f"{DATASETS_DIR}/{name}", "type": "dataset",
+                           "desc": f"{name}: a dataset published by synthaug (card.md inside)",
+                           "labels": ["synthaug", "image-classification"]}
+    model = artifact_name(generator_name(name)) if generator else None
+    if model is not None:
+        wanted[model] = {"path": f"{MODELS_DIR}/{name}", "type": "model",
+                         "desc": f"the class-conditional generator of {name} (synthaug; card.md inside)",
+                         "labels": ["synthaug", "generator"]}
+    if any(artifacts.get(k) != v for k, v in wanted.items()):
+        artifacts.update(wanted)
+        write_atomic(yaml.safe_dump(data, sort_keys=False).encode("utf-8"), path)
+    return path.is_file()
 
 
 def _ensure_registry(wc: Path, remote: str, *, bootstrap_message: str) -> None:
@@ -366,6 +493,15 @@ def _restore_own_paths(root: Path, name: str) -> None:
         return
     for folder in (DATASETS_DIR, MODELS_DIR):
         _restore_paths(root, folder, f"{folder}/{name}")
+    if git(["cat-file", "-e", f"HEAD:{ARTIFACTS_FILE}"], cwd=root, check=False).returncode == 0:
+        git(["checkout", "--quiet", "HEAD", "--", ARTIFACTS_FILE], cwd=root)
+    elif (root / ARTIFACTS_FILE).is_file():  # written by a run killed before its commit: ours if it only declares
+        try:
+            ours = set(yaml.safe_load((root / ARTIFACTS_FILE).read_text()) or {}) <= {"artifacts"}
+        except yaml.YAMLError:
+            ours = False
+        if ours:
+            (root / ARTIFACTS_FILE).unlink()
 
 
 def _restore_paths(root: Path, folder: str, rel: str) -> None:
@@ -455,9 +591,9 @@ class _StagedGenerator:
     checkpoint: str
 
 
-def _stage_generator(wc: Path, generator_dir: Path, name: str, dataset_copy: Path, *, push: bool) -> _StagedGenerator:
-    """Add the generator as ``models/<name>`` (and push it) unless a version has its checkpoint hash; name the
-    version in the registry's copy of the dataset card. The caller commits and tags (``_tag_generator``)."""
+def _stage_generator(wc: Path, generator_dir: Path, name: str, *, push: bool) -> _StagedGenerator:
+    """Add the generator as ``models/<name>`` (and push it) unless a version has its checkpoint hash. The caller
+    names the version in the dataset card (``name_version``), commits and tags (``_tag_generator``)."""
     from synthaug.models.training import WEIGHTS_FILE, checkpoint_hash
 
     if not (generator_dir / "checkpoint" / WEIGHTS_FILE).is_file():
@@ -480,19 +616,17 @@ def _stage_generator(wc: Path, generator_dir: Path, name: str, dataset_copy: Pat
         if push:
             _dvc_push(wc, rel)
         git(["add", "--", f"{rel}.dvc", f"{MODELS_DIR}/.gitignore"], cwd=wc)
-    card = dataset_copy / "card.md"
-    row = f"| generator version | {staged.tag} (`{MODELS_DIR}/{name}` in this registry) |"
-    lines = card.read_text(encoding="utf-8").splitlines()
-    at = next((i + 1 for i, line in enumerate(lines) if line.startswith(CARD_CHECKPOINT_ROW)), len(lines))
-    card.write_text("\n".join([*lines[:at], row, *lines[at:]]) + "\n", encoding="utf-8")
     return staged
 
 
 def _tag_generator(wc: Path, staged: _StagedGenerator, created_tags: list[str] | None) -> None:
     # The checkpoint hash in the tag message: the next run finds an unchanged generator without fetching any data.
-    git(["tag", "-a", staged.tag, "-m", f"{staged.tag}\n\ncheckpoint: {staged.checkpoint}"], cwd=wc)
-    if created_tags is not None:
-        created_tags.append(staged.tag)
+    _tag(wc, staged.tag, f"{staged.tag}\n\ncheckpoint: {staged.checkpoint}", created_tags)
+    gname, _, version = staged.tag.rpartition("/v")
+    gto = artifact_tag(gname, int(version))
+    if gto is not None:
+        _tag(wc, gto, f"Registering artifact {artifact_name(gname)} version v{version}.0.0 ({staged.tag})",
+             created_tags)
 
 
 def _generator_checkpoints(wc: Path, gname: str) -> dict[int, str]:

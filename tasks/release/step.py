@@ -27,7 +27,7 @@ from synthaug.tasks.core.privacy.dp import card_section as dp_card_section
 from synthaug.tasks.core.privacy.record import DCR_PLOT, PRIVACY_FILE, card_section, read_privacy
 from synthaug.tasks.core.privacy.tstr import ReleaseUtilityError, check_ratio, release_utility
 from synthaug.tasks.core.privacy.tstr import card_section as tstr_card_section
-from synthaug.tasks.core.publishing.card import card_metrics, write_card
+from synthaug.tasks.core.publishing.card import write_card
 from synthaug.tasks.core.publishing.public import public_params_yaml
 from synthaug.tasks.core.publishing.registry import code_version
 from synthaug.tasks.core.render import run_info, write_run
@@ -43,14 +43,16 @@ WITHHELD_PARAMS = ("data.source", "data.repo", "model.init_from", "filter.extrac
 
 
 def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, privacy_dir: Path, params_yaml: str,
-                        params: PrivacyParams, out_dir: Path, *, name: str | None = None) -> Path:
+                        params: PrivacyParams, out_dir: Path, *, name: str | None = None,
+                        license: str | None = None) -> Path:
     """Build the synthetic-only release in ``out_dir`` from scratch (its ``report.html`` is the report step's,
     written next by the ``release`` step in ``flows/dag.py`` with ``privacy_dir=out_dir`` and this run record).
 
     Refuses (``UserError``) unless ``privacy_dir/privacy.json`` passed for the filter manifest now in
     ``filter_dir``, and (a second lock) when an accepted synthetic file is byte-identical to a real one; refuses
     (``ReleaseUtilityError``) when TSTR / TRTR (``tasks.core.privacy.tstr``) is below ``privacy.min_tstr_ratio``. The
-    released ``privacy.json`` and ``metrics.json`` carry TSTR vs TRTR (``utility``, ``release_utility``).
+    released ``privacy.json`` and ``metrics.json`` carry TSTR vs TRTR (``utility``, ``release_utility``). ``license``:
+    the card's license id (None: unknown).
     """
     privacy = read_privacy(privacy_dir, filter_dir)
     real, lineage = read_manifest(ingest_dir / "manifest.parquet")
@@ -94,7 +96,8 @@ def assemble_anonymized(ingest_dir: Path, filter_dir: Path, evaluate_dir: Path, 
     (out_dir / "params.yaml").write_text(released_params)
     checkpoints = sorted(set(synthetic["checkpoint"].dropna()))
     write_card(out_dir, source=source, params_yaml=released_params, code_version=code_version(),
-               checkpoint=", ".join(checkpoints) or None, metrics=card_metrics(metrics), run=run,
+               checkpoint=", ".join(checkpoints) or None, metrics=metrics, run=run, synthetic_only=True,
+               license=license,
                summary="Synthetic images only: an anonymized release of class-conditional synthetic images made by "
                        "the synthaug pipeline, published after its privacy gate passed. Every image is listed in "
                        "`manifest.parquet` with its label, generator, checkpoint and seed.",

@@ -51,7 +51,8 @@ BALANCED = {"4": 20, "5": 20, "6": 20}
 def _tags(registry: Path) -> list[str]:
     if not registry.exists():
         return []
-    out = subprocess.run(["git", "-C", str(registry), "tag", "--list"], capture_output=True, text=True, check=True)
+    out = subprocess.run(["git", "-C", str(registry), "tag", "--list", "*/v*"], capture_output=True, text=True,
+                         check=True)
     return out.stdout.split()
 
 

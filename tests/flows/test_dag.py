@@ -10,8 +10,18 @@ import yaml
 from synthaug.flows import catalog
 from synthaug.flows.cli import app
 from synthaug.flows.code_deps import REPO_ROOT, code_files
-from synthaug.flows.dag import PRIVACY_STEPS, STEPS, cache_key, dvc_yaml, step
-from synthaug.flows.params import Params
+from synthaug.flows.dag import (
+    ALL_PARAMS,
+    PARAMS_FILE,
+    PRIVACY_STEPS,
+    STEPS,
+    TRAIN_MODEL_KEYS,
+    cache_key,
+    dvc_yaml,
+    resolve_key,
+    step,
+)
+from synthaug.flows.params import Params, load_params
 
 
 def test_committed_dvc_yaml_matches_the_declared_steps():
@@ -21,25 +31,71 @@ def test_committed_dvc_yaml_matches_the_declared_steps():
 
 def test_stages_follow_the_flow_order_and_run_their_step_through_the_cli():
     stages = yaml.safe_load(dvc_yaml())["stages"]
-    assert list(stages) == [s.name for s in STEPS]
+    assert list(stages) == [s.name for s in STEPS if not s.publishes]
     commands = {c.name for c in app.registered_commands}
     for s in STEPS:
-        assert stages[s.name]["cmd"].split()[:2] == ["synthaug", s.name]
-        assert s.name in commands
+        assert s.name in commands  # `synthaug publish` too: the act that follows `dvc repro`
+        if not s.publishes:
+            assert stages[s.name]["cmd"].split()[:2] == ["synthaug", s.name]
+
+
+def test_publishing_is_no_stage_of_dvc_yaml():
+    """`dvc repro` and `dvc exp run` build the publishable dataset (assemble) and never write the registry: the steps
+    that publish are no stages, and no stage runs `synthaug publish` or `synthaug release`."""
+    stages = yaml.safe_load(dvc_yaml())["stages"]
+    publishing = [s.name for s in STEPS + PRIVACY_STEPS if s.publishes]
+    assert publishing == ["publish", "release"]
+    assert not set(publishing) & set(stages) and list(stages)[-1] == "assemble"
+    assert not any(word in stage["cmd"] for stage in stages.values() for word in ("publish", "release"))
+    assert "data/work/dataset" in stages["assemble"]["outs"]
 
 
 def test_each_stage_lists_existing_params_and_code():
     dumped = Params().model_dump()
     stages = yaml.safe_load(dvc_yaml())["stages"]
     for s in STEPS:
+        if s.publishes:
+            continue
         for key in stages[s.name].get("params", []):
+            if key == {PARAMS_FILE: None}:  # the whole file: the step ships the resolved params
+                continue
             node = dumped
-            for part in key.split("."):
+            for part in resolve_key(key, dumped).split("."):
                 assert part in node, f"stage {s.name}: params key {key} is not in Params"
                 node = node[part]
         for code in s.code:
             assert (REPO_ROOT / code).exists(), f"stage {s.name}: code dependency {code} does not exist"
             assert code in stages[s.name]["deps"]
+
+
+def test_train_depends_on_the_keys_it_reads_and_the_chosen_family_only():
+    """Every model key but the families' sub-sections, and `model.${model.family}` (DVC resolves it as the cache key
+    does): a knob of another family changes neither."""
+    from synthaug.models.registry import family_names
+    from synthaug.tasks.core.params.model import ModelParams
+
+    generic = {f"model.{k}" for k in ModelParams.model_fields if k not in family_names()}
+    train = step("train")
+    assert set(TRAIN_MODEL_KEYS) == generic and "model.${model.family}" in train.params
+    base, work = load_params(None, ["model.family=vae"]), Path("work")
+    key = cache_key(train, base, work)
+    assert cache_key(train, load_params(None, ["model.family=vae", "model.gan.steps=7"]), work) == key
+    assert cache_key(train, load_params(None, ["model.family=vae", "model.vae.steps=7"]), work) != key
+    assert cache_key(train, load_params(None, ["model.family=gan"]), work) != key
+    assert cache_key(step("fingerprint"), load_params(None, ["data.image_size=16"]), work) == \
+        cache_key(step("fingerprint"), Params(), work)  # the source's hash does not depend on how it is read
+    assert step("assemble").params == (ALL_PARAMS,)  # it ships params.yaml whole
+    assert cache_key(step("assemble"), load_params(None, ["tune.trials=3"]), work) != \
+        cache_key(step("assemble"), Params(), work)
+
+
+def test_each_plotted_file_is_drawn_once():
+    """The tables and charts are plain outs of the evaluate stage; `dvc plots show` draws only the top-level
+    definitions: each table's bar charts and each PNG once (no stage-level `plots`, which drew them twice)."""
+    dumped = yaml.safe_load(dvc_yaml())
+    assert not any("plots" in stage for stage in dumped["stages"].values())
+    images = [p for p in dumped["plots"] if isinstance(p, str)]
+    assert len(images) == len(set(images)) == 3 and all(p in dumped["stages"]["evaluate"]["outs"] for p in images)
 
 
 def test_every_input_is_an_earlier_output():

@@ -44,7 +44,7 @@ def _lock_md5(project: Path, stage: str) -> dict[str, str]:
 
 
 def _tags(project: Path) -> list[str]:
-    return run_command(["git", "tag", "--list"], project / "registry" / "repo").split()
+    return run_command(["git", "tag", "--list", "*/v*"], project / "registry" / "repo").split()
 
 
 @pytest.fixture(scope="module")

@@ -216,7 +216,7 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
         assert len(pipeline_runs(client, workdir)) == 1  # the second run started no pipeline
 
         # Published once: the unchanged run added no version.
-        tags = subprocess.run(["git", "tag", "--list"], cwd=registry / "repo", capture_output=True, text=True,
+        tags = subprocess.run(["git", "tag", "--list", "*/v*"], cwd=registry / "repo", capture_output=True, text=True,
                               check=True).stdout.split()
         assert tags == [f"{DATASET}-generator/v1", f"{DATASET}/v1"], tags
         assert recorded["publish"]["tag"] == f"{DATASET}/v1"

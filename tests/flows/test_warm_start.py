@@ -62,7 +62,7 @@ def commit_images(repo: Path, counts: dict[str, int], message: str) -> str:
 
 
 def tags(registry: Path) -> list[str]:
-    return git(registry, "tag", "--list").split()
+    return git(registry, "tag", "--list", "*/v*").split()
 
 
 def show(registry: Path, tag: str, rel: str, out: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -295,7 +296,7 @@ def test_progress_and_summary_are_printed(workdir: dict[str, Path]) -> None:
     log = workdir["log"].getvalue()  # type: ignore[attr-defined]
     assert "evaluate" in log and f"{len(CONDITIONS) * SEEDS}/{len(CONDITIONS) * SEEDS}" in log
     assert "real_synthetic" in log and "real_classical_aug_synthetic" in log
-    assert "gain over the best real baseline" in log and "utility gate" in log
+    assert "gain over the best real baseline" in log  # the gate's verdict is a log line: test_gate_verdict_is_logged
     assert "extra_trees" in log
 
 
@@ -379,13 +380,41 @@ def test_gate_refuses_measured_harm_and_passes_noise() -> None:
     hurt = gate_verdict(_utility_with(-0.10, 0.01), 0.01)
     assert not hurt["passed"] and hurt["verdict"].startswith("utility gate refused")
     assert "-0.100" in hurt["verdict"] and "real_oversampled" in hurt["verdict"]
+    assert hurt["situation"] == "harm"
     noisy = gate_verdict(_utility_with(-0.02, 0.05), 0.01)  # interval straddles zero: not measurable harm
-    assert noisy["passed"] and "no measured gain" in noisy["verdict"]
+    assert noisy["passed"] and noisy["verdict"].startswith("utility gate passed, but no measurable gain")
+    assert noisy["situation"] == "no_gain"
     small = gate_verdict(_utility_with(-0.005, 0.001), 0.01)  # harm smaller than the margin
-    assert small["passed"]
+    assert small["passed"] and small["situation"] == "no_gain"
     helps = gate_verdict(_utility_with(0.05, 0.005), 0.01)
-    assert helps["passed"] and "no measured gain" not in helps["verdict"]
-    assert len(helps["verdict"].splitlines()) == 1
+    assert helps["passed"] and helps["situation"] == "gain" and "measurably helps" in helps["verdict"]
+    assert "no measurable gain" not in helps["verdict"] and len(helps["verdict"].splitlines()) == 1
+
+
+def test_with_nothing_accepted_the_verdict_says_so_not_that_synthetic_images_hurt() -> None:
+    """0 of N accepted: real_synthetic is the oversampled real set; even where it measures worse than the best
+    baseline (classical augmentation), the verdict blames no synthetic image and the gate passes."""
+    nothing = gate_verdict(_utility_with(-0.116, 0.01), 0.01, accepted=0, generated=364)
+    assert nothing["passed"] and nothing["situation"] == "nothing_accepted"
+    assert "accepted none of the 364 generated synthetic images" in nothing["verdict"]
+    assert "hurts" not in nothing["verdict"] and "real images only" in nothing["verdict"]
+
+
+def test_gate_verdict_is_logged(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict is a log record of the synthaug logger (it reaches the Prefect run's log): WARNING when the gate
+    refused or there was nothing to judge, INFO otherwise."""
+    from synthaug.tasks.core.evaluation.gate import log_verdict
+
+    monkeypatch.setattr(logging.getLogger("synthaug"), "propagate", True)  # the CLI's stderr handler may own it
+    caplog.set_level(logging.INFO, logger="synthaug")
+    for utility, kwargs, level in ((_utility_with(-0.10, 0.01), {}, logging.WARNING),
+                                   (_utility_with(0.05, 0.005), {}, logging.INFO),
+                                   (_utility_with(0.05, 0.005), {"accepted": 0}, logging.WARNING)):
+        caplog.clear()
+        gate = gate_verdict(utility, 0.01, **kwargs)
+        log_verdict(gate)
+        (record,) = caplog.records
+        assert (record.name, record.levelno, record.getMessage()) == ("synthaug.evaluate", level, gate["verdict"])
 
 
 def test_classical_aug_synthetic_augments_only_the_copies(workdir: dict[str, Path]) -> None:

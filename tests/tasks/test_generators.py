@@ -46,7 +46,8 @@ def with_card(folder: Path) -> Path:
 
 
 def all_tags(repo: Path) -> list[str]:
-    return git("tag", "--list", cwd=repo).split()
+    """The version tags <name>/v<N> (the DVC artifact tags <artifact>@v<N>.0.0 beside them are left out)."""
+    return [t for t in git("tag", "--list", cwd=repo).split() if "@" not in t]
 
 
 def card_of(registry: Path, version: int, out: Path) -> str:
@@ -64,6 +65,7 @@ def test_generator_versions_publish_with_the_dataset_whole_or_not_at_all(tmp_pat
     assert (r1.tag, r1.generator_tag, r1.generator_new) == (f"{NAME}/v1", f"{GEN}/v1", True)
     assert all_tags(origin) == [f"{GEN}/v1", f"{NAME}/v1"]
     assert git("rev-parse", f"{GEN}/v1^{{commit}}", cwd=origin) == r1.commit  # one commit, two tags
+    assert git("tag", "--list", "*@*", cwd=origin).split() == [f"{GEN}@v1.0.0", f"{NAME}@v1.0.0"]  # and their artifacts
     assert latest_generator(str(origin), NAME) == f"{GEN}/v1"
     assert snapshot(fetch_generator(str(origin), f"{GEN}/v1", tmp_path / "get-gen-v1")) == snapshot(gen_a)
     card = card_of(origin, 1, tmp_path / "get-v1")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from synthaug.tasks.core.errors import UserError
@@ -42,14 +46,25 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_dataset(folder: Path, variant: str) -> Path:
-    """A small dataset in the published layout; ``variant`` changes every file's bytes."""
+def make_dataset(folder: Path, variant: str, extras: str | None = None) -> Path:
+    """A small dataset in the published layout: images whose bytes depend on ``variant``, their manifest, and the
+    other required files, whose text depends on ``extras`` (default: ``variant``)."""
+    rows = []
     for label in ("0", "1"):
         (folder / "images" / label).mkdir(parents=True)
         for i in range(3):
-            (folder / "images" / label / f"{label}_{i}.png").write_bytes(f"{variant}:{label}:{i}".encode() * 50)
+            path = f"images/{label}/{label}_{i}.png"
+            data = f"{variant}:{label}:{i}".encode() * 50
+            (folder / path).write_bytes(data)
+            rows.append({"image_id": hashlib.sha256(data).hexdigest(), "path": path, "label": label,
+                         "split": "train", "source": "real", "generator": None, "checkpoint": None, "seed": None,
+                         "accepted": True, "reject_reason": None, "height": 8, "width": 8, "channels": 1})
+    frame = pd.DataFrame(rows)
+    frame["seed"] = frame["seed"].astype("Int64")
+    write_manifest(frame, folder / "manifest.parquet")
     for file in REQUIRED_FILES:
-        (folder / file).write_text(f"{file} of {variant}\n")
+        if file != "manifest.parquet":
+            (folder / file).write_text(f"{file} of {extras or variant}\n")
     return folder
 
 
@@ -219,34 +234,47 @@ def test_fetch_refuses_bad_versions_and_existing_output(tmp_path: Path) -> None:
         fetch(str(tmp_path), NAME, 1, tmp_path / "out")
 
 
-def test_card_names_lineage_contents_metrics_and_params(tmp_path: Path) -> None:
-    ds = tmp_path / NAME
+def _card_manifest(ds: Path) -> None:
     frame = pd.DataFrame({
-        "image_id": ["a", "b", "c"], "path": ["images/0/a.png", "images/1/b.png", "images/1/c.png"],
-        "label": ["0", "1", "1"], "split": ["train"] * 3, "source": ["real", "real", "synthetic"],
-        "generator": [None, None, "diffusion"], "checkpoint": [None, None, "c" * 64],
-        "seed": pd.array([None, None, 7], dtype="Int64"), "accepted": [True, True, True],
-        "reject_reason": [None, None, None], "height": [16] * 3, "width": [16] * 3, "channels": [1] * 3,
+        "image_id": ["a", "b", "c", "d"],
+        "path": ["images/0/a.png", "images/1/b.png", "images/1/c.png", "images/1/d.png"],
+        "label": ["0", "1", "1", "1"], "split": ["train", "train", "test", "train"],
+        "source": ["real", "real", "real", "synthetic"], "generator": [None, None, None, "diffusion"],
+        "checkpoint": [None, None, None, "c" * 64], "seed": pd.array([None, None, None, 7], dtype="Int64"),
+        "accepted": [True] * 4, "reject_reason": [None] * 4, "height": [16] * 4, "width": [16] * 4,
+        "channels": [1] * 4,
     })
     write_manifest(frame, ds / "manifest.parquet")
+
+
+def test_card_is_a_hugging_face_card_with_lineage_contents_and_no_params_dump(tmp_path: Path) -> None:
+    from huggingface_hub import DatasetCard
+
+    ds = tmp_path / NAME
+    _card_manifest(ds)
     kwargs = dict(source={"source": "digits", "repo": "https://git.example.org/data.git", "rev": "v3",
                           "resolved_rev": None, "content_hash": "d" * 64},
                   params_yaml="plan:\n  strategy: match_majority\n", code_version="git 1234abcd",
-                  checkpoint="c" * 64, metrics={"balanced_accuracy": 0.91234, "per_class": {"0": {"recall": 0.5}},
-                                                "fid": None})
+                  checkpoint="c" * 64, metrics={"fid": None})
     path = write_card(ds, **kwargs)
     text = path.read_text()
     for expected in ("| source repository | https://git.example.org/data.git |", "| source revision | v3 |",
                      "d" * 64, "| pipeline code | git 1234abcd |", "c" * 64, "| params | [params.yaml](params.yaml)",
-                     "| balanced_accuracy | 0.9123 |", "| per_class.0.recall | 0.5 |", "strategy: match_majority",
-                     "| 1 | 1 | 1 |", "| version | not published yet", "| fid | not measured |"):
-        assert expected in text
-    assert "None" not in text
+                     "| 0 | 1 | 0 | 0 |", "| 1 | 1 | 1 | 1 |", "| version | not published", "## Intended use",
+                     "## Out-of-scope use", "## How to load", "## Limitations", "## Lineage",
+                     'rows[rows["split"] != "test"]', "The real test split (1 images) is included"):
+        assert expected in text, expected
+    assert "None" not in text and "strategy: match_majority" not in text  # params.yaml is beside the card
+    card = DatasetCard(text)  # the header as the Hub reads it
+    assert card.data.license == "unknown" and card.data.task_categories == ["image-classification"]
+    assert card.data.size_categories == ["n<1K"] and "synthetic" in card.data.tags
+    assert card.data.source_datasets == ["https://git.example.org/data.git:digits"]
     assert write_card(ds, **kwargs).read_text() == text  # no timestamp: same inputs, same card, same version
     # The heading names the dataset (not its folder); a run without a source repository leaves the row out.
     run = RunInfo(dataset="digits-balanced", family="diffusion", code_version="git 1234abcd", source="digits")
-    text = write_card(ds, **kwargs, run=run).read_text()
-    assert text.startswith("# Dataset card: digits-balanced\n") and "| generator family | diffusion |" in text
+    text = write_card(ds, **kwargs, run=run, license="cc-by-4.0").read_text()
+    assert "\n# digits-balanced\n" in text and "| generator family | diffusion |" in text
+    assert DatasetCard(text).data.license == "cc-by-4.0" and DatasetCard(text).data.pretty_name == "digits-balanced"
     assert "source repository" not in text and "None" not in text
 
 
@@ -258,38 +286,42 @@ def test_card_cells_cannot_break_the_table_or_open_a_tag(tmp_path: Path) -> None
     assert "| source | a\\|b c |" in text
 
 
-def _stamped_dataset(folder: Path, variant: str, run: RunInfo) -> Path:
-    """A dataset as ``assemble`` leaves it: run.json, and a card and report with the run block (not published)."""
-    make_dataset(folder, variant)
-    manifest = folder / "manifest.parquet"
-    placeholder = manifest.read_bytes()
-    manifest.unlink()  # make_dataset's manifest is a placeholder, not parquet: a card without a contents table
-    write_card(folder, source={}, params_yaml=f"variant: {variant}\n", code_version="", checkpoint=None,
+def _stamped_dataset(folder: Path, variant: str, run: RunInfo, extras: str | None = None) -> Path:
+    """A dataset as ``assemble`` leaves it: run.json, and a card and report with the run blocks (not published);
+    ``extras`` changes the card, report, metrics and params without changing an image or the manifest."""
+    make_dataset(folder, variant, extras)
+    write_card(folder, source={}, params_yaml=f"variant: {extras or variant}\n", code_version="", checkpoint=None,
                metrics={}, run=run)
-    manifest.write_bytes(placeholder)
-    (folder / "report.html").write_text(f"<html><body>{render('run.html.j2', run=run)}<p>{variant}</p></body></html>")
+    (folder / "report.html").write_text(f"<html><body>{render('status.html.j2', run=run)}"
+                                        f"{render('run.html.j2', run=run)}<p>{extras or variant}</p></body></html>")
     write_run(folder, run)
     return folder
 
 
-def test_publish_names_the_version_in_the_registry_copy_and_an_unchanged_rerun_publishes_nothing(
-        tmp_path: Path) -> None:
+def test_publish_names_the_version_in_both_copies_and_an_unchanged_rerun_publishes_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     run = RunInfo(dataset=NAME, family="diffusion", code_version="git 1234abcd", source="digits",
                   source_rev="e" * 40, source_hash="d" * 64)
     ds = _stamped_dataset(tmp_path / "ds", "a", run)
-    assembled = snapshot(ds)
+    assert "not published" in (ds / "card.md").read_text() and "Not published." in (ds / "report.html").read_text()
     registry = tmp_path / "registry"
     params = PublishParams(name=NAME, registry=str(registry), remote=str(tmp_path / "remote"))
     first = publish(ds, params, workdir=tmp_path / "work")
     assert first.new and first.tag == f"{NAME}/v1"
-    assert snapshot(ds) == assembled  # the assembled folder is never written to: only the registry's copy
+    assert first.fetch_command == f"dvc get {registry} datasets/{NAME} --rev {NAME}/v1 -o {NAME}-v1"
     v1 = fetch(str(registry), NAME, 1, tmp_path / "v1")
     card, page, stamped = (v1 / "card.md").read_text(), (v1 / "report.html").read_text(), read_run(v1)
     assert stamped is not None and stamped.tag == f"{NAME}/v1" and stamped.date and stamped.family == "diffusion"
-    assert card.startswith(f"# Dataset card: {NAME}\n") and f"| version | {NAME}/v1 |" in card
-    assert f"| published | {stamped.date} |" in card and "not published yet" not in card
-    assert f'<th class="l">version</th><td class="l">{NAME}/v1</td>' in page and "not published yet" not in page
+    assert f"\n# {NAME}\n" in card and f"| version | {NAME}/v1 |" in card and f"| registry | {registry} |" in card
+    assert f"| published | {stamped.date} |" in card and "not published" not in card
+    assert f"dvc get {registry} datasets/{NAME} --rev {NAME}/v1" in card  # how to load, with the real version
+    assert f"dvc artifacts get {registry} {NAME} --rev v1.0.0" in card
+    assert f'<th class="l">version</th><td class="l">{NAME}/v1</td>' in page and "Not published" not in page
+    assert f"<b>Published as {NAME}/v1</b>" in page
     assert "source repository" not in card and "None" not in card + page
+    # The assembled (workdir) copy says what the registry's copy says.
+    assert {f: (ds / f).read_text() for f in ("card.md", "report.html", "run.json")} == \
+        {f: (v1 / f).read_text() for f in ("card.md", "report.html", "run.json")}
 
     # Same content again: the tag and date it would get do not make it a new version, and nothing is left behind.
     again = publish(ds, params, workdir=tmp_path / "work")
@@ -297,12 +329,66 @@ def test_publish_names_the_version_in_the_registry_copy_and_an_unchanged_rerun_p
                                                                         first.commit)
     assert git("status", "--porcelain", "--untracked-files=all", cwd=registry) == ""
 
+    # Params, metrics, report and card changed, images and manifest not (a params-only re-run): nothing published,
+    # the log says so, and the assembled copy names the version it equals.
+    monkeypatch.setattr(logging.getLogger("synthaug"), "propagate", True)  # the CLI's stderr handler may own it
+    caplog.set_level(logging.INFO, logger="synthaug")
+    params_only = _stamped_dataset(tmp_path / "ds-params", "a", run, extras="other params and metrics")
+    same = publish(params_only, params, workdir=tmp_path / "work")
+    assert (same.new, same.tag, same.commit) == (False, first.tag, first.commit)
+    assert tags(registry) == [f"{NAME}/v1"]
+    assert f"identical to {NAME}/v1" in caplog.text and "nothing new published" in caplog.text
+    assert f"| version | {NAME}/v1 (nothing new published" in (params_only / "card.md").read_text()
+    assert f"Nothing new published:</b> this run's images and manifest are those of <b>{NAME}/v1</b>" in \
+        (params_only / "report.html").read_text()
+
     changed = _stamped_dataset(tmp_path / "ds2", "b", run)
     second = publish(changed, params, workdir=tmp_path / "work")
     assert second.new and second.tag == f"{NAME}/v2"
     v2 = fetch(str(registry), NAME, 2, tmp_path / "v2")
     assert f"| version | {NAME}/v2 |" in (v2 / "card.md").read_text() and read_run(v2).tag == f"{NAME}/v2"
     assert (fetch(str(registry), NAME, 1, tmp_path / "v1-again") / "card.md").read_text() == card
+
+
+def test_a_dataset_whose_images_do_not_match_its_manifest_is_refused(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds", "one")
+    (ds / "images" / "0" / "0_0.png").write_bytes(b"changed after assembly")
+    params = PublishParams(name=NAME, registry=str(tmp_path / "registry"), remote=str(tmp_path / "remote"))
+    with pytest.raises(UserError, match=r"0_0\.png: its sha256 is not the manifest's image_id"):
+        publish(ds, params, workdir=tmp_path / "work")
+    ds = make_dataset(tmp_path / "ds2", "one")
+    (ds / "images" / "1" / "stray.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="an image the manifest does not list"):
+        publish(ds, params, workdir=tmp_path / "work")
+    assert not (tmp_path / "registry").exists() or tags(tmp_path / "registry") == []
+
+
+def test_the_registry_declares_dvc_artifacts_and_dvc_artifacts_get_fetches_them(tmp_path: Path) -> None:
+    """Each version is also tagged <artifact>@v<N>.0.0 and the registry's dvc.yaml declares the dataset, so plain
+    `dvc artifacts get <registry> <name>` fetches the latest version (and --rev v1.0.0 the first); the <name>/v<N>
+    tags stay as they were."""
+    registry, remote = tmp_path / "registry" / "repo", tmp_path / "registry" / "remote"
+    params = PublishParams(name="digits.v2", registry=str(registry), remote=str(remote))  # '.': no artifact name
+    publish(make_dataset(tmp_path / "dotted", "zero"), params, workdir=tmp_path / "work")
+    params = params.model_copy(update={"name": NAME})
+    ds1, ds2 = make_dataset(tmp_path / "ds1", "one"), make_dataset(tmp_path / "ds2", "two")
+    publish(ds1, params, workdir=tmp_path / "work")
+    publish(ds2, params, workdir=tmp_path / "work")
+    assert tags(registry) == [f"{NAME}/v1", f"{NAME}/v2"]
+    assert git("tag", "--list", f"{NAME}@*", cwd=registry).split() == [f"{NAME}@v1.0.0", f"{NAME}@v2.0.0"]
+    assert git("rev-parse", f"{NAME}@v2.0.0^{{commit}}", cwd=registry) == \
+        git("rev-parse", f"{NAME}/v2^{{commit}}", cwd=registry)
+    declared = yaml.safe_load((registry / "dvc.yaml").read_text())["artifacts"]
+    assert declared[NAME]["path"] == f"datasets/{NAME}" and declared[NAME]["type"] == "dataset"
+    assert declared["digits-v2"]["path"] == "datasets/digits.v2"
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    for args, expected in (([], ds2), (["--rev", "v1.0.0"], ds1)):
+        out = tmp_path / f"got{len(args)}"
+        done = subprocess.run([sys.executable, "-m", "dvc", "artifacts", "get", str(registry), NAME, *args, "-o",
+                               str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert snapshot(out) == snapshot(expected)
 
 
 def test_code_version_names_the_checkout_or_the_package() -> None:

@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from synthaug.tasks.core.evaluation.downstream import CONDITIONS, TREATED, famil
 from synthaug.tasks.core.io.images import write_png
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.core.privacy import dp, record, tstr
-from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW, write_card
+from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW, GENERATOR_ROW, write_card
 from synthaug.tasks.core.render import md_cell
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
@@ -46,6 +47,10 @@ IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", re.IGNORECASE)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 UTILITY_BAR = (103, 135, 188)  # the balanced-accuracy bar colour (#4C72B0 at alpha 0.85 on white) in utility.png
+LOOK_AT = "SYNTHAUG_TEST_OUT"  # a folder: the browser and card tests leave their screenshot and card there to look at
+# The verdict box's background per situation (tasks/templates/report.css.j2).
+VERDICT_BACKGROUND = {"gain": (0xE9, 0xF6, 0xEC), "no_gain": (0xFF, 0xF6, 0xDB), "nothing_accepted": (0xFF, 0xF6, 0xDB),
+                      "harm": (0xFD, 0xEC, 0xEA)}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,32 @@ def test_report_has_every_section(workdir: dict[str, Path], page: str) -> None:
     assert "class 3" in page and "overall (pooled)" in page and "heldback" in page
     # The run block: what the inputs say before publish names the version (source, generator family, params).
     run = page[page.index('id="run"'):page.index("<nav>")]
-    assert "not published yet" in run and '<th class="l">generator family</th>' in run and "None" not in run
+    assert "not published (publishing is an act" in run and '<th class="l">generator family</th>' in run
+    assert "None" not in run
+
+
+def test_the_report_opens_with_the_verdict(workdir: dict[str, Path], page: str) -> None:
+    """Right under the title, before anything else: whether it is published, the utility gate's result and rule,
+    the accepted share, and the headline gain with its interval for both classifier families."""
+    from synthaug.tasks.report import HEADLINES
+
+    metrics = json.loads((workdir["evaluate"] / "metrics.json").read_text())
+    gate = metrics["utility"]["gate"]
+    start = page.index('<section class="verdict')
+    assert page.index("</h1>") < start < page.index('class="lead"') < page.index('id="run"')
+    box = page[start:page.index("</section>", start)]
+    assert f'<section class="verdict {gate["situation"]}" id="verdict">' in box
+    assert f'<p class="headline">{HEADLINES[gate["situation"]]}</p>' in box
+    assert "<b>Not published.</b> Publishing is an act" in box  # the report step alone names no version
+    assert ("passed" if gate["passed"] else "refused") + "</b>. " + str(escape(gate["verdict"])) in box
+    assert "Rule: " + str(escape(gate["rule"])) in box
+    accepted = sum(metrics["counts"]["synthetic_accepted"].values())
+    generated = sum(metrics["counts"]["synthetic_generated"].values())
+    assert f"Accepted synthetic images: <b>{accepted}</b> of {generated} generated" in box
+    for family in families(metrics["utility"]):
+        row = box[box.index(f'<td class="l">{family}</td>'):]
+        row = row[:row.index("</tr>")]
+        assert row.count(" vs real_") == 2 and row.count("[") == 2, row  # both metrics, each with its interval
 
 
 def test_utility_is_measured_from_the_best_real_baseline(workdir: dict[str, Path], page: str) -> None:
@@ -172,6 +202,21 @@ def test_report_renders_in_headless_chromium(workdir: dict[str, Path], tmp_path:
         hits = sum(n for n, c in colours if all(abs(a - b) <= 3 for a, b in zip(c, UTILITY_BAR, strict=True)))
         assert hits > 500, hits
 
+    # The first screen (1280x900, as a person opens it) shows the verdict box: its background fills a band near
+    # the top, under the title, and the DOM has it right after the title.
+    top = Path(os.environ.get(LOOK_AT, tmp_path)) / "report-top.png"
+    subprocess.run([*base, f"--screenshot={top}", "--window-size=1280,900", url], check=True, capture_output=True,
+                   timeout=90)
+    situation = json.loads((workdir["evaluate"] / "metrics.json").read_text())["utility"]["gate"]["situation"]
+    with Image.open(top) as image:
+        rgb = image.convert("RGB")
+        assert rgb.size == (1280, 900)
+        box = VERDICT_BACKGROUND[situation]
+        rows = [y for y in range(rgb.height) if sum(rgb.getpixel((x, y)) == box for x in range(0, 1280, 8)) > 60]
+        assert len(rows) > 80 and 30 < rows[0] < 200, (situation, rows[:3], len(rows))  # a box of > 80 px, on top
+    body = dom[dom.index("<body>"):]
+    assert re.match(r'<body>\s*<h1>[^<]*</h1>\s*<section class="verdict', body), body[:300]
+
 
 def test_evaluate_and_report_read_the_filter_steps_own_output(workdir: dict[str, Path], tmp_path: Path) -> None:
     """The real filter step (no top-up) on perturbed heldback images; evaluate and report take its output as is."""
@@ -236,7 +281,7 @@ def test_report_template_escapes_class_names_and_source_paths() -> None:
     assert f'<td class="l">{escape(nasty)}</td>' in counts and f'<td class="cls">{escape(nasty)}</td>' in samples
     assert f'title="{escape(thumb["path"])}"' in samples and f'<div class="reason">{escape(nasty)} ×1</div>' in samples
     assert str(escape(f"/data/{nasty}/digits")) in block and 'href="params.yaml"' in block
-    assert '<th class="l">version</th><td class="l">not published yet' in block
+    assert '<th class="l">version</th><td class="l">not published (' in block
 
 
 def test_templates_ship_as_package_data() -> None:
@@ -311,7 +356,7 @@ def test_an_anonymized_release_shows_its_privacy_sections_escaped(workdir: dict[
     assert "<script" not in card and md_cell(nasty) in card
     assert f"| recall, class {md_cell(nasty)} | 0.600 [" in card
     assert ("## Differential privacy\n\nNo differential-privacy guarantee: model.dp.epsilon is null.\n\n"
-            "## Params") in card
+            "## Lineage") in card
     for table in re.findall(r"(?m)(?:^\|.*\|\n)+", card):  # every row of a table has its header's columns
         widths = {len(re.findall(r"(?<!\\)\|", row)) for row in table.splitlines()}
         assert len(widths) == 1, table
@@ -321,7 +366,7 @@ HTML_TAG = re.compile(r"</?(?:html|head|body|style|meta|title|nav|div|span|table
                       r"|sup|code)\b", re.IGNORECASE)
 CSS_RULE = re.compile(r"[\w.#-]+\s*\{[^{}]*:[^{}]*;")
 MARKDOWN = re.compile(r"(?m)^\s*\||\|\s*$|\|---|^#{1,6} |\*\*\S")  # a table row, a heading, bold text
-MARKDOWN_MODULES = ("tasks/core/publishing/card.py", "tasks/core/publishing/generators.py",
+MARKDOWN_MODULES = ("tasks/core/publishing/card.py", "tasks/core/publishing/generators.py", "tasks/publish/step.py",
                     "tasks/core/privacy/record.py", "tasks/core/privacy/dp.py", "tasks/core/privacy/tstr.py")
 
 
@@ -344,9 +389,111 @@ def test_no_html_or_markdown_is_built_in_python() -> None:
     assert not HTML_TAG.findall(source), HTML_TAG.findall(source)
     assert not [s for s in _literals(root / "tasks" / "report.py") if CSS_RULE.search(s)]
     assert not re.search(r"\bMarkup\b|\bescape\(|^import html$", source, re.MULTILINE)  # autoescape does it all
-    for module in MARKDOWN_MODULES:  # CARD_CHECKPOINT_ROW finds a row in a written card, it builds none
-        rows = [s for s in _literals(root / module) if MARKDOWN.search(s) and s != CARD_CHECKPOINT_ROW]
+    for module in MARKDOWN_MODULES:  # CARD_CHECKPOINT_ROW, GENERATOR_ROW find rows in a written card, build none
+        rows = [s for s in _literals(root / module) if MARKDOWN.search(s)
+                and s not in (CARD_CHECKPOINT_ROW, GENERATOR_ROW)]
         assert not rows, (module, rows)
     for path in (root / "tasks").rglob("*.py"):
         if path.name != "render.py":
             assert "md_cell" not in path.read_text(encoding="utf-8"), path
+
+
+def _lines_not_measured(card: str) -> int:
+    return sum(line.count("not measured") for line in card.splitlines())
+
+
+def test_the_tiny_pipelines_card_is_short_parses_as_a_hub_card_and_leads_with_the_verdict(
+        workdir: dict[str, Path], tmp_path: Path) -> None:
+    """The card of a dataset assembled from the tiny pipeline: a Hugging Face header the Hub parses, the verdict
+    first, under 120 lines (no flattened metrics.json), "not measured" only where a headline value was not measured,
+    and the real test split said to be inside and not to be trained on."""
+    from huggingface_hub import DatasetCard
+
+    from synthaug.tasks.core.evaluation.gate import headline_gains
+    from synthaug.tasks.publish.assemble import assemble
+
+    out = assemble(workdir["ingest"], workdir["filter"], workdir["evaluate"], workdir["report"], "a: 1\n",
+                   tmp_path / "dataset", name="tiny", license="cc-by-4.0")
+    card = (out / "card.md").read_text()
+    lines = card.splitlines()
+    assert len(lines) < 120, len(lines)
+    data = DatasetCard(card).data
+    assert data.license == "cc-by-4.0" and data.pretty_name == "tiny" and data.task_categories == [
+        "image-classification"]
+    assert data.size_categories == ["n<1K"] and {"synthetic", "synthaug", "diffusion"} <= set(data.tags)
+    assert data.source_datasets == ["not recorded"]  # the tiny workdir's manifest carries no source lineage
+    if os.environ.get(LOOK_AT):
+        shutil.copyfile(out / "card.md", Path(os.environ[LOOK_AT]) / "tiny-card.md")
+    metrics = json.loads((workdir["evaluate"] / "metrics.json").read_text())
+    gate = metrics["utility"]["gate"]
+    body = card.split("\n---\n", 1)[1]
+    assert body.lstrip().startswith("# tiny\n\n**Verdict: ")  # the verdict leads
+    assert md_cell(gate["verdict"]) in body
+    test_images = sum(metrics["counts"]["real_test"].values())
+    assert f"The real test split ({test_images} images) is included" in card and "must not be trained" in card
+    for section in ("## Intended use", "## Out-of-scope use", "## How to load", "## Headline numbers",
+                    "## Contents", "## Generation", "## Limitations", "## Lineage"):
+        assert section in card, section
+    assert 'rows[rows["split"] != "test"]' in card and "dvc import" in card
+    # No metrics.json dump, and "not measured" exactly where a headline value is missing.
+    assert ".reason" not in card and ".value" not in card and "fid" not in card.lower()
+    rows = headline_gains(metrics["utility"])
+    missing = sum(r[k] is None for r in rows for k in ("baseline_mean", "mean", "gain"))
+    gaps = [r["gap_closed"] for r in rows]
+    missing += sum(g is None for g in gaps) if any(g is not None for g in gaps) else 0
+    assert _lines_not_measured(card) == missing
+
+
+def test_a_card_without_accepted_synthetic_images_claims_none(workdir: dict[str, Path], tmp_path: Path) -> None:
+    """0 accepted: the verdict says nothing was accepted (not that real_synthetic hurts), no "synthetic" tag, no
+    synthetic row, and the summary says the version holds real images only."""
+    from huggingface_hub import DatasetCard
+
+    from synthaug.tasks.core.evaluation.gate import gate_verdict
+
+    metrics = json.loads((workdir["evaluate"] / "metrics.json").read_text())
+    generated = sum(metrics["counts"]["synthetic_generated"].values())
+    metrics["counts"]["synthetic_accepted"] = dict.fromkeys(metrics["counts"]["synthetic_accepted"], 0)
+    metrics["utility"]["gate"] = gate_verdict(metrics["utility"], 0.01, accepted=0, generated=generated)
+    real, lineage = read_manifest(workdir["ingest"] / "manifest.parquet")
+    real = real[real["split"] != "heldback"]
+    folder = tmp_path / "real-only"
+    for rel in real["path"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(workdir["ingest"] / rel, folder / rel)
+    write_manifest(real, folder / "manifest.parquet", metadata=lineage)
+    card = write_card(folder, source=lineage, params_yaml="", code_version="", checkpoint=None,
+                      metrics=metrics).read_text()
+    assert "synthetic" not in DatasetCard(card).data.tags
+    assert "**Verdict: nothing was accepted.**" in card and "hurts" not in card
+    assert f"the filter accepted none of the {generated} generated, so this version holds the real images only" in card
+    assert "No synthetic image passed the filter: nothing in this version is synthetic" in card
+    assert "Real images plus" not in card and "synthetic images of the classes" not in card
+
+
+def test_a_refused_privacy_gate_writes_its_report_with_the_failed_checks_and_advice(
+        workdir: dict[str, Path], tmp_path: Path) -> None:
+    """Nothing is released, but the report says why: each failed check, what to change, the gate's tables and DCR
+    histogram, and the accepted images closest to a training image beside it; text escaped."""
+    from synthaug.tasks.report import privacy_report
+
+    nasty = '<script>alert(1)</script> | "x"'
+    record_ = {**_privacy_record(nasty), "advice": ["train with differential privacy (model.dp.epsilon)"],
+               "release": {"images": 18, "generated": 23}}
+    privacy_dir = tmp_path / "privacy"
+    privacy_dir.mkdir()
+    (privacy_dir / record.PRIVACY_FILE).write_text(json.dumps(record_))
+    shutil.copyfile(workdir["evaluate"] / "class_counts.png", privacy_dir / record.DCR_PLOT)
+    page = privacy_report(workdir["ingest"], workdir["filter"], privacy_dir, pairs=3).read_text(encoding="utf-8")
+    box = page[page.index('<section class="verdict failed"'):page.index("</section>")]
+    assert "Not released: the privacy gate failed" in box and "18 synthetic images of 23 generated" in box
+    assert f'<li class="bad">{escape(record_["failures"][0])}</li>' in box
+    assert "<b>What to change:</b>" in box and "<li>train with differential privacy (model.dp.epsilon)</li>" in box
+    assert 'id="privacy"' in page and 'id="dcr"' in page and 'id="memorization"' in page
+    assert page.count('<div class="pair">') == 3 and "<script" not in page.lower()
+    # An empty release (the filter accepted nothing) has no audit to show, but still its failure and advice.
+    empty = {"passed": False, "failures": ["release: no synthetic image to release"], "advice": ["train longer"],
+             "release": {"images": 0, "generated": 5}}
+    (privacy_dir / record.PRIVACY_FILE).write_text(json.dumps(empty))
+    page = privacy_report(workdir["ingest"], workdir["filter"], privacy_dir).read_text(encoding="utf-8")
+    assert "release: no synthetic image to release" in page and "<li>train longer</li>" in page

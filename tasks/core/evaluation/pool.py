@@ -15,7 +15,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ MEMORY_SHARE = 0.5  # the workers' copies of the shared data may take at most th
 # this much work the runs stay in this process (still one thread each, so the results are the same).
 MIN_SPREAD_SECONDS = 60.0
 
+POLL_S = 0.5  # seconds between wake-ups of the waiting main thread (flows/stopping.py)
 
 def _init_worker(shared: Any) -> None:
     global _SHARED
@@ -94,11 +95,14 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], shared: Any, *, work
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(shared,))
     try:
         futures = {pool.submit(_call, fn, job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            if on_done is not None:
-                on_done(jobs[i])
+        pending = set(futures)
+        while pending:  # wake every POLL_S: a stop signal is handled only when this thread runs Python again
+            finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=futures.__getitem__):
+                i = futures[future]
+                results[i] = future.result()
+                if on_done is not None:
+                    on_done(jobs[i])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results

@@ -10,6 +10,7 @@ from synthaug.tasks.core.errors import refuse_credentials
 from synthaug.tasks.core.params.base import Section
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_LICENSE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
 
 CRON_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *",
@@ -32,7 +33,10 @@ class PublishParams(Section):
       and code unchanged publishes nothing.
     utility_gate: publish only when the evaluate step's utility gate passed (the synthetic images do not measurably
       hurt against the best real baseline; the rule is ``tasks.core.evaluation.gate.gate_verdict``). ``false`` publishes
-      anyway and says so in the step's record.
+      anyway and says so in the step's record and the card.
+    license: the license of the published dataset and generator, as a Hugging Face license id (``cc-by-4.0``,
+      ``mit``, ``other``, ...), written into the cards' headers; null: the bundled example's ``cc-by-4.0``, else
+      ``unknown`` (the source's license applies).
     """
 
     name: str = "digits-balanced"
@@ -41,11 +45,20 @@ class PublishParams(Section):
     push: bool = True
     schedule: str = "0 3 * * *"
     utility_gate: bool = True
+    license: str | None = None
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
         check_name(value)
+        return value
+
+    @field_validator("license")
+    @classmethod
+    def _license_id(cls, value: str | None) -> str | None:
+        if value is not None and not _LICENSE_RE.fullmatch(value):
+            raise ValueError(f"license {value!r} is not a license id: lowercase letters, digits, '.', '-', '+' "
+                             "(e.g. 'cc-by-4.0', 'mit', 'other')")
         return value
 
     @field_validator("schedule")

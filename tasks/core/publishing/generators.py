@@ -189,8 +189,10 @@ def write_origin(model_dir: Path, warm: WarmStart) -> Path:
 # the artifact
 
 
-def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str, out_dir: Path) -> Path:
-    """Build ``out_dir`` (replaced whole) from the train step's ``model_dir`` and the source lineage of the ingest."""
+def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str, out_dir: Path, *,
+                       license: str | None = None) -> Path:
+    """Build ``out_dir`` (replaced whole) from the train step's ``model_dir`` and the source lineage of the ingest;
+    ``license``: the card's license id (None: unknown)."""
     from synthaug.models.training import CHECKPOINT_FILES, checkpoint_hash, read_checkpoint_meta
 
     ckpt = model_dir / "checkpoint"
@@ -217,12 +219,15 @@ def assemble_generator(model_dir: Path, ingest_manifest: Path, params_yaml: str,
     }
     (out_dir / GENERATOR_FILE).write_text(json.dumps(record, indent=2) + "\n")
     (out_dir / "params.yaml").write_text(params_yaml)
-    _write_card(out_dir, record, params_yaml)
+    _write_card(out_dir, record, license)
     return out_dir
 
 
-def _write_card(out_dir: Path, record: dict[str, Any], params_yaml: str) -> None:
-    """``out_dir/card.md`` (template ``generator_card.md.j2``): the lineage of ``record``, the files, the params."""
+def _write_card(out_dir: Path, record: dict[str, Any], license: str | None) -> None:
+    """``out_dir/card.md`` (template ``generator_card.md.j2``), a Hugging Face model card: a YAML header (license,
+    tags, the source dataset), what the generator is for and not for, how to sample it, its lineage, limitations."""
+    import yaml
+
     started = record["origin"].get("from") or "scratch"
     rows = [("family", record["family"]), ("checkpoint (sha256)", record["checkpoint"]),
             ("classes", ", ".join(record["class_names"])), ("image shape (C, H, W)", record["image_shape"]),
@@ -231,7 +236,13 @@ def _write_card(out_dir: Path, record: dict[str, Any], params_yaml: str) -> None
             *((k if k == "source" else f"source {k}", v) for k, v in record["source"].items()),
             ("pipeline code", record["code_version"])]
     rows = [(k, v) for k, v in rows if v is not None]  # a value not recorded (e.g. no source repo) leaves its row out
-    text = render("generator_card.md.j2", rows=rows, params_yaml=params_yaml.rstrip("\n"))
+    source = record["source"]
+    where = source.get("source") if not source.get("repo") else f"{source['repo']}:{source.get('source')}"
+    header = {"license": license or "unknown", "library_name": "pytorch",
+              "tags": ["synthaug", "class-conditional", "image-generation", "synthetic-data", record["family"]],
+              "datasets": [str(where or "not recorded")]}
+    text = render("generator_card.md.j2", rows=rows, family=record["family"], classes=record["class_names"],
+                  shape=record["image_shape"], header=yaml.safe_dump(header, sort_keys=False).rstrip("\n"))
     write_atomic(text, out_dir / "card.md")
 
 

@@ -1,10 +1,18 @@
 """The data registry: a git + DVC repository holding dataset and generator versions, tagged ``<name>/v<N>``.
 
-Naming and reading versions, and running git and DVC on it with secrets redacted; publishing a version is the
-publish step (``tasks/publish/__init__.py``)."""
+Naming and reading versions, what a version *is* (``dataset_identity``), and running git and DVC on it with secrets
+redacted; publishing a version is the publish step (``tasks/publish/step.py``).
+
+DVC artifacts: the registry's ``dvc.yaml`` declares each dataset and generator in its ``artifacts:`` section
+(``artifact_name``), and each version also carries the tag DVC's model registry (GTO) reads,
+``<artifact>@v<N>.0.0``, beside ``<name>/v<N>``; so ``dvc artifacts get <registry> <artifact>`` fetches the latest
+version and ``--rev v<N>.0.0`` a given one. Dataset names may hold a ``.``, which artifact names may not: it becomes
+``-`` there."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import tempfile
@@ -20,6 +28,8 @@ log = logging.getLogger(__name__)
 DATASETS_DIR = "datasets"
 MODELS_DIR = "models"  # the generator of dataset <name> lives at models/<name>, tagged <name>-generator/v<N>
 GENERATOR_SUFFIX = "-generator"
+ARTIFACTS_FILE = "dvc.yaml"  # the registry's artifact declarations (its `artifacts:` section)
+_ARTIFACT_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-_]*[a-zA-Z0-9])?")  # GTO's rule, without its '/'
 
 
 def tag_for(name: str, version: int) -> str:
@@ -100,6 +110,71 @@ def _resolve_tag(location: str, name: str, version: int | str) -> str:
     if not text.isdigit() or int(text) < 1:
         raise UserError(f"version {version!r}: expected N, 'vN', '{name}/vN' or 'latest' (N >= 1)")
     return tag_for(name, int(text))
+
+
+def artifact_name(name: str) -> str | None:
+    """The DVC artifact name of dataset (or generator) ``name``: ``.`` becomes ``-``; None when the result is still no
+    valid artifact name (e.g. it ends in ``_``): that dataset is then not declared as an artifact."""
+    candidate = name.replace(".", "-")
+    return candidate if _ARTIFACT_NAME.fullmatch(candidate) else None
+
+
+def artifact_tag(name: str, version: int) -> str | None:
+    """The tag DVC's ``dvc artifacts get`` reads for version ``version`` of ``name``: ``<artifact>@v<N>.0.0``."""
+    artifact = artifact_name(name)
+    return None if artifact is None else f"{artifact}@v{version}.0.0"
+
+
+def dataset_identity(folder: Path) -> str:
+    """What a dataset version *is*: sha256 over its manifest's data columns (the contract's columns, no scores),
+    row by row in path order. A version is new only when this differs from the latest one's: the card, metrics,
+    report, params and run record around the same images never make one.
+
+    The manifest stands for the images because every ``image_id`` is the sha256 of its file: that is checked here,
+    and so is that every file under ``images/`` is in the manifest. Raises UserError naming the first mismatch.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synthaug.tasks.core.io.files import file_sha256
+
+    folder = Path(folder)
+    manifest = folder / "manifest.parquet"
+    try:
+        table = pq.read_table(manifest)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UserError(f"{manifest}: not a readable parquet manifest ({exc}); nothing was published") from None
+    rows = identity_rows(table)
+    listed = {str(r["path"]) for r in rows}
+    for row in rows:
+        path = folder / str(row["path"])
+        if not path.is_file():
+            raise UserError(f"{path}: listed in the manifest but missing; assemble the dataset again")
+        if file_sha256(path) != row.get("image_id"):
+            raise UserError(f"{path}: its sha256 is not the manifest's image_id; assemble the dataset again")
+    images = folder / "images"
+    extra = sorted(p.relative_to(folder).as_posix() for p in images.rglob("*") if p.is_file()) if images.is_dir() \
+        else []
+    extra = [p for p in extra if p not in listed]
+    if extra:
+        raise UserError(f"{folder / extra[0]}: an image the manifest does not list ({len(extra)} in all); assemble "
+                        "the dataset again")
+    return rows_identity(rows)
+
+
+def identity_rows(table: object) -> list[dict]:
+    """The data columns of a manifest table (pyarrow), one dict per row, in path order."""
+    from synthaug.tasks.core.io.manifest import COLUMNS
+
+    present = [c for c in COLUMNS if c in table.column_names]  # type: ignore[attr-defined]
+    return sorted(table.select(present).to_pylist(), key=lambda r: str(r.get("path")))  # type: ignore[attr-defined]
+
+
+def rows_identity(rows: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update((json.dumps(row, sort_keys=True, default=str) + "\n").encode())
+    return digest.hexdigest()
 
 
 def generator_name(name: str) -> str:

@@ -35,6 +35,10 @@ from PIL import Image
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import atomic_path, write_atomic
 
+SOURCE = "example:digits"  # the data.source that names this example
+# scikit-learn's digits are the UCI Machine Learning Repository's "Optical Recognition of Handwritten Digits", which
+# UCI licenses CC BY 4.0: the license of a dataset made from them (its card's header).
+LICENSE = "cc-by-4.0"
 TEST_PER_CLASS = 50  # held-out real test images per class (balanced, never cut)
 VAL_PER_CLASS = 10  # validation images per class
 SCARCE_CLASSES = ("3", "5", "8")  # classes cut to a handful of training images
