@@ -23,6 +23,7 @@ from synthaug.flows.params import Params
 from synthaug.tasks.core.params.plan import PlanParams
 from synthaug.tasks.core.privacy.record import ATTACKS, PRIVACY_FILE
 from synthaug.tasks.core.privacy.tstr import utility_rows
+from synthaug.tasks.core.render import render
 
 
 @flow(name="anonymize", log_prints=True)
@@ -46,20 +47,7 @@ def _summary_artifact(workdir: Path, records: dict[str, Record]) -> None:
     """The release at a glance in the Prefect UI: where it went, what the gate measured."""
     released = records["release"]
     report = json.loads((Path(released["dataset"]) / PRIVACY_FILE).read_text())  # the gate's, with TSTR
-    attack, memorization = report["attack"], report["memorization"]
-    lines = ["# synthaug anonymize", "",
-             f"**Release:** `{released['registry']}` @ `{released['tag']}`"
-             + ("" if released.get("new") else " (nothing new to publish)"), "",
-             f"**Synthetic images released:** {report['release']['images']} (of {report['release']['generated']} "
-             "generated); no real image.", "",
-             "| check | measured | threshold |", "|---|---|---|",
-             f"| memorization, pixel | {memorization['pixel']['within']} within | "
-             f"{memorization['thresholds']['pixel_correlation']:.4f} |",
-             f"| memorization, feature | {memorization['feature']['within']} within | "
-             f"{memorization['thresholds']['feature_distance']:.4g} |",
-             *(f"| {name} AUC, {s} | {report[key][s]['auc']:.3f} [{report[key][s]['ci'][0]:.3f}, "
-               f"{report[key][s]['ci'][1]:.3f}] | CI lower bound <= {attack['max_auc']} (pooled and per class) |"
-               for key, (name, _) in ATTACKS.items() for s in ("pixel", "feature")),
-             "", "**Utility (TSTR vs TRTR):**", "", "| | TSTR | TRTR | TSTR - TRTR | TSTR / TRTR |",
-             "|---|---|---|---|---|", *(f"| {' | '.join(row)} |" for row in utility_rows(report["utility"]))]
-    create_markdown_artifact("\n".join(lines), key="anonymize-summary", description="privacy gate and release")
+    summary = render("artifact_anonymize.md.j2", released=released, report=report, memorization=report["memorization"],
+                     attacks=[(name, key) for key, (name, _) in ATTACKS.items()],
+                     utility=utility_rows(report["utility"]))
+    create_markdown_artifact(summary, key="anonymize-summary", description="privacy gate and release")

@@ -29,6 +29,7 @@ from synthaug.flows.preflight import preflight
 from synthaug.tasks.core.errors import UserError, mask_secrets, masked_exception
 from synthaug.tasks.core.io.locks import workdir_lock
 from synthaug.tasks.core.logs import enable
+from synthaug.tasks.core.render import render
 
 
 def _key(step: Step):
@@ -206,31 +207,11 @@ def _summary_artifacts(workdir: Path, records: dict[str, Record]) -> None:
     shortfall = records["filter"].get("shortfall") or {}
     counts = metrics["counts"]
     generated, accepted = (sum(counts[k].values()) for k in ("synthetic_generated", "synthetic_accepted"))
-    gains = headline_gains(utility)
-    lines = [
-        "# synthaug augment", "",
-        f"**Verdict:** {gate['verdict']}", "",
-        (f"**Published:** `{published['tag']}` in `{published['registry']}`" if published.get("new") else
-         f"**Nothing new published:** the images and manifest are those of `{published['tag']}`"), "",
-        f"Fetch it: `{published.get('fetch')}`", "",
-        f"**Accepted:** {accepted} of {generated} generated synthetic images; **shortfall after top-up:** "
-        + (", ".join(f"{k}: {v}" for k, v in shortfall.items()) or "none"), "",
-        "| family | metric | best real baseline | real + synthetic | gain [95% CI] |", "|---|---|---|---|---|",
-        *(f"| {r['family']} | {r['label']} | {_fmt(r['baseline_mean'])} ({r['baseline']}) | {_fmt(r['mean'])} | "
-          + (f"{r['gain']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]" if r["gain"] is not None
-             else "not measured") + " |" for r in gains),
-        "", f"**Plan:** {int(plan['to_generate'].sum())} synthetic images to generate over {len(plan)} classes.", "",
-        "| condition | balanced accuracy | minority recall |", "|---|---|---|",
-        *(f"| {c} | {utility[c]['balanced_accuracy']['mean']:.3f} ± {utility[c]['balanced_accuracy']['std']:.3f} | "
-          f"{_fmt(utility[c]['minority_recall']['mean'])} |"
-          for c in utility["setup"]["conditions"]),
-        "", f"Report (on this machine): `{records['report']['report']}`, also inside the published dataset; metrics: "
-            f"`{records['evaluate']['metrics']}`.",
-    ]
-    create_markdown_artifact("\n".join(lines), key="augment-summary", description="verdict, published version, utility")
+    summary = render("artifact_augment.md.j2", verdict=gate["verdict"], published=published, accepted=accepted,
+                     generated=generated, shortfall=", ".join(f"{k}: {v}" for k, v in shortfall.items()) or "none",
+                     gains=headline_gains(utility), to_generate=int(plan["to_generate"].sum()), classes=len(plan),
+                     conditions=[(c, utility[c]) for c in utility["setup"]["conditions"]],
+                     report=records["report"]["report"], metrics=records["evaluate"]["metrics"])
+    create_markdown_artifact(summary, key="augment-summary", description="verdict, published version, utility")
     create_table_artifact(json.loads(table.to_json(orient="records")), key="augment-per-class",
                           description="per class: plan, accepted synthetic images, recall per condition")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

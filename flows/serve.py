@@ -40,6 +40,7 @@ from prefect.cache_policies import NO_CACHE
 from synthaug.flows.code_deps import REPO_ROOT
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import tree_sha256, write_atomic
+from synthaug.tasks.core.render import render
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -254,7 +255,7 @@ def scheduled_augment(params_file: str = "params.yaml", overrides: list[str] | N
         if recorded is not None and recorded["fingerprint"] == current.digest and not force:
             logger.info("%s: no change since flow run %s (%s): source, params and code are the same; not running "
                         "the pipeline", name, recorded.get("flow_run_id"), recorded.get("recorded_at"))
-            create_markdown_artifact(_no_change_markdown(name, current, recorded), key=key,
+            create_markdown_artifact(_summary_markdown(name, current, recorded=recorded), key=key,
                                      description=f"{name}: no change, nothing run")
             return {"status": "unchanged", "dataset": name, "fingerprint": current.digest, "changed": []}
         why = "forced" if force and not changed else ("first run" if recorded is None else ", ".join(changed))
@@ -265,44 +266,22 @@ def scheduled_augment(params_file: str = "params.yaml", overrides: list[str] | N
                   "publish": records.get("publish")}
         path = write_recorded(root, name, record)
         logger.info("%s: recorded fingerprint %s in %s", name, current.digest[:12], path)
-        create_markdown_artifact(_ran_markdown(name, current, why, records), key=key,
+        create_markdown_artifact(_summary_markdown(name, current, why=why, records=records), key=key,
                                  description=f"{name}: pipeline run ({why})")
         return {"status": "ran", "dataset": name, "fingerprint": current.digest, "changed": changed,
                 "publish": records.get("publish")}
 
 
-def _lineage_lines(fp: Fingerprint) -> list[str]:
-    source = fp.parts["source"]
-    rev = source.get("resolved_rev") or "(local source, no revision)"
-    return [f"- source: `{source.get('source')}`" + (f" from `{source['repo']}`" if source.get("repo") else ""),
-            f"- source revision: `{rev}`",
-            f"- source content sha256: `{source.get('content_hash')}`",
-            f"- code: `{fp.parts['code_version']}` (sources sha256 `{fp.parts['code_hash'][:16]}…`)",
-            f"- fingerprint: `{fp.digest}`"]
-
-
-def _no_change_markdown(name: str, fp: Fingerprint, recorded: dict[str, Any]) -> str:
-    published = recorded.get("publish") or {}
-    tag = published.get("tag") if isinstance(published, dict) else None
-    return "\n".join([f"# {name}: no change", "",
-                      "The source, the resolved params and the code are those of the last successful run "
-                      f"(flow run `{recorded.get('flow_run_id')}`, {recorded.get('recorded_at')}"
-                      + (f", published as `{tag}`" if tag else "") + "), so the pipeline was not run.", "",
-                      *_lineage_lines(fp)])
-
-
-def _ran_markdown(name: str, fp: Fingerprint, why: str, records: dict[str, Any]) -> str:
-    published = records.get("publish") or {}
-    gate = (records.get("evaluate") or {}).get("utility_gate")
-    if published.get("new"):
-        outcome = f"**Published:** `{published.get('tag')}` in `{published.get('registry')}`"
-    else:
-        outcome = f"**Nothing new published:** the images and manifest are those of `{published.get('tag')}`"
-    return "\n".join([f"# {name}: pipeline run", "", f"Why: {why}.", "", outcome, "",
-                      f"Fetch it: `{published.get('fetch')}`", "",
-                      *([f"**Verdict:** {gate}", ""] if gate else []),
-                      "The run's `augment-summary` artifact has the utility table; the dataset's `report.html` "
-                      "the pictures.", "", *_lineage_lines(fp)])
+def _summary_markdown(name: str, fp: Fingerprint, *, recorded: dict[str, Any] | None = None, why: str = "",
+                      records: dict[str, Any] | None = None) -> str:
+    """The check's artifact: ``records`` (a pipeline run, ``why``) or ``recorded`` (the last run; nothing changed)."""
+    ran = records is not None
+    published = (records or {}).get("publish") or {}
+    last = ((recorded or {}).get("publish") or {}) if not ran else {}
+    return render("artifact_serve.md.j2", name=name, ran=ran, why=why, published=published,
+                  gate=((records or {}).get("evaluate") or {}).get("utility_gate"), recorded=recorded or {},
+                  tag=last.get("tag") if isinstance(last, dict) else None, source=fp.parts["source"],
+                  code_version=fp.parts["code_version"], code_hash=fp.parts["code_hash"], digest=fp.digest)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the render instead of printing nothing
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["cell"] = md_cell
+    env.filters["num"] = lambda value: "n/a" if value is None else f"{value:.3f}"
     env.globals.update(RUN_BEGIN=Markup(RUN_BEGIN), RUN_END=Markup(RUN_END), NOT_RECORDED=NOT_RECORDED,
                        begin=lambda name: Markup(begin(name)), end=lambda name: Markup(end(name)))
     return env

@@ -207,11 +207,17 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
         recorded = read_recorded(workdir, DATASET)
         assert recorded is not None and recorded["flow_run_id"] == str(first.id)
         assert recorded["parts"]["source"]["content_hash"] and recorded["parts"]["code_version"]
-        assert "pipeline run" in artifact_markdown(client, first.id)
+        ran = artifact_markdown(client, first.id)
+        assert f"# {DATASET}: pipeline run" in ran and "Why: first run." in ran and "- fingerprint: `" in ran, ran
+        (pipeline,) = pipeline_runs(client, workdir)
+        summary = artifact_markdown(client, pipeline.id)  # the augment flow's own artifacts
+        assert "# synthaug augment" in summary and "**Verdict:**" in summary, summary
+        assert "| family | metric | best real baseline |" in summary and "| condition | balanced accuracy |" in summary
 
         second = run_deployment(deployment.id, timeout=60, poll_interval=1)
         assert second.state.is_completed(), f"{second.state}\n{tail(log, 80)}"
-        assert "no change" in artifact_markdown(client, second.id)
+        unchanged = artifact_markdown(client, second.id)
+        assert f"# {DATASET}: no change" in unchanged and f"published as `{DATASET}/v1`" in unchanged, unchanged
         assert read_recorded(workdir, DATASET) == recorded
         assert len(pipeline_runs(client, workdir)) == 1  # the second run started no pipeline
 
