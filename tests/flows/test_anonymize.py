@@ -161,7 +161,7 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
     assert json.loads((release / "metrics.json").read_text())["release_utility"] == tstr
     assert records["release"]["tstr_trtr_balanced_accuracy"] == tstr["balanced_accuracy"]["ratio"]["mean"]
     card = (release / "card.md").read_text()
-    assert card.startswith("# Dataset card: toy-anonymized\n\nSynthetic images only")  # the release's name
+    assert card.startswith("---\n") and "\n# toy-anonymized\n\n**Synthetic images only**" in card  # the release's name
     assert "None" not in card and "| source | withheld (anonymized release) |" in card
     assert "## Privacy" in card and "membership inference, pixel" in card and "released -> train" in card
     assert "## Utility of the release (TSTR vs TRTR)" in card and "| recall, class 3 |" in card
