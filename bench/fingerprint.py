@@ -56,6 +56,8 @@ def time_fingerprint(source: Path, cache_dir: Path, out: Path) -> tuple[float, s
 
 
 def run(files: int, repeats: int, workdir: Path) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()  # the code imported, at the start
     source = make_source(workdir / "source", files)
     cold, warm, hashes = [], [], set()
     for r in range(repeats):
@@ -70,8 +72,6 @@ def run(files: int, repeats: int, workdir: Path) -> dict:
         shutil.rmtree(cache)
     if len(hashes) != 1:
         raise SystemExit(f"python -m bench.fingerprint: the content hash changed between runs: {sorted(hashes)}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip()
     return {"files": files, "repeats": repeats, "cold_s": round(statistics.median(cold), 2),
             "warm_s": round(statistics.median(warm), 2), "content_hash": hashes.pop(), "commit": commit,
             "date": datetime.now(UTC).date().isoformat(),
