@@ -69,7 +69,15 @@ from synthaug.tasks.core.params.data import DataParams
 from synthaug.tasks.core.publishing.public import public_lineage
 from synthaug.tasks.core.sources.example import SOURCE as EXAMPLE
 from synthaug.tasks.core.sources.medical import MedicalReader, Spacing, is_medical
-from synthaug.tasks.core.sources.readers import HashCache, Item, content_hash, fetch_dvc, label_problem, read_source
+from synthaug.tasks.core.sources.readers import (
+    HashCache,
+    Item,
+    content_hash,
+    fetch_dvc,
+    label_problem,
+    read_source,
+    source_files,
+)
 
 HASH_CACHE = "hashes.json"  # <cache_dir>/hashes.json: source files' sha256 by size, mtime and inode
 INTERPOLATION = "bilinear (Pillow, antialiased on downscale)"
@@ -165,7 +173,7 @@ def fingerprint_source(params: DataParams, out: Path, *, cache_dir: Path) -> dic
     nothing that changes while the source does not, so an unchanged source leaves ingest and every later step cached.
     """
     path, lineage = locate(params, cache_dir, Console(stderr=True))
-    source = read_source(path)
+    source = source_files(path)
     lineage["content_hash"] = content_hash(source, HashCache(cache_dir / HASH_CACHE))
     lineage["files"] = len(source.files)
     write_atomic(json.dumps(lineage, sort_keys=True, indent=1) + "\n", out)

@@ -247,6 +247,53 @@ def test_a_checkpoint_of_other_data_is_trained_again_not_resumed(tmp_path: Path)
     assert train(rev2, _model(), tmp_path / "model").resumed_from == 2  # the same data: resumed (already done)
 
 
+KILLED_AT_A_STEP_PAST_ITS_CHECKPOINT = """
+import json, os, signal, sys, threading, time
+from pathlib import Path
+from synthaug.tasks.core.params.model import ModelParams
+from synthaug.tasks.train.step import train
+
+manifest, params, out = Path(sys.argv[1]), ModelParams.model_validate_json(sys.argv[2]), Path(sys.argv[3])
+
+def kill_once_the_log_passes_the_checkpoint():
+    while True:
+        try:
+            saved = json.loads((out / "checkpoint" / "config.json").read_text())["step"]
+            logged = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+        except (OSError, ValueError, KeyError):
+            logged, saved = [], None
+        if saved is not None and logged and logged[-1] > saved:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.0005)
+
+threading.Thread(target=kill_once_the_log_passes_the_checkpoint, daemon=True).start()
+train(manifest, params, out)
+"""
+
+
+@integration
+def test_a_training_killed_past_its_checkpoint_logs_each_step_once_when_resumed(tmp_path: Path) -> None:
+    """Issue 29, finding 8: a resumed training kept the killed attempt's steps past its checkpoint in
+    train_log.jsonl, and logged them again (the published log held them twice)."""
+    from synthaug.tasks.train.step import train
+
+    manifest = _ingested(tmp_path, {"0": 12, "1": 12})
+    params = _model(vae={**TINY_VAE, "steps": 60, "checkpoint_every": 10})
+    out = tmp_path / "model"
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_A_STEP_PAST_ITS_CHECKPOINT, str(manifest),
+                             params.model_dump_json(), str(out)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())["step"]
+    lines = (out / "train_log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] > saved  # the killed attempt logged steps its checkpoint does not hold
+
+    resumed = train(manifest, params, out)
+
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert resumed.resumed_from == saved and steps == list(range(1, 61))
+
+
 @integration
 def test_generate_with_a_bad_generator_says_so_in_one_line(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -93,6 +94,31 @@ def test_folder_with_splits_csv_keeps_its_splits(tmp_path: Path, capsys: pytest.
     assert str(root) not in str(meta)
     assert meta["params"]["image_size"] == 8 and "bilinear" in meta["interpolation"]
     assert "ingested images" in capsys.readouterr().err
+
+
+def test_the_fingerprint_is_the_content_hash_of_every_file_and_follows_each_byte(tmp_path: Path) -> None:
+    """The fingerprint (which lists the folder without reading its items, issue 29 finding 8) is the plain definition
+    over the files ingest reads: sha256 over the sorted (path, file sha256) pairs, links inside the root followed,
+    links leaving it left out. Rewriting one file with other bytes of the same size changes it."""
+    root = folder(tmp_path / "src", {"cat": 3, "dog": 2})
+    noise(root / "dog" / "series" / "deep.png", seed=7)
+    (root / "README.md").write_text("notes at the root\n")
+    outside = folder(tmp_path / "elsewhere", {"bird": 1})
+    os.symlink(outside / "bird", root / "bird")  # leaves the root: not part of the source
+    os.symlink(root / "cat" / "0.png", root / "dog" / "alias.png")  # stays inside: hashed under its own path
+    plain = [*(root / "cat" / f"{i}.png" for i in range(3)), root / "dog" / "0.png", root / "dog" / "1.png",
+             root / "dog" / "series" / "deep.png", root / "dog" / "alias.png", root / "README.md"]
+
+    def fingerprint() -> dict:
+        return fingerprint_source(DataParams(source=str(root)), tmp_path / "fingerprint.json",
+                                  cache_dir=tmp_path / "cache")
+
+    first = fingerprint()
+    assert first["content_hash"] == expected_hash(root, plain) and first["files"] == len(plain)
+    assert run(tmp_path, root)[1]["content_hash"] == first["content_hash"]  # ingest's lineage agrees
+    changed = root / "dog" / "series" / "deep.png"
+    changed.write_bytes(bytes(b ^ 1 for b in changed.read_bytes()))  # same size, other bytes, a new mtime
+    assert fingerprint()["content_hash"] == expected_hash(root, plain) != first["content_hash"]
 
 
 def test_source_without_split_gets_a_stratified_one(tmp_path: Path) -> None:

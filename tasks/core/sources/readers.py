@@ -208,8 +208,10 @@ class HashCache:
                 self.entries = loaded if isinstance(loaded, dict) else {}
 
     def sha256(self, file: Path) -> str:
-        stat = file.stat()
-        key, state = str(file.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        # Keyed by the absolute path as given: the state is the stat of what it names (links followed), so a link
+        # pointed elsewhere is read again. No resolve(): it costs a syscall per path component.
+        stat = os.stat(file)
+        key, state = os.path.abspath(file), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
         entry = self.entries.get(key)
         if isinstance(entry, list) and entry[:3] == state and len(entry) == 4:
             return str(entry[3])
@@ -235,6 +237,12 @@ def content_hash(source: Source, cache: HashCache | None = None) -> str:
     digest = tree_sha256(source.files, source.root, sha256=cache.sha256)
     cache.save()
     return digest
+
+
+def source_files(path: Path) -> Source:
+    """The source at ``path`` as ``content_hash`` needs it: its root and files. A folder is only listed (its items,
+    which cost more than hashing its files, are left empty); a table or an archive is read."""
+    return Source(path, [], _walk(path)[0]) if path.is_dir() else read_source(path)
 
 
 def fetch_dvc(repo: str, rev: str | None, path: str, cache_dir: Path) -> tuple[Path, str]:
@@ -327,35 +335,47 @@ def _walk(root: Path) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
     it; and (ref, why) of entries skipped unread: a FIFO, socket or device, and a folder named like an image file
     (``x.png/``).
 
-    A folder reached twice (a link to a folder inside the root, or a link loop) is read once.
+    A folder reached twice (a link to a folder inside the root, or a link loop) is read once. Only links and folders
+    are resolved: an entry that is not a link, in a folder inside the root, is inside too, and the type of an entry
+    comes from its folder listing (no ``stat`` per file).
     """
     inside = root.resolve()
     files, escaping, odd, seen = [], [], [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        if here.resolve() in seen:
-            dirnames[:] = []
+    pending = [root]  # a stack, children pushed in reverse: folders are read in the order os.walk reads them
+    while pending:
+        here = pending.pop()
+        real = here.resolve()
+        if real in seen:
             continue
-        seen.add(here.resolve())
-        kept = []
-        for name in sorted(dirnames):
-            ref = (here / name).relative_to(root).as_posix()
-            if not (here / name).resolve().is_relative_to(inside):
-                escaping.append(ref)
-            elif name.lower().endswith(IMAGE_SUFFIXES + NIFTI_SUFFIXES):
-                odd.append((ref, FOLDER_LIKE_IMAGE))
-            else:
-                kept.append(name)
-        dirnames[:] = kept
-        for name in filenames:
-            path = here / name
-            if not path.resolve().is_relative_to(inside):
+        seen.add(real)
+        try:
+            with os.scandir(here) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:  # unreadable folder: skipped, as os.walk does
+            continue
+        folders = []
+        for entry in entries:
+            path = here / entry.name
+            if entry.is_symlink() and not Path(os.path.realpath(entry.path)).is_relative_to(inside):
                 escaping.append(path.relative_to(root).as_posix())
-            elif path.is_file():
+            elif _is_dir(entry):
+                if entry.name.lower().endswith(IMAGE_SUFFIXES + NIFTI_SUFFIXES):
+                    odd.append((path.relative_to(root).as_posix(), FOLDER_LIKE_IMAGE))
+                else:
+                    folders.append(path)
+            elif entry.is_file():
                 files.append(path)
-            elif path.exists():  # os.walk lists FIFOs, sockets and devices among the files
+            elif not entry.is_symlink() or os.path.exists(entry.path):  # a link to nothing is no entry
                 odd.append((path.relative_to(root).as_posix(), NOT_REGULAR))
+        pending.extend(reversed(folders))
     return sorted(files), sorted(escaping), sorted(odd)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # as os.walk: an entry whose type cannot be read is not a folder
+        return False
 
 
 def _class_of(ref: str) -> str | None:
