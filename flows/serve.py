@@ -363,11 +363,32 @@ def require_server() -> str:
 
 
 def serve_deployments(*deployments: RunnerDeployment) -> None:
-    """Serve ``deployments`` from this process until interrupted (their schedules are paused on shutdown)."""
-    from prefect import serve
+    """Serve ``deployments`` from this process until SIGTERM or SIGINT (their schedules are paused on shutdown).
 
-    require_server()
-    serve(*deployments)
+    Prefect's ``serve`` runs a ``Runner``, whose SIGTERM handler waits for the flow runs it started; this one is a
+    ``Runner`` whose handler is ``flows/stopping.py``'s: the flow runs' processes are terminated (Prefect marks them
+    Crashed) and the process exits within seconds with 143 (130 for SIGINT), ``Stopped`` unwinding the runner.
+    """
+    import asyncio
+
+    from prefect.runner import Runner
+
+    from synthaug.flows.stopping import install, on_signal
+
+    class StoppingRunner(Runner):
+        def handle_sigterm(self, signum: int, frame: Any = None) -> None:  # Runner.start installs it for SIGTERM
+            on_signal(signum, frame)
+
+    from synthaug.tasks.core.logs import get_logger
+
+    url = require_server()
+    install()  # SIGINT too (and SIGTERM before the runner starts)
+    runner = StoppingRunner(pause_on_shutdown=True)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    get_logger("serve").info("serving %s from %s; SIGTERM or Ctrl-C stops it (and its runs) within seconds",
+                             ", ".join(f"{d.flow_name}/{d.name}" for d in deployments), url)
+    asyncio.run(runner.start())
 
 
 def serve_command(params_file: Path, overrides: Sequence[str] = (), workdir: Path = Path("data/work"),
