@@ -367,7 +367,8 @@ def serve_deployments(*deployments: RunnerDeployment) -> None:
 
     Prefect's ``serve`` runs a ``Runner``, whose SIGTERM handler waits for the flow runs it started; this one is a
     ``Runner`` whose handler is ``flows/stopping.py``'s: the flow runs' processes are terminated (Prefect marks them
-    Crashed) and the process exits within seconds with 143 (130 for SIGINT), ``Stopped`` unwinding the runner.
+    Crashed), the deployments are paused (the server then schedules no runs that nobody would run) and the process
+    exits within seconds with 143 (130 for SIGINT).
     """
     import asyncio
 
@@ -384,11 +385,39 @@ def serve_deployments(*deployments: RunnerDeployment) -> None:
     url = require_server()
     install()  # SIGINT too (and SIGTERM before the runner starts)
     runner = StoppingRunner(pause_on_shutdown=True)
-    for deployment in deployments:
-        runner.add_deployment(deployment)
+    ids = [runner.add_deployment(deployment) for deployment in deployments]
     get_logger("serve").info("serving %s from %s; SIGTERM or Ctrl-C stops it (and its runs) within seconds",
                              ", ".join(f"{d.flow_name}/{d.name}" for d in deployments), url)
-    asyncio.run(runner.start())
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt as stopped:  # the runner's loop ended before its own shutdown could tidy up
+        _after_stop(ids, str(stopped))
+        raise
+
+
+def _after_stop(deployment_ids: Sequence[Any], why: str) -> None:
+    """Pause the served deployments and record their runs that were still going (their processes were terminated
+    before they could say so) as Crashed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    going = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING,
+                                                                                     StateType.PENDING])))
+    with get_client(sync_client=True) as client:
+        for deployment_id in deployment_ids:
+            client.pause_deployment(deployment_id)
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+                                     flow_run_filter=going)
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(message=f"the serving process was {why}"), force=True)
 
 
 def serve_command(params_file: Path, overrides: Sequence[str] = (), workdir: Path = Path("data/work"),

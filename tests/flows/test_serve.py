@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from synthaug.flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
+from synthaug.flows.stopping import GRACE_S
 from tests.markers import integration, slow
 from tests.prefect_server import (
     api,
@@ -27,6 +28,7 @@ from tests.prefect_server import (
     flow_runs,
     free_port,
     pipeline_runs,
+    process_group,
     server_env,
     serving,
     tail,
@@ -40,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 SERVER_START_S = 120  # a fresh PREFECT_HOME migrates its database first; slow on a busy 2-core machine
+SYNTHAUG = str(Path(sys.executable).with_name("synthaug"))
+STOP_S = GRACE_S + 3  # "within seconds": the watchdog's limit, what a loaded machine may need to unwind
 DATASET = "digits-sched"
 
 # Stand-in flows for the guard and the schedule: written to a temp folder and imported by the serve subprocess.
@@ -60,6 +64,11 @@ def guarded(log: str, sleep_s: float = 1.0, dataset: str = "standin") -> None:
         end = time.time()
     with open(log, "a") as f:
         f.write(f"{start} {end}\\n")
+
+
+@flow(name="standin-sleep")
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 @flow(name="standin-tick")
@@ -287,3 +296,72 @@ def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
                 60, log)
         finally:
             client.pause_deployment(ticker.id)
+
+
+def stopped_within(proc: subprocess.Popen, signum: int, log: Path) -> int:
+    """Send ``signum`` to ``proc`` alone (not its group, as a container runtime does); its exit code, which must come
+    within STOP_S seconds."""
+    import signal
+
+    proc.send_signal(signum)
+    try:
+        return proc.wait(STOP_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still serving {STOP_S:.0f} s after {signal.Signals(signum).name}\n{tail(log)}")
+
+
+def test_synthaug_serve_stops_on_sigterm(server, tmp_path):
+    """`synthaug serve` exits 143 within seconds of SIGTERM (Prefect's runner would wait for its runs), the
+    deployment's schedule paused on the way out."""
+    import signal
+
+    from prefect.client.orchestration import get_client
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"publish": {"name": "digits-stop"}}))
+    log = tmp_path / "synthaug-serve.log"
+    env = server_env(tmp_path / "home", PREFECT_API_URL=server)
+    command = [SYNTHAUG, "serve", "-p", str(params), "-w", str(tmp_path / "work"), "--cron", "0 3 * * *"]
+    with process_group(command, env, log) as proc, api(server), get_client(sync_client=True) as client:
+        deployment = find_deployment(client, f"{FLOW_NAME}/digits-stop", log)
+        wait_for("the runner to serve", lambda: "serving scheduled-augment/digits-stop" in log.read_text(), 30, log)
+        assert stopped_within(proc, signal.SIGTERM, log) == 143, tail(log)
+        assert "stopped (SIGTERM)" in log.read_text()
+        assert client.read_deployment(deployment.id).paused
+
+
+def test_stopping_a_runner_ends_its_flow_runs(server, tmp_path):
+    """SIGTERM to a process serving a deployment while one of its runs sleeps: the process exits within seconds, the
+    run's process is terminated and the server records the run as Crashed."""
+    import signal
+
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    (tmp_path / "standin_flows.py").write_text(STANDIN)
+    script = """
+        import sys
+        from synthaug.flows.serve import one_at_a_time, serve_deployments
+        from synthaug.flows.stopping import Stopped, exit_code
+        from standin_flows import sleep
+        try:
+            serve_deployments(one_at_a_time(sleep, "long", parameters={"seconds": 300}))
+        except Stopped as stopped:
+            sys.exit(exit_code(stopped.signum))
+    """
+    with serving(server, tmp_path, script, "serve-sleep") as log, api(server), \
+            get_client(sync_client=True) as client:
+        deployment = find_deployment(client, "standin-sleep/long", log)
+        run = run_deployment(deployment.id, timeout=0)
+        wait_for("the run to start", lambda: client.read_flow_run(run.id).state.is_running(), 60, log)
+        (runner,) = [p for p in psutil.process_iter(["cmdline"]) if "serve_deployments" in " ".join(
+            p.info["cmdline"] or [])]
+        children = runner.children(recursive=True)
+        assert children, "the run's process"
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(STOP_S) == 143, tail(log)
+        _, alive = psutil.wait_procs(children, timeout=STOP_S)
+        assert not alive, [p.cmdline() for p in alive]
+        (final,) = final_runs(client, [run.id], log, timeout=30)
+        assert final.state.is_crashed() and "stopped by SIGTERM" in final.state.message, final.state

@@ -126,8 +126,8 @@ def test_synthaug_run_stops_during_training_and_the_next_command_resumes(tmp_pat
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.1)
     code, seconds = stop(proc, signal.SIGTERM, timeout=GRACE_S + 10)
-    text = log.read_text()
-    assert code == 143 and seconds < STOP_S, f"exit {code} after {seconds:.1f} s:\n{text[-3000:]}"
+    text = log.read_text()  # unwound, not ended by the watchdog (which would also need no more than GRACE_S + 2 s)
+    assert code == 143 and seconds < GRACE_S, f"exit {code} after {seconds:.1f} s:\n{text[-3000:]}"
     assert "Crashed('Execution was aborted by a termination signal.')" in text
     assert "stopped (SIGTERM); run the same command again to continue" in text
     assert len(train_log.read_text().splitlines()) < 300  # stopped mid-training
