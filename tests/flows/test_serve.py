@@ -9,6 +9,8 @@ Every subprocess runs in its own process group and is killed with it.
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import re
 import subprocess
 import sys
@@ -77,22 +79,28 @@ def tick() -> str:
 '''
 
 
-def assert_step_logs_reached_the_api(client, workdir: Path, log: Path) -> None:
-    """The synthaug logger's records of the served run (PREFECT_LOGGING_EXTRA_LOGGERS, set by `synthaug serve`),
-    read back from the server: training progress, the filter summary, the published tag."""
+def run_logs(client, run_id) -> list:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    return client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+
+
+def assert_step_logs_reached_the_api(client, workdir: Path, log: Path) -> None:
+    """The synthaug logger's records of the served run (PREFECT_LOGGING_EXTRA_LOGGERS, set by `synthaug serve`),
+    read back from the server: training progress, the filter summary, the utility gate's verdict, the published
+    tag."""
     (pipeline,) = pipeline_runs(client, workdir)
 
     def messages() -> str | None:
-        found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline.id])))
-        text = "\n".join(f"{entry.name}: {entry.message}" for entry in found)
+        text = "\n".join(f"{entry.name}: {entry.message}" for entry in run_logs(client, pipeline.id))
         return text if f"published {DATASET}/v1" in text else None
 
     text = wait_for("the published tag in the run's logs", messages, 30, log)
     assert re.search(r"synthaug\.train: train vae: 2/2 steps \w+=\S+", text), text
     assert re.search(r"synthaug\.filter: filter: accepted \d+ of \d+ generated .*; rejected: ", text), text
     assert re.search(r"synthaug\.generate: generate: \d+/\d+ images", text), text
+    verdict = json.loads((workdir / "evaluate" / "metrics.json").read_text())["utility"]["gate"]["verdict"]
+    assert verdict.startswith("utility gate") and f"synthaug.evaluate: {verdict}" in text, text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -184,8 +192,9 @@ def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path)
 @slow
 def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
     """The real flow, served: the first run executes the pipeline and publishes <name>/v1, and its log on the server
-    has the steps' progress, filter summary and tag; a second run with nothing changed records "no change", runs no
-    pipeline and publishes nothing. The cron gives scheduled runs."""
+    has the steps' progress, filter summary, the gate's verdict and tag; a second run with nothing changed records
+    "no change", runs no pipeline and publishes nothing; a run with a missing source fails with one ERROR line, the
+    fix, no traceback. The cron gives scheduled runs."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
@@ -229,6 +238,17 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
                               check=True).stdout.split()
         assert tags == [f"{DATASET}-generator/v1", f"{DATASET}/v1"], tags
         assert recorded["publish"]["tag"] == f"{DATASET}/v1"
+
+        # A run that cannot start (its source folder is missing): one ERROR line in its log, naming the fix.
+        missing = tmp_path / "missing"
+        failed = run_deployment(deployment.id, timeout=60, poll_interval=1,
+                                parameters={"overrides": [*TINY, f"data.source={missing}"]})
+        assert failed.state.is_failed(), f"{failed.state}\n{tail(log, 80)}"
+        errors = wait_for("the failed run's ERROR line", lambda: [
+            entry.message for entry in run_logs(client, failed.id) if entry.level >= logging.ERROR], 30, log)
+        assert errors == [f"data.source: {missing} not found; set data.source to an image folder, a .csv/.parquet "
+                          "table, a .npz file or example:digits"], errors
+        assert not any("Traceback" in entry.message for entry in run_logs(client, failed.id))
 
         # The server's scheduler turned the cron into scheduled runs, each at 03:00 UTC.
         scheduled = wait_for("scheduled runs of the cron", lambda: [
