@@ -104,7 +104,7 @@ class _OneLineUserErrors(logging.Filter):
             record.levelno, record.levelname = logging.ERROR, "ERROR"
             return True
         if record.levelno >= logging.ERROR and str(record.msg).startswith("Finished in state"):
-            said = _gist(record.getMessage())
+            said = _unquoted(record.getMessage())  # whole: the gist may come after the first 80 characters
             if any(r == run and gist and gist in said for r, gist in self.seen):
                 record.levelno, record.levelname = logging.INFO, "INFO"
         return True
@@ -114,10 +114,15 @@ _FILTER = _OneLineUserErrors()
 RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 
 
+def _unquoted(text: str) -> str:
+    """``text`` without quotes and backslashes (Prefect repeats messages through ``repr``)."""
+    return "".join(ch for ch in text if ch not in "'\"\\")
+
+
 def _gist(text: str) -> str:
-    """A message's first line without quotes and backslashes (Prefect repeats messages through ``repr``)."""
+    """The first 80 characters of a message's first line, unquoted."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return "".join(ch for ch in first if ch not in "'\"\\")[:80]
+    return _unquoted(first)[:80]
 
 
 def one_line(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -217,7 +218,7 @@ def params_doc(write: bool = typer.Option(False, help="Write docs/params.md inst
 def main() -> None:
     """Console entry point: user errors print one line and exit 1 (SYNTHAUG_DEBUG=1 shows the traceback); SIGTERM
     and SIGINT stop the command within seconds, exiting 143 / 130 (``flows/stopping.py``)."""
-    from synthaug.flows.stopping import install
+    from synthaug.flows.stopping import install, stop_signal
 
     install()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -231,11 +232,12 @@ def main() -> None:
     route_to_prefect()
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False)  # returns 130 when a KeyboardInterrupt (``Stopped``) ended the command
     except SystemExit:
-        raise
-    except KeyboardInterrupt as exc:  # Stopped by SIGTERM or SIGINT: the with blocks have unwound
-        _stopped(exc)
+        if stop_signal() is None:
+            raise  # after a stop signal Prefect's engine exits 0 once it recorded the run as Crashed: see below
+    except KeyboardInterrupt as exc:  # the with blocks have unwound
+        _stopped(getattr(exc, "signum", signal.SIGINT))
     except Exception as exc:  # one line for the user; the traceback on request
         if os.environ.get("SYNTHAUG_DEBUG"):
             raise
@@ -245,21 +247,24 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, Abort):  # click turns a KeyboardInterrupt into Abort
-            _stopped(exc.__cause__)
+            _stopped(getattr(exc.__cause__, "signum", signal.SIGINT))
         from synthaug.tasks.core.errors import mask_secrets
 
         first = str(exc).strip().splitlines()
         detail = mask_secrets("\n".join(first)) if first else type(exc).__name__
         console.print(f"[bold red]error:[/] {detail}", highlight=False)
         sys.exit(1)
+    signum = stop_signal()
+    if signum is not None:  # whatever ended the command after a stop signal, it exits with the signal's code
+        _stopped(signum)
 
 
-def _stopped(exc: BaseException | None) -> None:
+def _stopped(signum: int) -> None:
     """Exit after a stop signal: one line, and the shell's code for it (128 + the signal number)."""
-    import signal
+    import gc
 
     from synthaug.flows.stopping import exit_code
 
-    signum = getattr(exc, "signum", signal.SIGINT)
     console.print(f"stopped ({signal.Signals(signum).name}); run the same command again to continue", highlight=False)
+    gc.freeze()  # the interpreter's final collection of torch's and Prefect's objects took seconds: skipped
     sys.exit(exit_code(signum))

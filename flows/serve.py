@@ -342,11 +342,61 @@ def require_server() -> str:
 
 
 def serve_deployments(*deployments: RunnerDeployment) -> None:
-    """Serve ``deployments`` from this process until interrupted (their schedules are paused on shutdown)."""
-    from prefect import serve
+    """Serve ``deployments`` from this process until SIGTERM or SIGINT (their schedules are paused on shutdown).
 
-    require_server()
-    serve(*deployments)
+    Prefect's ``serve`` runs a ``Runner``, whose SIGTERM handler waits for the flow runs it started; this one is a
+    ``Runner`` whose handler is ``flows/stopping.py``'s: the flow runs' processes are terminated (Prefect marks them
+    Crashed), the deployments are paused (the server then schedules no runs that nobody would run) and the process
+    exits within seconds with 143 (130 for SIGINT).
+    """
+    import asyncio
+
+    from prefect.runner import Runner
+
+    from synthaug.flows.stopping import install, on_signal
+
+    class StoppingRunner(Runner):
+        def handle_sigterm(self, signum: int, frame: Any = None) -> None:  # Runner.start installs it for SIGTERM
+            on_signal(signum, frame)
+
+    from synthaug.tasks.core.logs import get_logger
+
+    url = require_server()
+    install()  # SIGINT too (and SIGTERM before the runner starts)
+    runner = StoppingRunner(pause_on_shutdown=True)
+    ids = [runner.add_deployment(deployment) for deployment in deployments]
+    get_logger("serve").info("serving %s from %s; SIGTERM or Ctrl-C stops it (and its runs) within seconds",
+                             ", ".join(f"{d.flow_name}/{d.name}" for d in deployments), url)
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt as stopped:  # the runner's loop ended before its own shutdown could tidy up
+        _after_stop(ids, str(stopped))
+        raise
+
+
+def _after_stop(deployment_ids: Sequence[Any], why: str) -> None:
+    """Pause the served deployments and record their runs that were still going (their processes were terminated
+    before they could say so) as Crashed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    going = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING,
+                                                                                     StateType.PENDING])))
+    with get_client(sync_client=True) as client:
+        for deployment_id in deployment_ids:
+            client.pause_deployment(deployment_id)
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+                                     flow_run_filter=going)
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(message=f"the serving process was {why}"), force=True)
 
 
 def serve_command(params_file: Path, overrides: Sequence[str] = (), workdir: Path = Path("data/work"),

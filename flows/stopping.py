@@ -12,8 +12,10 @@ from their finished shards, a step's Prefect cache entry exists only once it fin
 once whole. Re-running the same command continues.
 
 During a flow run Prefect installs its own SIGTERM handler; it marks the run Crashed and then re-sends the signal to
-the handler it replaced (this one). ``synthaug serve`` runs Prefect's ``Runner``, whose own SIGTERM handler waits for
-its flow runs; ``serve_deployments`` (``flows/serve.py``) gives it this one instead.
+the handler it replaced (this one). Whatever then ends the command (``Stopped``, a ``SystemExit`` of Prefect's, the
+command line returning 130), ``main`` (``flows/cli.py``) exits with 128 + the signal number. ``synthaug serve`` runs
+Prefect's ``Runner``, whose own SIGTERM handler waits for its flow runs; ``serve_deployments`` (``flows/serve.py``)
+gives it this one instead.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def install() -> None:
 
 def exit_code(signum: int) -> int:
     return 128 + signum
+
+
+def stop_signal() -> int | None:
+    """The signal that asked this process to stop, or None while none did."""
+    return _stopping.get("signum")
 
 
 def on_signal(signum: int, _frame: FrameType | None = None) -> None:

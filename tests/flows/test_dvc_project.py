@@ -1,9 +1,12 @@
 """The repository as DVC users meet it: a fresh `git clone` of the committed tree is a DVC project where `dvc repro`
-runs the DAG, `dvc exp run -S` re-runs what a param changes, `dvc metrics show` prints a few headline numbers and
-`dvc plots show` draws the tables and charts. Toy params; the data registry is the default one, inside the clone."""
+runs the DAG up to the publishable dataset folder, `dvc exp run -S` re-runs what a param changes and never touches the
+data registry, `synthaug publish` publishes, `dvc metrics show` prints a few headline numbers and `dvc plots show`
+draws the tables and charts. Toy params; the data registry is the default one, inside the clone."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -65,12 +68,12 @@ def clone(tmp_path_factory) -> Path:
 
 def test_dvc_repro_in_a_fresh_clone_runs_the_dag(clone):
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
-    assert list(lock) == [s.name for s in STEPS]
-    for s in STEPS:
+    built = [s for s in STEPS if not s.publishes]
+    assert list(lock) == [s.name for s in built] and built[-1].name == "assemble"
+    for s in built:
         for out in s.outputs:
             assert (clone / "data" / "work" / out).exists(), f"{s.name} wrote no {out}"
-    # publish used the default registry, registry/repo inside the clone: created there and tagged
-    assert _tags(clone) == [f"{DATASET}-generator/v1", f"{DATASET}/v1"]
+    assert not (clone / "registry").exists()  # publishing is an act: `dvc repro` wrote no registry
     # The clone's own git sees only the new dvc.lock: the workdir and the registry are git-ignored.
     status = run_command(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines()
     assert status == ["?? dvc.lock"], status
@@ -129,22 +132,35 @@ def test_dvc_plots_show_draws_the_tables_and_the_charts(clone):
     for chart in charts:
         (rendered,) = plots[chart]
         assert rendered["type"] == "image" and (clone / rendered["url"]).is_file(), rendered
+    images = [r["url"] for rendered in plots.values() for r in rendered if r["type"] == "image"]
+    assert sorted(images) == sorted(set(images)) and len(images) == len(charts), images  # no image twice
+    assert set(plots) == set(PLOTS) | set(charts)  # no chart of its own for a CSV that is a table's data
     # its HTML folder, dvc_plots/, is git-ignored
     assert run_command(["git", "status", "--porcelain", "--untracked-files=all"], clone).splitlines() == ["?? dvc.lock"]
 
 
-def test_dvc_exp_run_set_param_reruns_what_depends_on_it(clone):
+def test_synthaug_publish_publishes_and_dvc_exp_run_leaves_the_registry_alone(clone):
+    """`synthaug publish` publishes the folder `dvc repro` built (v1 of the dataset and the generator); `dvc exp run -S`
+    then re-runs what the param changes and leaves the registry's tags as they were."""
     run_command(["git", "add", "dvc.lock"], clone)
     run_command(["git", "commit", "-qm", "dvc.lock of the toy run"], clone)
+    run_command([str(Path(sys.executable).with_name("synthaug")), "publish"], clone)
+    published = [f"{DATASET}-generator/v1", f"{DATASET}/v1"]
+    assert _tags(clone) == published
     before = {s: _lock_md5(clone, s) for s in ("train", "generate")}
     dvc(clone, "exp", "run", "-q", "-S", "generate.seed=7")
     after = {s: _lock_md5(clone, s) for s in ("train", "generate")}
     assert after["train"] == before["train"]  # generate.seed is not a param of train
     assert after["generate"] != before["generate"]
     assert yaml.safe_load((clone / "params.yaml").read_text())["generate"]["seed"] == 7
-    assert f"{DATASET}/v2" in _tags(clone)  # other images: a new dataset version
+    assert _tags(clone) == published  # other images, yet an experiment publishes nothing
     # `dvc exp show` lists the experiment with its param and its headline metrics (from the DVC cache)
     (baseline,) = [row for row in json.loads(dvc(clone, "exp", "show", "--json")) if row["rev"] != "workspace"]
     (experiment,) = [rev["data"] for exp in baseline["experiments"] for rev in exp["revs"]]
     assert experiment["params"]["params.yaml"]["data"]["generate"]["seed"] == 7
     assert experiment["metrics"]["data/work/evaluate/summary.json"]["data"]["utility_gate_passed"] in (0, 1)
+    # `--only-changed`: the param the experiment set and the outputs it changed, not train's (plain `dvc exp show`
+    # has a column for every key of params.yaml and every code file a stage depends on)
+    header = next(csv.reader(io.StringIO(dvc(clone, "exp", "show", "--csv", "--only-changed"))))
+    assert "generate.seed" in header and "data/work/generate" in header and "data/work/model" not in header, header
+    assert len(header) < 20, header

@@ -9,6 +9,8 @@ Every subprocess runs in its own process group and is killed with it.
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import re
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 import yaml
 
 from synthaug.flows.serve import DEFAULT_CRON, FLOW_NAME, ServeError, lock_name, read_recorded, serve_command
+from synthaug.flows.stopping import GRACE_S
 from tests.markers import integration, slow
 from tests.prefect_server import (
     api,
@@ -27,6 +30,7 @@ from tests.prefect_server import (
     flow_runs,
     free_port,
     pipeline_runs,
+    process_group,
     server_env,
     serving,
     tail,
@@ -40,6 +44,8 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 SERVER_START_S = 120  # a fresh PREFECT_HOME migrates its database first; slow on a busy 2-core machine
+SYNTHAUG = str(Path(sys.executable).with_name("synthaug"))
+STOP_S = GRACE_S + 3  # "within seconds": the watchdog's limit, what a loaded machine may need to unwind
 DATASET = "digits-sched"
 
 # Stand-in flows for the guard and the schedule: written to a temp folder and imported by the serve subprocess.
@@ -62,28 +68,39 @@ def guarded(log: str, sleep_s: float = 1.0, dataset: str = "standin") -> None:
         f.write(f"{start} {end}\\n")
 
 
+@flow(name="standin-sleep")
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 @flow(name="standin-tick")
 def tick() -> str:
     return "tick"
 '''
 
 
-def assert_step_logs_reached_the_api(client, workdir: Path, log: Path) -> None:
-    """The synthaug logger's records of the served run (PREFECT_LOGGING_EXTRA_LOGGERS, set by `synthaug serve`),
-    read back from the server: training progress, the filter summary, the published tag."""
+def run_logs(client, run_id) -> list:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    return client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+
+
+def assert_step_logs_reached_the_api(client, workdir: Path, log: Path) -> None:
+    """The synthaug logger's records of the served run (PREFECT_LOGGING_EXTRA_LOGGERS, set by `synthaug serve`),
+    read back from the server: training progress, the filter summary, the utility gate's verdict, the published
+    tag."""
     (pipeline,) = pipeline_runs(client, workdir)
 
     def messages() -> str | None:
-        found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline.id])))
-        text = "\n".join(f"{entry.name}: {entry.message}" for entry in found)
+        text = "\n".join(f"{entry.name}: {entry.message}" for entry in run_logs(client, pipeline.id))
         return text if f"published {DATASET}/v1" in text else None
 
     text = wait_for("the published tag in the run's logs", messages, 30, log)
     assert re.search(r"synthaug\.train: train vae: 2/2 steps \w+=\S+", text), text
     assert re.search(r"synthaug\.filter: filter: accepted \d+ of \d+ generated .*; rejected: ", text), text
     assert re.search(r"synthaug\.generate: generate: \d+/\d+ images", text), text
+    verdict = json.loads((workdir / "evaluate" / "metrics.json").read_text())["utility"]["gate"]["verdict"]
+    assert verdict.startswith("utility gate") and f"synthaug.evaluate: {verdict}" in text, text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,8 +192,9 @@ def test_prefect_deploy_all_registers_the_work_pool_deployment(server, tmp_path)
 @slow
 def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
     """The real flow, served: the first run executes the pipeline and publishes <name>/v1, and its log on the server
-    has the steps' progress, filter summary and tag; a second run with nothing changed records "no change", runs no
-    pipeline and publishes nothing. The cron gives scheduled runs."""
+    has the steps' progress, filter summary, the gate's verdict and tag; a second run with nothing changed records
+    "no change", runs no pipeline and publishes nothing; a run with a missing source fails with one ERROR line, the
+    fix, no traceback. The cron gives scheduled runs."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
@@ -226,6 +244,17 @@ def test_scheduled_augment_runs_then_reports_no_change(server, tmp_path):
                               check=True).stdout.split()
         assert tags == [f"{DATASET}-generator/v1", f"{DATASET}/v1"], tags
         assert recorded["publish"]["tag"] == f"{DATASET}/v1"
+
+        # A run that cannot start (its source folder is missing): one ERROR line in its log, naming the fix.
+        missing = tmp_path / "missing"
+        failed = run_deployment(deployment.id, timeout=60, poll_interval=1,
+                                parameters={"overrides": [*TINY, f"data.source={missing}"]})
+        assert failed.state.is_failed(), f"{failed.state}\n{tail(log, 80)}"
+        errors = wait_for("the failed run's ERROR line", lambda: [
+            entry.message for entry in run_logs(client, failed.id) if entry.level >= logging.ERROR], 30, log)
+        assert errors == [f"data.source: {missing} not found; set data.source to an image folder, a .csv/.parquet "
+                          "table, a .npz file or example:digits"], errors
+        assert not any("Traceback" in entry.message for entry in run_logs(client, failed.id))
 
         # The server's scheduler turned the cron into scheduled runs, each at 03:00 UTC.
         scheduled = wait_for("scheduled runs of the cron", lambda: [
@@ -293,3 +322,72 @@ def test_one_run_per_dataset_at_a_time_and_interval_schedule(server, tmp_path):
                 60, log)
         finally:
             client.pause_deployment(ticker.id)
+
+
+def stopped_within(proc: subprocess.Popen, signum: int, log: Path) -> int:
+    """Send ``signum`` to ``proc`` alone (not its group, as a container runtime does); its exit code, which must come
+    within STOP_S seconds."""
+    import signal
+
+    proc.send_signal(signum)
+    try:
+        return proc.wait(STOP_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still serving {STOP_S:.0f} s after {signal.Signals(signum).name}\n{tail(log)}")
+
+
+def test_synthaug_serve_stops_on_sigterm(server, tmp_path):
+    """`synthaug serve` exits 143 within seconds of SIGTERM (Prefect's runner would wait for its runs), the
+    deployment's schedule paused on the way out."""
+    import signal
+
+    from prefect.client.orchestration import get_client
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"publish": {"name": "digits-stop"}}))
+    log = tmp_path / "synthaug-serve.log"
+    env = server_env(tmp_path / "home", PREFECT_API_URL=server)
+    command = [SYNTHAUG, "serve", "-p", str(params), "-w", str(tmp_path / "work"), "--cron", "0 3 * * *"]
+    with process_group(command, env, log) as proc, api(server), get_client(sync_client=True) as client:
+        deployment = find_deployment(client, f"{FLOW_NAME}/digits-stop", log)
+        wait_for("the runner to serve", lambda: "serving scheduled-augment/digits-stop" in log.read_text(), 30, log)
+        assert stopped_within(proc, signal.SIGTERM, log) == 143, tail(log)
+        assert "stopped (SIGTERM)" in log.read_text()
+        assert client.read_deployment(deployment.id).paused
+
+
+def test_stopping_a_runner_ends_its_flow_runs(server, tmp_path):
+    """SIGTERM to a process serving a deployment while one of its runs sleeps: the process exits within seconds, the
+    run's process is terminated and the server records the run as Crashed."""
+    import signal
+
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    (tmp_path / "standin_flows.py").write_text(STANDIN)
+    script = """
+        import sys
+        from synthaug.flows.serve import one_at_a_time, serve_deployments
+        from synthaug.flows.stopping import Stopped, exit_code
+        from standin_flows import sleep
+        try:
+            serve_deployments(one_at_a_time(sleep, "long", parameters={"seconds": 300}))
+        except Stopped as stopped:
+            sys.exit(exit_code(stopped.signum))
+    """
+    with serving(server, tmp_path, script, "serve-sleep") as log, api(server), \
+            get_client(sync_client=True) as client:
+        deployment = find_deployment(client, "standin-sleep/long", log)
+        run = run_deployment(deployment.id, timeout=0)
+        wait_for("the run to start", lambda: client.read_flow_run(run.id).state.is_running(), 60, log)
+        (runner,) = [p for p in psutil.process_iter(["cmdline"]) if "serve_deployments" in " ".join(
+            p.info["cmdline"] or [])]
+        children = runner.children(recursive=True)
+        assert children, "the run's process"
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(STOP_S) == 143, tail(log)
+        _, alive = psutil.wait_procs(children, timeout=STOP_S)
+        assert not alive, [p.cmdline() for p in alive]
+        (final,) = final_runs(client, [run.id], log, timeout=30)
+        assert final.state.is_crashed() and "stopped by SIGTERM" in final.state.message, final.state
