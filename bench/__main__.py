@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bench import speed
-from synthaug.models.registry import family_names
+from synthaug.models.families import family_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("train", "sample", "quality", "scale", "finetune", "cli")

@@ -26,8 +26,8 @@ import torch
 
 from bench.speed import machine_info, markdown_table
 from synthaug.models.config import JudgeConfig
+from synthaug.models.families import get_family
 from synthaug.models.judge import train_judge
-from synthaug.models.registry import get_family
 from synthaug.models.training import fit
 from synthaug.tasks.core.io.images import load_images, save_grid, to_uint8
 from synthaug.tasks.core.io.manifest import read_manifest

@@ -27,7 +27,7 @@ import torch
 
 from bench import speed
 from synthaug.models.common import pick_device
-from synthaug.models.registry import get_family
+from synthaug.models.families import get_family
 
 SIZE_FAMILIES = ("diffusion", "latent_diffusion")
 CHANNEL_LADDER = (32, 64, 64, 128, 128, 128)

@@ -1,6 +1,6 @@
 """Training and sampling throughput (images/s) of every generator family, each against a plain baseline.
 
-Training, per family (``models.registry.family_names()``, default config, batch size from the config):
+Training, per family (``models.families.family_names()``, default config, batch size from the config):
 
 - ``ours``: ``models.training.fit`` on a dataset held on the device as one tensor. On CUDA the families train
   under bf16 autocast with channels_last weights (both set inside the family code); ``ours + compile`` adds
@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from synthaug.models.common import peak_memory_mib, pick_device, reset_peak_memory
-from synthaug.models.registry import get_family
+from synthaug.models.families import get_family
 from synthaug.models.training import fit
 
 IMAGE_SHAPE = (1, 16, 16)

@@ -37,8 +37,8 @@ import torch
 from bench.quality import Split, accuracy, as_stored, load_example
 from bench.speed import machine_info
 from synthaug.models.config import JudgeConfig
+from synthaug.models.families import get_family
 from synthaug.models.judge import train_judge
-from synthaug.models.registry import get_family
 from synthaug.models.training import fit, load_checkpoint, save_checkpoint
 from synthaug.tasks.core.params.evaluate import DEFAULT_CLASSIFIER
 from synthaug.tasks.core.sources.example import SCARCE_CLASSES

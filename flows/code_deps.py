@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "synthaug."  # the installed namespace; in the repository ``synthaug.tasks`` is the folder ``tasks/``
 PROJECT = ("synthaug.tasks", "synthaug.models")  # the packages whose code a step's result depends on (flows/ wires)
 PACKAGE_FILES = ("tasks/__init__.py", "models/__init__.py", "tasks/core/__init__.py")
-# "synthaug.models.vae:VAE": a module imported by name on first use (models/registry.py), as much a dependency as an
+# "synthaug.models.vae:VAE": a module imported by name on first use (models/families.py), as much a dependency as an
 # import
 LAZY = re.compile(r"(synthaug\.(?:tasks|models)(?:\.\w+)+):\w+")
 

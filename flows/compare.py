@@ -22,7 +22,7 @@ from synthaug.flows.catalog import GENERATE_TIMING, METRICS, TRAIN_LOG
 from synthaug.flows.dag import STEPS
 from synthaug.flows.params import Params
 from synthaug.flows.preflight import unfit
-from synthaug.models.registry import family_names
+from synthaug.models.families import family_names
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.locks import workdir_lock
 from synthaug.tasks.core.render import render

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from synthaug.models.base import GeneratorFamily
 from synthaug.models.config import config_from_dict
-from synthaug.models.registry import get_config, get_family
+from synthaug.models.families import get_config, get_family
 
 StepCallback = Callable[[int, dict[str, float]], None]
 # A checkpoint is untrusted input (init_from, a published generator): what its config.json may ask for.

@@ -82,7 +82,7 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
 
 def test_compare_runs_every_family_on_the_same_data(setup, tmp_path):
     from synthaug.flows.compare import compare
-    from synthaug.models.registry import family_names
+    from synthaug.models.families import family_names
 
     _, overrides = setup
     tiny = [f"model.{f}.{k}={v}" for f in family_names() for k, v in (("steps", 2), ("batch_size", 8))]

@@ -71,7 +71,7 @@ def test_each_stage_lists_existing_params_and_code():
 def test_train_depends_on_the_keys_it_reads_and_the_chosen_family_only():
     """Every model key but the families' sub-sections, and `model.${model.family}` (DVC resolves it as the cache key
     does): a knob of another family changes neither."""
-    from synthaug.models.registry import family_names
+    from synthaug.models.families import family_names
     from synthaug.tasks.core.params.model import ModelParams
 
     generic = {f"model.{k}" for k in ModelParams.model_fields if k not in family_names()}
@@ -114,7 +114,7 @@ def _edited(root: Path, rel: str) -> None:
 
 def test_a_step_reruns_when_code_it_imports_changes_and_only_then(tmp_path):
     """The code keys come from real imports: editing plan.py re-runs plan, not ingest (which does not import it);
-    editing a generator family (imported by name in models/registry.py) re-runs generate, not plan."""
+    editing a generator family (imported by name in models/families.py) re-runs generate, not plan."""
     root = tmp_path / "repo"
     for package in ("tasks", "models"):
         shutil.copytree(REPO_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))

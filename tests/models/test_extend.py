@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthaug.models.registry import family_names, get_family
+from synthaug.models.families import family_names, get_family
 from synthaug.models.training import fit, load_extended, save_checkpoint
 from tests.models.test_families import CPU, IMAGE_SHAPE, new_model, tiny_config, tiny_data, to_uint8
 

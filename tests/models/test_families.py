@@ -14,7 +14,7 @@ from torch import nn
 
 from synthaug.models.base import GeneratorFamily
 from synthaug.models.config import TrainConfig
-from synthaug.models.registry import family_names, get_family
+from synthaug.models.families import family_names, get_family
 from synthaug.models.training import fit, has_checkpoint, load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 CPU = torch.device("cpu")

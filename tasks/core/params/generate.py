@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from synthaug.models.registry import get_config
+from synthaug.models.families import get_config
 from synthaug.tasks.core.params.base import Section
 
 SAMPLING_KNOBS = ("guidance_scale", "sample_steps")  # generator config fields `generate` may set at sampling time

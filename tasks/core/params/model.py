@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from synthaug.models.config import DiffusionConfig, GANConfig, LatentDiffusionConfig, TrainConfig, VAEConfig
-from synthaug.models.registry import family_names
+from synthaug.models.families import family_names
 from synthaug.tasks.core.params.base import Section
 
 # An epsilon below 0.01 needs noise that drowns every gradient (and Opacus' search for it does not end); above
@@ -33,7 +33,7 @@ class DPParams(Section):
 class ModelParams(Section):
     """``model`` section: which family, where it runs, and each family's own config (one sub-section each).
 
-    family: the generator family trained and sampled (``models.registry``): ``diffusion``, ``gan``,
+    family: the generator family trained and sampled (``models.families``): ``diffusion``, ``gan``,
       ``latent_diffusion`` or ``vae``.
     device: where the generator trains: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or ``cuda``
       (fails without a GPU).

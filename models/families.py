@@ -1,4 +1,4 @@
-"""The explicit registry of generator families: adding one is its file, its config class in ``models/config.py`` and
+"""The generator families by name: adding one is its file, its config class in ``models/config.py`` and
 one line here."""
 
 from __future__ import annotations
