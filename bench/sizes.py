@@ -27,6 +27,7 @@ import torch
 
 from bench import speed
 from synthaug.models.common import pick_device
+from synthaug.models.config import MAX_STEPS
 from synthaug.models.families import get_family
 
 SIZE_FAMILIES = ("diffusion", "latent_diffusion")
@@ -132,7 +133,7 @@ def _train(name: str, config: Any, shape: tuple[int, int, int], device: torch.de
     """Rows of every training arm; latent diffusion's two stages apart (a step count that keeps the stage fixed)."""
     stages = [("pixels", config)] if name != "latent_diffusion" else [
         ("unet", dataclasses.replace(config, autoencoder_steps=0)),
-        ("autoencoder", dataclasses.replace(config, autoencoder_steps=10**9))]
+        ("autoencoder", dataclasses.replace(config, autoencoder_steps=MAX_STEPS))]
     rows = []
     for stage, cfg in stages:
         for row in speed.bench_train(name, device, plan, config=cfg, image_shape=shape, num_images=plan.num_images,

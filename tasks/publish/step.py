@@ -61,6 +61,7 @@ from synthaug.tasks.core.io.files import write_atomic
 from synthaug.tasks.core.io.locks import with_registry_lock
 from synthaug.tasks.core.params.publish import PublishParams
 from synthaug.tasks.core.publishing.card import CARD_CHECKPOINT_ROW, GENERATOR_ROW
+from synthaug.tasks.core.publishing.public import public_location
 from synthaug.tasks.core.publishing.registry import (
     ARTIFACTS_FILE,
     DATASETS_DIR,
@@ -376,7 +377,8 @@ def name_version(folder: Path, name: str, tag: str, date: str, *, registry: str 
     (after its checkpoint row)."""
     run = read_run(folder)
     if run is not None:
-        stamp_run(folder, run.published(tag, date, registry=registry, artifact=artifact_name(name),
+        # A published file names no local path: a local registry is local:<its folder's name> (docs/trust.md).
+        stamp_run(folder, run.published(tag, date, registry=public_location(registry), artifact=artifact_name(name),
                                         unchanged=unchanged))
     card = folder / "card.md"
     if generator is not None and card.is_file():

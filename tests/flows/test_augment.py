@@ -55,18 +55,18 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     assert any(f.name == "card.md" for f in written) and any(f.name == "train_log.jsonl" for f in written)
     leaked = [f for f in written if any(v.encode() in f.read_bytes() for v in SECRETS.values())]
     assert not leaked, f"credentials from the environment were written to {leaked}"
-    # The registry's copy names its run (tag, date, family, code); the workdir's copy is not published yet.
+    # The registry's copy names its run (tag, date, family, code), and so does the workdir's.
     published = fetch(str(root / "registry"), "toy", 1, root / "toy-v1")
     card, page = (published / "card.md").read_text(), (published / "report.html").read_text()
     run = read_run(published)
     assert run is not None and (run.dataset, run.tag, run.family) == ("toy", "toy/v1", "vae") and run.date
-    assert card.startswith("# Dataset card: toy\n") and "| version | toy/v1 |" in card and "None" not in card
+    assert card.startswith("---\n") and "\n# toy\n" in card and "| version | toy/v1 |" in card and "None" not in card
     assert f"| published | {run.date} |" in card and f"| pipeline code | {run.code_version} |" in card
     assert '<th class="l">version</th><td class="l">toy/v1</td>' in page and "None" not in page
-    assert "| version | not published yet" in (dataset / "card.md").read_text()
+    assert "| version | toy/v1 |" in (dataset / "card.md").read_text()  # the workdir's copy is stamped the same
 
     again = augment(load_params(None, overrides), str(work))
-    assert all("reused" in again[s.name] for s in STEPS if not s.always_changed), {
+    assert all("reused" in again[s.name] for s in STEPS if not (s.always_changed or s.publishes)), {
         k: v.get("reused") for k, v in again.items()}
     assert again["publish"]["tag"] == "toy/v1" and again["publish"]["new"] is False
     assert again["publish"]["generator_new"] is False
