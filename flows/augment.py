@@ -216,7 +216,8 @@ def _summary_artifacts(workdir: Path, records: dict[str, Record]) -> None:
                      generated=generated, shortfall=", ".join(f"{k}: {v}" for k, v in shortfall.items()) or "none",
                      gains=headline_gains(utility), to_generate=int(plan["to_generate"].sum()), classes=len(plan),
                      conditions=[(c, utility[c]) for c in utility["setup"]["conditions"]],
-                     report=records["report"]["report"], metrics=records["evaluate"]["metrics"])
+                     report=published.get("report") or records["report"]["report"],
+                     metrics=records["evaluate"]["metrics"])
     create_markdown_artifact(summary, key="augment-summary", description="verdict, published version, utility")
     create_table_artifact(json.loads(table.to_json(orient="records")), key="augment-per-class",
                           description="per class: plan, accepted synthetic images, recall per condition")

@@ -121,10 +121,11 @@ def run(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: P
 
     records = _run_flow(augment, params, workdir)
     published = records["publish"]
+    report = published.get("report") or records["report"]["report"]
     fresh = "" if published.get("new") else "; nothing new published: the images and manifest are those of this version"
     console.print(f"\n[bold]verdict[/]  {records['evaluate']['utility_gate']}\n"
                   f"[bold]dataset[/]  {published['registry']} @ {published['tag']} "
-                  f"(working copy {published['dataset']}{fresh})\n[bold]report[/]   {records['report']['report']}\n"
+                  f"(working copy {published['dataset']}{fresh})\n[bold]report[/]   {report}\n"
                   f"[bold]metrics[/]  {records['evaluate']['metrics']}\n"
                   f"fetch it: {published['fetch']}", highlight=False, soft_wrap=True)
 

@@ -260,7 +260,6 @@ def _assemble(p: Params, workdir: Path) -> Record:
 def _publish(p: Params, workdir: Path) -> Record:
     """The act of publishing the assembled dataset (and its generator) to the registry; the workdir's report and
     dataset then carry the same version stamp as the registry's copy."""
-    import shutil
 
     from synthaug.models.training import has_checkpoint
     from synthaug.tasks.core.evaluation.gate import enforce_gate
@@ -272,15 +271,15 @@ def _publish(p: Params, workdir: Path) -> Record:
     generator = GENERATOR.path(workdir)
     result = publish(dataset, p.publish, workdir=workdir,
                      generator=generator if has_checkpoint(generator / "checkpoint") else None)
-    stamped = dataset / "report.html"  # publish stamped the workdir copy as it stamped the registry's
-    if REPORT.path(workdir).is_dir() and stamped.is_file():
-        shutil.copyfile(stamped, REPORT.path(workdir) / "report.html")
     if result.generator_new:
         _say(f"publish: generator {result.generator_tag} (started from {_warm_from(workdir) or 'scratch'})")
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
             "generator_tag": result.generator_tag, "generator_new": result.generator_new,
             "utility_gate": "passed" if gate["passed"] else "refused, published anyway (publish.utility_gate=false)",
-            "fetch": result.fetch_command}
+            "fetch": result.fetch_command,
+            # publish stamped the assembled folder's report as it stamped the registry's: the one to open (the
+            # report step's own copy, an input of assemble, stays as it was so a re-run reuses assemble)
+            "report": str(dataset / "report.html")}
 
 
 def _privacy(p: Params, workdir: Path) -> Record:

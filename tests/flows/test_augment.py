@@ -74,10 +74,19 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
 
     changed = augment(load_params(None, [*overrides, "generate.seed=7"]), str(work))
     assert "reused" in changed["train"] and "reused" not in changed["generate"]
-    assert changed["publish"]["tag"] == "toy/v2"
-    # The same generator (same checkpoint) made v2: no new generator version, and the card says which one.
+    # A version means new content: v2 exactly when the accepted synthetic images differ from v1's (at this toy
+    # size the filter may accept none with either seed; then the params-only change publishes nothing).
+    def accepted(folder: Path) -> list[tuple[str, str]]:
+        rows = pd.read_parquet(folder / "manifest.parquet")
+        rows = rows[rows["source"] == "synthetic"]
+        return sorted(zip(rows["path"], rows["image_id"], strict=True))
+
+    differs = accepted(Path(changed["publish"]["dataset"])) != accepted(published)
+    expected = ("toy/v2", True) if differs else ("toy/v1", False)
+    assert (changed["publish"]["tag"], changed["publish"]["new"]) == expected
+    # The same generator (same checkpoint): no new generator version, and the card says which one.
     assert changed["publish"]["generator_tag"] == "toy-generator/v1" and changed["publish"]["generator_new"] is False
-    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1", "toy/v2"]
+    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1", *(["toy/v2"] if differs else [])]
 
 
 def test_compare_runs_every_family_on_the_same_data(setup, tmp_path):

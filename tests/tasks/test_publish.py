@@ -312,10 +312,11 @@ def test_publish_names_the_version_in_both_copies_and_an_unchanged_rerun_publish
     v1 = fetch(str(registry), NAME, 1, tmp_path / "v1")
     card, page, stamped = (v1 / "card.md").read_text(), (v1 / "report.html").read_text(), read_run(v1)
     assert stamped is not None and stamped.tag == f"{NAME}/v1" and stamped.date and stamped.family == "diffusion"
-    assert f"\n# {NAME}\n" in card and f"| version | {NAME}/v1 |" in card and f"| registry | {registry} |" in card
+    assert f"\n# {NAME}\n" in card and f"| version | {NAME}/v1 |" in card and "| registry | local:registry |" in card
     assert f"| published | {stamped.date} |" in card and "not published" not in card
-    assert f"dvc get {registry} datasets/{NAME} --rev {NAME}/v1" in card  # how to load, with the real version
-    assert f"dvc artifacts get {registry} {NAME} --rev v1.0.0" in card
+    # how to load, with the real version; the registry by its public name (a published file names no local path)
+    assert f"dvc get local:registry datasets/{NAME} --rev {NAME}/v1" in card and str(tmp_path) not in card
+    assert f"dvc artifacts get local:registry {NAME} --rev v1.0.0" in card
     assert f'<th class="l">version</th><td class="l">{NAME}/v1</td>' in page and "Not published" not in page
     assert f"<b>Published as {NAME}/v1</b>" in page
     assert "source repository" not in card and "None" not in card + page
