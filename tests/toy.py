@@ -1,5 +1,6 @@
 """Toy-sized pipeline inputs shared by the end-to-end tests: a small digits folder and tiny params."""
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +28,11 @@ def digits_folder(root: Path, counts: dict[str, int] = COUNTS) -> Path:
         for i, image in enumerate(digits.images[digits.target == int(label)][:n]):
             Image.fromarray((image * 255 / 16).astype(np.uint8)).save(root / label / f"{i}.png")
     return root
+
+
+def registry_tags(registry: Path) -> list[str]:
+    """The version tags (``<name>/v<N>``, ``<name>-generator/v<N>``) of a data registry; none where there is none."""
+    if not registry.exists():
+        return []
+    return subprocess.run(["git", "-C", str(registry), "tag", "--list", "*/v*"], capture_output=True, text=True,
+                          check=True).stdout.split()

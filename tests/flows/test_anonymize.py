@@ -36,7 +36,7 @@ from synthaug.tasks.generate import requests_from_plan
 from synthaug.tasks.ingest import normalize, png
 from tests.markers import dicom, integration, slow
 from tests.medical import dciodvfy_errors, dicom_digits_folder, identifying, leaked
-from tests.toy import COUNTS, TINY, digits_folder
+from tests.toy import COUNTS, TINY, digits_folder, registry_tags
 
 pytestmark = [slow]
 
@@ -46,14 +46,6 @@ REPO = Path(__file__).resolve().parents[2]
 ANON = [*TINY, "data.image_size=16", "plan.overgenerate=2.0", "filter.judge.steps=60", "filter.min_confidence=0.0",
         "privacy.bootstrap=200"]
 BALANCED = {"4": 20, "5": 20, "6": 20}
-
-
-def _tags(registry: Path) -> list[str]:
-    if not registry.exists():
-        return []
-    out = subprocess.run(["git", "-C", str(registry), "tag", "--list", "*/v*"], capture_output=True, text=True,
-                         check=True)
-    return out.stdout.split()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +125,7 @@ def test_honest_generator_passes_and_publishes_synthetic_images_only(source, tmp
     assert list(records) == list(ANONYMIZE)
     assert records["privacy"]["passed"] is True
     assert records["release"]["tag"] == "toy-anonymized/v1"
-    assert _tags(tmp_path / "registry") == ["toy-anonymized/v1"]
+    assert registry_tags(tmp_path / "registry") == ["toy-anonymized/v1"]
 
     release = Path(records["release"]["dataset"])
     manifest, metadata = read_manifest(release / "manifest.parquet")
@@ -204,7 +196,7 @@ def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) ->
     with pytest.raises(PrivacyGateError, match=r"(?s)nothing was published.*the filter accepted none of the \d+ "
                                                r"generated \(memorized_pixel: \d+\)"):
         anonymize(params, str(work))
-    assert _tags(tmp_path / "registry") == []
+    assert registry_tags(tmp_path / "registry") == []
     assert not (work / "release").exists() and not (work / "evaluate").exists()
     privacy = json.loads((work / "privacy" / "privacy.json").read_text())
     generated, _ = read_manifest(work / "generate" / "manifest.parquet")
@@ -216,7 +208,7 @@ def test_copying_generator_is_blocked_and_publishes_nothing(source, tmp_path) ->
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert cli.returncode == 1
     assert "error: privacy gate failed, nothing was published" in cli.stderr
-    assert "memorized_pixel" in cli.stderr and _tags(tmp_path / "registry") == []
+    assert "memorized_pixel" in cli.stderr and registry_tags(tmp_path / "registry") == []
 
 
 def test_a_plan_the_other_flow_wrote_is_planned_again_not_taken_from_the_cache(source, tmp_path) -> None:
@@ -278,4 +270,4 @@ def test_dicom_folder_in_anonymized_dicom_release_out(tmp_path) -> None:
         hu = apply_modality_lut(written.pixel_array, written)
         assert hu.min() >= -1000 - 1e-6 and hu.max() <= 600 + 1e-6  # stored values map back into the window
     assert not {p.suffix for p in (release / "images").rglob("*") if p.is_file()} - {".dcm"}
-    assert _tags(tmp_path / "registry") == ["toy-anonymized/v1"]
+    assert registry_tags(tmp_path / "registry") == ["toy-anonymized/v1"]

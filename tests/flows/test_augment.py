@@ -1,7 +1,6 @@
 """The augment flow end to end at toy size: publish v1, a cached re-run that publishes nothing, a changed
 param that re-runs only what depends on it (`dvc repro` of dvc.yaml giving the flow's outputs: test_dvc_project.py)."""
 
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -13,15 +12,9 @@ from synthaug.flows.params import load_params
 from synthaug.tasks.core.publishing.registry import fetch
 from synthaug.tasks.core.render import read_run
 from tests.markers import slow
-from tests.toy import TINY, digits_folder
+from tests.toy import TINY, digits_folder, registry_tags
 
 pytestmark = [slow]
-
-
-def _tags(registry: Path) -> list[str]:
-    out = subprocess.run(["git", "-C", str(registry), "tag", "--list", "*/v*"], capture_output=True, text=True,
-                         check=True)
-    return out.stdout.split()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +38,7 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     assert list(first) == [s.name for s in STEPS]
     assert first["publish"]["tag"] == "toy/v1" and first["publish"]["new"] is True
     assert first["publish"]["generator_tag"] == "toy-generator/v1" and first["publish"]["generator_new"] is True
-    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1"]
+    assert registry_tags(root / "registry") == ["toy-generator/v1", "toy/v1"]
     dataset = Path(first["publish"]["dataset"])
     for name in ("manifest.parquet", "metrics.json", "report.html", "card.md", "params.yaml"):
         assert (dataset / name).is_file()
@@ -70,7 +63,7 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
         k: v.get("reused") for k, v in again.items()}
     assert again["publish"]["tag"] == "toy/v1" and again["publish"]["new"] is False
     assert again["publish"]["generator_new"] is False
-    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1"]
+    assert registry_tags(root / "registry") == ["toy-generator/v1", "toy/v1"]
 
     changed = augment(load_params(None, [*overrides, "generate.seed=7"]), str(work))
     assert "reused" in changed["train"] and "reused" not in changed["generate"]
@@ -86,7 +79,7 @@ def test_publishes_v1_then_a_cached_rerun_publishes_nothing(setup, monkeypatch):
     assert (changed["publish"]["tag"], changed["publish"]["new"]) == expected
     # The same generator (same checkpoint): no new generator version, and the card says which one.
     assert changed["publish"]["generator_tag"] == "toy-generator/v1" and changed["publish"]["generator_new"] is False
-    assert _tags(root / "registry") == ["toy-generator/v1", "toy/v1", *(["toy/v2"] if differs else [])]
+    assert registry_tags(root / "registry") == ["toy-generator/v1", "toy/v1", *(["toy/v2"] if differs else [])]
 
 
 def test_compare_runs_every_family_on_the_same_data(setup, tmp_path):

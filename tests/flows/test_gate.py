@@ -23,6 +23,7 @@ from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.evaluate.step import evaluate_step
 from synthaug.tasks.report import report_step
 from tests.markers import integration, slow
+from tests.toy import registry_tags
 from tests.workdirs import copy_workdir, tiny_params, upscale
 
 CLASSIFIER = JudgeConfig(width=8, feature_dim=16, steps=120, batch_size=32)  # steadier than the evaluate tests' 40
@@ -86,14 +87,6 @@ def _params(root: Path, *extra: str):
                               "publish.name=gate", *extra])
 
 
-def _tags(registry: Path) -> list[str]:
-    if not registry.exists():
-        return []
-    out = subprocess.run(["git", "-C", str(registry), "tag", "--list", "*/v*"], capture_output=True, text=True,
-                         check=True)
-    return out.stdout.split()
-
-
 @slow
 def test_a_helpful_generator_publishes(tiny_workdir: dict[str, Path], tmp_path: Path) -> None:
     root = _workdir(tiny_workdir, tmp_path, "helpful")
@@ -101,7 +94,7 @@ def test_a_helpful_generator_publishes(tiny_workdir: dict[str, Path], tmp_path: 
     assert gate["passed"], gate["verdict"]
     record = _publish(root)
     assert record["tag"] == "gate/v1" and record["utility_gate"] == "passed"
-    assert _tags(root / "registry") == ["gate/v1"]
+    assert registry_tags(root / "registry") == ["gate/v1"]
 
 
 @integration
@@ -115,7 +108,7 @@ def test_a_harmful_generator_is_refused_and_nothing_is_published(tiny_workdir: d
         _publish(root)
     message = str(info.value)
     assert len(message.splitlines()) == 1 and "95% CI" in message and "publish.utility_gate=false" in message
-    assert _tags(root / "registry") == []  # the dataset folder was assembled, nothing was published
+    assert registry_tags(root / "registry") == []  # the dataset folder was assembled, nothing was published
     page = (root / "report" / "report.html").read_text()
     assert "utility gate refused" in page and "Gate rule:" in page
 

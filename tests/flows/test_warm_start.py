@@ -22,7 +22,7 @@ import yaml
 from synthaug.flows.serve import FLOW_NAME
 from tests.markers import integration, slow
 from tests.prefect_server import api, find_deployment, pipeline_runs, serving, tail, wait_for
-from tests.toy import TINY, digits_folder
+from tests.toy import TINY, digits_folder, registry_tags
 
 pytestmark = [integration, slow, pytest.mark.xdist_group("prefect-server")]
 
@@ -61,10 +61,6 @@ def commit_images(repo: Path, counts: dict[str, int], message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def tags(registry: Path) -> list[str]:
-    return git(registry, "tag", "--list", "*/v*").split()
-
-
 def show(registry: Path, tag: str, rel: str, out: Path) -> Path:
     dvc(registry, "get", str(registry), rel, "--rev", tag, "-o", str(out))
     return out
@@ -101,7 +97,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         # Revision 1: dataset v1 and generator v1, trained from scratch.
         first = run_deployment(deployment.id, timeout=180, poll_interval=1)
         assert first.state.is_completed(), f"{first.state}\n{tail(log, 80)}"
-        assert tags(registry / "repo") == [f"{GEN}/v1", f"{DATASET}/v1"]
+        assert registry_tags(registry / "repo") == [f"{GEN}/v1", f"{DATASET}/v1"]
         wait_for("the log of run 1", lambda: "no generator of digits-warm published" in flow_logs(client, workdir),
                  30)
 
@@ -129,7 +125,7 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         rev2 = commit_images(source, {"3": 16}, "revision 2: more of the scarce class")
         second = run_deployment(deployment.id, timeout=180, poll_interval=1)
         assert second.state.is_completed(), f"{second.state}\n{tail(log, 80)}"
-        assert tags(registry / "repo") == [f"{GEN}/v1", f"{GEN}/v2", f"{DATASET}/v1", f"{DATASET}/v2"]
+        assert registry_tags(registry / "repo") == [f"{GEN}/v1", f"{GEN}/v2", f"{DATASET}/v1", f"{DATASET}/v2"]
         wait_for("the fine-tuning line in the run's log",
                  lambda: f"fine-tuning from generator {GEN}/v1 for 1 of 2 steps"
                  in flow_logs(client, workdir), 30)
@@ -148,5 +144,5 @@ def test_new_source_revision_fine_tunes_from_the_published_generator(server, tmp
         # The source unchanged: the next run publishes nothing.
         third = run_deployment(deployment.id, timeout=120, poll_interval=1)
         assert third.state.is_completed(), f"{third.state}\n{tail(log, 80)}"
-        assert len(tags(registry / "repo")) == 4
+        assert len(registry_tags(registry / "repo")) == 4
         assert len(pipeline_runs(client, workdir)) == 2
