@@ -258,9 +258,8 @@ def _assemble(p: Params, workdir: Path) -> Record:
 
 
 def _publish(p: Params, workdir: Path) -> Record:
-    """The act of publishing the assembled dataset (and its generator) to the registry; the workdir's report and
-    dataset then carry the same version stamp as the registry's copy."""
-
+    """The act of publishing the assembled dataset (and its generator) to the registry; the assembled folder (its
+    report, card and run.json) then carries the same version stamp as the registry's copy."""
     from synthaug.models.training import has_checkpoint
     from synthaug.tasks.core.evaluation.gate import enforce_gate
     from synthaug.tasks.publish.step import check_dataset, publish

@@ -30,6 +30,7 @@ MIN_SPREAD_SECONDS = 60.0
 
 POLL_S = 0.5  # seconds between wake-ups of the waiting main thread (flows/stopping.py)
 
+
 def _init_worker(shared: Any) -> None:
     global _SHARED
     torch.set_num_threads(1)
