@@ -332,12 +332,6 @@ TRAIN_MODEL_KEYS = tuple(f"model.{key}" for key in ("family", "device", "seed", 
                                                     "processes", "dp"))
 FAMILY_SECTION = "model.${model.family}"
 
-# What train reads of the model section: every key but the families' sub-sections, and the chosen family's.
-TRAIN_MODEL_KEYS = tuple(f"model.{key}" for key in ("family", "device", "seed", "init_from", "pretrained", "warm_start",
-                                                    "warm_start_fraction", "grid_every", "device_dataset_mb",
-                                                    "processes", "dp"))
-FAMILY_SECTION = "model.${model.family}"
-
 STEPS: tuple[Step, ...] = (
     # The source lives outside the workdir (a folder, a table, a DVC repository at a moving revision): this step
     # hashes it on every run, and ingest depends on the hash, so a changed source re-runs ingest and what follows.
