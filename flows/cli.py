@@ -203,9 +203,17 @@ def dag(write: bool = typer.Option(False, help="Write dvc.yaml instead of printi
         typer.echo(text)
 
 
+@app.command(name="params")
+def params_command(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt) -> None:
+    """Print every param as resolved: params.yaml (the project's choices) and the overrides over the defaults."""
+    from synthaug.flows.params import dump_params
+
+    typer.echo(dump_params(_params(params_file, overrides)), nl=False)
+
+
 @app.command(name="params-doc")
 def params_doc(write: bool = typer.Option(False, help="Write docs/params.md instead of printing it.")) -> None:
-    """Print (or write) docs/params.md: every key of params.yaml with its type, default and meaning."""
+    """Print (or write) docs/params.md: every param with its type, default and meaning."""
     from synthaug.flows.params_doc import DOC_PATH, params_reference
 
     text = params_reference()

@@ -19,6 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "synthaug."  # the installed namespace; in the repository ``synthaug.tasks`` is the folder ``tasks/``
 PROJECT = ("synthaug.tasks", "synthaug.models")  # the packages whose code a step's result depends on (flows/ wires)
 PACKAGE_FILES = ("tasks/__init__.py", "models/__init__.py", "tasks/core/__init__.py")
+# What a module reads at run time besides imports: the templates render.py loads (a changed template re-renders)
+READS = {"tasks/core/render.py": ("tasks/templates",)}
 # "synthaug.models.vae:VAE": a module imported by name on first use (models/families.py), as much a dependency as an
 # import
 LAZY = re.compile(r"(synthaug\.(?:tasks|models)(?:\.\w+)+):\w+")
@@ -54,7 +56,8 @@ def module_file(module: str, root: Path = REPO_ROOT) -> Path | None:
 
 
 def code_files(source: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
-    """Every project file ``source`` reaches through imports, as sorted POSIX paths relative to ``root``."""
+    """Every project file ``source`` reaches through imports (and what those read: ``READS``), as sorted POSIX paths
+    relative to ``root``."""
     todo, seen, files = project_imports(source), set(), set()
     while todo:
         module = todo.pop()
@@ -65,7 +68,25 @@ def code_files(source: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
         if path is not None:
             files.add(path.relative_to(root).as_posix())
             todo |= project_imports(path.read_text())
+    files |= {read for f in files for read in READS.get(f, ())}
     return tuple(sorted(files - set(PACKAGE_FILES)))
+
+
+def code_rooms(files: tuple[str, ...], root: Path = REPO_ROOT) -> tuple[str, ...]:
+    """``files`` as ``dvc.yaml`` names them: a file of a folder without sub-packages (``models/``,
+    ``tasks/core/io/``, ``tasks/filter/``, ``tasks/templates/``) by its folder, any other file by itself. `dvc exp
+    show` has a column per dependency; a room changes as a whole far more often than a file's neighbours matter
+    (the Prefect cache key still hashes the files: ``Step.code``)."""
+
+    def leaf(folder: Path) -> bool:
+        return folder != root and not any(p.is_dir() and p.name != "__pycache__" for p in folder.iterdir())
+
+    rooms = set()
+    for rel in files:
+        path = root / rel
+        folder = path if path.is_dir() else path.parent
+        rooms.add(folder.relative_to(root).as_posix() if leaf(folder) else rel)
+    return tuple(sorted(rooms))
 
 
 @functools.cache

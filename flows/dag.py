@@ -13,9 +13,10 @@ The ``anonymize`` flow runs ``ANONYMIZE``: the same steps up to the filter, then
 the synthetic-only release.
 
 Params: each step lists the keys it reads (``Step.params``): a dotted key (``filter.device``), a whole section when
-the step reads all of it (``plan``), ``model.${model.family}`` for the chosen family's sub-section (DVC resolves the
-same template from params.yaml, so ``-S model.family=gan`` re-runs train and ``-S model.vae.steps=9`` does not while
-the family is diffusion), or ``ALL_PARAMS`` for a step that ships the whole resolved params file.
+the step reads all of it (``plan``), ``model.${model.family}`` for the chosen family's sub-section (so in a Prefect run
+``-S model.family=gan`` re-runs train and ``-S model.vae.steps=9`` does not while the family is diffusion), or
+``ALL_PARAMS`` for a step that ships the whole resolved params file. ``dvc.yaml`` names the same keys, a templated one
+by its section (``dvc_params``): params.yaml holds only the project's choices, and DVC needs each named key in it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from synthaug.flows.catalog import (
     WARM_START,
     Artifact,
 )
-from synthaug.flows.code_deps import REPO_ROOT, step_code
+from synthaug.flows.code_deps import REPO_ROOT, code_rooms, step_code
 from synthaug.flows.params import Params
 from synthaug.tasks.core.io.files import files_under, tree_sha256
 
@@ -457,6 +458,17 @@ def _plot_definitions(workdir: Path) -> list[Any]:
     return tables + images
 
 
+def dvc_params(s: Step) -> list[Any]:
+    """The params a stage names in ``dvc.yaml``: ``Step.params``, but a templated key (``model.${model.family}``)
+    names its parent section, which takes that section's other keys with it. params.yaml holds the project's choices
+    only (a family's sub-section is there when set) and DVC refuses a stage naming a key the file lacks; the Prefect
+    cache key keeps the template (``params_read``)."""
+    if ALL_PARAMS in s.params:
+        return [{PARAMS_FILE: None}]
+    keys = [k.split(".${")[0] if "${" in k else k for k in s.params]
+    return [k for k in dict.fromkeys(keys) if not any(k.startswith(f"{other}.") for other in keys)]
+
+
 def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
     """``dvc.yaml`` for the same DAG: one stage per step, each running that step through the CLI; the steps that
     publish are no stages (publishing is an act: ``synthaug publish``)."""
@@ -465,10 +477,9 @@ def dvc_yaml(workdir: Path = DEFAULT_WORKDIR) -> str:
         if s.publishes:
             continue
         stage: dict[str, Any] = {"cmd": f"synthaug {s.name} --workdir {workdir.as_posix()}"}
-        deps = list(s.code) + [(workdir / d).as_posix() for d in s.deps]
-        stage["deps"] = deps
+        stage["deps"] = list(code_rooms(s.code)) + [(workdir / d).as_posix() for d in s.deps]
         if s.params:
-            stage["params"] = [{PARAMS_FILE: None} if k == ALL_PARAMS else k for k in s.params]
+            stage["params"] = dvc_params(s)
         if s.always_changed:
             stage["always_changed"] = True
         # The plotted tables and charts are plain outs (the top-level `plots` draw them once each). Outs, metrics

@@ -28,11 +28,13 @@ DOC_PATH = "docs/params.md"
 
 
 INTRO = (
-    "`params.yaml` is the one source of every knob of the pipeline: each step reads its section, validated into one "
-    "typed `Params` (`flows/params.py`) before anything runs. Any key can be overridden for one run with "
-    "`-S section.key=value` (nested keys with more dots, e.g. `-S model.diffusion.steps=200`; the value is read as "
-    "YAML), as `dvc exp run -S` does; a key left out keeps the default below. Unknown keys, in the file or in an "
-    "override, are refused with the keys allowed there; a value out of its type or bounds is refused naming the key.")
+    "Every knob of the pipeline, with its default: each step reads its section, validated into one typed `Params` "
+    "(`flows/params.py`) before anything runs. `params.yaml` holds the project's choices, the keys that differ from "
+    "these defaults or that its runs are about; a key left out keeps the default below, and `synthaug params` prints "
+    "every key as resolved. Any key can be overridden for one run with `-S section.key=value` (nested keys with more "
+    "dots, e.g. `-S model.diffusion.steps=200`; the value is read as YAML), as `dvc exp run -S` does (there "
+    "`-S ++section.key=value` for a key params.yaml does not have yet). Unknown keys, in the file or in an override, "
+    "are refused with the keys allowed there; a value out of its type or bounds is refused naming the key.")
 
 _BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))  # pydantic Field bounds (annotated_types)
 
