@@ -191,7 +191,7 @@ def test_dvc_exp_show_has_a_column_per_choice_dependency_and_metric(clone):
     deps = {d for stage in stages.values() for d in stage["deps"]}
     metrics = {c for c in header if c not in params | deps}
     assert params <= set(header) and deps <= set(header), sorted(set(params | deps) - set(header))
-    meta = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+    meta = {"Experiment", "rev", "typ", "Created", "parent"}
     assert meta <= metrics and 5 <= len(metrics - meta) <= 20, sorted(metrics)  # nothing else: summary.json's values
     committed = _leaf_keys(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
     assert len(header) - len(params) + len(committed) < 80, (len(header), len(params), len(committed))
