@@ -25,17 +25,18 @@ demo: $(STAMP)
 # The tiers are pytest markers (tests/markers.py): the fast tier leaves out slow, integration, browser and dicom tests.
 FAST := not slow and not integration and not browser and not dicom
 # Test processes (pytest-xdist); tests use one torch thread each, so one process per core. Tests sharing an expensive
-# session fixture (the Prefect server, the evaluated tiny workdir) carry one xdist_group and run in one process.
+# session fixture (the Prefect server, the evaluated tiny workdir) carry one xdist_group and run in one process;
+# groups start in the order tests/conftest.py gives them (the longest first), not xdist's.
 WORKERS ?= $(shell nproc)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup -m "$(FAST)"
+	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder -m "$(FAST)"
 
 test-full: lint
-	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(PY) -m bench

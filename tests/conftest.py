@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from collections import Counter
 
 import pytest
 
@@ -34,10 +35,31 @@ def _quiet_logging_at_exit():
     logging.raiseExceptions = False
 
 
+# The groups that run longest (minutes each; `pytest --durations`, docs/BENCHMARKS.md "Test tiers"), longest first.
+# pytest-xdist hands out groups in collection order (`--no-loadscope-reorder` in the Makefile; its own order puts
+# groups with many tests first, which left the longest ones to run alone at the end): starting these first lets
+# the short ones fill in beside them.
+LONGEST_FIRST = (
+    "tests/flows/test_dvc_project.py", "prefect-server", "tests/flows/test_anonymize.py", "tests/tasks/test_publish.py",
+    "tests/flows/test_tune.py", "tests/flows/test_latent.py", "tests/flows/test_gate.py", "tests/tasks/test_locks.py",
+    "evaluated-workdir", "tests/flows/test_runners.py", "tests/flows/test_augment.py",
+    "tests/tasks/test_generators.py")
+
+
+def _group(item: pytest.Item) -> str:
+    marker = next(item.iter_markers("xdist_group"))
+    return marker.args[0] if marker.args else marker.kwargs["name"]
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test without an xdist_group runs in the group of its module: a module's fixtures (a trained model, a
-    dvc-repro'd clone) are then built by one test process, not by every process that gets one of its tests."""
+    dvc-repro'd clone) are then built by one test process, not by every process that gets one of its tests. Then
+    the groups are ordered: ``LONGEST_FIRST``, then the others by their number of tests (the order within a group
+    stays)."""
     for item in items:
         if next(item.iter_markers("xdist_group"), None) is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    sizes = Counter(_group(item) for item in items)
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: (rank.get(_group(item), len(rank)), -sizes[_group(item)], _group(item)))

@@ -129,3 +129,15 @@ def test_the_tier_markers_are_registered_as_tests_markers_describes_them():
     registered = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
     assert dict(m.split(": ", 1) for m in registered) == MARKERS
     assert f"FAST := {FAST_TIER}\n" in (REPO / "Makefile").read_text()  # make test runs that expression
+
+
+def test_the_longest_groups_named_to_start_first_exist():
+    """conftest.py starts these groups first (a stale name would silently stop doing so)."""
+    import re
+
+    from tests.conftest import LONGEST_FIRST
+
+    named = {m for f in (REPO / "tests").rglob("*.py") for m in re.findall(r'xdist_group\("([\w-]+)"\)', f.read_text())}
+    for group in LONGEST_FIRST:
+        assert (REPO / group).is_file() or group in named, group
+    assert "--no-loadscope-reorder" in (REPO / "Makefile").read_text()
