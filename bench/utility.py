@@ -27,8 +27,13 @@ and the wall time of each step.
 With ``--tune``, ``synthaug tune``'s flow then runs in the same workdir (the recipe chosen on validation only,
 then the evaluate and report steps once with it); the result file adds its trials and the tuned utility block.
 
-``python -m bench.utility [--scenario NAME ...] [--seeds 5] [--set section.key=value ...] [--workdir DIR]
-[--from-step STEP] [--tune]``
+The scenario suite (``bench/suite.py``) runs the same way: ``--scenario`` takes its names too, and ``--half
+development`` runs its development half. ``--half report`` runs the report half, which is read once per released
+recipe: each such run first appends a line to ``REPORT_READS`` (the commit, the date, the overrides, the seeds and
+the scenarios), committed with the results, so every read is on record whether or not it is reported.
+
+``python -m bench.utility [--scenario NAME ... | --half development|report] [--seeds 5] [--set section.key=value
+...] [--workdir DIR] [--from-step STEP] [--tune]``
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench import suite
 from synthaug.flows.dag import steps_through
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,6 +65,7 @@ PATCH = 32
 # (the digits keep the default, their native 8 px).
 SCENARIO_PARAMS = {"textures": ("data.image_size=16",)}
 TRAIN_ROWS, VAL_ROWS, TEST_ROWS = (0, 192), (192, 256), (256, 512)
+REPORT_READS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "report-half-reads.jsonl"
 VAL_PER_CLASS, TEST_PER_CLASS = 10, 50
 
 
@@ -117,7 +124,13 @@ def source(scenario: str, root: Path) -> str:
         return str(write_digits(root / "source", scarce=HOLDOUT_SCARCE))
     if scenario == "textures":
         return str(write_textures(root / "source"))
-    raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
+    if scenario in suite.BY_NAME:
+        folder = root / "source"
+        if not (folder / "splits.csv").is_file():  # a rerun (--from-step) keeps the folder it wrote
+            suite.materialize(scenario, folder)
+        return str(folder)
+    raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)} and the suite's "
+                     f"(python -m bench.suite --list)")
 
 
 def scenario_params(scenario: str, workdir: Path, overrides: Sequence[str] = ()):
@@ -125,8 +138,8 @@ def scenario_params(scenario: str, workdir: Path, overrides: Sequence[str] = ())
     (``SCENARIO_PARAMS``), then ``overrides``."""
     from synthaug.flows.params import load_params
 
-    return load_params(None, [f"data.source={source(scenario, workdir)}", *SCENARIO_PARAMS.get(scenario, ()),
-                              *overrides])
+    own = suite.BY_NAME[scenario].params if scenario in suite.BY_NAME else SCENARIO_PARAMS.get(scenario, ())
+    return load_params(None, [f"data.source={source(scenario, workdir)}", *own, *overrides])
 
 
 def run_scenario(scenario: str, workdir: Path, *, seeds: int, overrides: Sequence[str] = (),
@@ -243,10 +256,35 @@ def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def log_report_read(scenarios: Sequence[str], overrides: Sequence[str], seeds: int, log: Path = REPORT_READS) -> dict:
+    """Append a read of the suite's report half to ``log`` before it happens (refused unless every scenario is of
+    that half, and outside a git checkout: a read is recorded against the commit it reads)."""
+    import subprocess
+
+    if not scenarios or any(suite.HALF.get(name) != "report" for name in scenarios):
+        raise ValueError("a report-half read runs scenarios of the report half only")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"a report-half read is logged against a git commit; {root} is no git checkout")
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True).stdout.strip())
+    entry = {"commit": done.stdout.strip(), "uncommitted_changes": dirty,
+             "date": datetime.now(UTC).isoformat(timespec="seconds"), "overrides": list(overrides), "seeds": seeds,
+             "scenarios": list(scenarios)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    return entry
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.utility", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", action="append", choices=(*SCENARIOS, HOLDOUT),
-                        help=f"repeatable; default: the three of SCENARIOS ({HOLDOUT}: only when named)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--scenario", action="append", choices=(*SCENARIOS, HOLDOUT, *suite.BY_NAME),
+                       help=f"repeatable; default: the three of SCENARIOS ({HOLDOUT}: only when named)")
+    which.add_argument("--half", choices=("development", "report"),
+                       help="every scenario of that half of the suite (report: logged as a read, docs/BENCHMARKS.md)")
     parser.add_argument("--seeds", type=int, default=5, help="evaluate.seeds (classifier runs per condition)")
     parser.add_argument("--set", "-S", dest="overrides", action="append", default=[],
                         help="a param override for every scenario, e.g. -S model.family=vae (repeatable)")
@@ -264,7 +302,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for scenario in args.scenario or SCENARIOS:
+    scenarios = [n for n in suite.BY_NAME if suite.HALF[n] == args.half] if args.half else args.scenario or SCENARIOS
+    if any(suite.HALF.get(n) == "report" for n in scenarios):
+        entry = log_report_read(scenarios, args.overrides, args.seeds)
+        print(f"report-half read logged in {REPORT_READS} (commit {entry['commit'][:7]})", flush=True)
+    for scenario in scenarios:
         result = run_scenario(scenario, args.workdir / scenario, seeds=args.seeds, overrides=args.overrides,
                               first=args.from_step, tune=args.tune)
         path = write_result(args.out, f"utility-{scenario}-{stamp}", result)

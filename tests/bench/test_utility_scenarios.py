@@ -142,3 +142,39 @@ def test_markdown_names_the_winning_guidance_when_it_was_searched() -> None:
                      "tuned": {"trials": {"winner": winner, "trials": [default, winner], "validated_on": "val"},
                                "utility": tuned}})
     assert "weight 1.50, guidance 1, validation objective +0.0400 (default recipe +0.0100)" in text
+
+
+def test_a_suite_scenario_runs_with_its_own_data_params_and_folder(tmp_path):
+    from bench import suite
+
+    name = next(n for n in suite.BY_NAME if suite.BY_NAME[n].size >= 32 and suite.BY_NAME[n].channels == 3)
+    params = scenario_params(name, tmp_path, ["evaluate.seeds=3"])
+    s = suite.BY_NAME[name]
+    assert (params.data.image_size, params.data.channels) == (s.size, s.channels)
+    folder = Path(params.data.source)
+    assert (folder / "splits.csv").is_file() and {p.name for p in folder.iterdir() if p.is_dir()} == set(s.classes)
+    before = (folder / "splits.csv").read_bytes()
+    assert scenario_params(name, tmp_path).data.source == str(folder)  # a rerun keeps the folder it wrote
+    assert (folder / "splits.csv").read_bytes() == before
+
+
+def test_a_report_half_read_is_logged_with_its_commit_before_it_runs(tmp_path):
+    import json
+    import subprocess
+
+    from bench import suite
+    from bench.utility import log_report_read
+
+    report = [n for n in suite.BY_NAME if suite.HALF[n] == "report"][:2]
+    development = next(n for n in suite.BY_NAME if suite.HALF[n] == "development")
+    log = tmp_path / "reads.jsonl"
+    with pytest.raises(ValueError, match="report half only"):
+        log_report_read([*report, development], [], 5, log)
+    assert not log.exists()
+    log_report_read(report, ["model.family=vae"], 5, log)
+    log_report_read(report[:1], [], 20, log)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    assert [e["scenarios"] for e in entries] == [report, report[:1]] and {e["commit"] for e in entries} == {head}
+    assert entries[0]["overrides"] == ["model.family=vae"] and entries[1]["seeds"] == 20
