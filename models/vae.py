@@ -162,7 +162,7 @@ class VAE:
         self.net = ConditionalVAE(image_shape, num_classes, latent_dim=config.latent_dim, channels=config.channels,
                                   embed_dim=config.embed_dim).to(device, memory_format=self._format)
         self.ema = EMA(self.net, decay=config.ema_decay)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self._train_net: nn.Module = self.net  # the forward of train_step (DDP-wrapped under torchrun)
         self.step = 0
 
@@ -179,9 +179,9 @@ class VAE:
         recon = reconstruction_loss(logits, images, cfg.reconstruction)
         kl = kl_divergence(mean, logvar)
         loss = recon + beta * kl
-        self.opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
+        self.optimizer.step()
         self.step += 1
         # EMA warm-up: a short run would otherwise sample from weights still close to the random init.
         self.ema.decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
@@ -217,12 +217,12 @@ class VAE:
         return {
             "net": self.net.state_dict(),
             "ema": self.ema.module.state_dict(),
-            "opt": self.opt.state_dict(),
+            "opt": self.optimizer.state_dict(),
             "step": self.step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
         self.ema.module.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
+        self.optimizer.load_state_dict(state["opt"])
         self.step = int(state["step"])

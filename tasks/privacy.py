@@ -53,6 +53,7 @@ from synthaug.tasks.core.io.images import load_images
 from synthaug.tasks.core.io.results import FILTER_SUMMARY, real_rows, synthetic_rows
 from synthaug.tasks.core.labels import natural_key
 from synthaug.tasks.core.params.filter import FilterParams
+from synthaug.tasks.core.params.model import DP_FAMILIES
 from synthaug.tasks.core.params.privacy import PrivacyParams
 from synthaug.tasks.core.privacy.dp import dp_claim
 from synthaug.tasks.core.privacy.record import (
@@ -494,11 +495,11 @@ def gate_advice(failures: Sequence[str], filter_params: FilterParams) -> list[st
         advice.append("released images sit too close to training images: train fewer steps or on more real images, "
                       f"make the filter stricter (filter.memorization_quantile, now "
                       f"{filter_params.memorization_quantile}), or train with differential privacy "
-                      "(model.family=vae with model.dp.epsilon)")
+                      f"(model.dp.epsilon, for model.family {' or '.join(DP_FAMILIES)})")
     if any("AUC" in f and "wholly above" in f for f in failures):
         advice.append("a membership attack tells training images apart: train with differential privacy "
-                      "(model.family=vae with model.dp.epsilon), train fewer steps, or release fewer images "
-                      "(privacy.release_per_class)")
+                      f"(model.dp.epsilon, for model.family {' or '.join(DP_FAMILIES)}), train fewer steps, or release "
+                      "fewer images (privacy.release_per_class)")
     if any("cannot be measured" in f or "cannot be audited" in f for f in failures):
         advice.append("the attack needs real val/test images of every released class: raise data.val_fraction / "
                       "data.test_fraction, or leave the class out of the release")

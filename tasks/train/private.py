@@ -1,9 +1,12 @@
 """Differentially private training of a generator (DP-SGD, Abadi et al. 2016) with Opacus.
 
-``model.dp.epsilon`` set: the train step trains the ``vae`` family with DP-SGD instead of the shared driver
-(``models.training.fit``). The family's own ``train_step`` runs unchanged; this module only swaps what it calls:
+``model.dp.epsilon`` set: the train step trains a family of ``DP_FAMILIES`` (``tasks.core.params.model``) with DP-SGD
+instead of the shared driver (``models.training.fit``). The family's own ``train_step`` runs unchanged; this module
+only swaps what it calls, the same for every such family (one network ``net``, one ``optimizer``):
 
-- its training network goes through ``distribute`` into an Opacus ``GradSampleModule`` (per-sample gradients);
+- its training network goes through ``distribute`` into an Opacus ``GradSampleModule`` (per-sample gradients; for
+  diffusion its hooks also cover MONAI's ``DiffusionModelUNet``: Conv2d, GroupNorm, Linear, including attention,
+  and the class ``Embedding``; ``torch.compile`` is bypassed, as the plain ``net`` is wrapped);
 - its optimizer is wrapped in an Opacus ``DPOptimizer``: each per-sample gradient is clipped to
   ``max_grad_norm`` and Gaussian noise of ``noise_multiplier * max_grad_norm`` is added to their sum;
 - batches are drawn by Poisson sampling (Opacus ``UniformWithReplacementSampler``: every training image joins each
@@ -70,10 +73,10 @@ def fit_private(model: GeneratorFamily, images: torch.Tensor, labels: torch.Tens
     module = GradSampleModule(model.net)  # the family's network, hooked for per-sample gradients
     model.distribute(lambda _: module)
     noise = torch.Generator(device=images.device).manual_seed(seed + 1)
-    model.opt = DPOptimizer(model.opt, noise_multiplier=sigma, max_grad_norm=params.max_grad_norm,
+    model.optimizer = DPOptimizer(model.optimizer, noise_multiplier=sigma, max_grad_norm=params.max_grad_norm,
                             expected_batch_size=cfg.batch_size, loss_reduction="mean", generator=noise)
     accountant = RDPAccountant()
-    model.opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    model.optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate, steps=cfg.steps,
                                             generator=torch.Generator().manual_seed(seed))
     train_rng = torch.Generator(device=images.device).manual_seed(seed)

@@ -1,5 +1,5 @@
-"""DP-SGD training of the vae family with Opacus: the accounting against Opacus's own RDP analysis, the record beside
-the checkpoint, what a release may claim, and the refusals."""
+"""DP-SGD training of the vae and diffusion families with Opacus: the accounting against Opacus's own RDP analysis,
+per-sample clipping, the record beside the checkpoint, what a release may claim, and the refusals."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from pydantic import ValidationError
 
-from synthaug.models.config import VAEConfig
+from synthaug.models.config import DiffusionConfig, VAEConfig
+from synthaug.models.diffusion import Diffusion
 from synthaug.models.training import checkpoint_hash, load_checkpoint
 from synthaug.models.vae import VAE
 from synthaug.tasks.core.errors import UserError
@@ -22,6 +24,8 @@ from synthaug.tasks.train.private import fit_private
 from tests.markers import slow
 
 CONFIG = VAEConfig(steps=12, batch_size=16, latent_dim=4, channels=8, embed_dim=4, kl_warmup=2, checkpoint_every=0)
+DIFFUSION = DiffusionConfig(steps=12, batch_size=16, channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
+                            norm_num_groups=4, num_head_channels=8, timesteps=20, sample_steps=2, checkpoint_every=0)
 ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # Opacus RDPAccountant's default orders
 
 
@@ -35,11 +39,16 @@ def model() -> VAE:
     return VAE(CONFIG, image_shape=(1, 16, 16), num_classes=3, device=torch.device("cpu"))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, dict, VAE]:
+def diffusion() -> Diffusion:
+    torch.manual_seed(0)
+    return Diffusion(DIFFUSION, image_shape=(1, 16, 16), num_classes=3, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module", params=[model, diffusion], ids=["vae", "diffusion"])
+def trained(request, tmp_path_factory) -> tuple[Path, dict, VAE | Diffusion]:
     out = tmp_path_factory.mktemp("dp") / "checkpoint"
     x, y = data()
-    m = model()
+    m = request.param()
     before = {k: v.clone() for k, v in m.net.state_dict().items()}
     record = fit_private(m, x, y, DPParams(epsilon=8.0, delta=1e-3), seed=0, class_names=["a", "b", "c"],
                          checkpoint_dir=out)
@@ -50,7 +59,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict, VAE]:
 @slow
 def test_epsilon_is_opacus_rdp_analysis_of_the_noise_steps_and_poisson_rate(trained) -> None:
     out, record, _ = trained
-    assert record["sample_rate"] == pytest.approx(16 / 120) and record["steps"] == CONFIG.steps
+    assert record["sample_rate"] == pytest.approx(16 / 120) and record["steps"] == 12
     rdp = compute_rdp(q=record["sample_rate"], noise_multiplier=record["noise_multiplier"], steps=record["steps"],
                       orders=ALPHAS)
     epsilon, _ = get_privacy_spent(orders=ALPHAS, rdp=rdp, delta=record["delta"])
@@ -59,7 +68,7 @@ def test_epsilon_is_opacus_rdp_analysis_of_the_noise_steps_and_poisson_rate(trai
     assert json.loads((out / DP_FILE).read_text()) == record
     assert record["weights_sha256"] == checkpoint_hash(out)
     loaded, meta, _ = load_checkpoint(out, torch.device("cpu"))  # an ordinary checkpoint: it samples
-    assert meta["step"] == CONFIG.steps and loaded.sample(torch.tensor([0, 2]), [1, 2]).shape == (2, 1, 16, 16)
+    assert meta["step"] == 12 and loaded.sample(torch.tensor([0, 2]), [1, 2]).shape == (2, 1, 16, 16)
 
 
 def test_a_release_claims_dp_only_when_every_image_came_from_the_dp_checkpoint(trained, tmp_path) -> None:
@@ -84,10 +93,15 @@ def test_refusals() -> None:
     with pytest.raises(UserError, match="batch_size=16 must be between 16 and the 12 training images"):
         fit_private(model(), x[:12], y[:12], DPParams(epsilon=1.0, delta=1e-3), seed=0,
                     class_names=["a", "b", "c"], checkpoint_dir=Path("unused"))
-    with pytest.raises(ValidationError, match="offered for vae only, not 'gan'"):
+    with pytest.raises(ValidationError, match="offered for diffusion, vae only, not 'gan'"):
         ModelParams(family="gan", dp=DPParams(epsilon=1.0))
     with pytest.raises(ValidationError, match=r"model\.processes=1"):
         ModelParams(family="vae", processes=2, dp=DPParams(epsilon=1.0))
+    with pytest.raises(ValidationError, match="offered for diffusion, vae only, not 'latent_diffusion'"):
+        ModelParams(family="latent_diffusion", dp=DPParams(epsilon=1.0))
+    with pytest.raises(ValidationError, match=r"model\.diffusion\.gradient_checkpointing=false"):
+        ModelParams(family="diffusion", diffusion=DiffusionConfig(gradient_checkpointing=True),
+                    dp=DPParams(epsilon=1.0))
     assert ModelParams(family="gan").dp.epsilon is None  # off by default, for every family
 
 
@@ -106,3 +120,33 @@ def test_per_sample_gradients_of_the_vae_average_to_the_batch_gradient() -> None
     for name, p in m.net.named_parameters():
         assert p.grad_sample.shape[0] == 6, name
         assert torch.allclose(p.grad_sample.mean(0), p.grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_dp_sgd_clips_every_per_image_gradient_of_the_diffusion_unet() -> None:
+    """On one batch through the MONAI UNet (attention included): Opacus's per-sample gradients are the gradients of
+    each image's own loss (computed alone, without Opacus), and the DP optimizer sums them clipped to max_grad_norm."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    m, clip, n = diffusion(), 1e-2, 4
+    params = [p for p in m.net.parameters() if p.requires_grad]
+    x, y = data(n)
+    g = torch.Generator().manual_seed(1)
+    t, noise = torch.randint(0, DIFFUSION.timesteps, (n,), generator=g), torch.randn(x.shape, generator=g)
+
+    def loss(net: torch.nn.Module, rows: slice) -> torch.Tensor:
+        return F.mse_loss(net(x[rows] + noise[rows], t[rows], class_labels=y[rows]), noise[rows])
+
+    alone = [torch.autograd.grad(loss(m.net, slice(i, i + 1)), params) for i in range(n)]  # plain autograd
+    norms = torch.stack([torch.cat([g_.flatten() for g_ in grads]).norm() for grads in alone])
+    assert (norms > clip).all()  # clipping bites on every image
+    optimizer = DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0, max_grad_norm=clip,
+                            expected_batch_size=n, loss_reduction="mean")
+    loss(GradSampleModule(m.net), slice(None)).backward()
+    optimizer.clip_and_accumulate()  # the DP step before its noise
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)  # Opacus's per-sample clip factor
+    assert (norms * factors <= clip * (1 + 1e-5)).all()
+    for k, p in enumerate(params):
+        assert torch.allclose(p.grad_sample, torch.stack([a[k] for a in alone]), atol=1e-6, rtol=1e-4)
+        clipped = sum(f * a[k] for f, a in zip(factors, alone, strict=True))
+        assert torch.allclose(p.summed_grad, clipped, atol=1e-7, rtol=1e-4)

@@ -13,7 +13,9 @@ from synthaug.tasks.core.params.base import Section
 # An epsilon below 0.01 needs noise that drowns every gradient (and Opacus' search for it does not end); above
 # 100 the guarantee says nothing. Useful budgets are about 1 to 10.
 MIN_EPSILON, MAX_EPSILON = 0.01, 100.0
-DP_FAMILIES = ("vae",)  # families whose networks Opacus gives per-sample gradients for (README "Differential privacy")
+# Families whose one network Opacus gives per-sample gradients for (docs/anonymize.md "Differential privacy").
+# Not latent_diffusion: its autoencoder stage and latent scale learn from the same images without DP.
+DP_FAMILIES = ("diffusion", "vae")
 
 
 class DPParams(Section):
@@ -57,7 +59,8 @@ class ModelParams(Section):
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
     dp: differentially private training (DP-SGD with Opacus, ``tasks.core.privacy.dp``); ``dp.epsilon: null`` (the
-      default) trains without it. Offered for ``tasks.core.privacy.dp.DP_FAMILIES``, one process, from scratch.
+      default) trains without it. Offered for the families in ``DP_FAMILIES`` (diffusion, vae), one process, from
+      scratch, without ``gradient_checkpointing``.
     diffusion, gan, vae, latent_diffusion: each family's own config (``models/config.py``); only the one
       ``family`` names is used.
     """
@@ -89,6 +92,9 @@ class ModelParams(Section):
             raise ValueError("model.dp trains from scratch in one process: set model.processes=1, "
                              "model.init_from=null and model.pretrained=null (a start from weights trained on the "
                              "same images would escape the accounting)")
+        if getattr(self.family_config(), "gradient_checkpointing", False):  # hooks miss the recomputed blocks
+            raise ValueError(f"model.dp needs model.{self.family}.gradient_checkpointing=false: Opacus gets no "
+                             "per-sample gradients for blocks recomputed in the backward pass")
         return self
 
     @field_validator("family")
