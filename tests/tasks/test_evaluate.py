@@ -590,3 +590,17 @@ def test_classifier_runs_give_the_same_results_in_any_number_of_processes(workdi
         for condition in spread["setup"]["conditions"]:
             assert results[condition] == families(alone)[family][condition], (family, condition)
     assert spread["recipe"] == alone["recipe"] and spread["gate"] == alone["gate"]
+
+
+def test_logistic_regression_fits_a_seeded_stratified_bootstrap_and_a_single_class() -> None:
+    """Each seed a different draw with the class counts kept; one class (synthetic_only of one scarce class) is
+    predicted as that class, as the other families do."""
+    from synthaug.tasks.core.evaluation.downstream import fit_independent, stratified_bootstrap
+
+    labels = np.array([0] * 6 + [1] * 4)
+    a, b = stratified_bootstrap(labels, 0), stratified_bootstrap(labels, 1)
+    assert np.bincount(labels[a]).tolist() == np.bincount(labels[b]).tolist() == [6, 4]
+    assert not np.array_equal(a, b) and np.array_equal(a, stratified_bootstrap(labels, 0))
+    x = torch.randn(5, 1, 4, 4)
+    model = fit_independent("logistic_regression", 0, x, torch.full((5,), 3))
+    assert model.predict(x.reshape(5, -1).numpy()).tolist() == [3] * 5

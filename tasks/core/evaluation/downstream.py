@@ -208,6 +208,10 @@ def fit_independent(name: str, seed: int, x: torch.Tensor, y: torch.Tensor, weig
     if name == "logistic_regression":
         rows = stratified_bootstrap(labels, seed)
         pixels, labels, w = pixels[rows], labels[rows], None if w is None else w[rows]
+        if np.unique(labels).size < 2:  # one class (synthetic_only of one scarce class): it can only predict that
+            from sklearn.dummy import DummyClassifier
+
+            return DummyClassifier(strategy="most_frequent").fit(pixels, labels)
     if w is None:
         return model.fit(pixels, labels)
     # A pipeline routes a fit parameter to its last step by that step's name.
