@@ -10,7 +10,7 @@ autoescaped (tasks/core/render.py), so all text from the data (labels, reasons, 
 Sections: a summary; downstream utility (the utility gate's verdict and rule, the chart from the evaluate step, a
 table per classifier family, the paired difference to the best real baseline and the share of the best baseline ->
 oracle gap closed, which choices were made on what data); per-class recall; class counts and acceptance;
-set-quality tables (overall and per class); per-class novelty (``tasks/evaluate/novelty.py``); per class a row of
+set-quality tables (overall and per class); per-class novelty (``tasks/evaluate/set_metrics.py``); per class a row of
 real | accepted synthetic | rejected images with their reasons; and a memorization audit: the accepted synthetic
 images most correlated with a training image (``score_nn_pixel_corr``, from the filter), each shown beside that
 training image, found again with ``models.metrics.nearest_correlation``.

@@ -58,10 +58,10 @@ share of the baseline -> ``real_oracle`` gap closed. ``utility.gate`` applies th
 On the CPU the classifier runs are spread over processes of one thread each (``runner.cpu_processes``, one per
 core by default; ``tasks/core/evaluation/pool.py``): the results are the same for any number of processes.
 
-**Novelty** per class (``tasks/evaluate/novelty.py``): how far the accepted synthetic images sit from the class's own
-training images, in pixels and features, against the class's real val images.
+**Novelty** per class (``tasks/evaluate/set_metrics.py``): how far the accepted synthetic images sit from the class's
+own training images, in pixels and features, against the class's real val images.
 
-Where the pieces live: set metrics ``tasks/evaluate/set_metrics.py``, novelty ``tasks/evaluate/novelty.py``,
+Where the pieces live: set metrics and novelty ``tasks/evaluate/set_metrics.py``,
 training conditions and their summary ``tasks/core/evaluation/downstream.py``, the chosen recipe and the runs
 ``tasks/core/evaluation/recipe.py``, the gate ``tasks/core/evaluation/gate.py``, the charts
 ``tasks/core/evaluation/charts.py``; this module reads the inputs, runs them and writes ``metrics.json`` and the
@@ -108,8 +108,7 @@ from synthaug.tasks.core.io.results import (
 )
 from synthaug.tasks.core.params.evaluate import EvaluateParams, SyntheticRecipe
 from synthaug.tasks.evaluate.headline import SUMMARY_FILE, write_headline
-from synthaug.tasks.evaluate.novelty import novelty
-from synthaug.tasks.evaluate.set_metrics import finite, quality_metrics
+from synthaug.tasks.evaluate.set_metrics import finite, novelty, quality_metrics
 
 FORMAT = "synthaug-metrics/2"  # 2: utility.independent maps each independent family to its results
 

@@ -1,5 +1,6 @@
-"""Per-class novelty (tasks/evaluate/novelty.py) on hand-checkable cases: synthetic images that copy the training
-images have novelty 0; synthetic images that are the distinct real images themselves have ratio exactly 1."""
+"""Per-class novelty (tasks/evaluate/set_metrics.py, ``novelty``) on hand-checkable cases: synthetic images that
+copy the training images have novelty 0; synthetic images that are the distinct real images themselves have ratio
+exactly 1."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from synthaug.tasks.core.evaluation.downstream import EvalData
-from synthaug.tasks.evaluate.novelty import REFERENCE, class_novelty, novelty
+from synthaug.tasks.evaluate.set_metrics import NOVELTY_REFERENCE, class_novelty, novelty
 
 
 def _digits(label: int, n: int, skip: int = 0) -> torch.Tensor:
@@ -66,7 +67,7 @@ def test_novelty_covers_the_classes_with_synthetic_images_and_names_the_referenc
     data = _data(syn_x, torch.tensor([1, 1, 1, 0, 0]))
     real_f = _feats(torch.cat([data.train_x, data.val_x]))
     out = novelty(data, ["3"], real_f, _feats(syn_x))
-    assert out["reference"] == REFERENCE and "val" in REFERENCE
+    assert out["reference"] == NOVELTY_REFERENCE and "val" in NOVELTY_REFERENCE
     assert set(out["per_class"]) == {"1", "3"}
     scarce = out["per_class"]["3"]
     assert scarce["minority"] and scarce["pixel"]["ratio"] == pytest.approx(0.0, abs=1e-9)
