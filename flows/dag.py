@@ -245,7 +245,7 @@ def _assemble(p: Params, workdir: Path) -> Record:
 
     dataset = assemble(INGEST.path(workdir), FILTER.path(workdir), EVALUATE.path(workdir), REPORT.path(workdir),
                        dump_params(p), DATASET.path(workdir), name=p.publish.name, license=_license(p),
-                       gate_enforced=p.publish.utility_gate)
+                       gate_enforced=p.publish.utility_gate is not False)
     generator = GENERATOR.path(workdir)
     if has_checkpoint(CHECKPOINT.path(workdir)):
         assemble_generator(MODEL.path(workdir), INGEST_MANIFEST.path(workdir), dump_params(p), generator,
@@ -275,7 +275,9 @@ def _publish(p: Params, workdir: Path) -> Record:
         _say(f"publish: generator {result.generator_tag} (started from {_warm_from(workdir) or 'scratch'})")
     return {"dataset": str(dataset), "registry": result.registry, "tag": result.tag, "new": result.new,
             "generator_tag": result.generator_tag, "generator_new": result.generator_new,
-            "utility_gate": "passed" if gate["passed"] else "refused, published anyway (publish.utility_gate=false)",
+            "utility_gate": (f"passed ({p.publish.utility_gate} rule)" if p.publish.utility_gate is not False
+                             else "off (publish.utility_gate=false): published; the harm rule "
+                                  + ("passed" if gate["passed"] else "refused")),
             "fetch": result.fetch_command,
             # publish stamped the assembled folder's report as it stamped the registry's: the one to open (the
             # report step's own copy, an input of assemble, stays as it was so a re-run reuses assemble)

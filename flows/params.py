@@ -239,7 +239,7 @@ def _refuse_odd_scalars(node: Any, loc: list[str], origin: str) -> None:
         annotation = _model_at(loc) if loc else None
         names = (annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
                  or repr(annotation).replace("typing.", ""))
-        if annotation is not None and "bool" not in names and "Any" not in names:
+        if annotation is not None and not any(t in f"{names} {annotation!r}" for t in ("bool", "Any")):  # a union too
             raise ParamsError(f"{origin}: {key}: expected {names}, got {str(node).lower()} (a YAML boolean)")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ParamsError(f"{origin}: {key}: {node} is not a finite number")

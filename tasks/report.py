@@ -10,10 +10,10 @@ autoescaped (tasks/core/render.py), so all text from the data (labels, reasons, 
 Sections: a summary; downstream utility (the utility gate's verdict and rule, the chart from the evaluate step, a
 table per classifier family, the paired difference to the best real baseline and the share of the best baseline ->
 oracle gap closed, which choices were made on what data); per-class recall; class counts and acceptance;
-set-quality tables (overall and per class); per class a row of real | accepted synthetic | rejected images with
-their reasons; and a memorization audit: the accepted synthetic images most correlated with a training image
-(``score_nn_pixel_corr``, from the filter), each shown beside that training image, found again with
-``models.metrics.nearest_correlation``.
+set-quality tables (overall and per class); per-class novelty (``tasks/evaluate/set_metrics.py``); per class a row of
+real | accepted synthetic | rejected images with their reasons; and a memorization audit: the accepted synthetic
+images most correlated with a training image (``score_nn_pixel_corr``, from the filter), each shown beside that
+training image, found again with ``models.metrics.nearest_correlation``.
 
 The report of an anonymized release (``privacy_dir`` given) embeds accepted synthetic images only: no real image
 and no rejected one (a rejected image may be a copy of a training image). Its memorization audit is the privacy
@@ -89,15 +89,15 @@ def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 HEADLINES = {"nothing_accepted": "Nothing was accepted: this dataset holds real images only",
-             "harm": "Refused: the synthetic images measurably hurt",
-             "gain": "Measurable gain from the synthetic images",
-             "no_gain": "No measurable gain from the synthetic images"}
+             "harm": "Hurts: the synthetic images measurably hurt",
+             "gain": "Helps: the synthetic images measurably help",
+             "no_gain": "No measurable effect of the synthetic images"}
 
 
 def _verdict(metrics: Mapping[str, Any], privacy: Mapping[str, Any] | None) -> dict[str, Any]:
     """The verdict box at the top (template ``verdict.html.j2``): the situation the utility gate names
-    (``tasks/core/evaluation/gate.py``), its rule, the accepted share and the headline gains of both classifier
-    families; for an anonymized release, the privacy gate's verdict, failed checks and advice instead."""
+    (``tasks/core/evaluation/gate.py``), its rule, the accepted share and the headline gains of every classifier
+    family; for an anonymized release, the privacy gate's verdict, failed checks and advice instead."""
     u = metrics["utility"]
     gate = u["gate"]
     counts = metrics["counts"]
@@ -106,13 +106,13 @@ def _verdict(metrics: Mapping[str, Any], privacy: Mapping[str, Any] | None) -> d
     shortfall = sum(int(v) for v in (metrics["acceptance"].get("shortfall") or {}).values() if v)
     if privacy is not None:
         return _privacy_verdict(privacy)
-    situation = gate.get("situation") or ("no_gain" if gate["passed"] else "harm")
+    situation = gate["situation"]
     rows = headline_gains(u)
     gains = [(family, [r for r in rows if r["family"] == family])
              for family in dict.fromkeys(r["family"] for r in rows)]
     if situation == "nothing_accepted":  # real_synthetic is the oversampled real set: no gain to show
         gains = []
-    return {"css": situation, "privacy": None, "headline": HEADLINES[situation], "passed": gate["passed"],
+    return {"css": situation, "privacy": None, "headline": HEADLINES[situation], "passes": gate["passes"],
             "verdict": gate["verdict"], "rule": gate["rule"], "accepted": accepted, "generated": generated,
             "share": accepted / generated if generated else None, "shortfall": shortfall,
             "metrics": list(dict.fromkeys(r["label"] for r in rows)), "gains": gains}
@@ -142,10 +142,17 @@ def _utility(metrics: Mapping[str, Any], evaluate_dir: Path) -> dict[str, Any]:
               for family, results in fams.items()
               for condition, by_metric in results["paired_difference"].items() for m in COMPARED]
     return {"gate": u["gate"], "setup": setup, "project_family": PROJECT_FAMILY,
-            "independent": u["independent"]["family"], "families": list(fams), "rows": rows,
+            "independent": [f for f in fams if f != PROJECT_FAMILY], "families": list(fams), "rows": rows,
             "skipped": list(setup.get("skipped", {}).items()), "baselines": BASELINES, "paired": paired,
             "choices": u.get("choices", []), "chart": _uri(evaluate_dir / PLOT_UTILITY),
             "recall_chart": _uri(evaluate_dir / PLOT_RECALL)}
+
+
+def _novelty(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The novelty table's data (macro ``novelty``): per class with accepted synthetic images, scarce ones first."""
+    block = metrics["novelty"]
+    names = sorted(block["per_class"], key=lambda n: (not block["per_class"][n]["minority"], natural_key(n)))
+    return {"reference": block["reference"], "rows": [{"name": n, **block["per_class"][n]} for n in names]}
 
 
 def _counts(metrics: Mapping[str, Any], evaluate_dir: Path) -> dict[str, Any]:
@@ -310,7 +317,7 @@ def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.
     last = [("memorization", "memorization")] if privacy_dir is None else [("tstr", "TSTR vs TRTR"),
                                                                            ("privacy", "privacy")]
     nav = [("utility", "utility"), ("recall", "per-class recall"), ("counts", "counts"), ("quality", "quality"),
-           ("samples", "samples"), *last]
+           ("novelty", "novelty"), ("samples", "samples"), *last]
     if privacy_dir is None:
         title = "synthaug report"
         lead = "Is the accepted synthetic data realistic, on-label, new, and useful to a classifier?"
@@ -324,7 +331,7 @@ def render_report(metrics: Mapping[str, Any], real: pd.DataFrame, synthetic: pd.
     return render("report.html.j2", title=title, lead=lead, thumb_px=THUMB_PX, nav=nav, summary=_summary(metrics),
                   verdict=_verdict(metrics, record),
                   utility=_utility(metrics, evaluate_dir), counts=_counts(metrics, evaluate_dir),
-                  quality=_quality(metrics), num=_num, run=run or RunInfo(),
+                  quality=_quality(metrics), novelty=_novelty(metrics), num=_num, run=run or RunInfo(),
                   samples=_samples(metrics, real, synthetic, ingest_dir, filter_dir, thumbs,
                                    accepted_only=privacy_dir is not None), memorization=memorization, privacy=privacy)
 

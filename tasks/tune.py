@@ -1,11 +1,11 @@
 """``synthaug tune``: choose the synthetic recipe (``evaluate.recipe``: share, order and loss weight of the accepted
 synthetic images) on validation data only.
 
-A trial scores one recipe: both classifier families trained on ``real_synthetic`` built from the validation folds'
+A trial scores one recipe: every classifier family trained on ``real_synthetic`` built from the validation folds'
 real train images plus the recipe's synthetic images, scored on the folds' held-out real images
 (``tasks.core.evaluation.recipe.validation_folds``: the real val split, or k-fold over train + val where a minority
-class has too few val images). Its objective is the mean, over the two families and the two compared metrics (balanced
-accuracy, minority recall), of the gain over the best real baseline (``real_oversampled`` or
+class has too few val images). Its objective is the mean, over the classifier families and the two compared metrics
+(balanced accuracy, minority recall), of the gain over the best real baseline (``real_oversampled`` or
 ``real_classical_aug``) on the same folds and seeds. The test split is not read here: the flow (``flows/tune.py``)
 confirms the winner once, by running the evaluate step with it.
 
@@ -116,7 +116,7 @@ def write_trials(path: Path, trials: list[dict[str, Any]], winner: dict[str, Any
                  tune: TuneParams) -> Path:
     """``trials.json``: every recipe with its validation gains, the winner, and how validation was done."""
     record = {"validated_on": baselines["validated_on"], "minority_classes": baselines["minority"],
-              "objective": "mean over both classifier families and over balanced accuracy and minority recall of "
+              "objective": "mean over the classifier families and over balanced accuracy and minority recall of "
                            "the gain over the best real baseline (" + " or ".join(BASELINES) + ") on validation",
               "params": tune.model_dump(), "winner": winner, "trials": trials,
               "baselines": {c: {f: {m: mean_score(scores, m) for m in COMPARED} for f, scores in runs.items()}

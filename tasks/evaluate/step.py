@@ -1,6 +1,6 @@
 """The ``evaluate`` step: is the accepted synthetic data any good, and does it help a classifier?
 
-Two kinds of evidence go into ``<out_dir>/metrics.json`` (plus three PNG charts beside it):
+Three kinds of evidence go into ``<out_dir>/metrics.json`` (plus three PNG charts beside it):
 
 **Set quality** in the filter's feature space (``tasks.core.scoring.features.embed``: the judge's penultimate embedding,
 or the local extractor the filter used): FID, KID, improved precision/recall (k=3), density/coverage (k=5) and
@@ -42,9 +42,9 @@ difference:
 - ``real_oracle`` (only when the manifest has ``heldback`` rows): real train + the heldback real images, the
   best the scarce classes could have been with the real images they lost.
 
-A second, independent classifier family (``independent``: a scikit-learn model on the raw pixels, extremely
-randomized trees by default) is trained on exactly the same training sets and scored the same way, so that a gain
-is not an artefact of one network.
+Independent classifier families (``independent``: scikit-learn models on the raw pixels, extremely randomized
+trees and logistic regression by default) are trained on exactly the same training sets and scored the same way, so
+that a gain is not an artefact of one network; the simplest learner has to benefit too.
 
 Each is trained ``seeds`` times (classifier seed ``classifier.seed + i``; the augmentation and the independent
 model's seed too) and scored on the real ``test`` split: balanced accuracy, macro-F1, per-class recall and minority
@@ -58,10 +58,14 @@ share of the baseline -> ``real_oracle`` gap closed. ``utility.gate`` applies th
 On the CPU the classifier runs are spread over processes of one thread each (``runner.cpu_processes``, one per
 core by default; ``tasks/core/evaluation/pool.py``): the results are the same for any number of processes.
 
-Where the pieces live: set metrics ``tasks/evaluate/set_metrics.py``, training conditions and their summary
-``tasks/core/evaluation/downstream.py``, the chosen recipe and the runs ``tasks/core/evaluation/recipe.py``, the gate
-``tasks/core/evaluation/gate.py``, the charts ``tasks/core/evaluation/charts.py``; this module reads the inputs, runs
-them and writes ``metrics.json`` and the tables.
+**Novelty** per class (``tasks/evaluate/set_metrics.py``): how far the accepted synthetic images sit from the class's
+own training images, in pixels and features, against the class's real val images.
+
+Where the pieces live: set metrics and novelty ``tasks/evaluate/set_metrics.py``,
+training conditions and their summary ``tasks/core/evaluation/downstream.py``, the chosen recipe and the runs
+``tasks/core/evaluation/recipe.py``, the gate ``tasks/core/evaluation/gate.py``, the charts
+``tasks/core/evaluation/charts.py``; this module reads the inputs, runs them and writes ``metrics.json`` and the
+tables.
 """
 
 from __future__ import annotations
@@ -104,9 +108,9 @@ from synthaug.tasks.core.io.results import (
 )
 from synthaug.tasks.core.params.evaluate import EvaluateParams, SyntheticRecipe
 from synthaug.tasks.evaluate.headline import SUMMARY_FILE, write_headline
-from synthaug.tasks.evaluate.set_metrics import finite, quality_metrics
+from synthaug.tasks.evaluate.set_metrics import finite, novelty, quality_metrics
 
-FORMAT = "synthaug-metrics/1"
+FORMAT = "synthaug-metrics/2"  # 2: utility.independent maps each independent family to its results
 
 REFERENCE_HELDBACK = "real heldback (oracle; classes with heldback images only)"
 
@@ -128,7 +132,7 @@ CHOICES = (
      "made_on": "the real val split (memorization quantile, judge calibration) and fixed params"},
     {"choice": "generator family and its sampling knobs (guidance, steps, temperature), plan quotas",
      "made_on": "params.yaml as given; nothing is chosen by looking at the test split"},
-    {"choice": "classifier recipes of both families",
+    {"choice": "classifier recipes of every family",
      "made_on": "fixed in code/params before any result; identical for every condition"},
 )
 
@@ -136,7 +140,7 @@ CHOICES = (
 def utility_metrics(data: EvalData, params: EvaluateParams, minority: Sequence[str], device: torch.device, *,
                     real_f: np.ndarray | None = None, syn_f: np.ndarray | None = None,
                     console: Console | None = None, processes: int | None = None) -> dict[str, Any]:
-    """Train both classifier families under every condition and seed; score on the real test split (module doc).
+    """Train every classifier family under every condition and seed; score on the real test split (module doc).
 
     ``real_f`` (features of the real train then val images) and ``syn_f`` (of the accepted synthetic images) are the
     feature space of the k-center selection; without them ``real_synthetic_chosen`` is not run. On the CPU the runs
@@ -178,7 +182,7 @@ def utility_metrics(data: EvalData, params: EvaluateParams, minority: Sequence[s
                 task, advance=1, description=f"{'real_synthetic_chosen' if job[0] else job[1]} seed {job[2]} done"))
 
     runs: dict[str, dict[str, list[dict]]] = {f: {c: [] for c in conditions}
-                                              for f in (PROJECT_FAMILY, params.independent)}
+                                              for f in (PROJECT_FAMILY, *params.independent_families)}
     sizes: dict[str, dict[str, int]] = {}
     seconds: dict[str, float] = dict.fromkeys(conditions, 0.0)
     for (condition, _), (scores, size, elapsed) in zip(named, results, strict=True):
@@ -188,8 +192,8 @@ def utility_metrics(data: EvalData, params: EvaluateParams, minority: Sequence[s
         seconds[condition] = round(seconds[condition] + elapsed, 2)
 
     out = summarize(runs[PROJECT_FAMILY], data.class_names, params.seeds)
-    out["independent"] = {"family": params.independent, "input": "raw pixels, flattened",
-                          **summarize(runs[params.independent], data.class_names, params.seeds)}
+    out["independent"] = {f: {"input": "raw pixels, flattened", **summarize(runs[f], data.class_names, params.seeds)}
+                          for f in params.independent_families}
     out["gate"] = gate_verdict(out, params.gate_margin, accepted=int(data.syn_x.shape[0]),
                                generated=len(data.synthetic))
     out["choices"] = [dict(c) for c in CHOICES]
@@ -205,7 +209,7 @@ def utility_metrics(data: EvalData, params: EvaluateParams, minority: Sequence[s
         "conditions": conditions, "skipped": skipped, "seeds": params.seeds, "test_size": int(truth.shape[0]),
         "test_per_class": {name: int((truth == j).sum()) for j, name in enumerate(data.class_names)},
         "minority_classes": list(minority), "train_per_class": sizes, "train_seconds": seconds,
-        "classifier": dataclasses.asdict(params.classifier), "independent": params.independent,
+        "classifier": dataclasses.asdict(params.classifier), "independent": list(params.independent_families),
         "workers": workers, "threads_per_run": 1 if device.type == "cpu" else None,
         "recipe": params.recipe.model_dump(),
         "device": str(device), "std": "sample standard deviation over seeds (ddof=1)",
@@ -297,6 +301,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
     }
     utility = utility_metrics(data, params, minority, device, real_f=inputs.real_f, syn_f=inputs.syn_f,
                               console=console, processes=processes)
+    novel = novelty(data, minority, inputs.real_f, inputs.syn_f)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {"utility": plot_utility(utility, out_dir / PLOT_UTILITY).name,
@@ -311,6 +316,7 @@ def evaluate_step(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: E
         "counts": counts,
         "acceptance": acceptance(data.synthetic, class_names, summary),
         "quality": quality,
+        "novelty": novel,
         "utility": utility,
         "plots": plots,
     }
@@ -328,9 +334,10 @@ def write_tables(counts: Mapping[str, Any], accepted: Mapping[str, Any], utility
     ``dvc plots`` draws and compares across experiments."""
     conditions = [c for c in CONDITIONS if c in utility]
     metrics = ("balanced_accuracy", "macro_f1", "minority_recall")
-    other = utility["independent"]
+    fams = families(utility)
     rows = [{"condition": c, **{f"{m}_{k}": utility[c][m][k] for m in metrics for k in ("mean", "std")},
-             **{f"{other['family']}_{m}_{k}": other[c][m][k] for m in metrics for k in ("mean", "std")}}
+             **{f"{f}_{m}_{k}": r[c][m][k] for f, r in fams.items() if f != PROJECT_FAMILY
+                for m in metrics for k in ("mean", "std")}}
             for c in conditions]
     pd.DataFrame(rows).to_csv(out_dir / TABLE_UTILITY, index=False)
     rows = [{"class": name, "real": counts["before"][name], "synthetic_accepted": counts["synthetic_accepted"][name],

@@ -104,7 +104,7 @@ def _utility(minority_ci: tuple[float, float], gap: float) -> dict:
     gaps = {"real_synthetic": {"minority_recall": {"value": gap}, "balanced_accuracy": {"value": None}}}
     row = {m: {"mean": 0.5, "std": 0.1} for m in ("balanced_accuracy", "minority_recall")}
     block = {"paired_difference": paired, "gap_closed": gaps, "real_synthetic": row}
-    return {**block, "independent": {"family": "extra_trees", **block},
+    return {**block, "independent": {"extra_trees": block},
             "setup": {"conditions": ["real_synthetic"]}, "gate": {"verdict": "utility gate passed: ..."}}
 
 

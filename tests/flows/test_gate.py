@@ -1,6 +1,8 @@
 """The utility gate end to end on tiny real digits: a helpful generator publishes; a harmful one (its images of the
 scarce class are other digits) is refused with a one-line verdict naming the numbers, the report says why, and
-nothing is published; ``publish.utility_gate=false`` publishes it anyway and the record says so."""
+nothing is published; ``publish.utility_gate=false`` publishes it anyway and the record says so. The ``gain`` rule
+refuses both (neither measurably helps on this tiny data); each rule on each kind of evidence, from a metrics.json
+written here."""
 
 import io
 import json
@@ -17,7 +19,8 @@ from rich.console import Console
 from synthaug.flows.dag import step
 from synthaug.flows.params import load_params
 from synthaug.models.config import JudgeConfig
-from synthaug.tasks.core.evaluation.gate import UtilityGateRefused
+from synthaug.tasks.core.evaluation.downstream import summarize
+from synthaug.tasks.core.evaluation.gate import UtilityGateRefused, enforce_gate, gate_verdict
 from synthaug.tasks.core.io.images import load_images, write_png
 from synthaug.tasks.core.io.manifest import read_manifest, write_manifest
 from synthaug.tasks.evaluate.step import evaluate_step
@@ -88,12 +91,19 @@ def _params(root: Path, *extra: str):
 
 
 @slow
-def test_a_helpful_generator_publishes(tiny_workdir: dict[str, Path], tmp_path: Path) -> None:
+def test_a_helpful_generator_publishes_under_harm_but_not_under_gain(tiny_workdir: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """Unseen real 3s as the synthetic 3s: nothing measurably hurts, so the harm rule publishes; on this tiny data
+    (3 seeds) no interval clears zero either, so the gain rule refuses, naming itself and the evidence."""
     root = _workdir(tiny_workdir, tmp_path, "helpful")
     gate = json.loads((root / "evaluate" / "metrics.json").read_text())["utility"]["gate"]
-    assert gate["passed"], gate["verdict"]
+    assert gate["evidence"] == "no measurable effect" and gate["passes"] == {"harm": True, "gain": False}, gate
+    with pytest.raises(UtilityGateRefused, match=r"^utility gate refused \(publish.utility_gate: gain\): utility "
+                                                 r"evidence: no measurable effect — every 95% CI"):
+        _publish(root, "publish.utility_gate=gain")
+    assert registry_tags(root / "registry") == []
     record = _publish(root)
-    assert record["tag"] == "gate/v1" and record["utility_gate"] == "passed"
+    assert record["tag"] == "gate/v1" and record["utility_gate"] == "passed (harm rule)"
     assert registry_tags(root / "registry") == ["gate/v1"]
 
 
@@ -104,13 +114,16 @@ def test_a_harmful_generator_is_refused_and_nothing_is_published(tiny_workdir: d
     root = _workdir(tiny_workdir, tmp_path, "harmful")
     gate = json.loads((root / "evaluate" / "metrics.json").read_text())["utility"]["gate"]
     assert not gate["passed"] and any(c["hurts"] for c in gate["checks"])
-    with pytest.raises(UtilityGateRefused, match=r"utility gate refused: real_synthetic measurably hurts") as info:
+    with pytest.raises(UtilityGateRefused, match=r"utility gate refused \(publish.utility_gate: harm\): utility "
+                                                 r"evidence: hurts — real_synthetic measurably hurts") as info:
         _publish(root)
     message = str(info.value)
     assert len(message.splitlines()) == 1 and "95% CI" in message and "publish.utility_gate=false" in message
     assert registry_tags(root / "registry") == []  # the dataset folder was assembled, nothing was published
     page = (root / "report" / "report.html").read_text()
-    assert "utility gate refused" in page and "Gate rule:" in page
+    assert "utility evidence: hurts" in page and "Gate rule:" in page and "Hurts: the synthetic images" in page
+    with pytest.raises(UtilityGateRefused, match=r"\(publish.utility_gate: gain\): utility evidence: hurts"):
+        _publish(root, "publish.utility_gate=gain")
 
     # The CLI: exit 1 and one line naming the numbers (as `synthaug run` ends when the publish step refuses).
     cli = subprocess.run([sys.executable, "-m", "synthaug", "publish", "--workdir", str(root),
@@ -123,7 +136,40 @@ def test_a_harmful_generator_is_refused_and_nothing_is_published(tiny_workdir: d
 
     # Turned off explicitly: published, and the record says the gate refused.
     record = _publish(root, "publish.utility_gate=false")
-    assert record["tag"] == "gate/v1" and record["utility_gate"].startswith("refused, published anyway")
+    assert record["tag"] == "gate/v1"
+    assert record["utility_gate"] == "off (publish.utility_gate=false): published; the harm rule refused"
+
+
+def _utility(diff: float) -> dict:
+    """A utility block of both families where real_synthetic = real_oversampled + diff, with a little seed noise."""
+    base = [0.80, 0.82, 0.84]
+    values = {"real_oversampled": base, "real_classical_aug": [v - 0.05 for v in base],
+              "real_synthetic": [v + diff + s for v, s in zip(base, (-0.005, 0.0, 0.005), strict=True)]}
+    runs = {c: [{"balanced_accuracy": v, "macro_f1": v, "minority_recall": v, "per_class_recall": {}} for v in vals]
+            for c, vals in values.items()}
+    return {**summarize(runs, [], 3), "independent": {"logistic_regression": summarize(runs, [], 3)}}
+
+
+@pytest.mark.parametrize(("diff", "accepted", "evidence", "publishes"), [
+    (0.05, 10, "helps", {"harm": True, "gain": True}),
+    (0.0, 10, "no measurable effect", {"harm": True, "gain": False}),
+    (-0.05, 10, "hurts", {"harm": False, "gain": False}),
+    (0.05, 0, "nothing to judge", {"harm": True, "gain": False}),
+])
+def test_each_rule_publishes_what_the_evidence_allows(tmp_path: Path, diff: float, accepted: int, evidence: str,
+                                                      publishes: dict[str, bool]) -> None:
+    gate = gate_verdict(_utility(diff), 0.01, accepted=accepted, generated=10)
+    assert gate["evidence"] == evidence and gate["verdict"].startswith(f"utility evidence: {evidence} — ")
+    (tmp_path / "metrics.json").write_text(json.dumps({"utility": {"gate": gate}}))
+    for rule, allowed in publishes.items():
+        if allowed:
+            assert enforce_gate(tmp_path, rule) == gate
+        else:
+            with pytest.raises(UtilityGateRefused, match=rf"^utility gate refused \(publish.utility_gate: {rule}\): "
+                                                         rf"utility evidence: {evidence} — .* To publish anyway: "
+                                                         r"-S publish.utility_gate=false$"):
+                enforce_gate(tmp_path, rule)
+    assert enforce_gate(tmp_path, False) == gate  # off: whatever the evidence
 
 
 def test_a_refused_gate_is_not_retried_but_a_network_error_is() -> None:

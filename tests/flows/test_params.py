@@ -126,3 +126,19 @@ def test_a_schedule_that_is_not_cron_is_refused_by_name():
         load_params(None, ["publish.schedule=61 * * * *"])
     assert load_params(None, ["publish.schedule=30 2 * * 1"]).publish.schedule == "30 2 * * 1"
     assert load_params(None, ["publish.schedule=@daily"]).publish.schedule == "@daily"  # Prefect takes it too
+
+
+def test_the_utility_gate_takes_a_rule_and_names_the_allowed_values():
+    for value, rule in (("harm", "harm"), ("gain", "gain"), ("true", "harm"), ("false", False)):
+        assert load_params(None, [f"publish.utility_gate={value}"]).publish.utility_gate == rule, value
+    for bad in ("gian", "1", "[harm]", "null"):
+        with pytest.raises(ParamsError, match=r"publish\.utility_gate: .*must be one of: harm, gain, false \(true "
+                                              r"means harm\)"):
+            load_params(None, [f"publish.utility_gate={bad}"])
+
+
+def test_logistic_regression_is_a_third_family_once():
+    assert load_params(None, []).evaluate.independent_families == ("extra_trees", "logistic_regression")
+    only = load_params(None, ["evaluate.independent=logistic_regression"]).evaluate
+    assert only.independent_families == ("logistic_regression",)
+    assert load_params(None, ["evaluate.linear=false"]).evaluate.independent_families == ("extra_trees",)

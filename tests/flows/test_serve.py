@@ -100,7 +100,7 @@ def assert_step_logs_reached_the_api(client, workdir: Path, log: Path) -> None:
     assert re.search(r"synthaug\.filter: filter: accepted \d+ of \d+ generated .*; rejected: ", text), text
     assert re.search(r"synthaug\.generate: generate: \d+/\d+ images", text), text
     verdict = json.loads((workdir / "evaluate" / "metrics.json").read_text())["utility"]["gate"]["verdict"]
-    assert verdict.startswith("utility gate") and f"synthaug.evaluate: {verdict}" in text, text
+    assert verdict.startswith("utility evidence: ") and f"synthaug.evaluate: {verdict}" in text, text
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ SET_METRIC_KEYS = {
     "within_class_diversity": {"synthetic", "real", "n_real", "n_synthetic", "reason"},
 }
 SUMMARY_KEYS = {"mean", "std", "values"}
+FAMILIES = ("cnn", "extra_trees", "logistic_regression")
 
 
 def _check_set_block(block: dict, where: str) -> None:
@@ -91,7 +92,7 @@ def _check_set_block(block: dict, where: str) -> None:
 
 def test_metrics_json_has_every_key(metrics: dict) -> None:
     for key in ("format", "classes", "minority_classes", "feature_space", "counts", "acceptance", "quality",
-                "utility", "plots"):
+                "novelty", "utility", "plots"):
         assert key in metrics, key
     assert metrics["classes"] == list(CLASSES)
     assert metrics["minority_classes"] == ["3"]
@@ -125,8 +126,8 @@ def test_metrics_json_has_every_key(metrics: dict) -> None:
                 assert results["paired_difference"][condition][metric]["baseline"] in BASELINES
                 assert {"mean", "ci95", "values"} <= set(results["paired_difference"][condition][metric])
                 assert {"value", "reason", "baseline"} <= set(results["gap_closed"][condition][metric])
-    assert utility["independent"]["family"] == "extra_trees"
-    assert {"passed", "rule", "margin", "checks", "verdict"} <= set(utility["gate"])
+    assert list(families(utility)) == ["cnn", "extra_trees", "logistic_regression"]  # the default families
+    assert {"passed", "passes", "evidence", "rule", "margin", "checks", "verdict"} <= set(utility["gate"])
     assert [c["choice"] for c in utility["choices"][:len(CHOICES)]] == [c["choice"] for c in CHOICES]
     acceptance = metrics["acceptance"]
     assert set(acceptance["per_class"]) == set(CLASSES)
@@ -185,7 +186,7 @@ def test_too_small_sets_are_null_with_reasons(metrics: dict) -> None:
     assert metrics["quality"]["vs_heldback"]["per_class"]["3"]["fid"]["value"] is not None
 
 
-@pytest.mark.parametrize("family", ["cnn", "extra_trees"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_utility_numbers_are_rates_over_the_seeds(metrics: dict, family: str) -> None:
     utility = families(metrics["utility"])[family]
     for condition in CONDITIONS:
@@ -203,7 +204,7 @@ def test_utility_numbers_are_rates_over_the_seeds(metrics: dict, family: str) ->
         assert utility[condition]["balanced_accuracy"]["values"] == pytest.approx(per_seed)
 
 
-@pytest.mark.parametrize("family", ["cnn", "extra_trees"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_gains_are_measured_from_the_best_real_baseline(metrics: dict, family: str) -> None:
     """Per metric, the better of real_oversampled and real_classical_aug is the baseline; real_only never is."""
     utility = families(metrics["utility"])[family]
@@ -231,24 +232,29 @@ def test_gains_are_measured_from_the_best_real_baseline(metrics: dict, family: s
                                                                   "gap_closed")})
 
 
-def test_independent_family_is_another_model(metrics: dict) -> None:
-    """The second family's scores are its own (not a copy of the network's) and follow the same conditions."""
+def test_independent_families_are_other_models(metrics: dict) -> None:
+    """Each independent family's scores are its own (not a copy of another family's) and follow the same
+    conditions; logistic regression's seeds differ even where the training set is the same (its bootstrap)."""
     utility = metrics["utility"]
-    other = utility["independent"]
-    assert utility["setup"]["independent"] == "extra_trees"
-    assert any(other[c]["balanced_accuracy"]["values"] != utility[c]["balanced_accuracy"]["values"]
-               for c in CONDITIONS)
+    assert utility["setup"]["independent"] == ["extra_trees", "logistic_regression"]  # evaluate.linear
+    fams = list(families(utility).values())
+    for i, a in enumerate(fams):
+        for b in fams[i + 1:]:
+            assert any(a[c]["balanced_accuracy"]["values"] != b[c]["balanced_accuracy"]["values"] for c in CONDITIONS)
+    lr = utility["independent"]["logistic_regression"]["real_oversampled"]["balanced_accuracy"]["values"]
+    assert len(set(lr)) > 1, lr
 
 
 def test_gate_verdict_in_metrics_matches_the_rule(metrics: dict) -> None:
     utility = metrics["utility"]
     gate = utility["gate"]
     assert gate == gate_verdict(utility, tiny_params().gate_margin)
-    assert len(gate["checks"]) == 2 * len(COMPARED)  # both families, both metrics
+    assert len(gate["checks"]) == len(FAMILIES) * len(COMPARED)  # every family, both metrics
     for check in gate["checks"]:
         d = families(utility)[check["family"]]["paired_difference"]["real_synthetic"][check["metric"]]
         assert check["ci95"] == d["ci95"] and check["hurts"] == (d["ci95"][1] < -gate["margin"])
-    assert gate["passed"] == (not any(c["hurts"] for c in gate["checks"]))
+    assert gate["passed"] == gate["passes"]["harm"] == (not any(c["hurts"] for c in gate["checks"]))
+    assert gate["passes"]["gain"] == (gate["passed"] and any(c["helps"] for c in gate["checks"]))
 
 
 def test_fid_kid_wiring_matches_models_metrics(workdir: dict[str, Path], metrics: dict) -> None:
@@ -372,30 +378,45 @@ def _utility_with(diff: float, spread: float) -> dict:
     runs = {c: [{"balanced_accuracy": v, "macro_f1": v, "minority_recall": v, "per_class_recall": {}}
                 for v in vals] for c, vals in values.items()}
     out = summarize(runs, [], 3)
-    out["independent"] = {"family": "extra_trees", **summarize(runs, [], 3)}
+    out["independent"] = {"extra_trees": summarize(runs, [], 3)}
     return out
 
 
-def test_gate_refuses_measured_harm_and_passes_noise() -> None:
+def test_gate_says_what_the_evidence_shows_and_what_each_rule_does() -> None:
+    """hurts: the harm rule (and gain) refuse; no measurable effect (noise, or harm within the margin): harm
+    publishes, gain refuses; helps: both publish. The one-line verdict leads with the evidence."""
     hurt = gate_verdict(_utility_with(-0.10, 0.01), 0.01)
-    assert not hurt["passed"] and hurt["verdict"].startswith("utility gate refused")
+    assert not hurt["passed"] and hurt["passes"] == {"harm": False, "gain": False}
+    assert hurt["verdict"].startswith("utility evidence: hurts — real_synthetic measurably hurts")
     assert "-0.100" in hurt["verdict"] and "real_oversampled" in hurt["verdict"]
-    assert hurt["situation"] == "harm"
+    assert hurt["verdict"].endswith("(publish.utility_gate: harm refuses, gain refuses)")
+    assert hurt["situation"] == "harm" and hurt["evidence"] == "hurts"
     noisy = gate_verdict(_utility_with(-0.02, 0.05), 0.01)  # interval straddles zero: not measurable harm
-    assert noisy["passed"] and noisy["verdict"].startswith("utility gate passed, but no measurable gain")
+    assert noisy["passes"] == {"harm": True, "gain": False} and noisy["evidence"] == "no measurable effect"
+    assert noisy["verdict"].startswith("utility evidence: no measurable effect — every 95% CI")
+    assert noisy["verdict"].endswith("(publish.utility_gate: harm publishes, gain refuses)")
     assert noisy["situation"] == "no_gain"
     small = gate_verdict(_utility_with(-0.005, 0.001), 0.01)  # harm smaller than the margin
-    assert small["passed"] and small["situation"] == "no_gain"
+    assert small["passed"] and small["situation"] == "no_gain" and not small["passes"]["gain"]
     helps = gate_verdict(_utility_with(0.05, 0.005), 0.01)
-    assert helps["passed"] and helps["situation"] == "gain" and "measurably helps" in helps["verdict"]
-    assert "no measurable gain" not in helps["verdict"] and len(helps["verdict"].splitlines()) == 1
+    assert helps["passes"] == {"harm": True, "gain": True} and helps["situation"] == "gain"
+    assert helps["verdict"].startswith("utility evidence: helps — real_synthetic measurably helps")
+    assert "no measurable" not in helps["verdict"] and len(helps["verdict"].splitlines()) == 1
+
+
+def test_gain_needs_no_harm_in_any_family() -> None:
+    """One family gains, another measurably loses: the evidence is harm, and neither rule publishes."""
+    utility = _utility_with(0.05, 0.005)
+    utility["independent"] = {"extra_trees": _utility_with(-0.10, 0.01)}
+    mixed = gate_verdict(utility, 0.01)
+    assert mixed["evidence"] == "hurts" and mixed["passes"] == {"harm": False, "gain": False}
 
 
 def test_with_nothing_accepted_the_verdict_says_so_not_that_synthetic_images_hurt() -> None:
     """0 of N accepted: real_synthetic is the oversampled real set; even where it measures worse than the best
     baseline (classical augmentation), the verdict blames no synthetic image and the gate passes."""
     nothing = gate_verdict(_utility_with(-0.116, 0.01), 0.01, accepted=0, generated=364)
-    assert nothing["passed"] and nothing["situation"] == "nothing_accepted"
+    assert nothing["passes"] == {"harm": True, "gain": False} and nothing["situation"] == "nothing_accepted"
     assert "accepted none of the 364 generated synthetic images" in nothing["verdict"]
     assert "hurts" not in nothing["verdict"] and "real images only" in nothing["verdict"]
 
@@ -565,9 +586,21 @@ def test_classifier_runs_give_the_same_results_in_any_number_of_processes(workdi
     spread = metrics["utility"]
     assert (spread["setup"]["workers"], alone["setup"]["workers"]) == (2, 1)
     assert spread["setup"]["threads_per_run"] == alone["setup"]["threads_per_run"] == 1
-    for family in ("cnn", "independent"):
+    for family, results in families(spread).items():
         for condition in spread["setup"]["conditions"]:
-            a = spread[condition] if family == "cnn" else spread[family][condition]
-            b = alone[condition] if family == "cnn" else alone[family][condition]
-            assert a == b, (family, condition)
+            assert results[condition] == families(alone)[family][condition], (family, condition)
     assert spread["recipe"] == alone["recipe"] and spread["gate"] == alone["gate"]
+
+
+def test_logistic_regression_fits_a_seeded_stratified_bootstrap_and_a_single_class() -> None:
+    """Each seed a different draw with the class counts kept; one class (synthetic_only of one scarce class) is
+    predicted as that class, as the other families do."""
+    from synthaug.tasks.core.evaluation.downstream import fit_independent, stratified_bootstrap
+
+    labels = np.array([0] * 6 + [1] * 4)
+    a, b = stratified_bootstrap(labels, 0), stratified_bootstrap(labels, 1)
+    assert np.bincount(labels[a]).tolist() == np.bincount(labels[b]).tolist() == [6, 4]
+    assert not np.array_equal(a, b) and np.array_equal(a, stratified_bootstrap(labels, 0))
+    x = torch.randn(5, 1, 4, 4)
+    model = fit_independent("logistic_regression", 0, x, torch.full((5,), 3))
+    assert model.predict(x.reshape(5, -1).numpy()).tolist() == [3] * 5

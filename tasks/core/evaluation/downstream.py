@@ -156,9 +156,9 @@ def classifier_config(params: EvaluateParams, condition: str, data: EvalData, si
 
 def train_and_score(condition: str, data: EvalData, seed: int, params: EvaluateParams, minority: Sequence[str],
                     device: torch.device) -> tuple[dict[str, dict], dict[str, int]]:
-    """Both classifier families trained on ``training_set(condition, data, seed)`` (synthetic rows weighted by
-    ``params.recipe.weight``) and scored on ``data.test_x``: {family: score}, and the training set's per-class
-    size."""
+    """Every classifier family (the project's network, then ``params.independent_families``) trained on
+    ``training_set(condition, data, seed)`` (synthetic rows weighted by ``params.recipe.weight``) and scored on
+    ``data.test_x``: {family: score}, and the training set's per-class size."""
     from synthaug.models.judge import train_judge
 
     x, y, w = weighted_training_set(condition, data, seed, params.recipe.weight)
@@ -167,13 +167,14 @@ def train_and_score(condition: str, data: EvalData, seed: int, params: EvaluateP
                         device=device, sample_weights=w)
     scores = {PROJECT_FAMILY: score(model.predict_logits(data.test_x).argmax(dim=1).numpy(), truth,
                                     data.class_names, minority)}
-    other = fit_independent(params.independent, seed, x, y, w)
-    scores[params.independent] = score(other.predict(_pixels(data.test_x)), truth, data.class_names, minority)
+    for family in params.independent_families:
+        other = fit_independent(family, seed, x, y, w)
+        scores[family] = score(other.predict(_pixels(data.test_x)), truth, data.class_names, minority)
     return scores, {name: int((y == j).sum()) for j, name in enumerate(data.class_names)}
 
 
 def independent_classifier(name: str, seed: int):
-    """The second classifier family (``EvaluateParams.independent``): an unfitted scikit-learn estimator on
+    """An independent classifier family (``EvaluateParams.independent``): an unfitted scikit-learn estimator on
     flattened pixels. Nothing is shared with the project's network: not the architecture, the optimiser, nor the
     in-training shift augmentation."""
     from sklearn.ensemble import ExtraTreesClassifier
@@ -188,15 +189,34 @@ def independent_classifier(name: str, seed: int):
     raise ValueError(f"unknown independent classifier {name!r}; choose extra_trees or logistic_regression")
 
 
+def stratified_bootstrap(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Row indices drawn with replacement within each class, as many as the class has: the class counts (and so the
+    balance a condition was built for) stay as they are. Seeded by ``seed``; sorted."""
+    rng = np.random.default_rng([seed, 2])
+    rows = [rng.choice(np.flatnonzero(labels == k), size=int((labels == k).sum())) for k in np.unique(labels)]
+    return np.sort(np.concatenate(rows)) if rows else np.empty(0, dtype=np.int64)
+
+
 def fit_independent(name: str, seed: int, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None):
     """``independent_classifier(name, seed)`` fitted on the flattened pixels of ``x`` (rows weighted by
-    ``weights``, when given)."""
+    ``weights``, when given). Logistic regression's fit is deterministic: a seed fits it on a
+    ``stratified_bootstrap`` of the rows, else its seeds would agree wherever the training set does and a seed-paired
+    interval would shrink to a point (any difference, however small, would read as measured)."""
     model = independent_classifier(name, seed)
-    if weights is None:
-        return model.fit(_pixels(x), y.numpy())
+    pixels, labels = _pixels(x), y.numpy()
+    w = None if weights is None else weights.numpy()
+    if name == "logistic_regression":
+        rows = stratified_bootstrap(labels, seed)
+        pixels, labels, w = pixels[rows], labels[rows], None if w is None else w[rows]
+        if np.unique(labels).size < 2:  # one class (synthetic_only of one scarce class): it can only predict that
+            from sklearn.dummy import DummyClassifier
+
+            return DummyClassifier(strategy="most_frequent").fit(pixels, labels)
+    if w is None:
+        return model.fit(pixels, labels)
     # A pipeline routes a fit parameter to its last step by that step's name.
     key = "sample_weight" if name == "extra_trees" else "logisticregression__sample_weight"
-    return model.fit(_pixels(x), y.numpy(), **{key: weights.numpy()})
+    return model.fit(pixels, labels, **{key: w})
 
 
 def _pixels(x: torch.Tensor) -> np.ndarray:
@@ -296,5 +316,5 @@ def summarize(runs: Mapping[str, Sequence[dict]], class_names: Sequence[str], se
 
 
 def families(utility: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The per-family results of ``utility_metrics``: the project's classifier, then the independent one."""
-    return {PROJECT_FAMILY: utility, utility["independent"]["family"]: utility["independent"]}
+    """The per-family results of ``utility_metrics``: the project's classifier, then the independent ones."""
+    return {PROJECT_FAMILY: utility, **utility["independent"]}

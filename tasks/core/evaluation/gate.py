@@ -1,4 +1,5 @@
-"""The utility gate: publish only when the synthetic images measurably help, and the lines that say why."""
+"""The utility gate: whether the synthetic images measurably help, hurt or neither, whether each rule of
+``publish.utility_gate`` publishes them, and the lines that say why."""
 
 from __future__ import annotations
 
@@ -15,24 +16,30 @@ _LABELS = {"balanced_accuracy": "balanced accuracy", "minority_recall": "minorit
 log = logging.getLogger("synthaug.evaluate")  # tasks/core/logs.py: reaches the Prefect run log
 
 
-# What the verdict says happened: nothing to judge, measurable harm (refused), a measurable gain, or neither.
+# What the verdict says happened: nothing to judge, measurable harm, a measurable gain, or neither.
 NOTHING_ACCEPTED, HARM, GAIN, NO_GAIN = "nothing_accepted", "harm", "gain", "no_gain"
+# The evidence in the words the report and the console use.
+EVIDENCE = {NOTHING_ACCEPTED: "nothing to judge", HARM: "hurts", GAIN: "helps", NO_GAIN: "no measurable effect"}
 
 
 def gate_verdict(utility: Mapping[str, Any], margin: float, *, accepted: int | None = None,
                  generated: int | None = None) -> dict[str, Any]:
-    """The utility gate: may the synthetic images be published?
+    """The utility gate: what the evidence shows, and whether each rule of ``publish.utility_gate`` publishes.
 
-    Rule: for each classifier family and each compared metric (balanced accuracy, minority recall), take the
-    seed-paired difference ``real_synthetic - best real baseline`` and its 95% t-interval. The gate **refuses**
-    when any of these intervals lies wholly below ``-margin`` (the synthetic images measurably hurt); otherwise it
-    passes. An interval that straddles zero passes: the seed noise could not tell. With no accepted synthetic image
-    (``accepted == 0``) there is nothing to judge and the gate passes: ``real_synthetic`` is then the oversampled real
-    set, and whatever it measures says nothing about synthetic images.
+    Evidence: for each classifier family and each compared metric (balanced accuracy, minority recall), the
+    seed-paired difference ``real_synthetic - best real baseline`` and its 95% t-interval. The synthetic images
+    **hurt** when any of these intervals lies wholly below ``-margin``; else they **help** when any lies wholly above
+    0; else they have **no measurable effect** (an interval that straddles zero: the seed noise could not tell). With
+    no accepted synthetic image (``accepted == 0``) there is nothing to judge: ``real_synthetic`` is then the
+    oversampled real set, and whatever it measures says nothing about synthetic images.
 
-    Returns ``{"passed", "situation", "rule", "margin", "condition", "checks": [...], "verdict"}``; ``situation`` is
-    ``nothing_accepted``, ``harm`` (refused), ``gain`` (a whole interval above zero) or ``no_gain``; ``verdict`` is
-    one line that leads with it and names the numbers.
+    Rules (``passes``): ``harm`` publishes unless they hurt (nothing to judge passes); ``gain`` publishes only when
+    they help (and so hurt for no family and metric).
+
+    Returns ``{"passed", "passes", "situation", "evidence", "rule", "margin", "condition", "checks", "verdict"}``;
+    ``passed`` is the ``harm`` rule's outcome (the default); ``situation`` is ``nothing_accepted``, ``harm``,
+    ``gain`` or ``no_gain``; ``evidence`` says it in words (``EVIDENCE``); ``verdict`` is one line that leads with
+    the evidence, names the numbers and ends with what each rule does.
     """
     checks = []
     for family, results in families(utility).items():
@@ -43,62 +50,64 @@ def gate_verdict(utility: Mapping[str, Any], margin: float, *, accepted: int | N
             checks.append({"family": family, "metric": metric, "baseline": d["baseline"], "mean": d["mean"],
                            "ci95": d["ci95"], "hurts": d["ci95"][1] < -margin, "helps": d["ci95"][0] > 0})
 
-    def line(c: Mapping[str, Any]) -> str:
-        return (f"{c['family']} {_LABELS[c['metric']]} {c['mean']:+.3f} [95% CI {c['ci95'][0]:+.3f}, "
-                f"{c['ci95'][1]:+.3f}] vs {c['baseline']}")
+    def lines(chosen: list[Mapping[str, Any]]) -> str:
+        return "; ".join(f"{c['family']} {_LABELS[c['metric']]} {c['mean']:+.3f} [95% CI {c['ci95'][0]:+.3f}, "
+                         f"{c['ci95'][1]:+.3f}] vs {c['baseline']}" for c in chosen)
 
     failed = [c for c in checks if c["hurts"]]
     gains = [c for c in checks if c["helps"]]
     if accepted == 0:
-        situation, passed = NOTHING_ACCEPTED, True
+        situation = NOTHING_ACCEPTED
         of = f" of the {generated} generated" if generated else ""
-        verdict = (f"utility gate: nothing to judge: the filter accepted none{of} synthetic images, so the dataset "
-                   f"holds real images only ({GATED} is the oversampled real set; its numbers say nothing about "
-                   "synthetic images)")
+        detail = (f"the filter accepted none{of} synthetic images, so the dataset holds real images only ({GATED} is "
+                  "the oversampled real set; its numbers say nothing about synthetic images)")
     elif failed:
-        situation, passed = HARM, False
-        verdict = (f"utility gate refused: {GATED} measurably hurts against the best real baseline "
-                   f"(whole 95% CI below -{margin:g}): " + "; ".join(line(c) for c in failed))
+        situation = HARM
+        detail = (f"{GATED} measurably hurts against the best real baseline (whole 95% CI below -{margin:g}): "
+                  + lines(failed))
     elif gains:
-        situation, passed = GAIN, True
+        situation = GAIN
         others = [c for c in checks if not c["helps"]]
-        verdict = (f"utility gate passed: {GATED} measurably helps against the best real baseline (whole 95% CI "
-                   "above 0): " + "; ".join(line(c) for c in gains)
-                   + ("; no measured harm elsewhere (margin " + f"{margin:g}): " + "; ".join(line(c) for c in others)
-                      if others else ""))
+        detail = (f"{GATED} measurably helps against the best real baseline (whole 95% CI above 0): " + lines(gains)
+                  + (f"; no measured harm elsewhere (margin {margin:g}): " + lines(others) if others else ""))
     else:
-        situation, passed = NO_GAIN, True
-        verdict = (f"utility gate passed, but no measurable gain: every 95% CI of {GATED} minus the best real "
-                   f"baseline includes 0, and none lies below -{margin:g}: "
-                   + ("; ".join(line(c) for c in checks) if checks else "no comparison was defined"))
-    return {"passed": passed, "situation": situation, "margin": margin, "condition": GATED, "checks": checks,
-            "verdict": verdict,
-            "rule": f"refuse when, for either classifier family and either of balanced accuracy / minority recall, "
-                    f"the 95% t-interval (paired over seeds) of {GATED} minus the best real baseline lies wholly "
-                    f"below -{margin:g}; nothing accepted: nothing to judge (passes)"}
+        situation = NO_GAIN
+        detail = (f"every 95% CI of {GATED} minus the best real baseline includes 0, and none lies below "
+                  f"-{margin:g}: " + (lines(checks) if checks else "no comparison was defined"))
+    passes = {"harm": situation != HARM, "gain": situation == GAIN}
+    outcome = ", ".join(f"{rule} {'publishes' if ok else 'refuses'}" for rule, ok in passes.items())
+    return {"passed": passes["harm"], "passes": passes, "situation": situation, "evidence": EVIDENCE[situation],
+            "margin": margin, "condition": GATED, "checks": checks,
+            "verdict": f"utility evidence: {EVIDENCE[situation]} — {detail} (publish.utility_gate: {outcome})",
+            "rule": f"hurts: for any classifier family and either of balanced accuracy / minority recall, the 95% "
+                    f"t-interval (paired over seeds) of {GATED} minus the best real baseline lies wholly below "
+                    f"-{margin:g}; helps: none does, and one lies wholly above 0. publish.utility_gate harm (the "
+                    "default) refuses what hurts; gain publishes only what helps"}
 
 
 def log_verdict(gate: Mapping[str, Any]) -> None:
-    """The verdict in the log (on stderr, and in the Prefect run's log in a flow): a WARNING when the gate refused or
+    """The verdict in the log (on stderr, and in the Prefect run's log in a flow): a WARNING when the images hurt or
     there was nothing to judge, INFO otherwise."""
     quiet = gate["passed"] and gate.get("situation") != NOTHING_ACCEPTED
     log.log(logging.INFO if quiet else logging.WARNING, "%s", gate["verdict"])
 
 
 class UtilityGateRefused(UserError):
-    """The synthetic images measurably hurt against the best real baseline: nothing is published."""
+    """The utility evidence does not meet ``publish.utility_gate``'s rule: nothing is published."""
 
 
-def enforce_gate(evaluate_dir: Path, enabled: bool) -> dict[str, Any]:
-    """The utility gate's verdict from ``evaluate_dir/metrics.json``; raises when it refused and ``enabled``.
+def enforce_gate(evaluate_dir: Path, rule: str | bool) -> dict[str, Any]:
+    """The utility gate's verdict from ``evaluate_dir/metrics.json``; raises when ``rule`` (``publish.utility_gate``:
+    ``harm``, ``gain``, or False for off) refuses it.
 
     Raises:
-        UtilityGateRefused: one line with the verdict's numbers, where the report is, and how to publish anyway.
+        UtilityGateRefused: one line with the rule, the verdict's numbers, where the report is, and how to publish
+            anyway.
     """
     gate = read_metrics(evaluate_dir)["utility"]["gate"]
-    if enabled and not gate["passed"]:
-        raise UtilityGateRefused(f"{gate['verdict']}. Nothing published; the report says why. To publish anyway: "
-                                 "-S publish.utility_gate=false")
+    if rule is not False and not gate["passes"][rule]:
+        raise UtilityGateRefused(f"utility gate refused (publish.utility_gate: {rule}): {gate['verdict']}. Nothing "
+                                 "published; the report says why. To publish anyway: -S publish.utility_gate=false")
     return gate
 
 

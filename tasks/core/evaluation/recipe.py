@@ -137,7 +137,7 @@ def _seconds(setup: Setup) -> float:
 def run_conditions(setups: Sequence[Setup], jobs: Sequence[Job], syn_f: np.ndarray | None, minority: Sequence[str],
                    device: torch.device, *, processes: int | None = None,
                    on_done: Callable[[Job], None] | None = None) -> tuple[list[tuple[dict, dict, float]], int]:
-    """Every job's classifier runs (``train_and_score``, both families), in job order, spread over CPU processes of
+    """Every job's classifier runs (``train_and_score``, every family), in job order, spread over CPU processes of
     one thread each (``tasks.core.evaluation.pool``; ``processes`` None: one per core, or this process alone when the
     runs
     would take under a minute); and the number of processes used."""
@@ -149,7 +149,7 @@ def run_conditions(setups: Sequence[Setup], jobs: Sequence[Job], syn_f: np.ndarr
 def validation_runs(folds: Sequence[tuple], syn_f: np.ndarray, params: EvaluateParams, minority: Sequence[str],
                     device: torch.device, condition: str, *, processes: int | None = None) -> dict[str, list[dict]]:
     """{family: scores} of ``condition`` under ``params.recipe`` on every validation fold (``validation_folds``)
-    and ``params.validation_seeds`` classifier seeds: both families trained on the fold's real train images (plus
+    and ``params.validation_seeds`` classifier seeds: every family trained on the fold's real train images (plus
     the recipe's synthetic images) and scored on its held-out real images; runs spread as ``run_conditions``."""
     jobs = [(f, condition, params.classifier.seed + i) for f in range(len(folds))
             for i in range(params.validation_seeds)]

@@ -21,6 +21,8 @@ Selection = Literal["random", "k_center", "informative"]  # orders a share of a 
 
 SELECTIONS: tuple[str, ...] = get_args(Selection)
 
+Independent = Literal["extra_trees", "logistic_regression"]  # scikit-learn families on the raw pixels
+
 
 class SyntheticRecipe(Section):
     """``evaluate.recipe``: how much of the accepted synthetic images the synthetic conditions use, in what order,
@@ -33,7 +35,7 @@ class SyntheticRecipe(Section):
       class's real images and the images already taken, in the judge's feature space) or ``informative`` (first
       the images a real-only classifier on those features gives the lowest probability of their label: what the
       real images did not already teach; the filter has already made sure the judge labels them confidently).
-    weight: loss weight of a synthetic image relative to a real one, for both classifier families.
+    weight: loss weight of a synthetic image relative to a real one, for every classifier family.
     chosen_on: what these values were chosen on; the report lists it among the choices (``synthaug tune`` fills
       it in).
     """
@@ -59,10 +61,14 @@ class EvaluateParams(Section):
     device: where the classifiers train and the features are computed.
     independent: the second, independent classifier family trained on every condition and seed (scikit-learn, on
       the raw pixels): ``extra_trees`` (extremely randomized trees, 200 trees) or ``logistic_regression``
-      (standardized pixels, L2, deterministic: its seeds differ only where the training set does).
-    gate_margin: the utility gate refuses when, for either classifier family and either compared metric (balanced
-      accuracy, minority recall), the whole 95% interval of the seed-paired difference real_synthetic - best real
-      baseline lies below ``-gate_margin`` (``gate_verdict``). ``publish.utility_gate`` turns the gate off.
+      (standardized pixels, L2 with C=0.1; its fit is deterministic, so each seed fits a class-stratified bootstrap
+      of the training set: its interval says how much the result depends on the draw of training images).
+    linear: also train ``logistic_regression`` as a third family: the simplest learner has to benefit too. Adds no
+      family when ``independent`` is ``logistic_regression`` already (``independent_families``).
+    gate_margin: the synthetic images measurably hurt when, for any classifier family and either compared metric
+      (balanced accuracy, minority recall), the whole 95% interval of the seed-paired difference real_synthetic -
+      best real baseline lies below ``-gate_margin`` (``gate_verdict``); ``publish.utility_gate`` says what the
+      publish step does with that.
     choose_on_validation: add ``real_synthetic_chosen``: the selection order (k-center or random) and a per-class
       share of the accepted synthetic images chosen on validation only (``choose_recipe``), then scored on test.
     validation_seeds: classifier runs per candidate and fold in that search.
@@ -75,7 +81,8 @@ class EvaluateParams(Section):
 
     seeds: int = Field(3, ge=3)
     classifier: JudgeConfig = DEFAULT_CLASSIFIER
-    independent: Literal["extra_trees", "logistic_regression"] = "extra_trees"
+    independent: Independent = "extra_trees"
+    linear: bool = True
     gate_margin: float = Field(0.01, ge=0.0, le=1.0)
     choose_on_validation: bool = False  # measured and did not help (docs/BENCHMARKS.md): off by default
     validation_seeds: int = Field(2, ge=1)
@@ -86,6 +93,12 @@ class EvaluateParams(Section):
     fid_min_samples: int = Field(50, ge=2)
     minority_classes: list[str] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def independent_families(self) -> tuple[str, ...]:
+        """The scikit-learn families trained beside the project's network: ``independent``, then logistic
+        regression when ``linear`` asks for it and ``independent`` is not it."""
+        return tuple(dict.fromkeys([self.independent, *(["logistic_regression"] if self.linear else [])]))
 
     @field_validator("minority_classes")
     @classmethod

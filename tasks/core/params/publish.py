@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import ValidationInfo, field_validator
 
@@ -15,6 +16,11 @@ _LICENSE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
 CRON_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *",
                 "@yearly": "0 0 1 1 *"}
+
+
+# publish.utility_gate: the rule the publish step enforces, or false (off); true is read as "harm"
+GateMode = Literal["harm", "gain"] | bool
+GATE_RULES: tuple[str, ...] = ("harm", "gain")
 
 
 class PublishParams(Section):
@@ -31,9 +37,11 @@ class PublishParams(Section):
       local registry only (an offline trial); a later run with ``true`` pushes the same content.
     schedule: cron (UTC) of ``synthaug serve`` and ``prefect.yaml``; a scheduled run that finds the source, params
       and code unchanged publishes nothing.
-    utility_gate: publish only when the evaluate step's utility gate passed (the synthetic images do not measurably
-      hurt against the best real baseline; the rule is ``tasks.core.evaluation.gate.gate_verdict``). ``false`` publishes
-      anyway and says so in the step's record and the card.
+    utility_gate: what the evaluate step's utility evidence must show for the dataset to be published
+      (``tasks.core.evaluation.gate.gate_verdict``): ``harm`` (``true`` means the same): publish unless the synthetic
+      images measurably hurt against the best real baseline; ``gain``: publish only when they measurably help for at
+      least one classifier family and measurably hurt for none; ``false``: publish anyway (the step's record and the
+      card say when the harm rule refused).
     license: the license of the published dataset and generator, as a Hugging Face license id (``cc-by-4.0``,
       ``mit``, ``other``, ...), written into the cards' headers; null: the bundled example's ``cc-by-4.0``, else
       ``unknown`` (the source's license applies).
@@ -44,8 +52,17 @@ class PublishParams(Section):
     remote: str = "registry/remote"
     push: bool = True
     schedule: str = "0 3 * * *"
-    utility_gate: bool = True
+    utility_gate: GateMode = "harm"
     license: str | None = None
+
+    @field_validator("utility_gate", mode="before")
+    @classmethod
+    def _gate_mode(cls, value: object) -> object:
+        if value is True:
+            return "harm"  # what `true` always meant: refuse only measurable harm
+        if value is False or (isinstance(value, str) and value in GATE_RULES):
+            return value
+        raise ValueError("must be one of: harm, gain, false (true means harm)")
 
     @field_validator("name")
     @classmethod

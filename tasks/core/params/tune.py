@@ -12,7 +12,7 @@ class TuneParams(Section):
 
     trials: recipes scored, the default recipe (every image, weight 1) first; a resumed study counts the trials
       already scored.
-    seeds: classifier runs per recipe and validation fold (both families).
+    seeds: classifier runs per recipe and validation fold (every family).
     seed: the Optuna sampler's seed (TPE).
     min_gain: the winner replaces the default recipe only when its validation objective is more than this above the
       default's; otherwise the default is kept (a tie or a gain within noise changes nothing).

@@ -24,8 +24,8 @@ SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
 SPLITS = ("train", "val", "test")
 NOTHING = "nothing was accepted"
-SITUATIONS = {"nothing_accepted": NOTHING, "harm": "the synthetic images measurably hurt",
-              "gain": "measurable gain", "no_gain": "no measurable gain"}  # tasks/core/evaluation/gate.py
+SITUATIONS = {"nothing_accepted": NOTHING, "harm": "the synthetic images hurt", "gain": "the synthetic images help",
+              "no_gain": "no measurable effect"}  # tasks/core/evaluation/gate.py EVIDENCE
 
 
 def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str, code_version: str,
@@ -42,7 +42,7 @@ def write_card(dataset_dir: Path, *, source: Mapping[str, Any], params_yaml: str
         code_version: the pipeline code's version (see ``code_version()``); used when ``run`` is None.
         checkpoint: sha256 of the generator weights; None when the dataset has no synthetic images.
         metrics: the ``metrics.json`` document (``{}``: none); the card shows the utility gate's verdict, the headline
-            gains of both classifier families and the acceptance, and leaves everything else to metrics.json.
+            gains of every classifier family and the acceptance, and leaves everything else to metrics.json.
         summary: the paragraph under the verdict; None: what the manifest holds, in words.
         sections: more ``(title, Markdown text)`` sections, placed after the limitations (e.g. the privacy gate's,
             rendered by ``tasks.core.privacy.record.card_section``).
