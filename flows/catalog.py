@@ -120,3 +120,5 @@ DCR = Artifact(f"privacy/{DCR_PLOT}")
 RELEASE = Artifact("release")
 TUNE = Artifact("tune")  # `synthaug tune`: the study (study.db) and trials.json; not a DAG step's output
 TUNE_TRIALS = Artifact("tune/trials.json", read_json)
+# `synthaug assess`: the learning curves of the scarce classes and the verdict; not a DAG step's output
+ASSESS_JSON = Artifact("assess/assess.json", read_json)

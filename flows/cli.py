@@ -182,6 +182,22 @@ def tune(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: 
 
 
 @app.command()
+def assess(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt) -> None:
+    """Before any generator trains: would synthetic images help? Learning curves of each scarce class from the real
+    images alone (1/4, 1/2 and all of its train images, both classifier families, scored on val), as an estimate.
+    """
+    params = _params(params_file, overrides)
+    from synthaug.flows.assess import assess as assess_flow
+
+    result = assess_flow(params, str(workdir))
+    console.print("\n[bold]assess[/]   an estimate from the real images alone (learning curves on the val split), "
+                  "not a measurement of synthetic images:", highlight=False)
+    for line in result["lines"]:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print(f"[bold]curves[/]   {result['assess']}", highlight=False)
+
+
+@app.command()
 def serve(params_file: Path = ParamsOpt, overrides: list[str] = SetOpt, workdir: Path = WorkdirOpt,
           cron: str | None = typer.Option(None, help="Cron schedule (default: publish.schedule).")) -> None:
     """Serve the pipeline on a schedule (needs a Prefect server); a run publishes only when something changed."""

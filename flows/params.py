@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from synthaug.tasks.core.errors import UserError, mask_secrets
+from synthaug.tasks.core.params.assess import AssessParams
 from synthaug.tasks.core.params.data import DataParams
 from synthaug.tasks.core.params.evaluate import EvaluateParams
 from synthaug.tasks.core.params.filter import FilterParams
@@ -41,6 +42,7 @@ class Params(BaseModel):
     privacy: PrivacyParams = PrivacyParams()
     runner: RunnerParams = RunnerParams()
     tune: TuneParams = TuneParams()
+    assess: AssessParams = AssessParams()
 
     @field_validator("generate")
     @classmethod

@@ -33,11 +33,12 @@ def _load(root: Path, rows: pd.DataFrame, index: Mapping[str, int], shape: tuple
     return x, torch.tensor([index[v] for v in rows["label"]], dtype=torch.int64)
 
 
-def read_data(ingest_dir: Path, filter_dir: Path, class_names: list[str],
+def read_data(ingest_dir: Path, filter_dir: Path | None, class_names: list[str],
               image_shape: tuple[int, int, int]) -> EvalData:
-    """The real splits (``train``, ``val``, ``test``, ``heldback``) and the accepted synthetic images as tensors."""
+    """The real splits (``train``, ``val``, ``test``, ``heldback``; a split may be empty) and the accepted synthetic
+    images as tensors; ``filter_dir`` None: no synthetic images."""
     real = real_rows(ingest_dir)
-    synthetic = synthetic_rows(filter_dir)
+    synthetic = synthetic_rows(filter_dir) if filter_dir is not None else real.iloc[:0]  # the columns, no rows
     index = {name: i for i, name in enumerate(class_names)}
     for what, frame in (("real", real), ("synthetic", synthetic)):
         unknown = sorted(set(frame["label"]) - set(index), key=natural_key)
@@ -45,13 +46,22 @@ def read_data(ingest_dir: Path, filter_dir: Path, class_names: list[str],
             raise UserError(f"{what} images of classes {unknown} are not among the judge's classes {class_names}; "
                             "rerun the judge step on this data")
     split = {s: real[real["split"] == s] for s in ("train", "val", "test", "heldback")}
-    if split["test"].empty:
-        raise UserError(f"{ingest_dir / 'manifest.parquet'}: no real test images; utility is scored on the test "
-                        "split (set data.test_fraction > 0 or give the source a test split)")
     loaded = {s: _load(ingest_dir, rows, index, image_shape) for s, rows in split.items()}
-    syn_x, syn_y = _load(filter_dir, synthetic[synthetic["accepted"].astype(bool)], index, image_shape)
+    accepted = synthetic[synthetic["accepted"].astype(bool)]
+    syn_x, syn_y = _load(filter_dir or ingest_dir, accepted, index, image_shape)  # no rows without a filter_dir
     return EvalData(class_names, *loaded["train"], *loaded["val"], *loaded["test"], *loaded["heldback"],
                  syn_x, syn_y, synthetic)
+
+
+def read_real(ingest_dir: Path) -> EvalData:
+    """The real splits alone, before any judge or generator exists: the classes are every real label in natural
+    order (as the judge orders its own), the image shape the manifest's."""
+    real = real_rows(ingest_dir)
+    if real.empty:
+        raise UserError(f"{ingest_dir / 'manifest.parquet'}: no real images; run `synthaug ingest` first")
+    first = real.iloc[0]
+    shape = (int(first["channels"]), int(first["height"]), int(first["width"]))  # ingest gives every image one size
+    return read_data(ingest_dir, None, sorted(set(real["label"]), key=natural_key), shape)
 
 
 def default_minority(train_counts: Mapping[str, int]) -> list[str]:
@@ -87,6 +97,9 @@ def read_inputs(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Eva
     """
     judge, class_names = load_judge_step(judge_dir, device=device)
     data = read_data(ingest_dir, filter_dir, class_names, judge.image_shape)
+    if data.test_x.shape[0] == 0:
+        raise UserError(f"{ingest_dir / 'manifest.parquet'}: no real test images; utility is scored on the test "
+                        "split (set data.test_fraction > 0 or give the source a test split)")
     if params.minority_classes is None:
         minority = default_minority({name: int((data.train_y == i).sum()) for i, name in enumerate(class_names)})
     else:

@@ -127,7 +127,7 @@ def _condition_run(shared: Mapping[str, Any], setup: int, condition: str,
 PIXELS_PER_SECOND = 64 * 16 * 16 / 0.035
 
 
-def _seconds(setup: Setup) -> float:
+def run_seconds(setup: Setup) -> float:
     """Rough one-thread seconds of one run of ``setup`` (the real + synthetic sets train up to about twice this)."""
     data, _, params = setup
     pixels = data.train_x.shape[2] * data.train_x.shape[3] * (params.classifier.width / 16) ** 2
@@ -142,7 +142,7 @@ def run_conditions(setups: Sequence[Setup], jobs: Sequence[Job], syn_f: np.ndarr
     runs
     would take under a minute); and the number of processes used."""
     shared = {"setups": list(setups), "syn_f": syn_f, "minority": list(minority), "device": device}
-    workers = worker_count(processes, len(jobs), nbytes(shared), work=sum(_seconds(setups[s]) for s, _, _ in jobs))
+    workers = worker_count(processes, len(jobs), nbytes(shared), work=sum(run_seconds(setups[s]) for s, _, _ in jobs))
     return run_jobs(_condition_run, jobs, shared, workers=workers, device=device, on_done=on_done), workers
 
 
