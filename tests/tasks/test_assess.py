@@ -90,7 +90,8 @@ def test_assess_json_holds_per_class_and_family_the_curve_the_estimate_and_the_v
     assert list(record["classes"]) == ["3"]  # the one scarce class
     found = record["classes"]["3"]
     assert found["val_images"] >= 5 and found["verdict"] in record["lines"][0]
-    assert set(found["families"]) == {"cnn", "extra_trees"}
+    # every family of the evaluation: the CNN, the extra trees and (evaluate.linear) logistic regression
+    assert set(found["families"]) == {"cnn", "extra_trees", *(["logistic_regression"] * params.evaluate.linear)}
     for family in found["families"].values():
         assert family["sizes"] == list(curve_sizes(found["train_images"]))
         for metric in ("recall", "balanced_accuracy"):

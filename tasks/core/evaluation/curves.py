@@ -1,7 +1,7 @@
 """Learning curves of the scarce classes from the real images alone: would more real images of a class help a
 classifier? If they would not, synthetic ones are unlikely to (``synthaug assess``, before any generator trains).
 
-For each scarce class, both classifier families of the evaluation (``train_and_score``, under the
+For each scarce class, every classifier family of the evaluation (``train_and_score``, under the
 ``real_oversampled`` baseline) are trained with 1/4, 1/2 and all of the class's train images, the other classes
 whole, over a few seeds, and scored on the real **val** split (never test). A curve point keeps the training set's
 size and layout: the class's rows hold only the point's share of its images, each repeated in turn. So points differ
@@ -53,7 +53,7 @@ def with_distinct(data: EvalData, k: int, count: int, seed: int) -> EvalData:
 
 
 def curve_run(shared: Mapping[str, Any], k: int | None, count: int, seed: int) -> dict[str, dict]:
-    """One curve point and seed, in a worker process or here: both families' val scores ({family: score});
+    """One curve point and seed, in a worker process or here: every family's val scores ({family: score});
     ``k`` None: the full training set (every class's point at all of its images)."""
     data = shared["data"] if k is None else with_distinct(shared["data"], k, count, seed)
     scores, _ = train_and_score(CONDITION, data, seed, shared["params"], shared["scarce"], shared["device"])
