@@ -108,7 +108,8 @@ def test_a_trial_scores_validation_only_and_the_recipe_reaches_the_report(workdi
     recipe = {"share": 0.5, "selection": "informative", "weight": 2.0}
     trial = score_trial(*dirs, params, 1, recipe, baselines)
     assert trial == score_trial(*dirs, params, 1, recipe, baselines)  # repeatable
-    assert set(trial["gains"]) == {"cnn", "extra_trees"} and -1 <= trial["objective"] <= 1
+    families = {"cnn", "extra_trees", *(["logistic_regression"] * params.linear)}  # every evaluated family
+    assert set(trial["gains"]) == families and -1 <= trial["objective"] <= 1
 
     tuned = params.model_copy(update={"recipe": SyntheticRecipe(**recipe, chosen_on="a test's choice")})
     evaluate_step(*dirs, tuned, tmp_path / "evaluate", console=Console(file=io.StringIO()))
