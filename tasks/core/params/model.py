@@ -13,9 +13,9 @@ from synthaug.tasks.core.params.base import Section
 # An epsilon below 0.01 needs noise that drowns every gradient (and Opacus' search for it does not end); above
 # 100 the guarantee says nothing. Useful budgets are about 1 to 10.
 MIN_EPSILON, MAX_EPSILON = 0.01, 100.0
-# Families whose one network Opacus gives per-sample gradients for (docs/anonymize.md "Differential privacy").
-# Not latent_diffusion: its autoencoder stage and latent scale learn from the same images without DP.
-DP_FAMILIES = ("diffusion", "vae")
+# Families whose networks Opacus gives per-sample gradients for (docs/anonymize.md "Differential privacy"). Not the
+# GAN: its discriminator reads the real images in every step and leaks them to the generator through its gradients.
+DP_FAMILIES = ("diffusion", "latent_diffusion", "vae")
 
 
 class DPParams(Section):
@@ -59,8 +59,9 @@ class ModelParams(Section):
     processes: training processes (torch DDP launched through ``torchrun``; one GPU each on CUDA, gloo on the
       CPU). The family's ``batch_size`` is the global batch, split evenly over the processes.
     dp: differentially private training (DP-SGD with Opacus, ``tasks.core.privacy.dp``); ``dp.epsilon: null`` (the
-      default) trains without it. Offered for the families in ``DP_FAMILIES`` (diffusion, vae), one process, from
-      scratch, without ``gradient_checkpointing``.
+      default) trains without it. Offered for the families in ``DP_FAMILIES`` (diffusion, latent_diffusion, vae), one
+      process, from scratch, without ``gradient_checkpointing`` (and for latent_diffusion without the discriminator,
+      ``adv_weight: 0``).
     diffusion, gan, vae, latent_diffusion: each family's own config (``models/config.py``); only the one
       ``family`` names is used.
     """
@@ -95,6 +96,9 @@ class ModelParams(Section):
         if getattr(self.family_config(), "gradient_checkpointing", False):  # hooks miss the recomputed blocks
             raise ValueError(f"model.dp needs model.{self.family}.gradient_checkpointing=false: Opacus gets no "
                              "per-sample gradients for blocks recomputed in the backward pass")
+        if getattr(self.family_config(), "adv_weight", 0.0) > 0:  # a discriminator: the GAN's leak, see DP_FAMILIES
+            raise ValueError("model.dp needs model.latent_diffusion.adv_weight=0: the patch discriminator reads the "
+                             "real images and passes them on to the autoencoder outside the accounting")
         return self
 
     @field_validator("family")
