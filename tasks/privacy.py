@@ -34,8 +34,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ import torch
 from scipy import stats
 
 from synthaug.models.common import pick_device
-from synthaug.models.judge import Judge
+from synthaug.models.judge import Judge, train_judge
 from synthaug.models.metrics import nearest_correlation_streamed, nearest_distance_streamed
 from synthaug.tasks.core.errors import UserError
 from synthaug.tasks.core.io.files import file_sha256, write_atomic
@@ -281,8 +281,29 @@ def summarize(values: np.ndarray) -> dict[str, float | int | None]:
                                                                                                  strict=True)}}
 
 
+Embed = Callable[[torch.Tensor], torch.Tensor]  # images (N, C, H, W) -> features (N, F) float64
+RELEASE_SPACE = "a network trained on the released images alone (privacy.attack_network)"
+
+
+def attack_embedding(release: Records, params: PrivacyParams, extractor: str | None,
+                     device: torch.device) -> tuple[Embed | None, str | None]:
+    """The membership attacks' feature space and its name: with ``privacy.attack_features: release`` and no
+    ``filter.extractor``, a network of ``privacy.attack_network`` trained on the released images and their labels
+    alone (seed ``privacy.seed``): it has seen no real image, so with no leak members and non-members are alike to
+    it. Otherwise, or with fewer than two classes released (nothing to classify), None: the gate's feature space."""
+    classes = sorted(set(release.labels.tolist()), key=natural_key)
+    if extractor is not None or params.attack_features == "judge" or len(classes) < 2:
+        return None, None
+    index = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([index[c] for c in release.labels.tolist()])
+    config = replace(params.attack_network, seed=params.seed)
+    net = train_judge(release.pixels, labels, num_classes=len(classes), config=config, device=device)
+    return (lambda x: net.embed(x).double()), RELEASE_SPACE
+
+
 def audit(release: Records, train: Records, holdout: Records, calibration: Records, params: PrivacyParams,
-          *, feature_space: str = "judge") -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+          *, feature_space: str = "judge", attack_embed: Embed | None = None,
+          attack_space: str | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """All three checks on tensors.
 
     Args:
@@ -292,6 +313,9 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
         calibration: the real images the memorization thresholds are calibrated on (the filter's: val).
         params: the ``privacy`` section.
         feature_space: what the features are, for the record.
+        attack_embed: the membership attacks' feature space (``attack_embedding``), from pixels; None: the records'
+            own features, as memorization uses them.
+        attack_space: what ``attack_embed`` is, for the record; None: ``feature_space``.
 
     Returns the body of ``privacy.json`` (``passed`` and ``failures`` included) and the DCR distributions
     (``{"released" | "holdout": {"pixel" | "feature": values}}``) for the histogram.
@@ -316,6 +340,9 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
 
     classes = sorted(set(release.labels.tolist()), key=natural_key)
     empty = {s: np.zeros(0) for s in SPACES}
+    if attack_embed is not None:
+        release, train, holdout = (Records(r.pixels, attack_embed(r.pixels), r.labels) for r in (release, train,
+                                                                                                 holdout))
     scores = {"attack": (attack_scores(closeness(train, release)),
                          attack_scores(closeness(holdout, release)) if len(holdout) else empty)}
     density = density_ratio_scores(release, train, holdout, seed=params.seed)
@@ -349,7 +376,7 @@ def audit(release: Records, train: Records, holdout: Records, calibration: Recor
     dcr = {space: {"released_to_train": summarize(distributions["released"][space]),
                    "holdout_to_train": summarize(distributions["holdout"][space])} for space in SPACES}
     report = {"format": FORMAT, "passed": not failures, "failures": failures, "feature_space": feature_space,
-              "memorization": memorization, **attacks,
+              "attack_feature_space": attack_space or feature_space, "memorization": memorization, **attacks,
               "dcr": {"measures": {"pixel": "highest Pearson correlation with a training image (1: a copy)",
                                    "feature": "smallest Euclidean feature distance to a training image (0: a copy)"},
                       **dcr}}
@@ -399,7 +426,9 @@ class GateResult:
             raise PrivacyGateError(f"privacy gate failed, nothing was published:\n{lines}\n{where}")
 
 
-def _records(root: Path, rows: pd.DataFrame, judge: Judge, extractor: str | None) -> Records:
+def load_records(root: Path, rows: pd.DataFrame, judge: Judge, extractor: str | None) -> Records:
+    """The images of manifest ``rows`` (paths under ``root``) as the gate compares them: pixels, features in the
+    judge's space (or ``extractor``'s) and labels."""
     labels = rows["label"].astype(str).to_numpy()
     if rows.empty:
         return Records(torch.empty(0, *judge.image_shape), torch.empty(0, 1, dtype=torch.float64), labels)
@@ -433,7 +462,7 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
     synthetic = synthetic_rows(filter_dir)
     accepted = synthetic[synthetic["accepted"].astype(bool)]
     extractor = filter_params.extractor
-    sets = {name: _records(ingest_dir, real[real["split"].isin(splits)], judge, extractor)
+    sets = {name: load_records(ingest_dir, real[real["split"].isin(splits)], judge, extractor)
             for name, splits in (("train", ("train",)), ("calibration", ("val",)), ("holdout", HOLDOUT_SPLITS))}
     if len(sets["calibration"]) == 0:
         raise UserError(f"{ingest_dir / 'manifest.parquet'}: no real val images; the memorization thresholds are "
@@ -448,9 +477,11 @@ def privacy_gate(ingest_dir: Path, filter_dir: Path, judge_dir: Path, params: Pr
                                   "failures": [f"release: no synthetic image to release: the filter accepted none "
                                                f"of the {len(synthetic)} generated ({detail})"]}
     else:
-        release = _records(filter_dir, accepted, judge, extractor)
+        release = load_records(filter_dir, accepted, judge, extractor)
+        embed_attack, attack_space = attack_embedding(release, params, extractor, judge.temperature.device)
         report, distributions = audit(release, sets["train"], sets["holdout"], sets["calibration"], params,
-                                      feature_space=extractor or "judge")
+                                      feature_space=extractor or "judge", attack_embed=embed_attack,
+                                      attack_space=attack_space)
         report["dcr"]["plot"] = plot_dcr(distributions, report["memorization"]["thresholds"],
                                          out_dir / DCR_PLOT).name
         memorized = any(f.startswith("memorization") for f in report["failures"])

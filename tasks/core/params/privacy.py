@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from synthaug.models.config import JudgeConfig
 from synthaug.tasks.core.params.base import Section
 from synthaug.tasks.core.params.publish import check_name
 
@@ -25,6 +26,14 @@ class PrivacyParams(Section):
     confidence: confidence level of the attack's bootstrap interval.
     bootstrap: bootstrap resamples of that interval.
     seed: seed of the bootstrap resampling.
+    attack_features: the feature space of the membership attacks' feature-space half (the pixel half is always
+      there): ``release`` (default), a network of ``attack_network`` trained on the released images alone, which
+      has seen neither the members nor the non-members, so with no leak both are alike to it; ``judge``, the
+      judge's features, as the filter uses them. The judge is trained on the members: in its space a scarce class's
+      members sit closer to any release of the class than unseen images do, and releases of real unseen images
+      failed the gate (docs/anonymize.md "Calibration"). A ``filter.extractor`` (not trained on the members) is
+      used as it is under either.
+    attack_network: size and recipe of that network (``models.judge.JudgeConfig``).
     release_format: file format of the released images: ``png`` (as generated), or ``png16``, ``nifti``, ``dicom``
       (converted by ``tasks.release.export``; see README "Medical images (DICOM, NIfTI)").
     release_per_class: synthetic images released per class; null: every class at its real train size (a full
@@ -40,6 +49,8 @@ class PrivacyParams(Section):
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     bootstrap: int = Field(1000, ge=100)
     seed: int = Field(0, ge=0)
+    attack_features: Literal["release", "judge"] = "release"
+    attack_network: JudgeConfig = JudgeConfig(width=16, feature_dim=64, steps=300, batch_size=64)
     release_format: ReleaseFormat = "png"
     release_per_class: int | None = Field(None, ge=1)
     min_tstr_ratio: float | None = Field(None, gt=0.0)
