@@ -20,7 +20,10 @@ images no model was trained on):
     different class mix of members, non-members and release cannot pass for leakage; classes without released
     images are left out. A stratified bootstrap (``scipy.stats.bootstrap``, percentile) gives its confidence
     interval. The release fails when the interval's lower bound is above ``privacy.max_attack_auc`` (0.5: the
-    attack does clearly better than a coin), in either space.
+    attack does clearly better than a coin), in either space. The attacks' feature space is not the judge's
+    (``attack_embedding``): the judge was trained on the members, and in its space a scarce class's members sit
+    closer to any release of their class than unseen images do, so releases of real unseen images failed
+    (``python -m bench.privacy_null``); a network trained on the released images alone has seen neither side.
 (c) **Distance-to-closest-record distributions**: released -> train against held-out real -> train, in both
     spaces, as summary statistics in ``privacy.json`` and a histogram (``dcr.png``) for the card and the report.
 

@@ -29,7 +29,7 @@ from tests.markers import integration, slow
 from tests.toy import registry_tags
 from tests.workdirs import copy_workdir, tiny_params, upscale
 
-CLASSIFIER = JudgeConfig(width=8, feature_dim=16, steps=120, batch_size=32)  # steadier than the evaluate tests' 40
+CLASSIFIER = JudgeConfig(width=8, feature_dim=16, steps=60, batch_size=32)  # steadier than the evaluate tests' 40
 
 
 def _synthetic(images: list[np.ndarray], label: str, filter_dir: Path) -> None:

@@ -37,7 +37,9 @@ from synthaug.tasks.core.scoring.rules import memorization_thresholds
 from synthaug.tasks.filter.step import filter_step
 from synthaug.tasks.judge import train_judge_step
 from synthaug.tasks.privacy import (
+    RELEASE_SPACE,
     Records,
+    attack_embedding,
     audit,
     class_flagged,
     closeness,
@@ -549,3 +551,43 @@ def test_the_per_class_p_value_is_the_exact_one_sided_rank_test() -> None:
     observed = ranks[:6].sum()
     sums = np.array([ranks[list(idx)].sum() for idx in combinations(range(16), 6)])
     assert result["per_class"]["a"]["p_value"] == pytest.approx(np.mean(sums >= observed - 1e-9))
+
+
+# ------------------------------------------------------------------------------------ the attacks' feature space
+
+ATTACK_NET = JudgeConfig(width=8, feature_dim=16, steps=60, batch_size=32)
+
+
+def test_the_attack_network_learns_from_the_release_alone_and_leaks_still_fail(sets, digits) -> None:
+    """``attack_features: release``: the attacks' features come from a network trained on the released images only
+    (the same network whatever the real sets). Copies of the members give them away in its space too; blends of
+    members still fail the gate (their pixel attack; in feature space a classifier's features find blends no
+    better than the judge's, docs/anonymize.md "Calibration"); real images no model saw pass."""
+    params = PARAMS.model_copy(update={"attack_network": ATTACK_NET})
+    cpu = torch.device("cpu")
+
+    def audited(release: Records) -> dict:
+        embed_attack, space = attack_embedding(release, params, None, cpu)
+        assert space == RELEASE_SPACE
+        return audit(release, sets["train"], sets["holdout"], sets["calibration"], params, attack_embed=embed_attack,
+                     attack_space=space)[0]
+
+    copies = audited(sets["train"])
+    assert copies["attack_feature_space"] == RELEASE_SPACE and copies["feature_space"] == "judge"
+    assert copies["attack"]["feature"]["auc"] == pytest.approx(1.0) and not copies["attack"]["feature"]["passed"]
+    embed_attack, _ = attack_embedding(sets["train"], params, None, cpu)
+    again, _ = attack_embedding(sets["train"], params, None, cpu)
+    assert torch.equal(embed_attack(sets["holdout"].pixels), again(sets["holdout"].pixels))
+    pixels, labels = digits["train"]
+    order = np.concatenate([np.flatnonzero(labels == c) for c in CLASSES])
+    partner = np.concatenate([np.roll(np.flatnonzero(labels == c), 1) for c in CLASSES])
+    blends = as_filtered(records(np.round((pixels[order].astype(float) + pixels[partner]) / 2).astype(np.uint8),
+                                 labels[order]), sets)
+    assert not audited(blends)["passed"]
+    honest = audited(as_filtered(sets["fresh"], sets))
+    assert honest["passed"], honest["failures"]
+    # the judge's space, an extractor of the user's, or one released class (nothing to classify): the gate's own
+    assert attack_embedding(blends, params.model_copy(update={"attack_features": "judge"}), None, cpu) == (None, None)
+    assert attack_embedding(blends, params, "extractor.pt", cpu) == (None, None)
+    one = Records(blends.pixels[:5], blends.feats[:5], np.array(["0"] * 5))
+    assert attack_embedding(one, params, None, cpu) == (None, None)

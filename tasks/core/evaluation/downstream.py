@@ -168,22 +168,22 @@ def train_and_score(condition: str, data: EvalData, seed: int, params: EvaluateP
     scores = {PROJECT_FAMILY: score(model.predict_logits(data.test_x).argmax(dim=1).numpy(), truth,
                                     data.class_names, minority)}
     for family in params.independent_families:
-        other = fit_independent(family, seed, x, y, w)
+        other = fit_independent(family, seed, x, y, w, trees=params.trees)
         scores[family] = score(other.predict(_pixels(data.test_x)), truth, data.class_names, minority)
     return scores, {name: int((y == j).sum()) for j, name in enumerate(data.class_names)}
 
 
-def independent_classifier(name: str, seed: int):
+def independent_classifier(name: str, seed: int, *, trees: int = 200):
     """An independent classifier family (``EvaluateParams.independent``): an unfitted scikit-learn estimator on
-    flattened pixels. Nothing is shared with the project's network: not the architecture, the optimiser, nor the
-    in-training shift augmentation."""
+    flattened pixels (``trees``: the extra trees' count). Nothing is shared with the project's network: not the
+    architecture, the optimiser, nor the in-training shift augmentation."""
     from sklearn.ensemble import ExtraTreesClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if name == "extra_trees":
-        return ExtraTreesClassifier(n_estimators=200, random_state=seed, n_jobs=1)
+        return ExtraTreesClassifier(n_estimators=trees, random_state=seed, n_jobs=1)
     if name == "logistic_regression":
         return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, random_state=seed))
     raise ValueError(f"unknown independent classifier {name!r}; choose extra_trees or logistic_regression")
@@ -197,12 +197,13 @@ def stratified_bootstrap(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(rows)) if rows else np.empty(0, dtype=np.int64)
 
 
-def fit_independent(name: str, seed: int, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None):
-    """``independent_classifier(name, seed)`` fitted on the flattened pixels of ``x`` (rows weighted by
+def fit_independent(name: str, seed: int, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None, *,
+                    trees: int = 200):
+    """``independent_classifier(name, seed, trees=trees)`` fitted on the flattened pixels of ``x`` (rows weighted by
     ``weights``, when given). Logistic regression's fit is deterministic: a seed fits it on a
     ``stratified_bootstrap`` of the rows, else its seeds would agree wherever the training set does and a seed-paired
     interval would shrink to a point (any difference, however small, would read as measured)."""
-    model = independent_classifier(name, seed)
+    model = independent_classifier(name, seed, trees=trees)
     pixels, labels = _pixels(x), y.numpy()
     w = None if weights is None else weights.numpy()
     if name == "logistic_regression":

@@ -63,6 +63,7 @@ class EvaluateParams(Section):
       the raw pixels): ``extra_trees`` (extremely randomized trees, 200 trees) or ``logistic_regression``
       (standardized pixels, L2 with C=0.1; its fit is deterministic, so each seed fits a class-stratified bootstrap
       of the training set: its interval says how much the result depends on the draw of training images).
+    trees: trees of the ``extra_trees`` family (200 by default; fewer train faster and vary more between seeds).
     linear: also train ``logistic_regression`` as a third family: the simplest learner has to benefit too. Adds no
       family when ``independent`` is ``logistic_regression`` already (``independent_families``).
     gate_margin: the synthetic images measurably hurt when, for any classifier family and either compared metric
@@ -82,6 +83,7 @@ class EvaluateParams(Section):
     seeds: int = Field(3, ge=3)
     classifier: JudgeConfig = DEFAULT_CLASSIFIER
     independent: Independent = "extra_trees"
+    trees: int = Field(200, ge=1, le=10_000)
     linear: bool = True
     gate_margin: float = Field(0.01, ge=0.0, le=1.0)
     choose_on_validation: bool = False  # measured and did not help (docs/BENCHMARKS.md): off by default
