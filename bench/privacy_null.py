@@ -117,12 +117,13 @@ def rate(refused: int, runs: int) -> dict[str, Any]:
 
 
 def calibrate(sets: dict[str, Any], params: PrivacyParams, filter_quantile: float, releases: int, *,
-              extractor: str | None = None) -> dict[str, Any]:
-    """``releases`` simulated null releases and ``max(3, releases // 20)`` member controls: the false refusal rate
-    overall and per kind of failed check, and the control's refusal rate."""
-    runs = [simulate(sets, params, filter_quantile, s, extractor=extractor) for s in range(releases)]
+              extractor: str | None = None, first_seed: int = 0) -> dict[str, Any]:
+    """``releases`` simulated null releases (seeds from ``first_seed``) and ``max(3, releases // 20)`` member
+    controls: the false refusal rate overall and per kind of failed check, and the control's refusal rate."""
+    seeds = range(first_seed, first_seed + releases)
+    runs = [simulate(sets, params, filter_quantile, s, extractor=extractor) for s in seeds]
     controls = [simulate(sets, params, filter_quantile, s, control=True, extractor=extractor)
-                for s in range(max(3, releases // 20))]
+                for s in seeds[:max(3, releases // 20)]]
     kinds = Counter(k for r in runs for k in {failure_kind(f) for f in r["failures"]})
     return {"false_refusal": rate(sum(not r["passed"] for r in runs), len(runs)),
             "stated_level": 1 - params.confidence,
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.privacy_null", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("data/work"))
     parser.add_argument("--releases", type=int, default=200)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seed of the first release: releases not drawn before, to check a choice made on others")
     parser.add_argument("-S", "--set", action="append", default=[], dest="overrides")
     parser.add_argument("--out", type=Path, default=Path("bench/results/privacy_null.json"))
     args = parser.parse_args(argv)
@@ -148,11 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     sets = real_sets(args.workdir, params.filter.extractor)
     result = calibrate(sets, params.privacy, params.filter.memorization_quantile, args.releases,
-                       extractor=params.filter.extractor)
+                       extractor=params.filter.extractor, first_seed=args.first_seed)
     result["attack_features"] = params.privacy.attack_features
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
               "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "overrides": args.overrides,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "overrides": args.overrides, "first_seed": args.first_seed,
               "seconds": round(time.perf_counter() - start, 1), **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

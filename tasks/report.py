@@ -302,6 +302,7 @@ def _privacy(report: Mapping[str, Any], privacy_dir: Path) -> dict[str, Any]:
                  for label, entry in report[key][space].get("per_class", {}).items()]
     release = report.get("utility")
     return {"passed": report["passed"], "failures": report["failures"], "feature_space": report["feature_space"],
+            "attack_feature_space": report.get("attack_feature_space"),
             "dp": dp_card_section(report["dp"]).strip("\n").replace("\n", " "),  # the card's words, on one line
             "checks": check_rows(report), "side_by_side": attacks_side_by_side(report),
             "methods": [(name, report[key]["method"]) for key, (name, _) in ATTACKS.items()],

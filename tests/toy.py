@@ -12,8 +12,10 @@ TINY = [  # every step at toy size (the families' and the judge's tiny configs);
     "model.vae.embed_dim=4", "model.vae.kl_warmup=2", "model.vae.checkpoint_every=0", "model.device=cpu",
     "generate.device=cpu", "plan.strategy=ratio", "plan.ratio=0.1", "plan.cap=2", "plan.overgenerate=1.0",
     "filter.judge.width=8", "filter.judge.feature_dim=16", "filter.judge.steps=10", "filter.judge.batch_size=32",
-    "filter.topup_rounds=0", "filter.device=cpu", "evaluate.classifier.width=8", "evaluate.classifier.feature_dim=16",
-    "evaluate.classifier.steps=5", "evaluate.classifier.batch_size=32", "evaluate.trees=20", "evaluate.kid_subsets=2",
+    "filter.topup_rounds=0", "filter.device=cpu", "privacy.attack_network.width=8",
+    "privacy.attack_network.feature_dim=16", "privacy.attack_network.steps=10", "evaluate.classifier.width=8",
+    "evaluate.classifier.feature_dim=16", "evaluate.classifier.steps=5", "evaluate.classifier.batch_size=32",
+    "evaluate.trees=20", "evaluate.kid_subsets=2",
     "evaluate.kid_subset_size=20", "evaluate.fid_min_samples=10", "evaluate.device=cpu",
     # A 5-step classifier on a 2-step generator measures noise: the utility gate has its own tests (test_gate.py).
     "publish.utility_gate=false"]

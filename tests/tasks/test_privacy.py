@@ -419,7 +419,9 @@ def test_a_leak_in_one_small_class_is_caught_per_class_though_the_pooled_attack_
     for space in ("pixel", "feature"):
         attack = report["attack"][space]
         assert attack["ci"][0] <= 0.5 < attack["per_class"]["3"]["ci"][0]  # pooled passes, class 3 does not
-        assert attack["class_confidence"] == pytest.approx(1 - 0.05 / (4 * 4))  # 4 classes, 2 attacks x 2 spaces
+        # half the 5% to the per-class checks: 4 classes, 2 attacks x 2 spaces; the other half to the 4 pooled ones
+        assert attack["class_confidence"] == pytest.approx(1 - 0.05 / (2 * 4 * 4))
+        assert attack["pooled_confidence"] == pytest.approx(1 - 0.05 / 4)
         assert [c for c in attack["per_class"] if class_flagged(attack, c, 0.5)] == ["3"]
         assert attack["per_class"]["3"]["p_value"] < 1 - attack["class_confidence"]
         assert any(f.startswith(f"membership inference ({space}), class 3: AUC") for f in report["failures"])

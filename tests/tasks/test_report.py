@@ -329,7 +329,8 @@ def _privacy_record(nasty: str) -> dict:
             for c, v in (("synthetic_only", [0.5, 0.6, 0.7]), ("real_only", [0.9, 0.8, 0.9]))}
     dcr = {"n": 40, "min": 0.25, "p05": None, "median": 0.5, "p95": 0.75, "max": 1.0}
     return {"passed": False, "failures": [f"membership inference (pixel), class {nasty}: AUC 0.770"],
-            "feature_space": "judge", "dp": {"claimed": False, "reason": "model.dp.epsilon is null"},
+            "feature_space": "judge", "attack_feature_space": "a network trained on the released images alone",
+            "dp": {"claimed": False, "reason": "model.dp.epsilon is null"},
             "memorization": {"thresholds": {"pixel_correlation": 0.9123, "feature_distance": 1.5, "n_calibration": 120,
                                             "quantile": 0.01},
                              "pixel": {"within": 0, "highest_correlation": 0.8765, "passed": True},
@@ -357,7 +358,8 @@ def test_an_anonymized_release_shows_its_privacy_sections_escaped(workdir: dict[
     for anchor in ("tstr", "privacy", "dp", "dcr"):
         assert f'id="{anchor}"' in page, anchor
     assert 'id="memorization"' not in page and "<script" not in page.lower()
-    assert f'<b class="bad">failed</b>: {escape(report["failures"][0])}. Feature space: judge.' in page
+    assert (f'<b class="bad">failed</b>: {escape(report["failures"][0])}. Feature space: judge (memorization); the '
+            "membership attacks': a network trained on the released images alone.") in page
     assert f"<td class='l'>recall, class {escape(nasty)}</td><td>0.600 [" in page
     assert f'<td class="l">pixel</td><td class="l">{escape(nasty)}</td><td>0.770</td><td>[0.550, 0.910]</td>' in page
     section = page[page.index('id="privacy"'):]

@@ -23,7 +23,8 @@ class PrivacyParams(Section):
       images the gate then blocks.
     max_attack_auc: the release fails when the membership attack's AUC interval lies wholly above this (0.5:
       clearly better than chance).
-    confidence: confidence level of the attack's bootstrap interval.
+    confidence: the gate's family-wise level: a release that leaks nothing fails an attack check with probability
+      at most ``1 - confidence`` (half to the pooled checks, half to the per-class ones, Bonferroni within each).
     bootstrap: bootstrap resamples of that interval.
     seed: seed of the bootstrap resampling.
     attack_features: the feature space of the membership attacks' feature-space half (the pixel half is always
