@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     result["attack_features"] = params.privacy.attack_features
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
               "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "overrides": args.overrides, "first_seed": args.first_seed,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "overrides": args.overrides,
+              "first_seed": args.first_seed,
               "seconds": round(time.perf_counter() - start, 1), **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
