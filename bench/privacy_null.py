@@ -42,7 +42,7 @@ from synthaug.tasks.core.params.privacy import PrivacyParams
 from synthaug.tasks.core.privacy.record import ATTACKS, SPACES
 from synthaug.tasks.core.scoring.features import load_judge_step
 from synthaug.tasks.core.scoring.rules import memorization_thresholds
-from synthaug.tasks.privacy import HOLDOUT_SPLITS, Records, attack_embedding, audit, closeness, load_records
+from synthaug.tasks.privacy import HOLDOUT_SPLITS, Records, attack_embedding, audit, closeness, load_records, subset
 
 
 def real_sets(workdir: Path, extractor: str | None = None) -> dict[str, Records]:
@@ -57,11 +57,6 @@ def real_sets(workdir: Path, extractor: str | None = None) -> dict[str, Records]
     return {"train": load_records(workdir / "ingest", train, judge, extractor),
             "holdout": load_records(workdir / "ingest", holdout, judge, extractor),
             "holdout_is_val": holdout["split"].eq("val").to_numpy()}
-
-
-def _take(records: Records, rows: np.ndarray) -> Records:
-    idx = torch.from_numpy(rows)
-    return Records(records.pixels[idx], records.feats[idx], records.labels[rows])
 
 
 def draw_release(train: Records, holdout: Records, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -83,19 +78,19 @@ def simulate(sets: dict[str, Any], params: PrivacyParams, filter_quantile: float
     train, holdout, is_val = sets["train"], sets["holdout"], sets["holdout_is_val"]
     rng = np.random.default_rng(seed)
     released, kept = draw_release(train, holdout, rng)
-    calibration = _take(holdout, np.flatnonzero(is_val & ~np.isin(np.arange(len(holdout)), released)))
-    release = train if control else _take(holdout, released)
+    calibration = subset(holdout, np.flatnonzero(is_val & ~np.isin(np.arange(len(holdout)), released)))
+    release = train if control else subset(holdout, released)
     dropped = 0
     if not control:  # the filter's memorization rejection, as the pipeline applies it before the gate
         thresholds = memorization_thresholds(calibration.feats, train.feats, calibration.pixels, train.pixels,
                                              filter_quantile)
         near = closeness(release, train)
-        keep = (near["pixel"] < thresholds.pixel_correlation) & (near["feature"] > thresholds.feature_distance)
-        dropped = int((~keep).sum())
-        release = _take(release, np.flatnonzero(keep))
+        memorized = thresholds.memorized(near["pixel"], near["feature"])
+        dropped = int(memorized.sum())
+        release = subset(release, np.flatnonzero(~memorized))
     run_params = params.model_copy(update={"seed": seed})
     embed_attack, space = attack_embedding(release, run_params, extractor, torch.device("cpu"))
-    report, _ = audit(release, train, _take(holdout, kept), calibration, run_params, attack_embed=embed_attack,
+    report, _ = audit(release, train, subset(holdout, kept), calibration, run_params, attack_embed=embed_attack,
                       attack_space=space)
     return {"seed": seed, "passed": report["passed"], "released": len(release), "dropped_by_filter": dropped,
             "failures": report["failures"],
@@ -129,7 +124,7 @@ def calibrate(sets: dict[str, Any], params: PrivacyParams, filter_quantile: floa
             "stated_level": 1 - params.confidence,
             "by_check": {k: rate(n, len(runs)) for k, n in sorted(kinds.items())},
             "members_released_refused": rate(sum(not r["passed"] for r in controls), len(controls)),
-            "release_per_class": dict(Counter(sets["train"].labels.tolist())),
+            "train_per_class": dict(Counter(sets["train"].labels.tolist())),
             "median_released": float(np.median([r["released"] for r in runs])),
             "median_dropped_by_filter": float(np.median([r["dropped_by_filter"] for r in runs])),
             "runs": runs}

@@ -259,10 +259,10 @@ def density_ratio_scores(release: Records, members: Records, non_members: Record
     scores = {side: {space: np.empty(len(records)) for space in SPACES}
               for side, records in (("members", members), ("non_members", non_members))}
     for f in range(folds):
-        reference = _subset(non_members, fold != f)
+        reference = subset(non_members, np.flatnonzero(fold != f))
         for side, records, mask in (("members", members, member_fold == f), ("non_members", non_members, fold == f)):
             if mask.any():
-                to_reference = _log_distances(closeness(_subset(records, mask), reference))
+                to_reference = _log_distances(closeness(subset(records, np.flatnonzero(mask)), reference))
                 for space in SPACES:
                     scores[side][space][mask] = to_reference[space] - to_release[side][space][mask]
     return {space: (scores["members"][space], scores["non_members"][space]) for space in SPACES}
@@ -275,9 +275,9 @@ def _log_distances(near: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             "feature": np.log(np.maximum(near["feature"], LOG_FLOOR))}
 
 
-def _subset(records: Records, mask: np.ndarray) -> Records:
-    idx = torch.from_numpy(np.flatnonzero(mask))
-    return Records(records.pixels[idx], records.feats[idx], records.labels[mask])
+def subset(records: Records, rows: np.ndarray) -> Records:
+    """The records at row indices ``rows``, in that order."""
+    return Records(records.pixels[torch.from_numpy(rows)], records.feats[torch.from_numpy(rows)], records.labels[rows])
 
 
 def attack_scores(closeness_to_release: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -46,6 +46,7 @@ from synthaug.tasks.privacy import (
     density_ratio_scores,
     membership_attack,
     privacy_gate,
+    subset,
     summarize,
 )
 from synthaug.tasks.release.step import assemble_anonymized, withhold_source
@@ -96,9 +97,7 @@ def as_filtered(release: Records, sets: dict[str, Records]) -> Records:
     t = memorization_thresholds(sets["calibration"].feats, sets["train"].feats, sets["calibration"].pixels,
                                 sets["train"].pixels, PARAMS.memorization_quantile)
     near = closeness(release, sets["train"])
-    keep = (near["pixel"] < t.pixel_correlation) & (near["feature"] > t.feature_distance)
-    idx = torch.from_numpy(np.flatnonzero(keep))
-    return Records(release.pixels[idx], release.feats[idx], release.labels[keep])
+    return subset(release, np.flatnonzero(~t.memorized(near["pixel"], near["feature"])))
 
 
 def run_audit(release: Records, sets: dict[str, Records]) -> dict:

@@ -34,6 +34,11 @@ class MemorizationThresholds:
     quantile: float
     n_holdout: int
 
+    def memorized(self, nn_pixel_corr: np.ndarray, nn_feature: np.ndarray) -> np.ndarray:
+        """Which images are memorized, from their highest pixel correlation and nearest feature distance to a
+        training image (both thresholds inclusive)."""
+        return (np.asarray(nn_pixel_corr) >= self.pixel_correlation) | (np.asarray(nn_feature) <= self.feature_distance)
+
 
 @dataclass(frozen=True)
 class Thresholds:
